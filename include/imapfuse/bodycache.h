@@ -1,0 +1,36 @@
+/* bodycache.h - message bytes, fetched from the server and kept.
+ *
+ * Owns: getting the bytes of (mailbox, UIDVALIDITY, UID) for a read, and
+ * keeping them: a message's bytes never change for that key, so anything
+ * fetched can be served again without asking the server.  Small messages
+ * are fetched whole; large ones in aligned chunks (BODY.PEEK[]<off.len>),
+ * so reading the head of a 20 MB message costs one chunk.
+ */
+#pragma once
+
+#include <glib.h>
+
+#include "imapfuse/pool.h"
+
+G_BEGIN_DECLS
+
+typedef struct Bodycache Bodycache;
+
+typedef struct {
+  guint64 mem_bytes;   /* in-memory LRU bound */
+  guint64 chunk_bytes; /* partial-fetch unit; messages up to this size are fetched whole */
+} BodycacheOptions;
+
+Bodycache *bodycache_new(Pool *pool, const BodycacheOptions *opts);
+void bodycache_free(Bodycache *bc);
+
+/* Up to len bytes at off of the message (fewer at its end; empty past it).
+ * size is what the listing says.  *real_size (may be NULL) is set to the
+ * true length when the whole message was fetched, else left alone.
+ * Errors: IFS_ERROR_NOT_FOUND (expunged), IFS_ERROR_STALE (UIDVALIDITY
+ * changed), connection errors. */
+GBytes *bodycache_read(Bodycache *bc, const char *mailbox, guint32 uidvalidity, guint32 uid,
+                       guint64 size, guint64 off, gsize len, guint64 *real_size,
+                       GError **error);
+
+G_END_DECLS

@@ -1,0 +1,87 @@
+/* dircache.h - the mailbox tree and each mailbox's message list.
+ *
+ * Owns: what the filesystem shows as directories (from LIST, nested by the
+ * server's delimiter, names decoded and escaped by names.c) and, per
+ * mailbox, the UID/size/date/flags list from one
+ * UID FETCH 1:* (UID RFC822.SIZE INTERNALDATE FLAGS).
+ *
+ * Identity: every directory node and every (mailbox, UIDVALIDITY) pair gets
+ * a 32-bit id, never reused while mounted.  fs.c builds inode numbers from
+ * them (directory: id << 32; message: epoch id << 32 | UID), so inodes are
+ * stable without a per-message table, and a UIDVALIDITY change gives every
+ * message of that mailbox new inodes (old handles see ESTALE).
+ * Nodes are never freed while mounted; a mailbox that disappears is marked
+ * absent, and comes back as the same node if it reappears.
+ */
+#pragma once
+
+#include <glib.h>
+
+#include "imapfuse/pool.h"
+
+G_BEGIN_DECLS
+
+typedef struct Dircache Dircache;
+typedef struct DcNode DcNode;
+
+typedef struct {
+  guint32 uid;
+  guint32 flagset; /* index for dircache_flags() */
+  guint64 size;    /* RFC822.SIZE, corrected to the real length once read */
+  gint64 date;     /* INTERNALDATE */
+} DcMsg;
+
+/* A consistent view of one mailbox's messages at one moment. */
+typedef struct {
+  GArray *msgs; /* DcMsg sorted by UID, refcounted; NULL when not selectable */
+  guint32 uidvalidity;
+  guint32 epoch;
+} DcListing;
+
+typedef struct {
+  guint32 id;
+  char *name; /* directory name as shown */
+} DcChild;
+
+Dircache *dircache_new(Pool *pool);
+void dircache_free(Dircache *dc);
+
+/* LIST again when forced or older than max_age_us. */
+gboolean dircache_refresh_tree(Dircache *dc, gint64 max_age_us, GError **error);
+
+DcNode *dircache_root(Dircache *dc);
+guint32 dcnode_id(const DcNode *n);
+/* Server name, or NULL for the root. */
+const char *dcnode_mailbox(const DcNode *n);
+gboolean dcnode_selectable(const DcNode *n);
+gboolean dcnode_present(const DcNode *n);
+DcNode *dcnode_parent(const DcNode *n);
+
+/* A directory node by id, or NULL. */
+DcNode *dircache_node(Dircache *dc, guint32 id);
+/* The mailbox node and UIDVALIDITY an epoch id stands for; NULL if none. */
+DcNode *dircache_epoch(Dircache *dc, guint32 epoch, guint32 *uidvalidity);
+/* A present child by directory name, or NULL. */
+DcNode *dircache_child(Dircache *dc, DcNode *parent, const char *name);
+/* Snapshot of present children (DcChild*, sorted by name; owned). */
+GPtrArray *dircache_children(Dircache *dc, DcNode *parent);
+
+/* The message list, fetched from the server when it is older than
+ * max_age_us (0: always revalidate; G_MAXINT64: only if never fetched).
+ * Concurrent callers share one fetch.  Release with dc_listing_clear(). */
+gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing *out,
+                          GError **error);
+void dc_listing_clear(DcListing *l);
+/* Binary search in a listing. */
+const DcMsg *dc_listing_find(const DcListing *l, guint32 uid);
+/* Age of the node's list in microseconds (G_MAXINT64 if never fetched). */
+gint64 dircache_listing_age(Dircache *dc, DcNode *n);
+/* The server turned out to hold a different number of bytes than
+ * RFC822.SIZE said: trust the bytes. */
+void dircache_set_size(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 uid,
+                       guint64 size);
+
+/* The flags string of a flag set id ("\\Seen $Work", "" for none). */
+const char *dircache_flags(Dircache *dc, guint32 flagset);
+
+G_END_DECLS

@@ -1,0 +1,34 @@
+/* fs.h - the FUSE low-level operations.
+ *
+ * Owns: inode numbers, attributes, directory handles and the mapping of
+ * each FUSE request onto dircache/bodycache calls.  It never formats IMAP:
+ * everything it knows about the server comes through those modules, and
+ * every GError becomes an errno through ifs_errno_from_error().
+ */
+#pragma once
+
+#include <fuse_lowlevel.h>
+#include <glib.h>
+
+#include "imapfuse/bodycache.h"
+#include "imapfuse/dircache.h"
+
+G_BEGIN_DECLS
+
+typedef struct {
+  uid_t uid;
+  gid_t gid;
+  double msg_timeout;      /* entry/attr timeout for messages (bytes never change) */
+  double dir_timeout;      /* entry/attr timeout for directories */
+  gint64 list_max_age_us;  /* opendir revalidates message lists older than this */
+  gint64 tree_max_age_us;  /* LIST again when older than this on opendir of the root */
+} FsOptions;
+
+typedef struct Fs Fs;
+
+Fs *fs_new(Dircache *dc, Bodycache *bc, const FsOptions *opts);
+void fs_free(Fs *fs);
+/* Pass fs as the userdata of fuse_session_new(). */
+const struct fuse_lowlevel_ops *fs_lowlevel_ops(void);
+
+G_END_DECLS

@@ -1,0 +1,50 @@
+/* options.h - command line, the server URL and the password sources.
+ *
+ * Owns: the fuse_opt table for imapfuse's own -o options (everything else
+ * is passed on to FUSE), parsing imap[s]://USER@HOST[:PORT], and getting
+ * the password from password_command, password_file or a no-echo prompt;
+ * never from argv.
+ */
+#pragma once
+
+#include <fuse_lowlevel.h>
+#include <glib.h>
+
+#include "imapfuse/conn.h"
+
+G_BEGIN_DECLS
+
+typedef struct {
+  char *url;
+  char *password_command;
+  char *password_file;
+  char *cafile;
+  char *tls;          /* "on" (default) or "off" */
+  int connections;
+  int timeout;
+  int imap_debug;
+  unsigned cache_mem_mb;
+  double msg_timeout;
+  double dir_timeout;
+  double list_max_age;
+  int show_help;
+  int show_version;
+} IfsOptions;
+
+/* Parses imapfuse options out of args (leaving FUSE's own and the
+ * mountpoint in it).  FALSE with a message on bad input. */
+gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error);
+void options_clear(IfsOptions *o);
+void options_usage(const char *prog);
+
+/* URL -> endpoint fields (host, port, tls mode, user).  tls_off turns
+ * imap:// into plaintext. */
+gboolean options_parse_url(const char *url, gboolean tls_off, ImapEndpoint *ep, GError **error);
+
+/* The password by the configured source; caller wipes and frees it. */
+char *options_get_password(const IfsOptions *o, const ImapEndpoint *ep, GError **error);
+
+/* 127.0.0.0/8, ::1 and "localhost". */
+gboolean options_host_is_loopback(const char *host);
+
+G_END_DECLS

@@ -1,0 +1,39 @@
+/* pool.h - a bounded pool of logged-in IMAP connections.
+ *
+ * Owns: opening connections lazily up to a ceiling, handing each to one
+ * thread at a time, preferring a connection that already has the wanted
+ * mailbox selected (mailbox affinity saves a SELECT per request), and
+ * replacing connections that died.  Design note in pool.c.
+ */
+#pragma once
+
+#include <glib.h>
+
+#include "imapfuse/conn.h"
+
+G_BEGIN_DECLS
+
+typedef struct Pool Pool;
+
+/* first: an already open connection to start with (taken over), or NULL. */
+Pool *pool_new(const ImapEndpoint *ep, guint max_conns, ImapConn *first);
+void pool_free(Pool *p);
+
+/* Applied to every connection the pool opens (and to existing ones). */
+void pool_set_unsolicited(Pool *p, ImapHandler fn, gpointer user);
+
+/* A connection for work on mailbox (may be NULL for no preference); waits
+ * while all are busy.  Release it with pool_release(). */
+ImapConn *pool_acquire(Pool *p, const char *mailbox, GError **error);
+void pool_release(Pool *p, ImapConn *c);
+
+typedef gboolean (*PoolOp)(ImapConn *c, gpointer user, GError **error);
+/* Run op on a connection.  When idempotent and the connection failed (lost,
+ * timed out, garbage), the op is retried once on a fresh connection. */
+gboolean pool_run(Pool *p, const char *mailbox, gboolean idempotent, PoolOp op,
+                  gpointer user, GError **error);
+
+/* Counters for diagnostics and tests. */
+guint pool_opened_total(Pool *p);
+
+G_END_DECLS

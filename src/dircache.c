@@ -1,0 +1,452 @@
+/* dircache.c - mailbox tree from LIST and per-mailbox message lists.
+ *
+ * Design note.  The tree is small (one node per mailbox) and changes rarely;
+ * it is rebuilt in place from LIST under tree_lock, nodes are never freed,
+ * so a DcNode pointer or id handed to fs.c stays valid for the whole mount.
+ * A message list is an immutable, refcounted GArray: a refresh builds a new
+ * array and swaps it in under the node's state lock, so readers (readdir,
+ * lookup, getattr) hold a reference to a consistent snapshot and never wait
+ * for the network.  Refreshes of one mailbox are serialised by its
+ * refresh_lock; a caller that waited for another's refresh uses that result
+ * instead of fetching again.  A DcMsg is 24 bytes; flags are interned as
+ * flag-set ids, since a mailbox has few distinct combinations.
+ * Lock order: refresh_lock -> (pool) ; tree_lock, node->lock and flags_lock
+ * are leaves and are never held across I/O.
+ */
+#include "imapfuse/dircache.h"
+
+#include <string.h>
+
+#include "imapfuse/cmd.h"
+#include "imapfuse/errors.h"
+#include "imapfuse/names.h"
+
+struct DcNode {
+  guint32 id;
+  DcNode *parent;
+  char *name;       /* directory name (escaped) */
+  char *mailbox;    /* server name; NULL for the root */
+  gboolean selectable;
+  gboolean present;
+  GHashTable *children; /* name -> DcNode* (under tree_lock) */
+
+  GMutex refresh_lock;
+  GMutex lock; /* protects the fields below */
+  GArray *msgs;
+  guint32 uidvalidity;
+  guint32 epoch;
+  gint64 fetched_at; /* monotonic us of the start of the last good fetch; 0 never */
+};
+
+typedef struct {
+  DcNode *node;          /* for a directory id: the node; for an epoch: its mailbox */
+  guint32 uidvalidity;   /* 0 for directory ids */
+} DcId;
+
+struct Dircache {
+  Pool *pool;
+  GMutex tree_lock;
+  DcNode *root;
+  GArray *ids; /* DcId, index = id; 0 unused */
+  gint64 tree_at;
+  GMutex flags_lock;
+  GHashTable *flag_ids;  /* string -> id+1 */
+  GPtrArray *flag_names; /* id -> string */
+};
+
+static guint32 _dc_new_id(Dircache *dc, DcNode *node, guint32 uidvalidity) {
+  DcId rec = {node, uidvalidity};
+  g_array_append_val(dc->ids, rec);
+  return dc->ids->len - 1;
+}
+
+static DcNode *_dc_node_new(Dircache *dc, DcNode *parent, const char *name, const char *mailbox) {
+  DcNode *n = g_new0(DcNode, 1);
+  n->parent = parent;
+  n->name = g_strdup(name);
+  n->mailbox = g_strdup(mailbox);
+  n->children = g_hash_table_new(g_str_hash, g_str_equal);
+  g_mutex_init(&n->refresh_lock);
+  g_mutex_init(&n->lock);
+  n->id = _dc_new_id(dc, n, 0);
+  if (parent != NULL)
+    g_hash_table_insert(parent->children, n->name, n);
+  return n;
+}
+
+static void dc_node_free(DcNode *n) {
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, n->children);
+  while (g_hash_table_iter_next(&it, NULL, &v))
+    dc_node_free(v);
+  g_hash_table_unref(n->children);
+  if (n->msgs != NULL)
+    g_array_unref(n->msgs);
+  g_mutex_clear(&n->refresh_lock);
+  g_mutex_clear(&n->lock);
+  g_free(n->name);
+  g_free(n->mailbox);
+  g_free(n);
+}
+
+Dircache *dircache_new(Pool *pool) {
+  Dircache *dc = g_new0(Dircache, 1);
+  dc->pool = pool;
+  g_mutex_init(&dc->tree_lock);
+  g_mutex_init(&dc->flags_lock);
+  dc->ids = g_array_new(FALSE, TRUE, sizeof(DcId));
+  g_array_set_size(dc->ids, 1);
+  dc->root = _dc_node_new(dc, NULL, "", NULL);
+  dc->root->present = TRUE;
+  dc->flag_ids = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, NULL);
+  dc->flag_names = g_ptr_array_new_with_free_func(g_free);
+  g_ptr_array_add(dc->flag_names, g_strdup(""));
+  g_hash_table_insert(dc->flag_ids, dc->flag_names->pdata[0], GUINT_TO_POINTER(1));
+  return dc;
+}
+
+void dircache_free(Dircache *dc) {
+  if (dc == NULL)
+    return;
+  dc_node_free(dc->root);
+  g_array_unref(dc->ids);
+  g_hash_table_unref(dc->flag_ids);
+  g_ptr_array_unref(dc->flag_names);
+  g_mutex_clear(&dc->tree_lock);
+  g_mutex_clear(&dc->flags_lock);
+  g_free(dc);
+}
+
+/* ---- tree ---- */
+
+static void _dc_mark_absent(DcNode *n) {
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, n->children);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    DcNode *c = v;
+    c->present = FALSE;
+    c->selectable = FALSE;
+    _dc_mark_absent(c);
+  }
+}
+
+/* Components of a server name as directory names; falls back to the raw
+ * text for a name that is not valid modified UTF-7 (shown, not lost). */
+static char **dc_split(const ImapMailboxInfo *m) {
+  g_autoptr(GError) err = NULL;
+  char **parts = names_split_mailbox(m->name, m->delim, FALSE, &err);
+  if (parts == NULL) {
+    g_warning("mailbox name \"%s\" is not valid modified UTF-7 (%s); showing it as is",
+              m->name, err->message);
+    parts = m->delim ? g_strsplit(m->name, (char[]){m->delim, 0}, -1)
+                     : g_strsplit(m->name, "", 1);
+  }
+  for (char **p = parts; *p != NULL; p++) {
+    char *esc = names_escape_component(*p);
+    g_free(*p);
+    *p = esc;
+  }
+  return parts;
+}
+
+static void _dc_apply_list(Dircache *dc, GPtrArray *list) {
+  _dc_mark_absent(dc->root);
+  for (guint i = 0; i < list->len; i++) {
+    const ImapMailboxInfo *m = g_ptr_array_index(list, i);
+    if (m->attrs & IMAP_MBX_NONEXISTENT)
+      continue;
+    g_auto(GStrv) parts = dc_split(m);
+    DcNode *n = dc->root;
+    g_autoptr(GString) prefix = g_string_new(NULL);
+    /* Raw name prefixes for intermediate nodes, in the server's form. */
+    g_auto(GStrv) raw = m->delim ? g_strsplit(m->name, (char[]){m->delim, 0}, -1) : NULL;
+    for (guint k = 0; parts[k] != NULL; k++) {
+      if (k > 0)
+        g_string_append_c(prefix, m->delim);
+      g_string_append(prefix, raw != NULL && raw[k] != NULL ? raw[k] : m->name);
+      DcNode *child = g_hash_table_lookup(n->children, parts[k]);
+      if (child == NULL)
+        child = _dc_node_new(dc, n, parts[k], prefix->str);
+      child->present = TRUE;
+      n = child;
+    }
+    if (n != dc->root) {
+      g_free(n->mailbox);
+      n->mailbox = g_strdup(m->name);
+      n->selectable = !(m->attrs & IMAP_MBX_NOSELECT);
+    }
+  }
+}
+
+static gboolean dc_list_op(ImapConn *c, gpointer user, GError **error) {
+  return imap_list(c, (GPtrArray **)user, error);
+}
+
+gboolean dircache_refresh_tree(Dircache *dc, gint64 max_age_us, GError **error) {
+  gint64 now = g_get_monotonic_time();
+  g_mutex_lock(&dc->tree_lock);
+  gboolean fresh = dc->tree_at != 0 && now - dc->tree_at <= max_age_us;
+  g_mutex_unlock(&dc->tree_lock);
+  if (fresh)
+    return TRUE;
+  g_autoptr(GPtrArray) list = NULL;
+  if (!pool_run(dc->pool, NULL, TRUE, dc_list_op, &list, error))
+    return FALSE;
+  g_mutex_lock(&dc->tree_lock);
+  _dc_apply_list(dc, list);
+  dc->tree_at = now;
+  g_mutex_unlock(&dc->tree_lock);
+  return TRUE;
+}
+
+DcNode *dircache_root(Dircache *dc) { return dc->root; }
+guint32 dcnode_id(const DcNode *n) { return n->id; }
+const char *dcnode_mailbox(const DcNode *n) { return n->mailbox; }
+gboolean dcnode_selectable(const DcNode *n) { return n->selectable; }
+gboolean dcnode_present(const DcNode *n) { return n->present; }
+DcNode *dcnode_parent(const DcNode *n) { return n->parent; }
+
+DcNode *dircache_node(Dircache *dc, guint32 id) {
+  DcNode *n = NULL;
+  g_mutex_lock(&dc->tree_lock);
+  if (id < dc->ids->len) {
+    DcId *rec = &g_array_index(dc->ids, DcId, id);
+    if (rec->node != NULL && rec->uidvalidity == 0)
+      n = rec->node;
+  }
+  g_mutex_unlock(&dc->tree_lock);
+  return n;
+}
+
+DcNode *dircache_epoch(Dircache *dc, guint32 epoch, guint32 *uidvalidity) {
+  DcNode *n = NULL;
+  g_mutex_lock(&dc->tree_lock);
+  if (epoch < dc->ids->len) {
+    DcId *rec = &g_array_index(dc->ids, DcId, epoch);
+    if (rec->node != NULL && rec->uidvalidity != 0) {
+      n = rec->node;
+      *uidvalidity = rec->uidvalidity;
+    }
+  }
+  g_mutex_unlock(&dc->tree_lock);
+  return n;
+}
+
+DcNode *dircache_child(Dircache *dc, DcNode *parent, const char *name) {
+  g_mutex_lock(&dc->tree_lock);
+  DcNode *n = g_hash_table_lookup(parent->children, name);
+  if (n != NULL && !n->present)
+    n = NULL;
+  g_mutex_unlock(&dc->tree_lock);
+  return n;
+}
+
+static void dc_child_free(gpointer p) {
+  DcChild *c = p;
+  g_free(c->name);
+  g_free(c);
+}
+
+static int dc_child_cmp(gconstpointer a, gconstpointer b) {
+  return strcmp((*(DcChild *const *)a)->name, (*(DcChild *const *)b)->name);
+}
+
+GPtrArray *dircache_children(Dircache *dc, DcNode *parent) {
+  GPtrArray *out = g_ptr_array_new_with_free_func(dc_child_free);
+  g_mutex_lock(&dc->tree_lock);
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, parent->children);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    DcNode *n = v;
+    if (!n->present)
+      continue;
+    DcChild *c = g_new(DcChild, 1);
+    c->id = n->id;
+    c->name = g_strdup(n->name);
+    g_ptr_array_add(out, c);
+  }
+  g_mutex_unlock(&dc->tree_lock);
+  g_ptr_array_sort(out, dc_child_cmp);
+  return out;
+}
+
+/* ---- flags ---- */
+
+static guint32 dc_intern_flags(Dircache *dc, const char *flags) {
+  g_mutex_lock(&dc->flags_lock);
+  guint32 id = GPOINTER_TO_UINT(g_hash_table_lookup(dc->flag_ids, flags));
+  if (id == 0) {
+    char *copy = g_strdup(flags);
+    g_ptr_array_add(dc->flag_names, copy);
+    id = dc->flag_names->len;
+    g_hash_table_insert(dc->flag_ids, copy, GUINT_TO_POINTER(id));
+  }
+  g_mutex_unlock(&dc->flags_lock);
+  return id - 1;
+}
+
+const char *dircache_flags(Dircache *dc, guint32 flagset) {
+  g_mutex_lock(&dc->flags_lock);
+  /* Strings are never freed while mounted, so the pointer stays valid. */
+  const char *s = flagset < dc->flag_names->len ? g_ptr_array_index(dc->flag_names, flagset) : "";
+  g_mutex_unlock(&dc->flags_lock);
+  return s;
+}
+
+/* ---- message lists ---- */
+
+typedef struct {
+  Dircache *dc;
+  DcNode *node;
+  GArray *msgs;
+  guint32 uidvalidity;
+  gboolean sorted;
+} DcFetch;
+
+static void dc_meta_cb(const ImapMsgMeta *m, gpointer user) {
+  DcFetch *f = user;
+  if (!m->has_size || !m->has_date)
+    return; /* a pushed flag change, not part of the listing */
+  DcMsg msg = {.uid = m->uid,
+               .flagset = dc_intern_flags(f->dc, m->flags),
+               .size = m->size,
+               .date = m->date};
+  if (f->msgs->len > 0 && g_array_index(f->msgs, DcMsg, f->msgs->len - 1).uid >= m->uid)
+    f->sorted = FALSE;
+  g_array_append_val(f->msgs, msg);
+}
+
+static gboolean dc_fetch_op(ImapConn *c, gpointer user, GError **error) {
+  DcFetch *f = user;
+  g_array_set_size(f->msgs, 0);
+  f->sorted = TRUE;
+  ImapSelectInfo info;
+  /* A fresh SELECT when nothing is selected tells us EXISTS: an empty
+   * mailbox needs no FETCH (and "1:*" on it is an error on some servers). */
+  if (g_strcmp0(imap_conn_selected(c), f->node->mailbox) != 0) {
+    if (!imap_select(c, f->node->mailbox, &info, error))
+      return FALSE;
+    f->uidvalidity = info.uidvalidity;
+    if (info.exists == 0)
+      return TRUE;
+  } else {
+    f->uidvalidity = imap_conn_selected_uidvalidity(c);
+  }
+  return imap_fetch_meta(c, "1:*", 0, dc_meta_cb, f, error);
+}
+
+static int dc_msg_cmp(gconstpointer a, gconstpointer b) {
+  guint32 x = ((const DcMsg *)a)->uid, y = ((const DcMsg *)b)->uid;
+  return x < y ? -1 : x > y;
+}
+
+static void _dc_snapshot(DcNode *n, DcListing *out) {
+  out->msgs = n->msgs != NULL ? g_array_ref(n->msgs) : NULL;
+  out->uidvalidity = n->uidvalidity;
+  out->epoch = n->epoch;
+}
+
+gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing *out,
+                          GError **error) {
+  memset(out, 0, sizeof *out);
+  if (!n->selectable || n->mailbox == NULL)
+    return TRUE;
+  gint64 asked = g_get_monotonic_time();
+  g_mutex_lock(&n->lock);
+  gboolean fresh = n->fetched_at != 0 && asked - n->fetched_at <= max_age_us;
+  if (fresh)
+    _dc_snapshot(n, out);
+  g_mutex_unlock(&n->lock);
+  if (fresh)
+    return TRUE;
+
+  g_mutex_lock(&n->refresh_lock);
+  g_mutex_lock(&n->lock);
+  /* Someone else fetched after we asked: that answer is fresh enough. */
+  if (n->fetched_at >= asked) {
+    _dc_snapshot(n, out);
+    g_mutex_unlock(&n->lock);
+    g_mutex_unlock(&n->refresh_lock);
+    return TRUE;
+  }
+  g_mutex_unlock(&n->lock);
+
+  DcFetch f = {.dc = dc, .node = n, .msgs = g_array_new(FALSE, FALSE, sizeof(DcMsg))};
+  gint64 started = g_get_monotonic_time();
+  gboolean ok = pool_run(dc->pool, n->mailbox, TRUE, dc_fetch_op, &f, error);
+  if (ok) {
+    if (!f.sorted)
+      g_array_sort(f.msgs, dc_msg_cmp);
+    g_mutex_lock(&n->lock);
+    if (n->msgs != NULL)
+      g_array_unref(n->msgs);
+    n->msgs = g_steal_pointer(&f.msgs);
+    if (n->uidvalidity != f.uidvalidity || n->epoch == 0) {
+      /* New UIDVALIDITY: all UIDs are void, so messages get new inodes. */
+      g_mutex_lock(&dc->tree_lock);
+      n->epoch = _dc_new_id(dc, n, f.uidvalidity);
+      g_mutex_unlock(&dc->tree_lock);
+      n->uidvalidity = f.uidvalidity;
+    }
+    n->fetched_at = started;
+    _dc_snapshot(n, out);
+    g_mutex_unlock(&n->lock);
+  }
+  if (f.msgs != NULL)
+    g_array_unref(f.msgs);
+  g_mutex_unlock(&n->refresh_lock);
+  return ok;
+}
+
+void dc_listing_clear(DcListing *l) {
+  if (l->msgs != NULL)
+    g_array_unref(l->msgs);
+  memset(l, 0, sizeof *l);
+}
+
+const DcMsg *dc_listing_find(const DcListing *l, guint32 uid) {
+  if (l->msgs == NULL)
+    return NULL;
+  guint lo = 0, hi = l->msgs->len;
+  while (lo < hi) {
+    guint mid = lo + (hi - lo) / 2;
+    const DcMsg *m = &g_array_index(l->msgs, DcMsg, mid);
+    if (m->uid == uid)
+      return m;
+    if (m->uid < uid)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return NULL;
+}
+
+gint64 dircache_listing_age(Dircache *dc, DcNode *n) {
+  (void)dc;
+  g_mutex_lock(&n->lock);
+  gint64 age = n->fetched_at == 0 ? G_MAXINT64 : g_get_monotonic_time() - n->fetched_at;
+  g_mutex_unlock(&n->lock);
+  return age;
+}
+
+void dircache_set_size(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 uid,
+                       guint64 size) {
+  (void)dc;
+  g_mutex_lock(&n->lock);
+  if (n->msgs != NULL && n->uidvalidity == uidvalidity) {
+    /* Copy on write: snapshots already handed out stay as they were. */
+    DcListing l = {.msgs = n->msgs};
+    const DcMsg *m = dc_listing_find(&l, uid);
+    if (m != NULL && m->size != size) {
+      GArray *copy = g_array_sized_new(FALSE, FALSE, sizeof(DcMsg), n->msgs->len);
+      g_array_append_vals(copy, n->msgs->data, n->msgs->len);
+      g_array_index(copy, DcMsg, m - (const DcMsg *)n->msgs->data).size = size;
+      g_array_unref(n->msgs);
+      n->msgs = copy;
+    }
+  }
+  g_mutex_unlock(&n->lock);
+}

@@ -1,0 +1,407 @@
+/* fs.c - FUSE low-level operations over dircache and bodycache.
+ *
+ * Inodes: 1 is the root; a directory node id N is N << 32; a message is
+ * (epoch << 32) | UID where the epoch id names (mailbox, UIDVALIDITY).  So
+ * inodes are stable while mounted and cost nothing to keep; forget needs no
+ * bookkeeping.
+ */
+#include "imapfuse/fs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include "imapfuse/errors.h"
+#include "imapfuse/names.h"
+
+struct Fs {
+  Dircache *dc;
+  Bodycache *bc;
+  FsOptions opts;
+  struct timespec started;
+};
+
+Fs *fs_new(Dircache *dc, Bodycache *bc, const FsOptions *opts) {
+  Fs *fs = g_new0(Fs, 1);
+  fs->dc = dc;
+  fs->bc = bc;
+  fs->opts = *opts;
+  clock_gettime(CLOCK_REALTIME, &fs->started);
+  return fs;
+}
+
+void fs_free(Fs *fs) { g_free(fs); }
+
+/* ---- inode numbers ---- */
+
+static fuse_ino_t fs_dir_ino(Fs *fs, DcNode *n) {
+  return n == dircache_root(fs->dc) ? FUSE_ROOT_ID : (fuse_ino_t)dcnode_id(n) << 32;
+}
+
+static fuse_ino_t fs_msg_ino(guint32 epoch, guint32 uid) {
+  return ((fuse_ino_t)epoch << 32) | uid;
+}
+
+/* The directory for ino, or NULL. */
+static DcNode *fs_dir(Fs *fs, fuse_ino_t ino) {
+  if (ino == FUSE_ROOT_ID)
+    return dircache_root(fs->dc);
+  if ((ino & 0xffffffffu) != 0)
+    return NULL;
+  return dircache_node(fs->dc, (guint32)(ino >> 32));
+}
+
+static void fs_reply_error(fuse_req_t req, const char *what, GError *error) {
+  int err = ifs_errno_from_error(error);
+  if (err != ENOENT && err != ESTALE)
+    g_warning("%s: %s", what, error->message);
+  fuse_reply_err(req, err);
+}
+
+/* ---- attributes ---- */
+
+static void fs_dir_attr(Fs *fs, DcNode *n, struct stat *st) {
+  memset(st, 0, sizeof *st);
+  st->st_ino = fs_dir_ino(fs, n);
+  st->st_mode = S_IFDIR | 0700;
+  st->st_nlink = 2;
+  st->st_uid = fs->opts.uid;
+  st->st_gid = fs->opts.gid;
+  st->st_size = 4096;
+  st->st_blksize = 4096;
+  st->st_mtim = st->st_ctim = st->st_atim = fs->started;
+}
+
+static void fs_msg_attr(Fs *fs, guint32 epoch, const DcMsg *m, struct stat *st) {
+  memset(st, 0, sizeof *st);
+  st->st_ino = fs_msg_ino(epoch, m->uid);
+  st->st_mode = S_IFREG | 0600;
+  st->st_nlink = 1;
+  st->st_uid = fs->opts.uid;
+  st->st_gid = fs->opts.gid;
+  st->st_size = (off_t)m->size;
+  st->st_blksize = 4096;
+  st->st_blocks = (blkcnt_t)((m->size + 511) / 512);
+  st->st_mtim.tv_sec = st->st_ctim.tv_sec = st->st_atim.tv_sec = (time_t)m->date;
+}
+
+/* The message behind ino from the cached listing (no network unless the
+ * mailbox was never listed).  Returns FALSE with errno in *err. */
+static gboolean fs_msg(Fs *fs, fuse_ino_t ino, DcNode **node, guint32 *uidvalidity, DcMsg *out,
+                       int *err) {
+  guint32 epoch = (guint32)(ino >> 32), uid = (guint32)(ino & 0xffffffffu), uv = 0;
+  DcNode *n = dircache_epoch(fs->dc, epoch, &uv);
+  if (n == NULL || uid == 0) {
+    *err = ENOENT;
+    return FALSE;
+  }
+  DcListing l;
+  g_autoptr(GError) error = NULL;
+  if (!dircache_listing(fs->dc, n, G_MAXINT64, &l, &error)) {
+    *err = ifs_errno_from_error(error);
+    return FALSE;
+  }
+  const DcMsg *m = l.epoch == epoch ? dc_listing_find(&l, uid) : NULL;
+  if (l.epoch != epoch)
+    *err = ESTALE;
+  else if (m == NULL)
+    *err = ENOENT;
+  else {
+    *out = *m;
+    *node = n;
+    *uidvalidity = uv;
+  }
+  dc_listing_clear(&l);
+  return m != NULL;
+}
+
+/* ---- operations ---- */
+
+static void fs_init(void *userdata, struct fuse_conn_info *conn) {
+  (void)userdata;
+  /* Listings come with attributes: ls -l and find cost no lookups. */
+  if (conn->capable & FUSE_CAP_READDIRPLUS)
+    conn->want |= FUSE_CAP_READDIRPLUS;
+  conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
+  if (conn->capable & FUSE_CAP_ASYNC_READ)
+    conn->want |= FUSE_CAP_ASYNC_READ;
+}
+
+static gboolean fs_entry_for(Fs *fs, DcNode *parent, const char *name,
+                             struct fuse_entry_param *e, int *err) {
+  memset(e, 0, sizeof *e);
+  DcNode *child = dircache_child(fs->dc, parent, name);
+  if (child == NULL && !names_parse_message_filename(name, &(guint32){0})) {
+    /* Perhaps a mailbox created elsewhere since the last LIST. */
+    g_autoptr(GError) error = NULL;
+    if (!dircache_refresh_tree(fs->dc, fs->opts.tree_max_age_us > G_USEC_PER_SEC
+                                           ? fs->opts.tree_max_age_us : G_USEC_PER_SEC,
+                               &error)) {
+      *err = ifs_errno_from_error(error);
+      return FALSE;
+    }
+    child = dircache_child(fs->dc, parent, name);
+  }
+  if (child != NULL) {
+    e->ino = fs_dir_ino(fs, child);
+    fs_dir_attr(fs, child, &e->attr);
+    e->attr_timeout = e->entry_timeout = fs->opts.dir_timeout;
+    return TRUE;
+  }
+  guint32 uid;
+  if (!names_parse_message_filename(name, &uid) || !dcnode_selectable(parent)) {
+    *err = ENOENT;
+    return FALSE;
+  }
+  for (int pass = 0; pass < 2; pass++) {
+    DcListing l;
+    g_autoptr(GError) error = NULL;
+    /* First the cached list; if the name is not in it and the list is not
+     * brand new, ask the server once (the message may have just arrived). */
+    if (!dircache_listing(fs->dc, parent, pass == 0 ? G_MAXINT64 : G_USEC_PER_SEC, &l,
+                          &error)) {
+      *err = ifs_errno_from_error(error);
+      return FALSE;
+    }
+    const DcMsg *m = dc_listing_find(&l, uid);
+    if (m != NULL) {
+      e->ino = fs_msg_ino(l.epoch, uid);
+      fs_msg_attr(fs, l.epoch, m, &e->attr);
+      e->attr_timeout = e->entry_timeout = fs->opts.msg_timeout;
+    }
+    dc_listing_clear(&l);
+    if (m != NULL)
+      return TRUE;
+    if (dircache_listing_age(fs->dc, parent) <= G_USEC_PER_SEC)
+      break;
+  }
+  *err = ENOENT;
+  return FALSE;
+}
+
+static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
+  Fs *fs = fuse_req_userdata(req);
+  DcNode *p = fs_dir(fs, parent);
+  struct fuse_entry_param e;
+  int err;
+  if (p == NULL) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  if (!fs_entry_for(fs, p, name, &e, &err)) {
+    if (err == ENOENT) {
+      /* Negative entries are not cached: mail arrives any time. */
+      memset(&e, 0, sizeof e);
+      fuse_reply_entry(req, &e);
+    } else {
+      fuse_reply_err(req, err);
+    }
+    return;
+  }
+  fuse_reply_entry(req, &e);
+}
+
+static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  (void)fi;
+  Fs *fs = fuse_req_userdata(req);
+  struct stat st;
+  DcNode *d = fs_dir(fs, ino);
+  if (d != NULL) {
+    fs_dir_attr(fs, d, &st);
+    fuse_reply_attr(req, &st, fs->opts.dir_timeout);
+    return;
+  }
+  DcNode *n;
+  guint32 uv;
+  DcMsg m;
+  int err;
+  if (!fs_msg(fs, ino, &n, &uv, &m, &err)) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  fs_msg_attr(fs, (guint32)(ino >> 32), &m, &st);
+  fuse_reply_attr(req, &st, fs->opts.msg_timeout);
+}
+
+/* ---- directories ---- */
+
+typedef struct {
+  DcNode *node;
+  GPtrArray *children; /* DcChild* */
+  DcListing listing;
+} FsDir;
+
+static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  Fs *fs = fuse_req_userdata(req);
+  DcNode *n = fs_dir(fs, ino);
+  if (n == NULL) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  g_autoptr(GError) error = NULL;
+  gint64 tree_age = n == dircache_root(fs->dc) ? fs->opts.tree_max_age_us : G_MAXINT64;
+  if (!dircache_refresh_tree(fs->dc, tree_age, &error)) {
+    fs_reply_error(req, "listing mailboxes", error);
+    return;
+  }
+  if (n != dircache_root(fs->dc) && !dcnode_present(n)) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  FsDir *d = g_new0(FsDir, 1);
+  d->node = n;
+  if (!dircache_listing(fs->dc, n, fs->opts.list_max_age_us, &d->listing, &error)) {
+    g_free(d);
+    fs_reply_error(req, dcnode_mailbox(n), error);
+    return;
+  }
+  d->children = dircache_children(fs->dc, n);
+  fi->fh = (uint64_t)(uintptr_t)d;
+  fi->cache_readdir = 0;
+  fuse_reply_open(req, fi);
+}
+
+static void fs_readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                              struct fuse_file_info *fi, gboolean plus) {
+  (void)ino;
+  Fs *fs = fuse_req_userdata(req);
+  FsDir *d = (FsDir *)(uintptr_t)fi->fh;
+  g_autofree char *buf = g_malloc(size);
+  size_t used = 0;
+  guint nchild = d->children->len;
+  guint nmsg = d->listing.msgs != NULL ? d->listing.msgs->len : 0;
+  for (guint64 i = (guint64)off; i < (guint64)nchild + nmsg; i++) {
+    struct fuse_entry_param e = {0};
+    char name[32];
+    const char *nm;
+    if (i < nchild) {
+      const DcChild *c = g_ptr_array_index(d->children, i);
+      DcNode *cn = dircache_node(fs->dc, c->id);
+      nm = c->name;
+      e.ino = (fuse_ino_t)c->id << 32;
+      fs_dir_attr(fs, cn, &e.attr);
+      e.attr_timeout = e.entry_timeout = fs->opts.dir_timeout;
+    } else {
+      const DcMsg *m = &g_array_index(d->listing.msgs, DcMsg, i - nchild);
+      g_snprintf(name, sizeof name, "%u.eml", m->uid);
+      nm = name;
+      e.ino = fs_msg_ino(d->listing.epoch, m->uid);
+      fs_msg_attr(fs, d->listing.epoch, m, &e.attr);
+      e.attr_timeout = e.entry_timeout = fs->opts.msg_timeout;
+    }
+    size_t n = plus ? fuse_add_direntry_plus(req, buf + used, size - used, nm, &e, (off_t)(i + 1))
+                    : fuse_add_direntry(req, buf + used, size - used, nm, &e.attr, (off_t)(i + 1));
+    if (n > size - used)
+      break;
+    used += n;
+  }
+  fuse_reply_buf(req, buf, used);
+}
+
+static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                       struct fuse_file_info *fi) {
+  fs_readdir_common(req, ino, size, off, fi, FALSE);
+}
+
+static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                           struct fuse_file_info *fi) {
+  fs_readdir_common(req, ino, size, off, fi, TRUE);
+}
+
+static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  (void)ino;
+  FsDir *d = (FsDir *)(uintptr_t)fi->fh;
+  g_ptr_array_unref(d->children);
+  dc_listing_clear(&d->listing);
+  g_free(d);
+  fuse_reply_err(req, 0);
+}
+
+/* ---- files ---- */
+
+typedef struct {
+  DcNode *node;
+  guint32 uidvalidity;
+  guint32 uid;
+  guint64 size;
+} FsFile;
+
+static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  Fs *fs = fuse_req_userdata(req);
+  if (fs_dir(fs, ino) != NULL) {
+    fuse_reply_err(req, EISDIR);
+    return;
+  }
+  if ((fi->flags & O_ACCMODE) != O_RDONLY) {
+    fuse_reply_err(req, EPERM); /* a message's bytes cannot change */
+    return;
+  }
+  FsFile *f = g_new0(FsFile, 1);
+  DcMsg m;
+  int err;
+  if (!fs_msg(fs, ino, &f->node, &f->uidvalidity, &m, &err)) {
+    g_free(f);
+    fuse_reply_err(req, err);
+    return;
+  }
+  f->uid = m.uid;
+  f->size = m.size;
+  fi->fh = (uint64_t)(uintptr_t)f;
+  fi->keep_cache = 1; /* bytes are immutable per (mailbox, UIDVALIDITY, UID) */
+  fuse_reply_open(req, fi);
+}
+
+static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    struct fuse_file_info *fi) {
+  (void)ino;
+  Fs *fs = fuse_req_userdata(req);
+  FsFile *f = (FsFile *)(uintptr_t)fi->fh;
+  g_autoptr(GError) error = NULL;
+  guint64 real = f->size;
+  g_autoptr(GBytes) b = bodycache_read(fs->bc, dcnode_mailbox(f->node), f->uidvalidity, f->uid,
+                                       f->size, (guint64)off, size, &real, &error);
+  if (b == NULL) {
+    fs_reply_error(req, "reading a message", error);
+    return;
+  }
+  if (real != f->size) {
+    g_debug("UID %u in %s: RFC822.SIZE %" G_GUINT64_FORMAT " but %" G_GUINT64_FORMAT " bytes",
+            f->uid, dcnode_mailbox(f->node), f->size, real);
+    dircache_set_size(fs->dc, f->node, f->uidvalidity, f->uid, real);
+  }
+  gsize n;
+  const void *data = g_bytes_get_data(b, &n);
+  fuse_reply_buf(req, data, n);
+}
+
+static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  (void)ino;
+  g_free((FsFile *)(uintptr_t)fi->fh);
+  fuse_reply_err(req, 0);
+}
+
+static void fs_statfs(fuse_req_t req, fuse_ino_t ino) {
+  (void)ino;
+  struct statvfs st = {0};
+  st.f_bsize = st.f_frsize = 4096;
+  st.f_namemax = 255;
+  fuse_reply_statfs(req, &st);
+}
+
+static const struct fuse_lowlevel_ops fs_ops = {
+    .init = fs_init,
+    .lookup = fs_lookup,
+    .getattr = fs_getattr,
+    .opendir = fs_opendir,
+    .readdir = fs_readdir,
+    .readdirplus = fs_readdirplus,
+    .releasedir = fs_releasedir,
+    .open = fs_open,
+    .read = fs_read,
+    .release = fs_release,
+    .statfs = fs_statfs,
+};
+
+const struct fuse_lowlevel_ops *fs_lowlevel_ops(void) { return &fs_ops; }

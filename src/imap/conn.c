@@ -1,0 +1,569 @@
+/* conn.c - one IMAP connection: socket, TLS, tags, literals, capabilities.
+ *
+ * Commands run one at a time on a connection, on the caller's thread: the
+ * caller sends, then reads until its own tagged reply, handing untagged
+ * responses to the command's handler.  Concurrency comes from the pool
+ * running several connections; bulk work (many bodies) is one command with
+ * many responses, so per-command round trips stay rare.
+ */
+#include "imapfuse/conn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "imapfuse/auth.h"
+#include "imapfuse/errors.h"
+#include "imapfuse/tls.h"
+
+struct ImapConn {
+  const ImapEndpoint *ep;
+  guint id;
+  int fd;
+  SSL *ssl;
+  ImapParser *parser;
+  guint32 caps;
+  gboolean caps_known;
+  guint tag_counter;
+  char *selected;
+  guint32 selected_uidvalidity;
+  gboolean broken;
+  gboolean qresync;
+  ImapHandler unsolicited;
+  gpointer unsolicited_user;
+  gint64 last_used;
+};
+
+static gint conn_next_id = 0;
+static GMutex conn_trace_lock;
+
+/* ---- tracing (credentials never reach it) ---- */
+
+static void conn_trace(const ImapConn *c, const char *dir, const void *data, gsize len) {
+  if (!c->ep->trace)
+    return;
+  const gsize max = 400;
+  g_autoptr(GString) s = g_string_new(NULL);
+  const guchar *p = data;
+  for (gsize i = 0; i < len && i < max; i++) {
+    if (p[i] == '\r')
+      continue;
+    if (p[i] == '\n' && i + 1 < len)
+      g_string_append(s, "\n    ");
+    else if (p[i] == '\n')
+      ;
+    else if (p[i] >= 0x20 && p[i] < 0x7f)
+      g_string_append_c(s, p[i]);
+    else
+      g_string_append_printf(s, "\\x%02x", p[i]);
+  }
+  if (len > max)
+    g_string_append_printf(s, "... (%" G_GSIZE_FORMAT " bytes)", len);
+  g_mutex_lock(&conn_trace_lock);
+  g_printerr("imapfuse[#%u] %s %s\n", c->id, dir, s->str);
+  g_mutex_unlock(&conn_trace_lock);
+}
+
+/* ---- raw I/O ---- */
+
+static gboolean conn_fail(ImapConn *c, GError **error, IfsError code, const char *fmt, ...)
+    G_GNUC_PRINTF(4, 5);
+static gboolean conn_fail(ImapConn *c, GError **error, IfsError code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+  va_end(ap);
+  c->broken = TRUE;
+  g_set_error_literal(error, IFS_ERROR, code, msg);
+  return FALSE;
+}
+
+static gboolean conn_write(ImapConn *c, const void *data, gsize len, GError **error) {
+  const char *p = data;
+  while (len > 0) {
+    ssize_t n;
+    if (c->ssl != NULL) {
+      int chunk = len > G_MAXINT ? G_MAXINT : (int)len;
+      n = SSL_write(c->ssl, p, chunk);
+      if (n <= 0) {
+        int e = SSL_get_error(c->ssl, (int)n);
+        ERR_clear_error();
+        if (e == SSL_ERROR_WANT_WRITE || (e == SSL_ERROR_SYSCALL && errno == EAGAIN))
+          return conn_fail(c, error, IFS_ERROR_TIMEOUT, "timed out sending to %s", c->ep->host);
+        return conn_fail(c, error, IFS_ERROR_CLOSED, "connection to %s lost while sending",
+                         c->ep->host);
+      }
+    } else {
+      n = send(c->fd, p, len, MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno == EINTR)
+          continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+          return conn_fail(c, error, IFS_ERROR_TIMEOUT, "timed out sending to %s", c->ep->host);
+        return conn_fail(c, error, IFS_ERROR_CLOSED, "connection to %s lost: %s", c->ep->host,
+                         g_strerror(errno));
+      }
+    }
+    p += n;
+    len -= (gsize)n;
+  }
+  return TRUE;
+}
+
+/* Read what is available (at least one byte) into the parser. */
+static gboolean conn_fill(ImapConn *c, GError **error) {
+  char buf[65536];
+  for (;;) {
+    ssize_t n;
+    if (c->ssl != NULL) {
+      n = SSL_read(c->ssl, buf, sizeof buf);
+      if (n <= 0) {
+        int e = SSL_get_error(c->ssl, (int)n);
+        int saved = errno;
+        ERR_clear_error();
+        if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && n == 0))
+          return conn_fail(c, error, IFS_ERROR_CLOSED, "%s closed the connection", c->ep->host);
+        if (e == SSL_ERROR_WANT_READ || (e == SSL_ERROR_SYSCALL && saved == EAGAIN))
+          return conn_fail(c, error, IFS_ERROR_TIMEOUT, "no answer from %s for %d s",
+                           c->ep->host, c->ep->timeout_s);
+        if (e == SSL_ERROR_SYSCALL && saved == EINTR)
+          continue;
+        return conn_fail(c, error, IFS_ERROR_CLOSED, "connection to %s lost (TLS error)",
+                         c->ep->host);
+      }
+    } else {
+      n = recv(c->fd, buf, sizeof buf, 0);
+      if (n == 0)
+        return conn_fail(c, error, IFS_ERROR_CLOSED, "%s closed the connection", c->ep->host);
+      if (n < 0) {
+        if (errno == EINTR)
+          continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+          return conn_fail(c, error, IFS_ERROR_TIMEOUT, "no answer from %s for %d s",
+                           c->ep->host, c->ep->timeout_s);
+        return conn_fail(c, error, IFS_ERROR_CLOSED, "connection to %s lost: %s", c->ep->host,
+                         g_strerror(errno));
+      }
+    }
+    conn_trace(c, "S:", buf, (gsize)n);
+    imap_parser_feed(c->parser, buf, (gsize)n);
+    return TRUE;
+  }
+}
+
+static void conn_note_caps(ImapConn *c, const ImapVal *list, guint first);
+
+/* Next complete response; also keeps capabilities current. */
+static ImapResponse *conn_read(ImapConn *c, GError **error) {
+  for (;;) {
+    ImapResponse *r = NULL;
+    g_autoptr(GError) perr = NULL;
+    int rc = imap_parser_next(c->parser, &r, &perr);
+    if (rc < 0) {
+      conn_fail(c, error, IFS_ERROR_PROTOCOL, "bad response from %s: %s", c->ep->host,
+                perr->message);
+      return NULL;
+    }
+    if (rc > 0) {
+      if (r->code != NULL && g_str_equal(r->code, "CAPABILITY"))
+        conn_note_caps(c, &r->code_args, 0);
+      else if (r->name != NULL && g_str_equal(r->name, "CAPABILITY"))
+        conn_note_caps(c, &r->args, 0);
+      return r;
+    }
+    if (!conn_fill(c, error))
+      return NULL;
+  }
+}
+
+/* ---- capabilities ---- */
+
+static void conn_note_caps(ImapConn *c, const ImapVal *list, guint first) {
+  static const struct {
+    const char *name;
+    guint32 bit;
+  } names[] = {
+      {"IMAP4REV1", IMAP_CAP_IMAP4REV1},     {"IMAP4REV2", IMAP_CAP_IMAP4REV2},
+      {"STARTTLS", IMAP_CAP_STARTTLS},       {"LOGINDISABLED", IMAP_CAP_LOGINDISABLED},
+      {"AUTH=PLAIN", IMAP_CAP_AUTH_PLAIN},   {"SASL-IR", IMAP_CAP_SASL_IR},
+      {"LITERAL+", IMAP_CAP_LITERALPLUS},    {"LITERAL-", IMAP_CAP_LITERALMINUS},
+      {"UIDPLUS", IMAP_CAP_UIDPLUS},         {"MOVE", IMAP_CAP_MOVE},
+      {"CONDSTORE", IMAP_CAP_CONDSTORE},     {"QRESYNC", IMAP_CAP_QRESYNC},
+      {"IDLE", IMAP_CAP_IDLE},               {"NOTIFY", IMAP_CAP_NOTIFY},
+      {"ENABLE", IMAP_CAP_ENABLE},           {"ESEARCH", IMAP_CAP_ESEARCH},
+      {"SPECIAL-USE", IMAP_CAP_SPECIAL_USE}, {"NAMESPACE", IMAP_CAP_NAMESPACE},
+      {"ID", IMAP_CAP_ID},                   {"UTF8=ACCEPT", IMAP_CAP_UTF8_ACCEPT},
+      {"COMPRESS=DEFLATE", IMAP_CAP_COMPRESS_DEFLATE},
+      {"AUTH=XOAUTH2", IMAP_CAP_AUTH_XOAUTH2},
+      {"AUTH=OAUTHBEARER", IMAP_CAP_AUTH_OAUTHBEARER},
+      {"LIST-EXTENDED", IMAP_CAP_LIST_EXTENDED}, {"BINARY", IMAP_CAP_BINARY},
+  };
+  guint32 caps = 0;
+  for (guint i = first; i < list->n_items; i++) {
+    const char *s = imap_val_str(&list->items[i]);
+    if (s == NULL)
+      continue;
+    for (gsize k = 0; k < G_N_ELEMENTS(names); k++)
+      if (g_ascii_strcasecmp(s, names[k].name) == 0)
+        caps |= names[k].bit;
+    if (g_ascii_strncasecmp(s, "APPENDLIMIT", 11) == 0)
+      caps |= IMAP_CAP_APPENDLIMIT;
+  }
+  /* IMAP4rev2 (RFC 9051) includes these. */
+  if (caps & IMAP_CAP_IMAP4REV2)
+    caps |= IMAP_CAP_UIDPLUS | IMAP_CAP_MOVE | IMAP_CAP_ENABLE | IMAP_CAP_ESEARCH |
+            IMAP_CAP_NAMESPACE | IMAP_CAP_SPECIAL_USE | IMAP_CAP_LITERALMINUS | IMAP_CAP_IDLE |
+            IMAP_CAP_SASL_IR | IMAP_CAP_LIST_EXTENDED;
+  c->caps = caps;
+  c->caps_known = TRUE;
+}
+
+/* ---- commands ---- */
+
+static IfsError conn_error_code(const ImapResponse *r) {
+  static const struct {
+    const char *code;
+    IfsError err;
+  } codes[] = {
+      {"NONEXISTENT", IFS_ERROR_NOT_FOUND}, {"TRYCREATE", IFS_ERROR_NOT_FOUND},
+      {"ALREADYEXISTS", IFS_ERROR_EXISTS},  {"OVERQUOTA", IFS_ERROR_QUOTA},
+      {"LIMIT", IFS_ERROR_TOO_BIG},         {"TOOBIG", IFS_ERROR_TOO_BIG},
+      {"NOPERM", IFS_ERROR_PERM},           {"INUSE", IFS_ERROR_BUSY},
+      {"CANNOT", IFS_ERROR_INVALID},        {"AUTHENTICATIONFAILED", IFS_ERROR_AUTH},
+      {"AUTHORIZATIONFAILED", IFS_ERROR_AUTH}, {"EXPIRED", IFS_ERROR_AUTH},
+  };
+  if (r->code != NULL)
+    for (gsize i = 0; i < G_N_ELEMENTS(codes); i++)
+      if (g_str_equal(r->code, codes[i].code))
+        return codes[i].err;
+  return r->status == IMAP_STATUS_BAD ? IFS_ERROR_BAD : IFS_ERROR_NO;
+}
+
+static gboolean conn_dispatch(ImapConn *c, ImapResponse *r, ImapHandler fn, gpointer user) {
+  if (r->status == IMAP_STATUS_BYE) {
+    /* The server is about to close; the next read fails. Keep the reason. */
+    c->broken = TRUE;
+    g_debug("#%u: server said BYE: %s", c->id, r->text);
+  }
+  if (fn != NULL && fn(r, user))
+    return TRUE;
+  if (c->unsolicited != NULL)
+    return c->unsolicited(r, c->unsolicited_user);
+  return FALSE;
+}
+
+/* Wait for a "+" continuation, handling untagged responses on the way.
+ * Returns 1 on "+", 0 when the command's tagged reply came instead (in
+ * *tagged), -1 on error. */
+static int conn_wait_continuation(ImapConn *c, const char *tag, ImapHandler fn,
+                                  gpointer user, ImapResponse **tagged, GError **error) {
+  for (;;) {
+    ImapResponse *r = conn_read(c, error);
+    if (r == NULL)
+      return -1;
+    if (r->kind == IMAP_RESP_CONTINUATION) {
+      imap_response_free(r);
+      return 1;
+    }
+    if (r->kind == IMAP_RESP_TAGGED) {
+      if (g_strcmp0(r->tag, tag) != 0) {
+        imap_response_free(r);
+        conn_fail(c, error, IFS_ERROR_PROTOCOL, "reply for unknown tag from %s", c->ep->host);
+        return -1;
+      }
+      *tagged = r;
+      return 0;
+    }
+    conn_dispatch(c, r, fn, user);
+    imap_response_free(r);
+  }
+}
+
+gboolean imap_conn_run(ImapConn *c, ImapCmd *cmd, ImapHandler fn, gpointer user,
+                       ImapResponse **tagged_out, GError **error) {
+  g_autoptr(ImapCmd) owned = cmd;
+  g_autoptr(ImapResponse) tagged = NULL;
+  if (tagged_out != NULL)
+    *tagged_out = NULL;
+  if (c->broken) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_CLOSED, "connection to %s is closed", c->ep->host);
+    return FALSE;
+  }
+  g_autofree char *tag = g_strdup_printf("A%u", ++c->tag_counter);
+  const GPtrArray *segs = imap_cmd_segments(cmd);
+  g_autoptr(GString) out = g_string_new(tag);
+  g_string_append_c(out, ' ');
+  for (guint i = 0; i < segs->len && tagged == NULL; i++) {
+    const ImapCmdSeg *seg = g_ptr_array_index(segs, i);
+    if (seg->text != NULL)
+      g_string_append_len(out, seg->text->str, seg->text->len);
+    if (seg->literal == NULL)
+      continue;
+    gsize n = g_bytes_get_size(seg->literal);
+    gboolean nonsync = imap_conn_has(c, IMAP_CAP_LITERALPLUS) ||
+                       (imap_conn_has(c, IMAP_CAP_LITERALMINUS) && n <= 4096);
+    g_string_append_printf(out, "{%" G_GSIZE_FORMAT "%s}\r\n", n, nonsync ? "+" : "");
+    conn_trace(c, "C:", imap_cmd_is_secret(cmd) ? "<redacted>" : out->str,
+               imap_cmd_is_secret(cmd) ? 10 : out->len);
+    if (!conn_write(c, out->str, out->len, error))
+      return FALSE;
+    g_string_truncate(out, 0);
+    if (!nonsync) {
+      int w = conn_wait_continuation(c, tag, fn, user, &tagged, error);
+      if (w < 0)
+        return FALSE;
+      if (w == 0)
+        break; /* the server refused the literal: its tagged reply decides */
+    }
+    gsize size;
+    const void *data = g_bytes_get_data(seg->literal, &size);
+    conn_trace(c, "C:", "<literal>", 9);
+    if (!conn_write(c, data, size, error))
+      return FALSE;
+  }
+  if (tagged == NULL) {
+    g_string_append(out, "\r\n");
+    conn_trace(c, "C:", imap_cmd_is_secret(cmd) ? "<redacted>" : out->str,
+               imap_cmd_is_secret(cmd) ? 10 : out->len);
+    if (!conn_write(c, out->str, out->len, error))
+      return FALSE;
+  }
+  while (tagged == NULL) {
+    ImapResponse *r = conn_read(c, error);
+    if (r == NULL)
+      return FALSE;
+    if (r->kind == IMAP_RESP_TAGGED) {
+      if (g_strcmp0(r->tag, tag) != 0) {
+        imap_response_free(r);
+        return conn_fail(c, error, IFS_ERROR_PROTOCOL, "reply for unknown tag from %s",
+                         c->ep->host);
+      }
+      tagged = r;
+    } else if (r->kind == IMAP_RESP_CONTINUATION) {
+      gpointer cuser = NULL;
+      ImapContinueFn cfn = imap_cmd_continue_fn(cmd, &cuser);
+      g_autofree char *line = cfn != NULL ? cfn(r, cuser) : NULL;
+      imap_response_free(r);
+      if (cfn == NULL)
+        return conn_fail(c, error, IFS_ERROR_PROTOCOL, "unexpected continuation from %s",
+                         c->ep->host);
+      g_autofree char *send = g_strdup_printf("%s\r\n", line != NULL ? line : "*");
+      conn_trace(c, "C:", "<redacted>", 10);
+      if (!conn_write(c, send, strlen(send), error))
+        return FALSE;
+    } else {
+      conn_dispatch(c, r, fn, user);
+      imap_response_free(r);
+    }
+  }
+  c->last_used = g_get_monotonic_time();
+  gboolean ok = tagged->status == IMAP_STATUS_OK;
+  if (!ok)
+    g_set_error(error, IFS_ERROR, conn_error_code(tagged), "%s", tagged->text);
+  if (tagged_out != NULL)
+    *tagged_out = g_steal_pointer(&tagged);
+  return ok;
+}
+
+/* ---- setup ---- */
+
+static gboolean conn_connect(ImapConn *c, GError **error) {
+  const ImapEndpoint *ep = c->ep;
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+  struct addrinfo *res = NULL;
+  char port[8];
+  g_snprintf(port, sizeof port, "%u", ep->port);
+  int rc = getaddrinfo(ep->host, port, &hints, &res);
+  if (rc != 0) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_CONNECT, "cannot resolve %s: %s", ep->host,
+                gai_strerror(rc));
+    return FALSE;
+  }
+  int last_errno = 0;
+  for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                    ai->ai_protocol);
+    if (fd < 0) {
+      last_errno = errno;
+      continue;
+    }
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
+      last_errno = errno;
+      close(fd);
+      continue;
+    }
+    struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+    int pr;
+    do
+      pr = poll(&pfd, 1, ep->timeout_s * 1000);
+    while (pr < 0 && errno == EINTR);
+    int soerr = 0;
+    socklen_t slen = sizeof soerr;
+    if (pr == 0)
+      soerr = ETIMEDOUT;
+    else if (pr < 0)
+      soerr = errno;
+    else
+      getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &slen);
+    if (soerr != 0) {
+      last_errno = soerr;
+      close(fd);
+      continue;
+    }
+    /* Back to blocking; timeouts come from SO_RCVTIMEO/SO_SNDTIMEO. */
+    int one = 1;
+    struct timeval tv = {.tv_sec = ep->timeout_s};
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    int fl = fcntl(fd, F_GETFL);
+    fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    c->fd = fd;
+    freeaddrinfo(res);
+    return TRUE;
+  }
+  freeaddrinfo(res);
+  g_set_error(error, IFS_ERROR, IFS_ERROR_CONNECT, "cannot connect to %s port %u: %s", ep->host,
+              ep->port, g_strerror(last_errno ? last_errno : ECONNREFUSED));
+  return FALSE;
+}
+
+static gboolean conn_simple(ImapConn *c, const char *command, GError **error) {
+  return imap_conn_run(c, imap_cmd_new("%s", command), NULL, NULL, NULL, error);
+}
+
+static gboolean conn_enable_qresync(ImapConn *c, GError **error) {
+  const char *what = NULL;
+  if (imap_conn_has(c, IMAP_CAP_QRESYNC))
+    what = "ENABLE QRESYNC";
+  else if (imap_conn_has(c, IMAP_CAP_CONDSTORE))
+    what = "ENABLE CONDSTORE";
+  if (what == NULL || !imap_conn_has(c, IMAP_CAP_ENABLE))
+    return TRUE;
+  if (!conn_simple(c, what, error))
+    return FALSE;
+  c->qresync = imap_conn_has(c, IMAP_CAP_QRESYNC);
+  return TRUE;
+}
+
+ImapConn *imap_conn_open(const ImapEndpoint *ep, GError **error) {
+  g_autoptr(ImapConn) c = g_new0(ImapConn, 1);
+  c->ep = ep;
+  c->fd = -1;
+  c->id = (guint)g_atomic_int_add(&conn_next_id, 1) + 1;
+  c->parser = imap_parser_new(0, 0);
+  if (!conn_connect(c, error))
+    return NULL;
+  if (ep->tls == IMAP_TLS_IMPLICIT) {
+    c->ssl = tls_handshake(ep->tls_ctx, c->fd, ep->host, error);
+    if (c->ssl == NULL)
+      return NULL;
+  }
+  g_autoptr(ImapResponse) greeting = conn_read(c, error);
+  if (greeting == NULL)
+    return NULL;
+  if (greeting->kind != IMAP_RESP_UNTAGGED ||
+      (greeting->status != IMAP_STATUS_OK && greeting->status != IMAP_STATUS_PREAUTH)) {
+    g_set_error(error, IFS_ERROR, greeting->status == IMAP_STATUS_BYE ? IFS_ERROR_CLOSED
+                                                                        : IFS_ERROR_PROTOCOL,
+                "%s refused the connection: %s", ep->host,
+                greeting->text[0] ? greeting->text : "no greeting");
+    return NULL;
+  }
+  gboolean preauth = greeting->status == IMAP_STATUS_PREAUTH;
+  if (ep->tls == IMAP_TLS_STARTTLS) {
+    if (preauth) {
+      g_set_error(error, IFS_ERROR, IFS_ERROR_TLS,
+                  "%s sent PREAUTH, so STARTTLS is impossible; use imaps:// or -o tls=off",
+                  ep->host);
+      return NULL;
+    }
+    if (!c->caps_known && !conn_simple(c, "CAPABILITY", error))
+      return NULL;
+    if (!imap_conn_has(c, IMAP_CAP_STARTTLS)) {
+      g_set_error(error, IFS_ERROR, IFS_ERROR_UNSUPPORTED,
+                  "%s does not offer STARTTLS; use imaps:// or -o tls=off", ep->host);
+      return NULL;
+    }
+    if (!conn_simple(c, "STARTTLS", error))
+      return NULL;
+    /* Anything the server sent after its OK arrived unencrypted and may be
+     * injected: refuse rather than parse it after the handshake. */
+    if (imap_parser_buffered(c->parser) > 0) {
+      g_set_error(error, IFS_ERROR, IFS_ERROR_TLS,
+                  "%s sent data after STARTTLS before the TLS handshake", ep->host);
+      return NULL;
+    }
+    imap_parser_reset(c->parser);
+    c->ssl = tls_handshake(ep->tls_ctx, c->fd, ep->host, error);
+    if (c->ssl == NULL)
+      return NULL;
+    c->caps_known = FALSE; /* capabilities before TLS are not to be trusted */
+  }
+  if (!preauth) {
+    if (!c->caps_known && !conn_simple(c, "CAPABILITY", error))
+      return NULL;
+    c->caps_known = FALSE;
+    if (!auth_login(c, ep, error))
+      return NULL;
+  }
+  if (!c->caps_known && !conn_simple(c, "CAPABILITY", error))
+    return NULL;
+  if (!conn_enable_qresync(c, error))
+    return NULL;
+  c->last_used = g_get_monotonic_time();
+  return g_steal_pointer(&c);
+}
+
+void imap_conn_close(ImapConn *c) {
+  if (c == NULL)
+    return;
+  if (c->fd >= 0 && !c->broken) {
+    /* Best effort, and quick: do not wait long on a server going away. */
+    struct timeval tv = {.tv_sec = 2};
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    GError *ignored = NULL;
+    conn_simple(c, "LOGOUT", &ignored);
+    g_clear_error(&ignored);
+  }
+  if (c->ssl != NULL) {
+    SSL_free(c->ssl);
+    ERR_clear_error();
+  }
+  if (c->fd >= 0)
+    close(c->fd);
+  imap_parser_free(c->parser);
+  g_free(c->selected);
+  g_free(c);
+}
+
+void imap_conn_set_unsolicited(ImapConn *c, ImapHandler fn, gpointer user) {
+  c->unsolicited = fn;
+  c->unsolicited_user = user;
+}
+
+guint32 imap_conn_caps(const ImapConn *c) { return c->caps; }
+gboolean imap_conn_has(const ImapConn *c, guint32 cap) { return (c->caps & cap) == cap; }
+gboolean imap_conn_is_broken(const ImapConn *c) { return c->broken; }
+void imap_conn_set_broken(ImapConn *c) { c->broken = TRUE; }
+const char *imap_conn_selected(const ImapConn *c) { return c->selected; }
+guint32 imap_conn_selected_uidvalidity(const ImapConn *c) { return c->selected_uidvalidity; }
+gint64 imap_conn_last_used(const ImapConn *c) { return c->last_used; }
+guint imap_conn_id(const ImapConn *c) { return c->id; }
+gboolean imap_conn_qresync_enabled(const ImapConn *c) { return c->qresync; }
+
+void imap_conn_set_selected(ImapConn *c, const char *mailbox, guint32 uidvalidity) {
+  g_free(c->selected);
+  c->selected = g_strdup(mailbox);
+  c->selected_uidvalidity = mailbox != NULL ? uidvalidity : 0;
+}

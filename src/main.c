@@ -1,0 +1,183 @@
+/* main.c - command line, login, mount, run, shut down.
+ *
+ * Order matters: everything that can fail for a user reason (options, URL,
+ * password, connect, TLS, login, LIST) happens before the mount, so a
+ * failure leaves no mount behind and the mount appears only once the login
+ * has succeeded.  Daemonising happens after login but before any thread is
+ * started (fork keeps only the calling thread).
+ */
+#include <fuse_lowlevel.h>
+#include <glib.h>
+#include <locale.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "imapfuse/bodycache.h"
+#include "imapfuse/conn.h"
+#include "imapfuse/dircache.h"
+#include "imapfuse/errors.h"
+#include "imapfuse/fs.h"
+#include "imapfuse/options.h"
+#include "imapfuse/pool.h"
+#include "imapfuse/tls.h"
+
+static void main_log(const gchar *domain, GLogLevelFlags level, const gchar *message,
+                     gpointer user) {
+  (void)domain;
+  gboolean debug = GPOINTER_TO_INT(user);
+  if ((level & G_LOG_LEVEL_DEBUG) && !debug)
+    return;
+  const char *what = (level & G_LOG_LEVEL_ERROR)      ? "error"
+                     : (level & G_LOG_LEVEL_CRITICAL) ? "critical"
+                     : (level & G_LOG_LEVEL_WARNING)  ? "warning"
+                     : (level & G_LOG_LEVEL_DEBUG)    ? "debug"
+                                                      : "info";
+  fprintf(stderr, "imapfuse: %s: %s\n", what, message);
+}
+
+static int main_fail(const GError *error) {
+  fprintf(stderr, "imapfuse: %s\n", error->message);
+  return 1;
+}
+
+int main(int argc, char *argv[]) {
+  setlocale(LC_ALL, "");
+  signal(SIGPIPE, SIG_IGN); /* a dead TLS peer must be an error, not a kill */
+  struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+  IfsOptions o;
+  struct fuse_cmdline_opts fo = {0};
+  ImapEndpoint ep = {0};
+  g_autoptr(GError) error = NULL;
+  int ret = 1;
+  Pool *pool = NULL;
+  Dircache *dc = NULL;
+  Bodycache *bc = NULL;
+  Fs *fs = NULL;
+  struct fuse_session *se = NULL;
+  g_autofree char *fsname = NULL;
+
+  if (!options_parse(&args, &o, &error)) {
+    ret = main_fail(error);
+    goto out;
+  }
+  if (fuse_parse_cmdline(&args, &fo) != 0)
+    goto out;
+  if (o.show_help || fo.show_help) {
+    options_usage(argv[0]);
+    printf("FUSE options:\n");
+    fuse_cmdline_help();
+    fuse_lowlevel_help();
+    ret = 0;
+    goto out;
+  }
+  if (o.show_version || fo.show_version) {
+    printf("imapfuse %s\n", IMAPFUSE_VERSION);
+    fuse_lowlevel_version();
+    ret = 0;
+    goto out;
+  }
+  if (fo.mountpoint == NULL) {
+    fprintf(stderr, "imapfuse: missing mountpoint; see --help\n");
+    goto out;
+  }
+  g_log_set_default_handler(main_log, GINT_TO_POINTER(fo.debug || o.imap_debug));
+
+  if (!options_parse_url(o.url, g_strcmp0(o.tls, "off") == 0, &ep, &error)) {
+    ret = main_fail(error);
+    goto out;
+  }
+  ep.cafile = g_strdup(o.cafile);
+  ep.timeout_s = o.timeout;
+  ep.trace = o.imap_debug || fo.debug;
+  if (ep.tls == IMAP_TLS_NONE && !options_host_is_loopback(ep.host))
+    fprintf(stderr, "imapfuse: warning: tls=off: your password and mail cross the network "
+                    "to %s unencrypted\n", ep.host);
+  if (ep.tls != IMAP_TLS_NONE) {
+    ep.tls_ctx = tls_ctx_new(ep.cafile, &error);
+    if (ep.tls_ctx == NULL) {
+      ret = main_fail(error);
+      goto out;
+    }
+  }
+  ep.password = options_get_password(&o, &ep, &error);
+  if (ep.password == NULL) {
+    ret = main_fail(error);
+    goto out;
+  }
+
+  ImapConn *first = imap_conn_open(&ep, &error);
+  if (first == NULL) {
+    ret = main_fail(error);
+    goto out;
+  }
+  pool = pool_new(&ep, (guint)o.connections, first);
+  dc = dircache_new(pool);
+  if (!dircache_refresh_tree(dc, 0, &error)) {
+    ret = main_fail(error);
+    goto out;
+  }
+  BodycacheOptions bo = {.mem_bytes = (guint64)o.cache_mem_mb << 20, .chunk_bytes = 1 << 20};
+  bc = bodycache_new(pool, &bo);
+  FsOptions fso = {
+      .uid = getuid(),
+      .gid = getgid(),
+      .msg_timeout = o.msg_timeout,
+      .dir_timeout = o.dir_timeout,
+      .list_max_age_us = (gint64)(o.list_max_age * G_USEC_PER_SEC),
+      .tree_max_age_us = (gint64)(o.dir_timeout * G_USEC_PER_SEC),
+  };
+  fs = fs_new(dc, bc, &fso);
+
+  fsname = g_strdup_printf("-ofsname=imapfuse#%s@%s", ep.user, ep.host);
+  fuse_opt_add_arg(&args, "-osubtype=imapfuse");
+  fuse_opt_add_arg(&args, "-odefault_permissions");
+  fuse_opt_add_arg(&args, fsname);
+  se = fuse_session_new(&args, fs_lowlevel_ops(), sizeof(struct fuse_lowlevel_ops), fs);
+  if (se == NULL)
+    goto out;
+  if (fuse_set_signal_handlers(se) != 0)
+    goto out;
+  if (fuse_session_mount(se, fo.mountpoint) != 0) {
+    fprintf(stderr, "imapfuse: cannot mount on %s\n", fo.mountpoint);
+    goto out_signals;
+  }
+  fuse_daemonize(fo.foreground);
+  if (fo.singlethread) {
+    ret = fuse_session_loop(se);
+  } else {
+    struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+    fuse_loop_cfg_set_clone_fd(cfg, fo.clone_fd);
+    /* fuse_parse_cmdline leaves "unset" as UINT_MAX. */
+    fuse_loop_cfg_set_max_threads(cfg, fo.max_threads > 0 && fo.max_threads <= 1000
+                                           ? fo.max_threads : 16);
+    if (fo.max_idle_threads > 0 && fo.max_idle_threads <= 1000)
+      fuse_loop_cfg_set_idle_threads(cfg, fo.max_idle_threads);
+    ret = fuse_session_loop_mt(se, cfg);
+    fuse_loop_cfg_destroy(cfg);
+  }
+  ret = ret != 0 ? 1 : 0;
+  fuse_session_unmount(se);
+out_signals:
+  fuse_remove_signal_handlers(se);
+out:
+  if (se != NULL)
+    fuse_session_destroy(se);
+  fs_free(fs);
+  bodycache_free(bc);
+  dircache_free(dc);
+  pool_free(pool);
+  if (ep.password != NULL)
+    memset(ep.password, 0, strlen(ep.password));
+  g_free(ep.password);
+  g_free(ep.user);
+  g_free(ep.host);
+  g_free(ep.cafile);
+  if (ep.tls_ctx != NULL)
+    SSL_CTX_free(ep.tls_ctx);
+  free(fo.mountpoint);
+  fuse_opt_free_args(&args);
+  options_clear(&o);
+  return ret;
+}

@@ -1,0 +1,333 @@
+/* options.c - fuse_opt table, server URL, password sources. */
+#include "imapfuse/options.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "imapfuse/errors.h"
+
+enum { KEY_HELP, KEY_VERSION, KEY_DISCARD };
+
+#define IFS_OPT(t, p, v) {t, offsetof(IfsOptions, p), v}
+
+static const struct fuse_opt options_table[] = {
+    IFS_OPT("password_command=%s", password_command, 0),
+    IFS_OPT("password_file=%s", password_file, 0),
+    IFS_OPT("cafile=%s", cafile, 0),
+    IFS_OPT("tls=%s", tls, 0),
+    IFS_OPT("connections=%u", connections, 0),
+    IFS_OPT("timeout=%u", timeout, 0),
+    IFS_OPT("imap_debug", imap_debug, 1),
+    IFS_OPT("cache_mem=%u", cache_mem_mb, 0),
+    IFS_OPT("msg_timeout=%lf", msg_timeout, 0),
+    IFS_OPT("dir_timeout=%lf", dir_timeout, 0),
+    IFS_OPT("list_max_age=%lf", list_max_age, 0),
+    FUSE_OPT_KEY("-h", KEY_HELP),
+    FUSE_OPT_KEY("--help", KEY_HELP),
+    FUSE_OPT_KEY("-V", KEY_VERSION),
+    FUSE_OPT_KEY("--version", KEY_VERSION),
+    /* fstab noise that mount(8) passes on */
+    FUSE_OPT_KEY("auto", KEY_DISCARD),
+    FUSE_OPT_KEY("noauto", KEY_DISCARD),
+    FUSE_OPT_KEY("_netdev", KEY_DISCARD),
+    FUSE_OPT_KEY("nofail", KEY_DISCARD),
+    FUSE_OPT_KEY("user", KEY_DISCARD),
+    FUSE_OPT_KEY("users", KEY_DISCARD),
+    FUSE_OPT_END,
+};
+
+static int options_proc(void *data, const char *arg, int key, struct fuse_args *outargs) {
+  IfsOptions *o = data;
+  (void)outargs;
+  switch (key) {
+  case FUSE_OPT_KEY_NONOPT:
+    if (o->url == NULL) {
+      o->url = g_strdup(arg);
+      return 0;
+    }
+    return 1; /* the mountpoint: FUSE's */
+  case KEY_HELP:
+    o->show_help = 1;
+    return 1; /* FUSE prints its part too */
+  case KEY_VERSION:
+    o->show_version = 1;
+    return 1;
+  case KEY_DISCARD:
+    return 0;
+  default:
+    return 1;
+  }
+}
+
+gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
+  memset(o, 0, sizeof *o);
+  o->connections = 4;
+  o->timeout = 60;
+  o->cache_mem_mb = 32;
+  o->msg_timeout = 60;
+  o->dir_timeout = 1;
+  o->list_max_age = 0;
+  if (fuse_opt_parse(args, o, options_table, options_proc) != 0) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "invalid options");
+    return FALSE;
+  }
+  if (o->show_help || o->show_version)
+    return TRUE;
+  if (o->url == NULL) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "missing server URL (imaps://USER@HOST[:PORT]); see --help");
+    return FALSE;
+  }
+  if (o->tls != NULL && g_strcmp0(o->tls, "on") != 0 && g_strcmp0(o->tls, "off") != 0) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "tls= takes on or off, not \"%s\"", o->tls);
+    return FALSE;
+  }
+  if (o->connections < 1 || o->connections > 64) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "connections= must be 1 to 64");
+    return FALSE;
+  }
+  if (o->timeout < 1) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "timeout= must be at least 1 second");
+    return FALSE;
+  }
+  if (o->password_command != NULL && o->password_file != NULL) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "give password_command= or password_file=, not both");
+    return FALSE;
+  }
+  return TRUE;
+}
+
+void options_clear(IfsOptions *o) {
+  g_free(o->url);
+  g_free(o->password_command);
+  g_free(o->password_file);
+  g_free(o->cafile);
+  g_free(o->tls);
+  memset(o, 0, sizeof *o);
+}
+
+void options_usage(const char *prog) {
+  printf("usage: %s [options] imaps://USER@HOST[:PORT] MOUNTPOINT\n"
+         "       %s [options] imap://USER@HOST[:PORT] MOUNTPOINT   (STARTTLS)\n"
+         "\n"
+         "imapfuse options:\n"
+         "    -o password_command=CMD  run CMD with /bin/sh -c; its first output line is the password\n"
+         "    -o password_file=PATH    first line of PATH is the password\n"
+         "                             (neither: prompt on the terminal, without echo)\n"
+         "    -o cafile=PATH           also trust the CA certificate(s) in PATH\n"
+         "    -o tls=off               no TLS at all (warns unless HOST is a loopback address)\n"
+         "    -o connections=N         IMAP connections to use (default 4)\n"
+         "    -o timeout=SECS          give up on a silent server after SECS (default 60)\n"
+         "    -o imap_debug            trace the IMAP exchange on stderr (credentials hidden)\n"
+         "    -o cache_mem=MB          memory for message bytes (default 32)\n"
+         "    -o msg_timeout=SECS      kernel cache time for message entries (default 60)\n"
+         "    -o dir_timeout=SECS      kernel cache time for directory entries (default 1)\n"
+         "    -o list_max_age=SECS     reuse a mailbox listing this long on opendir (default 0)\n"
+         "\n",
+         prog, prog);
+}
+
+/* ---- URL ---- */
+
+gboolean options_parse_url(const char *url, gboolean tls_off, ImapEndpoint *ep, GError **error) {
+  const char *rest;
+  guint16 port;
+  if (g_str_has_prefix(url, "imaps://")) {
+    rest = url + 8;
+    port = 993;
+    ep->tls = IMAP_TLS_IMPLICIT;
+    if (tls_off) {
+      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                  "tls=off contradicts imaps://; use imap://USER@HOST with tls=off");
+      return FALSE;
+    }
+  } else if (g_str_has_prefix(url, "imap://")) {
+    rest = url + 7;
+    port = 143;
+    ep->tls = tls_off ? IMAP_TLS_NONE : IMAP_TLS_STARTTLS;
+  } else {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "server must be imaps://USER@HOST[:PORT] or imap://USER@HOST[:PORT], not \"%s\"",
+                url);
+    return FALSE;
+  }
+  g_autofree char *authority = g_strdup(rest);
+  char *slash = strchr(authority, '/');
+  if (slash != NULL) {
+    if (slash[1] != '\0') {
+      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "a path in the server URL is not supported");
+      return FALSE;
+    }
+    *slash = '\0';
+  }
+  char *at = strrchr(authority, '@');
+  if (at == NULL || at == authority) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "the server URL needs a user: %s://USER@HOST",
+                ep->tls == IMAP_TLS_IMPLICIT ? "imaps" : "imap");
+    return FALSE;
+  }
+  *at = '\0';
+  const char *hostport = at + 1;
+  if (strchr(authority, ':') != NULL) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "passwords in the URL are refused (they would show in ps); use password_command=");
+    return FALSE;
+  }
+  char *user = g_uri_unescape_string(authority, NULL);
+  if (user == NULL || *user == '\0') {
+    g_free(user);
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "bad user name in the server URL");
+    return FALSE;
+  }
+  g_autofree char *host = NULL;
+  const char *portstr = NULL;
+  if (hostport[0] == '[') {
+    const char *end = strchr(hostport, ']');
+    if (end == NULL || (end[1] != '\0' && end[1] != ':')) {
+      g_free(user);
+      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "bad IPv6 address in the server URL");
+      return FALSE;
+    }
+    host = g_strndup(hostport + 1, (gsize)(end - hostport - 1));
+    portstr = end[1] == ':' ? end + 2 : NULL;
+  } else {
+    const char *colon = strchr(hostport, ':');
+    host = colon ? g_strndup(hostport, (gsize)(colon - hostport)) : g_strdup(hostport);
+    portstr = colon ? colon + 1 : NULL;
+  }
+  if (portstr != NULL) {
+    guint64 p;
+    if (!g_ascii_string_to_unsigned(portstr, 10, 1, 65535, &p, NULL)) {
+      g_free(user);
+      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "bad port \"%s\" in the server URL", portstr);
+      return FALSE;
+    }
+    port = (guint16)p;
+  }
+  if (*host == '\0') {
+    g_free(user);
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "the server URL has no host");
+    return FALSE;
+  }
+  ep->user = user;
+  ep->host = g_steal_pointer(&host);
+  ep->port = port;
+  return TRUE;
+}
+
+gboolean options_host_is_loopback(const char *host) {
+  struct in_addr a4;
+  struct in6_addr a6;
+  if (g_ascii_strcasecmp(host, "localhost") == 0)
+    return TRUE;
+  if (inet_pton(AF_INET, host, &a4) == 1)
+    return (ntohl(a4.s_addr) >> 24) == 127;
+  if (inet_pton(AF_INET6, host, &a6) == 1)
+    return IN6_IS_ADDR_LOOPBACK(&a6);
+  return FALSE;
+}
+
+/* ---- password ---- */
+
+static char *options_first_line(const char *text, gsize len) {
+  gsize n = 0;
+  while (n < len && text[n] != '\n' && text[n] != '\r')
+    n++;
+  return g_strndup(text, n);
+}
+
+static void options_wipe(char *s, gsize len) {
+  if (s != NULL)
+    memset(s, 0, len);
+}
+
+static char *options_prompt(const ImapEndpoint *ep, GError **error) {
+  int fd = open("/dev/tty", O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "no password: use -o password_command=CMD or -o password_file=PATH");
+    return NULL;
+  }
+  struct termios old, quiet;
+  gboolean restore = tcgetattr(fd, &old) == 0;
+  if (restore) {
+    quiet = old;
+    quiet.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
+    quiet.c_lflag |= ICANON;
+    tcsetattr(fd, TCSAFLUSH, &quiet);
+  }
+  g_autofree char *prompt = g_strdup_printf("Password for %s@%s: ", ep->user, ep->host);
+  ssize_t ignored = write(fd, prompt, strlen(prompt));
+  char buf[1024];
+  gsize len = 0;
+  for (;;) {
+    ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    len += (gsize)n;
+    if (memchr(buf, '\n', len) != NULL || len == sizeof buf - 1)
+      break;
+  }
+  if (restore)
+    tcsetattr(fd, TCSAFLUSH, &old);
+  ignored = write(fd, "\n", 1);
+  (void)ignored;
+  close(fd);
+  char *pw = options_first_line(buf, len);
+  options_wipe(buf, sizeof buf);
+  return pw;
+}
+
+char *options_get_password(const IfsOptions *o, const ImapEndpoint *ep, GError **error) {
+  if (o->password_command != NULL) {
+    const char *argv[] = {"/bin/sh", "-c", o->password_command, NULL};
+    char *out = NULL;
+    int status = 0;
+    g_autoptr(GError) local = NULL;
+    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_CHILD_INHERITS_STDIN, NULL, NULL, &out,
+                      NULL, &status, &local)) {
+      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "password_command could not run: %s",
+                  local->message);
+      return NULL;
+    }
+    if (!g_spawn_check_wait_status(status, NULL)) {
+      options_wipe(out, strlen(out));
+      g_free(out);
+      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "password_command failed (status %d)",
+                  status);
+      return NULL;
+    }
+    char *pw = options_first_line(out, strlen(out));
+    options_wipe(out, strlen(out));
+    g_free(out);
+    if (*pw == '\0') {
+      g_free(pw);
+      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "password_command printed no password");
+      return NULL;
+    }
+    return pw;
+  }
+  if (o->password_file != NULL) {
+    char *text = NULL;
+    gsize len = 0;
+    g_autoptr(GError) local = NULL;
+    if (!g_file_get_contents(o->password_file, &text, &len, &local)) {
+      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "password_file: %s", local->message);
+      return NULL;
+    }
+    char *pw = options_first_line(text, len);
+    options_wipe(text, len);
+    g_free(text);
+    return pw;
+  }
+  return options_prompt(ep, error);
+}

@@ -1,0 +1,172 @@
+/* pool.c - session pool.
+ *
+ * Design note.  IMAP runs one command at a time per connection in our
+ * client (bulk work is one command with many responses), so concurrency
+ * comes from several connections, as sshfs gets it from several SFTP
+ * channels.  The FUSE loop is multithreaded; a thread that needs the server
+ * takes a connection from the pool and gives it back when done.  Choice of
+ * connection, in order:
+ *   1. an idle connection that already has the mailbox selected (affinity:
+ *      no SELECT, and the server keeps its per-mailbox state warm);
+ *   2. a new connection, while fewer than max are open (LOGIN costs a few
+ *      round trips once; after that the connection is kept);
+ *   3. the idle connection used least recently (one SELECT to switch);
+ *   4. otherwise wait until one is released.
+ * A connection that failed mid-command is marked broken by conn.c and is
+ * closed on release, never reused.  Idempotent operations (reads, listings)
+ * are retried once on a fresh connection when the failure was the
+ * connection's, so a server restart or an idle timeout costs one retry,
+ * not an error.  Connections idle for more than a minute are checked with
+ * NOOP before use, so non-idempotent work does not land on a dead socket.
+ * Lock order: the pool lock is a leaf: nothing else is taken while it is
+ * held, and no I/O happens under it.
+ */
+#include "imapfuse/pool.h"
+
+#include "imapfuse/cmd.h"
+#include "imapfuse/errors.h"
+
+#define POOL_CHECK_IDLE_US (60 * G_USEC_PER_SEC)
+
+struct Pool {
+  const ImapEndpoint *ep;
+  guint max;
+  GMutex lock;
+  GCond cond;
+  GQueue idle;  /* ImapConn*, most recently released at the head */
+  guint open;   /* connections open or being opened */
+  guint opened_total;
+  ImapHandler unsolicited;
+  gpointer unsolicited_user;
+};
+
+Pool *pool_new(const ImapEndpoint *ep, guint max_conns, ImapConn *first) {
+  Pool *p = g_new0(Pool, 1);
+  p->ep = ep;
+  p->max = MAX(max_conns, 1);
+  g_mutex_init(&p->lock);
+  g_cond_init(&p->cond);
+  g_queue_init(&p->idle);
+  if (first != NULL) {
+    g_queue_push_head(&p->idle, first);
+    p->open = 1;
+    p->opened_total = 1;
+  }
+  return p;
+}
+
+void pool_free(Pool *p) {
+  if (p == NULL)
+    return;
+  ImapConn *c;
+  while ((c = g_queue_pop_head(&p->idle)) != NULL)
+    imap_conn_close(c);
+  g_mutex_clear(&p->lock);
+  g_cond_clear(&p->cond);
+  g_free(p);
+}
+
+void pool_set_unsolicited(Pool *p, ImapHandler fn, gpointer user) {
+  g_mutex_lock(&p->lock);
+  p->unsolicited = fn;
+  p->unsolicited_user = user;
+  for (GList *l = p->idle.head; l != NULL; l = l->next)
+    imap_conn_set_unsolicited(l->data, fn, user);
+  g_mutex_unlock(&p->lock);
+}
+
+/* _pool_take: caller holds the lock.  Returns an idle connection by the
+ * rules above, or NULL with *may_open set when a new one may be opened. */
+static ImapConn *_pool_take(Pool *p, const char *mailbox, gboolean *may_open) {
+  *may_open = FALSE;
+  if (mailbox != NULL)
+    for (GList *l = p->idle.head; l != NULL; l = l->next)
+      if (g_strcmp0(imap_conn_selected(l->data), mailbox) == 0) {
+        ImapConn *c = l->data;
+        g_queue_delete_link(&p->idle, l);
+        return c;
+      }
+  if (p->open < p->max) {
+    *may_open = TRUE;
+    return NULL;
+  }
+  return g_queue_pop_tail(&p->idle);
+}
+
+ImapConn *pool_acquire(Pool *p, const char *mailbox, GError **error) {
+  for (;;) {
+    gboolean may_open;
+    g_mutex_lock(&p->lock);
+    ImapConn *c;
+    while ((c = _pool_take(p, mailbox, &may_open)) == NULL && !may_open)
+      g_cond_wait(&p->cond, &p->lock);
+    if (c == NULL)
+      p->open++;
+    g_mutex_unlock(&p->lock);
+
+    if (c == NULL) {
+      c = imap_conn_open(p->ep, error);
+      g_mutex_lock(&p->lock);
+      if (c == NULL) {
+        p->open--;
+        g_cond_signal(&p->cond);
+      } else {
+        p->opened_total++;
+        imap_conn_set_unsolicited(c, p->unsolicited, p->unsolicited_user);
+      }
+      g_mutex_unlock(&p->lock);
+      return c;
+    }
+    if (g_get_monotonic_time() - imap_conn_last_used(c) > POOL_CHECK_IDLE_US) {
+      g_autoptr(GError) ignored = NULL;
+      if (!imap_noop(c, &ignored)) {
+        g_debug("connection #%u was dead (%s); replacing it", imap_conn_id(c),
+                ignored->message);
+        imap_conn_set_broken(c);
+        pool_release(p, c);
+        continue;
+      }
+    }
+    return c;
+  }
+}
+
+void pool_release(Pool *p, ImapConn *c) {
+  if (c == NULL)
+    return;
+  if (imap_conn_is_broken(c)) {
+    imap_conn_close(c);
+    g_mutex_lock(&p->lock);
+    p->open--;
+  } else {
+    g_mutex_lock(&p->lock);
+    g_queue_push_head(&p->idle, c);
+  }
+  g_cond_signal(&p->cond);
+  g_mutex_unlock(&p->lock);
+}
+
+gboolean pool_run(Pool *p, const char *mailbox, gboolean idempotent, PoolOp op, gpointer user,
+                  GError **error) {
+  for (int attempt = 0;; attempt++) {
+    g_autoptr(GError) local = NULL;
+    ImapConn *c = pool_acquire(p, mailbox, &local);
+    gboolean ok = c != NULL && op(c, user, &local);
+    pool_release(p, c);
+    if (ok)
+      return TRUE;
+    if (idempotent && attempt == 0 && ifs_error_is_connection(local)) {
+      g_debug("retrying after connection failure: %s", local->message);
+      continue;
+    }
+    g_propagate_error(error, g_steal_pointer(&local));
+    return FALSE;
+  }
+}
+
+guint pool_opened_total(Pool *p) {
+  g_mutex_lock(&p->lock);
+  guint n = p->opened_total;
+  g_mutex_unlock(&p->lock);
+  return n;
+}
