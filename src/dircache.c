@@ -52,6 +52,8 @@ struct Dircache {
   GMutex flags_lock;
   GHashTable *flag_ids;  /* string -> id+1 */
   GPtrArray *flag_names; /* id -> string */
+  DcObserver observer;
+  gpointer observer_user;
 };
 
 static guint32 _dc_new_id(Dircache *dc, DcNode *node, guint32 uidvalidity) {
@@ -275,7 +277,7 @@ GPtrArray *dircache_children(Dircache *dc, DcNode *parent) {
 
 /* ---- flags ---- */
 
-static guint32 dc_intern_flags(Dircache *dc, const char *flags) {
+guint32 dircache_intern_flags(Dircache *dc, const char *flags) {
   g_mutex_lock(&dc->flags_lock);
   guint32 id = GPOINTER_TO_UINT(g_hash_table_lookup(dc->flag_ids, flags));
   if (id == 0) {
@@ -311,7 +313,7 @@ static void dc_meta_cb(const ImapMsgMeta *m, gpointer user) {
   if (!m->has_size || !m->has_date)
     return; /* a pushed flag change, not part of the listing */
   DcMsg msg = {.uid = m->uid,
-               .flagset = dc_intern_flags(f->dc, m->flags),
+               .flagset = dircache_intern_flags(f->dc, m->flags),
                .size = m->size,
                .date = m->date};
   if (f->msgs->len > 0 && g_array_index(f->msgs, DcMsg, f->msgs->len - 1).uid >= m->uid)
@@ -341,6 +343,20 @@ static gboolean dc_fetch_op(ImapConn *c, gpointer user, GError **error) {
 static int dc_msg_cmp(gconstpointer a, gconstpointer b) {
   guint32 x = ((const DcMsg *)a)->uid, y = ((const DcMsg *)b)->uid;
   return x < y ? -1 : x > y;
+}
+
+static void dc_tell(Dircache *dc, DcNode *n, guint32 epoch, guint32 uid, DcChangeKind kind);
+
+/* UIDs in old but not in new (both sorted) go to gone. */
+static void dc_diff_removed(const GArray *old, const GArray *new, GArray *gone) {
+  guint j = 0;
+  for (guint i = 0; i < old->len; i++) {
+    guint32 uid = g_array_index(old, DcMsg, i).uid;
+    while (j < new->len && g_array_index(new, DcMsg, j).uid < uid)
+      j++;
+    if (j >= new->len || g_array_index(new, DcMsg, j).uid != uid)
+      g_array_append_val(gone, uid);
+  }
 }
 
 static void _dc_snapshot(DcNode *n, DcListing *out) {
@@ -377,12 +393,18 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
   DcFetch f = {.dc = dc, .node = n, .msgs = g_array_new(FALSE, FALSE, sizeof(DcMsg))};
   gint64 started = g_get_monotonic_time();
   gboolean ok = pool_run(dc->pool, n->mailbox, TRUE, dc_fetch_op, &f, error);
+  g_autoptr(GArray) gone = g_array_new(FALSE, FALSE, sizeof(guint32));
+  guint32 old_epoch = 0;
   if (ok) {
     if (!f.sorted)
       g_array_sort(f.msgs, dc_msg_cmp);
     g_mutex_lock(&n->lock);
-    if (n->msgs != NULL)
+    old_epoch = n->epoch;
+    if (n->msgs != NULL) {
+      if (n->uidvalidity == f.uidvalidity)
+        dc_diff_removed(n->msgs, f.msgs, gone);
       g_array_unref(n->msgs);
+    }
     n->msgs = g_steal_pointer(&f.msgs);
     if (n->uidvalidity != f.uidvalidity || n->epoch == 0) {
       /* New UIDVALIDITY: all UIDs are void, so messages get new inodes. */
@@ -398,6 +420,8 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
   if (f.msgs != NULL)
     g_array_unref(f.msgs);
   g_mutex_unlock(&n->refresh_lock);
+  for (guint i = 0; i < gone->len; i++)
+    dc_tell(dc, n, old_epoch, g_array_index(gone, guint32, i), DC_CHANGE_REMOVED);
   return ok;
 }
 
@@ -449,4 +473,134 @@ void dircache_set_size(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 uid
     }
   }
   g_mutex_unlock(&n->lock);
+}
+
+/* ---- patches ---- */
+
+void dircache_set_observer(Dircache *dc, DcObserver fn, gpointer user) {
+  dc->observer = fn;
+  dc->observer_user = user;
+}
+
+static GArray *_dc_copy_msgs(DcNode *n) {
+  guint len = n->msgs != NULL ? n->msgs->len : 0;
+  GArray *copy = g_array_sized_new(FALSE, FALSE, sizeof(DcMsg), len + 1);
+  if (len > 0)
+    g_array_append_vals(copy, n->msgs->data, len);
+  return copy;
+}
+
+/* _dc_patchable: caller holds n->lock.  TRUE when the list can be patched
+ * for uidvalidity; otherwise marks it stale. */
+static gboolean _dc_patchable(DcNode *n, guint32 uidvalidity) {
+  if (n->fetched_at != 0 && n->msgs != NULL && n->uidvalidity == uidvalidity)
+    return TRUE;
+  n->fetched_at = 0;
+  return FALSE;
+}
+
+static void dc_tell(Dircache *dc, DcNode *n, guint32 epoch, guint32 uid, DcChangeKind kind) {
+  if (dc->observer != NULL && epoch != 0)
+    dc->observer(n, epoch, uid, kind, dc->observer_user);
+}
+
+void dircache_msgs_removed(Dircache *dc, DcNode *n, guint32 uidvalidity, const guint32 *uids,
+                           guint n_uids) {
+  g_autoptr(GArray) gone = g_array_new(FALSE, FALSE, sizeof(guint32));
+  g_mutex_lock(&n->lock);
+  guint32 epoch = n->epoch;
+  if (_dc_patchable(n, uidvalidity)) {
+    GHashTable *set = g_hash_table_new(NULL, NULL);
+    for (guint i = 0; i < n_uids; i++)
+      g_hash_table_add(set, GUINT_TO_POINTER(uids[i]));
+    GArray *copy = g_array_sized_new(FALSE, FALSE, sizeof(DcMsg), n->msgs->len);
+    for (guint i = 0; i < n->msgs->len; i++) {
+      const DcMsg *m = &g_array_index(n->msgs, DcMsg, i);
+      if (g_hash_table_contains(set, GUINT_TO_POINTER(m->uid)))
+        g_array_append_val(gone, m->uid);
+      else
+        g_array_append_val(copy, *m);
+    }
+    g_hash_table_unref(set);
+    g_array_unref(n->msgs);
+    n->msgs = copy;
+  } else {
+    g_array_append_vals(gone, uids, n_uids);
+  }
+  g_mutex_unlock(&n->lock);
+  for (guint i = 0; i < gone->len; i++)
+    dc_tell(dc, n, epoch, g_array_index(gone, guint32, i), DC_CHANGE_REMOVED);
+}
+
+void dircache_msg_added(Dircache *dc, DcNode *n, guint32 uidvalidity, const DcMsg *m) {
+  gboolean added = FALSE;
+  g_mutex_lock(&n->lock);
+  guint32 epoch = n->epoch;
+  if (_dc_patchable(n, uidvalidity)) {
+    DcListing l = {.msgs = n->msgs};
+    if (dc_listing_find(&l, m->uid) == NULL) {
+      GArray *copy = _dc_copy_msgs(n);
+      guint i = copy->len;
+      while (i > 0 && g_array_index(copy, DcMsg, i - 1).uid > m->uid)
+        i--;
+      g_array_insert_val(copy, i, *m);
+      g_array_unref(n->msgs);
+      n->msgs = copy;
+      added = TRUE;
+    }
+  }
+  g_mutex_unlock(&n->lock);
+  if (added)
+    dc_tell(dc, n, epoch, m->uid, DC_CHANGE_ADDED);
+}
+
+void dircache_msg_flags(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 uid,
+                        const char *flags) {
+  guint32 fs = dircache_intern_flags(dc, flags);
+  gboolean changed = FALSE;
+  g_mutex_lock(&n->lock);
+  guint32 epoch = n->epoch;
+  if (_dc_patchable(n, uidvalidity)) {
+    DcListing l = {.msgs = n->msgs};
+    const DcMsg *m = dc_listing_find(&l, uid);
+    if (m != NULL && m->flagset != fs) {
+      guint idx = (guint)(m - (const DcMsg *)n->msgs->data);
+      GArray *copy = _dc_copy_msgs(n);
+      g_array_index(copy, DcMsg, idx).flagset = fs;
+      g_array_unref(n->msgs);
+      n->msgs = copy;
+      changed = TRUE;
+    }
+  }
+  g_mutex_unlock(&n->lock);
+  if (changed)
+    dc_tell(dc, n, epoch, uid, DC_CHANGE_FLAGS);
+}
+
+void dircache_invalidate(Dircache *dc, DcNode *n) {
+  (void)dc;
+  g_mutex_lock(&n->lock);
+  n->fetched_at = 0;
+  g_mutex_unlock(&n->lock);
+}
+
+static DcNode *_dc_find(DcNode *n, const char *mailbox) {
+  if (n->mailbox != NULL && n->present && g_str_equal(n->mailbox, mailbox))
+    return n;
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, n->children);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    DcNode *found = _dc_find(v, mailbox);
+    if (found != NULL)
+      return found;
+  }
+  return NULL;
+}
+
+DcNode *dircache_find_mailbox(Dircache *dc, const char *mailbox) {
+  g_mutex_lock(&dc->tree_lock);
+  DcNode *n = _dc_find(dc->root, mailbox);
+  g_mutex_unlock(&dc->tree_lock);
+  return n;
 }

@@ -19,16 +19,32 @@
 struct Fs {
   Dircache *dc;
   Bodycache *bc;
+  Notify *notify;
   FsOptions opts;
   struct timespec started;
 };
 
-Fs *fs_new(Dircache *dc, Bodycache *bc, const FsOptions *opts) {
+static fuse_ino_t fs_dir_ino(Fs *fs, DcNode *n);
+
+/* A message went away or changed: drop the kernel's entry for its name. */
+static void fs_observer(DcNode *n, guint32 epoch, guint32 uid, DcChangeKind kind, gpointer user) {
+  Fs *fs = user;
+  (void)epoch;
+  if (kind == DC_CHANGE_FLAGS)
+    return; /* flags are not in the attributes */
+  char name[32];
+  g_snprintf(name, sizeof name, "%u.eml", uid);
+  notify_inval_entry(fs->notify, fs_dir_ino(fs, n), name);
+}
+
+Fs *fs_new(Dircache *dc, Bodycache *bc, Notify *notify, const FsOptions *opts) {
   Fs *fs = g_new0(Fs, 1);
   fs->dc = dc;
   fs->bc = bc;
+  fs->notify = notify;
   fs->opts = *opts;
   clock_gettime(CLOCK_REALTIME, &fs->started);
+  dircache_set_observer(dc, fs_observer, fs);
   return fs;
 }
 

@@ -19,6 +19,7 @@
 #include "imapfuse/dircache.h"
 #include "imapfuse/errors.h"
 #include "imapfuse/fs.h"
+#include "imapfuse/notify.h"
 #include "imapfuse/options.h"
 #include "imapfuse/pool.h"
 #include "imapfuse/tls.h"
@@ -55,6 +56,7 @@ int main(int argc, char *argv[]) {
   Dircache *dc = NULL;
   Bodycache *bc = NULL;
   Fs *fs = NULL;
+  Notify *notify = NULL;
   struct fuse_session *se = NULL;
   g_autofree char *fsname = NULL;
 
@@ -128,7 +130,8 @@ int main(int argc, char *argv[]) {
       .list_max_age_us = (gint64)(o.list_max_age * G_USEC_PER_SEC),
       .tree_max_age_us = (gint64)(o.dir_timeout * G_USEC_PER_SEC),
   };
-  fs = fs_new(dc, bc, &fso);
+  notify = notify_new();
+  fs = fs_new(dc, bc, notify, &fso);
 
   fsname = g_strdup_printf("-ofsname=imapfuse#%s@%s", ep.user, ep.host);
   fuse_opt_add_arg(&args, "-osubtype=imapfuse");
@@ -144,6 +147,8 @@ int main(int argc, char *argv[]) {
     goto out_signals;
   }
   fuse_daemonize(fo.foreground);
+  /* Threads only after the fork of daemonising. */
+  notify_set_session(notify, se);
   if (fo.singlethread) {
     ret = fuse_session_loop(se);
   } else {
@@ -162,6 +167,7 @@ int main(int argc, char *argv[]) {
 out_signals:
   fuse_remove_signal_handlers(se);
 out:
+  notify_free(notify); /* before the session it talks to goes away */
   if (se != NULL)
     fuse_session_destroy(se);
   fs_free(fs);

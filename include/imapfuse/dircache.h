@@ -81,6 +81,30 @@ gint64 dircache_listing_age(Dircache *dc, DcNode *n);
 void dircache_set_size(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 uid,
                        guint64 size);
 
+/* ---- changes known without a full listing ----
+ * After an operation of ours (expunge, move, append, flag store) or a
+ * server push (IDLE, QRESYNC), the list is patched in place (copy on
+ * write, so snapshots already handed out do not change).  A change for a
+ * UIDVALIDITY other than the list's just marks the list stale. */
+typedef enum { DC_CHANGE_REMOVED, DC_CHANGE_ADDED, DC_CHANGE_FLAGS } DcChangeKind;
+/* Told of every message that changed, e.g. to invalidate kernel entries.
+ * Called without dircache locks held. */
+typedef void (*DcObserver)(DcNode *n, guint32 epoch, guint32 uid, DcChangeKind kind,
+                           gpointer user);
+void dircache_set_observer(Dircache *dc, DcObserver fn, gpointer user);
+
+guint32 dircache_intern_flags(Dircache *dc, const char *flags);
+void dircache_msgs_removed(Dircache *dc, DcNode *n, guint32 uidvalidity, const guint32 *uids,
+                           guint n_uids);
+/* m->flagset from dircache_intern_flags(). */
+void dircache_msg_added(Dircache *dc, DcNode *n, guint32 uidvalidity, const DcMsg *m);
+void dircache_msg_flags(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 uid,
+                        const char *flags);
+/* The next listing asks the server. */
+void dircache_invalidate(Dircache *dc, DcNode *n);
+/* The node for a server mailbox name, or NULL. */
+DcNode *dircache_find_mailbox(Dircache *dc, const char *mailbox);
+
 /* The flags string of a flag set id ("\\Seen $Work", "" for none). */
 const char *dircache_flags(Dircache *dc, guint32 flagset);
 

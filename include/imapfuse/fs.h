@@ -12,6 +12,7 @@
 
 #include "imapfuse/bodycache.h"
 #include "imapfuse/dircache.h"
+#include "imapfuse/notify.h"
 
 G_BEGIN_DECLS
 
@@ -26,7 +27,8 @@ typedef struct {
 
 typedef struct Fs Fs;
 
-Fs *fs_new(Dircache *dc, Bodycache *bc, const FsOptions *opts);
+/* Registers itself as dc's observer so the kernel forgets what changed. */
+Fs *fs_new(Dircache *dc, Bodycache *bc, Notify *notify, const FsOptions *opts);
 void fs_free(Fs *fs);
 /* Pass fs as the userdata of fuse_session_new(). */
 const struct fuse_lowlevel_ops *fs_lowlevel_ops(void);

@@ -1052,8 +1052,11 @@ def write_maildir(dv, folder_name, msgs, start_seq=0, user=None):
         letters = "".join(sorted(_FLAG_LETTERS[f] for f in m.flags
                                  if f in _FLAG_LETTERS))
         ts = int(m.internaldate.timestamp())
-        fn = "%010d.M%06dP1Q%d.imapfuse-bench,S=%d:2,%s" % (
-            1_000_000_000 + n, n % 1_000_000, n, len(m.data), letters)
+        # S= physical size, W= RFC822.SIZE (file has CRLF already), so
+        # Dovecot need not read the file to answer RFC822.SIZE.
+        fn = "%010d.M%06dP1Q%d.imapfuse-bench,S=%d,W=%d:2,%s" % (
+            1_000_000_000 + n, n % 1_000_000, n, len(m.data), len(m.data),
+            letters)
         p = os.path.join(d, fn)
         with open(p, "wb") as f:
             f.write(m.data)
@@ -1104,10 +1107,17 @@ def load_bench_corpus(dv, n=10000, seed=2, method="pipelined",
             nbytes += len(m.data)
             per[folder] += 1
         t1 = time.monotonic()
-        for f in folders:  # SELECT makes Dovecot sync + index the maildir
+        for f in folders:
+            # EXAMINE makes Dovecot sync the maildir (assign UIDs); the
+            # listing FETCH fills its cache like an APPEND would have.
             typ, data = conn.select(_q(names[f]), readonly=True)
             if typ != "OK":
-                raise RuntimeError("SELECT %s: %s" % (f, data))
+                raise RuntimeError("EXAMINE %s: %s" % (f, data))
+            if int(data[0]):
+                typ, data = conn.uid("FETCH", "1:*",
+                                     "(UID RFC822.SIZE INTERNALDATE FLAGS)")
+                if typ != "OK":
+                    raise RuntimeError("FETCH %s: %s" % (f, data))
             conn.close()
         index_seconds = time.monotonic() - t1
     else:

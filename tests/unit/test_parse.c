@@ -420,9 +420,9 @@ test_capability(void)
   g_assert_cmpint(r->status, ==, IMAP_STATUS_NONE);
   g_assert_cmpstr(r->text, ==, "");
   g_assert_null(r->code);
-  assert_list(&r->args, 38);
+  assert_list(&r->args, 36);
   assert_atom(&r->args.items[0], "IMAP4rev1");
-  assert_atom(&r->args.items[37], "SPECIAL-USE");
+  assert_atom(&r->args.items[35], "SPECIAL-USE");
 }
 
 static void
@@ -441,7 +441,7 @@ test_list_dovecot(void)
   g_assert_false(b->args.items[2].literal);
 
   /* Names with quotes or 8-bit bytes come as literals. */
-  const char lit[] = "* LIST (\\HasNoChildren) \"/\" {11}\r\nFoo \"bar\"x\r\n";
+  const char lit[] = "* LIST (\\HasNoChildren) \"/\" {10}\r\nFoo \"bar\"x\r\n";
   g_autoptr(ImapResponse) c = parse_one(lit, sizeof lit - 1);
   assert_string(&c->args.items[2], "Foo \"bar\"x");
   g_assert_true(c->args.items[2].literal);
@@ -941,10 +941,11 @@ test_literal_variants(void)
   g_assert_cmpmem(v->data, v->len, "\0\x01\xff\n", 4);
 
   /* A literal holding a line that looks like a response. */
-  const char tricky[] = "* 1 FETCH (BODY[] {13}\r\n* 2 EXISTS\r\n)\r\n";
+  const char tricky[] = "* 1 FETCH (BODY[] {13}\r\n* 2 EXISTS\r\n) UID 4)\r\n";
   g_autoptr(ImapResponse) c = parse_one(tricky, sizeof tricky - 1);
   assert_string(imap_fetch_get(&c->args.items[0], "BODY[]", NULL), "* 2 EXISTS\r\n)");
-  g_assert_cmpuint(c->args.items[0].n_items, ==, 2);
+  assert_atom(imap_fetch_get(&c->args.items[0], "UID", NULL), "4");
+  g_assert_cmpuint(c->args.items[0].n_items, ==, 4);
 }
 
 static void
@@ -994,8 +995,8 @@ test_unknown_keyword(void)
   /* Tokenizable: generic values. */
   g_autoptr(ImapResponse) a = parse_str("* XSTUFF a (b \"c\") {1}\r\nd\r\n");
   g_assert_cmpstr(a->name, ==, "XSTUFF");
-  assert_list(&a->args, 4);
-  assert_string(&a->args.items[3], "d");
+  assert_list(&a->args, 3);
+  assert_string(&a->args.items[2], "d");
 
   /* Not tokenizable but one line: kept as one atom. */
   g_autoptr(ImapResponse) b = parse_str("* XSTATS hits=5 (unbalanced \"x\r\n");
@@ -1247,7 +1248,8 @@ test_big_literal_linear(void)
   int rc = 0;
 
   while (off < msg->len) {
-    gsize n = MIN((gsize)g_test_rand_int_range(1, 16385), msg->len - off);
+    gsize n = (gsize)g_test_rand_int_range(1, 16385); /* not inside MIN() */
+    n = MIN(n, msg->len - off);
     imap_parser_feed(p, msg->data + off, n);
     off += n;
     rc = imap_parser_next(p, &r, &error);

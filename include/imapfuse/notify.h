@@ -1,0 +1,29 @@
+/* notify.h - telling the kernel that cached entries and pages are stale.
+ *
+ * Owns: a queue and one thread that calls fuse_lowlevel_notify_inval_*.
+ * Those calls must not run inside a FUSE request handler or while holding
+ * a lock a handler may need (libfuse's notify_inval_entry example), so
+ * everyone else only queues; the thread does the calls.
+ */
+#pragma once
+
+#include <fuse_lowlevel.h>
+#include <glib.h>
+
+G_BEGIN_DECLS
+
+typedef struct Notify Notify;
+
+/* se may be NULL until the session exists; notifications are then dropped. */
+Notify *notify_new(void);
+void notify_set_session(Notify *n, struct fuse_session *se);
+void notify_free(Notify *n); /* stops the thread; pending items are dropped */
+
+/* The entry name in directory parent is stale (deleted, renamed, replaced). */
+void notify_inval_entry(Notify *n, fuse_ino_t parent, const char *name);
+/* ino's attributes (and pages, if data is TRUE) are stale. */
+void notify_inval_inode(Notify *n, fuse_ino_t ino, gboolean data);
+/* Wait until everything queued so far has been sent (tests, shutdown). */
+void notify_flush(Notify *n);
+
+G_END_DECLS

@@ -1,0 +1,120 @@
+/* notify.c - kernel cache invalidation from a thread of its own. */
+#include "imapfuse/notify.h"
+
+#include <errno.h>
+#include <string.h>
+
+typedef struct {
+  fuse_ino_t ino; /* parent for entries */
+  char *name;     /* NULL: an inode invalidation */
+  gboolean data;
+} NotifyItem;
+
+struct Notify {
+  GMutex lock;
+  GCond cond;
+  GQueue queue;
+  gboolean stop;
+  guint64 queued, done;
+  struct fuse_session *se;
+  GThread *thread;
+};
+
+static void notify_item_free(NotifyItem *it) {
+  g_free(it->name);
+  g_free(it);
+}
+
+static gpointer notify_thread(gpointer data) {
+  Notify *n = data;
+  g_mutex_lock(&n->lock);
+  while (!n->stop) {
+    NotifyItem *it = g_queue_pop_head(&n->queue);
+    if (it == NULL) {
+      g_cond_wait(&n->cond, &n->lock);
+      continue;
+    }
+    struct fuse_session *se = n->se;
+    g_mutex_unlock(&n->lock);
+    if (se != NULL) {
+      int rc = it->name != NULL
+                   ? fuse_lowlevel_notify_inval_entry(se, it->ino, it->name, strlen(it->name))
+                   : fuse_lowlevel_notify_inval_inode(se, it->ino, it->data ? 0 : -1, 0);
+      /* ENOENT: the kernel had nothing cached, which is fine. */
+      if (rc != 0 && rc != -ENOENT && rc != -ENOSYS)
+        g_debug("kernel invalidation failed: %s", g_strerror(-rc));
+    }
+    notify_item_free(it);
+    g_mutex_lock(&n->lock);
+    n->done++;
+    g_cond_broadcast(&n->cond);
+  }
+  g_mutex_unlock(&n->lock);
+  return NULL;
+}
+
+Notify *notify_new(void) {
+  Notify *n = g_new0(Notify, 1);
+  g_mutex_init(&n->lock);
+  g_cond_init(&n->cond);
+  g_queue_init(&n->queue);
+  return n;
+}
+
+void notify_set_session(Notify *n, struct fuse_session *se) {
+  g_mutex_lock(&n->lock);
+  n->se = se;
+  if (se != NULL && n->thread == NULL)
+    n->thread = g_thread_new("imapfuse-notify", notify_thread, n);
+  g_mutex_unlock(&n->lock);
+}
+
+void notify_free(Notify *n) {
+  if (n == NULL)
+    return;
+  g_mutex_lock(&n->lock);
+  n->stop = TRUE;
+  g_cond_broadcast(&n->cond);
+  g_mutex_unlock(&n->lock);
+  if (n->thread != NULL)
+    g_thread_join(n->thread);
+  g_queue_clear_full(&n->queue, (GDestroyNotify)notify_item_free);
+  g_mutex_clear(&n->lock);
+  g_cond_clear(&n->cond);
+  g_free(n);
+}
+
+static void notify_push(Notify *n, NotifyItem *it) {
+  g_mutex_lock(&n->lock);
+  if (n->se == NULL || n->stop) {
+    g_mutex_unlock(&n->lock);
+    notify_item_free(it);
+    return;
+  }
+  g_queue_push_tail(&n->queue, it);
+  n->queued++;
+  g_cond_broadcast(&n->cond);
+  g_mutex_unlock(&n->lock);
+}
+
+void notify_inval_entry(Notify *n, fuse_ino_t parent, const char *name) {
+  NotifyItem *it = g_new0(NotifyItem, 1);
+  it->ino = parent;
+  it->name = g_strdup(name);
+  notify_push(n, it);
+}
+
+void notify_inval_inode(Notify *n, fuse_ino_t ino, gboolean data) {
+  NotifyItem *it = g_new0(NotifyItem, 1);
+  it->ino = ino;
+  it->data = data;
+  notify_push(n, it);
+}
+
+void notify_flush(Notify *n) {
+  g_mutex_lock(&n->lock);
+  guint64 target = n->queued;
+  while (n->done < target && !n->stop && n->thread != NULL)
+    g_cond_wait(&n->cond, &n->lock);
+  g_mutex_unlock(&n->lock);
+}
