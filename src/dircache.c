@@ -19,6 +19,7 @@
 
 #include "imapfuse/cmd.h"
 #include "imapfuse/errors.h"
+#include "imapfuse/mcache.h"
 #include "imapfuse/names.h"
 
 struct DcNode {
@@ -35,6 +36,9 @@ struct DcNode {
   GArray *msgs;
   guint32 uidvalidity;
   guint32 epoch;
+  guint64 highestmodseq; /* 0: unknown (no CONDSTORE) */
+  gboolean dirty;        /* changed since last saved to disk */
+  gboolean meta_tried;   /* the on-disk copy was looked at */
   gint64 fetched_at; /* monotonic us of the start of the last good fetch; 0 never */
 };
 
@@ -45,6 +49,7 @@ typedef struct {
 
 struct Dircache {
   Pool *pool;
+  char *meta_dir; /* per-mailbox metadata files, or NULL */
   GMutex tree_lock;
   DcNode *root;
   GArray *ids; /* DcId, index = id; 0 unused */
@@ -92,9 +97,10 @@ static void dc_node_free(DcNode *n) {
   g_free(n);
 }
 
-Dircache *dircache_new(Pool *pool) {
+Dircache *dircache_new(Pool *pool, const char *meta_dir) {
   Dircache *dc = g_new0(Dircache, 1);
   dc->pool = pool;
+  dc->meta_dir = g_strdup(meta_dir);
   g_mutex_init(&dc->tree_lock);
   g_mutex_init(&dc->flags_lock);
   dc->ids = g_array_new(FALSE, TRUE, sizeof(DcId));
@@ -112,6 +118,7 @@ void dircache_free(Dircache *dc) {
   if (dc == NULL)
     return;
   dc_node_free(dc->root);
+  g_free(dc->meta_dir);
   g_array_unref(dc->ids);
   g_hash_table_unref(dc->flag_ids);
   g_ptr_array_unref(dc->flag_names);
@@ -303,13 +310,23 @@ const char *dircache_flags(Dircache *dc, guint32 flagset) {
 typedef struct {
   Dircache *dc;
   DcNode *node;
-  GArray *msgs;
+  /* what we knew before (may be NULL): a delta is asked against it */
+  GArray *base;
+  guint32 base_uidvalidity;
+  guint64 base_modseq;
+  /* results */
+  GArray *msgs;      /* full: every message; delta: changed and new ones */
+  GArray *vanished;  /* delta: ImapUidRange */
+  gboolean delta;
   guint32 uidvalidity;
+  guint64 modseq;    /* best known HIGHESTMODSEQ after the fetch */
   gboolean sorted;
 } DcFetch;
 
 static void dc_meta_cb(const ImapMsgMeta *m, gpointer user) {
   DcFetch *f = user;
+  if (m->modseq > f->modseq)
+    f->modseq = m->modseq;
   if (!m->has_size || !m->has_date)
     return; /* a pushed flag change, not part of the listing */
   DcMsg msg = {.uid = m->uid,
@@ -321,21 +338,45 @@ static void dc_meta_cb(const ImapMsgMeta *m, gpointer user) {
   g_array_append_val(f->msgs, msg);
 }
 
+static void dc_vanished_cb(const char *set, gpointer user) {
+  DcFetch *f = user;
+  if (!imap_parse_uid_set(set, f->vanished))
+    g_warning("ignoring malformed VANISHED set \"%s\"", set);
+}
+
+/* One listing: a delta (QRESYNC) against what we had when possible, else
+ * every message's metadata. */
 static gboolean dc_fetch_op(ImapConn *c, gpointer user, GError **error) {
   DcFetch *f = user;
   g_array_set_size(f->msgs, 0);
+  g_array_set_size(f->vanished, 0);
   f->sorted = TRUE;
-  ImapSelectInfo info;
-  /* A fresh SELECT when nothing is selected tells us EXISTS: an empty
-   * mailbox needs no FETCH (and "1:*" on it is an error on some servers). */
+  f->delta = FALSE;
+  f->modseq = 0;
+  ImapSelectInfo info = {0};
+  gboolean selected_now = FALSE;
   if (g_strcmp0(imap_conn_selected(c), f->node->mailbox) != 0) {
     if (!imap_select(c, f->node->mailbox, &info, error))
       return FALSE;
+    selected_now = TRUE;
     f->uidvalidity = info.uidvalidity;
-    if (info.exists == 0)
-      return TRUE;
+    f->modseq = info.highestmodseq;
   } else {
+    /* The session's view of a selected mailbox only moves at command
+     * boundaries: without this NOOP, "1:*" would not yet include messages
+     * that other clients added since our last command. */
+    if (!imap_noop(c, error))
+      return FALSE;
     f->uidvalidity = imap_conn_selected_uidvalidity(c);
+  }
+  if (selected_now && info.exists == 0)
+    return TRUE; /* empty: nothing to fetch */
+  if (f->base != NULL && f->base_uidvalidity == f->uidvalidity && f->base_modseq > 0 &&
+      imap_conn_qresync_enabled(c)) {
+    f->delta = TRUE;
+    if (selected_now && info.highestmodseq == f->base_modseq)
+      return TRUE; /* nothing changed at all */
+    return imap_fetch_changes(c, f->base_modseq, dc_meta_cb, dc_vanished_cb, f, error);
   }
   return imap_fetch_meta(c, "1:*", 0, dc_meta_cb, f, error);
 }
@@ -345,7 +386,119 @@ static int dc_msg_cmp(gconstpointer a, gconstpointer b) {
   return x < y ? -1 : x > y;
 }
 
+static gboolean dc_in_ranges(const GArray *ranges, guint32 uid) {
+  for (guint i = 0; i < ranges->len; i++) {
+    const ImapUidRange *r = &g_array_index(ranges, ImapUidRange, i);
+    if (uid >= r->lo && uid <= r->hi)
+      return TRUE;
+  }
+  return FALSE;
+}
+
+/* base minus vanished, with changed (sorted) merged in. */
+static GArray *dc_apply_delta(const GArray *base, const GArray *changed, const GArray *vanished) {
+  GArray *out = g_array_sized_new(FALSE, FALSE, sizeof(DcMsg), base->len + changed->len);
+  guint i = 0, j = 0;
+  while (i < base->len || j < changed->len) {
+    const DcMsg *b = i < base->len ? &g_array_index(base, DcMsg, i) : NULL;
+    const DcMsg *c = j < changed->len ? &g_array_index(changed, DcMsg, j) : NULL;
+    const DcMsg *take;
+    if (c == NULL || (b != NULL && b->uid < c->uid)) {
+      take = b;
+      i++;
+    } else {
+      if (b != NULL && b->uid == c->uid)
+        i++; /* the changed version replaces it */
+      take = c;
+      j++;
+    }
+    if (!dc_in_ranges(vanished, take->uid))
+      g_array_append_val(out, *take);
+  }
+  return out;
+}
+
 static void dc_tell(Dircache *dc, DcNode *n, guint32 epoch, guint32 uid, DcChangeKind kind);
+
+/* ---- the on-disk copy of message lists ----
+ * Saved after every change, loaded once per mailbox per mount, then
+ * brought up to date with one QRESYNC delta instead of a full listing. */
+
+static char *dc_meta_path(Dircache *dc, DcNode *n) {
+  g_autofree char *h = g_compute_checksum_for_string(G_CHECKSUM_SHA256, n->mailbox, -1);
+  g_autofree char *file = g_strdup_printf("%.32s.mc", h);
+  return g_build_filename(dc->meta_dir, file, NULL);
+}
+
+/* Called with refresh_lock held. */
+static void dc_load_meta(Dircache *dc, DcNode *n) {
+  if (dc->meta_dir == NULL || n->meta_tried)
+    return;
+  n->meta_tried = TRUE;
+  g_autofree char *path = dc_meta_path(dc, n);
+  guint32 uidvalidity, uidnext;
+  guint64 modseq;
+  GArray *msgs = NULL;
+  GPtrArray *flagsets = NULL;
+  g_autoptr(GError) error = NULL;
+  if (!mcache_load(path, &uidvalidity, &modseq, &uidnext, &msgs, &flagsets, &error)) {
+    if (!g_error_matches(error, G_FILE_ERROR, G_FILE_ERROR_NOENT))
+      g_warning("ignoring cached listing of %s: %s", n->mailbox, error->message);
+    return;
+  }
+  /* Flag sets are numbered per file; map them to this mount's ids. */
+  for (guint i = 0; i < msgs->len; i++) {
+    McMsg *m = &g_array_index(msgs, McMsg, i);
+    m->flagset = dircache_intern_flags(dc, g_ptr_array_index(flagsets, m->flagset));
+  }
+  G_STATIC_ASSERT(sizeof(McMsg) == sizeof(DcMsg));
+  g_mutex_lock(&n->lock);
+  if (n->msgs == NULL) {
+    n->msgs = msgs;
+    msgs = NULL;
+    n->uidvalidity = uidvalidity;
+    n->highestmodseq = modseq;
+    /* fetched_at stays 0: this copy is revalidated before it is served. */
+  }
+  g_mutex_unlock(&n->lock);
+  if (msgs != NULL)
+    g_array_unref(msgs);
+  g_ptr_array_unref(flagsets);
+}
+
+/* Called with refresh_lock held. */
+static void dc_save_meta(Dircache *dc, DcNode *n) {
+  if (dc->meta_dir == NULL)
+    return;
+  g_mutex_lock(&n->lock);
+  g_autoptr(GArray) msgs = n->msgs != NULL ? g_array_ref(n->msgs) : NULL;
+  guint32 uidvalidity = n->uidvalidity;
+  guint64 modseq = n->highestmodseq;
+  n->dirty = FALSE;
+  g_mutex_unlock(&n->lock);
+  if (msgs == NULL)
+    return;
+  g_autoptr(GArray) local = g_array_sized_new(FALSE, FALSE, sizeof(McMsg), msgs->len);
+  g_autoptr(GHashTable) ids = g_hash_table_new(NULL, NULL);
+  g_autoptr(GPtrArray) names = g_ptr_array_new();
+  for (guint i = 0; i < msgs->len; i++) {
+    const DcMsg *m = &g_array_index(msgs, DcMsg, i);
+    gpointer v;
+    if (!g_hash_table_lookup_extended(ids, GUINT_TO_POINTER(m->flagset), NULL, &v)) {
+      v = GUINT_TO_POINTER(names->len);
+      g_hash_table_insert(ids, GUINT_TO_POINTER(m->flagset), v);
+      g_ptr_array_add(names, (gpointer)dircache_flags(dc, m->flagset));
+    }
+    McMsg mm = {m->uid, GPOINTER_TO_UINT(v), m->size, m->date};
+    g_array_append_val(local, mm);
+  }
+  g_autofree char *path = dc_meta_path(dc, n);
+  g_autoptr(GError) error = NULL;
+  guint32 uidnext = msgs->len ? g_array_index(msgs, DcMsg, msgs->len - 1).uid + 1 : 1;
+  if (!mcache_save(path, uidvalidity, modseq, uidnext, (const McMsg *)local->data, local->len,
+                   (const char *const *)names->pdata, names->len, &error))
+    g_warning("cannot save the listing of %s: %s", n->mailbox, error->message);
+}
 
 /* UIDs in old but not in new (both sorted) go to gone. */
 static void dc_diff_removed(const GArray *old, const GArray *new, GArray *gone) {
@@ -389,37 +542,73 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     return TRUE;
   }
   g_mutex_unlock(&n->lock);
+  if (n->msgs == NULL)
+    dc_load_meta(dc, n); /* what the last mount knew, if anything */
 
-  DcFetch f = {.dc = dc, .node = n, .msgs = g_array_new(FALSE, FALSE, sizeof(DcMsg))};
+  DcFetch f = {.dc = dc,
+               .node = n,
+               .msgs = g_array_new(FALSE, FALSE, sizeof(DcMsg)),
+               .vanished = g_array_new(FALSE, FALSE, sizeof(ImapUidRange))};
+  g_mutex_lock(&n->lock);
+  if (n->msgs != NULL) {
+    f.base = g_array_ref(n->msgs);
+    f.base_uidvalidity = n->uidvalidity;
+    f.base_modseq = n->highestmodseq;
+  }
+  g_mutex_unlock(&n->lock);
   gint64 started = g_get_monotonic_time();
   gboolean ok = pool_run(dc->pool, n->mailbox, TRUE, dc_fetch_op, &f, error);
   g_autoptr(GArray) gone = g_array_new(FALSE, FALSE, sizeof(guint32));
-  guint32 old_epoch = 0;
+  guint32 old_epoch = 0, old_uidvalidity = 0;
+  gboolean changed = FALSE;
   if (ok) {
     if (!f.sorted)
       g_array_sort(f.msgs, dc_msg_cmp);
+    GArray *result;
+    if (f.delta) {
+      changed = f.msgs->len > 0 || f.vanished->len > 0;
+      result = changed ? dc_apply_delta(f.base, f.msgs, f.vanished) : g_array_ref(f.base);
+      if (f.modseq < f.base_modseq)
+        f.modseq = f.base_modseq;
+    } else {
+      changed = TRUE;
+      result = g_steal_pointer(&f.msgs);
+    }
     g_mutex_lock(&n->lock);
     old_epoch = n->epoch;
+    old_uidvalidity = n->uidvalidity;
     if (n->msgs != NULL) {
       if (n->uidvalidity == f.uidvalidity)
-        dc_diff_removed(n->msgs, f.msgs, gone);
+        dc_diff_removed(n->msgs, result, gone);
       g_array_unref(n->msgs);
     }
-    n->msgs = g_steal_pointer(&f.msgs);
+    n->msgs = result;
+    n->highestmodseq = f.modseq;
     if (n->uidvalidity != f.uidvalidity || n->epoch == 0) {
       /* New UIDVALIDITY: all UIDs are void, so messages get new inodes. */
       g_mutex_lock(&dc->tree_lock);
       n->epoch = _dc_new_id(dc, n, f.uidvalidity);
       g_mutex_unlock(&dc->tree_lock);
       n->uidvalidity = f.uidvalidity;
+      changed = TRUE;
+    } else {
+      old_uidvalidity = 0; /* not a UIDVALIDITY change */
     }
     n->fetched_at = started;
+    n->dirty |= changed;
     _dc_snapshot(n, out);
     g_mutex_unlock(&n->lock);
+    if (changed)
+      dc_save_meta(dc, n);
   }
   if (f.msgs != NULL)
     g_array_unref(f.msgs);
+  if (f.base != NULL)
+    g_array_unref(f.base);
+  g_array_unref(f.vanished);
   g_mutex_unlock(&n->refresh_lock);
+  if (old_uidvalidity != 0)
+    dc_tell(dc, n, old_epoch, old_uidvalidity, DC_CHANGE_UIDVALIDITY);
   for (guint i = 0; i < gone->len; i++)
     dc_tell(dc, n, old_epoch, g_array_index(gone, guint32, i), DC_CHANGE_REMOVED);
   return ok;
@@ -524,6 +713,7 @@ void dircache_msgs_removed(Dircache *dc, DcNode *n, guint32 uidvalidity, const g
     g_hash_table_unref(set);
     g_array_unref(n->msgs);
     n->msgs = copy;
+    n->dirty = TRUE;
   } else {
     g_array_append_vals(gone, uids, n_uids);
   }
@@ -546,6 +736,7 @@ void dircache_msg_added(Dircache *dc, DcNode *n, guint32 uidvalidity, const DcMs
       g_array_insert_val(copy, i, *m);
       g_array_unref(n->msgs);
       n->msgs = copy;
+      n->dirty = TRUE;
       added = TRUE;
     }
   }
@@ -569,6 +760,7 @@ void dircache_msg_flags(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 ui
       g_array_index(copy, DcMsg, idx).flagset = fs;
       g_array_unref(n->msgs);
       n->msgs = copy;
+      n->dirty = TRUE;
       changed = TRUE;
     }
   }
@@ -603,4 +795,58 @@ DcNode *dircache_find_mailbox(Dircache *dc, const char *mailbox) {
   DcNode *n = _dc_find(dc->root, mailbox);
   g_mutex_unlock(&dc->tree_lock);
   return n;
+}
+
+static void _dc_flush(Dircache *dc, DcNode *n) {
+  if (n->dirty && n->mailbox != NULL)
+    dc_save_meta(dc, n);
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, n->children);
+  while (g_hash_table_iter_next(&it, NULL, &v))
+    _dc_flush(dc, v);
+}
+
+void dircache_flush(Dircache *dc) {
+  /* At unmount: no other thread runs, so no locks are needed. */
+  _dc_flush(dc, dc->root);
+}
+
+static void _dc_listed(DcNode *n, GPtrArray *out) {
+  if (n->mailbox != NULL && n->present && n->selectable && n->epoch != 0)
+    g_ptr_array_add(out, n);
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, n->children);
+  while (g_hash_table_iter_next(&it, NULL, &v))
+    _dc_listed(v, out);
+}
+
+GPtrArray *dircache_listed_nodes(Dircache *dc) {
+  GPtrArray *out = g_ptr_array_new();
+  g_mutex_lock(&dc->tree_lock);
+  _dc_listed(dc->root, out);
+  g_mutex_unlock(&dc->tree_lock);
+  return out;
+}
+
+gboolean dircache_status_differs(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 messages,
+                                 guint64 highestmodseq) {
+  (void)dc;
+  g_mutex_lock(&n->lock);
+  gboolean differs = n->msgs == NULL || n->uidvalidity != uidvalidity ||
+                     n->msgs->len != messages ||
+                     (highestmodseq != 0 && highestmodseq != n->highestmodseq);
+  g_mutex_unlock(&n->lock);
+  return differs;
+}
+
+void dircache_note_modseq(Dircache *dc, DcNode *n, guint32 uidvalidity, guint64 highestmodseq) {
+  (void)dc;
+  g_mutex_lock(&n->lock);
+  if (n->uidvalidity == uidvalidity && highestmodseq > n->highestmodseq) {
+    n->highestmodseq = highestmodseq;
+    n->dirty = TRUE;
+  }
+  g_mutex_unlock(&n->lock);
 }

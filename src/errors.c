@@ -22,7 +22,8 @@ int ifs_errno_from_error(const GError *error) {
       {IFS_ERROR_EXISTS, EEXIST},      {IFS_ERROR_QUOTA, EDQUOT},
       {IFS_ERROR_TOO_BIG, EFBIG},      {IFS_ERROR_PERM, EACCES},
       {IFS_ERROR_BUSY, EBUSY},         {IFS_ERROR_INVALID, EINVAL},
-      {IFS_ERROR_CANCELLED, EINTR},
+      {IFS_ERROR_CANCELLED, EINTR},    {IFS_ERROR_REFUSED, EPERM},
+      {IFS_ERROR_NOT_EMPTY, ENOTEMPTY},
   };
   if (error == NULL)
     return EIO;

@@ -15,6 +15,7 @@
 
 #include "imapfuse/errors.h"
 #include "imapfuse/names.h"
+#include "fs-internal.h" /* shared with fswrite.c (the write path) */
 
 struct Fs {
   Dircache *dc;
@@ -22,9 +23,9 @@ struct Fs {
   Notify *notify;
   FsOptions opts;
   struct timespec started;
+  FsWrite *w; /* the write path (fswrite.c) */
 };
 
-static fuse_ino_t fs_dir_ino(Fs *fs, DcNode *n);
 
 /* A message went away or changed: drop the kernel's entry for its name. */
 static void fs_observer(DcNode *n, guint32 epoch, guint32 uid, DcChangeKind kind, gpointer user) {
@@ -32,6 +33,11 @@ static void fs_observer(DcNode *n, guint32 epoch, guint32 uid, DcChangeKind kind
   (void)epoch;
   if (kind == DC_CHANGE_FLAGS)
     return; /* flags are not in the attributes */
+  if (kind == DC_CHANGE_UIDVALIDITY) {
+    /* uid is the old UIDVALIDITY: its bytes can never be asked for again. */
+    bodycache_forget_mailbox(fs->bc, dcnode_mailbox(n), uid);
+    return;
+  }
   char name[32];
   g_snprintf(name, sizeof name, "%u.eml", uid);
   notify_inval_entry(fs->notify, fs_dir_ino(fs, n), name);
@@ -45,23 +51,31 @@ Fs *fs_new(Dircache *dc, Bodycache *bc, Notify *notify, const FsOptions *opts) {
   fs->opts = *opts;
   clock_gettime(CLOCK_REALTIME, &fs->started);
   dircache_set_observer(dc, fs_observer, fs);
+  fs->w = fswrite_new(fs, dc, notify, &opts->write);
   return fs;
 }
 
-void fs_free(Fs *fs) { g_free(fs); }
+void fs_free(Fs *fs) {
+  if (fs != NULL)
+    fswrite_free(fs->w);
+  g_free(fs);
+}
+
+const FsOptions *fs_options(Fs *fs) { return &fs->opts; }
+FsWrite *fs_writer(Fs *fs) { return fs->w; }
 
 /* ---- inode numbers ---- */
 
-static fuse_ino_t fs_dir_ino(Fs *fs, DcNode *n) {
+fuse_ino_t fs_dir_ino(Fs *fs, DcNode *n) {
   return n == dircache_root(fs->dc) ? FUSE_ROOT_ID : (fuse_ino_t)dcnode_id(n) << 32;
 }
 
-static fuse_ino_t fs_msg_ino(guint32 epoch, guint32 uid) {
+fuse_ino_t fs_msg_ino(guint32 epoch, guint32 uid) {
   return ((fuse_ino_t)epoch << 32) | uid;
 }
 
 /* The directory for ino, or NULL. */
-static DcNode *fs_dir(Fs *fs, fuse_ino_t ino) {
+DcNode *fs_dir(Fs *fs, fuse_ino_t ino) {
   if (ino == FUSE_ROOT_ID)
     return dircache_root(fs->dc);
   if ((ino & 0xffffffffu) != 0)
@@ -78,7 +92,7 @@ static void fs_reply_error(fuse_req_t req, const char *what, GError *error) {
 
 /* ---- attributes ---- */
 
-static void fs_dir_attr(Fs *fs, DcNode *n, struct stat *st) {
+void fs_dir_attr(Fs *fs, DcNode *n, struct stat *st) {
   memset(st, 0, sizeof *st);
   st->st_ino = fs_dir_ino(fs, n);
   st->st_mode = S_IFDIR | 0700;
@@ -88,9 +102,10 @@ static void fs_dir_attr(Fs *fs, DcNode *n, struct stat *st) {
   st->st_size = 4096;
   st->st_blksize = 4096;
   st->st_mtim = st->st_ctim = st->st_atim = fs->started;
+  fswrite_dir_attr(fs->w, n, st); /* chmod/utimens kept in memory */
 }
 
-static void fs_msg_attr(Fs *fs, guint32 epoch, const DcMsg *m, struct stat *st) {
+void fs_msg_attr(Fs *fs, guint32 epoch, const DcMsg *m, struct stat *st) {
   memset(st, 0, sizeof *st);
   st->st_ino = fs_msg_ino(epoch, m->uid);
   st->st_mode = S_IFREG | 0600;
@@ -206,6 +221,10 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
     fuse_reply_err(req, ENOTDIR);
     return;
   }
+  if (fswrite_lookup(fs->w, p, name, &e)) { /* a file being written */
+    fuse_reply_entry(req, &e);
+    return;
+  }
   if (!fs_entry_for(fs, p, name, &e, &err)) {
     if (err == ENOENT) {
       /* Negative entries are not cached: mail arrives any time. */
@@ -220,13 +239,16 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
 }
 
 static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  (void)fi;
   Fs *fs = fuse_req_userdata(req);
   struct stat st;
   DcNode *d = fs_dir(fs, ino);
   if (d != NULL) {
     fs_dir_attr(fs, d, &st);
     fuse_reply_attr(req, &st, fs->opts.dir_timeout);
+    return;
+  }
+  if (fswrite_owns(fs->w, ino)) {
+    fswrite_getattr(req, ino, fi);
     return;
   }
   DcNode *n;
@@ -350,6 +372,10 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
     fuse_reply_err(req, EISDIR);
     return;
   }
+  if (fswrite_owns(fs->w, ino)) {
+    fswrite_open(req, ino, fi);
+    return;
+  }
   if ((fi->flags & O_ACCMODE) != O_RDONLY) {
     fuse_reply_err(req, EPERM); /* a message's bytes cannot change */
     return;
@@ -364,6 +390,12 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   }
   f->uid = m.uid;
   f->size = m.size;
+  DcListing l;
+  if (dircache_listing(fs->dc, f->node, G_MAXINT64, &l, NULL)) {
+    if (l.uidvalidity == f->uidvalidity)
+      bodycache_opened(fs->bc, dcnode_mailbox(f->node), &l, f->uid);
+    dc_listing_clear(&l);
+  }
   fi->fh = (uint64_t)(uintptr_t)f;
   fi->keep_cache = 1; /* bytes are immutable per (mailbox, UIDVALIDITY, UID) */
   fuse_reply_open(req, fi);
@@ -371,8 +403,11 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
 
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi) {
-  (void)ino;
   Fs *fs = fuse_req_userdata(req);
+  if (fswrite_owns(fs->w, ino)) {
+    fswrite_read(req, ino, size, off, fi);
+    return;
+  }
   FsFile *f = (FsFile *)(uintptr_t)fi->fh;
   g_autoptr(GError) error = NULL;
   guint64 real = f->size;
@@ -393,7 +428,11 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 }
 
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  (void)ino;
+  Fs *fs = fuse_req_userdata(req);
+  if (fswrite_owns(fs->w, ino)) {
+    fswrite_release(req, ino, fi);
+    return;
+  }
   g_free((FsFile *)(uintptr_t)fi->fh);
   fuse_reply_err(req, 0);
 }
@@ -418,6 +457,23 @@ static const struct fuse_lowlevel_ops fs_ops = {
     .read = fs_read,
     .release = fs_release,
     .statfs = fs_statfs,
+    /* the write path: fswrite.c */
+    .create = fswrite_create,
+    .write = fswrite_write,
+    .flush = fswrite_flush,
+    .fsync = fswrite_fsync,
+    .unlink = fswrite_unlink,
+    .rename = fswrite_rename,
+    .mkdir = fswrite_mkdir,
+    .rmdir = fswrite_rmdir,
+    .setattr = fswrite_setattr,
+    .setxattr = fswrite_setxattr,
+    .getxattr = fswrite_getxattr,
+    .listxattr = fswrite_listxattr,
+    .removexattr = fswrite_removexattr,
+    .link = fswrite_link,
+    .symlink = fswrite_symlink,
+    .mknod = fswrite_mknod,
 };
 
 const struct fuse_lowlevel_ops *fs_lowlevel_ops(void) { return &fs_ops; }

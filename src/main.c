@@ -8,6 +8,7 @@
  */
 #include <fuse_lowlevel.h>
 #include <glib.h>
+#include <errno.h>
 #include <locale.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,12 +18,14 @@
 #include "imapfuse/bodycache.h"
 #include "imapfuse/conn.h"
 #include "imapfuse/dircache.h"
+#include "imapfuse/diskcache.h"
 #include "imapfuse/errors.h"
 #include "imapfuse/fs.h"
 #include "imapfuse/notify.h"
 #include "imapfuse/options.h"
 #include "imapfuse/pool.h"
 #include "imapfuse/tls.h"
+#include "imapfuse/watch.h"
 
 static void main_log(const gchar *domain, GLogLevelFlags level, const gchar *message,
                      gpointer user) {
@@ -36,6 +39,15 @@ static void main_log(const gchar *domain, GLogLevelFlags level, const gchar *mes
                      : (level & G_LOG_LEVEL_DEBUG)    ? "debug"
                                                       : "info";
   fprintf(stderr, "imapfuse: %s: %s\n", what, message);
+}
+
+/* $XDG_CACHE_HOME/imapfuse/USER@HOST:PORT, with '/' kept out of the name. */
+static char *main_cache_dir(const IfsOptions *o, const ImapEndpoint *ep) {
+  if (o->cache_dir != NULL)
+    return g_strdup(o->cache_dir);
+  g_autofree char *account = g_strdup_printf("%s@%s:%u", ep->user, ep->host, ep->port);
+  g_strdelimit(account, "/", '_');
+  return g_build_filename(g_get_user_cache_dir(), "imapfuse", account, NULL);
 }
 
 static int main_fail(const GError *error) {
@@ -57,6 +69,9 @@ int main(int argc, char *argv[]) {
   Bodycache *bc = NULL;
   Fs *fs = NULL;
   Notify *notify = NULL;
+  Diskcache *disk = NULL;
+  Watch *watch = NULL;
+  g_autofree char *cache_dir = NULL, *meta_dir = NULL, *account = NULL;
   struct fuse_session *se = NULL;
   g_autofree char *fsname = NULL;
 
@@ -76,6 +91,7 @@ int main(int argc, char *argv[]) {
   }
   if (o.show_version || fo.show_version) {
     printf("imapfuse %s\n", IMAPFUSE_VERSION);
+    fflush(stdout); /* before fusermount3 writes its own line */
     fuse_lowlevel_version();
     ret = 0;
     goto out;
@@ -115,12 +131,44 @@ int main(int argc, char *argv[]) {
     goto out;
   }
   pool = pool_new(&ep, (guint)o.connections, first);
-  dc = dircache_new(pool);
+  const char *mode = o.cache != NULL ? o.cache : "full";
+  if (g_strcmp0(mode, "none") != 0) {
+    cache_dir = main_cache_dir(&o, &ep);
+    meta_dir = g_build_filename(cache_dir, "meta", NULL);
+    if (g_mkdir_with_parents(meta_dir, 0700) != 0) {
+      fprintf(stderr, "imapfuse: warning: cannot create %s (%s); not caching on disk\n", meta_dir,
+              g_strerror(errno));
+      g_clear_pointer(&meta_dir, g_free);
+    }
+  }
+  if (meta_dir != NULL && g_strcmp0(mode, "full") == 0) {
+    guint64 bound = 1ull << 30;
+    if (o.cache_size != NULL)
+      options_parse_size(o.cache_size, &bound);
+    g_autofree char *bodies = g_build_filename(cache_dir, "bodies", NULL);
+    g_autoptr(GError) derr = NULL;
+    disk = diskcache_open(bodies, bound, &derr);
+    if (disk == NULL)
+      fprintf(stderr, "imapfuse: warning: message cache disabled: %s\n", derr->message);
+  }
+  dc = dircache_new(pool, meta_dir);
   if (!dircache_refresh_tree(dc, 0, &error)) {
     ret = main_fail(error);
     goto out;
   }
-  BodycacheOptions bo = {.mem_bytes = (guint64)o.cache_mem_mb << 20, .chunk_bytes = 1 << 20};
+  guint64 readahead = 8u << 20;
+  if (o.readahead != NULL)
+    options_parse_size(o.readahead, &readahead);
+  account = g_strdup_printf("%s@%s:%u", ep.user, ep.host, ep.port);
+  BodycacheOptions bo = {
+      .mem_bytes = (guint64)o.cache_mem_mb << 20,
+      .chunk_bytes = 1 << 20,
+      .readahead_bytes = readahead,
+      /* keep one connection for readers that are not scanning */
+      .readahead_threads = (guint)MAX(1, o.connections - 1),
+      .disk = disk,
+      .account = account,
+  };
   bc = bodycache_new(pool, &bo);
   FsOptions fso = {
       .uid = getuid(),
@@ -129,6 +177,10 @@ int main(int argc, char *argv[]) {
       .dir_timeout = o.dir_timeout,
       .list_max_age_us = (gint64)(o.list_max_age * G_USEC_PER_SEC),
       .tree_max_age_us = (gint64)(o.dir_timeout * G_USEC_PER_SEC),
+      .write = {.pool = pool,
+                .account = account,
+                .delete_trash = g_strcmp0(o.delete_mode, "trash") == 0,
+                .no_dedup = g_strcmp0(o.dedup, "off") == 0},
   };
   notify = notify_new();
   fs = fs_new(dc, bc, notify, &fso);
@@ -149,6 +201,7 @@ int main(int argc, char *argv[]) {
   fuse_daemonize(fo.foreground);
   /* Threads only after the fork of daemonising. */
   notify_set_session(notify, se);
+  watch = watch_new(&ep, dc, (guint)o.poll);
   if (fo.singlethread) {
     ret = fuse_session_loop(se);
   } else {
@@ -167,12 +220,16 @@ int main(int argc, char *argv[]) {
 out_signals:
   fuse_remove_signal_handlers(se);
 out:
+  watch_free(watch);
   notify_free(notify); /* before the session it talks to goes away */
   if (se != NULL)
     fuse_session_destroy(se);
   fs_free(fs);
   bodycache_free(bc);
+  if (dc != NULL)
+    dircache_flush(dc);
   dircache_free(dc);
+  diskcache_close(disk);
   pool_free(pool);
   if (ep.password != NULL)
     memset(ep.password, 0, strlen(ep.password));

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -25,6 +26,13 @@ static const struct fuse_opt options_table[] = {
     IFS_OPT("timeout=%u", timeout, 0),
     IFS_OPT("imap_debug", imap_debug, 1),
     IFS_OPT("cache_mem=%u", cache_mem_mb, 0),
+    IFS_OPT("cache=%s", cache, 0),
+    IFS_OPT("cache_dir=%s", cache_dir, 0),
+    IFS_OPT("cache_size=%s", cache_size, 0),
+    IFS_OPT("readahead=%s", readahead, 0),
+    IFS_OPT("poll=%u", poll, 0),
+    IFS_OPT("delete=%s", delete_mode, 0),
+    IFS_OPT("dedup=%s", dedup, 0),
     IFS_OPT("msg_timeout=%lf", msg_timeout, 0),
     IFS_OPT("dir_timeout=%lf", dir_timeout, 0),
     IFS_OPT("list_max_age=%lf", list_max_age, 0),
@@ -73,6 +81,7 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
   o->msg_timeout = 60;
   o->dir_timeout = 1;
   o->list_max_age = 0;
+  o->poll = 10;
   if (fuse_opt_parse(args, o, options_table, options_proc) != 0) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "invalid options");
     return FALSE;
@@ -96,6 +105,34 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "timeout= must be at least 1 second");
     return FALSE;
   }
+  if (o->cache != NULL && g_strcmp0(o->cache, "none") != 0 &&
+      g_strcmp0(o->cache, "metadata") != 0 && g_strcmp0(o->cache, "full") != 0) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "cache= takes none, metadata or full, not \"%s\"", o->cache);
+    return FALSE;
+  }
+  guint64 ignored;
+  if (o->cache_size != NULL && !options_parse_size(o->cache_size, &ignored)) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "cache_size= takes a size like 2G, not \"%s\"",
+                o->cache_size);
+    return FALSE;
+  }
+  if (o->readahead != NULL && !options_parse_size(o->readahead, &ignored)) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "readahead= takes a size like 8M, not \"%s\"",
+                o->readahead);
+    return FALSE;
+  }
+  if (o->delete_mode != NULL && g_strcmp0(o->delete_mode, "expunge") != 0 &&
+      g_strcmp0(o->delete_mode, "trash") != 0) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "delete= takes expunge or trash, not \"%s\"",
+                o->delete_mode);
+    return FALSE;
+  }
+  if (o->dedup != NULL && g_strcmp0(o->dedup, "on") != 0 && g_strcmp0(o->dedup, "off") != 0) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "dedup= takes on or off, not \"%s\"",
+                o->dedup);
+    return FALSE;
+  }
   if (o->password_command != NULL && o->password_file != NULL) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
                 "give password_command= or password_file=, not both");
@@ -110,6 +147,12 @@ void options_clear(IfsOptions *o) {
   g_free(o->password_file);
   g_free(o->cafile);
   g_free(o->tls);
+  g_free(o->delete_mode);
+  g_free(o->dedup);
+  g_free(o->cache);
+  g_free(o->cache_dir);
+  g_free(o->cache_size);
+  g_free(o->readahead);
   memset(o, 0, sizeof *o);
 }
 
@@ -126,7 +169,16 @@ void options_usage(const char *prog) {
          "    -o connections=N         IMAP connections to use (default 4)\n"
          "    -o timeout=SECS          give up on a silent server after SECS (default 60)\n"
          "    -o imap_debug            trace the IMAP exchange on stderr (credentials hidden)\n"
+         "    -o cache=MODE            none, metadata or full (default full): what is kept on disk\n"
+         "    -o cache_dir=DIR         where (default $XDG_CACHE_HOME/imapfuse/USER@HOST:PORT)\n"
+         "    -o cache_size=SIZE       disk bound for message bytes (default 1G; LRU eviction)\n"
          "    -o cache_mem=MB          memory for message bytes (default 32)\n"
+         "    -o poll=SECS             check for other clients' changes every SECS (default 10; 0 off)\n"
+         "    -o readahead=SIZE        bytes fetched ahead of sequential readers (default 8M; 0 off)\n"
+         "    -o delete=trash          rm moves messages to the \\Trash mailbox (default: expunge,\n"
+         "                             which needs UIDPLUS)\n"
+         "    -o dedup=off             cp/rsync into a mailbox append even if the same message\n"
+         "                             (same bytes) is already there (default on)\n"
          "    -o msg_timeout=SECS      kernel cache time for message entries (default 60)\n"
          "    -o dir_timeout=SECS      kernel cache time for directory entries (default 1)\n"
          "    -o list_max_age=SECS     reuse a mailbox listing this long on opendir (default 0)\n"
@@ -222,6 +274,28 @@ gboolean options_parse_url(const char *url, gboolean tls_off, ImapEndpoint *ep, 
   return TRUE;
 }
 
+gboolean options_parse_size(const char *s, guint64 *out) {
+  char *end = NULL;
+  if (s == NULL || !g_ascii_isdigit(*s))
+    return FALSE;
+  guint64 v = g_ascii_strtoull(s, &end, 10);
+  guint shift = 0;
+  switch (g_ascii_toupper(*end)) {
+  case '\0': break;
+  case 'K': shift = 10; end++; break;
+  case 'M': shift = 20; end++; break;
+  case 'G': shift = 30; end++; break;
+  case 'T': shift = 40; end++; break;
+  default: return FALSE;
+  }
+  if (*end == 'B' || *end == 'b')
+    end++;
+  if (*end != '\0' || (shift && v > (G_MAXUINT64 >> shift)))
+    return FALSE;
+  *out = v << shift;
+  return TRUE;
+}
+
 gboolean options_host_is_loopback(const char *host) {
   struct in_addr a4;
   struct in6_addr a6;
@@ -302,8 +376,12 @@ char *options_get_password(const IfsOptions *o, const ImapEndpoint *ep, GError *
     if (!g_spawn_check_wait_status(status, NULL)) {
       options_wipe(out, strlen(out));
       g_free(out);
-      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "password_command failed (status %d)",
-                  status);
+      if (WIFEXITED(status))
+        g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "password_command failed (exit status %d)",
+                    WEXITSTATUS(status));
+      else
+        g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "password_command killed by signal %d",
+                    WTERMSIG(status));
       return NULL;
     }
     char *pw = options_first_line(out, strlen(out));

@@ -17,7 +17,9 @@
  * are retried once on a fresh connection when the failure was the
  * connection's, so a server restart or an idle timeout costs one retry,
  * not an error.  Connections idle for more than a minute are checked with
- * NOOP before use, so non-idempotent work does not land on a dead socket.
+ * NOOP before use, and so is every idle connection once another one was
+ * found dead (a server restart, or a deleted mailbox, drops them all), so
+ * non-idempotent work does not land on a dead socket.
  * Lock order: the pool lock is a leaf: nothing else is taken while it is
  * held, and no I/O happens under it.
  */
@@ -36,6 +38,7 @@ struct Pool {
   GQueue idle;  /* ImapConn*, most recently released at the head */
   guint open;   /* connections open or being opened */
   guint opened_total;
+  gint64 failure_at; /* last time a connection was found dead */
   ImapHandler unsolicited;
   gpointer unsolicited_user;
 };
@@ -117,7 +120,13 @@ ImapConn *pool_acquire(Pool *p, const char *mailbox, GError **error) {
       g_mutex_unlock(&p->lock);
       return c;
     }
-    if (g_get_monotonic_time() - imap_conn_last_used(c) > POOL_CHECK_IDLE_US) {
+    g_mutex_lock(&p->lock);
+    gint64 failure_at = p->failure_at;
+    g_mutex_unlock(&p->lock);
+    /* Check a connection idle for long, or idle since another one died:
+     * a server restart or a deleted mailbox drops them all at once. */
+    if (g_get_monotonic_time() - imap_conn_last_used(c) > POOL_CHECK_IDLE_US ||
+        imap_conn_last_used(c) <= failure_at) {
       g_autoptr(GError) ignored = NULL;
       if (!imap_noop(c, &ignored)) {
         g_debug("connection #%u was dead (%s); replacing it", imap_conn_id(c),
@@ -138,6 +147,7 @@ void pool_release(Pool *p, ImapConn *c) {
     imap_conn_close(c);
     g_mutex_lock(&p->lock);
     p->open--;
+    p->failure_at = g_get_monotonic_time();
   } else {
     g_mutex_lock(&p->lock);
     g_queue_push_head(&p->idle, c);

@@ -4,21 +4,29 @@
  * keeping them: a message's bytes never change for that key, so anything
  * fetched can be served again without asking the server.  Small messages
  * are fetched whole; large ones in aligned chunks (BODY.PEEK[]<off.len>),
- * so reading the head of a 20 MB message costs one chunk.
+ * so reading the head of a 20 MB message costs one chunk.  Also owns
+ * read-ahead across files: when files of a mailbox are opened in listing
+ * order, the next messages are fetched in bulk ahead of the reader.
  */
 #pragma once
 
 #include <glib.h>
 
+#include "imapfuse/dircache.h"
 #include "imapfuse/pool.h"
 
 G_BEGIN_DECLS
 
 typedef struct Bodycache Bodycache;
+typedef struct Diskcache Diskcache;
 
 typedef struct {
-  guint64 mem_bytes;   /* in-memory LRU bound */
-  guint64 chunk_bytes; /* partial-fetch unit; messages up to this size are fetched whole */
+  guint64 mem_bytes;       /* in-memory LRU bound */
+  guint64 chunk_bytes;     /* partial-fetch unit; messages up to this size are fetched whole */
+  guint64 readahead_bytes; /* bound on bytes fetched ahead of readers and not yet read; 0 = off */
+  guint readahead_threads; /* connections read-ahead may use at once */
+  Diskcache *disk;         /* on-disk tier, or NULL */
+  const char *account;     /* disk key prefix for this account */
 } BodycacheOptions;
 
 Bodycache *bodycache_new(Pool *pool, const BodycacheOptions *opts);
@@ -32,5 +40,18 @@ void bodycache_free(Bodycache *bc);
 GBytes *bodycache_read(Bodycache *bc, const char *mailbox, guint32 uidvalidity, guint32 uid,
                        guint64 size, guint64 off, gsize len, guint64 *real_size,
                        GError **error);
+
+/* A file was opened: uid of listing l in mailbox.  Drives read-ahead. */
+void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, guint32 uid);
+
+/* Drop everything kept for a mailbox whose UIDVALIDITY changed. */
+void bodycache_forget_mailbox(Bodycache *bc, const char *mailbox, guint32 uidvalidity);
+
+typedef struct {
+  guint64 fetched_single; /* single-message fetches sent */
+  guint64 fetched_bulk;   /* bodies that arrived through read-ahead */
+  guint64 mem_hits, disk_hits, waits;
+} BodycacheStats;
+void bodycache_stats(Bodycache *bc, BodycacheStats *out);
 
 G_END_DECLS

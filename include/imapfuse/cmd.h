@@ -69,6 +69,15 @@ typedef void (*ImapMetaFn)(const ImapMsgMeta *m, gpointer user);
 gboolean imap_fetch_meta(ImapConn *c, const char *uidset, guint64 changedsince,
                          ImapMetaFn fn, gpointer user, GError **error);
 
+/* What changed since modseq on the selected mailbox (QRESYNC enabled):
+ * UID FETCH 1:* (UID RFC822.SIZE INTERNALDATE FLAGS MODSEQ)
+ *   (CHANGEDSINCE modseq VANISHED)
+ * fn gets changed and new messages, vanished gets each expunged UID set
+ * as text ("3:5,9"). */
+typedef void (*ImapVanishedFn)(const char *uidset, gpointer user);
+gboolean imap_fetch_changes(ImapConn *c, guint64 modseq, ImapMetaFn fn, ImapVanishedFn vanished,
+                            gpointer user, GError **error);
+
 /* UID FETCH uid BODY.PEEK[] (length 0) or BODY.PEEK[]<offset.length>.
  * IFS_ERROR_NOT_FOUND when the server returns no such message. */
 gboolean imap_fetch_body(ImapConn *c, guint32 uid, guint64 offset,
@@ -82,7 +91,90 @@ gboolean imap_fetch_bodies(ImapConn *c, const char *uidset, ImapBodyFn fn,
 
 gboolean imap_noop(ImapConn *c, GError **error);
 
+typedef struct {
+  guint32 uidvalidity, uidnext, messages;
+  guint64 highestmodseq; /* 0 unless CONDSTORE */
+} ImapStatusInfo;
+/* STATUS mailbox (UIDVALIDITY UIDNEXT MESSAGES [HIGHESTMODSEQ]). */
+gboolean imap_status(ImapConn *c, const char *mailbox, ImapStatusInfo *out, GError **error);
+
 /* Sorted UIDs -> compact set "1:5,7,9:12". */
 char *imap_uidset_format(const guint32 *uids, guint n);
+
+/* ==== write operations (issue 4) ====================================
+ * Everything that changes the server.  UID commands act on the selected
+ * mailbox: callers select it first (imap_ensure_selected) and check its
+ * UIDVALIDITY.  A plain EXPUNGE or CLOSE is never sent: they would also
+ * remove messages another client flagged \Deleted without expunging. */
+
+/* A flag that may be stored: \Answered \Flagged \Deleted \Seen \Draft
+ * (any case) or a keyword atom ($Work, NonJunk).  \Recent, \* and other
+ * backslash names are refused. */
+gboolean imap_flag_valid(const char *flag);
+/* Flags separated by spaces or tabs -> vector of canonical spellings (system
+ * flags capitalised as in RFC 3501, duplicates dropped); an empty text
+ * gives an empty vector.  IFS_ERROR_INVALID naming the first bad flag. */
+char **imap_flags_parse(const char *text, GError **error);
+
+typedef enum {
+  IMAP_STORE_REPLACE, /* FLAGS */
+  IMAP_STORE_ADD,     /* +FLAGS */
+  IMAP_STORE_REMOVE,  /* -FLAGS */
+} ImapStoreMode;
+/* UID STORE uid [+-]FLAGS[.SILENT] (flags).  *flags_out (may be NULL)
+ * gets the canonical flags the server reported afterwards (not with
+ * silent), or NULL when it reported none (the message is gone). */
+gboolean imap_store_flags(ImapConn *c, guint32 uid, ImapStoreMode mode,
+                          const char *const *flags, gboolean silent, char **flags_out,
+                          GError **error);
+/* UID FETCH uid (FLAGS): canonical flags; IFS_ERROR_NOT_FOUND when the
+ * message does not exist. */
+gboolean imap_fetch_flags(ImapConn *c, guint32 uid, char **flags_out, GError **error);
+/* UID EXPUNGE uidset (UIDPLUS / IMAP4rev2); IFS_ERROR_UNSUPPORTED without
+ * them, never a plain EXPUNGE. */
+gboolean imap_uid_expunge(ImapConn *c, const char *uidset, GError **error);
+
+/* COPYUID (RFC 4315) from UID COPY / UID MOVE: the destination's
+ * UIDVALIDITY and the UIDs, source[i] -> dest[i]. */
+typedef struct {
+  guint32 uidvalidity; /* 0: the server sent no COPYUID */
+  GArray *src;         /* guint32 */
+  GArray *dst;         /* guint32 */
+} ImapCopyUid;
+void imap_copyuid_clear(ImapCopyUid *cu);
+/* The destination UID of src_uid, or 0. */
+guint32 imap_copyuid_lookup(const ImapCopyUid *cu, guint32 src_uid);
+/* Parses the arguments of a COPYUID response code into cu. */
+gboolean imap_parse_copyuid(const ImapVal *code_args, ImapCopyUid *cu);
+
+/* UID COPY / UID MOVE uidset to dest; cu (may be NULL) gets COPYUID. */
+gboolean imap_uid_copy(ImapConn *c, const char *uidset, const char *dest, ImapCopyUid *cu,
+                       GError **error);
+gboolean imap_uid_move(ImapConn *c, const char *uidset, const char *dest, ImapCopyUid *cu,
+                       GError **error);
+
+/* APPEND mailbox [(flags)] [date] {n}message.  date 0: the server's now.
+ * The UIDVALIDITY and UID from APPENDUID go to uidvalidity and uid (0 when
+ * the server sent none). */
+gboolean imap_append(ImapConn *c, const char *mailbox, const char *const *flags, gint64 date,
+                     GBytes *message, guint32 *uidvalidity, guint32 *uid, GError **error);
+
+/* CREATE / DELETE / RENAME.  DELETE and RENAME of INBOX are refused here
+ * (IFS_ERROR_REFUSED) without asking the server: RFC 3501 gives them
+ * special meanings (RENAME INBOX moves all its mail). */
+gboolean imap_create(ImapConn *c, const char *mailbox, GError **error);
+gboolean imap_delete(ImapConn *c, const char *mailbox, GError **error);
+gboolean imap_rename(ImapConn *c, const char *from, const char *to, GError **error);
+
+/* STATUS mailbox (MESSAGES). */
+gboolean imap_status_messages(ImapConn *c, const char *mailbox, guint32 *messages,
+                              GError **error);
+
+/* UID SEARCH UNDELETED LARGER size-1 SMALLER size+1 [HEADER Message-ID id]
+ * on the selected mailbox: messages of exactly size bytes (size >= 1),
+ * appended to uids (guint32).  message_id is used only when it is
+ * printable ASCII. */
+gboolean imap_search_same_size(ImapConn *c, guint64 size, const char *message_id, GArray *uids,
+                               GError **error);
 
 G_END_DECLS

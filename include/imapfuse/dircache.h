@@ -43,8 +43,11 @@ typedef struct {
   char *name; /* directory name as shown */
 } DcChild;
 
-Dircache *dircache_new(Pool *pool);
+/* meta_dir: where message lists are kept between mounts (NULL: nowhere). */
+Dircache *dircache_new(Pool *pool, const char *meta_dir);
 void dircache_free(Dircache *dc);
+/* Write every changed message list to meta_dir (at unmount). */
+void dircache_flush(Dircache *dc);
 
 /* LIST again when forced or older than max_age_us. */
 gboolean dircache_refresh_tree(Dircache *dc, gint64 max_age_us, GError **error);
@@ -86,7 +89,12 @@ void dircache_set_size(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 uid
  * server push (IDLE, QRESYNC), the list is patched in place (copy on
  * write, so snapshots already handed out do not change).  A change for a
  * UIDVALIDITY other than the list's just marks the list stale. */
-typedef enum { DC_CHANGE_REMOVED, DC_CHANGE_ADDED, DC_CHANGE_FLAGS } DcChangeKind;
+typedef enum {
+  DC_CHANGE_REMOVED,
+  DC_CHANGE_ADDED,
+  DC_CHANGE_FLAGS,
+  DC_CHANGE_UIDVALIDITY, /* the whole mailbox was replaced; uid = the old UIDVALIDITY */
+} DcChangeKind;
 /* Told of every message that changed, e.g. to invalidate kernel entries.
  * Called without dircache locks held. */
 typedef void (*DcObserver)(DcNode *n, guint32 epoch, guint32 uid, DcChangeKind kind,
@@ -104,6 +112,15 @@ void dircache_msg_flags(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 ui
 void dircache_invalidate(Dircache *dc, DcNode *n);
 /* The node for a server mailbox name, or NULL. */
 DcNode *dircache_find_mailbox(Dircache *dc, const char *mailbox);
+
+/* Mailboxes whose list has been fetched at least once (DcNode*, not owned). */
+GPtrArray *dircache_listed_nodes(Dircache *dc);
+/* Whether a STATUS answer disagrees with the cached list. */
+gboolean dircache_status_differs(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 messages,
+                                 guint64 highestmodseq);
+
+/* A listing fetched after a STATUS reflects at least that HIGHESTMODSEQ. */
+void dircache_note_modseq(Dircache *dc, DcNode *n, guint32 uidvalidity, guint64 highestmodseq);
 
 /* The flags string of a flag set id ("\\Seen $Work", "" for none). */
 const char *dircache_flags(Dircache *dc, guint32 flagset);

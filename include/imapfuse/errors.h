@@ -33,6 +33,8 @@ typedef enum {
   IFS_ERROR_BUSY,        /* [INUSE]                                -> EBUSY */
   IFS_ERROR_INVALID,     /* bad argument/name                      -> EINVAL */
   IFS_ERROR_CANCELLED,   /* shutting down                          -> EINTR */
+  IFS_ERROR_REFUSED,     /* imapfuse will not do it (unsafe/INBOX) -> EPERM */
+  IFS_ERROR_NOT_EMPTY,   /* mailbox still holds mail or children   -> ENOTEMPTY */
 } IfsError;
 
 /* Positive errno for any GError (IFS_ERROR or another domain). */

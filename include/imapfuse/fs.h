@@ -12,6 +12,7 @@
 
 #include "imapfuse/bodycache.h"
 #include "imapfuse/dircache.h"
+#include "imapfuse/fswrite.h"
 #include "imapfuse/notify.h"
 
 G_BEGIN_DECLS
@@ -23,6 +24,7 @@ typedef struct {
   double dir_timeout;      /* entry/attr timeout for directories */
   gint64 list_max_age_us;  /* opendir revalidates message lists older than this */
   gint64 tree_max_age_us;  /* LIST again when older than this on opendir of the root */
+  FsWriteOptions write;    /* the write path (fswrite.h) */
 } FsOptions;
 
 typedef struct Fs Fs;

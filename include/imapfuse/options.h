@@ -24,6 +24,13 @@ typedef struct {
   int timeout;
   int imap_debug;
   unsigned cache_mem_mb;
+  char *cache;        /* none | metadata | full (default) */
+  char *cache_dir;    /* default $XDG_CACHE_HOME/imapfuse/<account> */
+  char *cache_size;   /* disk bound for message bytes, e.g. 2G (default 1G) */
+  int poll;           /* seconds between checks for others' changes; 0 off */
+  char *readahead;    /* bytes fetched ahead of sequential readers (default 8M) */
+  char *delete_mode;  /* write path: expunge (default) | trash */
+  char *dedup;        /* write path: on (default) | off */
   double msg_timeout;
   double dir_timeout;
   double list_max_age;
@@ -43,6 +50,9 @@ gboolean options_parse_url(const char *url, gboolean tls_off, ImapEndpoint *ep, 
 
 /* The password by the configured source; caller wipes and frees it. */
 char *options_get_password(const IfsOptions *o, const ImapEndpoint *ep, GError **error);
+
+/* "512K", "64M", "2G", "1000" -> bytes; FALSE on junk. */
+gboolean options_parse_size(const char *s, guint64 *out);
 
 /* 127.0.0.0/8, ::1 and "localhost". */
 gboolean options_host_is_loopback(const char *host);

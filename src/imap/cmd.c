@@ -245,11 +245,19 @@ static char *cmd_canonical_flags(const ImapVal *list) {
 
 typedef struct {
   ImapMetaFn fn;
+  ImapVanishedFn vanished;
   gpointer user;
 } CmdMetaCtx;
 
 static gboolean cmd_meta_handler(ImapResponse *r, gpointer user) {
   CmdMetaCtx *ctx = user;
+  if (ctx->vanished != NULL && r->kind == IMAP_RESP_UNTAGGED &&
+      g_strcmp0(r->name, "VANISHED") == 0 && r->args.n_items >= 1) {
+    const ImapVal *set = &r->args.items[r->args.n_items - 1];
+    if (imap_val_str(set) != NULL)
+      ctx->vanished(set->data, ctx->user);
+    return TRUE;
+  }
   if (r->kind != IMAP_RESP_UNTAGGED || g_strcmp0(r->name, "FETCH") != 0 ||
       r->args.n_items < 1 || r->args.items[0].type != IMAP_VAL_LIST)
     return FALSE;
@@ -277,12 +285,21 @@ static gboolean cmd_meta_handler(ImapResponse *r, gpointer user) {
 
 gboolean imap_fetch_meta(ImapConn *c, const char *uidset, guint64 changedsince, ImapMetaFn fn,
                          gpointer user, GError **error) {
-  CmdMetaCtx ctx = {fn, user};
+  CmdMetaCtx ctx = {fn, NULL, user};
   gboolean modseq = imap_conn_qresync_enabled(c) || imap_conn_has(c, IMAP_CAP_CONDSTORE);
   ImapCmd *cmd = imap_cmd_new("UID FETCH %s (UID RFC822.SIZE INTERNALDATE FLAGS%s)", uidset,
                               modseq ? " MODSEQ" : "");
   if (changedsince > 0 && modseq)
     imap_cmd_add(cmd, " (CHANGEDSINCE %" G_GUINT64_FORMAT ")", changedsince);
+  return imap_conn_run(c, cmd, cmd_meta_handler, &ctx, NULL, error);
+}
+
+gboolean imap_fetch_changes(ImapConn *c, guint64 modseq, ImapMetaFn fn, ImapVanishedFn vanished,
+                            gpointer user, GError **error) {
+  CmdMetaCtx ctx = {fn, vanished, user};
+  ImapCmd *cmd = imap_cmd_new("UID FETCH 1:* (UID RFC822.SIZE INTERNALDATE FLAGS MODSEQ) "
+                              "(CHANGEDSINCE %" G_GUINT64_FORMAT " VANISHED)",
+                              modseq);
   return imap_conn_run(c, cmd, cmd_meta_handler, &ctx, NULL, error);
 }
 
@@ -359,6 +376,36 @@ gboolean imap_noop(ImapConn *c, GError **error) {
   return imap_conn_run(c, imap_cmd_new("NOOP"), NULL, NULL, NULL, error);
 }
 
+static gboolean cmd_status_info_handler(ImapResponse *r, gpointer user) {
+  ImapStatusInfo *out = user;
+  if (r->kind != IMAP_RESP_UNTAGGED || g_strcmp0(r->name, "STATUS") != 0 || r->args.n_items < 2)
+    return FALSE;
+  const ImapVal *items = &r->args.items[1];
+  if (items->type != IMAP_VAL_LIST)
+    return TRUE;
+  for (guint i = 0; i + 1 < items->n_items; i += 2) {
+    const ImapVal *k = &items->items[i], *v = &items->items[i + 1];
+    if (imap_val_is_atom(k, "UIDVALIDITY"))
+      imap_val_to_u32(v, &out->uidvalidity);
+    else if (imap_val_is_atom(k, "UIDNEXT"))
+      imap_val_to_u32(v, &out->uidnext);
+    else if (imap_val_is_atom(k, "MESSAGES"))
+      imap_val_to_u32(v, &out->messages);
+    else if (imap_val_is_atom(k, "HIGHESTMODSEQ"))
+      imap_val_to_u64(v, &out->highestmodseq);
+  }
+  return TRUE;
+}
+
+gboolean imap_status(ImapConn *c, const char *mailbox, ImapStatusInfo *out, GError **error) {
+  memset(out, 0, sizeof *out);
+  ImapCmd *cmd = imap_cmd_new("STATUS ");
+  imap_cmd_add_string(cmd, mailbox);
+  imap_cmd_add(cmd, " (UIDVALIDITY UIDNEXT MESSAGES%s)",
+               imap_conn_has(c, IMAP_CAP_CONDSTORE) ? " HIGHESTMODSEQ" : "");
+  return imap_conn_run(c, cmd, cmd_status_info_handler, out, NULL, error);
+}
+
 char *imap_uidset_format(const guint32 *uids, guint n) {
   GString *s = g_string_new(NULL);
   for (guint i = 0; i < n;) {
@@ -374,4 +421,376 @@ char *imap_uidset_format(const guint32 *uids, guint n) {
     i = j + 1;
   }
   return g_string_free(s, FALSE);
+}
+
+/* ==== write operations (issue 4) ======================================
+ * UID STORE / UID EXPUNGE / UID COPY / UID MOVE / APPEND / CREATE / DELETE
+ * / RENAME / STATUS / UID SEARCH.  Mailbox names and dates go out through
+ * imap_cmd_add_string(); flags are checked to be atoms (imap_flag_valid)
+ * before they are written as protocol text; the message is a literal. */
+
+static const char *const cmd_system_flags[] = {"\\Answered", "\\Flagged", "\\Deleted", "\\Seen",
+                                               "\\Draft"};
+
+/* atom-char of RFC 3501 (ATOM-CHAR: any CHAR except atom-specials). */
+static gboolean cmd_atom_char(guchar ch) {
+  return ch > 0x20 && ch < 0x7f && strchr("(){%*\"\\]", ch) == NULL;
+}
+
+/* The canonical spelling of flag, or NULL when it may not be stored. */
+static const char *cmd_flag_canonical(const char *flag) {
+  if (flag[0] == '\\') {
+    for (gsize i = 0; i < G_N_ELEMENTS(cmd_system_flags); i++)
+      if (g_ascii_strcasecmp(flag, cmd_system_flags[i]) == 0)
+        return cmd_system_flags[i];
+    return NULL; /* \Recent, \*, unknown extensions */
+  }
+  if (flag[0] == '\0')
+    return NULL;
+  for (const char *p = flag; *p != '\0'; p++)
+    if (!cmd_atom_char((guchar)*p))
+      return NULL;
+  return flag;
+}
+
+gboolean imap_flag_valid(const char *flag) { return flag != NULL && cmd_flag_canonical(flag) != NULL; }
+
+char **imap_flags_parse(const char *text, GError **error) {
+  g_autoptr(GPtrArray) out = g_ptr_array_new_with_free_func(g_free);
+  g_auto(GStrv) words = g_strsplit_set(text, " \t", -1);
+  for (char **w = words; *w != NULL; w++) {
+    if (**w == '\0')
+      continue;
+    const char *canon = cmd_flag_canonical(*w);
+    if (canon == NULL) {
+      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                  "\"%s\" is not a flag that can be set (\\Answered \\Flagged \\Deleted "
+                  "\\Seen \\Draft or a keyword atom)", *w);
+      return NULL;
+    }
+    gboolean dup = FALSE;
+    for (guint i = 0; i < out->len && !dup; i++)
+      dup = g_ascii_strcasecmp(g_ptr_array_index(out, i), canon) == 0;
+    if (!dup)
+      g_ptr_array_add(out, g_strdup(canon));
+  }
+  g_ptr_array_add(out, NULL);
+  return (char **)g_ptr_array_free(g_steal_pointer(&out), FALSE);
+}
+
+/* " (f1 f2)" after checking every flag; FALSE if one is bad. */
+static gboolean cmd_add_flag_list(ImapCmd *cmd, const char *const *flags, GError **error) {
+  imap_cmd_add(cmd, "(");
+  for (guint i = 0; flags != NULL && flags[i] != NULL; i++) {
+    const char *canon = cmd_flag_canonical(flags[i]);
+    if (canon == NULL) {
+      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "bad flag \"%s\"", flags[i]);
+      return FALSE;
+    }
+    imap_cmd_add(cmd, "%s%s", i > 0 ? " " : "", canon);
+  }
+  imap_cmd_add(cmd, ")");
+  return TRUE;
+}
+
+typedef struct {
+  guint32 uid;
+  char *flags;
+} CmdFlagsCtx;
+
+static gboolean cmd_flags_handler(ImapResponse *r, gpointer user) {
+  CmdFlagsCtx *ctx = user;
+  if (r->kind != IMAP_RESP_UNTAGGED || g_strcmp0(r->name, "FETCH") != 0 ||
+      r->args.n_items < 1 || r->args.items[0].type != IMAP_VAL_LIST)
+    return FALSE;
+  const ImapVal *atts = &r->args.items[0];
+  guint32 uid;
+  const ImapVal *v = imap_fetch_get(atts, "UID", NULL);
+  if (v == NULL || !imap_val_to_u32(v, &uid) || uid != ctx->uid)
+    return FALSE;
+  const ImapVal *f = imap_fetch_get(atts, "FLAGS", NULL);
+  if (f == NULL || f->type != IMAP_VAL_LIST)
+    return FALSE;
+  g_free(ctx->flags);
+  ctx->flags = cmd_canonical_flags(f);
+  return FALSE; /* let others (dircache watchers) see the change too */
+}
+
+gboolean imap_store_flags(ImapConn *c, guint32 uid, ImapStoreMode mode, const char *const *flags,
+                          gboolean silent, char **flags_out, GError **error) {
+  static const char *const ops[] = {"", "+", "-"};
+  g_autoptr(ImapCmd) cmd =
+      imap_cmd_new("UID STORE %u %sFLAGS%s ", uid, ops[mode], silent ? ".SILENT" : "");
+  if (!cmd_add_flag_list(cmd, flags, error))
+    return FALSE;
+  CmdFlagsCtx ctx = {.uid = uid};
+  if (!imap_conn_run(c, g_steal_pointer(&cmd), cmd_flags_handler, &ctx, NULL, error)) {
+    g_free(ctx.flags);
+    return FALSE;
+  }
+  if (flags_out != NULL)
+    *flags_out = ctx.flags;
+  else
+    g_free(ctx.flags);
+  return TRUE;
+}
+
+gboolean imap_fetch_flags(ImapConn *c, guint32 uid, char **flags_out, GError **error) {
+  CmdFlagsCtx ctx = {.uid = uid};
+  if (!imap_conn_run(c, imap_cmd_new("UID FETCH %u (UID FLAGS)", uid), cmd_flags_handler, &ctx,
+                     NULL, error))
+    return FALSE;
+  if (ctx.flags == NULL) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_NOT_FOUND, "message UID %u no longer exists", uid);
+    return FALSE;
+  }
+  *flags_out = ctx.flags;
+  return TRUE;
+}
+
+gboolean imap_uid_expunge(ImapConn *c, const char *uidset, GError **error) {
+  if (!imap_conn_has(c, IMAP_CAP_UIDPLUS)) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_UNSUPPORTED,
+                "the server has no UIDPLUS, so one message cannot be expunged safely");
+    return FALSE;
+  }
+  return imap_conn_run(c, imap_cmd_new("UID EXPUNGE %s", uidset), NULL, NULL, NULL, error);
+}
+
+void imap_copyuid_clear(ImapCopyUid *cu) {
+  if (cu->src != NULL)
+    g_array_unref(cu->src);
+  if (cu->dst != NULL)
+    g_array_unref(cu->dst);
+  memset(cu, 0, sizeof *cu);
+}
+
+guint32 imap_copyuid_lookup(const ImapCopyUid *cu, guint32 src_uid) {
+  if (cu->uidvalidity == 0 || cu->src == NULL)
+    return 0;
+  for (guint i = 0; i < cu->src->len; i++)
+    if (g_array_index(cu->src, guint32, i) == src_uid)
+      return g_array_index(cu->dst, guint32, i);
+  return 0;
+}
+
+/* A UID set -> UIDs in order; FALSE on junk or more than max UIDs. */
+static gboolean cmd_expand_uid_set(const char *s, GArray *out, guint max) {
+  g_autoptr(GArray) ranges = g_array_new(FALSE, FALSE, sizeof(ImapUidRange));
+  if (!imap_parse_uid_set(s, ranges))
+    return FALSE;
+  for (guint i = 0; i < ranges->len; i++) {
+    const ImapUidRange *r = &g_array_index(ranges, ImapUidRange, i);
+    if ((guint64)out->len + (r->hi - r->lo) + 1 > max)
+      return FALSE;
+    for (guint64 u = r->lo; u <= r->hi; u++) {
+      guint32 v = (guint32)u;
+      g_array_append_val(out, v);
+    }
+  }
+  return TRUE;
+}
+
+gboolean imap_parse_copyuid(const ImapVal *code_args, ImapCopyUid *cu) {
+  imap_copyuid_clear(cu);
+  guint32 uv;
+  if (code_args->n_items != 3 || !imap_val_to_u32(&code_args->items[0], &uv) || uv == 0 ||
+      imap_val_str(&code_args->items[1]) == NULL || imap_val_str(&code_args->items[2]) == NULL)
+    return FALSE;
+  cu->src = g_array_new(FALSE, FALSE, sizeof(guint32));
+  cu->dst = g_array_new(FALSE, FALSE, sizeof(guint32));
+  if (!cmd_expand_uid_set(code_args->items[1].data, cu->src, 1u << 20) ||
+      !cmd_expand_uid_set(code_args->items[2].data, cu->dst, 1u << 20) ||
+      cu->src->len != cu->dst->len) {
+    imap_copyuid_clear(cu);
+    return FALSE;
+  }
+  cu->uidvalidity = uv;
+  return TRUE;
+}
+
+/* COPYUID comes in the tagged OK (COPY) or an untagged OK before the
+ * EXPUNGEs (MOVE, RFC 6851 section 4.3). */
+static gboolean cmd_copyuid_handler(ImapResponse *r, gpointer user) {
+  ImapCopyUid *cu = user;
+  if (cu != NULL && r->kind == IMAP_RESP_UNTAGGED && r->status == IMAP_STATUS_OK &&
+      g_strcmp0(r->code, "COPYUID") == 0) {
+    imap_parse_copyuid(&r->code_args, cu);
+    return TRUE;
+  }
+  return FALSE;
+}
+
+static gboolean cmd_copy_or_move(ImapConn *c, const char *verb, const char *uidset,
+                                 const char *dest, ImapCopyUid *cu, GError **error) {
+  if (cu != NULL)
+    imap_copyuid_clear(cu);
+  ImapCmd *cmd = imap_cmd_new("UID %s %s ", verb, uidset);
+  imap_cmd_add_string(cmd, dest);
+  g_autoptr(ImapResponse) tagged = NULL;
+  if (!imap_conn_run(c, cmd, cmd_copyuid_handler, cu, &tagged, error))
+    return FALSE;
+  if (cu != NULL && cu->uidvalidity == 0 && g_strcmp0(tagged->code, "COPYUID") == 0)
+    imap_parse_copyuid(&tagged->code_args, cu);
+  return TRUE;
+}
+
+gboolean imap_uid_copy(ImapConn *c, const char *uidset, const char *dest, ImapCopyUid *cu,
+                       GError **error) {
+  return cmd_copy_or_move(c, "COPY", uidset, dest, cu, error);
+}
+
+gboolean imap_uid_move(ImapConn *c, const char *uidset, const char *dest, ImapCopyUid *cu,
+                       GError **error) {
+  if (!imap_conn_has(c, IMAP_CAP_MOVE)) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_UNSUPPORTED, "the server has no MOVE");
+    return FALSE;
+  }
+  return cmd_copy_or_move(c, "MOVE", uidset, dest, cu, error);
+}
+
+gboolean imap_append(ImapConn *c, const char *mailbox, const char *const *flags, gint64 date,
+                     GBytes *message, guint32 *uidvalidity, guint32 *uid, GError **error) {
+  *uidvalidity = *uid = 0;
+  g_autoptr(ImapCmd) cmd = imap_cmd_new("APPEND ");
+  imap_cmd_add_string(cmd, mailbox);
+  if (flags != NULL && flags[0] != NULL) {
+    imap_cmd_add(cmd, " ");
+    if (!cmd_add_flag_list(cmd, flags, error))
+      return FALSE;
+  }
+  if (date > 0) {
+    char buf[32];
+    imap_format_internaldate(date, buf);
+    imap_cmd_add(cmd, " ");
+    imap_cmd_add_string(cmd, buf);
+  }
+  imap_cmd_add(cmd, " ");
+  imap_cmd_add_literal(cmd, message);
+  g_autoptr(ImapResponse) tagged = NULL;
+  if (!imap_conn_run(c, g_steal_pointer(&cmd), NULL, NULL, &tagged, error))
+    return FALSE;
+  if (g_strcmp0(tagged->code, "APPENDUID") == 0 && tagged->code_args.n_items == 2) {
+    guint32 uv, u;
+    /* One message appended: its UID set is one number. */
+    if (imap_val_to_u32(&tagged->code_args.items[0], &uv) &&
+        imap_val_to_u32(&tagged->code_args.items[1], &u) && uv != 0 && u != 0) {
+      *uidvalidity = uv;
+      *uid = u;
+    }
+  }
+  return TRUE;
+}
+
+static gboolean cmd_is_inbox(const char *mailbox) { return g_ascii_strcasecmp(mailbox, "INBOX") == 0; }
+
+static gboolean cmd_simple_mailbox(ImapConn *c, const char *verb, const char *mailbox,
+                                   const char *to, GError **error) {
+  ImapCmd *cmd = imap_cmd_new("%s ", verb);
+  imap_cmd_add_string(cmd, mailbox);
+  if (to != NULL) {
+    imap_cmd_add(cmd, " ");
+    imap_cmd_add_string(cmd, to);
+  }
+  return imap_conn_run(c, cmd, NULL, NULL, NULL, error);
+}
+
+gboolean imap_create(ImapConn *c, const char *mailbox, GError **error) {
+  return cmd_simple_mailbox(c, "CREATE", mailbox, NULL, error);
+}
+
+gboolean imap_delete(ImapConn *c, const char *mailbox, GError **error) {
+  if (cmd_is_inbox(mailbox)) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_REFUSED, "INBOX is never deleted");
+    return FALSE;
+  }
+  if (!cmd_simple_mailbox(c, "DELETE", mailbox, NULL, error))
+    return FALSE;
+  if (g_strcmp0(imap_conn_selected(c), mailbox) == 0)
+    imap_conn_set_selected(c, NULL, 0);
+  return TRUE;
+}
+
+gboolean imap_rename(ImapConn *c, const char *from, const char *to, GError **error) {
+  if (cmd_is_inbox(from) || cmd_is_inbox(to)) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_REFUSED,
+                "INBOX is never renamed (RENAME INBOX moves all its mail)");
+    return FALSE;
+  }
+  if (!cmd_simple_mailbox(c, "RENAME", from, to, error))
+    return FALSE;
+  if (g_strcmp0(imap_conn_selected(c), from) == 0)
+    imap_conn_set_selected(c, NULL, 0);
+  return TRUE;
+}
+
+typedef struct {
+  guint32 messages;
+  gboolean seen;
+} CmdStatusCtx;
+
+static gboolean cmd_status_handler(ImapResponse *r, gpointer user) {
+  CmdStatusCtx *ctx = user;
+  if (r->kind != IMAP_RESP_UNTAGGED || g_strcmp0(r->name, "STATUS") != 0 ||
+      r->args.n_items < 2 || r->args.items[1].type != IMAP_VAL_LIST)
+    return FALSE;
+  const ImapVal *l = &r->args.items[1];
+  for (guint i = 0; i + 1 < l->n_items; i += 2)
+    if (imap_val_is_atom(&l->items[i], "MESSAGES"))
+      ctx->seen = imap_val_to_u32(&l->items[i + 1], &ctx->messages);
+  return TRUE;
+}
+
+gboolean imap_status_messages(ImapConn *c, const char *mailbox, guint32 *messages,
+                              GError **error) {
+  CmdStatusCtx ctx = {0};
+  ImapCmd *cmd = imap_cmd_new("STATUS ");
+  imap_cmd_add_string(cmd, mailbox);
+  imap_cmd_add(cmd, " (MESSAGES)");
+  if (!imap_conn_run(c, cmd, cmd_status_handler, &ctx, NULL, error))
+    return FALSE;
+  if (!ctx.seen) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_PROTOCOL, "no STATUS MESSAGES for %s", mailbox);
+    return FALSE;
+  }
+  *messages = ctx.messages;
+  return TRUE;
+}
+
+static gboolean cmd_search_handler(ImapResponse *r, gpointer user) {
+  GArray *uids = user;
+  if (r->kind != IMAP_RESP_UNTAGGED)
+    return FALSE;
+  if (g_strcmp0(r->name, "SEARCH") == 0) {
+    for (guint i = 0; i < r->args.n_items; i++) {
+      guint32 u;
+      if (imap_val_to_u32(&r->args.items[i], &u))
+        g_array_append_val(uids, u);
+    }
+    return TRUE;
+  }
+  if (g_strcmp0(r->name, "ESEARCH") == 0) {
+    for (guint i = 0; i + 1 < r->args.n_items; i++)
+      if (imap_val_is_atom(&r->args.items[i], "ALL") &&
+          imap_val_str(&r->args.items[i + 1]) != NULL)
+        cmd_expand_uid_set(r->args.items[i + 1].data, uids, 1u << 20);
+    return TRUE;
+  }
+  return FALSE;
+}
+
+gboolean imap_search_same_size(ImapConn *c, guint64 size, const char *message_id, GArray *uids,
+                               GError **error) {
+  g_return_val_if_fail(size >= 1, FALSE);
+  ImapCmd *cmd = imap_cmd_new("UID SEARCH UNDELETED LARGER %" G_GUINT64_FORMAT
+                              " SMALLER %" G_GUINT64_FORMAT,
+                              size - 1, size + 1);
+  gboolean ascii = message_id != NULL && *message_id != '\0' && strlen(message_id) <= 900;
+  for (const char *p = message_id; ascii && *p != '\0'; p++)
+    ascii = *p >= 0x20 && *p < 0x7f;
+  if (ascii) {
+    imap_cmd_add(cmd, " HEADER Message-ID ");
+    imap_cmd_add_string(cmd, message_id);
+  }
+  return imap_conn_run(c, cmd, cmd_search_handler, uids, NULL, error);
 }

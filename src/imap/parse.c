@@ -781,6 +781,11 @@ parse_build(ImapParser *p, const guint8 *s, gsize n, GError **error)
 
   if (h.kind == IMAP_RESP_CONTINUATION || h.status != IMAP_STATUS_NONE) {
     gsize pos = h.after;
+    /* TEXT-CHAR excludes NUL; text and code args are C strings. */
+    if (memchr(s, '\0', first)) {
+      parse_fail(&c, IMAP_PARSE_ERROR_SYNTAX, "NUL byte in response text");
+      goto fail;
+    }
     if (pos < first && s[pos] == ' ')
       pos++;
     if (!parse_resp_text(&c, r, s, pos, first))
@@ -790,7 +795,8 @@ parse_build(ImapParser *p, const guint8 *s, gsize n, GError **error)
     if (!parse_values(&c, &r->args)) {
       /* An extension we never asked for should not kill the connection:
        * keep an untokenizable one-line unknown response as one atom. */
-      if (parse_is_known_keyword(r->name) || first_end != n)
+      if (parse_is_known_keyword(r->name) || first_end != n ||
+          memchr(s, '\0', first))
         goto fail;
       gsize a = h.after < first && s[h.after] == ' ' ? h.after + 1 : h.after;
       c.apos = 0;
@@ -922,6 +928,10 @@ imap_parser_next(ImapParser *p, ImapResponse **out, GError **error)
   p->frames_head++;
   if (p->frames_head == p->frames->len) {
     g_array_set_size(p->frames, 0);
+    p->frames_head = 0;
+  } else if (p->frames_head >= 64 && p->frames_head * 2 >= p->frames->len) {
+    /* A caller that never drains fully must not grow the queue forever. */
+    g_array_remove_range(p->frames, 0, p->frames_head);
     p->frames_head = 0;
   }
   if (p->start == p->len) {

@@ -35,7 +35,6 @@ import urllib.parse
 import pytest
 
 import corpus as corpus_mod
-import dovecot as dovecot_mod
 from dovecot import Dovecot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -102,11 +101,6 @@ def _diagnostic_sections(item):
         out.append(("imapfuse stderr (%s)" % m.path, m.stderr_text()[-6000:]
                     or "(empty)"))
     return out
-
-
-def _test_failed(request):
-    rep = getattr(request.node, "rep_call", None)
-    return rep is not None and rep.failed
 
 
 class _Factory:
@@ -424,6 +418,8 @@ class MountFactory(_Factory):
                 break
             if proc.poll() is not None:
                 m.finished = True
+                if own and not is_mounted(mp):
+                    os.rmdir(mp)
                 m.returncode = proc.returncode
                 pytest.fail("imapfuse exited (status %s) before mounting\n"
                             "--- command: %s\n--- stderr:\n%s" % (
@@ -433,6 +429,13 @@ class MountFactory(_Factory):
                 proc.kill()
                 proc.wait()
                 m.finished = True
+                if is_mounted(mp):
+                    subprocess.run([FUSERMOUNT, "-uz", mp])
+                if own:
+                    try:
+                        os.rmdir(mp)
+                    except OSError:
+                        pass
                 pytest.fail("imapfuse did not mount within %.0fs\n"
                             "--- command: %s\n--- stderr:\n%s" % (
                                 timeout, shlex.join(argv),

@@ -23,12 +23,10 @@ import base64
 import datetime
 import email.utils
 import hashlib
-import imaplib
 import os
 import random
 import re
 import socket
-import threading
 import time
 
 __all__ = [

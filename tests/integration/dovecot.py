@@ -17,8 +17,6 @@ never put into exception messages, reprs or logs written by this module.
 """
 
 import atexit
-import datetime
-import errno
 import grp
 import imaplib
 import os
@@ -142,6 +140,24 @@ def _chmod_755_upto(path, stop):
         path = os.path.dirname(path)
 
 
+def _live_group_members(pgid):
+    """PIDs in process group `pgid` that are not zombies."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d, "rb") as f:
+                st = f.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...; comm may contain spaces/parens.
+        fields = st[st.rindex(b")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            out.append(int(d))
+    return out
+
+
 class Dovecot:
     """A private Dovecot instance.
 
@@ -160,6 +176,8 @@ class Dovecot:
                   (Archive/2023 dirs; allows "." in names with "/" delimiter).
     root:         use this directory instead of a fresh temp dir (it is
                   not deleted on close()).
+    port, tls_port: fixed ports instead of free ones picked at start.
+    max_userip_connections: Dovecot's per-user+IP connection limit.
     start:        start immediately (default True).
     startup_timeout: seconds to wait until a real LOGIN succeeds.
     """
@@ -169,7 +187,7 @@ class Dovecot:
     def __init__(self, tls=False, delimiter="/", users=None, extra_config="",
                  ipv6=False, san=("DNS:localhost", "IP:127.0.0.1", "IP:::1"),
                  layout=None, root=None, start=True, startup_timeout=20.0,
-                 max_userip_connections=200):
+                 max_userip_connections=200, port=None, tls_port=None):
         if delimiter not in ("/", "."):
             raise ValueError("delimiter must be '/' or '.'")
         self.tls = bool(tls)
@@ -192,8 +210,8 @@ class Dovecot:
         self.startup_timeout = startup_timeout
         self.max_userip_connections = max_userip_connections
         self.proc = None
-        self.port = None
-        self.tls_port = None
+        self.port = port
+        self.tls_port = tls_port
         self.cafile = None
         self.certfile = None
         self.keyfile = None
@@ -330,6 +348,7 @@ first_valid_uid = 1
 first_valid_gid = 1
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+auth_failure_delay = 0
 {ssl}
 mail_location = {mail_location}
 mail_fsync = never
@@ -389,6 +408,17 @@ service stats {{
         """Start (or restart after stop(); ports are kept once chosen)."""
         if self.running:
             return self
+        fresh_ports = self.port is None
+        for attempt in range(3):
+            try:
+                return self._start_once()
+            except DovecotError as e:
+                # Another process took a port between free_port() and bind.
+                if not fresh_ports or "in use" not in str(e) or attempt == 2:
+                    raise
+                self.port = self.tls_port = None
+
+    def _start_once(self):
         hosts = ("127.0.0.1", "::1") if self.ipv6 else ("127.0.0.1",)
         if self.port is None:
             self.port = free_port(hosts)
@@ -459,12 +489,10 @@ service stats {{
             p.wait(timeout)
         except subprocess.TimeoutExpired:
             pass
-        deadline = time.monotonic() + 2.0
-        while True:
-            try:
-                os.killpg(pgid, 0)
-            except (ProcessLookupError, PermissionError):
-                break
+        # Children are reparented to PID 1 when the master exits; zombies
+        # waiting to be reaped by it are dead already and do not count.
+        deadline = time.monotonic() + 3.0
+        while _live_group_members(pgid):
             if time.monotonic() > deadline:
                 try:
                     os.killpg(pgid, signal.SIGKILL)

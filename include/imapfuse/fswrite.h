@@ -1,0 +1,82 @@
+/* fswrite.h - the FUSE operations that change mail.
+ *
+ * Owns: unlink, rename, mkdir, rmdir, new files (create/write/flush/
+ * fsync/release, kept locally by staging.c until they are sent with
+ * APPEND), setattr, the user.imap.flags extended attribute, and the
+ * refusals (link, symlink, mknod, writing into a message).  It decides
+ * which IMAP operations (cmd.h) each request becomes, runs them through
+ * the pool, patches dircache with the outcome and queues kernel
+ * invalidations (notify.h).  fs.c keeps the read path and calls the hooks
+ * below for inodes of files being written.  User documentation:
+ * doc/imapfuse-writes.md.
+ */
+#pragma once
+
+#include <fuse_lowlevel.h>
+#include <glib.h>
+
+#include "imapfuse/dircache.h"
+#include "imapfuse/notify.h"
+#include "imapfuse/pool.h"
+
+G_BEGIN_DECLS
+
+typedef struct Fs Fs;
+typedef struct FsWrite FsWrite;
+
+typedef struct {
+  Pool *pool;            /* for the operations that change the server */
+  const char *account;   /* "user@host": names the staging and unsent directories */
+  gboolean delete_trash; /* -o delete=trash: rm moves to the \Trash mailbox */
+  gboolean no_dedup;     /* -o dedup=off: append even when identical bytes exist */
+} FsWriteOptions;
+
+FsWrite *fswrite_new(Fs *fs, Dircache *dc, Notify *notify, const FsWriteOptions *opts);
+/* Sends what is waiting (closed files under a temporary name), keeps
+ * anything it cannot send in the unsent directory, and frees. */
+void fswrite_free(FsWrite *w);
+
+/* ---- hooks for fs.c ---- */
+/* A file being written (or just sent) named name in parent: its entry. */
+gboolean fswrite_lookup(FsWrite *w, DcNode *parent, const char *name,
+                        struct fuse_entry_param *e);
+/* TRUE when ino is one of ours (then fs.c hands the request over). */
+gboolean fswrite_owns(FsWrite *w, fuse_ino_t ino);
+void fswrite_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void fswrite_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void fswrite_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                  struct fuse_file_info *fi);
+void fswrite_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+/* Directory mode and times set by chmod/utimens (kept in memory only). */
+void fswrite_dir_attr(FsWrite *w, DcNode *n, struct stat *st);
+
+/* ---- lowlevel operations (fs.c puts them in its table) ---- */
+void fswrite_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+                    struct fuse_file_info *fi);
+void fswrite_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+                   struct fuse_file_info *fi);
+void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void fswrite_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
+void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name);
+void fswrite_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+                    const char *newname, unsigned int flags);
+void fswrite_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode);
+void fswrite_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name);
+void fswrite_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+                     struct fuse_file_info *fi);
+void fswrite_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+                      size_t size, int flags);
+void fswrite_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size);
+void fswrite_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
+void fswrite_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name);
+void fswrite_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname);
+void fswrite_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name);
+void fswrite_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev);
+
+/* ---- pure helpers (tests/unit/test_write.c) ---- */
+/* rsync's temporary name: "." + name + "." + 6 letters/digits. */
+gboolean fswrite_is_temp_name(const char *name);
+/* The Message-ID header's value (unfolded, trimmed) or NULL. */
+char *fswrite_message_id(const char *msg, gsize len);
+
+G_END_DECLS

@@ -1,0 +1,60 @@
+/* staging.h - the local bytes of new files, and where refused mail is kept.
+ *
+ * Owns: one private file per new file while it is being written, under
+ * $XDG_DATA_HOME/imapfuse/staging/<account>/ (directories 0700, files
+ * 0600; on disk, not in memory, so a large file costs no RAM, and a crash
+ * leaves the bytes behind rather than nothing); turning those bytes into a
+ * message (bare LF -> CRLF) mapped from disk for APPEND; and keeping a copy
+ * under $XDG_DATA_HOME/imapfuse/unsent/<account>/<dir>/<stamp>-<name>.eml
+ * when the server refuses it.  No IMAP and no FUSE here.
+ */
+#pragma once
+
+#include <glib.h>
+
+G_BEGIN_DECLS
+
+typedef struct Staging Staging;
+typedef struct StagingFile StagingFile;
+
+/* account: a label for the directories ("user@host"), escaped here so it
+ * is one safe file name.  Nothing is created until the first file. */
+Staging *staging_new(const char *account);
+void staging_free(Staging *st);
+/* The unsent directory of this account (may not exist yet). */
+const char *staging_unsent_dir(const Staging *st);
+
+StagingFile *staging_file_new(Staging *st, GError **error);
+/* Closes and removes the local file (a kept copy stays). */
+void staging_file_free(StagingFile *f);
+/* Closes it but leaves the local file where it is (when even keeping a
+ * copy failed: the bytes must survive somewhere). */
+void staging_file_leave(StagingFile *f);
+const char *staging_file_path(const StagingFile *f);
+gboolean staging_file_pwrite(StagingFile *f, const void *buf, gsize len, guint64 off,
+                             GError **error);
+/* Bytes read (0 at the end), -1 with error. */
+gssize staging_file_pread(StagingFile *f, void *buf, gsize len, guint64 off, GError **error);
+gboolean staging_file_truncate(StagingFile *f, guint64 size, GError **error);
+guint64 staging_file_size(const StagingFile *f);
+gboolean staging_file_sync(StagingFile *f, GError **error);
+
+/* The bytes as a message: every LF not preceded by CR becomes CRLF.  The
+ * result is mapped from disk (the staging file itself when nothing needs
+ * converting); the file must not be written while it is referenced. */
+GBytes *staging_file_message(StagingFile *f, GError **error);
+
+/* Keeps a copy of the bytes as written under <unsent>/<dir>/<stamp>-<name>
+ * (".eml" added unless name has it; "-2", "-3"... on a clash).  dir is a
+ * relative path of directory names as the mount shows them ("" for none).
+ * Returns the path. */
+char *staging_file_keep(StagingFile *f, const char *dir, const char *name, GError **error);
+
+/* ---- pure helpers (tests/unit/test_write.c) ---- */
+
+/* Appends data to out with bare LF turned into CRLF.  *prev_cr carries
+ * "the byte before this chunk was CR" from one chunk to the next (start
+ * with FALSE).  Returns the number of LFs that were bare. */
+gsize staging_crlf_convert(const guchar *data, gsize len, gboolean *prev_cr, GByteArray *out);
+
+G_END_DECLS

@@ -1,0 +1,26 @@
+/* watch.h - noticing changes made by other clients.
+ *
+ * Owns: one thread and one connection of its own (never SELECTing, so
+ * STATUS answers are exact) that, every interval, asks LIST and STATUS of
+ * each mailbox whose listing is cached, and refreshes the listings that
+ * changed.  The refresh goes through dircache, whose observer makes the
+ * kernel forget entries of messages that went away.
+ */
+#pragma once
+
+#include <glib.h>
+
+#include "imapfuse/conn.h"
+#include "imapfuse/dircache.h"
+
+G_BEGIN_DECLS
+
+typedef struct Watch Watch;
+
+/* interval_s 0: no watching (returns NULL). */
+Watch *watch_new(const ImapEndpoint *ep, Dircache *dc, guint interval_s);
+void watch_free(Watch *w);
+/* Number of completed rounds (tests, diagnostics). */
+guint watch_rounds(Watch *w);
+
+G_END_DECLS

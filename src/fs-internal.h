@@ -1,0 +1,24 @@
+/* fs-internal.h - what fs.c shares with fswrite.c (not a public API).
+ *
+ * The inode scheme stays fs.c's: fswrite.c asks it for directory nodes,
+ * inode numbers and attributes instead of repeating the arithmetic.
+ */
+#pragma once
+
+#include <sys/stat.h>
+
+#include "imapfuse/fs.h"
+#include "imapfuse/fswrite.h"
+
+G_BEGIN_DECLS
+
+const FsOptions *fs_options(Fs *fs);
+FsWrite *fs_writer(Fs *fs);
+/* The directory for ino, or NULL. */
+DcNode *fs_dir(Fs *fs, fuse_ino_t ino);
+fuse_ino_t fs_dir_ino(Fs *fs, DcNode *n);
+fuse_ino_t fs_msg_ino(guint32 epoch, guint32 uid);
+void fs_dir_attr(Fs *fs, DcNode *n, struct stat *st);
+void fs_msg_attr(Fs *fs, guint32 epoch, const DcMsg *m, struct stat *st);
+
+G_END_DECLS

@@ -1,0 +1,2086 @@
+/* fswrite.c - FUSE operations that change mail.
+ *
+ * Design note.  A mail store that can be changed with rm and mv must be
+ * more careful than a mail client, so every operation here is built from
+ * UID commands on a mailbox whose UIDVALIDITY has been checked, and
+ * nothing ever sends a plain EXPUNGE or CLOSE (they would also remove
+ * messages another client flagged \Deleted without expunging).
+ *
+ *   rm      UID FETCH (FLAGS) to see it exists, UID STORE +FLAGS.SILENT
+ *           (\Deleted), UID EXPUNGE (UIDPLUS); without UIDPLUS refused,
+ *           unless -o delete=trash (UID MOVE to \Trash; else COPY + delete).
+ *   mv      UID MOVE; else UID COPY + the rm above (UIDPLUS); else refused.
+ *   mkdir/rmdir/rename of directories: CREATE / DELETE (empty only) /
+ *           RENAME, never on INBOX; then a fresh LIST.
+ *   new files: bytes kept in a local staging file (staging.c) while open,
+ *           sent with APPEND when the last writer closes.
+ *   xattr user.imap.flags: UID STORE FLAGS.
+ *
+ * New files.  A file created on the mount is a FswFile with an inode of
+ * its own: (directory id << 32) | serial, which neither a directory
+ * (low half 0) nor a message (high half an epoch id) can be.  It keeps its
+ * name until it is unlinked or has lingered FSW_LINGER_US after its last
+ * close, so the writer's follow-up calls (chmod, utimes, rename) find it.
+ * When it is sent:
+ *   - at the close() of the last writer (flush), so the APPEND error is
+ *     the close() error, and at fsync();
+ *   - except under rsync's temporary name (".NAME.XXXXXX"): rsync closes
+ *     the file, then sets its mtime, then renames it, so the APPEND waits
+ *     for the rename (whose error rsync reports) to honour rsync -t as the
+ *     INTERNALDATE; if no rename comes within FSW_LINGER_US it is sent
+ *     anyway.
+ * After a send the FswFile is an alias of the message (UID from
+ * APPENDUID) until it lingers out: renaming it across directories moves
+ * the message, unlinking it removes the message, a later utimes or write
+ * replaces it (APPEND the new one, then remove the old one: UIDPLUS).
+ * Before appending, a message with exactly the same bytes (same size,
+ * same Message-ID, not \Deleted, compared byte for byte) is looked for in
+ * the mailbox; if there is one, nothing is appended and the file becomes
+ * that message, so a second identical `rsync -a` changes nothing (the
+ * names on the mount are UIDs, so rsync always resends).  -o dedup=off
+ * turns this off.  If the server refuses the APPEND the bytes are kept in
+ * the unsent directory (staging.c) and a one-line warning says where.
+ *
+ * Locks: w->lock protects the tables and each file's name, attributes and
+ * counters, and is never held across I/O.  f->lock serialises the content
+ * and the sending of one file and is held across I/O.  Order: f->lock ->
+ * mailbox append lock -> w->lock (-> pool, dircache: leaves).
+ */
+#include "imapfuse/fswrite.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+
+#include "fs-internal.h"
+#include "imapfuse/cmd.h"
+#include "imapfuse/errors.h"
+#include "imapfuse/names.h"
+#include "imapfuse/staging.h"
+
+#define FSW_LINGER_US (30 * G_USEC_PER_SEC)
+#define FSW_LIST_MAX_AGE_US (30 * G_USEC_PER_SEC)
+#define FSW_DEDUP_MAX_CANDIDATES 64
+#define FSW_COMPARE_CHUNK (1024 * 1024)
+#define FSW_XATTR_FLAGS "user.imap.flags"
+
+enum {
+  FSW_WARN_RM_UIDPLUS = 1 << 0,
+  FSW_WARN_NO_TRASH = 1 << 1,
+  FSW_WARN_TRASH_UIDPLUS = 1 << 2,
+  FSW_WARN_MV = 1 << 3,
+};
+
+typedef struct {
+  gint refs;
+  fuse_ino_t ino;
+  GMutex lock; /* content and sending; held across I/O */
+
+  /* under w->lock */
+  DcNode *parent;
+  char *name;      /* NULL once unlinked or lingered out */
+  char *orig_name; /* name at creation (for the unsent copy) */
+  guint handles, writers;
+  gint64 deadline; /* monotonic us when it lingers out; 0: not closed */
+  gboolean in_table;
+  mode_t mode;
+  uid_t uid;
+  gid_t gid;
+  struct timespec atime, mtime, ctime;
+  gboolean mtime_set;
+  guint64 size;
+
+  /* under lock */
+  StagingFile *data;
+  char **flags;   /* user.imap.flags set before the send, or NULL */
+  gboolean dirty; /* bytes, date or flags changed since the last send */
+  gboolean sent;
+  DcNode *sent_node;
+  guint32 sent_uv, sent_uid;
+  gint64 sent_date; /* INTERNALDATE given (0: the server's now) */
+  int error;        /* sticky errno after a failed send */
+  gboolean rewritten; /* bytes changed after a send */
+  gboolean left;    /* the staging file holds the only copy: do not remove */
+} FswFile;
+
+typedef struct {
+  FswFile *f;
+  gboolean writable;
+} FswHandle;
+
+typedef struct {
+  mode_t mode;
+  gboolean has_mode;
+  struct timespec atime, mtime;
+  gboolean has_times;
+} FswDirAttr;
+
+struct FsWrite {
+  Fs *fs;
+  Dircache *dc;
+  Notify *notify;
+  Pool *pool;
+  char *account;
+  gboolean delete_trash, dedup;
+  Staging *staging;
+
+  GMutex lock;
+  GHashTable *by_ino;    /* &f->ino -> FswFile* (holds a ref) */
+  GHashTable *by_name;   /* "dirid/name" -> FswFile* */
+  GHashTable *dir_attrs; /* dir id -> FswDirAttr* */
+  GHashTable *mbox_locks; /* mailbox -> GMutex* */
+  guint32 serial;
+  gboolean closing;
+
+  GMutex list_lock;
+  GPtrArray *boxes; /* ImapMailboxInfo* from our own LIST */
+  gint64 boxes_at;
+
+  GThread *thread;
+  GCond cond;
+  gboolean stop;
+  gint warned;
+};
+
+/* ---- small helpers ---- */
+
+static FsWrite *fsw_of(fuse_req_t req) { return fs_writer(fuse_req_userdata(req)); }
+
+static void fsw_warn_once(FsWrite *w, int bit, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+static void fsw_warn_once(FsWrite *w, int bit, const char *fmt, ...) {
+  if (g_atomic_int_or(&w->warned, bit) & bit)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+  va_end(ap);
+  g_warning("%s", msg);
+}
+
+static int fsw_errno(const GError *error) { return ifs_errno_from_error(error); }
+
+static gboolean fsw_is_error(const GError *e, IfsError code) {
+  return e != NULL && e->domain == IFS_ERROR && e->code == (int)code;
+}
+
+static void fsw_reply_error(fuse_req_t req, const char *what, const GError *error) {
+  int err = fsw_errno(error);
+  g_debug("%s: %s (%s)", what, error->message, g_strerror(err));
+  fuse_reply_err(req, err);
+}
+
+gboolean fswrite_is_temp_name(const char *name) {
+  gsize n = strlen(name);
+  if (n < 9 || name[0] != '.' || name[n - 7] != '.')
+    return FALSE;
+  for (gsize i = n - 6; i < n; i++)
+    if (!g_ascii_isalnum(name[i]))
+      return FALSE;
+  return TRUE;
+}
+
+char *fswrite_message_id(const char *msg, gsize len) {
+  const char *p = msg, *end = msg + len;
+  while (p < end) {
+    const char *eol = memchr(p, '\n', (gsize)(end - p));
+    const char *line_end = eol != NULL ? eol : end;
+    gsize ll = (gsize)(line_end - p);
+    if (ll > 0 && p[ll - 1] == '\r')
+      ll--;
+    if (ll == 0)
+      return NULL; /* end of the header */
+    if (ll >= 11 && g_ascii_strncasecmp(p, "Message-ID:", 11) == 0) {
+      g_autoptr(GString) v = g_string_new_len(p + 11, (gssize)(ll - 11));
+      /* Folded continuation lines. */
+      const char *q = eol != NULL ? eol + 1 : end;
+      while (q < end && (*q == ' ' || *q == '\t')) {
+        const char *e2 = memchr(q, '\n', (gsize)(end - q));
+        const char *le = e2 != NULL ? e2 : end;
+        gsize l2 = (gsize)(le - q);
+        if (l2 > 0 && q[l2 - 1] == '\r')
+          l2--;
+        g_string_append_len(v, q, (gssize)l2);
+        q = e2 != NULL ? e2 + 1 : end;
+      }
+      char *s = g_strstrip(g_string_free(g_steal_pointer(&v), FALSE));
+      if (*s == '\0') {
+        g_free(s);
+        return NULL;
+      }
+      char *out = g_strdup(s);
+      g_free(s);
+      return out;
+    }
+    p = eol != NULL ? eol + 1 : end;
+  }
+  return NULL;
+}
+
+static int fsw_flag_cmp(gconstpointer a, gconstpointer b) {
+  return g_ascii_strcasecmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Canonical flag string as dircache keeps it (sorted, space separated). */
+static char *fsw_flags_string(const char *const *flags) {
+  g_autoptr(GPtrArray) v = g_ptr_array_new();
+  for (guint i = 0; flags != NULL && flags[i] != NULL; i++)
+    g_ptr_array_add(v, (gpointer)flags[i]);
+  g_ptr_array_sort(v, fsw_flag_cmp);
+  g_ptr_array_add(v, NULL);
+  return g_strjoinv(" ", (char **)v->pdata);
+}
+
+/* What getfattr shows: system flags first (\Seen \Answered \Flagged
+ * \Deleted \Draft), then keywords as the server has them. */
+static char *fsw_flags_display(const char *flags) {
+  static const char *const order[] = {"\\Seen", "\\Answered", "\\Flagged", "\\Deleted",
+                                      "\\Draft"};
+  g_auto(GStrv) v = g_strsplit(flags, " ", -1);
+  g_autoptr(GString) out = g_string_new(NULL);
+  for (gsize k = 0; k < G_N_ELEMENTS(order); k++)
+    for (char **p = v; *p != NULL; p++)
+      if (g_ascii_strcasecmp(*p, order[k]) == 0)
+        g_string_append_printf(out, "%s%s", out->len ? " " : "", *p);
+  for (char **p = v; *p != NULL; p++) {
+    gboolean system = FALSE;
+    for (gsize k = 0; k < G_N_ELEMENTS(order) && !system; k++)
+      system = g_ascii_strcasecmp(*p, order[k]) == 0;
+    if (**p != '\0' && !system)
+      g_string_append_printf(out, "%s%s", out->len ? " " : "", *p);
+  }
+  return g_string_free(g_steal_pointer(&out), FALSE);
+}
+
+/* ---- files being written ---- */
+
+static FswFile *fsw_file_ref(FswFile *f) {
+  g_atomic_int_inc(&f->refs);
+  return f;
+}
+
+static void fsw_file_unref(FswFile *f) {
+  if (f == NULL || !g_atomic_int_dec_and_test(&f->refs))
+    return;
+  if (f->left)
+    staging_file_leave(f->data);
+  else
+    staging_file_free(f->data);
+  g_strfreev(f->flags);
+  g_free(f->name);
+  g_free(f->orig_name);
+  g_mutex_clear(&f->lock);
+  g_free(f);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(FswFile, fsw_file_unref)
+
+static char *fsw_key(DcNode *parent, const char *name) {
+  return g_strdup_printf("%u/%s", dcnode_id(parent), name);
+}
+
+/* Caller holds w->lock.  Removes f's name (not the file). */
+static void _fsw_unname(FsWrite *w, FswFile *f) {
+  if (f->name == NULL)
+    return;
+  g_autofree char *key = fsw_key(f->parent, f->name);
+  if (g_hash_table_lookup(w->by_name, key) == f)
+    g_hash_table_remove(w->by_name, key);
+  g_clear_pointer(&f->name, g_free);
+}
+
+/* Caller holds w->lock.  Gives f the name (replacing whatever had it). */
+static void _fsw_name(FsWrite *w, FswFile *f, DcNode *parent, const char *name) {
+  _fsw_unname(w, f);
+  char *key = fsw_key(parent, name);
+  FswFile *old = g_hash_table_lookup(w->by_name, key);
+  if (old != NULL && old != f)
+    g_clear_pointer(&old->name, g_free); /* replaced, as rename(2) does */
+  f->parent = parent;
+  f->name = g_strdup(name);
+  g_hash_table_insert(w->by_name, key, f);
+}
+
+/* Caller holds w->lock.  Forgets f entirely; returns the table's ref. */
+static FswFile *_fsw_forget(FsWrite *w, FswFile *f) {
+  _fsw_unname(w, f);
+  if (!f->in_table)
+    return NULL;
+  f->in_table = FALSE;
+  g_hash_table_remove(w->by_ino, &f->ino);
+  return f;
+}
+
+static FswFile *fsw_get(FsWrite *w, fuse_ino_t ino) {
+  g_mutex_lock(&w->lock);
+  FswFile *f = g_hash_table_lookup(w->by_ino, &ino);
+  if (f != NULL)
+    fsw_file_ref(f);
+  g_mutex_unlock(&w->lock);
+  return f;
+}
+
+static FswFile *fsw_find(FsWrite *w, DcNode *parent, const char *name) {
+  g_autofree char *key = fsw_key(parent, name);
+  g_mutex_lock(&w->lock);
+  FswFile *f = g_hash_table_lookup(w->by_name, key);
+  if (f != NULL)
+    fsw_file_ref(f);
+  g_mutex_unlock(&w->lock);
+  return f;
+}
+
+/* Drop f now: the kernel forgets its name. */
+static void fsw_drop(FsWrite *w, FswFile *f) {
+  g_mutex_lock(&w->lock);
+  g_autofree char *name = g_strdup(f->name);
+  DcNode *parent = f->parent;
+  FswFile *ref = _fsw_forget(w, f);
+  gboolean closing = w->closing;
+  g_mutex_unlock(&w->lock);
+  if (name != NULL && !closing)
+    notify_inval_entry(w->notify, fs_dir_ino(w->fs, parent), name);
+  fsw_file_unref(ref);
+}
+
+static void fsw_file_attr(FsWrite *w, FswFile *f, struct stat *st) {
+  memset(st, 0, sizeof *st);
+  g_mutex_lock(&w->lock);
+  st->st_ino = f->ino;
+  st->st_mode = S_IFREG | (f->mode & 07777);
+  st->st_nlink = f->name != NULL ? 1 : 0;
+  st->st_uid = f->uid;
+  st->st_gid = f->gid;
+  st->st_size = (off_t)f->size;
+  st->st_blksize = 4096;
+  st->st_blocks = (blkcnt_t)((f->size + 511) / 512);
+  st->st_atim = f->atime;
+  st->st_mtim = f->mtime;
+  st->st_ctim = f->ctime;
+  g_mutex_unlock(&w->lock);
+}
+
+static void fsw_file_entry(FsWrite *w, FswFile *f, struct fuse_entry_param *e) {
+  memset(e, 0, sizeof *e);
+  e->ino = f->ino;
+  fsw_file_attr(w, f, &e->attr);
+  /* Names of new files are transient: the kernel asks again each time. */
+  e->attr_timeout = e->entry_timeout = 0;
+}
+
+/* Caller holds f->lock. */
+static gboolean _fsw_needs_send(FswFile *f) {
+  return f->error == 0 && staging_file_size(f->data) > 0 && (!f->sent || f->dirty);
+}
+
+/* ---- what the server calls things ---- */
+
+static gboolean fsw_list_op(ImapConn *c, gpointer user, GError **error) {
+  return imap_list(c, (GPtrArray **)user, error);
+}
+
+/* Our own LIST (delimiters and special-use attributes), cached briefly. */
+static GPtrArray *fsw_boxes(FsWrite *w, gboolean force, GError **error) {
+  g_mutex_lock(&w->list_lock);
+  if (!force && w->boxes != NULL && g_get_monotonic_time() - w->boxes_at < FSW_LIST_MAX_AGE_US) {
+    GPtrArray *b = g_ptr_array_ref(w->boxes);
+    g_mutex_unlock(&w->list_lock);
+    return b;
+  }
+  g_mutex_unlock(&w->list_lock);
+  GPtrArray *list = NULL;
+  gint64 at = g_get_monotonic_time();
+  if (!pool_run(w->pool, NULL, TRUE, fsw_list_op, &list, error))
+    return NULL;
+  g_mutex_lock(&w->list_lock);
+  if (w->boxes != NULL)
+    g_ptr_array_unref(w->boxes);
+  w->boxes = g_ptr_array_ref(list);
+  w->boxes_at = at;
+  g_mutex_unlock(&w->list_lock);
+  return list;
+}
+
+static void fsw_boxes_stale(FsWrite *w) {
+  g_mutex_lock(&w->list_lock);
+  w->boxes_at = 0;
+  g_mutex_unlock(&w->list_lock);
+}
+
+/* The hierarchy delimiter below node (the root: INBOX's). */
+static char fsw_delim(FsWrite *w, DcNode *node, GError **error) {
+  g_autoptr(GPtrArray) boxes = fsw_boxes(w, FALSE, error);
+  if (boxes == NULL)
+    return -1;
+  const char *mailbox = dcnode_mailbox(node);
+  char any = 0;
+  for (guint i = 0; i < boxes->len; i++) {
+    const ImapMailboxInfo *m = g_ptr_array_index(boxes, i);
+    if (mailbox != NULL && g_str_equal(m->name, mailbox))
+      return m->delim;
+    if (any == 0 || g_str_equal(m->name, "INBOX"))
+      any = m->delim != 0 ? m->delim : any;
+  }
+  return any;
+}
+
+/* The \Trash mailbox (RFC 6154); without SPECIAL-USE, a top-level "Trash". */
+static char *fsw_trash(FsWrite *w, GError **error) {
+  g_autoptr(GPtrArray) boxes = fsw_boxes(w, FALSE, error);
+  if (boxes == NULL)
+    return NULL;
+  const char *named = NULL;
+  for (guint i = 0; i < boxes->len; i++) {
+    const ImapMailboxInfo *m = g_ptr_array_index(boxes, i);
+    if ((m->attrs & IMAP_MBX_TRASH) && !(m->attrs & IMAP_MBX_NOSELECT))
+      return g_strdup(m->name);
+    if (g_ascii_strcasecmp(m->name, "Trash") == 0 && !(m->attrs & IMAP_MBX_NOSELECT))
+      named = m->name;
+  }
+  if (named != NULL)
+    return g_strdup(named);
+  g_set_error(error, IFS_ERROR, IFS_ERROR_UNSUPPORTED,
+              "delete=trash: the server has no mailbox marked \\Trash (or named Trash)");
+  return NULL;
+}
+
+/* The mount's path of a directory ("Archive/2024"), for the unsent copy. */
+static char *fsw_display_dir(FsWrite *w, DcNode *node) {
+  const char *mailbox = dcnode_mailbox(node);
+  if (mailbox == NULL)
+    return g_strdup("");
+  g_autoptr(GError) ignored = NULL;
+  char delim = fsw_delim(w, node, &ignored);
+  g_auto(GStrv) parts = delim >= 0 ? names_split_mailbox(mailbox, delim, FALSE, NULL) : NULL;
+  if (parts == NULL)
+    return names_escape_component(mailbox);
+  for (char **p = parts; *p != NULL; p++) {
+    char *esc = names_escape_component(*p);
+    g_free(*p);
+    *p = esc;
+  }
+  return g_strjoinv("/", parts);
+}
+
+/* Server name of the child called dirname (as the user typed it) of node. */
+static char *fsw_child_mailbox(FsWrite *w, DcNode *node, const char *dirname, GError **error) {
+  g_autofree char *component = names_unescape_component(dirname, error);
+  if (component == NULL)
+    return NULL;
+  char delim = fsw_delim(w, node, error);
+  if (delim < 0)
+    return NULL;
+  if (delim != 0 && strchr(component, delim) != NULL) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "\"%s\" contains the server's hierarchy delimiter '%c'", component, delim);
+    return NULL;
+  }
+  g_autoptr(GPtrArray) parts = g_ptr_array_new_with_free_func(g_free);
+  if (dcnode_mailbox(node) != NULL) {
+    g_auto(GStrv) up = names_split_mailbox(dcnode_mailbox(node), delim, FALSE, error);
+    if (up == NULL)
+      return NULL;
+    for (char **p = up; *p != NULL; p++)
+      g_ptr_array_add(parts, g_strdup(*p));
+  }
+  g_ptr_array_add(parts, g_strdup(component));
+  g_ptr_array_add(parts, NULL);
+  return names_join_mailbox((const char *const *)parts->pdata, delim, FALSE, error);
+}
+
+/* ---- messages ---- */
+
+/* The message uid in node's listing (asking the server once if it is not
+ * in the cached one). */
+static gboolean fsw_find_msg(FsWrite *w, DcNode *node, guint32 uid, guint32 *uv, guint32 *epoch,
+                             DcMsg *out, GError **error) {
+  for (int pass = 0; pass < 2; pass++) {
+    DcListing l;
+    if (!dircache_listing(w->dc, node, pass == 0 ? G_MAXINT64 : 0, &l, error))
+      return FALSE;
+    const DcMsg *m = dc_listing_find(&l, uid);
+    if (m != NULL) {
+      *out = *m;
+      *uv = l.uidvalidity;
+      *epoch = l.epoch;
+    }
+    dc_listing_clear(&l);
+    if (m != NULL)
+      return TRUE;
+  }
+  g_set_error(error, IFS_ERROR, IFS_ERROR_NOT_FOUND, "no message UID %u in %s", uid,
+              dcnode_mailbox(node));
+  return FALSE;
+}
+
+/* The message behind a message inode. */
+static gboolean fsw_msg_of_ino(FsWrite *w, fuse_ino_t ino, DcNode **node, guint32 *uv,
+                               DcMsg *out, int *err) {
+  guint32 epoch = (guint32)(ino >> 32), uid = (guint32)(ino & 0xffffffffu), v = 0;
+  DcNode *n = dircache_epoch(w->dc, epoch, &v);
+  if (n == NULL || uid == 0) {
+    *err = ENOENT;
+    return FALSE;
+  }
+  DcListing l;
+  g_autoptr(GError) error = NULL;
+  if (!dircache_listing(w->dc, n, G_MAXINT64, &l, &error)) {
+    *err = fsw_errno(error);
+    return FALSE;
+  }
+  const DcMsg *m = l.epoch == epoch ? dc_listing_find(&l, uid) : NULL;
+  *err = l.epoch != epoch ? ESTALE : ENOENT;
+  if (m != NULL) {
+    *out = *m;
+    *node = n;
+    *uv = v;
+  }
+  dc_listing_clear(&l);
+  return m != NULL;
+}
+
+static gboolean fsw_select_checked(ImapConn *c, const char *mailbox, guint32 uv,
+                                   GError **error) {
+  guint32 have = 0;
+  if (!imap_ensure_selected(c, mailbox, &have, error))
+    return FALSE;
+  if (uv != 0 && have != uv) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_STALE,
+                "%s has a new UIDVALIDITY (%u, was %u): its UIDs changed", mailbox, have, uv);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean fsw_has_flag(const char *flags, const char *flag) {
+  g_auto(GStrv) v = g_strsplit(flags, " ", -1);
+  for (char **p = v; *p != NULL; p++)
+    if (g_ascii_strcasecmp(*p, flag) == 0)
+      return TRUE;
+  return FALSE;
+}
+
+static const char *const fsw_deleted[] = {"\\Deleted", NULL};
+
+/* Remove one message safely: it must exist, gets \Deleted, and only its
+ * UID is expunged.  If the expunge fails, \Deleted is taken back off
+ * (unless it was set before). */
+static gboolean fsw_expunge_one(ImapConn *c, guint32 uid, GError **error) {
+  g_autofree char *flags = NULL;
+  if (!imap_fetch_flags(c, uid, &flags, error))
+    return FALSE;
+  gboolean was = fsw_has_flag(flags, "\\Deleted");
+  if (!was && !imap_store_flags(c, uid, IMAP_STORE_ADD, fsw_deleted, TRUE, NULL, error))
+    return FALSE;
+  char set[16];
+  g_snprintf(set, sizeof set, "%u", uid);
+  if (!imap_uid_expunge(c, set, error)) {
+    g_autoptr(GError) ignored = NULL;
+    if (!was && !imap_conn_is_broken(c))
+      imap_store_flags(c, uid, IMAP_STORE_REMOVE, fsw_deleted, TRUE, NULL, &ignored);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+typedef struct {
+  const char *mailbox;
+  guint32 uv, uid;
+  const char *trash; /* NULL: expunge */
+  /* out */
+  ImapCopyUid cu;
+  gboolean copied;       /* a copy is in the Trash */
+  gboolean flagged_only; /* no MOVE or UIDPLUS: original left \Deleted */
+  char *flags_after;
+} FswDelete;
+
+static gboolean fsw_delete_op(ImapConn *c, gpointer user, GError **error) {
+  FswDelete *d = user;
+  if (!fsw_select_checked(c, d->mailbox, d->uv, error))
+    return FALSE;
+  if (d->trash == NULL)
+    return fsw_expunge_one(c, d->uid, error);
+  char set[16];
+  g_snprintf(set, sizeof set, "%u", d->uid);
+  g_autofree char *flags = NULL;
+  if (!imap_fetch_flags(c, d->uid, &flags, error))
+    return FALSE;
+  if (imap_conn_has(c, IMAP_CAP_MOVE))
+    return imap_uid_move(c, set, d->trash, &d->cu, error);
+  if (!imap_uid_copy(c, set, d->trash, &d->cu, error))
+    return FALSE;
+  d->copied = TRUE;
+  if (imap_conn_has(c, IMAP_CAP_UIDPLUS))
+    return fsw_expunge_one(c, d->uid, error);
+  d->flagged_only = TRUE;
+  return imap_store_flags(c, d->uid, IMAP_STORE_ADD, fsw_deleted, FALSE, &d->flags_after, error);
+}
+
+/* Record that a message now exists in node (dst_uid 0: unknown). */
+static void fsw_note_added(FsWrite *w, DcNode *node, guint32 uv, guint32 uid, const DcMsg *like) {
+  if (node == NULL || w->closing)
+    return;
+  if (uid == 0 || uv == 0) {
+    dircache_invalidate(w->dc, node);
+    return;
+  }
+  DcMsg m = *like;
+  m.uid = uid;
+  dircache_msg_added(w->dc, node, uv, &m);
+}
+
+/* rm of a message: expunge, or (delete=trash) move to the Trash. */
+static gboolean fsw_remove_message(FsWrite *w, DcNode *node, guint32 uv, guint32 uid,
+                                   const DcMsg *m, gboolean force_expunge, GError **error) {
+  FswDelete d = {.mailbox = dcnode_mailbox(node), .uv = uv, .uid = uid};
+  g_autofree char *trash = NULL;
+  if (w->delete_trash && !force_expunge) {
+    trash = fsw_trash(w, error);
+    if (trash == NULL) {
+      fsw_warn_once(w, FSW_WARN_NO_TRASH, "rm refused: %s", (*error)->message);
+      return FALSE;
+    }
+    /* rm in the Trash itself: really remove (UIDPLUS), else refuse. */
+    if (!g_str_equal(trash, d.mailbox))
+      d.trash = trash;
+  }
+  gboolean ok = pool_run(w->pool, d.mailbox, FALSE, fsw_delete_op, &d, error);
+  if (!ok && fsw_is_error(*error, IFS_ERROR_UNSUPPORTED)) {
+    if (d.trash == NULL && w->delete_trash)
+      fsw_warn_once(w, FSW_WARN_TRASH_UIDPLUS,
+                    "rm in the Trash mailbox refused: the server has no UIDPLUS, so one "
+                    "message cannot be expunged without also expunging other clients' "
+                    "\\Deleted messages");
+    else if (d.trash == NULL)
+      fsw_warn_once(w, FSW_WARN_RM_UIDPLUS,
+                    "rm refused: the server has no UIDPLUS, so one message cannot be "
+                    "expunged without also expunging other clients' \\Deleted messages; "
+                    "mount with -o delete=trash to move deleted messages to the Trash");
+  } else if (!ok && d.copied) {
+    g_prefix_error(error, "copied UID %u of %s to %s, but could not remove it (now in both): ",
+                   uid, d.mailbox, trash);
+    g_warning("rm: %s", (*error)->message);
+  }
+  if (ok && d.trash != NULL) {
+    DcNode *tn = dircache_find_mailbox(w->dc, d.trash);
+    guint32 nu = imap_copyuid_lookup(&d.cu, uid);
+    if (tn != NULL && m != NULL)
+      fsw_note_added(w, tn, d.cu.uidvalidity, nu, m);
+    else if (tn != NULL)
+      dircache_invalidate(w->dc, tn);
+  }
+  if (ok && d.flagged_only) {
+    if (d.flags_after != NULL)
+      dircache_msg_flags(w->dc, node, uv, uid, d.flags_after);
+    g_debug("rm: %s UID %u copied to %s and flagged \\Deleted (no MOVE or UIDPLUS: a mail "
+            "client must expunge it)", d.mailbox, uid, d.trash);
+  } else if (ok || fsw_is_error(*error, IFS_ERROR_NOT_FOUND)) {
+    dircache_msgs_removed(w->dc, node, uv, &uid, 1);
+  }
+  imap_copyuid_clear(&d.cu);
+  g_free(d.flags_after);
+  return ok;
+}
+
+typedef struct {
+  const char *src, *dst;
+  guint32 uv, uid;
+  ImapCopyUid cu;
+  gboolean copied;
+} FswMove;
+
+static gboolean fsw_move_op(ImapConn *c, gpointer user, GError **error) {
+  FswMove *mv = user;
+  if (!fsw_select_checked(c, mv->src, mv->uv, error))
+    return FALSE;
+  g_autofree char *flags = NULL;
+  if (!imap_fetch_flags(c, mv->uid, &flags, error))
+    return FALSE;
+  char set[16];
+  g_snprintf(set, sizeof set, "%u", mv->uid);
+  if (imap_conn_has(c, IMAP_CAP_MOVE))
+    return imap_uid_move(c, set, mv->dst, &mv->cu, error);
+  if (!imap_conn_has(c, IMAP_CAP_UIDPLUS)) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_UNSUPPORTED,
+                "the server has neither MOVE nor UIDPLUS, so the original could not be "
+                "removed safely after a copy; nothing was changed");
+    return FALSE;
+  }
+  if (!imap_uid_copy(c, set, mv->dst, &mv->cu, error))
+    return FALSE;
+  mv->copied = TRUE;
+  return fsw_expunge_one(c, mv->uid, error);
+}
+
+/* Moves message uid of src to dst; *new_uid gets its UID there (0 when
+ * the server does not say). */
+static gboolean fsw_move_message(FsWrite *w, DcNode *src, guint32 uv, const DcMsg *m,
+                                 DcNode *dst, guint32 *dst_uv, guint32 *new_uid,
+                                 GError **error) {
+  FswMove mv = {.src = dcnode_mailbox(src), .dst = dcnode_mailbox(dst), .uv = uv, .uid = m->uid};
+  gboolean ok = pool_run(w->pool, mv.src, FALSE, fsw_move_op, &mv, error);
+  *new_uid = ok || mv.copied ? imap_copyuid_lookup(&mv.cu, m->uid) : 0;
+  *dst_uv = mv.cu.uidvalidity;
+  if (!ok && fsw_is_error(*error, IFS_ERROR_UNSUPPORTED)) {
+    fsw_warn_once(w, FSW_WARN_MV, "mv between mailboxes refused: %s", (*error)->message);
+  } else if (!ok && mv.copied) {
+    g_prefix_error(error, "copied UID %u of %s to %s (as UID %u), but could not remove the "
+                          "original, so the message is now in both: ",
+                   m->uid, mv.src, mv.dst, *new_uid);
+    g_warning("mv: %s", (*error)->message);
+  }
+  if (ok || mv.copied)
+    fsw_note_added(w, dst, mv.cu.uidvalidity, *new_uid, m);
+  if (ok || fsw_is_error(*error, IFS_ERROR_NOT_FOUND))
+    dircache_msgs_removed(w->dc, src, uv, &m->uid, 1);
+  imap_copyuid_clear(&mv.cu);
+  return ok;
+}
+
+/* ---- sending a new file (APPEND) ---- */
+
+typedef struct {
+  const char *mailbox;
+  GBytes *msg;
+  const char *const *flags;
+  gint64 date;
+  const char *message_id;
+  gboolean dedup, replacing, same_date;
+  guint32 exclude_uv, exclude_uid;
+  /* out */
+  guint32 uv, uid;
+  gboolean dup;
+} FswAppend;
+
+/* 1: uid holds exactly msg's bytes; 0: it does not (or is gone); -1: error. */
+static int fsw_same_bytes(ImapConn *c, guint32 uid, GBytes *msg, GError **error) {
+  gsize n;
+  const guchar *data = g_bytes_get_data(msg, &n);
+  for (gsize off = 0; off < n; off += FSW_COMPARE_CHUNK) {
+    gsize len = MIN((gsize)FSW_COMPARE_CHUNK, n - off);
+    GBytes *b = NULL;
+    g_autoptr(GError) local = NULL;
+    /* Small messages in one piece (BODY.PEEK[]), large ones in chunks. */
+    gboolean whole = off == 0 && n <= FSW_COMPARE_CHUNK;
+    if (!imap_fetch_body(c, uid, whole ? 0 : off, whole ? 0 : len, &b, &local)) {
+      if (fsw_is_error(local, IFS_ERROR_NOT_FOUND))
+        return 0;
+      g_propagate_error(error, g_steal_pointer(&local));
+      return -1;
+    }
+    gsize bn;
+    const guchar *bd = g_bytes_get_data(b, &bn);
+    gboolean same = bn == len && memcmp(bd, data + off, len) == 0;
+    g_bytes_unref(b);
+    if (!same)
+      return 0;
+  }
+  return 1;
+}
+
+static gboolean fsw_append_op(ImapConn *c, gpointer user, GError **error) {
+  FswAppend *a = user;
+  a->uv = a->uid = 0;
+  a->dup = FALSE;
+  gsize size = g_bytes_get_size(a->msg);
+  if (a->dedup && size > 0) {
+    guint32 uv;
+    if (!imap_ensure_selected(c, a->mailbox, &uv, error))
+      return FALSE;
+    g_autoptr(GArray) uids = g_array_new(FALSE, FALSE, sizeof(guint32));
+    if (!imap_search_same_size(c, size, a->message_id, uids, error))
+      return FALSE;
+    for (guint i = 0; i < uids->len && i < FSW_DEDUP_MAX_CANDIDATES; i++) {
+      guint32 u = g_array_index(uids, guint32, i);
+      /* The earlier copy of this file counts only if the date is the same
+       * (otherwise the point is to replace it). */
+      if (uv == a->exclude_uv && u == a->exclude_uid && !a->same_date)
+        continue;
+      int same = fsw_same_bytes(c, u, a->msg, error);
+      if (same < 0)
+        return FALSE;
+      if (same > 0) {
+        a->uv = uv;
+        a->uid = u;
+        a->dup = TRUE;
+        break;
+      }
+    }
+  }
+  gboolean unchanged = a->dup && a->uv == a->exclude_uv && a->uid == a->exclude_uid;
+  if (a->replacing && !unchanged && !imap_conn_has(c, IMAP_CAP_UIDPLUS)) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_UNSUPPORTED,
+                "the message was already stored; replacing it needs UIDPLUS to remove the "
+                "earlier copy safely");
+    return FALSE;
+  }
+  if (a->dup)
+    return TRUE;
+  return imap_append(c, a->mailbox, a->flags, a->date, a->msg, &a->uv, &a->uid, error);
+}
+
+static GMutex *fsw_mailbox_lock(FsWrite *w, const char *mailbox) {
+  g_mutex_lock(&w->lock);
+  GMutex *m = g_hash_table_lookup(w->mbox_locks, mailbox);
+  if (m == NULL) {
+    m = g_new0(GMutex, 1);
+    g_mutex_init(m);
+    g_hash_table_insert(w->mbox_locks, g_strdup(mailbox), m);
+  }
+  g_mutex_unlock(&w->lock);
+  return m;
+}
+
+static void fsw_mutex_free(gpointer p) {
+  g_mutex_clear(p);
+  g_free(p);
+}
+
+/* Caller holds f->lock.  The bytes could not be stored: keep them where
+ * the user can find them, say where, and remember the error. */
+static void _fsw_keep_unsent(FsWrite *w, FswFile *f, DcNode *node, const GError *why) {
+  g_mutex_lock(&w->lock);
+  g_autofree char *name = g_strdup(f->name != NULL ? f->name : f->orig_name);
+  g_mutex_unlock(&w->lock);
+  g_autofree char *dir = fsw_display_dir(w, node);
+  g_autoptr(GError) kerr = NULL;
+  g_autofree char *path = staging_file_keep(f->data, dir, name, &kerr);
+  const char *mailbox = dcnode_mailbox(node) != NULL ? dcnode_mailbox(node) : "/";
+  if (path != NULL) {
+    g_warning("could not store \"%s\" in %s (%s); its bytes are kept in %s", name, mailbox,
+              why->message, path);
+  } else {
+    f->left = TRUE;
+    g_warning("could not store \"%s\" in %s (%s) nor copy it (%s); its bytes stay in %s", name,
+              mailbox, why->message, kerr->message, staging_file_path(f->data));
+  }
+  f->error = fsw_errno(why);
+}
+
+/* Caller holds f->lock.  Sends f's bytes to node: finds an identical
+ * message or APPENDs, then (if f was sent before) removes the earlier
+ * copy.  On failure the bytes are kept (unsent directory). */
+static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, GError **error) {
+  GError *local = NULL;
+  g_autoptr(GBytes) msg = NULL;
+  FswAppend a = {.mailbox = dcnode_mailbox(node), .dedup = w->dedup};
+  g_autofree char *message_id = NULL, *fstr = NULL;
+  gsize n = 0;
+  if (a.mailbox == NULL || !dcnode_selectable(node)) {
+    g_set_error(&local, IFS_ERROR, IFS_ERROR_REFUSED, "not a mailbox");
+    goto fail;
+  }
+  if (f->sent && f->sent_uid == 0) {
+    g_set_error(&local, IFS_ERROR, IFS_ERROR_UNSUPPORTED,
+                "the earlier copy's UID is unknown, so it cannot be replaced");
+    goto fail;
+  }
+  msg = staging_file_message(f->data, &local);
+  if (msg == NULL)
+    goto fail;
+  const char *data = g_bytes_get_data(msg, &n);
+  message_id = fswrite_message_id(data, n);
+  g_mutex_lock(&w->lock);
+  a.date = f->mtime_set ? f->mtime.tv_sec : 0;
+  g_mutex_unlock(&w->lock);
+  a.msg = msg;
+  a.flags = (const char *const *)f->flags;
+  a.message_id = message_id;
+  a.replacing = f->sent;
+  a.exclude_uv = f->sent ? f->sent_uv : 0;
+  a.exclude_uid = f->sent ? f->sent_uid : 0;
+  a.same_date = f->sent && a.date == f->sent_date;
+  GMutex *ml = fsw_mailbox_lock(w, a.mailbox);
+  g_mutex_lock(ml);
+  gboolean ok;
+  /* With dedup the operation may be retried on a new connection: the
+   * search then finds the message if the lost APPEND did store it. */
+  ok = pool_run(w->pool, a.mailbox, a.dedup, fsw_append_op, &a, &local);
+  g_mutex_unlock(ml);
+  if (!ok)
+    goto fail;
+
+  fstr = fsw_flags_string(a.flags);
+  DcMsg m = {.flagset = dircache_intern_flags(w->dc, fstr),
+             .size = n,
+             .date = a.date != 0 ? a.date : g_get_real_time() / G_USEC_PER_SEC};
+  if (!a.dup)
+    fsw_note_added(w, node, a.uv, a.uid, &m);
+  g_debug("stored \"%s\" in %s as UID %u%s", f->orig_name, a.mailbox, a.uid,
+          a.dup ? " (identical message already there)" : "");
+  if (f->sent && !(a.uv == f->sent_uv && a.uid == f->sent_uid)) {
+    g_autoptr(GError) derr = NULL;
+    if (!fsw_remove_message(w, f->sent_node, f->sent_uv, f->sent_uid, NULL, TRUE, &derr) &&
+        !fsw_is_error(derr, IFS_ERROR_NOT_FOUND)) {
+      g_set_error(error, IFS_ERROR, IFS_ERROR_FAILED,
+                  "stored the new version as UID %u in %s, but could not remove the old one "
+                  "(UID %u): both exist (%s)",
+                  a.uid, a.mailbox, f->sent_uid, derr->message);
+      g_warning("%s", (*error)->message);
+      f->sent_node = node;
+      f->sent_uv = a.uv;
+      f->sent_uid = a.uid;
+      f->dirty = FALSE;
+      return FALSE;
+    }
+  }
+  f->sent = TRUE;
+  f->sent_node = node;
+  f->sent_uv = a.uv;
+  f->sent_uid = a.uid;
+  f->sent_date = a.date;
+  f->dirty = FALSE;
+  f->rewritten = FALSE;
+  return TRUE;
+
+fail:
+  /* A refused replacement of an unchanged message loses nothing. */
+  if (!f->sent || f->rewritten || !fsw_is_error(local, IFS_ERROR_UNSUPPORTED))
+    _fsw_keep_unsent(w, f, node, local);
+  g_propagate_error(error, local);
+  return FALSE;
+}
+
+/* Caller holds f->lock.  Sends if needed, to where the file is now. */
+static int _fsw_send_now(FsWrite *w, FswFile *f) {
+  if (f->error != 0)
+    return f->error;
+  if (!_fsw_needs_send(f))
+    return 0;
+  g_mutex_lock(&w->lock);
+  DcNode *node = f->parent;
+  g_mutex_unlock(&w->lock);
+  g_autoptr(GError) error = NULL;
+  if (!_fsw_send(w, f, node, &error))
+    return fsw_errno(error);
+  return 0;
+}
+
+/* ---- lingering ---- */
+
+static gpointer fsw_thread(gpointer data) {
+  FsWrite *w = data;
+  g_mutex_lock(&w->lock);
+  while (!w->stop) {
+    gint64 now = g_get_monotonic_time(), next = G_MAXINT64;
+    g_autoptr(GPtrArray) due = g_ptr_array_new();
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, w->by_ino);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+      FswFile *f = v;
+      if (f->handles > 0 || f->deadline == 0)
+        continue;
+      if (f->deadline <= now) {
+        f->deadline = 0;
+        g_ptr_array_add(due, fsw_file_ref(f));
+      } else {
+        next = MIN(next, f->deadline);
+      }
+    }
+    if (due->len == 0) {
+      if (next == G_MAXINT64)
+        g_cond_wait(&w->cond, &w->lock);
+      else
+        g_cond_wait_until(&w->cond, &w->lock, next);
+      continue;
+    }
+    g_mutex_unlock(&w->lock);
+    for (guint i = 0; i < due->len; i++) {
+      FswFile *f = g_ptr_array_index(due, i);
+      g_mutex_lock(&f->lock);
+      g_mutex_lock(&w->lock);
+      gboolean busy = f->handles > 0 || f->deadline != 0;
+      gboolean named = f->name != NULL;
+      g_mutex_unlock(&w->lock);
+      if (!busy) {
+        /* A closed file under a temporary name that was never renamed:
+         * it was written completely, so send it rather than lose it. */
+        if (named && _fsw_needs_send(f)) {
+          int err = _fsw_send_now(w, f);
+          if (err == 0)
+            g_debug("sent \"%s\", which was not renamed", f->orig_name);
+        }
+        fsw_drop(w, f);
+      }
+      g_mutex_unlock(&f->lock);
+      fsw_file_unref(f);
+    }
+    g_mutex_lock(&w->lock);
+  }
+  g_mutex_unlock(&w->lock);
+  return NULL;
+}
+
+/* Caller holds w->lock. */
+static void _fsw_linger(FsWrite *w, FswFile *f) {
+  f->deadline = g_get_monotonic_time() + FSW_LINGER_US;
+  g_cond_signal(&w->cond);
+}
+
+/* ---- setup ---- */
+
+FsWrite *fswrite_new(Fs *fs, Dircache *dc, Notify *notify, const FsWriteOptions *opts) {
+  FsWrite *w = g_new0(FsWrite, 1);
+  w->fs = fs;
+  w->dc = dc;
+  w->notify = notify;
+  w->pool = opts->pool;
+  w->account = g_strdup(opts->account != NULL ? opts->account : "default");
+  w->delete_trash = opts->delete_trash;
+  w->dedup = !opts->no_dedup;
+  w->staging = staging_new(w->account);
+  g_mutex_init(&w->lock);
+  g_mutex_init(&w->list_lock);
+  g_cond_init(&w->cond);
+  w->by_ino = g_hash_table_new(g_int64_hash, g_int64_equal);
+  w->by_name = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  w->dir_attrs = g_hash_table_new_full(NULL, NULL, NULL, g_free);
+  w->mbox_locks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, fsw_mutex_free);
+  w->thread = g_thread_new("imapfuse-write", fsw_thread, w);
+  return w;
+}
+
+void fswrite_free(FsWrite *w) {
+  if (w == NULL)
+    return;
+  g_mutex_lock(&w->lock);
+  w->stop = TRUE;
+  w->closing = TRUE; /* the kernel and the notify thread are gone */
+  g_cond_broadcast(&w->cond);
+  g_mutex_unlock(&w->lock);
+  g_thread_join(w->thread);
+
+  g_autoptr(GPtrArray) all = g_ptr_array_new();
+  g_mutex_lock(&w->lock);
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, w->by_ino);
+  while (g_hash_table_iter_next(&it, NULL, &v))
+    g_ptr_array_add(all, fsw_file_ref(v));
+  g_mutex_unlock(&w->lock);
+  for (guint i = 0; i < all->len; i++) {
+    FswFile *f = g_ptr_array_index(all, i);
+    g_mutex_lock(&f->lock);
+    g_mutex_lock(&w->lock);
+    gboolean open = f->writers > 0, named = f->name != NULL;
+    DcNode *node = f->parent;
+    g_mutex_unlock(&w->lock);
+    if (named && _fsw_needs_send(f)) {
+      if (open) {
+        /* Still being written at unmount: it may be incomplete. */
+        GError *why = g_error_new(IFS_ERROR, IFS_ERROR_CANCELLED,
+                                  "unmounted while it was still open for writing");
+        _fsw_keep_unsent(w, f, node, why);
+        g_error_free(why);
+      } else {
+        _fsw_send_now(w, f);
+      }
+    }
+    g_mutex_lock(&w->lock);
+    FswFile *ref = _fsw_forget(w, f);
+    g_mutex_unlock(&w->lock);
+    g_mutex_unlock(&f->lock);
+    fsw_file_unref(ref);
+    fsw_file_unref(f);
+  }
+  g_hash_table_unref(w->by_ino);
+  g_hash_table_unref(w->by_name);
+  g_hash_table_unref(w->dir_attrs);
+  g_hash_table_unref(w->mbox_locks);
+  if (w->boxes != NULL)
+    g_ptr_array_unref(w->boxes);
+  staging_free(w->staging);
+  g_mutex_clear(&w->lock);
+  g_mutex_clear(&w->list_lock);
+  g_cond_clear(&w->cond);
+  g_free(w->account);
+  g_free(w);
+}
+
+/* ---- hooks for fs.c ---- */
+
+gboolean fswrite_lookup(FsWrite *w, DcNode *parent, const char *name,
+                        struct fuse_entry_param *e) {
+  g_autoptr(FswFile) f = fsw_find(w, parent, name);
+  if (f == NULL)
+    return FALSE;
+  fsw_file_entry(w, f, e);
+  return TRUE;
+}
+
+gboolean fswrite_owns(FsWrite *w, fuse_ino_t ino) {
+  if ((ino & 0xffffffffu) == 0)
+    return FALSE;
+  g_mutex_lock(&w->lock);
+  gboolean ours = g_hash_table_contains(w->by_ino, &ino);
+  g_mutex_unlock(&w->lock);
+  return ours;
+}
+
+void fswrite_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  (void)fi;
+  FsWrite *w = fsw_of(req);
+  g_autoptr(FswFile) f = fsw_get(w, ino);
+  if (f == NULL) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  struct stat st;
+  fsw_file_attr(w, f, &st);
+  fuse_reply_attr(req, &st, 0);
+}
+
+static FswHandle *fsw_handle_new(FsWrite *w, FswFile *f, gboolean writable) {
+  FswHandle *h = g_new0(FswHandle, 1);
+  h->f = fsw_file_ref(f);
+  h->writable = writable;
+  g_mutex_lock(&w->lock);
+  f->handles++;
+  if (writable)
+    f->writers++;
+  f->deadline = 0;
+  g_mutex_unlock(&w->lock);
+  return h;
+}
+
+void fswrite_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  FsWrite *w = fsw_of(req);
+  g_autoptr(FswFile) f = fsw_get(w, ino);
+  if (f == NULL) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  gboolean writable = (fi->flags & O_ACCMODE) != O_RDONLY;
+  g_mutex_lock(&f->lock);
+  int err = writable ? f->error : 0;
+  if (err == 0 && writable && (fi->flags & O_TRUNC) && staging_file_size(f->data) > 0) {
+    g_autoptr(GError) error = NULL;
+    if (staging_file_truncate(f->data, 0, &error)) {
+      f->dirty = TRUE;
+      f->rewritten = f->sent;
+      g_mutex_lock(&w->lock);
+      f->size = 0;
+      g_mutex_unlock(&w->lock);
+    } else {
+      err = fsw_errno(error);
+    }
+  }
+  if (err == 0)
+    fi->fh = (uint64_t)(uintptr_t)fsw_handle_new(w, f, writable);
+  g_mutex_unlock(&f->lock);
+  if (err != 0) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  fi->keep_cache = 0;
+  fuse_reply_open(req, fi);
+}
+
+void fswrite_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                  struct fuse_file_info *fi) {
+  (void)ino;
+  FswHandle *h = (FswHandle *)(uintptr_t)fi->fh;
+  g_autofree char *buf = g_malloc(size);
+  g_autoptr(GError) error = NULL;
+  g_mutex_lock(&h->f->lock);
+  gssize n = staging_file_pread(h->f->data, buf, size, (guint64)off, &error);
+  g_mutex_unlock(&h->f->lock);
+  if (n < 0)
+    fsw_reply_error(req, "reading a new file", error);
+  else
+    fuse_reply_buf(req, buf, (size_t)n);
+}
+
+void fswrite_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  (void)ino;
+  FsWrite *w = fsw_of(req);
+  FswHandle *h = (FswHandle *)(uintptr_t)fi->fh;
+  FswFile *f = h->f;
+  g_mutex_lock(&f->lock);
+  g_mutex_lock(&w->lock);
+  f->handles--;
+  if (h->writable)
+    f->writers--;
+  gboolean last_writer = h->writable && f->writers == 0;
+  gboolean named = f->name != NULL;
+  gboolean temp = named && fswrite_is_temp_name(f->name);
+  g_mutex_unlock(&w->lock);
+  /* Normally flush() sent it already; this is for a close without one. */
+  if (last_writer && named && !temp && _fsw_needs_send(f))
+    _fsw_send_now(w, f);
+  g_mutex_lock(&w->lock);
+  gboolean drop = f->handles == 0 && (f->name == NULL || f->error != 0);
+  if (f->handles == 0 && !drop)
+    _fsw_linger(w, f);
+  g_mutex_unlock(&w->lock);
+  if (drop)
+    fsw_drop(w, f);
+  g_mutex_unlock(&f->lock);
+  fsw_file_unref(f);
+  g_free(h);
+  fuse_reply_err(req, 0);
+}
+
+void fswrite_dir_attr(FsWrite *w, DcNode *n, struct stat *st) {
+  g_mutex_lock(&w->lock);
+  const FswDirAttr *a = g_hash_table_lookup(w->dir_attrs, GUINT_TO_POINTER(dcnode_id(n)));
+  if (a != NULL && a->has_mode)
+    st->st_mode = S_IFDIR | (a->mode & 07777);
+  if (a != NULL && a->has_times) {
+    st->st_atim = a->atime;
+    st->st_mtim = a->mtime;
+  }
+  g_mutex_unlock(&w->lock);
+}
+
+/* ---- new files ---- */
+
+void fswrite_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+                    struct fuse_file_info *fi) {
+  Fs *fs = fuse_req_userdata(req);
+  FsWrite *w = fs_writer(fs);
+  DcNode *p = fs_dir(fs, parent);
+  if (p == NULL) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  if (dcnode_mailbox(p) == NULL || !dcnode_selectable(p) || !dcnode_present(p)) {
+    g_debug("create %s: the directory is not a mailbox that can hold messages", name);
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  g_autoptr(GError) error = NULL;
+  StagingFile *data = staging_file_new(w->staging, &error);
+  if (data == NULL) {
+    g_warning("cannot keep a new file: %s", error->message);
+    fuse_reply_err(req, fsw_errno(error));
+    return;
+  }
+  const struct fuse_ctx *ctx = fuse_req_ctx(req);
+  FswFile *f = g_new0(FswFile, 1);
+  f->refs = 1; /* the table's */
+  g_mutex_init(&f->lock);
+  f->data = data;
+  f->orig_name = g_strdup(name);
+  f->mode = mode & 07777;
+  f->uid = ctx->uid;
+  f->gid = ctx->gid;
+  clock_gettime(CLOCK_REALTIME, &f->mtime);
+  f->atime = f->ctime = f->mtime;
+  g_mutex_lock(&w->lock);
+  w->serial++;
+  f->ino = ((fuse_ino_t)dcnode_id(p) << 32) | w->serial;
+  f->in_table = TRUE;
+  g_hash_table_insert(w->by_ino, &f->ino, f);
+  _fsw_name(w, f, p, name);
+  g_mutex_unlock(&w->lock);
+  gboolean writable = (fi->flags & O_ACCMODE) != O_RDONLY;
+  fi->fh = (uint64_t)(uintptr_t)fsw_handle_new(w, f, writable);
+  fi->keep_cache = 0;
+  struct fuse_entry_param e;
+  fsw_file_entry(w, f, &e);
+  fuse_reply_create(req, &e, fi);
+}
+
+void fswrite_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+                   struct fuse_file_info *fi) {
+  (void)ino;
+  FsWrite *w = fsw_of(req);
+  FswHandle *h = (FswHandle *)(uintptr_t)fi->fh;
+  FswFile *f = h->f;
+  g_autoptr(GError) error = NULL;
+  g_mutex_lock(&f->lock);
+  int err = f->error;
+  if (err == 0 && !staging_file_pwrite(f->data, buf, size, (guint64)off, &error))
+    err = fsw_errno(error);
+  if (err == 0) {
+    f->dirty = TRUE;
+    f->rewritten = f->sent;
+    g_mutex_lock(&w->lock);
+    f->size = staging_file_size(f->data);
+    clock_gettime(CLOCK_REALTIME, &f->ctime);
+    if (!f->mtime_set)
+      f->mtime = f->ctime;
+    g_mutex_unlock(&w->lock);
+  }
+  g_mutex_unlock(&f->lock);
+  if (err != 0)
+    fuse_reply_err(req, err);
+  else
+    fuse_reply_write(req, size);
+}
+
+void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  FsWrite *w = fsw_of(req);
+  if (!fswrite_owns(w, ino)) {
+    fuse_reply_err(req, 0); /* a message opened for reading */
+    return;
+  }
+  FswHandle *h = (FswHandle *)(uintptr_t)fi->fh;
+  FswFile *f = h->f;
+  int err = 0;
+  g_mutex_lock(&f->lock);
+  if (h->writable) {
+    g_mutex_lock(&w->lock);
+    gboolean last = f->writers <= 1;
+    gboolean named = f->name != NULL;
+    gboolean temp = named && fswrite_is_temp_name(f->name);
+    g_mutex_unlock(&w->lock);
+    err = f->error;
+    /* The close() of the last writer sends it, except under rsync's
+     * temporary name: then the rename (or lingering out) does. */
+    if (err == 0 && last && named && !temp)
+      err = _fsw_send_now(w, f);
+  }
+  g_mutex_unlock(&f->lock);
+  fuse_reply_err(req, err);
+}
+
+void fswrite_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
+  (void)ino;
+  (void)datasync;
+  FsWrite *w = fsw_of(req);
+  FswHandle *h = (FswHandle *)(uintptr_t)fi->fh;
+  FswFile *f = h->f;
+  g_autoptr(GError) error = NULL;
+  g_mutex_lock(&f->lock);
+  g_mutex_lock(&w->lock);
+  gboolean named = f->name != NULL;
+  gboolean temp = named && fswrite_is_temp_name(f->name);
+  g_mutex_unlock(&w->lock);
+  int err = f->error;
+  if (err == 0 && (temp || !named)) {
+    /* Sent at the rename: durable here until then. */
+    if (!staging_file_sync(f->data, &error))
+      err = fsw_errno(error);
+  } else if (err == 0) {
+    err = _fsw_send_now(w, f);
+  }
+  g_mutex_unlock(&f->lock);
+  fuse_reply_err(req, err);
+}
+
+/* ---- unlink ---- */
+
+void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
+  Fs *fs = fuse_req_userdata(req);
+  FsWrite *w = fs_writer(fs);
+  DcNode *p = fs_dir(fs, parent);
+  if (p == NULL) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  g_autoptr(GError) error = NULL;
+  g_autoptr(FswFile) f = fsw_find(w, p, name);
+  if (f != NULL) {
+    g_mutex_lock(&f->lock);
+    int err = 0;
+    /* A file that became a message is that message: rm removes it. */
+    if (f->sent && f->sent_uid != 0 && f->error == 0 &&
+        !fsw_remove_message(w, f->sent_node, f->sent_uv, f->sent_uid, NULL, FALSE, &error) &&
+        !fsw_is_error(error, IFS_ERROR_NOT_FOUND))
+      err = fsw_errno(error);
+    if (err == 0) {
+      g_mutex_lock(&w->lock);
+      _fsw_unname(w, f);
+      gboolean drop = f->handles == 0;
+      g_mutex_unlock(&w->lock);
+      if (drop)
+        fsw_drop(w, f);
+    }
+    g_mutex_unlock(&f->lock);
+    fuse_reply_err(req, err);
+    return;
+  }
+  guint32 uid, uv, epoch;
+  DcMsg m;
+  if (!names_parse_message_filename(name, &uid) || !dcnode_selectable(p)) {
+    fuse_reply_err(req, dircache_child(w->dc, p, name) != NULL ? EISDIR : ENOENT);
+    return;
+  }
+  if (!fsw_find_msg(w, p, uid, &uv, &epoch, &m, &error) ||
+      !fsw_remove_message(w, p, uv, uid, &m, FALSE, &error)) {
+    fsw_reply_error(req, "rm", error);
+    return;
+  }
+  fuse_reply_err(req, 0);
+}
+
+/* ---- rename ---- */
+
+static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p1, DcNode *p2,
+                            const char *newname) {
+  g_autoptr(GError) error = NULL;
+  if (dcnode_mailbox(p2) == NULL || !dcnode_selectable(p2)) {
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  g_mutex_lock(&f->lock);
+  int err = f->error;
+  if (err == 0 && f->sent && p2 != f->sent_node && f->sent_uid != 0) {
+    /* Already a message: moving it to another directory moves the message. */
+    guint32 uv, epoch, nuv, nuid;
+    DcMsg m;
+    if (!fsw_find_msg(w, f->sent_node, f->sent_uid, &uv, &epoch, &m, &error) ||
+        !fsw_move_message(w, f->sent_node, uv, &m, p2, &nuv, &nuid, &error)) {
+      err = fsw_errno(error);
+    } else {
+      f->sent_node = p2;
+      f->sent_uv = nuv;
+      f->sent_uid = nuid;
+    }
+  } else if (err == 0 && !f->sent) {
+    g_mutex_lock(&w->lock);
+    gboolean closed = f->writers == 0;
+    g_mutex_unlock(&w->lock);
+    /* rsync's rename of its temporary file: the moment to send it (its
+     * mtime is set by now). */
+    if (closed && !fswrite_is_temp_name(newname) && _fsw_needs_send(f) &&
+        !_fsw_send(w, f, p2, &error))
+      err = fsw_errno(error);
+  }
+  if (err == 0) {
+    g_mutex_lock(&w->lock);
+    _fsw_name(w, f, p2, newname);
+    if (f->handles == 0)
+      _fsw_linger(w, f);
+    g_mutex_unlock(&w->lock);
+  }
+  g_mutex_unlock(&f->lock);
+  fuse_reply_err(req, err);
+  (void)p1;
+}
+
+static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *p1, const char *name,
+                           DcNode *child, DcNode *p2, const char *newname);
+
+typedef struct {
+  const char *from, *to;
+} FswRename;
+
+static gboolean fsw_rename_op(ImapConn *c, gpointer user, GError **error) {
+  FswRename *r = user;
+  return imap_rename(c, r->from, r->to, error);
+}
+
+void fswrite_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+                    const char *newname, unsigned int flags) {
+  Fs *fs = fuse_req_userdata(req);
+  FsWrite *w = fs_writer(fs);
+  DcNode *p1 = fs_dir(fs, parent), *p2 = fs_dir(fs, newparent);
+  if (p1 == NULL || p2 == NULL) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  if (flags & RENAME_EXCHANGE) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  guint32 tuid;
+  g_autoptr(FswFile) target = fsw_find(w, p2, newname);
+  if ((flags & RENAME_NOREPLACE) &&
+      (target != NULL || dircache_child(w->dc, p2, newname) != NULL ||
+       (names_parse_message_filename(newname, &tuid) && dcnode_selectable(p2) &&
+        fsw_find_msg(w, p2, tuid, &(guint32){0}, &(guint32){0}, &(DcMsg){0}, NULL)))) {
+    fuse_reply_err(req, EEXIST);
+    return;
+  }
+
+  g_autoptr(FswFile) f = fsw_find(w, p1, name);
+  if (f != NULL) {
+    if (dircache_child(w->dc, p2, newname) != NULL) {
+      fuse_reply_err(req, EISDIR);
+      return;
+    }
+    fsw_rename_file(req, w, f, p1, p2, newname);
+    return;
+  }
+  DcNode *child = dircache_child(w->dc, p1, name);
+  if (child != NULL) {
+    fsw_rename_dir(req, w, p1, name, child, p2, newname);
+    return;
+  }
+  guint32 uid, uv, epoch;
+  DcMsg m;
+  g_autoptr(GError) error = NULL;
+  if (!names_parse_message_filename(name, &uid) || !dcnode_selectable(p1)) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  if (!fsw_find_msg(w, p1, uid, &uv, &epoch, &m, &error)) {
+    fsw_reply_error(req, "mv", error);
+    return;
+  }
+  if (p1 == p2) {
+    /* A message's name is its UID. */
+    g_debug("mv %s -> %s in %s refused: a message's name is its UID", name, newname,
+            dcnode_mailbox(p1));
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  if (dcnode_mailbox(p2) == NULL || !dcnode_selectable(p2)) {
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  if (dircache_child(w->dc, p2, newname) != NULL) {
+    fuse_reply_err(req, EISDIR);
+    return;
+  }
+  guint32 nuv, nuid;
+  if (!fsw_move_message(w, p1, uv, &m, p2, &nuv, &nuid, &error)) {
+    fsw_reply_error(req, "mv", error);
+    return;
+  }
+  if (target != NULL) {
+    /* rename(2) replaced that new file's name. */
+    g_mutex_lock(&w->lock);
+    _fsw_unname(w, target);
+    g_mutex_unlock(&w->lock);
+  }
+  fuse_reply_err(req, 0);
+  /* The kernel now has newname for the moved file; its real name is
+   * <nuid>.eml.  Make it look again (an existing message called newname
+   * was not touched and comes back). */
+  notify_inval_entry(w->notify, fs_dir_ino(w->fs, p2), newname);
+}
+
+static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *p1, const char *name,
+                           DcNode *child, DcNode *p2, const char *newname) {
+  g_autoptr(GError) error = NULL;
+  const char *from = dcnode_mailbox(child);
+  if (from == NULL || g_ascii_strcasecmp(from, "INBOX") == 0) {
+    g_debug("renaming INBOX refused: RENAME INBOX would move all its mail");
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  if (p2 != dircache_root(w->dc) && !dcnode_present(p2)) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  guint32 uid;
+  if (dircache_child(w->dc, p2, newname) != NULL) {
+    fuse_reply_err(req, EEXIST);
+    return;
+  }
+  if (names_parse_message_filename(newname, &uid)) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  g_autofree char *to = fsw_child_mailbox(w, p2, newname, &error);
+  if (to == NULL) {
+    fsw_reply_error(req, "rename", error);
+    return;
+  }
+  FswRename r = {from, to};
+  gboolean ok = pool_run(w->pool, NULL, FALSE, fsw_rename_op, &r, &error);
+  fsw_boxes_stale(w);
+  g_autoptr(GError) lerr = NULL;
+  if (!dircache_refresh_tree(w->dc, 0, &lerr))
+    g_debug("LIST after RENAME: %s", lerr->message);
+  if (!ok) {
+    fsw_reply_error(req, "rename", error);
+    return;
+  }
+  fuse_reply_err(req, 0);
+  /* The kernel keeps the old directory inode under the new name: make it
+   * look up the new node. */
+  notify_inval_entry(w->notify, fs_dir_ino(w->fs, p1), name);
+  notify_inval_entry(w->notify, fs_dir_ino(w->fs, p2), newname);
+}
+
+/* ---- mkdir, rmdir ---- */
+
+static gboolean fsw_create_op(ImapConn *c, gpointer user, GError **error) {
+  return imap_create(c, user, error);
+}
+
+void fswrite_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode) {
+  (void)mode;
+  Fs *fs = fuse_req_userdata(req);
+  FsWrite *w = fs_writer(fs);
+  DcNode *p = fs_dir(fs, parent);
+  if (p == NULL) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  guint32 uid;
+  if (dircache_child(w->dc, p, name) != NULL ||
+      (names_parse_message_filename(name, &uid) && dcnode_selectable(p) &&
+       fsw_find_msg(w, p, uid, &(guint32){0}, &(guint32){0}, &(DcMsg){0}, NULL))) {
+    fuse_reply_err(req, EEXIST);
+    return;
+  }
+  g_autoptr(GError) error = NULL;
+  g_autofree char *mailbox = fsw_child_mailbox(w, p, name, &error);
+  if (mailbox == NULL) {
+    fsw_reply_error(req, "mkdir", error);
+    return;
+  }
+  gboolean ok = pool_run(w->pool, NULL, FALSE, fsw_create_op, mailbox, &error);
+  fsw_boxes_stale(w);
+  g_autoptr(GError) lerr = NULL;
+  if (!dircache_refresh_tree(w->dc, 0, &lerr))
+    g_debug("LIST after CREATE: %s", lerr->message);
+  if (!ok) {
+    fsw_reply_error(req, "mkdir", error);
+    return;
+  }
+  g_autofree char *component = names_unescape_component(name, NULL);
+  g_autofree char *shown = names_escape_component(component);
+  DcNode *child = dircache_child(w->dc, p, shown);
+  if (child == NULL) {
+    g_warning("mkdir: created %s, but the server does not list it", mailbox);
+    fuse_reply_err(req, EIO);
+    return;
+  }
+  struct fuse_entry_param e = {0};
+  e.ino = fs_dir_ino(fs, child);
+  fs_dir_attr(fs, child, &e.attr);
+  gboolean canonical = g_str_equal(shown, name);
+  e.attr_timeout = e.entry_timeout = canonical ? fs_options(fs)->dir_timeout : 0;
+  fuse_reply_entry(req, &e);
+  /* Shown under its escaped name ("50% off" -> "50%25 off"). */
+  if (!canonical)
+    notify_inval_entry(w->notify, fs_dir_ino(fs, p), name);
+}
+
+typedef struct {
+  const char *mailbox;
+  gboolean selectable;
+} FswRmdir;
+
+static gboolean fsw_rmdir_op(ImapConn *c, gpointer user, GError **error) {
+  FswRmdir *r = user;
+  if (r->selectable) {
+    guint32 n;
+    if (!imap_status_messages(c, r->mailbox, &n, error))
+      return FALSE;
+    if (n > 0) {
+      g_set_error(error, IFS_ERROR, IFS_ERROR_NOT_EMPTY, "%s holds %u message(s)", r->mailbox,
+                  n);
+      return FALSE;
+    }
+  }
+  return imap_delete(c, r->mailbox, error);
+}
+
+void fswrite_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
+  Fs *fs = fuse_req_userdata(req);
+  FsWrite *w = fs_writer(fs);
+  DcNode *p = fs_dir(fs, parent);
+  if (p == NULL) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  g_autoptr(GError) error = NULL;
+  /* Ask the server, not the cache: a fresh LIST for children. */
+  if (!dircache_refresh_tree(w->dc, 0, &error)) {
+    fsw_reply_error(req, "rmdir", error);
+    return;
+  }
+  DcNode *child = dircache_child(w->dc, p, name);
+  if (child == NULL) {
+    fuse_reply_err(req, names_parse_message_filename(name, &(guint32){0}) ? ENOTDIR : ENOENT);
+    return;
+  }
+  const char *mailbox = dcnode_mailbox(child);
+  if (g_ascii_strcasecmp(mailbox, "INBOX") == 0) {
+    g_debug("rmdir INBOX refused");
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  g_autoptr(GPtrArray) kids = dircache_children(w->dc, child);
+  if (kids->len > 0) {
+    fuse_reply_err(req, ENOTEMPTY);
+    return;
+  }
+  FswRmdir r = {mailbox, dcnode_selectable(child)};
+  gboolean ok = pool_run(w->pool, NULL, FALSE, fsw_rmdir_op, &r, &error);
+  fsw_boxes_stale(w);
+  g_autoptr(GError) lerr = NULL;
+  if (!dircache_refresh_tree(w->dc, 0, &lerr))
+    g_debug("LIST after DELETE: %s", lerr->message);
+  if (!ok) {
+    fsw_reply_error(req, "rmdir", error);
+    return;
+  }
+  fuse_reply_err(req, 0);
+}
+
+/* ---- setattr ---- */
+
+static struct timespec fsw_time_arg(const struct timespec *given, gboolean now) {
+  struct timespec t;
+  if (now)
+    clock_gettime(CLOCK_REALTIME, &t);
+  else
+    t = *given;
+  return t;
+}
+
+static void fsw_setattr_dir(fuse_req_t req, Fs *fs, FsWrite *w, DcNode *n, struct stat *attr,
+                            int to_set) {
+  const FsOptions *o = fs_options(fs);
+  if (((to_set & FUSE_SET_ATTR_UID) && attr->st_uid != o->uid) ||
+      ((to_set & FUSE_SET_ATTR_GID) && attr->st_gid != o->gid)) {
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  if (to_set & FUSE_SET_ATTR_SIZE) {
+    fuse_reply_err(req, EISDIR);
+    return;
+  }
+  struct stat cur;
+  fs_dir_attr(fs, n, &cur);
+  g_mutex_lock(&w->lock);
+  FswDirAttr *a = g_hash_table_lookup(w->dir_attrs, GUINT_TO_POINTER(dcnode_id(n)));
+  if (a == NULL) {
+    a = g_new0(FswDirAttr, 1);
+    g_hash_table_insert(w->dir_attrs, GUINT_TO_POINTER(dcnode_id(n)), a);
+  }
+  if (to_set & FUSE_SET_ATTR_MODE) {
+    a->mode = attr->st_mode & 07777;
+    a->has_mode = TRUE;
+  }
+  if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+    a->atime = (to_set & FUSE_SET_ATTR_ATIME)
+                   ? fsw_time_arg(&attr->st_atim, to_set & FUSE_SET_ATTR_ATIME_NOW)
+                   : cur.st_atim;
+    a->mtime = (to_set & FUSE_SET_ATTR_MTIME)
+                   ? fsw_time_arg(&attr->st_mtim, to_set & FUSE_SET_ATTR_MTIME_NOW)
+                   : cur.st_mtim;
+    a->has_times = TRUE;
+  }
+  g_mutex_unlock(&w->lock);
+  struct stat st;
+  fs_dir_attr(fs, n, &st);
+  fuse_reply_attr(req, &st, fs_options(fs)->dir_timeout);
+}
+
+/* An existing message: only "changes" that change nothing are accepted. */
+static void fsw_setattr_msg(fuse_req_t req, Fs *fs, FsWrite *w, fuse_ino_t ino,
+                            struct stat *attr, int to_set) {
+  DcNode *n;
+  guint32 uv;
+  DcMsg m;
+  int err;
+  if (!fsw_msg_of_ino(w, ino, &n, &uv, &m, &err)) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  struct stat cur;
+  fs_msg_attr(fs, (guint32)(ino >> 32), &m, &cur);
+  gboolean change =
+      ((to_set & FUSE_SET_ATTR_MODE) && (attr->st_mode & 07777) != (cur.st_mode & 07777)) ||
+      ((to_set & FUSE_SET_ATTR_UID) && attr->st_uid != cur.st_uid) ||
+      ((to_set & FUSE_SET_ATTR_GID) && attr->st_gid != cur.st_gid) ||
+      ((to_set & FUSE_SET_ATTR_SIZE) && attr->st_size != cur.st_size) ||
+      ((to_set & FUSE_SET_ATTR_MTIME) &&
+       ((to_set & FUSE_SET_ATTR_MTIME_NOW) || attr->st_mtim.tv_sec != cur.st_mtim.tv_sec));
+  /* atime alone is not kept (as on a noatime mount). */
+  if (change) {
+    g_debug("setattr on %s UID %u refused: a message's attributes come from the server",
+            dcnode_mailbox(n), m.uid);
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  fuse_reply_attr(req, &cur, fs_options(fs)->msg_timeout);
+}
+
+static void fsw_setattr_file(fuse_req_t req, FsWrite *w, FswFile *f, struct stat *attr,
+                             int to_set) {
+  g_autoptr(GError) error = NULL;
+  int err = 0;
+  g_mutex_lock(&f->lock);
+  if (to_set & FUSE_SET_ATTR_SIZE) {
+    if (f->error != 0)
+      err = f->error;
+    else if ((guint64)attr->st_size != staging_file_size(f->data)) {
+      if (staging_file_truncate(f->data, (guint64)attr->st_size, &error)) {
+        f->dirty = TRUE;
+        f->rewritten = f->sent;
+      }
+      else
+        err = fsw_errno(error);
+    }
+  }
+  g_mutex_lock(&w->lock);
+  struct timespec old_mtime = f->mtime;
+  gboolean old_set = f->mtime_set, old_dirty = f->dirty;
+  if (err == 0) {
+    f->size = staging_file_size(f->data);
+    if (to_set & FUSE_SET_ATTR_MODE)
+      f->mode = attr->st_mode & 07777;
+    if (to_set & FUSE_SET_ATTR_UID)
+      f->uid = attr->st_uid;
+    if (to_set & FUSE_SET_ATTR_GID)
+      f->gid = attr->st_gid;
+    if (to_set & FUSE_SET_ATTR_ATIME)
+      f->atime = fsw_time_arg(&attr->st_atim, to_set & FUSE_SET_ATTR_ATIME_NOW);
+    if (to_set & FUSE_SET_ATTR_MTIME) {
+      struct timespec t = fsw_time_arg(&attr->st_mtim, to_set & FUSE_SET_ATTR_MTIME_NOW);
+      if (f->sent && t.tv_sec != f->sent_date)
+        f->dirty = TRUE; /* the INTERNALDATE must follow */
+      f->mtime = t;
+      f->mtime_set = TRUE;
+    }
+    clock_gettime(CLOCK_REALTIME, &f->ctime);
+  }
+  gboolean closed = f->writers == 0;
+  gboolean temp = f->name != NULL && fswrite_is_temp_name(f->name);
+  g_mutex_unlock(&w->lock);
+  /* A file already sent and closed: a new date (or size) means the
+   * message is replaced now (utimes after cp, install -p, ...). */
+  if (err == 0 && f->sent && closed && !temp) {
+    err = _fsw_send_now(w, f);
+    if (err != 0 && f->error == 0) {
+      /* Not replaced (and nothing lost): the date stays the server's. */
+      g_mutex_lock(&w->lock);
+      f->mtime = old_mtime;
+      f->mtime_set = old_set;
+      f->dirty = old_dirty;
+      g_mutex_unlock(&w->lock);
+    }
+  }
+  g_mutex_unlock(&f->lock);
+  if (err != 0) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  struct stat st;
+  fsw_file_attr(w, f, &st);
+  fuse_reply_attr(req, &st, 0);
+}
+
+void fswrite_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+                     struct fuse_file_info *fi) {
+  (void)fi;
+  Fs *fs = fuse_req_userdata(req);
+  FsWrite *w = fs_writer(fs);
+  DcNode *d = fs_dir(fs, ino);
+  if (d != NULL) {
+    fsw_setattr_dir(req, fs, w, d, attr, to_set);
+    return;
+  }
+  g_autoptr(FswFile) f = fsw_get(w, ino);
+  if (f != NULL) {
+    fsw_setattr_file(req, w, f, attr, to_set);
+    return;
+  }
+  fsw_setattr_msg(req, fs, w, ino, attr, to_set);
+}
+
+/* ---- user.imap.flags ---- */
+
+typedef struct {
+  const char *mailbox;
+  guint32 uv, uid;
+  char **flags;
+  char *result;
+} FswStore;
+
+static gboolean fsw_store_op(ImapConn *c, gpointer user, GError **error) {
+  FswStore *s = user;
+  if (!fsw_select_checked(c, s->mailbox, s->uv, error))
+    return FALSE;
+  g_clear_pointer(&s->result, g_free);
+  if (!imap_store_flags(c, s->uid, IMAP_STORE_REPLACE, (const char *const *)s->flags, FALSE,
+                        &s->result, error))
+    return FALSE;
+  if (s->result == NULL) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_NOT_FOUND, "message UID %u no longer exists",
+                s->uid);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean fsw_store(FsWrite *w, DcNode *n, guint32 uv, guint32 uid, char **flags,
+                          GError **error) {
+  FswStore s = {dcnode_mailbox(n), uv, uid, flags, NULL};
+  gboolean ok = pool_run(w->pool, s.mailbox, FALSE, fsw_store_op, &s, error);
+  if (ok)
+    dircache_msg_flags(w->dc, n, uv, uid, s.result);
+  else if (fsw_is_error(*error, IFS_ERROR_NOT_FOUND))
+    dircache_msgs_removed(w->dc, n, uv, &uid, 1);
+  g_free(s.result);
+  return ok;
+}
+
+/* Sets the flags of the message behind ino (a message or a sent file). */
+static void fsw_set_flags(fuse_req_t req, FsWrite *w, fuse_ino_t ino, const char *text) {
+  g_autoptr(GError) error = NULL;
+  g_auto(GStrv) flags = imap_flags_parse(text, &error);
+  if (flags == NULL) {
+    fsw_reply_error(req, "setfattr", error);
+    return;
+  }
+  g_autoptr(FswFile) f = fsw_get(w, ino);
+  if (f != NULL) {
+    g_mutex_lock(&f->lock);
+    gboolean ok = TRUE;
+    if (f->sent && f->sent_uid != 0) {
+      ok = fsw_store(w, f->sent_node, f->sent_uv, f->sent_uid, flags, &error);
+    } else {
+      /* Not sent yet: these become the APPEND flags. */
+      g_strfreev(f->flags);
+      f->flags = g_strdupv(flags);
+      f->dirty = f->dirty || f->sent;
+    }
+    g_mutex_unlock(&f->lock);
+    if (!ok)
+      fsw_reply_error(req, "setfattr", error);
+    else
+      fuse_reply_err(req, 0);
+    return;
+  }
+  DcNode *n;
+  guint32 uv;
+  DcMsg m;
+  int err;
+  if (!fsw_msg_of_ino(w, ino, &n, &uv, &m, &err)) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  if (!fsw_store(w, n, uv, m.uid, flags, &error)) {
+    fsw_reply_error(req, "setfattr", error);
+    return;
+  }
+  fuse_reply_err(req, 0);
+}
+
+/* The flags text of ino, or NULL with *err. */
+static char *fsw_get_flags(FsWrite *w, fuse_ino_t ino, int *err) {
+  g_autoptr(FswFile) f = fsw_get(w, ino);
+  guint32 uv;
+  DcMsg m;
+  DcNode *n;
+  if (f != NULL) {
+    g_mutex_lock(&f->lock);
+    gboolean sent = f->sent && f->sent_uid != 0;
+    char *out = NULL;
+    if (!sent) {
+      g_autofree char *canon = fsw_flags_string((const char *const *)f->flags);
+      out = fsw_flags_display(canon);
+    }
+    n = f->sent_node;
+    uv = f->sent_uv;
+    guint32 uid = f->sent_uid;
+    g_mutex_unlock(&f->lock);
+    if (!sent)
+      return out;
+    g_autoptr(GError) error = NULL;
+    guint32 epoch;
+    if (!fsw_find_msg(w, n, uid, &uv, &epoch, &m, &error)) {
+      *err = fsw_errno(error);
+      return NULL;
+    }
+    return fsw_flags_display(dircache_flags(w->dc, m.flagset));
+  }
+  if (!fsw_msg_of_ino(w, ino, &n, &uv, &m, err))
+    return NULL;
+  return fsw_flags_display(dircache_flags(w->dc, m.flagset));
+}
+
+static gboolean fsw_is_file_ino(Fs *fs, FsWrite *w, fuse_ino_t ino) {
+  (void)w;
+  return fs_dir(fs, ino) == NULL && ino != FUSE_ROOT_ID;
+}
+
+void fswrite_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+                      size_t size, int flags) {
+  Fs *fs = fuse_req_userdata(req);
+  FsWrite *w = fs_writer(fs);
+  if (strcmp(name, FSW_XATTR_FLAGS) != 0 || !fsw_is_file_ino(fs, w, ino)) {
+    fuse_reply_err(req, ENOTSUP);
+    return;
+  }
+  if (flags & XATTR_CREATE) {
+    fuse_reply_err(req, EEXIST); /* every message has flags */
+    return;
+  }
+  /* Tolerate one trailing NUL or newline (setfattr, echo). */
+  if (size > 0 && value[size - 1] == '\0')
+    size--;
+  if (size > 0 && value[size - 1] == '\n')
+    size--;
+  if (size > 0 && value[size - 1] == '\r')
+    size--;
+  g_autofree char *text = g_strndup(value, size);
+  if (strlen(text) != size) {
+    fuse_reply_err(req, EINVAL); /* a NUL inside */
+    return;
+  }
+  fsw_set_flags(req, w, ino, text);
+}
+
+void fswrite_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size) {
+  Fs *fs = fuse_req_userdata(req);
+  FsWrite *w = fs_writer(fs);
+  if (strcmp(name, FSW_XATTR_FLAGS) != 0 || !fsw_is_file_ino(fs, w, ino)) {
+    fuse_reply_err(req, ENODATA);
+    return;
+  }
+  int err = 0;
+  g_autofree char *v = fsw_get_flags(w, ino, &err);
+  if (v == NULL) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  size_t len = strlen(v);
+  if (size == 0)
+    fuse_reply_xattr(req, len);
+  else if (size < len)
+    fuse_reply_err(req, ERANGE);
+  else
+    fuse_reply_buf(req, v, len);
+}
+
+void fswrite_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  Fs *fs = fuse_req_userdata(req);
+  FsWrite *w = fs_writer(fs);
+  static const char names[] = FSW_XATTR_FLAGS; /* with its NUL */
+  size_t len = fsw_is_file_ino(fs, w, ino) ? sizeof names : 0;
+  if (size == 0)
+    fuse_reply_xattr(req, len);
+  else if (size < len)
+    fuse_reply_err(req, ERANGE);
+  else
+    fuse_reply_buf(req, names, len);
+}
+
+void fswrite_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name) {
+  Fs *fs = fuse_req_userdata(req);
+  FsWrite *w = fs_writer(fs);
+  if (strcmp(name, FSW_XATTR_FLAGS) != 0 || !fsw_is_file_ino(fs, w, ino)) {
+    fuse_reply_err(req, ENODATA);
+    return;
+  }
+  fsw_set_flags(req, w, ino, ""); /* removing the flags = no flags */
+}
+
+/* ---- refused outright ---- */
+
+void fswrite_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname) {
+  (void)ino;
+  (void)newparent;
+  (void)newname;
+  fuse_reply_err(req, EPERM); /* a message lives in one mailbox; cp makes a copy */
+}
+
+void fswrite_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name) {
+  (void)link;
+  (void)parent;
+  (void)name;
+  fuse_reply_err(req, EPERM);
+}
+
+void fswrite_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev) {
+  (void)parent;
+  (void)name;
+  (void)mode;
+  (void)rdev;
+  fuse_reply_err(req, EPERM);
+}

@@ -1,0 +1,326 @@
+/* staging.c - local files for new messages; the unsent directory.
+ *
+ * Design note.  A file created on the mount is written into a private
+ * local file first (the kernel may write it in any order and size, so the
+ * bytes are kept where pwrite is natural: a file), and becomes a message
+ * only when fswrite.c sends it.  The staging directory lives next to the
+ * unsent directory (both under $XDG_DATA_HOME/imapfuse), so keeping a
+ * refused message is a hard link, not a copy, and a crash of imapfuse
+ * leaves the bytes of files being written in staging/ instead of losing
+ * them.  Converting to CRLF makes a second local file only when the bytes
+ * need it (rsync'ing .eml files that already have CRLF costs no copy).
+ */
+#include "imapfuse/staging.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "imapfuse/errors.h"
+#include "imapfuse/names.h"
+
+#define STAGING_CHUNK (256 * 1024)
+
+struct Staging {
+  char *staging_dir;
+  char *unsent_dir;
+  GMutex lock;
+  gboolean dir_ready;
+};
+
+struct StagingFile {
+  Staging *st;
+  char *path;
+  int fd;
+  guint64 size;
+};
+
+static gboolean staging_set_errno(GError **error, int err, const char *what, const char *path) {
+  g_set_error(error, IFS_ERROR, err == ENOSPC ? IFS_ERROR_QUOTA : IFS_ERROR_FAILED, "%s %s: %s",
+              what, path, g_strerror(err));
+  return FALSE;
+}
+
+Staging *staging_new(const char *account) {
+  Staging *st = g_new0(Staging, 1);
+  g_autofree char *safe = names_escape_component(account);
+  const char *data = g_get_user_data_dir();
+  st->staging_dir = g_build_filename(data, "imapfuse", "staging", safe, NULL);
+  st->unsent_dir = g_build_filename(data, "imapfuse", "unsent", safe, NULL);
+  g_mutex_init(&st->lock);
+  return st;
+}
+
+void staging_free(Staging *st) {
+  if (st == NULL)
+    return;
+  g_free(st->staging_dir);
+  g_free(st->unsent_dir);
+  g_mutex_clear(&st->lock);
+  g_free(st);
+}
+
+const char *staging_unsent_dir(const Staging *st) { return st->unsent_dir; }
+
+static gboolean staging_ensure_dir(Staging *st, GError **error) {
+  g_mutex_lock(&st->lock);
+  gboolean ok = st->dir_ready || g_mkdir_with_parents(st->staging_dir, 0700) == 0;
+  int err = errno;
+  if (ok)
+    st->dir_ready = TRUE;
+  g_mutex_unlock(&st->lock);
+  if (!ok)
+    return staging_set_errno(error, err, "cannot create", st->staging_dir);
+  return TRUE;
+}
+
+/* A new private file in dir: fd, path in *path. */
+static int staging_mkstemp(const char *dir, const char *suffix, char **path, GError **error) {
+  g_autofree char *tmpl = g_strdup_printf("%s/XXXXXX%s", dir, suffix);
+  int fd = g_mkstemp_full(tmpl, O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    staging_set_errno(error, errno, "cannot create a file in", dir);
+    return -1;
+  }
+  *path = g_steal_pointer(&tmpl);
+  return fd;
+}
+
+StagingFile *staging_file_new(Staging *st, GError **error) {
+  if (!staging_ensure_dir(st, error))
+    return NULL;
+  StagingFile *f = g_new0(StagingFile, 1);
+  f->st = st;
+  f->fd = staging_mkstemp(st->staging_dir, ".part", &f->path, error);
+  if (f->fd < 0) {
+    g_free(f);
+    return NULL;
+  }
+  return f;
+}
+
+void staging_file_free(StagingFile *f) {
+  if (f == NULL)
+    return;
+  if (f->fd >= 0)
+    close(f->fd);
+  if (f->path != NULL && unlink(f->path) != 0 && errno != ENOENT)
+    g_debug("cannot remove %s: %s", f->path, g_strerror(errno));
+  g_free(f->path);
+  g_free(f);
+}
+
+void staging_file_leave(StagingFile *f) {
+  if (f == NULL)
+    return;
+  g_clear_pointer(&f->path, g_free);
+  staging_file_free(f);
+}
+
+const char *staging_file_path(const StagingFile *f) { return f->path; }
+
+gboolean staging_file_pwrite(StagingFile *f, const void *buf, gsize len, guint64 off,
+                             GError **error) {
+  const char *p = buf;
+  gsize done = 0;
+  while (done < len) {
+    ssize_t n = pwrite(f->fd, p + done, len - done, (off_t)(off + done));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return staging_set_errno(error, errno, "cannot write", f->path);
+    done += (gsize)n;
+  }
+  f->size = MAX(f->size, off + len);
+  return TRUE;
+}
+
+gssize staging_file_pread(StagingFile *f, void *buf, gsize len, guint64 off, GError **error) {
+  for (;;) {
+    ssize_t n = pread(f->fd, buf, len, (off_t)off);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      staging_set_errno(error, errno, "cannot read", f->path);
+      return -1;
+    }
+    return n;
+  }
+}
+
+gboolean staging_file_truncate(StagingFile *f, guint64 size, GError **error) {
+  if (ftruncate(f->fd, (off_t)size) != 0)
+    return staging_set_errno(error, errno, "cannot truncate", f->path);
+  f->size = size;
+  return TRUE;
+}
+
+guint64 staging_file_size(const StagingFile *f) { return f->size; }
+
+gboolean staging_file_sync(StagingFile *f, GError **error) {
+  if (fsync(f->fd) != 0)
+    return staging_set_errno(error, errno, "cannot sync", f->path);
+  return TRUE;
+}
+
+gsize staging_crlf_convert(const guchar *data, gsize len, gboolean *prev_cr, GByteArray *out) {
+  gsize bare = 0, start = 0;
+  gboolean cr = *prev_cr;
+  for (gsize i = 0; i < len; i++) {
+    if (data[i] == '\n' && !cr) {
+      if (out != NULL) {
+        g_byte_array_append(out, data + start, (guint)(i - start));
+        g_byte_array_append(out, (const guint8 *)"\r\n", 2);
+      }
+      start = i + 1;
+      bare++;
+    }
+    cr = data[i] == '\r';
+  }
+  if (out != NULL && start < len)
+    g_byte_array_append(out, data + start, (guint)(len - start));
+  *prev_cr = cr;
+  return bare;
+}
+
+static GBytes *staging_map(int fd, const char *path, GError **error) {
+  g_autoptr(GError) local = NULL;
+  GMappedFile *m = g_mapped_file_new_from_fd(fd, FALSE, &local);
+  if (m == NULL) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_FAILED, "cannot map %s: %s", path, local->message);
+    return NULL;
+  }
+  GBytes *b = g_mapped_file_get_bytes(m);
+  g_mapped_file_unref(m);
+  return b;
+}
+
+GBytes *staging_file_message(StagingFile *f, GError **error) {
+  g_autofree guchar *buf = g_malloc(STAGING_CHUNK);
+  gboolean cr = FALSE;
+  gsize bare = 0;
+  for (guint64 off = 0; off < f->size;) {
+    gssize n = staging_file_pread(f, buf, STAGING_CHUNK, off, error);
+    if (n < 0)
+      return NULL;
+    if (n == 0)
+      break;
+    bare += staging_crlf_convert(buf, (gsize)n, &cr, NULL);
+    off += (guint64)n;
+  }
+  if (bare == 0)
+    return staging_map(f->fd, f->path, error);
+
+  g_autofree char *path = NULL;
+  int fd = staging_mkstemp(f->st->staging_dir, ".crlf", &path, error);
+  if (fd < 0)
+    return NULL;
+  GBytes *out = NULL;
+  g_autoptr(GByteArray) conv = g_byte_array_sized_new(STAGING_CHUNK * 2);
+  cr = FALSE;
+  guint64 off = 0, woff = 0;
+  while (off < f->size) {
+    gssize n = staging_file_pread(f, buf, STAGING_CHUNK, off, error);
+    if (n < 0)
+      goto done;
+    if (n == 0)
+      break;
+    g_byte_array_set_size(conv, 0);
+    staging_crlf_convert(buf, (gsize)n, &cr, conv);
+    for (gsize w = 0; w < conv->len;) {
+      ssize_t k = pwrite(fd, conv->data + w, conv->len - w, (off_t)woff);
+      if (k < 0 && errno == EINTR)
+        continue;
+      if (k < 0) {
+        staging_set_errno(error, errno, "cannot write", path);
+        goto done;
+      }
+      w += (gsize)k;
+      woff += (guint64)k;
+    }
+    off += (guint64)n;
+  }
+  out = staging_map(fd, path, error);
+done:
+  close(fd);
+  unlink(path);
+  return out;
+}
+
+/* "name" -> "name.eml" unless it ends so already. */
+static char *staging_eml_name(const char *name) {
+  gsize n = strlen(name);
+  if (n >= 4 && g_ascii_strcasecmp(name + n - 4, ".eml") == 0)
+    return g_strdup(name);
+  return g_strconcat(name, ".eml", NULL);
+}
+
+static gboolean staging_copy(int from, int to, GError **error, const char *path) {
+  char buf[65536];
+  for (off_t off = 0;;) {
+    ssize_t n = pread(from, buf, sizeof buf, off);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return staging_set_errno(error, errno, "cannot read for", path);
+    if (n == 0)
+      return TRUE;
+    for (ssize_t w = 0; w < n;) {
+      ssize_t k = write(to, buf + w, (size_t)(n - w));
+      if (k < 0 && errno == EINTR)
+        continue;
+      if (k < 0)
+        return staging_set_errno(error, errno, "cannot write", path);
+      w += k;
+    }
+    off += n;
+  }
+}
+
+char *staging_file_keep(StagingFile *f, const char *dir, const char *name, GError **error) {
+  g_autofree char *where = g_build_filename(f->st->unsent_dir, dir, NULL);
+  if (g_mkdir_with_parents(where, 0700) != 0) {
+    staging_set_errno(error, errno, "cannot create", where);
+    return NULL;
+  }
+  g_autoptr(GDateTime) now = g_date_time_new_now_utc();
+  g_autofree char *stamp = g_date_time_format(now, "%Y%m%dT%H%M%SZ");
+  g_autofree char *base = staging_eml_name(name);
+  if (fsync(f->fd) != 0)
+    g_debug("fsync %s: %s", f->path, g_strerror(errno));
+  for (int i = 1; i < 1000; i++) {
+    g_autofree char *fname =
+        i == 1 ? g_strdup_printf("%s-%s", stamp, base)
+               : g_strdup_printf("%s-%.*s-%d.eml", stamp, (int)strlen(base) - 4, base, i);
+    char *path = g_build_filename(where, fname, NULL);
+    if (link(f->path, path) == 0)
+      return path;
+    if (errno != EEXIST) {
+      /* Another file system (or no hard links): copy. */
+      int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+      if (fd < 0 && errno == EEXIST) {
+        g_free(path);
+        continue;
+      }
+      if (fd < 0) {
+        staging_set_errno(error, errno, "cannot create", path);
+        g_free(path);
+        return NULL;
+      }
+      gboolean ok = staging_copy(f->fd, fd, error, path) && fsync(fd) == 0;
+      close(fd);
+      if (!ok) {
+        unlink(path);
+        g_free(path);
+        return NULL;
+      }
+      return path;
+    }
+    g_free(path);
+  }
+  g_set_error(error, IFS_ERROR, IFS_ERROR_FAILED, "too many unsent files named %s in %s", base,
+              where);
+  return NULL;
+}

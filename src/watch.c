@@ -1,0 +1,117 @@
+/* watch.c - polling for other clients' changes with STATUS (+CONDSTORE).
+ *
+ * Design note.  Each round costs one LIST plus one STATUS per mailbox the
+ * user has looked at (never one command per message).  A mailbox is
+ * refreshed only when its STATUS differs from what the cached listing
+ * says (UIDVALIDITY, message count, HIGHESTMODSEQ where the server has
+ * CONDSTORE); the refresh itself is a QRESYNC delta where possible.  The
+ * watcher keeps its own connection and never selects a mailbox, so its
+ * STATUS answers are never the inexact ones of a selected mailbox, and it
+ * never competes with readers for a pooled connection except for refreshes.
+ */
+#include "imapfuse/watch.h"
+
+#include "imapfuse/cmd.h"
+#include "imapfuse/errors.h"
+
+struct Watch {
+  const ImapEndpoint *ep;
+  Dircache *dc;
+  gint64 interval_us;
+  GMutex lock;
+  GCond cond;
+  gboolean stop;
+  guint rounds;
+  GThread *thread;
+};
+
+static void watch_round(Watch *w, ImapConn **conn) {
+  g_autoptr(GError) error = NULL;
+  if (!dircache_refresh_tree(w->dc, 0, &error)) {
+    g_debug("watch: LIST failed: %s", error->message);
+    return;
+  }
+  if (*conn == NULL) {
+    *conn = imap_conn_open(w->ep, &error);
+    if (*conn == NULL) {
+      g_debug("watch: cannot connect: %s", error->message);
+      return;
+    }
+  }
+  g_autoptr(GPtrArray) nodes = dircache_listed_nodes(w->dc);
+  for (guint i = 0; i < nodes->len; i++) {
+    DcNode *n = g_ptr_array_index(nodes, i);
+    ImapStatusInfo st;
+    g_clear_error(&error);
+    if (!imap_status(*conn, dcnode_mailbox(n), &st, &error)) {
+      if (ifs_error_is_connection(error)) {
+        g_clear_pointer(conn, imap_conn_close);
+        return;
+      }
+      continue; /* deleted meanwhile: the next LIST hides it */
+    }
+    if (!dircache_status_differs(w->dc, n, st.uidvalidity, st.messages, st.highestmodseq))
+      continue;
+    DcListing l;
+    g_clear_error(&error);
+    if (dircache_listing(w->dc, n, 0, &l, &error)) {
+      dc_listing_clear(&l);
+      dircache_note_modseq(w->dc, n, st.uidvalidity, st.highestmodseq);
+    }
+    else
+      g_debug("watch: refreshing %s failed: %s", dcnode_mailbox(n), error->message);
+  }
+}
+
+static gpointer watch_thread(gpointer data) {
+  Watch *w = data;
+  ImapConn *conn = NULL;
+  g_mutex_lock(&w->lock);
+  while (!w->stop) {
+    gint64 until = g_get_monotonic_time() + w->interval_us;
+    while (!w->stop && g_cond_wait_until(&w->cond, &w->lock, until))
+      ;
+    if (w->stop)
+      break;
+    g_mutex_unlock(&w->lock);
+    watch_round(w, &conn);
+    g_mutex_lock(&w->lock);
+    w->rounds++;
+  }
+  g_mutex_unlock(&w->lock);
+  imap_conn_close(conn);
+  return NULL;
+}
+
+Watch *watch_new(const ImapEndpoint *ep, Dircache *dc, guint interval_s) {
+  if (interval_s == 0)
+    return NULL;
+  Watch *w = g_new0(Watch, 1);
+  w->ep = ep;
+  w->dc = dc;
+  w->interval_us = (gint64)interval_s * G_USEC_PER_SEC;
+  g_mutex_init(&w->lock);
+  g_cond_init(&w->cond);
+  w->thread = g_thread_new("imapfuse-watch", watch_thread, w);
+  return w;
+}
+
+void watch_free(Watch *w) {
+  if (w == NULL)
+    return;
+  g_mutex_lock(&w->lock);
+  w->stop = TRUE;
+  g_cond_broadcast(&w->cond);
+  g_mutex_unlock(&w->lock);
+  g_thread_join(w->thread);
+  g_mutex_clear(&w->lock);
+  g_cond_clear(&w->cond);
+  g_free(w);
+}
+
+guint watch_rounds(Watch *w) {
+  g_mutex_lock(&w->lock);
+  guint n = w->rounds;
+  g_mutex_unlock(&w->lock);
+  return n;
+}

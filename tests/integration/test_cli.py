@@ -1,0 +1,263 @@
+"""Command line and start-up failures of imapfuse (issue 2).
+
+Every failure must be a one-line error naming the cause, a non-zero exit
+status, no mount left behind, and never the password on stdout/stderr.
+"""
+
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+
+import pytest
+
+from dovecot import free_port
+
+import conftest
+
+
+def one_line(err, foreign=None):
+    """The single error line of imapfuse (lines matching `foreign`, e.g.
+    what a password_command itself printed, are not imapfuse's)."""
+    lines = [l for l in err.splitlines() if l.strip() and not (
+        foreign and re.search(foreign, l))]
+    assert len(lines) == 1, "expected a one-line error, got:\n" + err
+    return lines[0]
+
+
+@pytest.fixture
+def env(tmp_path):
+    d = tmp_path / "xdg-cache"
+    d.mkdir()
+    return dict(os.environ, XDG_CACHE_HOME=str(d), LC_ALL="C.UTF-8")
+
+
+@pytest.fixture
+def run_fail(imapfuse_bin, env):
+    """run_fail(argv_without_mountpoint, secrets=()) -> (rc, stdout, stderr)
+    for invocations built by hand; checks exit status, no mount left
+    behind, and that no secret is printed."""
+    made = []
+
+    def run(argv, secrets=(), mountpoint=True, timeout=30):
+        mp = tempfile.mkdtemp(prefix="imapfuse-cli-")
+        made.append(mp)
+        full = [imapfuse_bin] + list(argv) + ([mp] if mountpoint else [])
+        print("+ " + shlex.join(full))
+        r = subprocess.run(full, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=timeout, text=True,
+                           start_new_session=True,  # no controlling tty
+                           env=conftest._sanitizer_env(env))
+        leftover = conftest.is_mounted(mp)
+        if leftover:
+            subprocess.run(["fusermount3", "-uz", mp])
+        assert not leftover, "left a mount behind"
+        assert r.returncode > 0, (r.returncode, r.stderr)
+        for s in secrets:
+            leaked = s in r.stdout or s in r.stderr
+            assert not leaked, "a password was printed"
+        assert not re.search(r"AddressSanitizer|LeakSanitizer|runtime error",
+                             r.stderr), r.stderr
+        return r.returncode, r.stdout, r.stderr
+
+    yield run
+    for mp in made:
+        try:
+            os.rmdir(mp)
+        except OSError:
+            pass
+
+
+# ------------------------------------------------------------------ info
+
+def test_help(imapfuse_run):
+    r = imapfuse_run("--help")
+    assert r.returncode == 0, r.stderr
+    assert "usage:" in r.stdout
+    for opt in ("password_command=", "cafile=", "tls=off", "imaps://",
+                "imap://"):
+        assert opt in r.stdout, opt
+    r2 = imapfuse_run("-h")
+    assert r2.returncode == 0 and "usage:" in r2.stdout
+
+
+def test_version(imapfuse_run):
+    r = imapfuse_run("--version")
+    assert r.returncode == 0, r.stderr
+    # imapfuse's own version comes first (also when stdout is a pipe).
+    assert re.match(r"imapfuse \d+\.\d+\.\d+\n", r.stdout), r.stdout
+    assert "FUSE" in r.stdout or "fuse" in r.stdout
+
+
+# ------------------------------------------------------------------ server
+
+def test_wrong_password(dovecot, imapfuse_fail, tmp_path):
+    wrong = "wrong-" + "x" * 20
+    pw = tmp_path / "pw"
+    pw.write_text(wrong)
+    rc, err = imapfuse_fail(dovecot, password_file=str(pw))
+    line = one_line(err)
+    assert re.search(r"(?i)\blog ?in\b|authenticat", line), line
+    assert wrong not in err
+
+
+def test_unreachable_port(dovecot, imapfuse_fail):
+    port = free_port()
+    rc, err = imapfuse_fail(dovecot, port=port)
+    line = one_line(err)
+    assert "127.0.0.1" in line and str(port) in line, line
+    assert re.search(r"(?i)refused|connect", line), line
+
+
+def test_imaps_without_cafile_fails_verification(dovecot_tls, imapfuse_fail):
+    rc, err = imapfuse_fail(dovecot_tls, scheme="imaps", tls=None)
+    line = one_line(err)
+    assert re.search(r"(?i)certificate|verif", line), line
+
+
+def test_starttls_without_cafile_fails_verification(dovecot_tls,
+                                                    imapfuse_fail):
+    rc, err = imapfuse_fail(dovecot_tls, scheme="imap", tls=None)
+    line = one_line(err)
+    assert re.search(r"(?i)certificate|verif", line), line
+
+
+def test_imaps_with_wrong_cafile(dovecot_tls, empty_dovecot, imapfuse_fail):
+    other = empty_dovecot(tls=True)  # a different test CA
+    rc, err = imapfuse_fail(dovecot_tls, "cafile=" + other.cafile,
+                            scheme="imaps", tls=None)
+    line = one_line(err)
+    assert re.search(r"(?i)certificate|verif", line), line
+
+
+def test_starttls_required_but_not_offered(dovecot, imapfuse_fail):
+    # The plain session Dovecot has ssl = no: no STARTTLS capability.
+    rc, err = imapfuse_fail(dovecot, tls=None)
+    line = one_line(err)
+    assert "STARTTLS" in line.upper(), line
+
+
+def test_missing_cafile(dovecot_tls, imapfuse_fail, tmp_path):
+    missing = str(tmp_path / "nope.pem")
+    rc, err = imapfuse_fail(dovecot_tls, "cafile=" + missing,
+                            scheme="imaps", tls=None)
+    line = one_line(err)
+    assert "nope.pem" in line or "cafile" in line, line
+
+
+# ------------------------------------------------------------------ URL
+
+@pytest.mark.parametrize("url,want", [
+    ("http://test@127.0.0.1:143", r"imaps?://"),
+    ("127.0.0.1", r"imaps?://"),
+    ("imap://127.0.0.1:143", r"(?i)user"),
+    ("imap://test@127.0.0.1:99999", r"(?i)port"),
+    ("imap://test@127.0.0.1:14x", r"(?i)port"),
+    ("imap://test@:143", r"(?i)host"),
+    ("imap://test@127.0.0.1:143/INBOX", r"(?i)path"),
+])
+def test_bad_url(dovecot, imapfuse_fail, url, want):
+    rc, err = imapfuse_fail(dovecot, url=url)
+    line = one_line(err)
+    assert re.search(want, line), line
+
+
+@pytest.mark.parametrize("scheme", ["imap", "imaps"])
+def test_password_in_url_refused(dovecot, imapfuse_fail, scheme):
+    url = "%s://%s:%s@127.0.0.1:%d" % (scheme, dovecot.user,
+                                       dovecot.password, dovecot.port)
+    rc, err = imapfuse_fail(dovecot, url=url, tls=None)
+    line = one_line(err)
+    assert re.search(r"(?i)password", line), line
+    # (imapfuse_fail also checks the password is not on stderr)
+
+
+def test_missing_mountpoint(dovecot, run_fail):
+    pw = dovecot.write_password_file()
+    rc, out, err = run_fail(["-o", "password_command=cat %s,tls=off" % pw,
+                             dovecot.url()], secrets=[dovecot.password],
+                            mountpoint=False)
+    line = one_line(err)
+    assert "mountpoint" in line.lower(), line
+
+
+def test_missing_url(run_fail):
+    rc, out, err = run_fail([], mountpoint=False)
+    line = one_line(err)
+    assert re.search(r"(?i)url|usage", line), line
+
+
+# ------------------------------------------------------------------ options
+
+@pytest.mark.parametrize("opt,tls,want", [
+    ((), "maybe", r"tls="),
+    (("connections=0",), "off", r"connections="),
+    (("connections=65",), "off", r"connections="),
+    (("cache=bogus",), "off", r"cache="),
+    (("cache_size=lots",), "off", r"cache_size="),
+    (("readahead=-1",), "off", r"readahead="),
+    (("timeout=0",), "off", r"timeout="),
+])
+def test_bad_option_values(dovecot, imapfuse_fail, opt, tls, want):
+    rc, err = imapfuse_fail(dovecot, *opt, tls=tls)
+    line = one_line(err)
+    assert re.search(want, line), line
+
+
+def test_password_file_missing(dovecot, run_fail):
+    rc, out, err = run_fail(["-f", "-o", "password_file=/nonexistent/pw,"
+                             "tls=off", dovecot.url()],
+                            secrets=[dovecot.password])
+    line = one_line(err)
+    assert "password_file" in line and "/nonexistent/pw" in line, line
+
+
+def test_two_password_sources_refused(dovecot, imapfuse_fail, tmp_path):
+    rc, err = imapfuse_fail(dovecot, "password_file=" + str(tmp_path / "x"))
+    line = one_line(err)
+    assert "password_command" in line and "password_file" in line, line
+
+
+def test_unknown_option(dovecot, imapfuse_fail):
+    rc, err = imapfuse_fail(dovecot, "no_such_option=1")
+    assert "no_such_option" in err, err
+
+
+def test_tls_off_with_imaps_refused(dovecot_tls, imapfuse_fail):
+    rc, err = imapfuse_fail(dovecot_tls, scheme="imaps", tls="off")
+    line = one_line(err)
+    assert "tls=off" in line, line
+
+
+@pytest.mark.parametrize("cmd,want", [
+    # the exit status the user's command returned, not a raw wait status
+    ("exit 3", r"password_command.*\b3\b"),
+    ("true", r"password_command"),           # prints nothing
+    ("/nonexistent/helper", r"password_command.*\b127\b"),
+])
+def test_password_command_fails(dovecot, run_fail, cmd, want):
+    rc, out, err = run_fail(["-f", "-o", "password_command=%s,tls=off" % cmd,
+                             dovecot.url()], secrets=[dovecot.password])
+    line = one_line(err, foreign=r"^/bin/sh: ")
+    assert re.search(want, line), line
+
+
+def test_password_command_first_line_only(dovecot, mount, tmp_path, env):
+    """password_command: only the first output line is the password (the
+    mount runs password_command='cat FILE' on a two-line file)."""
+    pw = tmp_path / "pw"
+    pw.write_text(dovecot.password + "\nsecond-line\n")
+    pw.chmod(0o600)
+    m = mount(dovecot, password_file=str(pw), env=env)
+    assert "INBOX" in os.listdir(m.path)
+
+
+def test_password_never_in_argv_needed(dovecot, run_fail):
+    """Without any password source and no terminal: a clear error (no
+    prompt hangs, nothing read from argv)."""
+    rc, out, err = run_fail(["-f", "-o", "tls=off", dovecot.url()],
+                            secrets=[dovecot.password])
+    line = one_line(err)
+    assert re.search(r"(?i)password", line), line
