@@ -584,15 +584,16 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     }
     n->msgs = result;
     n->highestmodseq = f.modseq;
+    if (n->uidvalidity == f.uidvalidity)
+      old_uidvalidity = 0; /* not a UIDVALIDITY change */
     if (n->uidvalidity != f.uidvalidity || n->epoch == 0) {
-      /* New UIDVALIDITY: all UIDs are void, so messages get new inodes. */
+      /* First listing, or a new UIDVALIDITY (all UIDs void): messages get
+       * new inodes. */
       g_mutex_lock(&dc->tree_lock);
       n->epoch = _dc_new_id(dc, n, f.uidvalidity);
       g_mutex_unlock(&dc->tree_lock);
       n->uidvalidity = f.uidvalidity;
       changed = TRUE;
-    } else {
-      old_uidvalidity = 0; /* not a UIDVALIDITY change */
     }
     n->fetched_at = started;
     n->dirty |= changed;
@@ -689,7 +690,9 @@ static gboolean _dc_patchable(DcNode *n, guint32 uidvalidity) {
 }
 
 static void dc_tell(Dircache *dc, DcNode *n, guint32 epoch, guint32 uid, DcChangeKind kind) {
-  if (dc->observer != NULL && epoch != 0)
+  /* Epoch 0: nothing was ever shown for it, but a UIDVALIDITY change still
+   * matters for what the last mount left on disk. */
+  if (dc->observer != NULL && (epoch != 0 || kind == DC_CHANGE_UIDVALIDITY))
     dc->observer(n, epoch, uid, kind, dc->observer_user);
 }
 

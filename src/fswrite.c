@@ -540,10 +540,20 @@ static gboolean fsw_msg_of_ino(FsWrite *w, fuse_ino_t ino, DcNode **node, guint3
   return m != NULL;
 }
 
+/* Selects mailbox with a view that is current: a connection that had it
+ * selected already is sent a NOOP, since a session learns of other
+ * sessions' appends and expunges only when it syncs (a UID FETCH of a
+ * message another client just moved in finds nothing without it). */
+static gboolean fsw_select_synced(ImapConn *c, const char *mailbox, guint32 *uv, GError **error) {
+  if (g_strcmp0(imap_conn_selected(c), mailbox) == 0 && !imap_noop(c, error))
+    return FALSE;
+  return imap_ensure_selected(c, mailbox, uv, error);
+}
+
 static gboolean fsw_select_checked(ImapConn *c, const char *mailbox, guint32 uv,
                                    GError **error) {
   guint32 have = 0;
-  if (!imap_ensure_selected(c, mailbox, &have, error))
+  if (!fsw_select_synced(c, mailbox, &have, error))
     return FALSE;
   if (uv != 0 && have != uv) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_STALE,
@@ -786,7 +796,7 @@ static gboolean fsw_append_op(ImapConn *c, gpointer user, GError **error) {
   gsize size = g_bytes_get_size(a->msg);
   if (a->dedup && size > 0) {
     guint32 uv;
-    if (!imap_ensure_selected(c, a->mailbox, &uv, error))
+    if (!fsw_select_synced(c, a->mailbox, &uv, error))
       return FALSE;
     g_autoptr(GArray) uids = g_array_new(FALSE, FALSE, sizeof(guint32));
     if (!imap_search_same_size(c, size, a->message_id, uids, error))
@@ -1889,11 +1899,10 @@ static gboolean fsw_store_op(ImapConn *c, gpointer user, GError **error) {
   if (!imap_store_flags(c, s->uid, IMAP_STORE_REPLACE, (const char *const *)s->flags, FALSE,
                         &s->result, error))
     return FALSE;
-  if (s->result == NULL) {
-    g_set_error(error, IFS_ERROR, IFS_ERROR_NOT_FOUND, "message UID %u no longer exists",
-                s->uid);
-    return FALSE;
-  }
+  /* No FETCH back: unchanged flags (Dovecot says nothing then) or the
+   * message is gone; ask. */
+  if (s->result == NULL)
+    return imap_fetch_flags(c, s->uid, &s->result, error);
   return TRUE;
 }
 

@@ -217,6 +217,13 @@ int main(int argc, char *argv[]) {
   }
   ret = ret != 0 ? 1 : 0;
   fuse_session_unmount(se);
+  BodycacheStats bst;
+  bodycache_stats(bc, &bst);
+  g_debug("message bytes: %" G_GUINT64_FORMAT " single fetches, %" G_GUINT64_FORMAT
+          " by read-ahead, %" G_GUINT64_FORMAT " memory hits, %" G_GUINT64_FORMAT
+          " disk hits, %" G_GUINT64_FORMAT " waits for read-ahead; %u connections opened",
+          bst.fetched_single, bst.fetched_bulk, bst.mem_hits, bst.disk_hits, bst.waits,
+          pool_opened_total(pool));
 out_signals:
   fuse_remove_signal_handlers(se);
 out:

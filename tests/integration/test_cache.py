@@ -1,0 +1,394 @@
+"""Session pool, caches, read-ahead and freshness (issue 3).
+
+What the mount shows is checked against an independent imaplib connection;
+what imapfuse asked the server is read from its own protocol trace
+(-o imap_debug: "imapfuse[#N] C: <command>" lines on stderr), which is how
+"served from the cache" is told apart from "fetched again".
+"""
+
+import hashlib
+import os
+import random
+import re
+import subprocess
+import threading
+import time
+
+import pytest
+
+from dovecot import imap_quote
+
+TRACE_OK = r"imapfuse\[#\d+\] (C|S):|^    "
+
+
+def _msg(tag, size, seed=0):
+    rnd = random.Random("%s/%d/%d" % (tag, size, seed))
+    head = ("From: cache-test@example.org\r\nTo: you@example.org\r\n"
+            "Subject: %s\r\nMessage-ID: <%s.%d@example.org>\r\n\r\n" % (tag, tag, seed))
+    body = []
+    n = len(head)
+    while n < size:
+        line = "".join(rnd.choice("abcdefghij klmnop") for _ in range(70)) + "\r\n"
+        body.append(line)
+        n += len(line)
+    return (head + "".join(body)).encode()
+
+
+def _make_box(dv, name, msgs, flags=None):
+    c = dv.imap()
+    c.create(imap_quote(name))
+    uids = []
+    for i, m in enumerate(msgs):
+        typ, data = c.append(imap_quote(name), flags[i] if flags else None, None, m)
+        assert typ == "OK", data
+        uids.append(int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1)))
+    c.logout()
+    return uids
+
+
+def _server_bodies(dv, name):
+    c = dv.imap()
+    c.select(imap_quote(name), readonly=True)
+    typ, data = c.uid("FETCH", "1:*", "(UID BODY.PEEK[])")
+    out = {}
+    for item in data:
+        if isinstance(item, tuple):
+            uid = int(re.search(rb"UID (\d+)", item[0]).group(1))
+            out[uid] = item[1]
+    c.logout()
+    return out
+
+
+def _server_flags(dv, name):
+    c = dv.imap()
+    c.select(imap_quote(name), readonly=True)
+    typ, data = c.uid("FETCH", "1:*", "(UID FLAGS)")
+    c.logout()
+    out = {}
+    for item in data:
+        m = re.search(rb"UID (\d+) FLAGS \(([^)]*)\)", item)
+        if m:
+            out[int(m.group(1))] = set(m.group(2).decode().split()) - {"\\Recent"}
+    return out
+
+
+def _listing(d):
+    return sorted(f for f in os.listdir(d) if f.endswith(".eml"))
+
+
+def _names(uids):
+    return sorted("%d.eml" % u for u in uids)
+
+
+def _read(p):
+    with open(p, "rb") as f:
+        return f.read()
+
+
+def _commands(m):
+    """IMAP commands imapfuse sent, from its trace."""
+    return re.findall(r"imapfuse\[#\d+\] C: A\d+ ([^\n]*)", m.stderr_text())
+
+
+def _body_fetches(m):
+    return [c for c in _commands(m) if "BODY.PEEK[" in c]
+
+
+@pytest.fixture
+def env(tmp_path):
+    d = tmp_path / "xdg-cache"
+    d.mkdir()
+    return dict(os.environ, XDG_CACHE_HOME=str(d), LC_ALL="C.UTF-8")
+
+
+# ------------------------------------------------------------- body cache
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_remount_serves_bodies_from_disk_cache(mount, empty_dovecot, env, tmp_path):
+    dv = empty_dovecot()
+    msgs = [_msg("m%d" % i, 500 + 900 * i) for i in range(40)]
+    uids = _make_box(dv, "Box", msgs)
+    cache = str(tmp_path / "cache")
+    m = mount(dv, "cache_dir=" + cache, "imap_debug", env=env)
+    d = os.path.join(m.path, "Box")
+    for u, b in zip(uids, msgs):
+        assert _read(os.path.join(d, "%d.eml" % u)) == b
+    assert _body_fetches(m), "the first mount must fetch bodies"
+    m.unmount()
+
+    m2 = mount(dv, "cache_dir=" + cache, "imap_debug", env=env)
+    d = os.path.join(m2.path, "Box")
+    assert _listing(d) == _names(uids)
+    for u, b in zip(uids, msgs):
+        assert _read(os.path.join(d, "%d.eml" % u)) == b
+    assert _body_fetches(m2) == [], "a remount must read bodies from the cache"
+    # The listing was brought up to date with a delta, not a full listing.
+    assert any("CHANGEDSINCE" in c for c in _commands(m2)) or \
+        any(c.startswith("SELECT") for c in _commands(m2))
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_cache_none_keeps_nothing_on_disk(mount, empty_dovecot, env, tmp_path):
+    dv = empty_dovecot()
+    msgs = [_msg("n%d" % i, 2000) for i in range(5)]
+    uids = _make_box(dv, "Box", msgs)
+    cache = tmp_path / "cache"
+    m = mount(dv, "cache=none", "cache_dir=%s" % cache, env=env)
+    for u, b in zip(uids, msgs):
+        assert _read(os.path.join(m.path, "Box", "%d.eml" % u)) == b
+    m.unmount()
+    assert not cache.exists() or not any(cache.rglob("*"))
+    assert not any((tmp_path / "xdg-cache").rglob("*.mc"))
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_cache_metadata_refetches_bodies(mount, empty_dovecot, env, tmp_path):
+    dv = empty_dovecot()
+    msgs = [_msg("md%d" % i, 3000) for i in range(6)]
+    uids = _make_box(dv, "Box", msgs)
+    cache = str(tmp_path / "cache")
+    for round_ in range(2):
+        m = mount(dv, "cache=metadata", "cache_dir=" + cache, "imap_debug", env=env)
+        for u, b in zip(uids, msgs):
+            assert _read(os.path.join(m.path, "Box", "%d.eml" % u)) == b
+        assert _body_fetches(m), "cache=metadata keeps no bodies (round %d)" % round_
+        m.unmount()
+    assert list((tmp_path / "cache" / "meta").glob("*.mc"))
+    assert not (tmp_path / "cache" / "bodies").exists()
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_cache_size_bound(mount, empty_dovecot, env, tmp_path):
+    dv = empty_dovecot()
+    msgs = [_msg("big%d" % i, 60_000) for i in range(20)]  # 1.2 MB in all
+    uids = _make_box(dv, "Box", msgs)
+    cache = tmp_path / "cache"
+    m = mount(dv, "cache_dir=%s" % cache, "cache_size=200K", env=env)
+    for u, b in zip(uids, msgs):
+        assert _read(os.path.join(m.path, "Box", "%d.eml" % u)) == b
+    m.unmount()
+    stored = sum(p.stat().st_size for p in (cache / "bodies").rglob("*")
+                 if p.is_file() and p.name not in ("lock",) and not p.name.startswith("#"))
+    assert 0 < stored <= 200 * 1024 + 64 * 1024  # bound, plus headers and group files
+
+
+# ------------------------------------------------------ metadata freshness
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_remount_sees_changes_made_meanwhile(mount, empty_dovecot, env, tmp_path):
+    dv = empty_dovecot()
+    msgs = [_msg("c%d" % i, 800) for i in range(8)]
+    uids = _make_box(dv, "Box", msgs)
+    cache = str(tmp_path / "cache")
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    assert _listing(os.path.join(m.path, "Box")) == _names(uids)
+    m.unmount()
+
+    # Another client: expunge two, add one, re-flag one.
+    c = dv.imap()
+    c.select("Box")
+    c.uid("STORE", "%d,%d" % (uids[1], uids[5]), "+FLAGS.SILENT", "(\\Deleted)")
+    c.uid("EXPUNGE", "%d,%d" % (uids[1], uids[5]))
+    c.uid("STORE", str(uids[2]), "+FLAGS.SILENT", "(\\Flagged)")
+    new = _msg("added", 1234)
+    typ, data = c.append("Box", None, None, new)
+    new_uid = int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1))
+    c.logout()
+
+    m2 = mount(dv, "cache_dir=" + cache, "imap_debug", env=env)
+    d = os.path.join(m2.path, "Box")
+    want = [u for u in uids if u not in (uids[1], uids[5])] + [new_uid]
+    assert _listing(d) == _names(want)
+    assert _read(os.path.join(d, "%d.eml" % new_uid)) == new
+    assert os.stat(os.path.join(d, "%d.eml" % new_uid)).st_size == len(new)
+    # Brought up to date by a QRESYNC delta, not by a full listing.
+    cmds = _commands(m2)
+    assert any("CHANGEDSINCE" in c and "VANISHED" in c for c in cmds), cmds
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_uidvalidity_change_drops_cached_bytes(mount, empty_dovecot, env, tmp_path):
+    dv = empty_dovecot()
+    old = [_msg("old%d" % i, 700 + 10 * i) for i in range(4)]
+    uids = _make_box(dv, "Box", old)
+    cache = str(tmp_path / "cache")
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    for u, b in zip(uids, old):
+        assert _read(os.path.join(m.path, "Box", "%d.eml" % u)) == b
+    m.unmount()
+
+    c = dv.imap()
+    c.delete("Box")
+    c.logout()
+    time.sleep(1.1)  # Dovecot's UIDVALIDITY is the creation time
+    new = [_msg("NEW%d" % i, 700 + 10 * i) for i in range(4)]
+    new_uids = _make_box(dv, "Box", new)
+    assert new_uids == uids  # same UIDs, other messages
+
+    m2 = mount(dv, "cache_dir=" + cache, env=env)
+    server = _server_bodies(dv, "Box")
+    for u in new_uids:
+        got = _read(os.path.join(m2.path, "Box", "%d.eml" % u))
+        assert got == server[u]
+        assert b"NEW" in got
+    m2.unmount()
+    # The old UIDVALIDITY's group is gone from the disk cache.
+    groups = [p.read_text(errors="replace") for p in (tmp_path / "cache" / "bodies").rglob("#group")]
+    assert len(groups) == 1, groups
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_watcher_notices_expunge_without_opendir(mount, empty_dovecot, env):
+    dv = empty_dovecot()
+    msgs = [_msg("w%d" % i, 900) for i in range(5)]
+    uids = _make_box(dv, "Box", msgs)
+    m = mount(dv, "poll=1", "msg_timeout=3600", env=env)
+    d = os.path.join(m.path, "Box")
+    assert _listing(d) == _names(uids)
+    gone = os.path.join(d, "%d.eml" % uids[3])
+    assert os.stat(gone).st_size == len(msgs[3])  # now in the kernel's cache
+
+    c = dv.imap()
+    c.select("Box")
+    c.uid("STORE", str(uids[3]), "+FLAGS.SILENT", "(\\Deleted)")
+    c.uid("EXPUNGE", str(uids[3]))
+    c.logout()
+    # Without any opendir, the entry must go away within a few poll rounds
+    # (the kernel would otherwise keep it for msg_timeout=3600 s).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not os.path.exists(gone):
+            break
+        time.sleep(0.2)
+    assert not os.path.exists(gone)
+    assert os.path.exists(os.path.join(d, "%d.eml" % uids[2]))
+
+
+# -------------------------------------------------------------- the pool
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK, r"(?i)warning: .*(closed|lost|BYE)")
+def test_killed_connections_are_replaced(mount, empty_dovecot, env):
+    dv = empty_dovecot()
+    msgs = [_msg("k%d" % i, 1500 + i) for i in range(6)]
+    uids = _make_box(dv, "Box", msgs)
+    m = mount(dv, "cache=none", "readahead=0", env=env)
+    d = os.path.join(m.path, "Box")
+    assert _read(os.path.join(d, "%d.eml" % uids[0])) == msgs[0]
+    dv.kick()  # the server drops every session of the user
+    time.sleep(0.3)
+    for u, b in zip(uids[1:], msgs[1:]):
+        assert _read(os.path.join(d, "%d.eml" % u)) == b
+    assert _listing(d) == _names(uids)
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_parallel_mailboxes_use_several_connections(mount, empty_dovecot, env):
+    dv = empty_dovecot()
+    boxes = {}
+    for k in range(4):
+        msgs = [_msg("p%d-%d" % (k, i), 3000 + 100 * i) for i in range(15)]
+        boxes["Box%d" % k] = (_make_box(dv, "Box%d" % k, msgs), msgs)
+    m = mount(dv, "cache=none", "connections=4", "imap_debug", env=env)
+    errors = []
+
+    def reader(name):
+        try:
+            uids, msgs = boxes[name]
+            for _ in range(3):
+                for u, b in zip(uids, msgs):
+                    if _read(os.path.join(m.path, name, "%d.eml" % u)) != b:
+                        errors.append((name, u))
+        except Exception as e:  # reported below
+            errors.append((name, repr(e)))
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in boxes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    conns = set(re.findall(r"imapfuse\[#(\d+)\] C:", m.stderr_text()))
+    assert 2 <= len(conns) <= 4 + 1  # the pool (<= 4) and the watcher
+    # Affinity: far fewer SELECTs than reads (4 boxes x 45 reads each).
+    selects = [c for c in _commands(m) if c.startswith("SELECT")]
+    assert len(selects) < 60, len(selects)
+
+
+# ----------------------------------------------------------- read-ahead
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_readahead_is_bulk_and_correct(mount, empty_dovecot, env):
+    dv = empty_dovecot()
+    rnd = random.Random(7)
+    msgs = [_msg("r%d" % i, rnd.choice([300, 2000, 9000, 40000])) for i in range(120)]
+    uids = _make_box(dv, "Box", msgs)
+    m = mount(dv, "cache=none", "imap_debug", env=env)
+    d = os.path.join(m.path, "Box")
+    order = sorted(uids, key=lambda u: "%d.eml" % u)  # grep -r order is readdir order
+    listed = [int(f[:-4]) for f in os.listdir(d)]
+    for u in listed:
+        assert _read(os.path.join(d, "%d.eml" % u)) == msgs[uids.index(u)]
+    assert sorted(listed) == sorted(order)
+    fetches = _body_fetches(m)
+    bulk = [c for c in fetches if re.match(r"UID FETCH \d+[:,]", c)]
+    assert bulk, "sequential reading must trigger bulk fetches"
+    assert len(fetches) < len(uids) / 3, fetches
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_readahead_skipping_and_stopping_early(mount, empty_dovecot, env):
+    dv = empty_dovecot()
+    rnd = random.Random(11)
+    msgs = [_msg("s%d" % i, rnd.choice([500, 5000, 20000, 1_500_000 if i % 37 == 5 else 800]))
+            for i in range(150)]
+    uids = _make_box(dv, "Box", msgs)
+    byuid = dict(zip(uids, msgs))
+    m = mount(dv, "cache=none", "readahead=256K", env=env)
+    d = os.path.join(m.path, "Box")
+    listed = [int(f[:-4]) for f in os.listdir(d)]
+    # Forward with skips, partial reads and early stops.
+    for i, u in enumerate(listed):
+        p = os.path.join(d, "%d.eml" % u)
+        if i % 5 == 3:
+            continue
+        if i % 7 == 2:
+            with open(p, "rb") as f:
+                assert f.read(100) == byuid[u][:100]
+            continue
+        assert _read(p) == byuid[u]
+    # Backwards, and random offsets.
+    for u in reversed(listed[::3]):
+        assert _read(os.path.join(d, "%d.eml" % u)) == byuid[u]
+    for _ in range(100):
+        u = rnd.choice(listed)
+        b = byuid[u]
+        off = rnd.randrange(0, len(b) + 10)
+        n = rnd.randrange(1, 70000)
+        fd = os.open(os.path.join(d, "%d.eml" % u), os.O_RDONLY)
+        try:
+            assert os.pread(fd, n, off) == b[off:off + n]
+        finally:
+            os.close(fd)
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_grep_and_rg_over_cold_and_warm_cache(mount, empty_dovecot, env, tmp_path):
+    dv = empty_dovecot()
+    rnd = random.Random(3)
+    msgs = [_msg("g%d" % i, rnd.choice([400, 3000, 12000])) for i in range(200)]
+    needle_at = {17, 99, 180}
+    for i in needle_at:
+        msgs[i] = msgs[i].replace(b"\r\n\r\n", b"\r\n\r\nNEEDLE-cache-42\r\n", 1)
+    uids = _make_box(dv, "Box", msgs)
+    want = sorted("Box/%d.eml" % uids[i] for i in needle_at)
+    cache = str(tmp_path / "cache")
+    for round_ in range(2):  # cold, then warm after remount
+        m = mount(dv, "cache_dir=" + cache, env=env)
+        out = subprocess.run(["grep", "-rl", "NEEDLE-cache-42", "."], cwd=m.path,
+                             capture_output=True, text=True)
+        assert sorted(p[2:] for p in out.stdout.split()) == want, out
+        if subprocess.run(["which", "rg"], capture_output=True).returncode == 0:
+            out = subprocess.run(["rg", "-l", "-j4", "NEEDLE-cache-42", "."], cwd=m.path,
+                                 capture_output=True, text=True)
+            assert sorted(p[2:] if p.startswith("./") else p for p in out.stdout.split()) == want
+        m.unmount()
