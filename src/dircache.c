@@ -49,6 +49,9 @@ typedef struct {
 
 struct Dircache {
   Pool *pool;
+  /* Replaced mailbox names, freed at unmount only: other threads may still
+   * hold the pointer dcnode_mailbox() gave them. */
+  GPtrArray *graveyard;
   char *meta_dir; /* per-mailbox metadata files, or NULL */
   GMutex tree_lock;
   DcNode *root;
@@ -65,6 +68,15 @@ static guint32 _dc_new_id(Dircache *dc, DcNode *node, guint32 uidvalidity) {
   DcId rec = {node, uidvalidity};
   g_array_append_val(dc->ids, rec);
   return dc->ids->len - 1;
+}
+
+/* _dc_set_mailbox: caller holds tree_lock.  The old string is kept alive. */
+static void _dc_set_mailbox(Dircache *dc, DcNode *n, const char *mailbox) {
+  if (g_strcmp0(n->mailbox, mailbox) == 0)
+    return;
+  if (n->mailbox != NULL)
+    g_ptr_array_add(dc->graveyard, n->mailbox);
+  n->mailbox = g_strdup(mailbox);
 }
 
 static DcNode *_dc_node_new(Dircache *dc, DcNode *parent, const char *name, const char *mailbox) {
@@ -101,6 +113,7 @@ Dircache *dircache_new(Pool *pool, const char *meta_dir) {
   Dircache *dc = g_new0(Dircache, 1);
   dc->pool = pool;
   dc->meta_dir = g_strdup(meta_dir);
+  dc->graveyard = g_ptr_array_new_with_free_func(g_free);
   g_mutex_init(&dc->tree_lock);
   g_mutex_init(&dc->flags_lock);
   dc->ids = g_array_new(FALSE, TRUE, sizeof(DcId));
@@ -119,6 +132,7 @@ void dircache_free(Dircache *dc) {
     return;
   dc_node_free(dc->root);
   g_free(dc->meta_dir);
+  g_ptr_array_unref(dc->graveyard);
   g_array_unref(dc->ids);
   g_hash_table_unref(dc->flag_ids);
   g_ptr_array_unref(dc->flag_names);
@@ -182,8 +196,7 @@ static void _dc_apply_list(Dircache *dc, GPtrArray *list) {
       n = child;
     }
     if (n != dc->root) {
-      g_free(n->mailbox);
-      n->mailbox = g_strdup(m->name);
+      _dc_set_mailbox(dc, n, m->name);
       n->selectable = !(m->attrs & IMAP_MBX_NOSELECT);
     }
   }
@@ -851,5 +864,54 @@ void dircache_note_modseq(Dircache *dc, DcNode *n, guint32 uidvalidity, guint64 
     n->highestmodseq = highestmodseq;
     n->dirty = TRUE;
   }
+  g_mutex_unlock(&n->lock);
+}
+
+/* ==== write path (issue 4, used by fswrite.c) ==========================
+ * Kept apart from the listing code above: only the tree is touched. */
+
+/* _dc_reprefix: caller holds tree_lock. */
+static void _dc_reprefix(Dircache *dc, DcNode *n, const char *old, const char *new) {
+  GHashTableIter it;
+  gpointer v;
+  gsize len = strlen(old);
+  g_hash_table_iter_init(&it, n->children);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    DcNode *c = v;
+    if (c->mailbox != NULL && strncmp(c->mailbox, old, len) == 0) {
+      g_autofree char *m = g_strconcat(new, c->mailbox + len, NULL);
+      _dc_set_mailbox(dc, c, m);
+    }
+    _dc_reprefix(dc, c, old, new);
+  }
+}
+
+void dircache_node_renamed(Dircache *dc, DcNode *n, DcNode *new_parent, const char *new_name,
+                           const char *new_mailbox) {
+  g_mutex_lock(&dc->tree_lock);
+  DcNode *clash = g_hash_table_lookup(new_parent->children, new_name);
+  if (clash != NULL && clash != n) {
+    if (clash->present) {
+      g_mutex_unlock(&dc->tree_lock);
+      return; /* the next LIST sorts it out */
+    }
+    /* An old absent node of that name: out of the way, under a name no
+     * lookup can produce. */
+    g_hash_table_remove(new_parent->children, clash->name);
+    g_free(clash->name);
+    clash->name = g_strdup_printf("\001%u", clash->id);
+    g_hash_table_insert(new_parent->children, clash->name, clash);
+  }
+  g_hash_table_remove(n->parent->children, n->name);
+  if (n->mailbox != NULL)
+    _dc_reprefix(dc, n, n->mailbox, new_mailbox);
+  _dc_set_mailbox(dc, n, new_mailbox);
+  g_free(n->name);
+  n->name = g_strdup(new_name);
+  n->parent = new_parent;
+  g_hash_table_insert(new_parent->children, n->name, n);
+  g_mutex_unlock(&dc->tree_lock);
+  g_mutex_lock(&n->lock);
+  n->fetched_at = 0; /* revalidate the list on next use */
   g_mutex_unlock(&n->lock);
 }

@@ -56,8 +56,12 @@ Fs *fs_new(Dircache *dc, Bodycache *bc, Notify *notify, const FsOptions *opts) {
 }
 
 void fs_free(Fs *fs) {
-  if (fs != NULL)
+  if (fs != NULL) {
+    /* The notify thread is gone: changes made while the write path shuts
+     * down (it sends what is waiting) must not reach fs_observer. */
+    dircache_set_observer(fs->dc, NULL, NULL);
     fswrite_free(fs->w);
+  }
   g_free(fs);
 }
 
@@ -186,13 +190,14 @@ static gboolean fs_entry_for(Fs *fs, DcNode *parent, const char *name,
     *err = ENOENT;
     return FALSE;
   }
+  gint64 asked = g_get_monotonic_time();
   for (int pass = 0; pass < 2; pass++) {
     DcListing l;
     g_autoptr(GError) error = NULL;
-    /* First the cached list; if the name is not in it and the list is not
-     * brand new, ask the server once (the message may have just arrived). */
-    if (!dircache_listing(fs->dc, parent, pass == 0 ? G_MAXINT64 : G_USEC_PER_SEC, &l,
-                          &error)) {
+    /* First the cached list; if the name is not in it, and the list was not
+     * fetched for this very lookup, ask the server once (the message may
+     * have just arrived).  Concurrent misses share one fetch. */
+    if (!dircache_listing(fs->dc, parent, pass == 0 ? G_MAXINT64 : 0, &l, &error)) {
       *err = ifs_errno_from_error(error);
       return FALSE;
     }
@@ -205,7 +210,7 @@ static gboolean fs_entry_for(Fs *fs, DcNode *parent, const char *name,
     dc_listing_clear(&l);
     if (m != NULL)
       return TRUE;
-    if (dircache_listing_age(fs->dc, parent) <= G_USEC_PER_SEC)
+    if (dircache_listing_age(fs->dc, parent) <= g_get_monotonic_time() - asked)
       break;
   }
   *err = ENOENT;

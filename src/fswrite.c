@@ -103,6 +103,8 @@ typedef struct {
   gint64 sent_date; /* INTERNALDATE given (0: the server's now) */
   int error;        /* sticky errno after a failed send */
   gboolean rewritten; /* bytes changed after a send */
+  gboolean owned;     /* our APPEND made sent_uid (not an identical message
+                       * found there): only then may we move or delete it */
   gboolean left;    /* the staging file holds the only copy: do not remove */
 } FswFile;
 
@@ -849,9 +851,10 @@ static void fsw_mutex_free(gpointer p) {
 
 /* Caller holds f->lock.  The bytes could not be stored: keep them where
  * the user can find them, say where, and remember the error. */
-static void _fsw_keep_unsent(FsWrite *w, FswFile *f, DcNode *node, const GError *why) {
+static void _fsw_keep_unsent(FsWrite *w, FswFile *f, DcNode *node, const char *as,
+                             const GError *why) {
   g_mutex_lock(&w->lock);
-  g_autofree char *name = g_strdup(f->name != NULL ? f->name : f->orig_name);
+  g_autofree char *name = g_strdup(as != NULL ? as : f->name != NULL ? f->name : f->orig_name);
   g_mutex_unlock(&w->lock);
   g_autofree char *dir = fsw_display_dir(w, node);
   g_autoptr(GError) kerr = NULL;
@@ -870,8 +873,10 @@ static void _fsw_keep_unsent(FsWrite *w, FswFile *f, DcNode *node, const GError 
 
 /* Caller holds f->lock.  Sends f's bytes to node: finds an identical
  * message or APPENDs, then (if f was sent before) removes the earlier
- * copy.  On failure the bytes are kept (unsent directory). */
-static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, GError **error) {
+ * copy.  On failure the bytes are kept (unsent directory) under the name
+ * as (NULL: the file's name). */
+static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as,
+                          GError **error) {
   GError *local = NULL;
   g_autoptr(GBytes) msg = NULL;
   FswAppend a = {.mailbox = dcnode_mailbox(node), .dedup = w->dedup};
@@ -881,7 +886,11 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, GError **error) 
     g_set_error(&local, IFS_ERROR, IFS_ERROR_REFUSED, "not a mailbox");
     goto fail;
   }
-  if (f->sent && f->sent_uid == 0) {
+  /* A message this file made is replaced; an identical message that was
+   * there already is not ours to remove: the file is a copy of it. */
+  gboolean replacing = f->sent && f->owned;
+  gboolean here = f->sent && f->sent_node == node;
+  if (replacing && f->sent_uid == 0) {
     g_set_error(&local, IFS_ERROR, IFS_ERROR_UNSUPPORTED,
                 "the earlier copy's UID is unknown, so it cannot be replaced");
     goto fail;
@@ -897,10 +906,10 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, GError **error) 
   a.msg = msg;
   a.flags = (const char *const *)f->flags;
   a.message_id = message_id;
-  a.replacing = f->sent;
-  a.exclude_uv = f->sent ? f->sent_uv : 0;
-  a.exclude_uid = f->sent ? f->sent_uid : 0;
-  a.same_date = f->sent && a.date == f->sent_date;
+  a.replacing = replacing;
+  a.exclude_uv = here ? f->sent_uv : 0;
+  a.exclude_uid = here ? f->sent_uid : 0;
+  a.same_date = here && a.date == f->sent_date;
   GMutex *ml = fsw_mailbox_lock(w, a.mailbox);
   g_mutex_lock(ml);
   gboolean ok;
@@ -919,7 +928,8 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, GError **error) 
     fsw_note_added(w, node, a.uv, a.uid, &m);
   g_debug("stored \"%s\" in %s as UID %u%s", f->orig_name, a.mailbox, a.uid,
           a.dup ? " (identical message already there)" : "");
-  if (f->sent && !(a.uv == f->sent_uv && a.uid == f->sent_uid)) {
+  gboolean same = here && a.uv == f->sent_uv && a.uid == f->sent_uid;
+  if (replacing && !same) {
     g_autoptr(GError) derr = NULL;
     if (!fsw_remove_message(w, f->sent_node, f->sent_uv, f->sent_uid, NULL, TRUE, &derr) &&
         !fsw_is_error(derr, IFS_ERROR_NOT_FOUND)) {
@@ -931,10 +941,12 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, GError **error) 
       f->sent_node = node;
       f->sent_uv = a.uv;
       f->sent_uid = a.uid;
+      f->owned = !a.dup;
       f->dirty = FALSE;
       return FALSE;
     }
   }
+  f->owned = same ? f->owned : !a.dup;
   f->sent = TRUE;
   f->sent_node = node;
   f->sent_uv = a.uv;
@@ -947,7 +959,7 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, GError **error) 
 fail:
   /* A refused replacement of an unchanged message loses nothing. */
   if (!f->sent || f->rewritten || !fsw_is_error(local, IFS_ERROR_UNSUPPORTED))
-    _fsw_keep_unsent(w, f, node, local);
+    _fsw_keep_unsent(w, f, node, as, local);
   g_propagate_error(error, local);
   return FALSE;
 }
@@ -962,7 +974,7 @@ static int _fsw_send_now(FsWrite *w, FswFile *f) {
   DcNode *node = f->parent;
   g_mutex_unlock(&w->lock);
   g_autoptr(GError) error = NULL;
-  if (!_fsw_send(w, f, node, &error))
+  if (!_fsw_send(w, f, node, NULL, &error))
     return fsw_errno(error);
   return 0;
 }
@@ -1082,7 +1094,7 @@ void fswrite_free(FsWrite *w) {
         /* Still being written at unmount: it may be incomplete. */
         GError *why = g_error_new(IFS_ERROR, IFS_ERROR_CANCELLED,
                                   "unmounted while it was still open for writing");
-        _fsw_keep_unsent(w, f, node, why);
+        _fsw_keep_unsent(w, f, node, NULL, why);
         g_error_free(why);
       } else {
         _fsw_send_now(w, f);
@@ -1387,8 +1399,9 @@ void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
   if (f != NULL) {
     g_mutex_lock(&f->lock);
     int err = 0;
-    /* A file that became a message is that message: rm removes it. */
-    if (f->sent && f->sent_uid != 0 && f->error == 0 &&
+    /* A file that became a message is that message: rm removes it (not
+     * an identical message that was there before: the file was a copy). */
+    if (f->sent && f->owned && f->sent_uid != 0 && f->error == 0 &&
         !fsw_remove_message(w, f->sent_node, f->sent_uv, f->sent_uid, NULL, FALSE, &error) &&
         !fsw_is_error(error, IFS_ERROR_NOT_FOUND))
       err = fsw_errno(error);
@@ -1420,7 +1433,7 @@ void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
 
 /* ---- rename ---- */
 
-static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p1, DcNode *p2,
+static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p2,
                             const char *newname) {
   g_autoptr(GError) error = NULL;
   if (dcnode_mailbox(p2) == NULL || !dcnode_selectable(p2)) {
@@ -1429,7 +1442,11 @@ static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p1, 
   }
   g_mutex_lock(&f->lock);
   int err = f->error;
-  if (err == 0 && f->sent && p2 != f->sent_node && f->sent_uid != 0) {
+  if (err == 0 && f->sent && !f->owned && p2 != f->sent_node) {
+    /* A copy of a message that was there already: the copy goes to p2. */
+    if (!_fsw_send(w, f, p2, newname, &error))
+      err = fsw_errno(error);
+  } else if (err == 0 && f->sent && p2 != f->sent_node && f->sent_uid != 0) {
     /* Already a message: moving it to another directory moves the message. */
     guint32 uv, epoch, nuv, nuid;
     DcMsg m;
@@ -1448,7 +1465,7 @@ static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p1, 
     /* rsync's rename of its temporary file: the moment to send it (its
      * mtime is set by now). */
     if (closed && !fswrite_is_temp_name(newname) && _fsw_needs_send(f) &&
-        !_fsw_send(w, f, p2, &error))
+        !_fsw_send(w, f, p2, newname, &error))
       err = fsw_errno(error);
   }
   if (err == 0) {
@@ -1460,11 +1477,10 @@ static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p1, 
   }
   g_mutex_unlock(&f->lock);
   fuse_reply_err(req, err);
-  (void)p1;
 }
 
-static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *p1, const char *name,
-                           DcNode *child, DcNode *p2, const char *newname);
+static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *child, DcNode *p2,
+                           const char *newname);
 
 typedef struct {
   const char *from, *to;
@@ -1504,12 +1520,12 @@ void fswrite_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_in
       fuse_reply_err(req, EISDIR);
       return;
     }
-    fsw_rename_file(req, w, f, p1, p2, newname);
+    fsw_rename_file(req, w, f, p2, newname);
     return;
   }
   DcNode *child = dircache_child(w->dc, p1, name);
   if (child != NULL) {
-    fsw_rename_dir(req, w, p1, name, child, p2, newname);
+    fsw_rename_dir(req, w, child, p2, newname);
     return;
   }
   guint32 uid, uv, epoch;
@@ -1556,8 +1572,8 @@ void fswrite_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_in
   notify_inval_entry(w->notify, fs_dir_ino(w->fs, p2), newname);
 }
 
-static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *p1, const char *name,
-                           DcNode *child, DcNode *p2, const char *newname) {
+static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *child, DcNode *p2,
+                           const char *newname) {
   g_autoptr(GError) error = NULL;
   const char *from = dcnode_mailbox(child);
   if (from == NULL || g_ascii_strcasecmp(from, "INBOX") == 0) {
@@ -1586,6 +1602,12 @@ static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *p1, const char *n
   FswRename r = {from, to};
   gboolean ok = pool_run(w->pool, NULL, FALSE, fsw_rename_op, &r, &error);
   fsw_boxes_stale(w);
+  g_autofree char *component = names_unescape_component(newname, NULL);
+  g_autofree char *shown = names_escape_component(component);
+  /* The kernel keeps the directory's inode under the new name: so does
+   * dircache (same node, same message inodes). */
+  if (ok)
+    dircache_node_renamed(w->dc, child, p2, shown, to);
   g_autoptr(GError) lerr = NULL;
   if (!dircache_refresh_tree(w->dc, 0, &lerr))
     g_debug("LIST after RENAME: %s", lerr->message);
@@ -1594,10 +1616,9 @@ static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *p1, const char *n
     return;
   }
   fuse_reply_err(req, 0);
-  /* The kernel keeps the old directory inode under the new name: make it
-   * look up the new node. */
-  notify_inval_entry(w->notify, fs_dir_ino(w->fs, p1), name);
-  notify_inval_entry(w->notify, fs_dir_ino(w->fs, p2), newname);
+  /* Shown under its escaped name ("50% off" -> "50%25 off"). */
+  if (!g_str_equal(shown, newname))
+    notify_inval_entry(w->notify, fs_dir_ino(w->fs, p2), newname);
 }
 
 /* ---- mkdir, rmdir ---- */

@@ -125,4 +125,14 @@ void dircache_note_modseq(Dircache *dc, DcNode *n, guint32 uidvalidity, guint64 
 /* The flags string of a flag set id ("\\Seen $Work", "" for none). */
 const char *dircache_flags(Dircache *dc, guint32 flagset);
 
+/* ==== write path (issue 4, used by fswrite.c) ====
+ * After a RENAME the kernel keeps the directory's inode under its new
+ * name, so the node moves (same id, epoch and message list) instead of a
+ * new node appearing: no stale inodes under the renamed directory.
+ * new_name is the directory name as shown (escaped); new_mailbox the
+ * server name; descendants' server names follow.  An absent node holding
+ * new_name is set aside. */
+void dircache_node_renamed(Dircache *dc, DcNode *n, DcNode *new_parent, const char *new_name,
+                           const char *new_mailbox);
+
 G_END_DECLS

@@ -1,0 +1,1149 @@
+"""The write path (issue 4): rm, mv, mkdir, rmdir, rename, new files
+(cp, rsync, editors), flags as an xattr, refusals.
+
+Every outcome is checked from an independent imaplib connection to the
+test's own Dovecot, never only through the mount.  Each test gets a fresh
+Dovecot (they modify mail) and private XDG directories (the unsent
+directory lives under $XDG_DATA_HOME).
+"""
+
+import datetime
+import errno
+import glob
+import imaplib
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+import corpus
+from dovecot import QUOTA_CONFIG, capability_without, imap_quote
+
+# Lines imapfuse writes on purpose in some tests.
+UNSENT_WARNING = r"could not store .* its bytes are kept in"
+RM_WARNING = r"rm refused: .*UIDPLUS.*delete=trash"
+MV_WARNING = r"mv between mailboxes refused"
+TRASH_RM_WARNING = r"rm in the Trash mailbox refused"
+NO_TRASH_WARNING = r"rm refused: delete=trash: the server has no mailbox"
+
+# ---------------------------------------------------------------- helpers
+
+_seq = [0]
+
+
+def crlf(data):
+    return re.sub(rb"(?<!\r)\n", b"\r\n", data)
+
+
+def make_msg(tag, lf=True, size=0):
+    """A message whose Message-ID is <TAG@imapfuse.test>; LF line ends
+    unless lf=False; padded to about `size` bytes."""
+    body = ("From: Alice <alice@example.org>\nTo: bob@example.org\n"
+            "Subject: message %s\nMessage-ID: <%s@imapfuse.test>\n"
+            "Date: Mon, 1 Jan 2024 10:00:00 +0000\n\nThis is %s.\n"
+            % (tag, tag, tag)).encode()
+    pad = b"padding line padding line padding line padding line 0123\n"
+    if size > len(body):
+        body += pad * ((size - len(body)) // len(pad) + 1)
+    return body if lf else crlf(body)
+
+
+def new_tag(prefix="m"):
+    _seq[0] += 1
+    return "%s%d-%d" % (prefix, os.getpid(), _seq[0])
+
+
+def q(name):
+    return imap_quote(name)
+
+
+def wire(name):
+    """Unicode mailbox name -> modified UTF-7 (our Dovecots use "/")."""
+    return corpus.to_imap_name(name)
+
+
+def shown(name):
+    """Directory name on the mount for a one-component mailbox name."""
+    out = name.replace("%", "%25")
+    if out.startswith("."):
+        out = "%2E" + out[1:]
+    return out
+
+
+def imap_append(c, box, data, flags="", date=None):
+    """APPEND; returns the new UID (APPENDUID)."""
+    typ, resp = c.append(q(box), flags or None,
+                         imaplib.Time2Internaldate(date) if date else None,
+                         data)
+    assert typ == "OK", resp
+    m = re.search(rb"APPENDUID \d+ (\d+)", resp[0])
+    assert m, resp
+    return int(m.group(1))
+
+
+def state(c, box):
+    """{uid: {"flags": set, "date": epoch, "size": int, "body": bytes,
+    "mid": str}} of a mailbox, read from the server."""
+    typ, data = c.select(q(box), readonly=True)
+    assert typ == "OK", (box, data)
+    out = {}
+    if int(data[0]) == 0:
+        return out
+    typ, data = c.uid("FETCH", "1:*",
+                      "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])")
+    assert typ == "OK", data
+    for item in data:
+        if not isinstance(item, tuple):
+            continue
+        head, body = item
+        uid = int(re.search(rb"UID (\d+)", head).group(1))
+        flags = set(re.search(rb"FLAGS \(([^)]*)\)", head).group(1)
+                    .decode().split()) - {"\\Recent"}
+        date = corpus.parse_imap_date(
+            re.search(rb'INTERNALDATE "([^"]+)"', head).group(1)).timestamp()
+        size = int(re.search(rb"RFC822.SIZE (\d+)", head).group(1))
+        m = re.search(rb"Message-ID:\s*<([^>]*)>", body, re.I)
+        out[uid] = {"flags": flags, "date": date, "size": size, "body": body,
+                    "mid": m.group(1).decode() if m else None}
+    return out
+
+
+def mids(c, box):
+    return sorted(m["mid"] for m in state(c, box).values())
+
+
+def mailboxes(c):
+    return set(corpus.list_mailboxes(c))
+
+
+def uid_of(c, box, tag):
+    c.select(q(box), readonly=True)
+    typ, data = c.uid("SEARCH", "HEADER", "Message-ID",
+                      q("<%s@imapfuse.test>" % tag))
+    assert typ == "OK", data
+    uids = [int(x) for x in data[0].split()]
+    assert len(uids) == 1, (box, tag, uids)
+    return uids[0]
+
+
+def eml(uid):
+    return "%d.eml" % uid
+
+
+def expect_errno(err, fn, *args):
+    with pytest.raises(OSError) as ei:
+        fn(*args)
+    assert ei.value.errno == err, (ei.value, errno.errorcode.get(err))
+
+
+def wait_for(pred, timeout=5.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.05)
+
+
+def write_file(path, data, mtime=None):
+    with open(path, "wb") as f:
+        f.write(data)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+@pytest.fixture
+def xdg(tmp_path):
+    """Private XDG data/cache dirs for the mount (the unsent directory is
+    under data)."""
+    d = {"XDG_DATA_HOME": str(tmp_path / "xdg-data"),
+         "XDG_CACHE_HOME": str(tmp_path / "xdg-cache")}
+    for p in d.values():
+        os.makedirs(p)
+    return d
+
+
+@pytest.fixture
+def fs(mount, xdg):
+    """fs(server, *opts) -> Mount with private XDG dirs."""
+    def make(server, *opts, **kw):
+        env = dict(os.environ, **xdg)
+        return mount(server, *opts, env=env, **kw)
+    return make
+
+
+def unsent_files(xdg):
+    return sorted(glob.glob(os.path.join(
+        xdg["XDG_DATA_HOME"], "imapfuse", "unsent", "**", "*"),
+        recursive=True))
+
+
+# ---------------------------------------------------------------- rm
+
+def test_rm_removes_only_that_message(empty_dovecot, fs):
+    """The trap: another client flagged A \\Deleted without expunging;
+    rm B through the mount removes B and nothing else."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    a, b, d = (imap_append(c, "INBOX", make_msg(t)) for t in ("A", "B", "C"))
+    c.select("INBOX")
+    c.uid("STORE", str(a), "+FLAGS.SILENT", r"(\Deleted)")
+    m = fs(dv, "imap_debug")
+    inbox = os.path.join(m, "INBOX")
+    assert sorted(os.listdir(inbox)) == sorted([eml(a), eml(b), eml(d)])
+    os.unlink(os.path.join(inbox, eml(b)))
+    assert sorted(os.listdir(inbox)) == sorted([eml(a), eml(d)])
+    c2 = dv.imap()
+    st = state(c2, "INBOX")
+    assert sorted(st) == sorted([a, d])
+    assert "\\Deleted" in st[a]["flags"]
+    assert st[a]["body"] == make_msg("A", lf=False)
+    # Gone already: ENOENT, and nothing else happens.
+    expect_errno(errno.ENOENT, os.unlink, os.path.join(inbox, eml(b)))
+    # rm of the \Deleted one itself works too.
+    os.unlink(os.path.join(inbox, eml(a)))
+    assert sorted(state(c2, "INBOX")) == [d]
+    m.unmount()
+    trace = m.stderr_text()
+    assert re.search(r"C: A\d+ UID EXPUNGE %d\b" % b, trace), trace[-2000:]
+    assert not re.search(r"C: A\d+ (EXPUNGE|CLOSE)\b", trace), "plain EXPUNGE/CLOSE sent"
+
+
+def test_rm_message_expunged_elsewhere(empty_dovecot, fs):
+    dv = empty_dovecot()
+    c = dv.imap()
+    a = imap_append(c, "INBOX", make_msg("A"))
+    b = imap_append(c, "INBOX", make_msg("B"))
+    m = fs(dv)
+    inbox = os.path.join(m, "INBOX")
+    assert sorted(os.listdir(inbox)) == sorted([eml(a), eml(b)])
+    c.select("INBOX")
+    c.uid("STORE", str(a), "+FLAGS.SILENT", r"(\Deleted)")
+    c.uid("EXPUNGE", str(a))
+    # The kernel still has the name, so rm reaches imapfuse: its session
+    # syncs first and finds the message gone.
+    expect_errno(errno.ENOENT, os.unlink, os.path.join(inbox, eml(a)))
+    assert sorted(state(c, "INBOX")) == [b]
+    assert os.listdir(inbox) == [eml(b)]
+
+
+@pytest.mark.imapfuse_stderr_ok(RM_WARNING, MV_WARNING)
+def test_no_uidplus_no_move_refuses(empty_dovecot, fs):
+    """Without UIDPLUS and MOVE: rm and mv refuse (ENOTSUP), change nothing,
+    and say why on stderr (once)."""
+    dv = empty_dovecot(extra_config=capability_without("UIDPLUS", "MOVE"))
+    c = dv.imap()
+    a = imap_append(c, "INBOX", make_msg("A"))
+    b = imap_append(c, "INBOX", make_msg("B"))
+    c.create("Other")
+    m = fs(dv)
+    inbox = os.path.join(m, "INBOX")
+    expect_errno(errno.ENOTSUP, os.unlink, os.path.join(inbox, eml(a)))
+    expect_errno(errno.ENOTSUP, os.unlink, os.path.join(inbox, eml(b)))
+    expect_errno(errno.ENOTSUP, os.rename, os.path.join(inbox, eml(a)),
+                 os.path.join(m, "Other", eml(a)))
+    st = state(c, "INBOX")
+    assert sorted(st) == [a, b]
+    assert all("\\Deleted" not in x["flags"] for x in st.values())
+    assert state(c, "Other") == {}
+    assert sorted(os.listdir(inbox)) == sorted([eml(a), eml(b)])
+    m.unmount()
+    err = m.stderr_text()
+    assert len(re.findall(RM_WARNING, err)) == 1, err  # once, not per file
+    assert re.search(MV_WARNING, err), err
+
+
+def test_no_move_falls_back_to_copy_and_uid_expunge(empty_dovecot, fs):
+    """Without MOVE (UIDPLUS present): mv = UID COPY + STORE \\Deleted +
+    UID EXPUNGE; another client's \\Deleted message survives."""
+    dv = empty_dovecot(extra_config=capability_without("MOVE"))
+    c = dv.imap()
+    keep = imap_append(c, "INBOX", make_msg("K"))
+    a = imap_append(c, "INBOX", make_msg("A"), flags=r"(\Flagged $Work)")
+    c.select("INBOX")
+    c.uid("STORE", str(keep), "+FLAGS.SILENT", r"(\Deleted)")
+    c.create("Other")
+    m = fs(dv, "imap_debug")
+    os.rename(os.path.join(m, "INBOX", eml(a)), os.path.join(m, "Other", eml(a)))
+    st = state(c, "Other")
+    assert len(st) == 1
+    (nu, msg), = st.items()
+    assert msg["mid"] == "A@imapfuse.test"
+    assert {"\\Flagged", "$Work"} <= msg["flags"]
+    assert os.listdir(os.path.join(m, "Other")) == [eml(nu)]
+    assert sorted(state(c, "INBOX")) == [keep]
+    m.unmount()
+    trace = m.stderr_text()
+    assert re.search(r"C: A\d+ UID COPY %d " % a, trace)
+    assert not re.search(r"C: A\d+ (UID )?MOVE\b", trace)
+    assert not re.search(r"C: A\d+ (EXPUNGE|CLOSE)\b", trace)
+
+
+@pytest.mark.imapfuse_stderr_ok(RM_WARNING)
+def test_no_uidplus_with_move(empty_dovecot, fs):
+    """UIDPLUS missing, MOVE present: rm refuses, mv works (no COPYUID,
+    so the destination listing is fetched again)."""
+    dv = empty_dovecot(extra_config=capability_without("UIDPLUS"))
+    c = dv.imap()
+    a = imap_append(c, "INBOX", make_msg("A"))
+    c.create("Other")
+    m = fs(dv)
+    expect_errno(errno.ENOTSUP, os.unlink, os.path.join(m, "INBOX", eml(a)))
+    os.rename(os.path.join(m, "INBOX", eml(a)), os.path.join(m, "Other", "x.eml"))
+    assert mids(c, "Other") == ["A@imapfuse.test"]
+    assert state(c, "INBOX") == {}
+    nu = uid_of(c, "Other", "A")
+    assert os.listdir(os.path.join(m, "Other")) == [eml(nu)]
+
+
+# ---------------------------------------------------------------- delete=trash
+
+def test_delete_trash(empty_dovecot, fs):
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("Trash")
+    a = imap_append(c, "INBOX", make_msg("A"), flags=r"(\Seen)")
+    b = imap_append(c, "INBOX", make_msg("B"))
+    m = fs(dv, "delete=trash")
+    os.unlink(os.path.join(m, "INBOX", eml(a)))
+    assert sorted(state(c, "INBOX")) == [b]
+    tr = state(c, "Trash")
+    assert [x["mid"] for x in tr.values()] == ["A@imapfuse.test"]
+    assert "\\Seen" in next(iter(tr.values()))["flags"]
+    # rm inside the Trash really removes (UIDPLUS).
+    tuid = next(iter(tr))
+    assert os.listdir(os.path.join(m, "Trash")) == [eml(tuid)]
+    os.unlink(os.path.join(m, "Trash", eml(tuid)))
+    assert state(c, "Trash") == {}
+    assert sorted(state(c, "INBOX")) == [b]
+
+
+@pytest.mark.imapfuse_stderr_ok(TRASH_RM_WARNING)
+def test_delete_trash_without_uidplus_and_move(empty_dovecot, fs):
+    """delete=trash on a server with neither UIDPLUS nor MOVE: rm copies to
+    Trash and flags the original \\Deleted (imapfuse never expunges it);
+    another client's \\Deleted message is untouched; rm in the Trash is
+    refused."""
+    dv = empty_dovecot(extra_config=capability_without("UIDPLUS", "MOVE"))
+    c = dv.imap()
+    c.create("Trash")
+    other = imap_append(c, "INBOX", make_msg("O"))
+    a = imap_append(c, "INBOX", make_msg("A"))
+    c.select("INBOX")
+    c.uid("STORE", str(other), "+FLAGS.SILENT", r"(\Deleted)")
+    m = fs(dv, "delete=trash")
+    os.unlink(os.path.join(m, "INBOX", eml(a)))
+    st = state(c, "INBOX")
+    assert sorted(st) == [other, a]
+    assert "\\Deleted" in st[a]["flags"] and "\\Deleted" in st[other]["flags"]
+    tr = state(c, "Trash")
+    assert [x["mid"] for x in tr.values()] == ["A@imapfuse.test"]
+    assert "\\Deleted" not in next(iter(tr.values()))["flags"]
+    tuid = next(iter(tr))
+    expect_errno(errno.ENOTSUP, os.unlink, os.path.join(m, "Trash", eml(tuid)))
+    assert sorted(state(c, "Trash")) == [tuid]
+
+
+def test_delete_trash_with_move_only(empty_dovecot, fs):
+    """No UIDPLUS but MOVE: delete=trash moves with UID MOVE."""
+    dv = empty_dovecot(extra_config=capability_without("UIDPLUS"))
+    c = dv.imap()
+    c.create("Trash")
+    a = imap_append(c, "INBOX", make_msg("A"))
+    m = fs(dv, "delete=trash")
+    os.unlink(os.path.join(m, "INBOX", eml(a)))
+    assert state(c, "INBOX") == {}
+    assert mids(c, "Trash") == ["A@imapfuse.test"]
+
+
+@pytest.mark.imapfuse_stderr_ok(NO_TRASH_WARNING)
+def test_delete_trash_without_trash_mailbox(empty_dovecot, fs):
+    dv = empty_dovecot()
+    c = dv.imap()
+    a = imap_append(c, "INBOX", make_msg("A"))
+    m = fs(dv, "delete=trash")
+    expect_errno(errno.ENOTSUP, os.unlink, os.path.join(m, "INBOX", eml(a)))
+    assert sorted(state(c, "INBOX")) == [a]
+
+
+# ---------------------------------------------------------------- mv
+
+def test_mv_between_mailboxes_shows_new_uid(empty_dovecot, fs):
+    """mv DIR1/N.eml DIR2/: UID MOVE; DIR2 lists the new UID at once; the
+    name the kernel was given (DIR2/N.eml) resolves to DIR2's own message
+    N, untouched."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("Other")
+    o1 = imap_append(c, "Other", make_msg("O1"))
+    o2 = imap_append(c, "Other", make_msg("O2"))
+    a1 = imap_append(c, "INBOX", make_msg("A1"), flags=r"(\Answered $Work)")
+    assert a1 == o1 == 1
+    m = fs(dv)
+    other = os.path.join(m, "Other")
+    before = open(os.path.join(other, eml(o1)), "rb").read()
+    os.rename(os.path.join(m, "INBOX", eml(a1)), os.path.join(other, eml(a1)))
+    nu = uid_of(c, "Other", "A1")
+    assert nu not in (o1, o2)
+    assert sorted(os.listdir(other)) == sorted([eml(o1), eml(o2), eml(nu)])
+    assert os.listdir(os.path.join(m, "INBOX")) == []
+    # Other/1.eml is still Other's own message 1.
+    wait_for(lambda: os.stat(os.path.join(other, eml(o1))).st_size == len(before),
+             what="stale entry invalidated")
+    assert open(os.path.join(other, eml(o1)), "rb").read() == before
+    assert open(os.path.join(other, eml(nu)), "rb").read() == make_msg("A1", lf=False)
+    st = state(c, "Other")
+    assert {"\\Answered", "$Work"} <= st[nu]["flags"]
+    assert state(c, "INBOX") == {}
+    # mv to a name that is not a message name: the kernel's name is stale.
+    os.rename(os.path.join(other, eml(nu)), os.path.join(m, "INBOX", "whatever.eml"))
+    wait_for(lambda: not os.path.exists(os.path.join(m, "INBOX", "whatever.eml")),
+             what="stale name gone")
+    back = uid_of(c, "INBOX", "A1")
+    assert os.listdir(os.path.join(m, "INBOX")) == [eml(back)]
+
+
+def test_mv_refusals(empty_dovecot, fs):
+    dv = empty_dovecot()
+    c = dv.imap()
+    a = imap_append(c, "INBOX", make_msg("A"))
+    c.create("Sub")
+    m = fs(dv)
+    src = os.path.join(m, "INBOX", eml(a))
+    # Within one mailbox: a message's name is its UID.
+    expect_errno(errno.EPERM, os.rename, src, os.path.join(m, "INBOX", "new.eml"))
+    expect_errno(errno.EPERM, os.rename, src, os.path.join(m, "INBOX", "99.eml"))
+    # Into the root, which is not a mailbox.
+    expect_errno(errno.EPERM, os.rename, src, os.path.join(m, eml(a)))
+    expect_errno(errno.ENOENT, os.rename, os.path.join(m, "INBOX", "77.eml"),
+                 os.path.join(m, "Sub", "77.eml"))
+    assert sorted(state(c, "INBOX")) == [a]
+    assert state(c, "Sub") == {}
+
+
+# ---------------------------------------------------------------- directories
+
+NAMES = ["with space", "Réunions ☺", 'quo"te', "back\\slash", "50% off",
+         "star*", "amp&er", "{3}", "日本語"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_directory_names(empty_dovecot, fs, name):
+    """mkdir, cp in, mv, rm, rename, rmdir with awkward names; checked by
+    the name the server has."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    a = imap_append(c, "INBOX", make_msg("A"))
+    m = fs(dv)
+    os.mkdir(os.path.join(m, name))
+    assert wire(name) in mailboxes(c)
+    d = os.path.join(m, shown(name))
+    assert shown(name) in os.listdir(m)
+    assert os.listdir(d) == []
+    # A new file with the same awkward characters in its name.
+    write_file(os.path.join(d, name + ".eml"), make_msg("N"))
+    n = uid_of(c, wire(name), "N")
+    assert os.listdir(d) == [eml(n)]
+    os.rename(os.path.join(m, "INBOX", eml(a)), os.path.join(d, eml(a)))
+    assert sorted(mids(c, wire(name))) == ["A@imapfuse.test", "N@imapfuse.test"]
+    assert state(c, "INBOX") == {}
+    # rmdir of a mailbox with mail: ENOTEMPTY.
+    expect_errno(errno.ENOTEMPTY, os.rmdir, d)
+    # A child mailbox with the same name inside.
+    os.mkdir(os.path.join(d, name))
+    assert wire(name) + "/" + wire(name) in mailboxes(c)
+    expect_errno(errno.ENOTEMPTY, os.rmdir, d)
+    os.rmdir(os.path.join(d, shown(name)))
+    assert wire(name) + "/" + wire(name) not in mailboxes(c)
+    # Rename (RENAME) keeps the mail.
+    os.rename(d, os.path.join(m, name + " 2"))
+    assert wire(name + " 2") in mailboxes(c)
+    assert wire(name) not in mailboxes(c)
+    d2 = os.path.join(m, shown(name + " 2"))
+    assert len(os.listdir(d2)) == 2
+    for f in os.listdir(d2):
+        os.unlink(os.path.join(d2, f))
+    assert state(c, wire(name + " 2")) == {}
+    os.rmdir(d2)
+    assert wire(name + " 2") not in mailboxes(c)
+    assert shown(name + " 2") not in os.listdir(m)
+
+
+def test_directory_refusals(empty_dovecot, fs):
+    dv = empty_dovecot(delimiter=".")
+    c = dv.imap()
+    c.create("Box")
+    imap_append(c, "INBOX", make_msg("A"))
+    m = fs(dv)
+    # The server's delimiter cannot be part of one name.
+    expect_errno(errno.EINVAL, os.mkdir, os.path.join(m, "a.b"))
+    expect_errno(errno.EINVAL, os.rename, os.path.join(m, "Box"),
+                 os.path.join(m, "B.ox"))
+    assert "a.b" not in mailboxes(c) and "a" not in mailboxes(c)
+    # INBOX is never deleted or renamed.
+    expect_errno(errno.EPERM, os.rmdir, os.path.join(m, "INBOX"))
+    expect_errno(errno.EPERM, os.rename, os.path.join(m, "INBOX"),
+                 os.path.join(m, "Inbox2"))
+    assert "INBOX" in mailboxes(c) and "Inbox2" not in mailboxes(c)
+    assert len(state(c, "INBOX")) == 1
+    # Existing names.
+    expect_errno(errno.EEXIST, os.mkdir, os.path.join(m, "Box"))
+    expect_errno(errno.ENOENT, os.rmdir, os.path.join(m, "Nope"))
+    # Files cannot be created outside a mailbox (the root).
+    expect_errno(errno.EPERM, write_file, os.path.join(m, "x.eml"), b"x")
+    # A child with a dot-delimited server name works as a directory.
+    os.mkdir(os.path.join(m, "Box", "Child"))
+    assert "Box.Child" in mailboxes(c)
+    # Moving a directory under another one: RENAME, children follow.
+    imap_append(c, "Box.Child", make_msg("kid"))
+    os.mkdir(os.path.join(m, "Top"))
+    os.rename(os.path.join(m, "Box"), os.path.join(m, "Top", "Box"))
+    assert {"Top.Box", "Top.Box.Child"} <= mailboxes(c)
+    assert not {"Box", "Box.Child"} & mailboxes(c)
+    assert mids(c, "Top.Box.Child") == ["kid@imapfuse.test"]
+    assert len(os.listdir(os.path.join(m, "Top", "Box", "Child"))) == 1
+
+
+def test_rmdir_asks_the_server(empty_dovecot, fs):
+    """The mount saw an empty mailbox; another client then put mail in it:
+    rmdir must still refuse (ENOTEMPTY), not trust the cache."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("Box")
+    m = fs(dv)
+    assert os.listdir(os.path.join(m, "Box")) == []
+    imap_append(c, "Box", make_msg("late"))
+    expect_errno(errno.ENOTEMPTY, os.rmdir, os.path.join(m, "Box"))
+    assert mids(c, "Box") == ["late@imapfuse.test"]
+    # And a child created elsewhere, too.  (The read path looks for a
+    # directory it does not know only if its LIST is over a second old.)
+    c.create("Empty")
+    time.sleep(1.1)
+    assert os.listdir(os.path.join(m, "Empty")) == []
+    c.create("Empty/Child")
+    expect_errno(errno.ENOTEMPTY, os.rmdir, os.path.join(m, "Empty"))
+    assert {"Empty", "Empty/Child"} <= mailboxes(c)
+
+
+def test_rm_r(empty_dovecot, fs):
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("Tree")
+    c.create("Tree/Sub")
+    for i in range(5):
+        imap_append(c, "Tree", make_msg("t%d" % i))
+        imap_append(c, "Tree/Sub", make_msg("s%d" % i))
+    m = fs(dv)
+    shutil.rmtree(os.path.join(m, "Tree"))
+    assert not {"Tree", "Tree/Sub"} & mailboxes(c)
+    assert "Tree" not in os.listdir(m)
+
+
+# ---------------------------------------------------------------- new files
+
+def test_cp_appends_one_message(empty_dovecot, fs, tmp_path):
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    inbox = os.path.join(m, "INBOX")
+    src = tmp_path / "in.eml"
+    data = make_msg("cp")
+    src.write_bytes(data)
+    t0 = time.time()
+    subprocess.run(["cp", str(src), inbox + "/"], check=True)
+    st = state(c, "INBOX")
+    assert len(st) == 1
+    (uid, msg), = st.items()
+    assert msg["body"] == crlf(data)
+    assert msg["flags"] == set()
+    assert abs(msg["date"] - t0) < 120
+    assert os.listdir(inbox) == [eml(uid)]
+    assert open(os.path.join(inbox, eml(uid)), "rb").read() == crlf(data)
+    # \Seen is not set by reading.
+    assert state(c, "INBOX")[uid]["flags"] == set()
+
+    # cp -p: INTERNALDATE = the file's mtime.
+    src2 = tmp_path / "old.eml"
+    when = 1262304000 + 3600  # 2010-01-01 01:00 UTC
+    write_file(src2, make_msg("cp-p"), mtime=when)
+    subprocess.run(["cp", "-p", str(src2), inbox + "/"], check=True)
+    u2 = uid_of(c, "INBOX", "cp-p")
+    assert state(c, "INBOX")[u2]["date"] == when
+    assert os.stat(os.path.join(inbox, eml(u2))).st_mtime == when
+    assert sorted(os.listdir(inbox)) == sorted([eml(uid), eml(u2)])
+
+    # Written in many small pieces (a shell redirection), CRLF already.
+    big = make_msg("pieces", lf=False, size=3 << 20)
+    with open(os.path.join(inbox, "pieces.eml"), "wb") as f:
+        for off in range(0, len(big), 4096):
+            f.write(big[off:off + 4096])
+            f.flush()
+    u3 = uid_of(c, "INBOX", "pieces")
+    assert state(c, "INBOX")[u3]["body"] == big
+    assert len(state(c, "INBOX")) == 3
+
+
+def test_new_file_behaviour(empty_dovecot, fs, tmp_path):
+    """The name a file was written under lingers briefly (stat, chmod,
+    rm of it act on the message it became); cp of identical bytes again
+    adds nothing; a later utimes re-dates it (replace)."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    inbox = os.path.join(m, "INBOX")
+    p = os.path.join(inbox, "note.eml")
+    data = make_msg("note")
+    write_file(p, data)
+    uid = uid_of(c, "INBOX", "note")
+    st = os.stat(p)
+    assert st.st_size == len(data)  # the bytes as written
+    os.chmod(p, 0o644)  # quietly accepted for a new file (cp -a, install)
+    assert os.stat(p).st_mode & 0o777 == 0o644
+    assert open(p, "rb").read() == data
+    # Same bytes again: the same message (dedup), nothing appended.
+    write_file(os.path.join(inbox, "again.eml"), data)
+    assert list(state(c, "INBOX")) == [uid]
+    # utimes after close: the message is replaced by one with that date.
+    when = 1400000000
+    os.utime(p, (when, when))
+    st2 = state(c, "INBOX")
+    assert len(st2) == 1
+    (nu, msg), = st2.items()
+    assert nu != uid and msg["date"] == when and msg["body"] == crlf(data)
+    assert os.listdir(inbox) == [eml(nu)]
+    # Appending to it with >> (reopen, write, close) replaces it again.
+    with open(p, "ab") as f:
+        f.write(b"more\n")
+    st3 = state(c, "INBOX")
+    assert len(st3) == 1
+    (u3, msg3), = st3.items()
+    assert msg3["body"] == crlf(data + b"more\n") and msg3["date"] == when
+    # rm of the name removes the message it became.
+    os.unlink(p)
+    assert state(c, "INBOX") == {}
+    assert os.listdir(inbox) == []
+    # A file removed while still open is never sent.
+    with open(os.path.join(inbox, "scratch.eml"), "wb") as f:
+        f.write(make_msg("scratch"))
+        os.unlink(os.path.join(inbox, "scratch.eml"))
+    assert state(c, "INBOX") == {}
+    # An empty file is not a message: nothing is sent.
+    open(os.path.join(inbox, "empty.eml"), "wb").close()
+    assert state(c, "INBOX") == {}
+
+
+def test_copy_of_existing_message_is_a_copy(empty_dovecot, fs):
+    """A file whose bytes matched a message already there (nothing was
+    appended) is a copy of it: rm of the file's name does not delete that
+    message, mv sends a copy, a new date appends a new message."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("Other")
+    data = make_msg("X")
+    x = imap_append(c, "INBOX", crlf(data), flags=r"(\Seen)")
+    m = fs(dv)
+    inbox = os.path.join(m, "INBOX")
+    write_file(os.path.join(inbox, "y.eml"), data)
+    assert list(state(c, "INBOX")) == [x]
+    os.unlink(os.path.join(inbox, "y.eml"))
+    assert list(state(c, "INBOX")) == [x]
+    write_file(os.path.join(inbox, "z.eml"), data)
+    os.rename(os.path.join(inbox, "z.eml"), os.path.join(m, "Other", "z.eml"))
+    assert list(state(c, "INBOX")) == [x]
+    assert mids(c, "Other") == ["X@imapfuse.test"]
+    write_file(os.path.join(inbox, "w.eml"), data)
+    os.utime(os.path.join(inbox, "w.eml"), (1000000000, 1000000000))
+    st = state(c, "INBOX")
+    assert len(st) == 2 and x in st and "\\Seen" in st[x]["flags"]
+    assert sorted(v["date"] for u, v in st.items() if u != x) == [1000000000]
+
+
+@pytest.mark.imapfuse_stderr_ok(UNSENT_WARNING)
+def test_append_with_synchronising_literals(empty_dovecot, fs, xdg):
+    """Without LITERAL+ the APPEND waits for the server's "+"; a refusal
+    still comes back as the close() error."""
+    dv = empty_dovecot(extra_config=[capability_without("LITERAL+"),
+                                     QUOTA_CONFIG(storage="64K")])
+    c = dv.imap()
+    m = fs(dv)
+    data = make_msg("sync", size=20 * 1024)
+    write_file(os.path.join(m, "INBOX", "sync.eml"), data)
+    assert [x["body"] for x in state(c, "INBOX").values()] == [crlf(data)]
+    f = open(os.path.join(m, "INBOX", "big.eml"), "wb")
+    f.write(make_msg("syncbig", size=100 * 1024))
+    with pytest.raises(OSError) as ei:
+        f.close()
+    assert ei.value.errno == errno.EDQUOT
+    assert mids(c, "INBOX") == ["sync@imapfuse.test"]
+    # The connection is still in step after the refused literal.
+    write_file(os.path.join(m, "INBOX", "after.eml"), make_msg("after"))
+    assert sorted(mids(c, "INBOX")) == ["after@imapfuse.test", "sync@imapfuse.test"]
+
+
+def test_dedup_off_appends_again(empty_dovecot, fs):
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv, "dedup=off")
+    data = make_msg("twice")
+    write_file(os.path.join(m, "INBOX", "a.eml"), data)
+    write_file(os.path.join(m, "INBOX", "b.eml"), data)
+    assert mids(c, "INBOX") == ["twice@imapfuse.test"] * 2
+
+
+def test_dedup_ignores_deleted_and_different(empty_dovecot, fs):
+    """Identical bytes only: a \\Deleted twin or a same-size different
+    message does not count."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    data = make_msg("dd")
+    twin = imap_append(c, "INBOX", crlf(data))
+    c.select("INBOX")
+    c.uid("STORE", str(twin), "+FLAGS.SILENT", r"(\Deleted)")
+    same_size = crlf(data).replace(b"This is dd.", b"This is DD.")
+    imap_append(c, "INBOX", same_size)
+    m = fs(dv)
+    write_file(os.path.join(m, "INBOX", "x.eml"), data)
+    assert len(state(c, "INBOX")) == 3
+
+
+def test_rsync_temp_name_pattern(empty_dovecot, fs):
+    """rsync writes .NAME.XXXXXX, closes, sets the mtime, renames: one
+    APPEND, at the rename, with that mtime as INTERNALDATE."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    inbox = os.path.join(m, "INBOX")
+    tmp = os.path.join(inbox, ".r.eml.Ab12Cd")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, make_msg("rs"))
+    os.close(fd)
+    assert state(c, "INBOX") == {}  # not yet: waiting for the rename
+    os.utime(tmp, (1300000000, 1300000000))
+    os.chmod(tmp, 0o644)
+    os.rename(tmp, os.path.join(inbox, "r.eml"))
+    st = state(c, "INBOX")
+    assert len(st) == 1
+    (uid, msg), = st.items()
+    assert msg["date"] == 1300000000
+    assert os.listdir(inbox) == [eml(uid)]
+    assert not os.path.exists(tmp)
+
+
+@pytest.mark.slow
+def test_temp_name_never_renamed_is_sent(empty_dovecot, fs):
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    write_file(os.path.join(m, "INBOX", ".lonely.eml.ZZ99zz"), make_msg("lonely"))
+    assert state(c, "INBOX") == {}
+    wait_for(lambda: state(c, "INBOX"), timeout=45, what="lingering send")
+    assert mids(c, "INBOX") == ["lonely@imapfuse.test"]
+
+
+def _rsync(*args):
+    r = subprocess.run(["rsync", "-a", "-i"] + list(args), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 0, r.stderr
+    return [l for l in r.stdout.splitlines() if l.strip()]
+
+
+def test_rsync_in_and_out_twice(empty_dovecot, fs, tmp_path):
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("Backup")
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {}
+    for i in range(25):
+        data = make_msg("rs%02d" % i, lf=(i % 2 == 0), size=200 * i)
+        when = 1500000000 + i * 86400
+        name = "mail %02d 'q' \"%%\".eml" % i
+        write_file(src / name, data, mtime=when)
+        files[name] = (data, when)
+    os.chmod(src, 0o755)
+
+    m = fs(dv)
+    box = os.path.join(m, "Backup")
+    _rsync(str(src) + "/", box + "/")
+    st = state(c, "Backup")
+    assert len(st) == 25
+    by_mid = {x["mid"]: x for x in st.values()}
+    for name, (data, when) in files.items():
+        mid = re.search(rb"Message-ID: <([^>]*)>", data).group(1).decode()
+        assert by_mid[mid]["body"] == crlf(data)
+        assert by_mid[mid]["date"] == when
+    m.unmount()
+
+    # Second run on a fresh mount (the names on the mount are UIDs, so
+    # rsync sends everything again): nothing new on the server.
+    m = fs(dv)
+    box = os.path.join(m, "Backup")
+    _rsync(str(src) + "/", box + "/")
+    assert sorted(state(c, "Backup")) == sorted(st)
+
+    # Back out, twice: same count, same bytes (CRLF), nothing the 2nd time.
+    out = tmp_path / "out"
+    _rsync(box + "/", str(out) + "/")
+    got = sorted(os.listdir(out))
+    assert got == sorted(eml(u) for u in st)
+    for u, x in st.items():
+        assert (out / eml(u)).read_bytes() == x["body"]
+        assert os.stat(out / eml(u)).st_mtime == x["date"]
+    assert _rsync(box + "/", str(out) + "/") == []
+    assert sorted(state(c, "Backup")) == sorted(st)
+
+
+def test_cp_a_into_mount(empty_dovecot, fs, tmp_path):
+    """cp -a of a directory tree: mkdir, files, modes and times."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    tree = tmp_path / "Tree"
+    (tree / "Sub").mkdir(parents=True)
+    write_file(tree / "a.eml", make_msg("ta"), mtime=1234567890)
+    write_file(tree / "Sub" / "b.eml", make_msg("tb"), mtime=1234567891)
+    m = fs(dv)
+    subprocess.run(["cp", "-a", str(tree), str(m) + "/"], check=True)
+    assert {"Tree", "Tree/Sub"} <= mailboxes(c)
+    ta, tb = state(c, "Tree"), state(c, "Tree/Sub")
+    assert [x["date"] for x in ta.values()] == [1234567890]
+    assert [x["date"] for x in tb.values()] == [1234567891]
+
+
+@pytest.mark.imapfuse_stderr_ok(UNSENT_WARNING)
+def test_append_over_quota_keeps_bytes(empty_dovecot, fs, xdg):
+    dv = empty_dovecot(extra_config=QUOTA_CONFIG(storage="64K"))
+    c = dv.imap()
+    m = fs(dv)
+    inbox = os.path.join(m, "INBOX")
+    data = make_msg("big", size=200 * 1024)
+    f = open(os.path.join(inbox, "too big.eml"), "wb")
+    f.write(data)
+    with pytest.raises(OSError) as ei:
+        f.close()
+    assert ei.value.errno == errno.EDQUOT
+    assert state(c, "INBOX") == {}
+    kept = unsent_files(xdg)
+    kept = [p for p in kept if os.path.isfile(p)]
+    assert len(kept) == 1, kept
+    assert kept[0].endswith("-too big.eml")
+    assert os.path.basename(os.path.dirname(kept[0])) == "INBOX"
+    assert open(kept[0], "rb").read() == data  # the bytes as written
+    assert os.listdir(inbox) == []
+    # fsync reports it too.
+    fd = os.open(os.path.join(inbox, "also big.eml"), os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, data)
+    expect_errno(errno.EDQUOT, os.fsync, fd)
+    with pytest.raises(OSError):
+        os.close(fd)
+    assert len([p for p in unsent_files(xdg) if os.path.isfile(p)]) == 2
+    # A message that fits still goes in.
+    write_file(os.path.join(inbox, "small.eml"), make_msg("small"))
+    assert mids(c, "INBOX") == ["small@imapfuse.test"]
+    m.unmount()
+    err = m.stderr_text()
+    assert kept[0] in err
+
+
+@pytest.mark.imapfuse_stderr_ok(UNSENT_WARNING)
+def test_rsync_rejected_reports_and_keeps_bytes(empty_dovecot, fs, xdg, tmp_path):
+    """Under rsync's temporary name the APPEND happens at the rename: that
+    is where rsync sees the error; the bytes are kept under the final name."""
+    dv = empty_dovecot(extra_config=QUOTA_CONFIG(storage="64K"))
+    c = dv.imap()
+    src = tmp_path / "src"
+    src.mkdir()
+    data = make_msg("rsbig", size=200 * 1024)
+    write_file(src / "big one.eml", data, mtime=1500000000)
+    write_file(src / "small.eml", make_msg("rssmall"), mtime=1500000000)
+    m = fs(dv)
+    r = subprocess.run(["rsync", "-a", str(src) + "/", os.path.join(m, "INBOX") + "/"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 23, r.stderr
+    assert "big one.eml" in r.stderr
+    assert mids(c, "INBOX") == ["rssmall@imapfuse.test"]
+    kept = [p for p in unsent_files(xdg) if os.path.isfile(p)]
+    assert len(kept) == 1 and kept[0].endswith("-big one.eml"), kept
+    assert open(kept[0], "rb").read() == data
+
+
+@pytest.mark.imapfuse_stderr_ok(UNSENT_WARNING)
+def test_append_too_large_keeps_bytes(empty_dovecot, fs, xdg):
+    dv = empty_dovecot(extra_config=[
+        QUOTA_CONFIG(storage="100M"),
+        "plugin {\n  quota_max_mail_size = 50k\n}\n"])
+    c = dv.imap()
+    m = fs(dv)
+    data = make_msg("huge", size=100 * 1024)
+    f = open(os.path.join(m, "INBOX", "huge.eml"), "wb")
+    f.write(data)
+    with pytest.raises(OSError) as ei:
+        f.close()
+    assert ei.value.errno == errno.EFBIG  # NO [LIMIT]
+    assert state(c, "INBOX") == {}
+    kept = [p for p in unsent_files(xdg) if os.path.isfile(p)]
+    assert len(kept) == 1 and open(kept[0], "rb").read() == data
+
+
+# ---------------------------------------------------------------- flags
+
+def test_flags_xattr(empty_dovecot, fs):
+    dv = empty_dovecot()
+    c = dv.imap()
+    a = imap_append(c, "INBOX", make_msg("A"), flags=r"(\Flagged $Work \Seen)")
+    b = imap_append(c, "INBOX", make_msg("B"))
+    m = fs(dv)
+    pa = os.path.join(m, "INBOX", eml(a))
+    pb = os.path.join(m, "INBOX", eml(b))
+    assert os.getxattr(pa, "user.imap.flags") == b"\\Seen \\Flagged $Work"
+    assert os.getxattr(pb, "user.imap.flags") == b""
+    assert os.listxattr(pa) == ["user.imap.flags"]
+    r = subprocess.run(["getfattr", "-n", "user.imap.flags", "--only-values", pa],
+                       stdout=subprocess.PIPE, check=True)
+    assert r.stdout == b"\\Seen \\Flagged $Work"
+    # Reading does not set \Seen.
+    open(pb, "rb").read()
+    assert state(c, "INBOX")[b]["flags"] == set()
+    # Set (replace).
+    os.setxattr(pb, "user.imap.flags", b"\\Answered $Later \\draft")
+    assert state(c, "INBOX")[b]["flags"] == {"\\Answered", "$Later", "\\Draft"}
+    assert set(os.getxattr(pb, "user.imap.flags").split()) == {
+        b"\\Answered", b"$Later", b"\\Draft"}
+    subprocess.run(["setfattr", "-n", "user.imap.flags", "-v", "\\Seen", pb], check=True)
+    assert state(c, "INBOX")[b]["flags"] == {"\\Seen"}
+    # Bad syntax: EINVAL, nothing changed.
+    for bad in (b"\\Recent", b"\\*", b"(x", b"a\"b", b"\\Bogus", b"x]", b"%",
+                b"{5}", b"\\Seen\r\nA1 EXPUNGE"):
+        expect_errno(errno.EINVAL, os.setxattr, pb, "user.imap.flags", bad)
+    assert state(c, "INBOX")[b]["flags"] == {"\\Seen"}
+    # Other attributes are not supported.
+    expect_errno(errno.ENOTSUP, os.setxattr, pb, "user.other", b"x")
+    expect_errno(errno.ENODATA, os.getxattr, pb, "user.other")
+    # removexattr = no flags.
+    os.removexattr(pa, "user.imap.flags")
+    assert state(c, "INBOX")[a]["flags"] == set()
+    # Changed elsewhere: seen after the next listing.
+    c.select("INBOX")
+    c.uid("STORE", str(a), "+FLAGS", r"(\Flagged)")
+    os.listdir(os.path.join(m, "INBOX"))
+    assert os.getxattr(pa, "user.imap.flags") == b"\\Flagged"
+
+
+def test_cp_a_between_mailboxes_keeps_flags_and_date(empty_dovecot, fs):
+    """cp -a copies user.imap.flags and the mtime onto the new file before
+    closing it: they become the APPEND's flags and INTERNALDATE."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("Other")
+    a = imap_append(c, "INBOX", make_msg("A", lf=False), flags=r"(\Flagged $Work)",
+                    date=1234567000)
+    m = fs(dv)
+    subprocess.run(["cp", "-a", os.path.join(m, "INBOX", eml(a)),
+                    os.path.join(m, "Other", "copy.eml")], check=True)
+    st = state(c, "Other")
+    assert len(st) == 1
+    (u, msg), = st.items()
+    assert msg["flags"] == {"\\Flagged", "$Work"}
+    assert msg["date"] == 1234567000
+    assert msg["body"] == make_msg("A", lf=False)
+    assert sorted(state(c, "INBOX")) == [a]
+
+
+# ---------------------------------------------------------------- refusals
+
+def test_refusals_on_messages(empty_dovecot, fs, tmp_path):
+    dv = empty_dovecot()
+    c = dv.imap()
+    when = 1600000000
+    a = imap_append(c, "INBOX", make_msg("A"), date=when)
+    m = fs(dv)
+    p = os.path.join(m, "INBOX", eml(a))
+    st = os.stat(p)
+    assert st.st_mtime == when
+    expect_errno(errno.EPERM, os.chmod, p, 0o644)
+    os.chmod(p, st.st_mode & 0o777)  # no change: fine
+    expect_errno(errno.EPERM, os.chown, p, st.st_uid + 1, -1)
+    os.chown(p, st.st_uid, st.st_gid)
+    expect_errno(errno.EPERM, os.truncate, p, 0)
+    expect_errno(errno.EPERM, open, p, "r+b")
+    expect_errno(errno.EPERM, open, p, "ab")
+    expect_errno(errno.EPERM, os.utime, p, (when + 5, when + 5))
+    os.utime(p, (when, when))
+    expect_errno(errno.EPERM, os.utime, p, None)  # touch
+    expect_errno(errno.EPERM, os.link, p, os.path.join(m, "INBOX", "hard.eml"))
+    expect_errno(errno.EPERM, os.symlink, p, os.path.join(m, "INBOX", "sym.eml"))
+    expect_errno(errno.EPERM, os.mkfifo, os.path.join(m, "INBOX", "fifo"))
+    r = subprocess.run(["cp", str(tmp_path), p], stderr=subprocess.PIPE)
+    assert r.returncode != 0
+    st2 = state(c, "INBOX")
+    assert list(st2) == [a] and st2[a]["body"] == make_msg("A", lf=False)
+    assert st2[a]["date"] == when
+
+
+def test_directory_attributes(empty_dovecot, fs):
+    """chmod/utimes of a directory (rsync -a, cp -a do them) are kept for
+    the mount's lifetime; chown to another owner is refused."""
+    dv = empty_dovecot()
+    m = fs(dv)
+    d = os.path.join(m, "INBOX")
+    os.chmod(d, 0o755)
+    assert os.stat(d).st_mode & 0o777 == 0o755
+    os.utime(d, (1111111111, 1111111111))
+    assert os.stat(d).st_mtime == 1111111111
+    expect_errno(errno.EPERM, os.chown, d, os.stat(d).st_uid + 1, -1)
+
+
+# ---------------------------------------------------------------- random
+
+SEED = 20240611
+
+
+def test_random_operations_match_model(empty_dovecot, fs):
+    """A few hundred operations through the mount and from a second client,
+    mixed; the server must end up exactly like the model: nothing lost,
+    nothing duplicated, flags and places right."""
+    import random
+    rng = random.Random(SEED)
+    dv = empty_dovecot()
+    c = dv.imap()      # the second client
+    chk = dv.imap()    # only reads
+    model = {"INBOX": {}}  # mailbox -> {tag: frozenset(flags)}
+    names = ["Box %d", "Ré %d", "q\"%d", "p%%%d", "s*%d"]
+    for i in range(3):
+        n = names[i % len(names)] % i
+        c.create(q(wire(n)))
+        model[n] = {}
+    for i in range(10):
+        t = new_tag("seed")
+        imap_append(c, "INBOX", make_msg(t))
+        model["INBOX"][t] = frozenset()
+    m = fs(dv)
+    FLAGS = ["\\Seen", "\\Flagged", "\\Answered", "$Work", "$Later"]
+    counter = [len(model)]
+
+    def path(box, *rest):
+        return os.path.join(m, shown(box), *rest)
+
+    def pick_msg():
+        boxes = [b for b in model if model[b]]
+        if not boxes:
+            return None, None
+        b = rng.choice(sorted(boxes))
+        return b, rng.choice(sorted(model[b]))
+
+    def _random_step(op):
+        if op == "cp":
+            b = rng.choice(sorted(model))
+            t = new_tag("cp")
+            write_file(path(b, "f %s.eml" % t), make_msg(t, lf=rng.random() < 0.5))
+            model[b][t] = frozenset()
+        elif op == "rm":
+            b, t = pick_msg()
+            if b is None:
+                return
+            os.unlink(path(b, eml(uid_of(chk, wire(b), t))))
+            del model[b][t]
+        elif op == "mv":
+            b, t = pick_msg()
+            others = sorted(x for x in model if x != b)
+            if b is None or not others:
+                return
+            d = rng.choice(others)
+            u = uid_of(chk, wire(b), t)
+            os.rename(path(b, eml(u)), path(d, rng.choice([eml(u), "x.eml"])))
+            model[d][t] = model[b].pop(t)
+        elif op == "flags":
+            b, t = pick_msg()
+            if b is None:
+                return
+            fl = frozenset(rng.sample(FLAGS, rng.randint(0, 3)))
+            os.setxattr(path(b, eml(uid_of(chk, wire(b), t))), "user.imap.flags",
+                        " ".join(sorted(fl)).encode())
+            model[b][t] = fl
+        elif op == "mkdir":
+            counter[0] += 1
+            n = names[counter[0] % len(names)] % counter[0]
+            os.mkdir(path(n))
+            model[n] = {}
+        elif op == "rmdir":
+            cands = sorted(b for b in model if b != "INBOX")
+            if not cands:
+                return
+            b = rng.choice(cands)
+            if model[b]:
+                expect_errno(errno.ENOTEMPTY, os.rmdir, path(b))
+            else:
+                os.rmdir(path(b))
+                del model[b]
+        elif op == "ls":
+            b = rng.choice(sorted(model))
+            got = sorted(os.listdir(path(b)))
+            want = sorted(eml(u) for u in state(chk, wire(b)))
+            assert got == want, (b, got, want)
+        else:  # the second client
+            kind = rng.choice(["append", "flag", "expunge", "create"])
+            if kind == "append":
+                b = rng.choice(sorted(model))
+                t = new_tag("other")
+                fl = frozenset(rng.sample(FLAGS, rng.randint(0, 2)))
+                imap_append(c, wire(b), make_msg(t, lf=False),
+                            flags="(%s)" % " ".join(sorted(fl)) if fl else "")
+                model[b][t] = fl
+                # A user looks before acting on mail that arrived
+                # elsewhere (lookups trust a listing younger than 1 s).
+                os.listdir(path(b))
+            elif kind == "flag":
+                b, t = pick_msg()
+                if b is None:
+                    return
+                u = uid_of(c, wire(b), t)
+                c.select(q(wire(b)))
+                c.uid("STORE", str(u), "+FLAGS.SILENT", "(\\Flagged)")
+                model[b][t] = model[b][t] | {"\\Flagged"}
+            elif kind == "expunge":
+                b, t = pick_msg()
+                if b is None:
+                    return
+                u = uid_of(c, wire(b), t)
+                c.select(q(wire(b)))
+                c.uid("STORE", str(u), "+FLAGS.SILENT", "(\\Deleted)")
+                c.uid("EXPUNGE", str(u))
+                del model[b][t]
+            else:
+                counter[0] += 1
+                n = "ext %d" % counter[0]
+                c.create(q(wire(n)))
+                model[n] = {}
+                time.sleep(1.1)  # see test_rmdir_asks_the_server
+
+    ops = 0
+    history = []
+    for step in range(300):
+        op = rng.choice(["cp", "cp", "rm", "mv", "mv", "flags", "mkdir",
+                         "rmdir", "ls", "other"])
+        ops += 1
+        history.append(op)
+        try:
+            _random_step(op)
+        except Exception as e:
+            raise AssertionError("step %d (%s) failed; ops so far: %s" % (
+                step, op, " ".join(history[-15:]))) from e
+    assert ops == 300
+
+    # The server equals the model.
+    server_boxes = mailboxes(chk)
+    assert server_boxes == {wire(b) for b in model}, (server_boxes, sorted(model))
+    seen = []
+    for b in model:
+        st = state(chk, wire(b))
+        got = {x["mid"].split("@")[0]: frozenset(x["flags"]) for x in st.values()}
+        assert got == model[b], b
+        seen.extend(got)
+    assert len(seen) == len(set(seen)), "duplicated messages"
+    # And the mount shows it.
+    for b in model:
+        assert sorted(os.listdir(path(b))) == sorted(eml(u) for u in state(chk, wire(b)))
