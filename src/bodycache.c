@@ -40,6 +40,8 @@
 #define BC_BATCH_MIN 8
 #define BC_BATCH_MAX 256
 #define BC_BATCH_BYTES_MAX (4u << 20)
+#define BC_DISK_QUEUE_MAX (8u << 20)
+#define BC_LOOK_AHEAD 1024
 
 typedef struct {
   char *key;
@@ -53,14 +55,17 @@ typedef struct {
   GBytes *bytes; /* NULL when the fetch did not deliver it */
 } BcInflight;
 
-/* Read-ahead state of one mailbox. */
+/* Read-ahead state of one mailbox (see the design note). */
+enum { BC_NONE = 0, BC_CLAIMED = 1, BC_OPENED = 2, BC_SKIP = 3 };
 typedef struct {
   guint32 uidvalidity;
-  GArray *msgs;      /* listing snapshot (DcMsg), ref held */
-  guint last_open;   /* index of the last open */
-  guint next;        /* first index not yet scheduled */
-  guint batch;       /* messages per batch now */
-  guint running;     /* batches in flight */
+  GArray *msgs;     /* listing snapshot (DcMsg, UID order), ref held */
+  guint8 *state;    /* per index: BC_* */
+  guint32 *by_name; /* index of the r-th message in file-name order */
+  guint32 *rank;    /* rank in file-name order of index i */
+  guint batch;      /* messages per batch now */
+  guint running;    /* batches in flight */
+  gint64 last_open; /* monotonic us */
 } BcStream;
 
 typedef struct {
@@ -82,6 +87,8 @@ struct Bodycache {
   GHashTable *inflight; /* key -> BcInflight* */
   GHashTable *streams;  /* mailbox -> BcStream* */
   GThreadPool *workers;
+  GThreadPool *disk_writer; /* write-behind: disk writes off the fetch path */
+  guint64 disk_queued;      /* bytes waiting for disk_writer */
   BodycacheStats stats;
 };
 
@@ -96,10 +103,14 @@ static void bc_stream_free(gpointer p) {
   BcStream *s = p;
   if (s->msgs != NULL)
     g_array_unref(s->msgs);
+  g_free(s->state);
+  g_free(s->by_name);
+  g_free(s->rank);
   g_free(s);
 }
 
 static void bc_batch_run(gpointer data, gpointer user);
+static void bc_disk_job(gpointer data, gpointer user);
 
 Bodycache *bodycache_new(Pool *pool, const BodycacheOptions *opts) {
   Bodycache *bc = g_new0(Bodycache, 1);
@@ -115,6 +126,8 @@ Bodycache *bodycache_new(Pool *pool, const BodycacheOptions *opts) {
   g_queue_init(&bc->lru);
   bc->inflight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   bc->streams = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, bc_stream_free);
+  if (bc->opts.disk != NULL)
+    bc->disk_writer = g_thread_pool_new(bc_disk_job, bc, 1, FALSE, NULL);
   if (bc->opts.readahead_bytes > 0)
     bc->workers = g_thread_pool_new(bc_batch_run, bc, MAX(1, (gint)bc->opts.readahead_threads),
                                     FALSE, NULL);
@@ -126,6 +139,8 @@ void bodycache_free(Bodycache *bc) {
     return;
   if (bc->workers != NULL)
     g_thread_pool_free(bc->workers, TRUE, TRUE); /* let running batches finish */
+  if (bc->disk_writer != NULL)
+    g_thread_pool_free(bc->disk_writer, FALSE, TRUE); /* write what is queued */
   g_hash_table_unref(bc->table);
   g_hash_table_unref(bc->inflight);
   g_hash_table_unref(bc->streams);
@@ -194,20 +209,60 @@ static GBytes *bc_disk_get(Bodycache *bc, const char *mailbox, guint32 uidvalidi
   return diskcache_get(bc->opts.disk, group, name);
 }
 
-static void bc_disk_put(Bodycache *bc, const char *mailbox, guint32 uidvalidity, guint32 uid,
-                        guint64 chunk, GBytes *bytes) {
-  if (bc->opts.disk == NULL)
-    return;
-  g_autofree char *group = bc_disk_group(bc, mailbox, uidvalidity);
-  g_autofree char *name = bc_disk_name(uid, chunk);
+typedef struct {
+  char *group, *name;
+  GBytes *bytes;
+} BcDiskJob;
+
+static void bc_disk_write(Bodycache *bc, const char *group, const char *name, GBytes *bytes) {
   g_autoptr(GError) error = NULL;
   if (!diskcache_put(bc->opts.disk, group, name, bytes, &error))
     g_debug("disk cache: %s", error->message);
 }
 
+static void bc_disk_job(gpointer data, gpointer user) {
+  BcDiskJob *j = data;
+  Bodycache *bc = user;
+  bc_disk_write(bc, j->group, j->name, j->bytes);
+  g_mutex_lock(&bc->lock);
+  bc->disk_queued -= g_bytes_get_size(j->bytes);
+  g_mutex_unlock(&bc->lock);
+  g_free(j->group);
+  g_free(j->name);
+  g_bytes_unref(j->bytes);
+  g_free(j);
+}
+
+/* Writes go to a thread of their own, so that a slow disk does not slow
+ * the connection streaming bodies in; past a bound, the writer waits. */
+static void bc_disk_put(Bodycache *bc, const char *mailbox, guint32 uidvalidity, guint32 uid,
+                        guint64 chunk, GBytes *bytes) {
+  if (bc->opts.disk == NULL)
+    return;
+  BcDiskJob *j = g_new0(BcDiskJob, 1);
+  j->group = bc_disk_group(bc, mailbox, uidvalidity);
+  j->name = bc_disk_name(uid, chunk);
+  j->bytes = g_bytes_ref(bytes);
+  gsize n = g_bytes_get_size(bytes);
+  g_mutex_lock(&bc->lock);
+  gboolean queue = bc->disk_writer != NULL && bc->disk_queued + n <= BC_DISK_QUEUE_MAX;
+  if (queue)
+    bc->disk_queued += n;
+  g_mutex_unlock(&bc->lock);
+  if (queue) {
+    g_thread_pool_push(bc->disk_writer, j, NULL);
+    return;
+  }
+  bc_disk_write(bc, j->group, j->name, j->bytes);
+  g_free(j->group);
+  g_free(j->name);
+  g_bytes_unref(j->bytes);
+  g_free(j);
+}
+
 /* Store fetched bytes in both tiers and release anyone waiting for them. */
 static void bc_deliver(Bodycache *bc, const char *mailbox, guint32 uidvalidity, guint32 uid,
-                       guint64 chunk, GBytes *bytes) {
+                       guint64 chunk, GBytes *bytes, gboolean to_disk) {
   g_autofree char *key = bc_key(mailbox, uidvalidity, uid, chunk);
   g_mutex_lock(&bc->lock);
   _bc_mem_put(bc, key, bytes);
@@ -223,7 +278,8 @@ static void bc_deliver(Bodycache *bc, const char *mailbox, guint32 uidvalidity, 
     g_cond_broadcast(&bc->cond);
   }
   g_mutex_unlock(&bc->lock);
-  bc_disk_put(bc, mailbox, uidvalidity, uid, chunk, bytes);
+  if (to_disk)
+    bc_disk_put(bc, mailbox, uidvalidity, uid, chunk, bytes);
 }
 
 /* _bc_inflight_end: caller holds the lock.  Ends an entry that delivered
@@ -282,7 +338,8 @@ static GBytes *bc_chunk(Bodycache *bc, const char *mailbox, guint32 uidvalidity,
   }
   BcInflight *f = g_hash_table_lookup(bc->inflight, key);
   if (f != NULL) {
-    /* Read-ahead is fetching it: wait for that instead of asking again. */
+    /* Someone (read-ahead, or a reader of the same chunk: the kernel reads
+     * a file at several offsets at once) is fetching it: wait for that. */
     g_atomic_int_inc(&f->refs);
     bc->stats.waits++;
     while (!f->done)
@@ -293,18 +350,23 @@ static GBytes *bc_chunk(Bodycache *bc, const char *mailbox, guint32 uidvalidity,
         g_bytes_unref(f->bytes);
       g_free(f);
     }
+    g_mutex_unlock(&bc->lock);
+    if (b != NULL)
+      return b;
+    /* That fetch delivered nothing: fetch ourselves, unregistered. */
+  } else {
+    f = g_new0(BcInflight, 1);
+    f->refs = 1;
+    g_hash_table_insert(bc->inflight, g_strdup(key), f);
+    g_mutex_unlock(&bc->lock);
   }
-  g_mutex_unlock(&bc->lock);
-  if (b != NULL)
-    return b;
-  /* Not in memory, and no fetch of it delivered: disk, else the server. */
 
   GBytes *disk = bc_disk_get(bc, mailbox, uidvalidity, uid, chunk);
   if (disk != NULL) {
     g_mutex_lock(&bc->lock);
     bc->stats.disk_hits++;
-    _bc_mem_put(bc, key, disk);
     g_mutex_unlock(&bc->lock);
+    bc_deliver(bc, mailbox, uidvalidity, uid, chunk, disk, FALSE);
     return disk;
   }
   BcFetch fe = {.mailbox = mailbox, .uidvalidity = uidvalidity, .uid = uid};
@@ -315,9 +377,13 @@ static GBytes *bc_chunk(Bodycache *bc, const char *mailbox, guint32 uidvalidity,
   g_mutex_lock(&bc->lock);
   bc->stats.fetched_single++;
   g_mutex_unlock(&bc->lock);
-  if (!pool_run(bc->pool, mailbox, TRUE, bc_fetch_op, &fe, error))
+  if (!pool_run(bc->pool, mailbox, TRUE, bc_fetch_op, &fe, error)) {
+    g_mutex_lock(&bc->lock);
+    _bc_inflight_end(bc, key);
+    g_mutex_unlock(&bc->lock);
     return NULL;
-  bc_deliver(bc, mailbox, uidvalidity, uid, chunk, fe.out);
+  }
+  bc_deliver(bc, mailbox, uidvalidity, uid, chunk, fe.out, TRUE);
   return fe.out;
 }
 
@@ -366,8 +432,13 @@ typedef struct {
 
 static gboolean bc_batch_body(guint32 uid, GBytes *body, gpointer user) {
   BcBatchCtx *ctx = user;
-  bc_deliver(ctx->bc, ctx->batch->mailbox, ctx->batch->uidvalidity, uid, BC_WHOLE, body);
+  bc_deliver(ctx->bc, ctx->batch->mailbox, ctx->batch->uidvalidity, uid, BC_WHOLE, body, TRUE);
   return TRUE;
+}
+
+static gint bc_u32_cmp(gconstpointer a, gconstpointer b) {
+  guint32 x = *(const guint32 *)a, y = *(const guint32 *)b;
+  return x < y ? -1 : x > y;
 }
 
 static gboolean bc_batch_op(ImapConn *c, gpointer user, GError **error) {
@@ -418,40 +489,117 @@ static guint bc_index_of(const GArray *msgs, guint32 uid) {
   return G_MAXUINT;
 }
 
-/* _bc_schedule: caller holds the lock.  Queue batches until the bytes
- * ahead of the reader reach the bound. */
-static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s) {
-  for (;;) {
-    guint64 ahead = 0;
-    for (guint i = s->last_open + 1; i < s->next && i < s->msgs->len; i++)
-      ahead += g_array_index(s->msgs, DcMsg, i).size;
-    if (ahead >= bc->opts.readahead_bytes || s->next >= s->msgs->len ||
-        s->running >= MAX(1, bc->opts.readahead_threads))
-      return;
+/* File names are "<uid>.eml": their order is the order of the decimal
+ * strings, i.e. of the digits scaled to ten places, shorter first on a tie
+ * ("12" < "120" < "13"). */
+static guint64 bc_name_key(guint32 uid) {
+  guint digits = 1;
+  guint64 scaled = uid;
+  for (guint32 v = uid; v >= 10; v /= 10)
+    digits++;
+  for (guint d = digits; d < 10; d++)
+    scaled *= 10;
+  return scaled * 16 + digits;
+}
+
+static int bc_name_cmp(gconstpointer a, gconstpointer b, gpointer user) {
+  const GArray *msgs = user;
+  guint64 x = bc_name_key(g_array_index(msgs, DcMsg, *(const guint32 *)a).uid);
+  guint64 y = bc_name_key(g_array_index(msgs, DcMsg, *(const guint32 *)b).uid);
+  return x < y ? -1 : x > y;
+}
+
+/* _bc_stream_take: caller holds the lock.  Adopt a new listing snapshot,
+ * keeping what is known per UID. */
+static void _bc_stream_take(BcStream *s, const DcListing *l) {
+  guint n = l->msgs->len;
+  guint8 *state = g_new0(guint8, MAX(n, 1));
+  if (s->msgs != NULL && s->uidvalidity == l->uidvalidity) {
+    guint j = 0;
+    for (guint i = 0; i < n; i++) {
+      guint32 uid = g_array_index(l->msgs, DcMsg, i).uid;
+      while (j < s->msgs->len && g_array_index(s->msgs, DcMsg, j).uid < uid)
+        j++;
+      if (j < s->msgs->len && g_array_index(s->msgs, DcMsg, j).uid == uid)
+        state[i] = s->state[j];
+    }
+  }
+  if (s->msgs != NULL)
+    g_array_unref(s->msgs);
+  g_free(s->state);
+  g_clear_pointer(&s->by_name, g_free);
+  g_clear_pointer(&s->rank, g_free);
+  s->msgs = g_array_ref(l->msgs);
+  s->state = state;
+  s->uidvalidity = l->uidvalidity;
+  s->by_name = g_new(guint32, MAX(n, 1));
+  s->rank = g_new(guint32, MAX(n, 1));
+  for (guint i = 0; i < n; i++)
+    s->by_name[i] = i;
+  g_qsort_with_data(s->by_name, (gint)n, sizeof(guint32), bc_name_cmp, s->msgs);
+  for (guint r = 0; r < n; r++)
+    s->rank[s->by_name[r]] = r;
+}
+
+/* Position p in order o (0: UID order, 1: file-name order) -> index. */
+static guint bc_at(const BcStream *s, int o, guint p) { return o == 0 ? p : s->by_name[p]; }
+static guint bc_pos(const BcStream *s, int o, guint i) { return o == 0 ? i : s->rank[i]; }
+
+/* _bc_schedule: caller holds the lock.  The reader opened index i and is
+ * walking in order o, direction dir (+1/-1): keep readahead_bytes fetched
+ * or in flight ahead of it, in batches. */
+static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o, guint i,
+                         int dir) {
+  gint64 n = s->msgs->len;
+  gint64 p = (gint64)bc_pos(s, o, i) + dir;
+  /* Look at most this far ahead per open, so a mailbox already on disk
+   * costs O(1) per open, not O(messages). */
+  gint64 end = dir > 0 ? MIN(n, p + BC_LOOK_AHEAD) : MAX(-1, p - BC_LOOK_AHEAD);
+  n = dir > 0 ? end : n;
+  gint64 lo = dir > 0 ? 0 : end + 1;
+  guint64 ahead = 0;
+  /* What is already claimed right ahead of the reader counts against the
+   * bound; claims the reader left behind do not. */
+  for (; p >= lo && p < n && ahead < bc->opts.readahead_bytes; p += dir) {
+    guint k = bc_at(s, o, (guint)p);
+    if (s->state[k] == BC_NONE)
+      break;
+    if (s->state[k] == BC_CLAIMED)
+      ahead += g_array_index(s->msgs, DcMsg, k).size;
+  }
+  guint max_batch = dir > 0 ? BC_BATCH_MAX : BC_BATCH_MAX / 4; /* servers answer in UID order */
+  while (p >= lo && p < n && ahead < bc->opts.readahead_bytes &&
+         s->running < MAX(1, bc->opts.readahead_threads)) {
     BcBatch *b = g_new0(BcBatch, 1);
     b->bc = bc;
     b->mailbox = g_strdup(mailbox);
     b->uidvalidity = s->uidvalidity;
     b->uids = g_array_new(FALSE, FALSE, sizeof(guint32));
     guint64 bytes = 0;
-    while (s->next < s->msgs->len && b->uids->len < s->batch && bytes < BC_BATCH_BYTES_MAX &&
-           ahead + bytes < bc->opts.readahead_bytes) {
-      const DcMsg *m = &g_array_index(s->msgs, DcMsg, s->next++);
-      if (m->size > bc->opts.chunk_bytes)
-        continue; /* large messages are read chunk by chunk, on demand */
-      g_autofree char *key = bc_key(mailbox, s->uidvalidity, m->uid, BC_WHOLE);
-      if (g_hash_table_contains(bc->table, key) || g_hash_table_contains(bc->inflight, key))
+    for (; p >= lo && p < n && b->uids->len < MIN(s->batch, max_batch) &&
+           bytes < BC_BATCH_BYTES_MAX && ahead + bytes < bc->opts.readahead_bytes;
+         p += dir) {
+      guint k = bc_at(s, o, (guint)p);
+      if (s->state[k] != BC_NONE)
         continue;
-      if (bc->opts.disk != NULL) {
-        /* Already on disk: no need to fetch (read when opened). */
+      const DcMsg *m = &g_array_index(s->msgs, DcMsg, k);
+      g_autofree char *key = bc_key(mailbox, s->uidvalidity, m->uid, BC_WHOLE);
+      gboolean local = m->size > bc->opts.chunk_bytes /* read in chunks, on demand */ ||
+                       g_hash_table_contains(bc->table, key) ||
+                       g_hash_table_contains(bc->inflight, key);
+      if (!local && bc->opts.disk != NULL) {
         g_autofree char *group = bc_disk_group(bc, mailbox, s->uidvalidity);
         g_autofree char *name = bc_disk_name(m->uid, BC_WHOLE);
-        if (diskcache_contains(bc->opts.disk, group, name))
-          continue;
+        local = diskcache_contains(bc->opts.disk, group, name);
+      }
+      if (local) {
+        s->state[k] = BC_SKIP;
+        continue;
       }
       BcInflight *f = g_new0(BcInflight, 1);
       f->refs = 1;
       g_hash_table_insert(bc->inflight, g_steal_pointer(&key), f);
+      s->state[k] = BC_CLAIMED;
       g_array_append_val(b->uids, m->uid);
       bytes += m->size;
     }
@@ -459,10 +607,10 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s) {
       g_array_unref(b->uids);
       g_free(b->mailbox);
       g_free(b);
-      if (s->next >= s->msgs->len)
-        return;
-      continue;
+      continue; /* the loop condition ends it at the edge */
     }
+    g_array_sort(b->uids, bc_u32_cmp);
+    ahead += bytes;
     s->running++;
     s->batch = MIN(s->batch * 2, BC_BATCH_MAX);
     g_thread_pool_push(bc->workers, b, NULL);
@@ -475,50 +623,30 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
   guint i = bc_index_of(l->msgs, uid);
   if (i == G_MAXUINT)
     return;
+  gint64 now = g_get_monotonic_time();
   g_mutex_lock(&bc->lock);
   BcStream *s = g_hash_table_lookup(bc->streams, mailbox);
-  if (s == NULL || s->uidvalidity != l->uidvalidity || s->msgs != l->msgs) {
-    gboolean continuing = s != NULL && s->msgs != NULL && s->uidvalidity == l->uidvalidity;
-    guint next = continuing ? s->next : 0;
-    if (s == NULL) {
-      s = g_new0(BcStream, 1);
-      g_hash_table_insert(bc->streams, g_strdup(mailbox), s);
-    }
-    if (s->msgs != NULL)
-      g_array_unref(s->msgs);
-    /* A new snapshot of the same mailbox: keep going from the same UID. */
-    guint32 next_uid =
-        continuing && next < s->msgs->len ? g_array_index(s->msgs, DcMsg, next).uid : 0;
-    s->msgs = g_array_ref(l->msgs);
-    s->uidvalidity = l->uidvalidity;
-    s->next = 0;
-    if (next_uid != 0) {
-      guint k = bc_index_of(s->msgs, next_uid);
-      s->next = k != G_MAXUINT ? k : 0;
-    }
-    if (!continuing) {
-      s->last_open = i;
-      s->next = i + 1;
-      s->batch = BC_BATCH_MIN;
-      g_mutex_unlock(&bc->lock);
-      return; /* one open is not a pattern yet */
-    }
+  if (s == NULL) {
+    s = g_new0(BcStream, 1);
+    g_hash_table_insert(bc->streams, g_strdup(mailbox), s);
   }
-  /* Forward and not far beyond what is scheduled: a scan.  Parallel readers
-   * (rg -j4) open a little out of order, hence the slack. */
-  gboolean forward = i + 64 >= s->last_open && i <= s->next + 64;
-  if (!forward) {
-    s->last_open = i;
-    s->next = i + 1;
-    s->batch = BC_BATCH_MIN;
-    g_mutex_unlock(&bc->lock);
-    return;
+  if (s->msgs != l->msgs || s->uidvalidity != l->uidvalidity)
+    _bc_stream_take(s, l);
+  if (now - s->last_open > 5 * G_USEC_PER_SEC)
+    s->batch = BC_BATCH_MIN; /* a new scan starts small */
+  s->last_open = now;
+  s->state[i] = BC_OPENED;
+  /* A scan shows as a neighbour already opened, in UID order (grep -r,
+   * tar, find: readdir order; ripgrep's parallel walker also runs it
+   * backwards) or in file-name order (rsync, borg, restic sort by name). */
+  guint n = l->msgs->len;
+  for (int o = 0; o < 2; o++) {
+    guint p = bc_pos(s, o, i);
+    if (p > 0 && s->state[bc_at(s, o, p - 1)] == BC_OPENED)
+      _bc_schedule(bc, mailbox, s, o, i, +1);
+    if (p + 1 < n && s->state[bc_at(s, o, p + 1)] == BC_OPENED)
+      _bc_schedule(bc, mailbox, s, o, i, -1);
   }
-  if (i > s->last_open)
-    s->last_open = i;
-  if (s->next <= i)
-    s->next = i + 1;
-  _bc_schedule(bc, mailbox, s);
   g_mutex_unlock(&bc->lock);
 }
 

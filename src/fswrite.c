@@ -580,6 +580,9 @@ static const char *const fsw_deleted[] = {"\\Deleted", NULL};
  * (unless it was set before). */
 static gboolean fsw_expunge_one(ImapConn *c, guint32 uid, GError **error) {
   g_autofree char *flags = NULL;
+  /* Refuse before touching anything: never leave a \Deleted behind. */
+  if (!imap_conn_has(c, IMAP_CAP_UIDPLUS))
+    return imap_uid_expunge(c, "", error);
   if (!imap_fetch_flags(c, uid, &flags, error))
     return FALSE;
   gboolean was = fsw_has_flag(flags, "\\Deleted");

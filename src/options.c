@@ -77,7 +77,7 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
   memset(o, 0, sizeof *o);
   o->connections = 4;
   o->timeout = 60;
-  o->cache_mem_mb = 32;
+  o->cache_mem_mb = 16;
   o->msg_timeout = 60;
   o->dir_timeout = 1;
   o->list_max_age = 0;
@@ -172,7 +172,7 @@ void options_usage(const char *prog) {
          "    -o cache=MODE            none, metadata or full (default full): what is kept on disk\n"
          "    -o cache_dir=DIR         where (default $XDG_CACHE_HOME/imapfuse/USER@HOST:PORT)\n"
          "    -o cache_size=SIZE       disk bound for message bytes (default 1G; LRU eviction)\n"
-         "    -o cache_mem=MB          memory for message bytes (default 32)\n"
+         "    -o cache_mem=MB          memory for message bytes (default 16)\n"
          "    -o poll=SECS             check for other clients' changes every SECS (default 10; 0 off)\n"
          "    -o readahead=SIZE        bytes fetched ahead of sequential readers (default 8M; 0 off)\n"
          "    -o delete=trash          rm moves messages to the \\Trash mailbox (default: expunge,\n"

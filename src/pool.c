@@ -8,9 +8,10 @@
  * connection, in order:
  *   1. an idle connection that already has the mailbox selected (affinity:
  *      no SELECT, and the server keeps its per-mailbox state warm);
- *   2. a new connection, while fewer than max are open (LOGIN costs a few
- *      round trips once; after that the connection is kept);
- *   3. the idle connection used least recently (one SELECT to switch);
+ *   2. the idle connection used least recently (one SELECT to switch, one
+ *      round trip, where a login costs several);
+ *   3. a new connection, while fewer than max are open (only when all are
+ *      busy: that is when more connections buy parallelism);
  *   4. otherwise wait until one is released.
  * A connection that failed mid-command is marked broken by conn.c and is
  * closed on release, never reused.  Idempotent operations (reads, listings)
@@ -89,11 +90,15 @@ static ImapConn *_pool_take(Pool *p, const char *mailbox, gboolean *may_open) {
         g_queue_delete_link(&p->idle, l);
         return c;
       }
+  /* An idle connection costs one SELECT to switch; a new one costs a
+   * login, several round trips: only open more when none is idle. */
+  if (p->idle.length > 0)
+    return g_queue_pop_tail(&p->idle);
   if (p->open < p->max) {
     *may_open = TRUE;
     return NULL;
   }
-  return g_queue_pop_tail(&p->idle);
+  return NULL;
 }
 
 ImapConn *pool_acquire(Pool *p, const char *mailbox, GError **error) {

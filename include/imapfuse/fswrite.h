@@ -8,7 +8,7 @@
  * the pool, patches dircache with the outcome and queues kernel
  * invalidations (notify.h).  fs.c keeps the read path and calls the hooks
  * below for inodes of files being written.  User documentation:
- * doc/imapfuse-writes.md.
+ * README.md ("Changing mail") and doc/imapfuse.1.scd (CHANGING MAIL).
  */
 #pragma once
 

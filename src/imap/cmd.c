@@ -399,11 +399,21 @@ static gboolean cmd_status_info_handler(ImapResponse *r, gpointer user) {
 
 gboolean imap_status(ImapConn *c, const char *mailbox, ImapStatusInfo *out, GError **error) {
   memset(out, 0, sizeof *out);
+  /* STATUS of the mailbox this session has selected answers from the
+   * session's view, which moves only at command boundaries: sync first. */
+  if (g_strcmp0(imap_conn_selected(c), mailbox) == 0 && !imap_noop(c, error))
+    return FALSE;
   ImapCmd *cmd = imap_cmd_new("STATUS ");
   imap_cmd_add_string(cmd, mailbox);
   imap_cmd_add(cmd, " (UIDVALIDITY UIDNEXT MESSAGES%s)",
                imap_conn_has(c, IMAP_CAP_CONDSTORE) ? " HIGHESTMODSEQ" : "");
-  return imap_conn_run(c, cmd, cmd_status_info_handler, out, NULL, error);
+  if (!imap_conn_run(c, cmd, cmd_status_info_handler, out, NULL, error))
+    return FALSE;
+  if (out->uidvalidity == 0) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_PROTOCOL, "no STATUS answer for %s", mailbox);
+    return FALSE;
+  }
+  return TRUE;
 }
 
 char *imap_uidset_format(const guint32 *uids, guint n) {
@@ -724,36 +734,12 @@ gboolean imap_rename(ImapConn *c, const char *from, const char *to, GError **err
   return TRUE;
 }
 
-typedef struct {
-  guint32 messages;
-  gboolean seen;
-} CmdStatusCtx;
-
-static gboolean cmd_status_handler(ImapResponse *r, gpointer user) {
-  CmdStatusCtx *ctx = user;
-  if (r->kind != IMAP_RESP_UNTAGGED || g_strcmp0(r->name, "STATUS") != 0 ||
-      r->args.n_items < 2 || r->args.items[1].type != IMAP_VAL_LIST)
-    return FALSE;
-  const ImapVal *l = &r->args.items[1];
-  for (guint i = 0; i + 1 < l->n_items; i += 2)
-    if (imap_val_is_atom(&l->items[i], "MESSAGES"))
-      ctx->seen = imap_val_to_u32(&l->items[i + 1], &ctx->messages);
-  return TRUE;
-}
-
 gboolean imap_status_messages(ImapConn *c, const char *mailbox, guint32 *messages,
                               GError **error) {
-  CmdStatusCtx ctx = {0};
-  ImapCmd *cmd = imap_cmd_new("STATUS ");
-  imap_cmd_add_string(cmd, mailbox);
-  imap_cmd_add(cmd, " (MESSAGES)");
-  if (!imap_conn_run(c, cmd, cmd_status_handler, &ctx, NULL, error))
+  ImapStatusInfo st;
+  if (!imap_status(c, mailbox, &st, error))
     return FALSE;
-  if (!ctx.seen) {
-    g_set_error(error, IFS_ERROR, IFS_ERROR_PROTOCOL, "no STATUS MESSAGES for %s", mailbox);
-    return FALSE;
-  }
-  *messages = ctx.messages;
+  *messages = st.messages;
   return TRUE;
 }
 
