@@ -538,9 +538,11 @@ class Bench:
         return "%d/%d matches" % (lines, self.man["needle_messages"])
 
     # ---------------------------------------------------------- imapfuse
-    def imapfuse_mount(self, port, cache_dir, label):
+    def imapfuse_mount(self, port, cache_dir, label, extra=""):
         mnt = self.path("mnt-imapfuse")
         opts = "password_file=%s,tls=off" % self.pwfile
+        if extra:
+            opts += "," + extra
         if self.a.imapfuse_opts:
             opts += "," + self.a.imapfuse_opts
         if self.disk_cache and cache_dir:
@@ -650,6 +652,16 @@ class Bench:
         self.cache_usage("cold_ls" + sfx, cache)
         self.record("cold_ls" + sfx, secs, "; ".join(notes),
                     traffic=tr, rss_kb=rss, mount_s=m.mount_seconds)
+        # c1b: the same without extended attributes (ls -l then asks the
+        # kernel for no GETXATTR per file)
+        self.warm_server()
+        cache = self.new_dir("cache")
+        m = self.imapfuse_mount(port, cache, label, extra="xattr=off")
+        secs, notes, pos = self.imapfuse_op(m, "cold_ls_noxattr" + sfx, "ls", label)
+        rss, tr = self.finish_mount(m, pos, label)
+        self.record("cold_ls_noxattr" + sfx, secs, "; ".join(notes),
+                    traffic=tr, rss_kb=rss, mount_s=m.mount_seconds)
+        shutil.rmtree(cache, ignore_errors=True)
         # c2: cold grep -r (its cache dir is kept for d)
         self.warm_server()
         cache = self.new_dir("cache")
@@ -906,6 +918,8 @@ SyncState *
                 s("cold_grep" + sfx), plus(fl1, s("raw_bulk" + sfx)), 1.25)
             add("cold ls -lR / (floor ls -lR + raw meta), %s" % where,
                 s("cold_ls" + sfx), plus(fll, s("raw_meta" + sfx)), 1.5)
+            add("cold ls -lR xattr=off / (floor ls -lR + raw meta), %s" % where,
+                s("cold_ls_noxattr" + sfx), plus(fll, s("raw_meta" + sfx)), 1.5)
             add("warm grep after remount / floor grep#1, %s" % where,
                 s("warm_grep" + sfx), fl1, 1.25,
                 status=None if self.disk_cache else "no disk cache yet")
@@ -926,6 +940,7 @@ SyncState *
         ("b", "floor: grep -r #2.. (same mount)", "floor_grep2", False),
         ("b", "floor: rg -j4 (fresh mount)", "floor_rg", False),
         ("c", "imapfuse cold: ls -lR", "cold_ls", True),
+        ("c", "imapfuse cold: ls -lR, -o xattr=off", "cold_ls_noxattr", True),
         ("c", "imapfuse cold: grep -r", "cold_grep", True),
         ("c", "imapfuse cold: rg -j4", "cold_rg", True),
         ("d", "imapfuse warm: grep -r after remount (cache dir kept)", "warm_grep", True),

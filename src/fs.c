@@ -162,6 +162,9 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn) {
   conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
   if (conn->capable & FUSE_CAP_ASYNC_READ)
     conn->want |= FUSE_CAP_ASYNC_READ;
+  /* A message's bytes never change under its inode: no need for the kernel
+   * to drop pages when it sees attributes again. */
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 }
 
 static gboolean fs_entry_for(Fs *fs, DcNode *parent, const char *name,
@@ -403,6 +406,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   }
   fi->fh = (uint64_t)(uintptr_t)f;
   fi->keep_cache = 1; /* bytes are immutable per (mailbox, UIDVALIDITY, UID) */
+  fi->noflush = 1;    /* nothing to flush: saves a request per close */
   fuse_reply_open(req, fi);
 }
 
@@ -481,4 +485,16 @@ static const struct fuse_lowlevel_ops fs_ops = {
     .mknod = fswrite_mknod,
 };
 
-const struct fuse_lowlevel_ops *fs_lowlevel_ops(void) { return &fs_ops; }
+const struct fuse_lowlevel_ops *fs_lowlevel_ops(gboolean xattr) {
+  static struct fuse_lowlevel_ops plain;
+  if (xattr)
+    return &fs_ops;
+  /* Without xattr handlers libfuse answers ENOSYS once and the kernel stops
+   * asking: `ls -l` then costs no GETXATTR round trips per file. */
+  plain = fs_ops;
+  plain.setxattr = NULL;
+  plain.getxattr = NULL;
+  plain.listxattr = NULL;
+  plain.removexattr = NULL;
+  return &plain;
+}

@@ -189,7 +189,7 @@ int main(int argc, char *argv[]) {
   fuse_opt_add_arg(&args, "-osubtype=imapfuse");
   fuse_opt_add_arg(&args, "-odefault_permissions");
   fuse_opt_add_arg(&args, fsname);
-  se = fuse_session_new(&args, fs_lowlevel_ops(), sizeof(struct fuse_lowlevel_ops), fs);
+  se = fuse_session_new(&args, fs_lowlevel_ops(g_strcmp0(o.xattr, "off") != 0), sizeof(struct fuse_lowlevel_ops), fs);
   if (se == NULL)
     goto out;
   if (fuse_set_signal_handlers(se) != 0)

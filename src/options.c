@@ -31,6 +31,7 @@ static const struct fuse_opt options_table[] = {
     IFS_OPT("cache_size=%s", cache_size, 0),
     IFS_OPT("readahead=%s", readahead, 0),
     IFS_OPT("poll=%u", poll, 0),
+    IFS_OPT("xattr=%s", xattr, 0),
     IFS_OPT("delete=%s", delete_mode, 0),
     IFS_OPT("dedup=%s", dedup, 0),
     IFS_OPT("msg_timeout=%lf", msg_timeout, 0),
@@ -133,6 +134,10 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
                 o->dedup);
     return FALSE;
   }
+  if (o->xattr != NULL && g_strcmp0(o->xattr, "on") != 0 && g_strcmp0(o->xattr, "off") != 0) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "xattr= takes on or off, not \"%s\"", o->xattr);
+    return FALSE;
+  }
   if (o->password_command != NULL && o->password_file != NULL) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
                 "give password_command= or password_file=, not both");
@@ -153,6 +158,7 @@ void options_clear(IfsOptions *o) {
   g_free(o->cache_dir);
   g_free(o->cache_size);
   g_free(o->readahead);
+  g_free(o->xattr);
   memset(o, 0, sizeof *o);
 }
 
@@ -174,6 +180,8 @@ void options_usage(const char *prog) {
          "    -o cache_size=SIZE       disk bound for message bytes (default 1G; LRU eviction)\n"
          "    -o cache_mem=MB          memory for message bytes (default 16)\n"
          "    -o poll=SECS             check for other clients' changes every SECS (default 10; 0 off)\n"
+         "    -o xattr=off             no extended attributes (user.imap.flags): ls -l asks\n"
+         "                             no GETXATTR per file (faster listings)\n"
          "    -o readahead=SIZE        bytes fetched ahead of sequential readers (default 8M; 0 off)\n"
          "    -o delete=trash          rm moves messages to the \\Trash mailbox (default: expunge,\n"
          "                             which needs UIDPLUS)\n"

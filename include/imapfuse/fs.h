@@ -33,6 +33,7 @@ typedef struct Fs Fs;
 Fs *fs_new(Dircache *dc, Bodycache *bc, Notify *notify, const FsOptions *opts);
 void fs_free(Fs *fs);
 /* Pass fs as the userdata of fuse_session_new(). */
-const struct fuse_lowlevel_ops *fs_lowlevel_ops(void);
+/* xattr FALSE: no extended attributes at all (user.imap.flags unavailable). */
+const struct fuse_lowlevel_ops *fs_lowlevel_ops(gboolean xattr);
 
 G_END_DECLS

@@ -27,6 +27,7 @@ typedef struct {
   char *cache;        /* none | metadata | full (default) */
   char *cache_dir;    /* default $XDG_CACHE_HOME/imapfuse/<account> */
   char *cache_size;   /* disk bound for message bytes, e.g. 2G (default 1G) */
+  char *xattr;        /* "on" (default) or "off" */
   int poll;           /* seconds between checks for others' changes; 0 off */
   char *readahead;    /* bytes fetched ahead of sequential readers (default 8M) */
   char *delete_mode;  /* write path: expunge (default) | trash */

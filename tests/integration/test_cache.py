@@ -392,3 +392,21 @@ def test_grep_and_rg_over_cold_and_warm_cache(mount, empty_dovecot, env, tmp_pat
                                  capture_output=True, text=True)
             assert sorted(p[2:] if p.startswith("./") else p for p in out.stdout.split()) == want
         m.unmount()
+
+
+def test_xattr_off_means_no_attributes(mount, empty_dovecot, env):
+    import errno
+    dv = empty_dovecot()
+    msgs = [_msg("x%d" % i, 700) for i in range(3)]
+    uids = _make_box(dv, "Box", msgs, flags=["(\\Seen)", None, "(\\Flagged)"])
+    m = mount(dv, "xattr=off", env=env)
+    p = os.path.join(m.path, "Box", "%d.eml" % uids[0])
+    with pytest.raises(OSError) as ei:
+        os.getxattr(p, "user.imap.flags")
+    assert ei.value.errno in (errno.ENOTSUP, errno.EOPNOTSUPP)
+    assert _listing(os.path.join(m.path, "Box")) == _names(uids)
+    assert _read(p) == msgs[0]
+    m.unmount()
+    m2 = mount(dv, env=env)  # default: on
+    got = os.getxattr(os.path.join(m2.path, "Box", "%d.eml" % uids[0]), "user.imap.flags")
+    assert got.decode().split() == ["\\Seen"]
