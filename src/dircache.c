@@ -331,6 +331,7 @@ typedef struct {
   GArray *msgs;      /* full: every message; delta: changed and new ones */
   GArray *vanished;  /* delta: ImapUidRange */
   gboolean delta;
+  GArray *result;    /* delta applied to base (set by the op) */
   guint32 uidvalidity;
   guint64 modseq;    /* best known HIGHESTMODSEQ after the fetch */
   gboolean sorted;
@@ -357,41 +358,55 @@ static void dc_vanished_cb(const char *set, gpointer user) {
     g_warning("ignoring malformed VANISHED set \"%s\"", set);
 }
 
-/* One listing: a delta (QRESYNC) against what we had when possible, else
- * every message's metadata. */
-static gboolean dc_fetch_op(ImapConn *c, gpointer user, GError **error) {
-  DcFetch *f = user;
+static GArray *dc_apply_delta(const GArray *base, const GArray *changed, const GArray *vanished);
+static int dc_msg_cmp(gconstpointer a, gconstpointer b);
+
+static void dc_fetch_reset(DcFetch *f) {
+  g_clear_pointer(&f->result, g_array_unref);
   g_array_set_size(f->msgs, 0);
   g_array_set_size(f->vanished, 0);
   f->sorted = TRUE;
   f->delta = FALSE;
   f->modseq = 0;
-  ImapSelectInfo info = {0};
-  gboolean selected_now = FALSE;
-  if (g_strcmp0(imap_conn_selected(c), f->node->mailbox) != 0) {
-    if (!imap_select(c, f->node->mailbox, &info, error))
-      return FALSE;
-    selected_now = TRUE;
-    f->uidvalidity = info.uidvalidity;
+}
+
+/* One listing, one round trip: a delta (QRESYNC) against what we had when
+ * possible, else every message's metadata. */
+static gboolean dc_fetch_op(ImapConn *c, gpointer user, GError **error) {
+  DcFetch *f = user;
+  dc_fetch_reset(f);
+  gboolean selected_now;
+  ImapSelectInfo info;
+  gboolean want_delta = f->base != NULL && f->base_modseq > 0 && imap_conn_qresync_enabled(c) &&
+                        (g_strcmp0(imap_conn_selected(c), f->node->mailbox) != 0 ||
+                         imap_conn_selected_uidvalidity(c) == f->base_uidvalidity);
+  if (!imap_list_messages(c, f->node->mailbox, want_delta ? f->base_modseq : 0, &info,
+                          &selected_now, dc_meta_cb, dc_vanished_cb, f, error))
+    return FALSE;
+  f->uidvalidity = info.uidvalidity;
+  if (selected_now && info.highestmodseq > f->modseq)
     f->modseq = info.highestmodseq;
-  } else {
-    /* The session's view of a selected mailbox only moves at command
-     * boundaries: without this NOOP, "1:*" would not yet include messages
-     * that other clients added since our last command. */
-    if (!imap_noop(c, error))
-      return FALSE;
-    f->uidvalidity = imap_conn_selected_uidvalidity(c);
+  f->delta = want_delta;
+  if (want_delta && info.uidvalidity == f->base_uidvalidity) {
+    if (!f->sorted)
+      g_array_sort(f->msgs, dc_msg_cmp);
+    f->result = dc_apply_delta(f->base, f->msgs, f->vanished);
+    /* A fresh SELECT says how many there are: a delta that disagrees (the
+     * server forgot some expunges) is not trusted. */
+    if (!selected_now || f->result->len == info.exists)
+      return TRUE;
+    g_debug("%s: delta gave %u messages, SELECT said %u; listing it all", f->node->mailbox,
+            f->result->len, info.exists);
   }
-  if (selected_now && info.exists == 0)
-    return TRUE; /* empty: nothing to fetch */
-  if (f->base != NULL && f->base_uidvalidity == f->uidvalidity && f->base_modseq > 0 &&
-      imap_conn_qresync_enabled(c)) {
-    f->delta = TRUE;
-    if (selected_now && info.highestmodseq == f->base_modseq)
-      return TRUE; /* nothing changed at all */
-    return imap_fetch_changes(c, f->base_modseq, dc_meta_cb, dc_vanished_cb, f, error);
+  if (want_delta) {
+    /* Recreated (other UIDVALIDITY) or inconsistent: list everything. */
+    guint64 modseq = f->modseq;
+    dc_fetch_reset(f);
+    f->uidvalidity = info.uidvalidity;
+    f->modseq = modseq;
+    return imap_fetch_meta(c, "1:*", 0, dc_meta_cb, f, error);
   }
-  return imap_fetch_meta(c, "1:*", 0, dc_meta_cb, f, error);
+  return TRUE;
 }
 
 static int dc_msg_cmp(gconstpointer a, gconstpointer b) {
@@ -578,9 +593,9 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     if (!f.sorted)
       g_array_sort(f.msgs, dc_msg_cmp);
     GArray *result;
-    if (f.delta) {
+    if (f.result != NULL) {
       changed = f.msgs->len > 0 || f.vanished->len > 0;
-      result = changed ? dc_apply_delta(f.base, f.msgs, f.vanished) : g_array_ref(f.base);
+      result = changed ? g_steal_pointer(&f.result) : g_array_ref(f.base);
       if (f.modseq < f.base_modseq)
         f.modseq = f.base_modseq;
     } else {
@@ -617,6 +632,8 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
   }
   if (f.msgs != NULL)
     g_array_unref(f.msgs);
+  if (f.result != NULL)
+    g_array_unref(f.result);
   if (f.base != NULL)
     g_array_unref(f.base);
   g_array_unref(f.vanished);

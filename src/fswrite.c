@@ -516,6 +516,16 @@ static gboolean fsw_find_msg(FsWrite *w, DcNode *node, guint32 uid, guint32 *uv,
   return FALSE;
 }
 
+/* A UID learnt under UIDVALIDITY want, looked up under have. */
+static gboolean fsw_check_uv(DcNode *node, guint32 have, guint32 want, GError **error) {
+  if (have == want)
+    return TRUE;
+  g_set_error(error, IFS_ERROR, IFS_ERROR_STALE,
+              "%s has a new UIDVALIDITY (%u, was %u): its UIDs changed", dcnode_mailbox(node),
+              have, want);
+  return FALSE;
+}
+
 /* The message behind a message inode. */
 static gboolean fsw_msg_of_ino(FsWrite *w, fuse_ino_t ino, DcNode **node, guint32 *uv,
                                DcMsg *out, int *err) {
@@ -1179,7 +1189,13 @@ void fswrite_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   }
   gboolean writable = (fi->flags & O_ACCMODE) != O_RDONLY;
   g_mutex_lock(&f->lock);
-  int err = writable ? f->error : 0;
+  /* Dropped (lingered out, unlinked) while this open waited for f->lock:
+   * a handle on it would not be routed here (fswrite_owns) any more, so
+   * its writes would never be sent and fs.c would take it for a message's
+   * handle.  Drops happen under f->lock, so this check holds. */
+  g_mutex_lock(&w->lock);
+  int err = !f->in_table ? ENOENT : writable ? f->error : 0;
+  g_mutex_unlock(&w->lock);
   if (err == 0 && writable && (fi->flags & O_TRUNC) && staging_file_size(f->data) > 0) {
     g_autoptr(GError) error = NULL;
     if (staging_file_truncate(f->data, 0, &error)) {
@@ -1444,7 +1460,11 @@ static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p2,
     return;
   }
   g_mutex_lock(&f->lock);
-  int err = f->error;
+  /* Dropped while this rename waited for f->lock (the lingering send):
+   * naming it again would leave a name without a reference (freed file). */
+  g_mutex_lock(&w->lock);
+  int err = !f->in_table ? ENOENT : f->error;
+  g_mutex_unlock(&w->lock);
   if (err == 0 && f->sent && !f->owned && p2 != f->sent_node) {
     /* A copy of a message that was there already: the copy goes to p2. */
     if (!_fsw_send(w, f, p2, newname, &error))
@@ -1453,7 +1473,10 @@ static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p2,
     /* Already a message: moving it to another directory moves the message. */
     guint32 uv, epoch, nuv, nuid;
     DcMsg m;
+    /* sent_uid means something only under sent_uv: after a new
+     * UIDVALIDITY that UID is another message. */
     if (!fsw_find_msg(w, f->sent_node, f->sent_uid, &uv, &epoch, &m, &error) ||
+        !fsw_check_uv(f->sent_node, uv, f->sent_uv, &error) ||
         !fsw_move_message(w, f->sent_node, uv, &m, p2, &nuv, &nuid, &error)) {
       err = fsw_errno(error);
     } else {
@@ -1999,14 +2022,15 @@ static char *fsw_get_flags(FsWrite *w, fuse_ino_t ino, int *err) {
       out = fsw_flags_display(canon);
     }
     n = f->sent_node;
-    uv = f->sent_uv;
+    guint32 sent_uv = f->sent_uv;
     guint32 uid = f->sent_uid;
     g_mutex_unlock(&f->lock);
     if (!sent)
       return out;
     g_autoptr(GError) error = NULL;
     guint32 epoch;
-    if (!fsw_find_msg(w, n, uid, &uv, &epoch, &m, &error)) {
+    if (!fsw_find_msg(w, n, uid, &uv, &epoch, &m, &error) ||
+        !fsw_check_uv(n, uv, sent_uv, &error)) {
       *err = fsw_errno(error);
       return NULL;
     }

@@ -288,12 +288,21 @@ char *staging_file_keep(StagingFile *f, const char *dir, const char *name, GErro
   g_autoptr(GDateTime) now = g_date_time_new_now_utc();
   g_autofree char *stamp = g_date_time_format(now, "%Y%m%dT%H%M%SZ");
   g_autofree char *base = staging_eml_name(name);
+  /* TIME-NAME[-i].eml must fit NAME_MAX (255): a long name is shortened
+   * (at a UTF-8 character boundary), or the link fails with ENAMETOOLONG
+   * and the bytes are not where the documentation says. */
+  gsize stem = strlen(base) - 4, max_stem = 255 - strlen(stamp) - 1 - 4 - 4;
+  if (stem > max_stem) {
+    stem = max_stem;
+    while (stem > 0 && ((guchar)base[stem] & 0xc0) == 0x80)
+      stem--;
+  }
   if (fsync(f->fd) != 0)
     g_debug("fsync %s: %s", f->path, g_strerror(errno));
   for (int i = 1; i < 1000; i++) {
     g_autofree char *fname =
-        i == 1 ? g_strdup_printf("%s-%s", stamp, base)
-               : g_strdup_printf("%s-%.*s-%d.eml", stamp, (int)strlen(base) - 4, base, i);
+        i == 1 ? g_strdup_printf("%s-%.*s%s", stamp, (int)stem, base, base + strlen(base) - 4)
+               : g_strdup_printf("%s-%.*s-%d.eml", stamp, (int)stem, base, i);
     char *path = g_build_filename(where, fname, NULL);
     if (link(f->path, path) == 0)
       return path;

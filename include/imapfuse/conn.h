@@ -89,6 +89,15 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(ImapConn, imap_conn_close)
 gboolean imap_conn_run(ImapConn *c, ImapCmd *cmd, ImapHandler fn,
                        gpointer user, ImapResponse **tagged, GError **error);
 
+/* Send up to IMAP_PIPELINE_MAX commands (all consumed) before reading any
+ * reply: one round trip for the lot.  Untagged responses of all of them go
+ * to fn.  FALSE with the first NO/BAD as the error (the others still ran),
+ * or a connection error.  Commands whose literals would need the server's
+ * "+" (no LITERAL+) are sent one after the other instead. */
+#define IMAP_PIPELINE_MAX 8
+gboolean imap_conn_run_pipeline(ImapConn *c, ImapCmd **cmds, guint n, ImapHandler fn,
+                                gpointer user, GError **error);
+
 /* Responses no command claimed (EXISTS, EXPUNGE, FETCH FLAGS pushed by the
  * server, ...).  Called on the thread that runs commands. */
 void imap_conn_set_unsolicited(ImapConn *c, ImapHandler fn, gpointer user);

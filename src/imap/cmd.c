@@ -304,6 +304,60 @@ gboolean imap_fetch_changes(ImapConn *c, guint64 modseq, ImapMetaFn fn, ImapVani
 }
 
 typedef struct {
+  ImapSelectInfo *info;
+  CmdMetaCtx meta;
+} CmdListMsgsCtx;
+
+static gboolean cmd_list_msgs_handler(ImapResponse *r, gpointer user) {
+  CmdListMsgsCtx *ctx = user;
+  return cmd_select_handler(r, ctx->info) || cmd_meta_handler(r, &ctx->meta);
+}
+
+gboolean imap_list_messages(ImapConn *c, const char *mailbox, guint64 changedsince,
+                            ImapSelectInfo *info, gboolean *selected_now, ImapMetaFn fn,
+                            ImapVanishedFn vanished, gpointer user, GError **error) {
+  memset(info, 0, sizeof *info);
+  gboolean qresync = imap_conn_qresync_enabled(c);
+  gboolean modseq = qresync || imap_conn_has(c, IMAP_CAP_CONDSTORE);
+  CmdListMsgsCtx ctx = {info, {fn, vanished, user}};
+  ImapCmd *cmds[2];
+  /* Always SELECT, also when this session has the mailbox selected
+   * already: a pipelined NOOP would not do, as the FETCH after it may be
+   * evaluated on the session's old view (Dovecot runs them together); a
+   * SELECT gives a fresh view, and EXISTS to check a delta against. */
+  *selected_now = TRUE;
+  cmds[0] = imap_cmd_new("SELECT ");
+  imap_cmd_add_string(cmds[0], mailbox);
+  imap_conn_set_selected(c, NULL, 0); /* a failed SELECT deselects */
+  if (changedsince > 0 && qresync)
+    cmds[1] = imap_cmd_new("UID FETCH 1:* (UID RFC822.SIZE INTERNALDATE FLAGS MODSEQ) "
+                           "(CHANGEDSINCE %" G_GUINT64_FORMAT " VANISHED)",
+                           changedsince);
+  else
+    cmds[1] = imap_cmd_new("UID FETCH 1:* (UID RFC822.SIZE INTERNALDATE FLAGS%s)",
+                           modseq ? " MODSEQ" : "");
+  g_autoptr(GError) local = NULL;
+  gboolean ok = imap_conn_run_pipeline(c, cmds, 2, cmd_list_msgs_handler, &ctx, &local);
+  /* "1:*" on an empty mailbox is an error on some servers: nothing to list. */
+  if (!ok && *selected_now && info->uidvalidity != 0 && info->exists == 0 &&
+      !imap_conn_is_broken(c))
+    ok = TRUE;
+  if (!ok) {
+    g_propagate_error(error, g_steal_pointer(&local));
+    return FALSE;
+  }
+  if (*selected_now) {
+    if (info->uidvalidity == 0) {
+      g_set_error(error, IFS_ERROR, IFS_ERROR_PROTOCOL, "server sent no UIDVALIDITY for %s",
+                  mailbox);
+      return FALSE;
+    }
+    imap_conn_set_selected(c, mailbox, info->uidvalidity);
+  }
+  return TRUE;
+}
+
+typedef struct {
   guint32 uid;         /* 0 = any (bulk) */
   const char *section; /* "BODY[]" or "BODY[]<" */
   GBytes *body;        /* single fetch result */

@@ -373,6 +373,116 @@ gboolean imap_conn_run(ImapConn *c, ImapCmd *cmd, ImapHandler fn, gpointer user,
   return ok;
 }
 
+/* Whether cmd can be sent without waiting for the server in between. */
+static gboolean conn_can_pipeline(const ImapConn *c, const ImapCmd *cmd) {
+  gpointer ignored;
+  if (imap_cmd_continue_fn(cmd, &ignored) != NULL)
+    return FALSE;
+  const GPtrArray *segs = imap_cmd_segments(cmd);
+  for (guint i = 0; i < segs->len; i++) {
+    const ImapCmdSeg *seg = g_ptr_array_index(segs, i);
+    if (seg->literal != NULL && !imap_conn_has(c, IMAP_CAP_LITERALPLUS) &&
+        !(imap_conn_has(c, IMAP_CAP_LITERALMINUS) && g_bytes_get_size(seg->literal) <= 4096))
+      return FALSE;
+  }
+  return TRUE;
+}
+
+gboolean imap_conn_run_pipeline(ImapConn *c, ImapCmd **cmds, guint n, ImapHandler fn,
+                                gpointer user, GError **error) {
+  g_return_val_if_fail(n >= 1 && n <= IMAP_PIPELINE_MAX, FALSE);
+  gboolean pipeline = TRUE;
+  for (guint i = 0; i < n; i++)
+    pipeline = pipeline && conn_can_pipeline(c, cmds[i]);
+  if (!pipeline || n == 1) {
+    /* One after the other; the first failure ends it. */
+    gboolean ok = TRUE;
+    for (guint i = 0; i < n; i++) {
+      if (ok)
+        ok = imap_conn_run(c, cmds[i], fn, user, NULL, error);
+      else
+        imap_cmd_free(cmds[i]);
+    }
+    return ok;
+  }
+  if (c->broken) {
+    for (guint i = 0; i < n; i++)
+      imap_cmd_free(cmds[i]);
+    g_set_error(error, IFS_ERROR, IFS_ERROR_CLOSED, "connection to %s is closed", c->ep->host);
+    return FALSE;
+  }
+  /* All commands in one write: one round trip for the lot. */
+  char *tags[IMAP_PIPELINE_MAX];
+  gboolean done[IMAP_PIPELINE_MAX] = {FALSE};
+  g_autoptr(GString) out = g_string_new(NULL);
+  for (guint i = 0; i < n; i++) {
+    tags[i] = g_strdup_printf("A%u", ++c->tag_counter);
+    gsize start = out->len;
+    g_string_append_printf(out, "%s ", tags[i]);
+    const GPtrArray *segs = imap_cmd_segments(cmds[i]);
+    for (guint k = 0; k < segs->len; k++) {
+      const ImapCmdSeg *seg = g_ptr_array_index(segs, k);
+      if (seg->text != NULL)
+        g_string_append_len(out, seg->text->str, seg->text->len);
+      if (seg->literal != NULL) {
+        gsize size;
+        const void *data = g_bytes_get_data(seg->literal, &size);
+        g_string_append_printf(out, "{%" G_GSIZE_FORMAT "+}\r\n", size);
+        g_string_append_len(out, data, (gssize)size);
+      }
+    }
+    g_string_append(out, "\r\n");
+    conn_trace(c, "C:", imap_cmd_is_secret(cmds[i]) ? "<redacted>" : out->str + start,
+               imap_cmd_is_secret(cmds[i]) ? 10 : out->len - start);
+    imap_cmd_free(cmds[i]);
+  }
+  gboolean ok = conn_write(c, out->str, out->len, error);
+  guint left = n;
+  GError *first = NULL;
+  while (ok && left > 0) {
+    ImapResponse *r = conn_read(c, error);
+    if (r == NULL) {
+      ok = FALSE;
+      break;
+    }
+    if (r->kind == IMAP_RESP_TAGGED) {
+      guint i = 0;
+      while (i < n && (done[i] || g_strcmp0(r->tag, tags[i]) != 0))
+        i++;
+      if (i == n) {
+        imap_response_free(r);
+        ok = conn_fail(c, error, IFS_ERROR_PROTOCOL, "reply for unknown tag from %s",
+                       c->ep->host);
+        break;
+      }
+      done[i] = TRUE;
+      left--;
+      if (r->status != IMAP_STATUS_OK && first == NULL)
+        g_set_error(&first, IFS_ERROR, conn_error_code(r), "%s", r->text);
+    } else if (r->kind == IMAP_RESP_CONTINUATION) {
+      imap_response_free(r);
+      ok = conn_fail(c, error, IFS_ERROR_PROTOCOL, "unexpected continuation from %s",
+                     c->ep->host);
+      break;
+    } else {
+      conn_dispatch(c, r, fn, user);
+    }
+    imap_response_free(r);
+  }
+  for (guint i = 0; i < n; i++)
+    g_free(tags[i]);
+  if (!ok) {
+    g_clear_error(&first);
+    return FALSE;
+  }
+  c->last_used = g_get_monotonic_time();
+  if (first != NULL) {
+    g_propagate_error(error, first);
+    return FALSE;
+  }
+  return TRUE;
+}
+
 /* ---- setup ---- */
 
 static gboolean conn_connect(ImapConn *c, GError **error) {
