@@ -310,6 +310,14 @@ static gboolean bc_check_selected(ImapConn *c, const char *mailbox, guint32 uidv
   if (!imap_ensure_selected(c, mailbox, &uv, error))
     return FALSE;
   if (uv != uidvalidity) {
+    /* This session's selection may predate the mailbox being recreated
+     * (the listing saw the new one on another connection): ask afresh. */
+    ImapSelectInfo info;
+    if (!imap_select(c, mailbox, &info, error))
+      return FALSE;
+    uv = info.uidvalidity;
+  }
+  if (uv != uidvalidity) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_STALE,
                 "mailbox %s was recreated (UIDVALIDITY %u, was %u)", mailbox, uv, uidvalidity);
     return FALSE;
