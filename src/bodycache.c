@@ -73,6 +73,7 @@ typedef struct {
   char *mailbox;
   guint32 uidvalidity;
   GArray *uids; /* guint32 */
+  gboolean from_disk; /* read them from the disk cache into memory */
 } BcBatch;
 
 struct Bodycache {
@@ -463,10 +464,23 @@ static void bc_batch_run(gpointer data, gpointer user) {
   Bodycache *bc = user;
   BcBatchCtx ctx = {bc, b};
   g_autoptr(GError) error = NULL;
-  if (!pool_run(bc->pool, b->mailbox, TRUE, bc_batch_op, &ctx, &error))
+  if (b->from_disk) {
+    /* Warm scans: the disk reads happen here, ahead of the reader, not in
+     * its FUSE requests. */
+    for (guint i = 0; i < b->uids->len; i++) {
+      guint32 uid = g_array_index(b->uids, guint32, i);
+      g_autoptr(GBytes) bytes = bc_disk_get(bc, b->mailbox, b->uidvalidity, uid, BC_WHOLE);
+      if (bytes != NULL)
+        bc_deliver(bc, b->mailbox, b->uidvalidity, uid, BC_WHOLE, bytes, FALSE);
+    }
+  } else if (!pool_run(bc->pool, b->mailbox, TRUE, bc_batch_op, &ctx, &error)) {
     g_debug("read-ahead in %s stopped: %s", b->mailbox, error->message);
+  }
   g_mutex_lock(&bc->lock);
-  bc->stats.fetched_bulk += b->uids->len;
+  if (b->from_disk)
+    bc->stats.disk_ahead += b->uids->len;
+  else
+    bc->stats.fetched_bulk += b->uids->len;
   /* Whatever the batch did not deliver (expunged, failure) is released. */
   for (guint i = 0; i < b->uids->len; i++) {
     g_autofree char *key = bc_key(b->mailbox, b->uidvalidity, g_array_index(b->uids, guint32, i),
@@ -578,13 +592,17 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
   guint max_batch = dir > 0 ? BC_BATCH_MAX : BC_BATCH_MAX / 4; /* servers answer in UID order */
   while (p >= lo && p < n && ahead < bc->opts.readahead_bytes &&
          s->running < MAX(1, bc->opts.readahead_threads)) {
-    BcBatch *b = g_new0(BcBatch, 1);
-    b->bc = bc;
-    b->mailbox = g_strdup(mailbox);
-    b->uidvalidity = s->uidvalidity;
-    b->uids = g_array_new(FALSE, FALSE, sizeof(guint32));
+    BcBatch *b[2]; /* [0] from the server, [1] from the disk cache */
+    for (int t = 0; t < 2; t++) {
+      b[t] = g_new0(BcBatch, 1);
+      b[t]->bc = bc;
+      b[t]->mailbox = g_strdup(mailbox);
+      b[t]->uidvalidity = s->uidvalidity;
+      b[t]->uids = g_array_new(FALSE, FALSE, sizeof(guint32));
+      b[t]->from_disk = t == 1;
+    }
     guint64 bytes = 0;
-    for (; p >= lo && p < n && b->uids->len < MIN(s->batch, max_batch) &&
+    for (; p >= lo && p < n && b[0]->uids->len + b[1]->uids->len < MIN(s->batch, max_batch) &&
            bytes < BC_BATCH_BYTES_MAX && ahead + bytes < bc->opts.readahead_bytes;
          p += dir) {
       guint k = bc_at(s, o, (guint)p);
@@ -592,36 +610,37 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
         continue;
       const DcMsg *m = &g_array_index(s->msgs, DcMsg, k);
       g_autofree char *key = bc_key(mailbox, s->uidvalidity, m->uid, BC_WHOLE);
-      gboolean local = m->size > bc->opts.chunk_bytes /* read in chunks, on demand */ ||
-                       g_hash_table_contains(bc->table, key) ||
-                       g_hash_table_contains(bc->inflight, key);
-      if (!local && bc->opts.disk != NULL) {
-        g_autofree char *group = bc_disk_group(bc, mailbox, s->uidvalidity);
-        g_autofree char *name = bc_disk_name(m->uid, BC_WHOLE);
-        local = diskcache_contains(bc->opts.disk, group, name);
-      }
-      if (local) {
+      if (m->size > bc->opts.chunk_bytes /* read in chunks, on demand */ ||
+          g_hash_table_contains(bc->table, key) || g_hash_table_contains(bc->inflight, key)) {
         s->state[k] = BC_SKIP;
         continue;
+      }
+      int t = 0;
+      if (bc->opts.disk != NULL) {
+        g_autofree char *group = bc_disk_group(bc, mailbox, s->uidvalidity);
+        g_autofree char *name = bc_disk_name(m->uid, BC_WHOLE);
+        t = diskcache_contains(bc->opts.disk, group, name) ? 1 : 0;
       }
       BcInflight *f = g_new0(BcInflight, 1);
       f->refs = 1;
       g_hash_table_insert(bc->inflight, g_steal_pointer(&key), f);
       s->state[k] = BC_CLAIMED;
-      g_array_append_val(b->uids, m->uid);
+      g_array_append_val(b[t]->uids, m->uid);
       bytes += m->size;
     }
-    if (b->uids->len == 0) {
-      g_array_unref(b->uids);
-      g_free(b->mailbox);
-      g_free(b);
-      continue; /* the loop condition ends it at the edge */
-    }
-    g_array_sort(b->uids, bc_u32_cmp);
     ahead += bytes;
-    s->running++;
+    for (int t = 0; t < 2; t++) {
+      if (b[t]->uids->len == 0) {
+        g_array_unref(b[t]->uids);
+        g_free(b[t]->mailbox);
+        g_free(b[t]);
+        continue;
+      }
+      g_array_sort(b[t]->uids, bc_u32_cmp);
+      s->running++;
+      g_thread_pool_push(bc->workers, b[t], NULL);
+    }
     s->batch = MIN(s->batch * 2, BC_BATCH_MAX);
-    g_thread_pool_push(bc->workers, b, NULL);
   }
 }
 
@@ -648,12 +667,18 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
    * tar, find: readdir order; ripgrep's parallel walker also runs it
    * backwards) or in file-name order (rsync, borg, restic sort by name). */
   guint n = l->msgs->len;
+  /* One order per open (UID order first): scheduling along both would
+   * double what is held ahead of the reader. */
   for (int o = 0; o < 2; o++) {
     guint p = bc_pos(s, o, i);
-    if (p > 0 && s->state[bc_at(s, o, p - 1)] == BC_OPENED)
+    gboolean up = p > 0 && s->state[bc_at(s, o, p - 1)] == BC_OPENED;
+    gboolean down = p + 1 < n && s->state[bc_at(s, o, p + 1)] == BC_OPENED;
+    if (up)
       _bc_schedule(bc, mailbox, s, o, i, +1);
-    if (p + 1 < n && s->state[bc_at(s, o, p + 1)] == BC_OPENED)
+    if (down)
       _bc_schedule(bc, mailbox, s, o, i, -1);
+    if (up || down)
+      break;
   }
   g_mutex_unlock(&bc->lock);
 }

@@ -50,6 +50,7 @@ void bodycache_forget_mailbox(Bodycache *bc, const char *mailbox, guint32 uidval
 typedef struct {
   guint64 fetched_single; /* single-message fetches sent */
   guint64 fetched_bulk;   /* bodies that arrived through read-ahead */
+  guint64 disk_ahead;     /* bodies read from disk ahead of a reader */
   guint64 mem_hits, disk_hits, waits;
 } BodycacheStats;
 void bodycache_stats(Bodycache *bc, BodycacheStats *out);
