@@ -410,3 +410,26 @@ def test_xattr_off_means_no_attributes(mount, empty_dovecot, env):
     m2 = mount(dv, env=env)  # default: on
     got = os.getxattr(os.path.join(m2.path, "Box", "%d.eml" % uids[0]), "user.imap.flags")
     assert got.decode().split() == ["\\Seen"]
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+@pytest.mark.parametrize("order", ["reverse", "name"])
+def test_readahead_follows_reverse_and_name_order(mount, empty_dovecot, env, order):
+    """rg's walker runs a directory backwards; rsync, borg and restic go by
+    file name ("1.eml", "10.eml", "100.eml", "11.eml", ...)."""
+    dv = empty_dovecot()
+    msgs = [_msg("o%d" % i, 2500 + 37 * i) for i in range(150)]
+    uids = _make_box(dv, "Box", msgs)
+    byuid = dict(zip(uids, msgs))
+    m = mount(dv, "cache=none", "imap_debug", env=env)
+    d = os.path.join(m.path, "Box")
+    names = os.listdir(d)
+    if order == "reverse":
+        names = sorted(names, key=lambda f: int(f[:-4]), reverse=True)
+    else:
+        names = sorted(names)
+    for f in names:
+        assert _read(os.path.join(d, f)) == byuid[int(f[:-4])]
+    fetches = _body_fetches(m)
+    assert any(re.match(r"UID FETCH \d+[:,]", c) for c in fetches), fetches
+    assert len(fetches) < len(uids) / 3, fetches
