@@ -1418,9 +1418,16 @@ void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
   if (f != NULL) {
     g_mutex_lock(&f->lock);
     int err = 0;
+    /* Sent, but the server gave no APPENDUID: which message it became is
+     * not known, so rm cannot remove it; never claim success. */
+    if (f->sent && f->owned && f->sent_uid == 0 && f->error == 0) {
+      g_warning("rm %s: the server did not say which UID the message got; remove its "
+                "<UID>.eml after the next listing", name);
+      err = EBUSY;
+    }
     /* A file that became a message is that message: rm removes it (not
      * an identical message that was there before: the file was a copy). */
-    if (f->sent && f->owned && f->sent_uid != 0 && f->error == 0 &&
+    if (err == 0 && f->sent && f->owned && f->sent_uid != 0 && f->error == 0 &&
         !fsw_remove_message(w, f->sent_node, f->sent_uv, f->sent_uid, NULL, FALSE, &error) &&
         !fsw_is_error(error, IFS_ERROR_NOT_FOUND))
       err = fsw_errno(error);
@@ -1484,6 +1491,13 @@ static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p2,
       f->sent_uv = nuv;
       f->sent_uid = nuid;
     }
+  } else if (err == 0 && f->sent && p2 != f->sent_node && f->sent_uid == 0) {
+    /* No APPENDUID: the message is not known by UID, so it cannot be
+     * moved; renaming the name alone would claim a move that did not
+     * happen. */
+    g_warning("mv %s: the server did not say which UID the message got; move its "
+              "<UID>.eml after the next listing", newname);
+    err = EBUSY;
   } else if (err == 0 && !f->sent) {
     g_mutex_lock(&w->lock);
     gboolean closed = f->writers == 0;
