@@ -50,6 +50,21 @@ static char *main_cache_dir(const IfsOptions *o, const ImapEndpoint *ep) {
   return g_build_filename(g_get_user_cache_dir(), "imapfuse", account, NULL);
 }
 
+/* Let libfuse reject an unknown option before anything talks to the
+ * server (a session that is never mounted costs nothing). */
+static gboolean main_check_fuse_options(const struct fuse_args *args) {
+  struct fuse_args probe = FUSE_ARGS_INIT(0, NULL);
+  for (int i = 0; i < args->argc; i++)
+    fuse_opt_add_arg(&probe, args->argv[i]);
+  static const struct fuse_lowlevel_ops none;
+  struct fuse_session *se = fuse_session_new(&probe, &none, sizeof none, NULL);
+  fuse_opt_free_args(&probe);
+  if (se == NULL)
+    return FALSE;
+  fuse_session_destroy(se);
+  return TRUE;
+}
+
 static int main_fail(const GError *error) {
   fprintf(stderr, "imapfuse: %s\n", error->message);
   return 1;
@@ -106,6 +121,12 @@ int main(int argc, char *argv[]) {
     ret = main_fail(error);
     goto out;
   }
+  fsname = g_strdup_printf("-ofsname=imapfuse#%s@%s", ep.user, ep.host);
+  fuse_opt_add_arg(&args, "-osubtype=imapfuse");
+  fuse_opt_add_arg(&args, "-odefault_permissions");
+  fuse_opt_add_arg(&args, fsname);
+  if (!main_check_fuse_options(&args))
+    goto out; /* libfuse has said which option it does not know */
   ep.cafile = g_strdup(o.cafile);
   ep.timeout_s = o.timeout;
   ep.trace = o.imap_debug || fo.debug;
@@ -185,10 +206,6 @@ int main(int argc, char *argv[]) {
   notify = notify_new();
   fs = fs_new(dc, bc, notify, &fso);
 
-  fsname = g_strdup_printf("-ofsname=imapfuse#%s@%s", ep.user, ep.host);
-  fuse_opt_add_arg(&args, "-osubtype=imapfuse");
-  fuse_opt_add_arg(&args, "-odefault_permissions");
-  fuse_opt_add_arg(&args, fsname);
   se = fuse_session_new(&args, fs_lowlevel_ops(g_strcmp0(o.xattr, "off") != 0), sizeof(struct fuse_lowlevel_ops), fs);
   if (se == NULL)
     goto out;

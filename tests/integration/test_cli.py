@@ -225,6 +225,19 @@ def test_unknown_option(dovecot, imapfuse_fail):
     assert "no_such_option" in err, err
 
 
+def test_unknown_option_refused_before_connecting(dovecot, imapfuse_fail):
+    # A closed port: if imapfuse tried to connect first, the error would be
+    # about the connection, not the option.
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    rc, err = imapfuse_fail(dovecot, "no_such_option=1", port=port)
+    assert "no_such_option" in err, err
+    assert "connect" not in err, err
+
+
 def test_tls_off_with_imaps_refused(dovecot_tls, imapfuse_fail):
     rc, err = imapfuse_fail(dovecot_tls, scheme="imaps", tls="off")
     line = one_line(err)
