@@ -232,6 +232,10 @@ int main(int argc, char *argv[]) {
     ret = fuse_session_loop_mt(se, cfg);
     fuse_loop_cfg_destroy(cfg);
   }
+  /* Stopped by SIGTERM, SIGINT or SIGHUP (libfuse returns the signal): a
+   * clean unmount, not a failure. */
+  if (ret == SIGTERM || ret == SIGINT || ret == SIGHUP)
+    ret = 0;
   ret = ret != 0 ? 1 : 0;
   fuse_session_unmount(se);
   BodycacheStats bst;

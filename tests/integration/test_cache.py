@@ -433,3 +433,15 @@ def test_readahead_follows_reverse_and_name_order(mount, empty_dovecot, env, ord
     fetches = _body_fetches(m)
     assert any(re.match(r"UID FETCH \d+[:,]", c) for c in fetches), fetches
     assert len(fetches) < len(uids) / 3, fetches
+
+
+def test_sigterm_unmounts_with_status_0(mount, empty_dovecot, env):
+    import signal
+    dv = empty_dovecot()
+    msgs = [_msg("t%d" % i, 900) for i in range(3)]
+    uids = _make_box(dv, "Box", msgs)
+    m = mount(dv, env=env)
+    assert _listing(os.path.join(m.path, "Box")) == _names(uids)
+    m.proc.send_signal(signal.SIGTERM)
+    assert m.proc.wait(20) == 0
+    assert not os.path.ismount(m.path)
