@@ -318,11 +318,19 @@ static void fs_readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t
   size_t used = 0;
   guint nchild = d->children->len;
   guint nmsg = d->listing.msgs != NULL ? d->listing.msgs->len : 0;
-  for (guint64 i = (guint64)off; i < (guint64)nchild + nmsg; i++) {
+  /* Positions: 0 ".", 1 "..", then subdirectories, then messages. */
+  for (guint64 pos = (guint64)off; pos < 2 + (guint64)nchild + nmsg; pos++) {
     struct fuse_entry_param e = {0};
     char name[32];
     const char *nm;
-    if (i < nchild) {
+    guint64 i = pos - 2;
+    if (pos < 2) {
+      /* As libfuse's passthrough_ll: no entry (ino 0) for "." and "..",
+       * only their attributes; the kernel links neither. */
+      DcNode *dn = pos == 0 || dcnode_parent(d->node) == NULL ? d->node : dcnode_parent(d->node);
+      nm = pos == 0 ? "." : "..";
+      fs_dir_attr(fs, dn, &e.attr);
+    } else if (i < nchild) {
       const DcChild *c = g_ptr_array_index(d->children, i);
       DcNode *cn = dircache_node(fs->dc, c->id);
       nm = c->name;
@@ -337,8 +345,8 @@ static void fs_readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t
       fs_msg_attr(fs, d->listing.epoch, m, &e.attr);
       e.attr_timeout = e.entry_timeout = fs->opts.msg_timeout;
     }
-    size_t n = plus ? fuse_add_direntry_plus(req, buf + used, size - used, nm, &e, (off_t)(i + 1))
-                    : fuse_add_direntry(req, buf + used, size - used, nm, &e.attr, (off_t)(i + 1));
+    size_t n = plus ? fuse_add_direntry_plus(req, buf + used, size - used, nm, &e, (off_t)(pos + 1))
+                    : fuse_add_direntry(req, buf + used, size - used, nm, &e.attr, (off_t)(pos + 1));
     if (n > size - used)
       break;
     used += n;
