@@ -445,3 +445,15 @@ def test_sigterm_unmounts_with_status_0(mount, empty_dovecot, env):
     m.proc.send_signal(signal.SIGTERM)
     assert m.proc.wait(20) == 0
     assert not os.path.ismount(m.path)
+
+
+def test_ls_a_shows_dot_entries(mount, empty_dovecot, env):
+    dv = empty_dovecot()
+    uids = _make_box(dv, "Box", [_msg("d", 600)])
+    m = mount(dv, env=env)
+    for d, want in ((m.path, {".", "..", "Box", "INBOX"}),
+                    (os.path.join(m.path, "Box"), {".", "..", "%d.eml" % uids[0]})):
+        out = subprocess.run(["ls", "-a", "-1", d], capture_output=True, text=True, check=True)
+        assert set(out.stdout.split("\n")) - {""} == want, out.stdout
+    # ".." of a mailbox is the mount's root.
+    assert os.stat(os.path.join(m.path, "Box", "..")).st_ino == os.stat(m.path).st_ino
