@@ -43,8 +43,8 @@ static void main_log(const gchar *domain, GLogLevelFlags level, const gchar *mes
 
 /* $XDG_CACHE_HOME/imapfuse/USER@HOST:PORT, with '/' kept out of the name. */
 static char *main_cache_dir(const IfsOptions *o, const ImapEndpoint *ep) {
-  if (o->cache_dir != NULL)
-    return g_strdup(o->cache_dir);
+  if (o->cache_dir != NULL) /* absolute: daemonising moves to "/" */
+    return g_canonicalize_filename(o->cache_dir, NULL);
   g_autofree char *account = g_strdup_printf("%s@%s:%u", ep->user, ep->host, ep->port);
   g_strdelimit(account, "/", '_');
   return g_build_filename(g_get_user_cache_dir(), "imapfuse", account, NULL);
