@@ -457,3 +457,29 @@ def test_ls_a_shows_dot_entries(mount, empty_dovecot, env):
         assert set(out.stdout.split("\n")) - {""} == want, out.stdout
     # ".." of a mailbox is the mount's root.
     assert os.stat(os.path.join(m.path, "Box", "..")).st_ino == os.stat(m.path).st_ino
+
+
+def test_daemon_mode_with_relative_cache_dir(imapfuse_bin, empty_dovecot, env, tmp_path):
+    """Without -f imapfuse daemonises (and moves to /): a relative cache_dir
+    must still mean the directory it was started in."""
+    dv = empty_dovecot()
+    msgs = [_msg("r%d" % i, 1500) for i in range(4)]
+    uids = _make_box(dv, "Box", msgs)
+    pw = dv.write_password_file()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run([imapfuse_bin, "-o", "password_file=%s,tls=off,cache_dir=relcache" % pw,
+                        "imap://%s@127.0.0.1:%d" % (dv.user, dv.port), "mnt"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    try:
+        assert os.path.ismount(mnt)
+        for u, b in zip(uids, msgs):
+            assert _read(os.path.join(mnt, "Box", "%d.eml" % u)) == b
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not list((tmp_path / "relcache" / "meta").glob("*.mc")):
+        time.sleep(0.1)
+    assert list((tmp_path / "relcache" / "meta").glob("*.mc")), list(tmp_path.rglob("*"))
+    assert (tmp_path / "relcache" / "bodies").is_dir()
