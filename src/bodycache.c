@@ -127,12 +127,20 @@ Bodycache *bodycache_new(Pool *pool, const BodycacheOptions *opts) {
   g_queue_init(&bc->lru);
   bc->inflight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   bc->streams = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, bc_stream_free);
-  if (bc->opts.disk != NULL)
-    bc->disk_writer = g_thread_pool_new(bc_disk_job, bc, 1, FALSE, NULL);
-  if (bc->opts.readahead_bytes > 0)
-    bc->workers = g_thread_pool_new(bc_batch_run, bc, MAX(1, (gint)bc->opts.readahead_threads),
-                                    FALSE, NULL);
   return bc;
+}
+
+void bodycache_start(Bodycache *bc) {
+  /* Until started there are no threads: no read-ahead, disk writes inline.
+   * Exclusive pools: GLib's shared pools start a helper thread of their
+   * own, which must not exist before daemonising either. */
+  g_mutex_lock(&bc->lock);
+  if (bc->opts.disk != NULL && bc->disk_writer == NULL)
+    bc->disk_writer = g_thread_pool_new(bc_disk_job, bc, 1, TRUE, NULL);
+  if (bc->opts.readahead_bytes > 0 && bc->workers == NULL)
+    bc->workers = g_thread_pool_new(bc_batch_run, bc, MAX(1, (gint)bc->opts.readahead_threads),
+                                    TRUE, NULL);
+  g_mutex_unlock(&bc->lock);
 }
 
 void bodycache_free(Bodycache *bc) {

@@ -55,6 +55,8 @@ Fs *fs_new(Dircache *dc, Bodycache *bc, Notify *notify, const FsOptions *opts) {
   return fs;
 }
 
+void fs_start(Fs *fs) { fswrite_start(fs->w); }
+
 void fs_free(Fs *fs) {
   if (fs != NULL) {
     /* The notify thread is gone: changes made while the write path shuts

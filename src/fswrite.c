@@ -1073,8 +1073,12 @@ FsWrite *fswrite_new(Fs *fs, Dircache *dc, Notify *notify, const FsWriteOptions 
   w->by_name = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   w->dir_attrs = g_hash_table_new_full(NULL, NULL, NULL, g_free);
   w->mbox_locks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, fsw_mutex_free);
-  w->thread = g_thread_new("imapfuse-write", fsw_thread, w);
   return w;
+}
+
+void fswrite_start(FsWrite *w) {
+  if (w->thread == NULL)
+    w->thread = g_thread_new("imapfuse-write", fsw_thread, w);
 }
 
 void fswrite_free(FsWrite *w) {
@@ -1085,7 +1089,8 @@ void fswrite_free(FsWrite *w) {
   w->closing = TRUE; /* the kernel and the notify thread are gone */
   g_cond_broadcast(&w->cond);
   g_mutex_unlock(&w->lock);
-  g_thread_join(w->thread);
+  if (w->thread != NULL)
+    g_thread_join(w->thread);
 
   g_autoptr(GPtrArray) all = g_ptr_array_new();
   g_mutex_lock(&w->lock);

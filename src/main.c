@@ -216,7 +216,10 @@ int main(int argc, char *argv[]) {
     goto out_signals;
   }
   fuse_daemonize(fo.foreground);
-  /* Threads only after the fork of daemonising. */
+  /* Threads only after the fork of daemonising: the child keeps only the
+   * thread that forked, and a lock another thread held stays locked. */
+  bodycache_start(bc);
+  fs_start(fs);
   notify_set_session(notify, se);
   watch = watch_new(&ep, dc, (guint)o.poll);
   if (fo.singlethread) {

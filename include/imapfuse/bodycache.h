@@ -30,6 +30,9 @@ typedef struct {
 } BodycacheOptions;
 
 Bodycache *bodycache_new(Pool *pool, const BodycacheOptions *opts);
+/* Starts the read-ahead and disk-writer threads; call after daemonising
+ * (until then: no read-ahead, disk writes inline). */
+void bodycache_start(Bodycache *bc);
 void bodycache_free(Bodycache *bc);
 
 /* Up to len bytes at off of the message (fewer at its end; empty past it).

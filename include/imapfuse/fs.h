@@ -31,6 +31,9 @@ typedef struct Fs Fs;
 
 /* Registers itself as dc's observer so the kernel forgets what changed. */
 Fs *fs_new(Dircache *dc, Bodycache *bc, Notify *notify, const FsOptions *opts);
+/* Starts its threads: call after fuse_daemonize() (a fork keeps only the
+ * calling thread). */
+void fs_start(Fs *fs);
 void fs_free(Fs *fs);
 /* Pass fs as the userdata of fuse_session_new(). */
 /* xattr FALSE: no extended attributes at all (user.imap.flags unavailable). */

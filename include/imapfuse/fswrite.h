@@ -34,6 +34,10 @@ typedef struct {
 FsWrite *fswrite_new(Fs *fs, Dircache *dc, Notify *notify, const FsWriteOptions *opts);
 /* Sends what is waiting (closed files under a temporary name), keeps
  * anything it cannot send in the unsent directory, and frees. */
+/* Starts the thread that sends files whose last close was a while ago.
+ * Separate from fswrite_new() because threads must not exist before the
+ * fork of daemonising. */
+void fswrite_start(FsWrite *w);
 void fswrite_free(FsWrite *w);
 
 /* ---- hooks for fs.c ---- */
