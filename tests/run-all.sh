@@ -24,7 +24,7 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export LSAN_OPTIONS=suppressions=$top/tests/lsan.supp:print_suppressions=0
 
 echo "== unit tests (meson test)"
-meson test -C "$build" --print-errorlogs --no-rebuild
+timeout --kill-after=30 600 meson test -C "$build" --print-errorlogs --no-rebuild
 unit_rc=$?
 read -r upass ufail < <(/usr/bin/python3 - "$build/meson-logs/testlog.json" <<'PY'
 import json, re, sys
@@ -44,8 +44,14 @@ PY
 echo "== integration tests (pytest, real mounts against Dovecot)"
 export IMAPFUSE_BUILD=$build
 junit=$build/pytest.xml
-/usr/bin/python3 -m pytest -q -rfE -p no:cacheprovider --junitxml="$junit" tests/integration
+# A hang must fail the run, not stall it: the whole suite takes minutes.
+timeout --kill-after=30 1800 \
+  /usr/bin/python3 -m pytest -q -rfE -p no:cacheprovider --junitxml="$junit" tests/integration
 py_rc=$?
+if [ "$py_rc" -eq 124 ] || [ "$py_rc" -eq 137 ]; then
+  echo "integration tests timed out after 30 minutes"
+  for m in $(awk '$1 ~ /^imapfuse/ {print $2}' /proc/mounts); do fusermount3 -uz "$m"; done
+fi
 read -r ipass ifail < <(/usr/bin/python3 - "$junit" <<'PY'
 import sys, xml.etree.ElementTree as ET
 try:
