@@ -25,19 +25,20 @@ state=$(mktemp -d /tmp/imapfuse-demo.XXXXXX)
 mnt=$top/demo-mail
 server_pid=
 cleanup() {
-  trap - INT TERM EXIT
+  trap - INT TERM HUP EXIT
+  trap '' PIPE # output may be gone (demo.sh | head): clean up regardless
   if mountpoint -q "$mnt" 2>/dev/null; then
     fusermount3 -u "$mnt" 2>/dev/null || fusermount3 -uz "$mnt" 2>/dev/null || true
-    echo "unmounted $mnt"
+    echo "unmounted $mnt" 2>/dev/null || true
   fi
   if [ -n "$server_pid" ]; then
     kill -TERM "$server_pid" 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
-    echo "stopped the demo Dovecot"
+    echo "stopped the demo Dovecot" 2>/dev/null || true
   fi
   rm -rf "$state"
 }
-trap cleanup INT TERM EXIT
+trap cleanup INT TERM HUP PIPE EXIT
 
 tls_flag=()
 [ "$tls" = 1 ] && tls_flag=(--tls)
