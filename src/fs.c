@@ -125,9 +125,10 @@ void fs_msg_attr(Fs *fs, guint32 epoch, const DcMsg *m, struct stat *st) {
 }
 
 /* The message behind ino from the cached listing (no network unless the
- * mailbox was never listed).  Returns FALSE with errno in *err. */
+ * mailbox was never listed).  Returns FALSE with errno in *err.  With keep,
+ * the listing snapshot it was found in is handed over (clear it after). */
 static gboolean fs_msg(Fs *fs, fuse_ino_t ino, DcNode **node, guint32 *uidvalidity, DcMsg *out,
-                       int *err) {
+                       DcListing *keep, int *err) {
   guint32 epoch = (guint32)(ino >> 32), uid = (guint32)(ino & 0xffffffffu), uv = 0;
   DcNode *n = dircache_epoch(fs->dc, epoch, &uv);
   if (n == NULL || uid == 0) {
@@ -150,8 +151,12 @@ static gboolean fs_msg(Fs *fs, fuse_ino_t ino, DcNode **node, guint32 *uidvalidi
     *node = n;
     *uidvalidity = uv;
   }
-  dc_listing_clear(&l);
-  return m != NULL;
+  gboolean found = m != NULL;
+  if (found && keep != NULL)
+    *keep = l; /* the caller's snapshot now */
+  else
+    dc_listing_clear(&l);
+  return found;
 }
 
 /* ---- operations ---- */
@@ -265,7 +270,7 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
   guint32 uv;
   DcMsg m;
   int err;
-  if (!fs_msg(fs, ino, &n, &uv, &m, &err)) {
+  if (!fs_msg(fs, ino, &n, &uv, &m, NULL, &err)) {
     fuse_reply_err(req, err);
     return;
   }
@@ -401,19 +406,16 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   FsFile *f = g_new0(FsFile, 1);
   DcMsg m;
   int err;
-  if (!fs_msg(fs, ino, &f->node, &f->uidvalidity, &m, &err)) {
+  DcListing l;
+  if (!fs_msg(fs, ino, &f->node, &f->uidvalidity, &m, &l, &err)) {
     g_free(f);
     fuse_reply_err(req, err);
     return;
   }
   f->uid = m.uid;
   f->size = m.size;
-  DcListing l;
-  if (dircache_listing(fs->dc, f->node, G_MAXINT64, &l, NULL)) {
-    if (l.uidvalidity == f->uidvalidity)
-      bodycache_opened(fs->bc, dcnode_mailbox(f->node), &l, f->uid);
-    dc_listing_clear(&l);
-  }
+  bodycache_opened(fs->bc, dcnode_mailbox(f->node), &l, f->uid);
+  dc_listing_clear(&l);
   fi->fh = (uint64_t)(uintptr_t)f;
   fi->keep_cache = 1; /* bytes are immutable per (mailbox, UIDVALIDITY, UID) */
   fi->noflush = 1;    /* nothing to flush: saves a request per close */
