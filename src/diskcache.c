@@ -37,6 +37,8 @@
  */
 #include "imapfuse/diskcache.h"
 
+#include "imapfuse/le.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -152,28 +154,6 @@ static gboolean dk_group_dir_ok(const char *s) {
   return TRUE;
 }
 
-static void dk_put32(guint8 *p, guint32 v) {
-  v = GUINT32_TO_LE(v);
-  memcpy(p, &v, 4);
-}
-
-static void dk_put64(guint8 *p, guint64 v) {
-  v = GUINT64_TO_LE(v);
-  memcpy(p, &v, 8);
-}
-
-static guint32 dk_get32(const guint8 *p) {
-  guint32 v;
-  memcpy(&v, p, 4);
-  return GUINT32_FROM_LE(v);
-}
-
-static guint64 dk_get64(const guint8 *p) {
-  guint64 v;
-  memcpy(&v, p, 8);
-  return GUINT64_FROM_LE(v);
-}
-
 /* ---- files (never called with the lock held) ---- */
 
 static gboolean dk_write_all(int fd, struct iovec *iov, int n) {
@@ -274,10 +254,10 @@ static DkRead dk_read_entry(Diskcache *dc, const char *rel, const char *group,
   /* In this order, so that each test only reads bytes the previous ones
    * proved to be there. */
   gsize glen = strlen(group), nlen = strlen(name);
-  if (got != size || memcmp(buf, DK_MAGIC, 4) != 0 || dk_get32(buf + 4) != DK_VERSION ||
-      dk_get32(buf + 16) != glen || dk_get32(buf + 20) != nlen ||
+  if (got != size || memcmp(buf, DK_MAGIC, 4) != 0 || le_get32(buf + 4) != DK_VERSION ||
+      le_get32(buf + 16) != glen || le_get32(buf + 20) != nlen ||
       size - DK_HDR < (guint64)glen + nlen ||
-      dk_get64(buf + 8) != size - DK_HDR - glen - nlen ||
+      le_get64(buf + 8) != size - DK_HDR - glen - nlen ||
       memcmp(buf + DK_HDR, group, glen) != 0 || memcmp(buf + DK_HDR + glen, name, nlen) != 0) {
     close(fd);
     g_free(buf);
@@ -561,10 +541,10 @@ gboolean diskcache_put(Diskcache *dc, const char *group, const char *name, GByte
 
   guint8 hdr[DK_HDR];
   memcpy(hdr, DK_MAGIC, 4);
-  dk_put32(hdr + 4, DK_VERSION);
-  dk_put64(hdr + 8, dlen);
-  dk_put32(hdr + 16, (guint32)glen);
-  dk_put32(hdr + 20, (guint32)nlen);
+  le_put32(hdr + 4, DK_VERSION);
+  le_put64(hdr + 8, dlen);
+  le_put32(hdr + 16, (guint32)glen);
+  le_put32(hdr + 20, (guint32)nlen);
   int err = 0;
   for (int tries = 0; tries < DK_WRITE_TRIES; tries++) {
     struct iovec iov[4] = {

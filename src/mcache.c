@@ -22,6 +22,8 @@
  */
 #include "imapfuse/mcache.h"
 
+#include "imapfuse/le.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -38,28 +40,6 @@
 G_DEFINE_QUARK(mcache-error-quark, mcache_error)
 
 G_STATIC_ASSERT(sizeof(McMsg) == MC_MSG);
-
-static void mc_put32(guint8 *p, guint32 v) {
-  v = GUINT32_TO_LE(v);
-  memcpy(p, &v, 4);
-}
-
-static void mc_put64(guint8 *p, guint64 v) {
-  v = GUINT64_TO_LE(v);
-  memcpy(p, &v, 8);
-}
-
-static guint32 mc_get32(const guint8 *p) {
-  guint32 v;
-  memcpy(&v, p, 4);
-  return GUINT32_FROM_LE(v);
-}
-
-static guint64 mc_get64(const guint8 *p) {
-  guint64 v;
-  memcpy(&v, p, 8);
-  return GUINT64_FROM_LE(v);
-}
 
 static void mc_sum(const guint8 *data, gsize len, guint8 out[MC_SUM_LEN]) {
   GChecksum *sum = g_checksum_new(G_CHECKSUM_SHA256);
@@ -129,28 +109,28 @@ gboolean mcache_save(const char *path, guint32 uidvalidity, guint64 highestmodse
 
   g_autofree guint8 *buf = g_malloc(len);
   guint8 *p = buf + MC_HDR;
-  mc_put32(p, uidvalidity);
-  mc_put32(p + 4, uidnext);
-  mc_put64(p + 8, highestmodseq);
-  mc_put32(p + 16, n_flagsets);
-  mc_put32(p + 20, n_msgs);
+  le_put32(p, uidvalidity);
+  le_put32(p + 4, uidnext);
+  le_put64(p + 8, highestmodseq);
+  le_put32(p + 16, n_flagsets);
+  le_put32(p + 20, n_msgs);
   p += MC_FIXED;
   for (guint i = 0; i < n_flagsets; i++) {
     gsize fl = strlen(flagsets[i]);
-    mc_put32(p, (guint32)fl);
+    le_put32(p, (guint32)fl);
     memcpy(p + 4, flagsets[i], fl);
     p += 4 + fl;
   }
   for (guint i = 0; i < n_msgs; i++, p += MC_MSG) {
-    mc_put32(p, msgs[i].uid);
-    mc_put32(p + 4, msgs[i].flagset);
-    mc_put64(p + 8, msgs[i].size);
-    mc_put64(p + 16, (guint64)msgs[i].date);
+    le_put32(p, msgs[i].uid);
+    le_put32(p + 4, msgs[i].flagset);
+    le_put64(p + 8, msgs[i].size);
+    le_put64(p + 16, (guint64)msgs[i].date);
   }
   g_assert(p == buf + len);
   memcpy(buf, MC_MAGIC, 4);
-  mc_put32(buf + 4, MC_VERSION);
-  mc_put64(buf + 8, len - MC_HDR);
+  le_put32(buf + 4, MC_VERSION);
+  le_put64(buf + 8, len - MC_HDR);
   mc_sum(buf + MC_HDR, len - MC_HDR, buf + 16);
   return mc_write_file(path, buf, len, error);
 }
@@ -171,13 +151,13 @@ gboolean mcache_load(const char *path, guint32 *uidvalidity, guint64 *highestmod
     return mc_corrupt(error, path, "shorter than its header");
   if (memcmp(buf, MC_MAGIC, 4) != 0)
     return mc_corrupt(error, path, "not a metadata cache file (bad magic)");
-  if (mc_get32(buf + 4) != MC_VERSION) {
+  if (le_get32(buf + 4) != MC_VERSION) {
     g_set_error(error, MCACHE_ERROR, MCACHE_ERROR_CORRUPT,
                 "metadata cache %s: unsupported version %u (expected %u)", path,
-                mc_get32(buf + 4), MC_VERSION);
+                le_get32(buf + 4), MC_VERSION);
     return FALSE;
   }
-  if (mc_get64(buf + 8) != len - MC_HDR)
+  if (le_get64(buf + 8) != len - MC_HDR)
     return mc_corrupt(error, path, "length does not match the header (truncated?)");
   guint8 sum[MC_SUM_LEN];
   mc_sum(buf + MC_HDR, len - MC_HDR, sum);
@@ -188,9 +168,9 @@ gboolean mcache_load(const char *path, guint32 *uidvalidity, guint64 *highestmod
   const guint8 *p = buf + MC_HDR, *end = buf + len;
   if ((gsize)(end - p) < MC_FIXED)
     return mc_corrupt(error, path, "payload too short");
-  guint32 uv = mc_get32(p), next = mc_get32(p + 4);
-  guint64 modseq = mc_get64(p + 8);
-  guint32 nf = mc_get32(p + 16), nm = mc_get32(p + 20);
+  guint32 uv = le_get32(p), next = le_get32(p + 4);
+  guint64 modseq = le_get64(p + 8);
+  guint32 nf = le_get32(p + 16), nm = le_get32(p + 20);
   p += MC_FIXED;
   if (nf > (gsize)(end - p) / 4)
     return mc_corrupt(error, path, "flag string count out of range");
@@ -198,7 +178,7 @@ gboolean mcache_load(const char *path, guint32 *uidvalidity, guint64 *highestmod
   for (guint32 i = 0; i < nf; i++) {
     if (end - p < 4)
       return mc_corrupt(error, path, "flag strings truncated");
-    guint32 fl = mc_get32(p);
+    guint32 fl = le_get32(p);
     p += 4;
     if (fl > (gsize)(end - p))
       return mc_corrupt(error, path, "flag string longer than the file");
@@ -213,10 +193,10 @@ gboolean mcache_load(const char *path, guint32 *uidvalidity, guint64 *highestmod
   g_array_set_size(list, nm);
   McMsg *m = (McMsg *)(void *)list->data;
   for (guint32 i = 0; i < nm; i++, p += MC_MSG) {
-    m[i].uid = mc_get32(p);
-    m[i].flagset = mc_get32(p + 4);
-    m[i].size = mc_get64(p + 8);
-    m[i].date = (gint64)mc_get64(p + 16);
+    m[i].uid = le_get32(p);
+    m[i].flagset = le_get32(p + 4);
+    m[i].size = le_get64(p + 8);
+    m[i].date = (gint64)le_get64(p + 16);
     if (m[i].uid == 0 || (i > 0 && m[i].uid <= m[i - 1].uid))
       return mc_corrupt(error, path, "UIDs not strictly increasing");
     if (m[i].flagset >= nf)
