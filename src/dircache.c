@@ -330,7 +330,6 @@ typedef struct {
   /* results */
   GArray *msgs;      /* full: every message; delta: changed and new ones */
   GArray *vanished;  /* delta: ImapUidRange */
-  gboolean delta;
   GArray *result;    /* delta applied to base (set by the op) */
   guint32 uidvalidity;
   guint64 modseq;    /* best known HIGHESTMODSEQ after the fetch */
@@ -366,7 +365,6 @@ static void dc_fetch_reset(DcFetch *f) {
   g_array_set_size(f->msgs, 0);
   g_array_set_size(f->vanished, 0);
   f->sorted = TRUE;
-  f->delta = FALSE;
   f->modseq = 0;
 }
 
@@ -375,25 +373,23 @@ static void dc_fetch_reset(DcFetch *f) {
 static gboolean dc_fetch_op(ImapConn *c, gpointer user, GError **error) {
   DcFetch *f = user;
   dc_fetch_reset(f);
-  gboolean selected_now;
   ImapSelectInfo info;
   gboolean want_delta = f->base != NULL && f->base_modseq > 0 && imap_conn_qresync_enabled(c) &&
                         (g_strcmp0(imap_conn_selected(c), f->node->mailbox) != 0 ||
                          imap_conn_selected_uidvalidity(c) == f->base_uidvalidity);
   if (!imap_list_messages(c, f->node->mailbox, want_delta ? f->base_modseq : 0, &info,
-                          &selected_now, dc_meta_cb, dc_vanished_cb, f, error))
+                          dc_meta_cb, dc_vanished_cb, f, error))
     return FALSE;
   f->uidvalidity = info.uidvalidity;
-  if (selected_now && info.highestmodseq > f->modseq)
+  if (info.highestmodseq > f->modseq)
     f->modseq = info.highestmodseq;
-  f->delta = want_delta;
   if (want_delta && info.uidvalidity == f->base_uidvalidity) {
     if (!f->sorted)
       g_array_sort(f->msgs, dc_msg_cmp);
     f->result = dc_apply_delta(f->base, f->msgs, f->vanished);
     /* A fresh SELECT says how many there are: a delta that disagrees (the
      * server forgot some expunges) is not trusted. */
-    if (!selected_now || f->result->len == info.exists)
+    if (f->result->len == info.exists)
       return TRUE;
     g_debug("%s: delta gave %u messages, SELECT said %u; listing it all", f->node->mailbox,
             f->result->len, info.exists);

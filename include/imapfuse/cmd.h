@@ -83,11 +83,11 @@ gboolean imap_fetch_changes(ImapConn *c, guint64 modseq, ImapMetaFn fn, ImapVani
  * CHANGEDSINCE/VANISHED form when changedsince > 0 and QRESYNC is on.  A
  * SELECT even when the session has the mailbox selected already: a
  * pipelined NOOP would not do (the FETCH after it may be evaluated on the
- * old view).  info holds SELECT's answers; *selected_now is TRUE.
+ * old view).  info holds SELECT's answers.
  * The caller must check info->uidvalidity against what a delta was asked
  * against: a different one makes the delta meaningless. */
 gboolean imap_list_messages(ImapConn *c, const char *mailbox, guint64 changedsince,
-                            ImapSelectInfo *info, gboolean *selected_now, ImapMetaFn fn,
+                            ImapSelectInfo *info, ImapMetaFn fn,
                             ImapVanishedFn vanished, gpointer user, GError **error);
 
 /* UID FETCH uid BODY.PEEK[] (length 0) or BODY.PEEK[]<offset.length>.

@@ -314,7 +314,7 @@ static gboolean cmd_list_msgs_handler(ImapResponse *r, gpointer user) {
 }
 
 gboolean imap_list_messages(ImapConn *c, const char *mailbox, guint64 changedsince,
-                            ImapSelectInfo *info, gboolean *selected_now, ImapMetaFn fn,
+                            ImapSelectInfo *info, ImapMetaFn fn,
                             ImapVanishedFn vanished, gpointer user, GError **error) {
   memset(info, 0, sizeof *info);
   gboolean qresync = imap_conn_qresync_enabled(c);
@@ -325,7 +325,6 @@ gboolean imap_list_messages(ImapConn *c, const char *mailbox, guint64 changedsin
    * already: a pipelined NOOP would not do, as the FETCH after it may be
    * evaluated on the session's old view (Dovecot runs them together); a
    * SELECT gives a fresh view, and EXISTS to check a delta against. */
-  *selected_now = TRUE;
   cmds[0] = imap_cmd_new("SELECT ");
   imap_cmd_add_string(cmds[0], mailbox);
   imap_conn_set_selected(c, NULL, 0); /* a failed SELECT deselects */
@@ -339,21 +338,19 @@ gboolean imap_list_messages(ImapConn *c, const char *mailbox, guint64 changedsin
   g_autoptr(GError) local = NULL;
   gboolean ok = imap_conn_run_pipeline(c, cmds, 2, cmd_list_msgs_handler, &ctx, &local);
   /* "1:*" on an empty mailbox is an error on some servers: nothing to list. */
-  if (!ok && *selected_now && info->uidvalidity != 0 && info->exists == 0 &&
+  if (!ok && info->uidvalidity != 0 && info->exists == 0 &&
       !imap_conn_is_broken(c))
     ok = TRUE;
   if (!ok) {
     g_propagate_error(error, g_steal_pointer(&local));
     return FALSE;
   }
-  if (*selected_now) {
-    if (info->uidvalidity == 0) {
-      g_set_error(error, IFS_ERROR, IFS_ERROR_PROTOCOL, "server sent no UIDVALIDITY for %s",
-                  mailbox);
-      return FALSE;
-    }
-    imap_conn_set_selected(c, mailbox, info->uidvalidity);
+  if (info->uidvalidity == 0) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_PROTOCOL, "server sent no UIDVALIDITY for %s",
+                mailbox);
+    return FALSE;
   }
+  imap_conn_set_selected(c, mailbox, info->uidvalidity);
   return TRUE;
 }
 
