@@ -412,6 +412,38 @@ def test_xattr_off_means_no_attributes(mount, empty_dovecot, env):
     assert got.decode().split() == ["\\Seen"]
 
 
+@pytest.mark.imapfuse_stderr_ok(r".")
+def test_ls_l_asks_foreign_xattrs_once_per_mount(mount, empty_dovecot, env):
+    """ls -l asks security.selinux and system.posix_acl_access of every
+    file. They are answered ENOTSUP (not ENODATA), so ls stops asking after
+    the first file: a FUSE round trip per file listed costs more than the
+    listing itself. user.* names stay ours."""
+    import errno
+    dv = empty_dovecot()
+    msgs = [_msg("x%d" % i, 300) for i in range(40)]
+    uids = _make_box(dv, "Box", msgs, flags=["(\\Seen)"] * 40)
+    m = mount(dv, args=("-d",), env=env)
+    p = os.path.join(m.path, "Box", "%d.eml" % uids[0])
+    for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):
+        with pytest.raises(OSError) as ei:
+            os.getxattr(p, name)
+        assert ei.value.errno == errno.ENOTSUP, name
+    for name in ("security.selinux", "trusted.x"):  # an ACL is parsed first
+        with pytest.raises(OSError) as ei:
+            os.setxattr(p, name, b"x")
+        assert ei.value.errno == errno.ENOTSUP, name
+    with pytest.raises(OSError) as ei:
+        os.getxattr(p, "user.other")
+    assert ei.value.errno == errno.ENODATA
+    assert os.getxattr(p, "user.imap.flags") == b"\\Seen"
+    before = m.stderr_text().count("opcode: GETXATTR")
+    out = subprocess.run(["ls", "-l", os.path.join(m.path, "Box")],
+                         capture_output=True, text=True, check=True)
+    assert len(out.stdout.splitlines()) == 41  # "total" + 40 files
+    asked = m.stderr_text().count("opcode: GETXATTR") - before
+    assert 0 <= asked <= 4, asked  # per mount, not per file (was 80)
+
+
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
 @pytest.mark.parametrize("order", ["reverse", "name"])
 def test_readahead_follows_reverse_and_name_order(mount, empty_dovecot, env, order):
