@@ -88,6 +88,8 @@ struct Bodycache {
   GHashTable *inflight; /* key -> BcInflight* */
   GHashTable *streams;  /* mailbox -> BcStream* */
   GThreadPool *workers;
+  guint scan_batch;         /* batch size of the latest scan, and when it */
+  gint64 scan_time;         /* was scheduled: the next mailbox's scan goes on from it */
   GThreadPool *disk_writer; /* write-behind: disk writes off the fetch path */
   guint64 disk_queued;      /* bytes waiting for disk_writer */
   BodycacheStats stats;
@@ -359,8 +361,10 @@ static GBytes *bc_chunk(Bodycache *bc, const char *mailbox, guint32 uidvalidity,
      * a file at several offsets at once) is fetching it: wait for that. */
     g_atomic_int_inc(&f->refs);
     bc->stats.waits++;
+    gint64 t0 = g_get_monotonic_time();
     while (!f->done)
       g_cond_wait(&bc->cond, &bc->lock);
+    bc->stats.wait_us += (guint64)(g_get_monotonic_time() - t0);
     b = f->bytes != NULL ? g_bytes_ref(f->bytes) : NULL;
     if (g_atomic_int_dec_and_test(&f->refs)) {
       if (f->bytes != NULL)
@@ -391,15 +395,16 @@ static GBytes *bc_chunk(Bodycache *bc, const char *mailbox, guint32 uidvalidity,
     fe.off = chunk * bc->opts.chunk_bytes;
     fe.len = bc->opts.chunk_bytes;
   }
+  gint64 t0 = g_get_monotonic_time();
+  gboolean ok = pool_run(bc->pool, mailbox, TRUE, bc_fetch_op, &fe, error);
   g_mutex_lock(&bc->lock);
   bc->stats.fetched_single++;
-  g_mutex_unlock(&bc->lock);
-  if (!pool_run(bc->pool, mailbox, TRUE, bc_fetch_op, &fe, error)) {
-    g_mutex_lock(&bc->lock);
+  bc->stats.wait_us += (guint64)(g_get_monotonic_time() - t0);
+  if (!ok)
     _bc_inflight_end(bc, key);
-    g_mutex_unlock(&bc->lock);
+  g_mutex_unlock(&bc->lock);
+  if (!ok)
     return NULL;
-  }
   bc_deliver(bc, mailbox, uidvalidity, uid, chunk, fe.out, TRUE);
   return fe.out;
 }
@@ -579,9 +584,9 @@ static guint bc_pos(const BcStream *s, int o, guint i) { return o == 0 ? i : s->
  * walking in order o, direction dir (+1/-1): keep readahead_bytes fetched
  * or in flight ahead of it, in batches. */
 static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o, guint i,
-                         int dir) {
+                         int dir, gboolean with_i) {
   gint64 n = s->msgs->len;
-  gint64 p = (gint64)bc_pos(s, o, i) + dir;
+  gint64 p = (gint64)bc_pos(s, o, i) + (with_i ? 0 : dir);
   /* Look at most this far ahead per open, so a mailbox already on disk
    * costs O(1) per open, not O(messages). */
   gint64 end = dir > 0 ? MIN(n, p + BC_LOOK_AHEAD) : MAX(-1, p - BC_LOOK_AHEAD);
@@ -650,6 +655,8 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
     }
     s->batch = MIN(s->batch * 2, BC_BATCH_MAX);
   }
+  bc->scan_batch = s->batch;
+  bc->scan_time = g_get_monotonic_time();
 }
 
 void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, guint32 uid) {
@@ -667,26 +674,48 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
   }
   if (s->msgs != l->msgs || s->uidvalidity != l->uidvalidity)
     _bc_stream_take(s, l);
-  if (now - s->last_open > 5 * G_USEC_PER_SEC)
-    s->batch = BC_BATCH_MIN; /* a new scan starts small */
+  gboolean fresh = now - s->last_open > 5 * G_USEC_PER_SEC;
+  if (fresh) {
+    /* A new scan starts small, unless a scan of another mailbox was
+     * running just now (grep -r going from one folder to the next): then
+     * it goes on at that pace instead of paying the ramp-up round trips
+     * again. */
+    s->batch = now - bc->scan_time < 2 * G_USEC_PER_SEC ? MAX(bc->scan_batch, BC_BATCH_MIN)
+                                                         : BC_BATCH_MIN;
+  }
   s->last_open = now;
-  s->state[i] = BC_OPENED;
+  guint n = l->msgs->len;
   /* A scan shows as a neighbour already opened, in UID order (grep -r,
    * tar, find: readdir order; ripgrep's parallel walker also runs it
-   * backwards) or in file-name order (rsync, borg, restic sort by name). */
-  guint n = l->msgs->len;
+   * backwards) or in file-name order (rsync, borg, restic sort by name).
+   * The first file of a mailbox at either end of those orders, opened
+   * first, is taken as the start of one: the batch then includes it, so
+   * its own fetch brings the next ones with it (a lone `cat` of it costs
+   * a few small messages more). */
+  gboolean done = FALSE;
+  if (fresh && s->state[i] == BC_NONE) {
+    int dir = 0, o = 0;
+    if (i == 0 || s->rank[i] == 0)
+      dir = +1, o = i == 0 ? 0 : 1;
+    else if (i + 1 == n)
+      dir = -1;
+    if (dir != 0) {
+      _bc_schedule(bc, mailbox, s, o, i, dir, TRUE);
+      done = TRUE;
+    }
+  }
+  s->state[i] = BC_OPENED;
   /* One order per open (UID order first): scheduling along both would
    * double what is held ahead of the reader. */
-  for (int o = 0; o < 2; o++) {
+  for (int o = 0; o < 2 && !done; o++) {
     guint p = bc_pos(s, o, i);
     gboolean up = p > 0 && s->state[bc_at(s, o, p - 1)] == BC_OPENED;
     gboolean down = p + 1 < n && s->state[bc_at(s, o, p + 1)] == BC_OPENED;
     if (up)
-      _bc_schedule(bc, mailbox, s, o, i, +1);
+      _bc_schedule(bc, mailbox, s, o, i, +1, FALSE);
     if (down)
-      _bc_schedule(bc, mailbox, s, o, i, -1);
-    if (up || down)
-      break;
+      _bc_schedule(bc, mailbox, s, o, i, -1, FALSE);
+    done = up || down;
   }
   g_mutex_unlock(&bc->lock);
 }

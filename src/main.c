@@ -246,9 +246,10 @@ int main(int argc, char *argv[]) {
   g_debug("message bytes: %" G_GUINT64_FORMAT " single fetches, %" G_GUINT64_FORMAT
           " by read-ahead, %" G_GUINT64_FORMAT " read ahead from disk, %" G_GUINT64_FORMAT
           " memory hits, %" G_GUINT64_FORMAT
-          " disk hits, %" G_GUINT64_FORMAT " waits for read-ahead; %u connections opened",
+          " disk hits, %" G_GUINT64_FORMAT " waits for read-ahead; readers waited %.3f s; "
+          "%u connections opened",
           bst.fetched_single, bst.fetched_bulk, bst.disk_ahead, bst.mem_hits, bst.disk_hits, bst.waits,
-          pool_opened_total(pool));
+          bst.wait_us / 1e6, pool_opened_total(pool));
 out_signals:
   fuse_remove_signal_handlers(se);
 out:

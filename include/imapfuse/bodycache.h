@@ -55,6 +55,7 @@ typedef struct {
   guint64 fetched_bulk;   /* bodies that arrived through read-ahead */
   guint64 disk_ahead;     /* bodies read from disk ahead of a reader */
   guint64 mem_hits, disk_hits, waits;
+  guint64 wait_us; /* time readers spent waiting for bytes (in flight or fetched for them) */
 } BodycacheStats;
 void bodycache_stats(Bodycache *bc, BodycacheStats *out);
 

@@ -336,6 +336,33 @@ def test_readahead_is_bulk_and_correct(mount, empty_dovecot, env):
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+@pytest.mark.parametrize("order", ["listing", "reverse", "name"])
+def test_scan_fetches_first_file_of_each_mailbox_in_bulk(mount, empty_dovecot, env, order):
+    """A scan (grep -r, rg, rsync) opens a mailbox's first file at one end
+    of its order first: that file's fetch brings the next ones with it, so
+    no message of the scan is fetched on its own (each would cost a round
+    trip)."""
+    dv = empty_dovecot()
+    boxes = {}
+    for b in ("A", "B", "C"):
+        msgs = [_msg("%s%d" % (b, i), 1500 + 11 * i) for i in range(30)]
+        boxes[b] = dict(zip(_make_box(dv, b, msgs), msgs))
+    m = mount(dv, "cache=none", "imap_debug", env=env)
+    for b, byuid in boxes.items():
+        names = os.listdir(os.path.join(m.path, b))  # listing order
+        if order == "reverse":
+            names = names[::-1]
+        elif order == "name":
+            names = sorted(names)
+        for f in names:
+            assert _read(os.path.join(m.path, b, f)) == byuid[int(f[:-4])]
+    fetches = _body_fetches(m)
+    single = [c for c in fetches if re.match(r"UID FETCH \d+ ", c)]
+    assert single == [], fetches
+    assert len(fetches) <= 3 * 4, fetches
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
 def test_readahead_skipping_and_stopping_early(mount, empty_dovecot, env):
     dv = empty_dovecot()
     rnd = random.Random(11)
