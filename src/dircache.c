@@ -860,12 +860,16 @@ GPtrArray *dircache_listed_nodes(Dircache *dc) {
 }
 
 gboolean dircache_status_differs(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 messages,
-                                 guint64 highestmodseq) {
+                                 guint64 highestmodseq, gint64 asked_us) {
   (void)dc;
   g_mutex_lock(&n->lock);
   gboolean differs = n->msgs == NULL || n->uidvalidity != uidvalidity ||
                      n->msgs->len != messages ||
                      (highestmodseq != 0 && highestmodseq != n->highestmodseq);
+  /* Without CONDSTORE an equal count proves nothing (an expunge plus an
+   * append, or flags). fetched_at 0 means "must ask": left alone. */
+  if (!differs && highestmodseq != 0 && n->fetched_at != 0 && asked_us > n->fetched_at)
+    n->fetched_at = asked_us;
   g_mutex_unlock(&n->lock);
   return differs;
 }

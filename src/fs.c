@@ -181,8 +181,7 @@ static gboolean fs_entry_for(Fs *fs, DcNode *parent, const char *name,
   if (child == NULL && !names_parse_message_filename(name, &(guint32){0})) {
     /* Perhaps a mailbox created elsewhere since the last LIST. */
     g_autoptr(GError) error = NULL;
-    if (!dircache_refresh_tree(fs->dc, fs->opts.tree_max_age_us > G_USEC_PER_SEC
-                                           ? fs->opts.tree_max_age_us : G_USEC_PER_SEC,
+    if (!dircache_refresh_tree(fs->dc, MAX(fs->opts.lookup_tree_age_us, G_USEC_PER_SEC),
                                &error)) {
       *err = ifs_errno_from_error(error);
       return FALSE;

@@ -191,13 +191,17 @@ int main(int argc, char *argv[]) {
       .account = account,
   };
   bc = bodycache_new(pool, &bo);
+  /* While the watcher polls, its rounds confirm listings (and LIST the
+   * tree): opendir then needs no round trip of its own. */
+  double list_max_age = o.list_max_age >= 0 ? o.list_max_age : o.poll * 1.5;
   FsOptions fso = {
       .uid = getuid(),
       .gid = getgid(),
       .msg_timeout = o.msg_timeout,
       .dir_timeout = o.dir_timeout,
-      .list_max_age_us = (gint64)(o.list_max_age * G_USEC_PER_SEC),
-      .tree_max_age_us = (gint64)(o.dir_timeout * G_USEC_PER_SEC),
+      .list_max_age_us = (gint64)(list_max_age * G_USEC_PER_SEC),
+      .tree_max_age_us = (gint64)(MAX(o.dir_timeout, list_max_age) * G_USEC_PER_SEC),
+      .lookup_tree_age_us = (gint64)(o.dir_timeout * G_USEC_PER_SEC),
       .write = {.pool = pool,
                 .account = account,
                 .delete_trash = g_strcmp0(o.delete_mode, "trash") == 0,

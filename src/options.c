@@ -81,7 +81,7 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
   o->cache_mem_mb = 16;
   o->msg_timeout = 60;
   o->dir_timeout = 1;
-  o->list_max_age = 0;
+  o->list_max_age = -1; /* auto: see main.c */
   o->poll = 10;
   if (fuse_opt_parse(args, o, options_table, options_proc) != 0) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "invalid options");
@@ -189,7 +189,7 @@ void options_usage(const char *prog) {
          "                             (same bytes) is already there (default on)\n"
          "    -o msg_timeout=SECS      kernel cache time for message entries (default 60)\n"
          "    -o dir_timeout=SECS      kernel cache time for directory entries (default 1)\n"
-         "    -o list_max_age=SECS     reuse a mailbox listing this long on opendir (default 0)\n"
+         "    -o list_max_age=SECS     reuse a mailbox listing this long on opendir (default 1.5 x poll)\n"
          "\n",
          prog, prog);
 }

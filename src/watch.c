@@ -8,6 +8,9 @@
  * watcher keeps its own connection and never selects a mailbox, so its
  * STATUS answers are never the inexact ones of a selected mailbox, and it
  * never competes with readers for a pooled connection except for refreshes.
+ * A STATUS that agrees (with HIGHESTMODSEQ) confirms the cached listing as
+ * of when it was asked, so opening a directory needs no round trip while
+ * the watcher runs (list_max_age defaults to 1.5 poll intervals).
  */
 #include "imapfuse/watch.h"
 
@@ -43,6 +46,7 @@ static void watch_round(Watch *w, ImapConn **conn) {
     DcNode *n = g_ptr_array_index(nodes, i);
     ImapStatusInfo st;
     g_clear_error(&error);
+    gint64 asked = g_get_monotonic_time();
     if (!imap_status(*conn, dcnode_mailbox(n), &st, &error)) {
       if (ifs_error_is_connection(error)) {
         g_clear_pointer(conn, imap_conn_close);
@@ -50,7 +54,7 @@ static void watch_round(Watch *w, ImapConn **conn) {
       }
       continue; /* deleted meanwhile: the next LIST hides it */
     }
-    if (!dircache_status_differs(w->dc, n, st.uidvalidity, st.messages, st.highestmodseq))
+    if (!dircache_status_differs(w->dc, n, st.uidvalidity, st.messages, st.highestmodseq, asked))
       continue;
     DcListing l;
     g_clear_error(&error);

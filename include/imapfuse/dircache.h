@@ -115,9 +115,12 @@ DcNode *dircache_find_mailbox(Dircache *dc, const char *mailbox);
 
 /* Mailboxes whose list has been fetched at least once (DcNode*, not owned). */
 GPtrArray *dircache_listed_nodes(Dircache *dc);
-/* Whether a STATUS answer disagrees with the cached list. */
+/* Whether a STATUS answer, asked at monotonic time asked_us, disagrees
+ * with the cached list.  When it agrees and carries a HIGHESTMODSEQ (any
+ * change to a mailbox raises it), the list is known exact as of asked_us
+ * and counts as fetched then. */
 gboolean dircache_status_differs(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 messages,
-                                 guint64 highestmodseq);
+                                 guint64 highestmodseq, gint64 asked_us);
 
 /* A listing fetched after a STATUS reflects at least that HIGHESTMODSEQ. */
 void dircache_note_modseq(Dircache *dc, DcNode *n, guint32 uidvalidity, guint64 highestmodseq);

@@ -24,6 +24,7 @@ typedef struct {
   double dir_timeout;      /* entry/attr timeout for directories */
   gint64 list_max_age_us;  /* opendir revalidates message lists older than this */
   gint64 tree_max_age_us;  /* LIST again when older than this on opendir of the root */
+  gint64 lookup_tree_age_us; /* ... or when a name nobody knows is looked up */
   FsWriteOptions write;    /* the write path (fswrite.h) */
 } FsOptions;
 

@@ -264,6 +264,41 @@ def test_watcher_notices_expunge_without_opendir(mount, empty_dovecot, env):
     assert os.path.exists(os.path.join(d, "%d.eml" % uids[2]))
 
 
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_watcher_confirmed_listing_needs_no_round_trip(mount, empty_dovecot, env):
+    """While the watcher polls (here every second), a STATUS that agrees
+    confirms the cached listing: opening the directory again asks the
+    server nothing. A change by another client shows within a poll round
+    (the documented delay), in the listing, sizes and flags."""
+    dv = empty_dovecot()
+    msgs = [_msg("q%d" % i, 700 + i) for i in range(4)]
+    uids = _make_box(dv, "Box", msgs)
+    m = mount(dv, "poll=1", "imap_debug", env=env)
+    d = os.path.join(m.path, "Box")
+    assert _listing(d) == _names(uids)
+    time.sleep(2.5)  # at least one watcher round with nothing changed
+    before = len(_commands(m))
+    assert _listing(d) == _names(uids)
+    assert "Box" in os.listdir(m.path)
+    after = _commands(m)[before:]
+    listing_cmds = [c for c in after if "SELECT" in c or "UID FETCH" in c or c.startswith("LIST")]
+    # The watcher's own rounds (STATUS, LIST) may fall in between; no
+    # listing of Box is fetched.
+    assert not [c for c in listing_cmds if "SELECT" in c or "UID FETCH" in c], after
+
+    c = dv.imap()
+    typ, data = c.append("Box", "(\\Flagged)", None, _msg("later", 999))
+    new_uid = int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1))
+    c.logout()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _listing(d) != _names(uids + [new_uid]):
+        time.sleep(0.2)
+    assert _listing(d) == _names(uids + [new_uid])
+    p = os.path.join(d, "%d.eml" % new_uid)
+    assert os.getxattr(p, "user.imap.flags") == b"\\Flagged"
+    assert _read(p) == _msg("later", 999)
+
+
 # -------------------------------------------------------------- the pool
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK, r"(?i)warning: .*(closed|lost|BYE)")
