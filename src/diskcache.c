@@ -1,39 +1,60 @@
-/* diskcache.c - immutable blobs on disk with a size bound and LRU eviction.
+/* diskcache.c - immutable blobs on disk with a size bound, kept in an
+ * append-only log of segment files and evicted a whole segment at a time.
  *
  * Design note.  Layout of the cache directory:
  *   lock                  flock()ed for as long as a Diskcache has it open
- *   <h>/                  one per group; h = first 32 hex digits of SHA-256(group)
- *   <h>/#group            the group's real name (for people; never read back)
- *   <h>/<escaped name>    one entry: header, then the bytes
- *   <h>/.tmp.<n>          an entry being written (deleted at open: a crash)
- * A name is escaped to [A-Za-z0-9._-] plus "%XX" (a leading '.' and '%'
- * are escaped too, so "." and ".." are harmless and no entry name starts
- * with '.' or '#'); an escaped name longer than DK_NAME_MAX becomes "~" and
- * the SHA-256 of the name.  The header is 24 bytes, little-endian: magic
- * "IFDC", version, data length (u64), group length, name length (u32),
- * then the group and the name themselves, then the data.  A get checks the
- * magic, version, key and that the file is exactly as long as the header
- * says; anything else is a damaged entry, deleted and reported absent.
- * The data is not checksummed: hashing every hit would cost more than the
- * read itself on the warm-grep path, and an entry is only ever created by
- * a complete write followed by rename(), so a crash leaves either a whole
- * file or none; the header and length checks catch truncation and foreign
- * files.  Nothing is fsync()ed: losing recent entries costs a refetch.
+ *   seg.<16 hex digits>   a segment: records back to back; the number (seq)
+ *                         grows with each new segment, so it orders them
+ * Anything else found at open (an older format's group directories and
+ * temporary files, strays) is deleted: it is a cache.  One file per entry
+ * cost an inode allocation and a rename per put, the largest CPU cost of a
+ * cold grep -r; appending to a few open files costs a pwritev, and a get
+ * is one pread on an open fd.
  *
- * The index lives in memory: group hash -> DkGroup -> escaped name ->
- * DkEntry, plus one LRU list.  It is rebuilt at open from a listing and
- * fstatat() of every entry (contents are not read), ordered by mtime; a
- * hit sets the file's mtime to now, so recency survives a restart.
- * Locking: one mutex protects the index and the byte counts only.  No file
- * is read, written, created, renamed or deleted under it: a get takes a
- * reference (a generation number) under the lock and reads unlocked; a put
- * reserves its size (evicting to make room) under the lock, writes and
- * renames unlocked, and enters the entry under the lock; evicted files are
- * unlinked after the lock is dropped.  The index is authoritative: a file
- * the index does not know is never served, and an index entry whose file
- * vanished in a race (an eviction and a re-put of the same key crossing)
- * is a miss that removes it.  Reservations keep the bytes on disk within
- * max_bytes even while puts are in flight.
+ * A record is a 28-byte header, little-endian -- magic "IFDC", version and
+ * type (ENTRY or TOMBSTONE) as one byte each, two zero bytes, data length
+ * (u64), group length, name length, checksum (u32) -- then the group, the
+ * name and the data.  The checksum is 32-bit FNV-1a over the first 24
+ * header bytes and the key.  The data is not checksummed: hashing every hit
+ * would cost more than the read itself on the warm-grep path, and a record
+ * is never rewritten in place; the header checksum and the lengths catch
+ * torn appends, truncation and foreign bytes.  A TOMBSTONE (a group, empty
+ * name, no data) says that every earlier record of its group is gone.
+ *
+ * Puts append to the newest segment; a new one is started when a record
+ * would take it past seg_max (an eighth of the bound or of the filesystem,
+ * at most 64 MiB; a larger record gets a segment to itself), so eviction
+ * frees about an eighth of a full cache at a time.  Nothing is
+ * fsync()ed: a crash can leave a torn record at a segment's end, and open
+ * cuts the segment at the first bad record (what follows it cannot be
+ * trusted to start where it seems to).  Losing recent entries costs a
+ * refetch.
+ *
+ * The index in memory maps group -> name -> (segment, offset, length), and
+ * each segment lists its live entries.  Open rebuilds it from the headers
+ * and keys of all records in (seq, offset) order, reading each segment
+ * sequentially in 64 KiB blocks: a later record of a key replaces an
+ * earlier one, a tombstone drops its group.  Sizes count whole segment
+ * files, dead records (replaced, dropped, damaged) included, and stay
+ * within max_bytes by deleting segments, oldest first.  To approach LRU, a
+ * hit (or a put of a stored key) on an entry whose segment is due for
+ * eviction within the next max_bytes / 2 appended bytes -- in a full cache,
+ * the older half of the log; in one less than half full, none -- copies
+ * its record forward to the newest segment, leaving a dead copy.  If that
+ * copy was its segment's only live record, that segment is the one
+ * deleted to make room (nothing is lost) -- unless it holds a tombstone,
+ * which must outlive the records it hides.  With one record per segment in
+ * a full cache this is exact LRU; with many it is LRU by segment.
+ *
+ * Locking: write_lock serialises appends (put, remove_group, copy forward)
+ * and owns the newest segment's tail and next_seq.  lock, taken after it,
+ * protects the index, the segment list and the counts; no I/O happens
+ * under it.  A get takes a reference on the segment (refcounted, owning the
+ * fd) and reads unlocked, so eviction can unlink a file while reads through
+ * its fd finish.  A put makes room under lock, writes unlocked (holding
+ * write_lock only) and enters the entry under lock; the bytes on disk stay
+ * within max_bytes throughout.  A get copies forward only if write_lock is
+ * free (trylock): readers never wait for a writer.
  */
 #include "imapfuse/diskcache.h"
 
@@ -42,7 +63,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -51,33 +71,46 @@
 #include <unistd.h>
 
 #define DK_MAGIC "IFDC"
-#define DK_VERSION 1u
-#define DK_HDR 24u         /* magic, version, data length, group length, name length */
-#define DK_GROUP_HEX 32    /* hex digits of SHA-256(group) in its directory name */
-#define DK_NAME_MAX 128    /* longer escaped names are replaced by a hash */
-#define DK_WRITE_TRIES 4   /* a put retries after ENOENT (group dir removed) or ENOSPC */
+#define DK_VERSION 2u
+#define DK_ENTRY 1u
+#define DK_TOMB 2u
+#define DK_HDR 28u
+#define DK_SUMMED 24u /* header bytes under the checksum: all before it */
+#define DK_FNV_SEED 2166136261u
+#define DK_SEG_CAP (64ull << 20)
+#define DK_SCAN_BLOCK (64u << 10) /* the open scan reads segments in blocks of this */
+#define DK_WRITE_TRIES 4          /* a put retries after ENOSPC, evicting each time */
 #define DK_LOCK_FILE "lock"
-#define DK_GROUP_FILE "#group"
-#define DK_TMP_PREFIX ".tmp."
+#define DK_SEG_PREFIX "seg."
+#define DK_SEG_NAME 32 /* "seg." + 16 hex digits + NUL, rounded up */
 
 G_DEFINE_QUARK(diskcache-error-quark, diskcache_error)
 
-/* For utimensat(): the mtime (our recency mark) becomes now, the atime stays. */
-static const struct timespec dk_mtime_now[2] = {{.tv_nsec = UTIME_OMIT}, {.tv_nsec = UTIME_NOW}};
+typedef struct {
+  guint64 seq;
+  guint64 start;  /* bytes appended to the log before this segment: its age */
+  guint64 size;   /* bytes of whole records in the file; changed under both
+                   * locks, so the writer may read it under write_lock */
+  int fd;
+  gint refs;      /* atomic: the segment list's, plus one per reader */
+  gboolean tomb;  /* holds a tombstone */
+  GQueue entries; /* its live DkEntry (under lock) */
+  GList link;     /* in Diskcache.segs; data = this */
+} DkSeg;
 
 typedef struct DkGroup DkGroup;
 
 typedef struct {
   DkGroup *group;
-  char *fname;  /* escaped name */
-  guint64 size; /* whole file, header included */
-  guint64 gen;  /* tells a re-stored entry from the one a reader saw */
-  GList link;   /* in lru; data = this entry */
+  DkSeg *seg;
+  guint64 off, len; /* the whole record */
+  GList link;       /* in seg->entries; data = this */
+  char name[];
 } DkEntry;
 
 struct DkGroup {
-  char hex[DK_GROUP_HEX + 1];
-  GHashTable *entries; /* fname -> DkEntry* (owned) */
+  GHashTable *entries; /* name -> DkEntry* (owned) */
+  char name[];
 };
 
 struct Diskcache {
@@ -85,280 +118,131 @@ struct Diskcache {
   int dirfd;
   int lockfd;
   guint64 max_bytes;
-  gint tmp_seq; /* atomic; temp file names */
-  GMutex lock;  /* protects the fields below */
-  GHashTable *groups; /* hex -> DkGroup* (owned) */
-  GQueue lru;         /* most recently used at head */
-  guint64 bytes;      /* sum of entry sizes */
-  guint64 reserved;   /* sizes of puts in flight */
-  guint count;
-  guint64 next_gen;
+  guint64 seg_max;
+  GMutex write_lock; /* serialises appends; protects next_seq */
+  guint64 next_seq;
+  GMutex lock;        /* protects the fields below; segs and bytes change only
+                       * with write_lock held too */
+  GHashTable *groups; /* name -> DkGroup* (owned) */
+  GQueue segs;        /* oldest first; puts append to the tail */
+  guint64 bytes;      /* sum of segment sizes */
+  guint count;        /* live entries */
 };
 
-/* ---- names and headers ---- */
+/* ---- records ---- */
 
-static void dk_group_hex(const char *group, char hex[DK_GROUP_HEX + 1]) {
-  GChecksum *sum = g_checksum_new(G_CHECKSUM_SHA256);
-  g_checksum_update(sum, (const guchar *)group, strlen(group));
-  memcpy(hex, g_checksum_get_string(sum), DK_GROUP_HEX);
-  hex[DK_GROUP_HEX] = '\0';
-  g_checksum_free(sum);
+typedef struct {
+  guint8 type;
+  guint32 glen, nlen;
+  guint64 dlen, len; /* len: the whole record */
+} DkHdr;
+
+static guint32 dk_fnv(guint32 h, const void *p, gsize n) {
+  const guint8 *b = p;
+  for (gsize i = 0; i < n; i++)
+    h = (h ^ b[i]) * 16777619u;
+  return h;
 }
 
-static gboolean dk_name_char(guchar c) {
-  return g_ascii_isalnum(c) || c == '-' || c == '_' || c == '.';
+static void dk_hdr_put(guint8 *p, guint8 type, const char *group, guint32 glen, const char *name,
+                       guint32 nlen, guint64 dlen) {
+  memcpy(p, DK_MAGIC, 4);
+  p[4] = DK_VERSION;
+  p[5] = type;
+  p[6] = p[7] = 0;
+  le_put64(p + 8, dlen);
+  le_put32(p + 16, glen);
+  le_put32(p + 20, nlen);
+  guint32 h = dk_fnv(dk_fnv(dk_fnv(DK_FNV_SEED, p, DK_SUMMED), group, glen), name, nlen);
+  le_put32(p + DK_SUMMED, h);
 }
 
-/* The file name of an entry: see the design note. */
-static char *dk_file_name(const char *name) {
-  static const char hexd[] = "0123456789ABCDEF";
-  gsize n = strlen(name);
-  if (n == 0)
-    return g_strdup("%");
-  if (n <= DK_NAME_MAX) {
-    char buf[3 * DK_NAME_MAX + 1];
-    gsize k = 0;
-    for (gsize i = 0; i < n && k <= DK_NAME_MAX; i++) {
-      guchar c = (guchar)name[i];
-      if (dk_name_char(c) && !(c == '.' && i == 0)) {
-        buf[k++] = (char)c;
-      } else {
-        buf[k++] = '%';
-        buf[k++] = hexd[c >> 4];
-        buf[k++] = hexd[c & 15];
-      }
-    }
-    if (k <= DK_NAME_MAX)
-      return g_strndup(buf, k);
+/* Parses DK_HDR bytes at p; FALSE if they cannot start one of our records. */
+static gboolean dk_hdr_get(const guint8 *p, DkHdr *h) {
+  h->type = p[5];
+  h->dlen = le_get64(p + 8);
+  h->glen = le_get32(p + 16);
+  h->nlen = le_get32(p + 20);
+  h->len = DK_HDR + (guint64)h->glen + h->nlen + h->dlen; /* wraps only if dlen is absurd */
+  return memcmp(p, DK_MAGIC, 4) == 0 && p[4] == DK_VERSION && p[6] == 0 && p[7] == 0 &&
+         (h->type == DK_ENTRY || (h->type == DK_TOMB && h->nlen == 0 && h->dlen == 0)) &&
+         h->dlen <= G_MAXSSIZE && h->len <= G_MAXSSIZE;
+}
+
+/* Checks the checksum; p holds the header and the key. */
+static gboolean dk_sum_ok(const guint8 *p, const DkHdr *h) {
+  guint32 s = dk_fnv(dk_fnv(DK_FNV_SEED, p, DK_SUMMED), p + DK_HDR, (gsize)h->glen + h->nlen);
+  return s == le_get32(p + DK_SUMMED);
+}
+
+/* ---- files (never called with lock held) ---- */
+
+static void dk_seg_name(char buf[DK_SEG_NAME], guint64 seq) {
+  g_snprintf(buf, DK_SEG_NAME, DK_SEG_PREFIX "%016" G_GINT64_MODIFIER "x", seq);
+}
+
+static DkSeg *dk_seg_new(guint64 seq, int fd) {
+  DkSeg *s = g_new0(DkSeg, 1);
+  s->seq = seq;
+  s->fd = fd;
+  s->refs = 1;
+  s->link.data = s;
+  return s;
+}
+
+static void dk_seg_unref(DkSeg *s) {
+  if (g_atomic_int_dec_and_test(&s->refs)) {
+    close(s->fd);
+    g_free(s);
   }
-  g_autofree char *sum = g_compute_checksum_for_string(G_CHECKSUM_SHA256, name, (gssize)n);
-  return g_strconcat("~", sum, NULL);
 }
 
-/* Could this directory entry be an entry file made by dk_file_name()? */
-static gboolean dk_entry_name_ok(const char *s) {
-  if (s[0] == '\0' || s[0] == '.' || s[0] == '#')
-    return FALSE;
-  for (; *s != '\0'; s++)
-    if (!dk_name_char((guchar)*s) && *s != '%' && *s != '~')
-      return FALSE;
-  return TRUE;
-}
-
-static gboolean dk_group_dir_ok(const char *s) {
-  if (strlen(s) != DK_GROUP_HEX)
-    return FALSE;
-  for (; *s != '\0'; s++)
-    if (!g_ascii_isdigit(*s) && !(*s >= 'a' && *s <= 'f'))
-      return FALSE;
-  return TRUE;
-}
-
-/* ---- files (never called with the lock held) ---- */
-
-static gboolean dk_write_all(int fd, struct iovec *iov, int n) {
-  while (n > 0) {
-    ssize_t w = writev(fd, iov, n);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w < 0)
-      return FALSE;
-    if (w == 0 && iov->iov_len > 0) {
-      errno = EIO; /* no progress: do not spin */
-      return FALSE;
-    }
-    while (n > 0 && (gsize)w >= iov->iov_len) {
-      w -= (ssize_t)iov->iov_len;
-      iov++;
-      n--;
-    }
-    if (n > 0) {
-      iov->iov_base = (char *)iov->iov_base + w;
-      iov->iov_len -= (gsize)w;
-    }
-  }
-  return TRUE;
-}
-
-/* Writes iov to hex/final through a temporary file and rename().  Returns 0
- * or an errno value. */
-static int dk_write_file(Diskcache *dc, const char *hex, const char *final, struct iovec *iov,
-                         int n) {
-  char tmp[DK_GROUP_HEX + sizeof("/" DK_TMP_PREFIX) + 16];
-  int fd;
-  do {
-    guint seq = (guint)g_atomic_int_add(&dc->tmp_seq, 1);
-    g_snprintf(tmp, sizeof tmp, "%s/" DK_TMP_PREFIX "%x", hex, seq);
-    fd = openat(dc->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  } while (fd < 0 && errno == EEXIST);
-  if (fd < 0)
-    return errno;
-  gboolean ok = dk_write_all(fd, iov, n);
-  int err = errno;
-  if (close(fd) != 0 && ok) {
-    ok = FALSE;
-    err = errno;
-  }
-  if (ok) {
-    g_autofree char *dst = g_strconcat(hex, "/", final, NULL);
-    if (renameat(dc->dirfd, tmp, dc->dirfd, dst) == 0)
-      return 0;
-    err = errno;
-  }
-  unlinkat(dc->dirfd, tmp, 0);
-  return err;
-}
-
-/* Creates a group's directory and its #group file; 0 or an errno value. */
-static int dk_make_group_dir(Diskcache *dc, const char *hex, const char *group) {
-  if (mkdirat(dc->dirfd, hex, 0700) != 0)
-    return errno == EEXIST ? 0 : errno;
-  struct iovec iov[1] = {{(void *)group, strlen(group)}};
-  dk_write_file(dc, hex, DK_GROUP_FILE, iov, 1); /* informational only */
-  return 0;
-}
-
-static void dk_unlink_all(Diskcache *dc, GPtrArray *paths) {
-  for (guint i = 0; i < paths->len; i++)
-    unlinkat(dc->dirfd, g_ptr_array_index(paths, i), 0);
-}
-
-typedef enum { DK_READ_OK, DK_READ_MISSING, DK_READ_DAMAGED } DkRead;
-
-/* Reads and checks one entry file; *out is the data on DK_READ_OK. */
-static DkRead dk_read_entry(Diskcache *dc, const char *rel, const char *group,
-                            const char *name, GBytes **out) {
-  /* O_NOATIME: the mtime is our recency mark; an atime update on top of it
-   * would dirty the inode a second time (refused if we are not the owner). */
-  int fd = openat(dc->dirfd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOATIME);
-  if (fd < 0 && errno == EPERM)
-    fd = openat(dc->dirfd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0)
-    return errno == ENOENT ? DK_READ_MISSING : DK_READ_DAMAGED;
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < (off_t)DK_HDR ||
-      (guint64)st.st_size > G_MAXSSIZE) {
-    close(fd);
-    return DK_READ_DAMAGED;
-  }
-  gsize size = (gsize)st.st_size, got = 0;
-  guint8 *buf = g_malloc(size);
-  while (got < size) {
-    ssize_t r = pread(fd, buf + got, size - got, (off_t)got);
+/* Bytes read, fewer than len at the end of the file or on an error. */
+static gsize dk_pread(int fd, guint8 *buf, gsize len, guint64 off) {
+  gsize got = 0;
+  while (got < len) {
+    ssize_t r = pread(fd, buf + got, len - got, (off_t)(off + got));
     if (r < 0 && errno == EINTR)
       continue;
     if (r <= 0)
       break;
     got += (gsize)r;
   }
-  /* In this order, so that each test only reads bytes the previous ones
-   * proved to be there. */
-  gsize glen = strlen(group), nlen = strlen(name);
-  if (got != size || memcmp(buf, DK_MAGIC, 4) != 0 || le_get32(buf + 4) != DK_VERSION ||
-      le_get32(buf + 16) != glen || le_get32(buf + 20) != nlen ||
-      size - DK_HDR < (guint64)glen + nlen ||
-      le_get64(buf + 8) != size - DK_HDR - glen - nlen ||
-      memcmp(buf + DK_HDR, group, glen) != 0 || memcmp(buf + DK_HDR + glen, name, nlen) != 0) {
-    close(fd);
-    g_free(buf);
-    return DK_READ_DAMAGED;
+  return got;
+}
+
+/* Writes iov (at most 4 parts) at off; 0 or an errno value. */
+static int dk_pwrite(int fd, const struct iovec *parts, int n, guint64 off) {
+  struct iovec iov[4];
+  memcpy(iov, parts, (gsize)n * sizeof *iov);
+  struct iovec *v = iov;
+  while (n > 0) {
+    ssize_t w = pwritev(fd, v, n, (off_t)off);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0)
+      return errno;
+    if (w == 0)
+      return EIO; /* no progress: do not spin */
+    off += (guint64)w;
+    while (n > 0 && (gsize)w >= v->iov_len) {
+      w -= (ssize_t)v->iov_len;
+      v++;
+      n--;
+    }
+    if (n > 0) {
+      v->iov_base = (char *)v->iov_base + w;
+      v->iov_len -= (gsize)w;
+    }
   }
-  futimens(fd, dk_mtime_now);
-  close(fd);
-  GBytes *whole = g_bytes_new_take(buf, size);
-  *out = g_bytes_new_from_bytes(whole, DK_HDR + glen + nlen, size - DK_HDR - glen - nlen);
-  g_bytes_unref(whole);
-  return DK_READ_OK;
+  return 0;
 }
 
-/* ---- index (callers of _functions hold the lock) ---- */
-
-static void dk_group_free(gpointer p) {
-  DkGroup *g = p;
-  g_hash_table_unref(g->entries);
-  g_free(g);
-}
-
-static void dk_entry_free(gpointer p) {
-  DkEntry *e = p;
-  g_free(e->fname);
-  g_free(e);
-}
-
-static DkEntry *_dk_lookup(Diskcache *dc, const char *hex, const char *fname) {
-  DkGroup *g = g_hash_table_lookup(dc->groups, hex);
-  return g != NULL ? g_hash_table_lookup(g->entries, fname) : NULL;
-}
-
-static void _dk_touch(Diskcache *dc, DkEntry *e) {
-  g_queue_unlink(&dc->lru, &e->link);
-  g_queue_push_head_link(&dc->lru, &e->link);
-}
-
-/* A new entry, not yet in the LRU list. */
-static DkEntry *_dk_add(Diskcache *dc, const char *hex, const char *fname, guint64 size) {
-  DkGroup *g = g_hash_table_lookup(dc->groups, hex);
-  if (g == NULL) {
-    g = g_new0(DkGroup, 1);
-    memcpy(g->hex, hex, sizeof g->hex);
-    g->entries = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, dk_entry_free);
-    g_hash_table_insert(dc->groups, g->hex, g);
-  }
-  DkEntry *e = g_new0(DkEntry, 1);
-  e->group = g;
-  e->fname = g_strdup(fname);
-  e->size = size;
-  e->gen = ++dc->next_gen;
-  e->link.data = e;
-  g_hash_table_insert(g->entries, e->fname, e);
-  dc->bytes += size;
-  dc->count++;
-  return e;
-}
-
-/* Drops e from the index; its path goes to victims (if not NULL) for the
- * caller to unlink once unlocked. */
-static void _dk_drop(Diskcache *dc, DkEntry *e, GPtrArray *victims) {
-  DkGroup *g = e->group;
-  g_queue_unlink(&dc->lru, &e->link);
-  dc->bytes -= e->size;
-  dc->count--;
-  if (victims != NULL)
-    g_ptr_array_add(victims, g_strconcat(g->hex, "/", e->fname, NULL));
-  g_hash_table_remove(g->entries, e->fname);
-  if (g_hash_table_size(g->entries) == 0)
-    g_hash_table_remove(dc->groups, g->hex);
-}
-
-/* Evicts from the LRU tail until stored + reserved bytes fit the bound and
- * at least want bytes were freed, never evicting keep. */
-static void _dk_evict(Diskcache *dc, guint64 want, DkEntry *keep, GPtrArray *victims) {
-  guint64 freed = 0;
-  while (dc->lru.tail != NULL && dc->lru.tail->data != keep &&
-         (dc->bytes + dc->reserved > dc->max_bytes || freed < want)) {
-    DkEntry *e = dc->lru.tail->data;
-    freed += e->size;
-    _dk_drop(dc, e, victims);
-  }
-}
-
-/* ---- open: rebuild the index ---- */
-
-typedef struct {
-  DkEntry *e;
-  gint64 sec;
-  glong nsec;
-} DkScanned;
-
-static gint dk_scanned_cmp(gconstpointer a, gconstpointer b) {
-  const DkScanned *x = a, *y = b;
-  if (x->sec != y->sec)
-    return x->sec < y->sec ? -1 : 1;
-  return x->nsec < y->nsec ? -1 : x->nsec > y->nsec;
-}
-
-static void dk_scan_group(Diskcache *dc, const char *hex, GArray *scanned) {
-  int fd = openat(dc->dirfd, hex, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+/* Deletes name in directory dfd and, if it is a directory, all below it. */
+static void dk_rm_tree(int dfd, const char *name) {
+  if (unlinkat(dfd, name, 0) == 0 || (errno != EISDIR && errno != EPERM))
+    return;
+  int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
   if (d == NULL) {
     if (fd >= 0)
@@ -366,20 +250,283 @@ static void dk_scan_group(Diskcache *dc, const char *hex, GArray *scanned) {
     return;
   }
   struct dirent *de;
-  while ((de = readdir(d)) != NULL) {
-    struct stat st;
-    if (g_str_has_prefix(de->d_name, DK_TMP_PREFIX)) {
-      unlinkat(dirfd(d), de->d_name, 0);
-      continue;
-    }
-    if (!dk_entry_name_ok(de->d_name) ||
-        fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
-      continue;
-    DkScanned s = {_dk_add(dc, hex, de->d_name, (guint64)st.st_size), st.st_mtim.tv_sec,
-                   st.st_mtim.tv_nsec};
-    g_array_append_val(scanned, s);
-  }
+  while ((de = readdir(d)) != NULL)
+    if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+      dk_rm_tree(dirfd(d), de->d_name);
   closedir(d);
+  unlinkat(dfd, name, AT_REMOVEDIR);
+}
+
+/* ---- index (callers of _functions hold lock) ---- */
+
+static void dk_group_free(gpointer p) {
+  DkGroup *g = p;
+  g_hash_table_unref(g->entries);
+  g_free(g);
+}
+
+static DkEntry *_dk_lookup(Diskcache *dc, const char *group, const char *name) {
+  DkGroup *g = g_hash_table_lookup(dc->groups, group);
+  return g != NULL ? g_hash_table_lookup(g->entries, name) : NULL;
+}
+
+/* Enters (group, name) as the record at seg/off; an older record of the
+ * key becomes dead. */
+static void _dk_insert(Diskcache *dc, const char *group, const char *name, DkSeg *seg,
+                       guint64 off, guint64 len) {
+  DkGroup *g = g_hash_table_lookup(dc->groups, group);
+  if (g == NULL) {
+    gsize n = strlen(group) + 1;
+    g = g_malloc(sizeof *g + n);
+    memcpy(g->name, group, n);
+    g->entries = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
+    g_hash_table_insert(dc->groups, g->name, g);
+  }
+  DkEntry *e = g_hash_table_lookup(g->entries, name);
+  if (e != NULL) {
+    g_queue_unlink(&e->seg->entries, &e->link);
+  } else {
+    gsize n = strlen(name) + 1;
+    e = g_malloc(sizeof *e + n);
+    memcpy(e->name, name, n);
+    e->group = g;
+    e->link = (GList){.data = e};
+    g_hash_table_insert(g->entries, e->name, e);
+    dc->count++;
+  }
+  e->seg = seg;
+  e->off = off;
+  e->len = len;
+  g_queue_push_tail_link(&seg->entries, &e->link);
+}
+
+/* Forgets an entry; its record stays as dead bytes. */
+static void _dk_drop(Diskcache *dc, DkEntry *e) {
+  DkGroup *g = e->group;
+  g_queue_unlink(&e->seg->entries, &e->link);
+  dc->count--;
+  g_hash_table_remove(g->entries, e->name);
+  if (g_hash_table_size(g->entries) == 0)
+    g_hash_table_remove(dc->groups, g->name);
+}
+
+/* Forgets a group's entries; FALSE if it had none. */
+static gboolean _dk_drop_group(Diskcache *dc, const char *group) {
+  DkGroup *g = g_hash_table_lookup(dc->groups, group);
+  if (g == NULL)
+    return FALSE;
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, g->entries);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    DkEntry *e = v;
+    g_queue_unlink(&e->seg->entries, &e->link);
+    dc->count--;
+  }
+  g_hash_table_remove(dc->groups, group);
+  return TRUE;
+}
+
+/* Takes a segment out of the log with its entries; the caller deletes the
+ * victims' files once unlocked (dk_delete). */
+static void _dk_evict(Diskcache *dc, DkSeg *s, GPtrArray *victims) {
+  while (s->entries.head != NULL)
+    _dk_drop(dc, s->entries.head->data);
+  g_queue_unlink(&dc->segs, &s->link);
+  dc->bytes -= s->size;
+  g_ptr_array_add(victims, s);
+}
+
+static void dk_delete(Diskcache *dc, GPtrArray *victims) {
+  for (guint i = 0; i < victims->len; i++) {
+    DkSeg *s = g_ptr_array_index(victims, i);
+    char name[DK_SEG_NAME];
+    dk_seg_name(name, s->seq);
+    unlinkat(dc->dirfd, name, 0);
+    dk_seg_unref(s); /* readers still holding it keep the fd */
+  }
+  g_ptr_array_set_size(victims, 0);
+}
+
+/* Is the entry worth copying forward: would its segment be evicted within
+ * the next max_bytes / 2 bytes appended?  For a full cache that is the
+ * older half of the log; a cache less than half full copies nothing. */
+static gboolean _dk_is_old(Diskcache *dc, const DkEntry *e) {
+  const DkSeg *oldest = dc->segs.head->data;
+  return &e->seg->link != dc->segs.tail &&
+         e->seg->start - oldest->start + dc->max_bytes / 2 < dc->bytes;
+}
+
+/* ---- appending (callers hold write_lock) ---- */
+
+/* The segment a record of len bytes goes to, started if need be. */
+static DkSeg *dk_target(Diskcache *dc, guint64 len, GError **error) {
+  DkSeg *t = dc->segs.tail != NULL ? dc->segs.tail->data : NULL;
+  if (t != NULL && (t->size == 0 || t->size + len <= dc->seg_max))
+    return t;
+  char name[DK_SEG_NAME];
+  dk_seg_name(name, dc->next_seq);
+  int fd = openat(dc->dirfd, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    int err = errno;
+    g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(err),
+                "cannot create a segment in cache directory %s: %s", dc->dir, g_strerror(err));
+    return NULL;
+  }
+  DkSeg *s = dk_seg_new(dc->next_seq++, fd);
+  s->start = t != NULL ? t->start + t->size : 0;
+  g_mutex_lock(&dc->lock);
+  g_queue_push_tail_link(&dc->segs, &s->link);
+  g_mutex_unlock(&dc->lock);
+  return s;
+}
+
+/* After ENOSPC: evicts the oldest segment other than t, unless even an
+ * empty cache would leave no room for len bytes.  FALSE if nothing went. */
+static gboolean dk_free_disk(Diskcache *dc, DkSeg *t, guint64 len, GPtrArray *victims) {
+  struct statvfs vfs;
+  guint64 avail = fstatvfs(dc->dirfd, &vfs) == 0 ? (guint64)vfs.f_bavail * vfs.f_frsize : 0;
+  g_mutex_lock(&dc->lock);
+  DkSeg *v = dc->segs.head->data;
+  gboolean ok = v != t && len <= avail + (dc->bytes - t->size);
+  if (ok)
+    _dk_evict(dc, v, victims);
+  g_mutex_unlock(&dc->lock);
+  dk_delete(dc, victims);
+  return ok;
+}
+
+/* Appends one record (iov: all of it, len bytes) and enters it into the
+ * index.  For a copy forward, from/from_off is the copy it replaces: if that
+ * is no longer the key's entry, nothing is written. */
+static gboolean dk_append(Diskcache *dc, guint8 type, const char *group, const char *name,
+                          const struct iovec *iov, int niov, guint64 len, const DkSeg *from,
+                          guint64 from_off, GError **error) {
+  DkSeg *t = dk_target(dc, len, error);
+  if (t == NULL)
+    return FALSE;
+  g_autoptr(GPtrArray) victims = g_ptr_array_new();
+  g_mutex_lock(&dc->lock);
+  DkEntry *keep = type == DK_ENTRY ? _dk_lookup(dc, group, name) : NULL;
+  gboolean go = from == NULL || (keep != NULL && keep->seg == from && keep->off == from_off);
+  while (go && dc->bytes + len > dc->max_bytes) {
+    DkSeg *v = dc->segs.head->data;
+    if (keep != NULL && keep->seg != t && keep->seg->entries.length == 1 && !keep->seg->tomb)
+      v = keep->seg; /* its only live record is being rewritten: nothing is lost */
+    if (v == t)
+      break; /* t alone always fits (see dk_target); this is a safety net */
+    if (keep != NULL && v == keep->seg)
+      keep = NULL;
+    _dk_evict(dc, v, victims);
+  }
+  go = go && dc->bytes + len <= dc->max_bytes;
+  g_mutex_unlock(&dc->lock);
+  dk_delete(dc, victims);
+  if (!go)
+    return TRUE;
+
+  int err;
+  for (int tries = 1;; tries++) {
+    err = dk_pwrite(t->fd, iov, niov, t->size);
+    if (err == 0)
+      break;
+    if (ftruncate(t->fd, (off_t)t->size) != 0)
+      g_debug("disk cache: cannot cut a failed write: %s", g_strerror(errno));
+    if ((err != ENOSPC && err != EDQUOT) || tries == DK_WRITE_TRIES ||
+        !dk_free_disk(dc, t, len, victims))
+      break;
+  }
+  if (err != 0) {
+    g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(err),
+                "cannot write to cache directory %s: %s", dc->dir, g_strerror(err));
+    return FALSE;
+  }
+  g_mutex_lock(&dc->lock);
+  if (type == DK_TOMB)
+    t->tomb = TRUE;
+  else
+    _dk_insert(dc, group, name, t, t->size, len);
+  t->size += len;
+  dc->bytes += len;
+  g_mutex_unlock(&dc->lock);
+  return TRUE;
+}
+
+/* ---- open: rebuild the index ---- */
+
+typedef struct {
+  int fd;
+  guint64 fsize;
+  guint64 at; /* file offset of buf[0] */
+  gsize n, cap;
+  guint8 *buf;
+} DkReader;
+
+/* Bytes [off, off + len) of the file, or NULL if the file ends before. */
+static const guint8 *dk_reader_get(DkReader *r, guint64 off, guint64 len) {
+  if (off >= r->at && off + len <= r->at + r->n)
+    return r->buf + (off - r->at);
+  if (off > r->fsize || len > r->fsize - off)
+    return NULL;
+  gsize want = (gsize)MIN(MAX(len, DK_SCAN_BLOCK), r->fsize - off);
+  if (want > r->cap)
+    r->buf = g_realloc(r->buf, r->cap = want);
+  r->at = off;
+  r->n = dk_pread(r->fd, r->buf, want, off);
+  return r->n >= len ? r->buf : NULL;
+}
+
+/* Enters one segment's records; the segment is cut at the first bad one. */
+static void dk_scan_seg(Diskcache *dc, DkSeg *s) {
+  struct stat st;
+  if (fstat(s->fd, &st) != 0)
+    return;
+  DkReader r = {.fd = s->fd, .fsize = (guint64)st.st_size};
+  guint64 off = 0;
+  while (off < r.fsize) {
+    DkHdr h;
+    const guint8 *p = dk_reader_get(&r, off, DK_HDR);
+    if (p == NULL || !dk_hdr_get(p, &h) || h.len > r.fsize - off)
+      break;
+    gsize klen = (gsize)h.glen + h.nlen;
+    p = dk_reader_get(&r, off, DK_HDR + klen);
+    if (p == NULL || !dk_sum_ok(p, &h) || memchr(p + DK_HDR, '\0', klen) != NULL)
+      break;
+    g_autofree char *group = g_strndup((const char *)p + DK_HDR, h.glen);
+    if (h.type == DK_TOMB) {
+      _dk_drop_group(dc, group);
+      s->tomb = TRUE;
+    } else {
+      g_autofree char *name = g_strndup((const char *)p + DK_HDR + h.glen, h.nlen);
+      _dk_insert(dc, group, name, s, off, h.len);
+    }
+    off += h.len;
+  }
+  g_free(r.buf);
+  if (off < r.fsize) {
+    g_debug("disk cache: segment %016" G_GINT64_MODIFIER "x cut at %" G_GUINT64_FORMAT
+            " of %" G_GUINT64_FORMAT " bytes",
+            s->seq, off, r.fsize);
+    if (ftruncate(s->fd, (off_t)off) != 0)
+      g_debug("disk cache: cannot cut segment: %s", g_strerror(errno));
+  }
+  s->size = off;
+}
+
+/* Is this "seg." and 16 lower-case hex digits?  *seq: the number. */
+static gboolean dk_parse_seg_name(const char *s, guint64 *seq) {
+  if (strlen(s) != strlen(DK_SEG_PREFIX) + 16 || !g_str_has_prefix(s, DK_SEG_PREFIX))
+    return FALSE;
+  for (const char *c = s + strlen(DK_SEG_PREFIX); *c != '\0'; c++)
+    if (!g_ascii_isdigit(*c) && !(*c >= 'a' && *c <= 'f'))
+      return FALSE;
+  *seq = g_ascii_strtoull(s + strlen(DK_SEG_PREFIX), NULL, 16);
+  return TRUE;
+}
+
+static gint dk_seq_cmp(gconstpointer a, gconstpointer b) {
+  guint64 x = *(const guint64 *)a, y = *(const guint64 *)b;
+  return x < y ? -1 : x > y;
 }
 
 static gboolean dk_scan(Diskcache *dc, GError **error) {
@@ -393,15 +540,49 @@ static gboolean dk_scan(Diskcache *dc, GError **error) {
                 "cannot list cache directory %s: %s", dc->dir, g_strerror(err));
     return FALSE;
   }
-  g_autoptr(GArray) scanned = g_array_new(FALSE, FALSE, sizeof(DkScanned));
+  g_autoptr(GArray) seqs = g_array_new(FALSE, FALSE, sizeof(guint64));
   struct dirent *de;
-  while ((de = readdir(d)) != NULL)
-    if (dk_group_dir_ok(de->d_name))
-      dk_scan_group(dc, de->d_name, scanned);
+  while ((de = readdir(d)) != NULL) {
+    guint64 seq;
+    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
+        strcmp(de->d_name, DK_LOCK_FILE) == 0)
+      continue;
+    if (dk_parse_seg_name(de->d_name, &seq))
+      g_array_append_val(seqs, seq);
+    else
+      dk_rm_tree(dc->dirfd, de->d_name); /* an older format, or a stray */
+  }
   closedir(d);
-  g_array_sort(scanned, dk_scanned_cmp);
-  for (guint i = 0; i < scanned->len; i++)
-    g_queue_push_head_link(&dc->lru, &g_array_index(scanned, DkScanned, i).e->link);
+  g_array_sort(seqs, dk_seq_cmp);
+
+  g_autoptr(GPtrArray) victims = g_ptr_array_new();
+  for (guint i = 0; i < seqs->len; i++) {
+    guint64 seq = g_array_index(seqs, guint64, i);
+    char name[DK_SEG_NAME];
+    dk_seg_name(name, seq);
+    dc->next_seq = seq + 1;
+    struct stat st;
+    int sfd = openat(dc->dirfd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (sfd < 0 || fstat(sfd, &st) != 0 || !S_ISREG(st.st_mode)) {
+      if (sfd >= 0)
+        close(sfd);
+      dk_rm_tree(dc->dirfd, name);
+      continue;
+    }
+    DkSeg *s = dk_seg_new(seq, sfd);
+    DkSeg *prev = dc->segs.tail != NULL ? dc->segs.tail->data : NULL;
+    s->start = prev != NULL ? prev->start + prev->size : 0;
+    g_queue_push_tail_link(&dc->segs, &s->link);
+    dk_scan_seg(dc, s);
+    dc->bytes += s->size;
+    if (s->size == 0)
+      _dk_evict(dc, s, victims);
+  }
+  /* The bound may have shrunk: now the newest segment may go too.  No other
+   * thread exists yet, so no lock. */
+  while (dc->bytes > dc->max_bytes)
+    _dk_evict(dc, dc->segs.head->data, victims);
+  dk_delete(dc, victims);
   return TRUE;
 }
 
@@ -440,16 +621,21 @@ Diskcache *diskcache_open(const char *dir, guint64 max_bytes, GError **error) {
   dc->dirfd = dfd;
   dc->lockfd = lfd;
   dc->max_bytes = max_bytes;
+  /* A filesystem smaller than the bound is the real bound: segments sized
+   * from it keep evictions after ENOSPC fine-grained. */
+  struct statvfs vfs;
+  guint64 room = max_bytes;
+  if (fstatvfs(dfd, &vfs) == 0)
+    room = MIN(room, (guint64)vfs.f_blocks * vfs.f_frsize);
+  dc->seg_max = MIN(room / 8, DK_SEG_CAP);
+  g_mutex_init(&dc->write_lock);
   g_mutex_init(&dc->lock);
   dc->groups = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, dk_group_free);
-  g_queue_init(&dc->lru);
+  g_queue_init(&dc->segs);
   if (!dk_scan(dc, error)) {
     diskcache_close(dc);
     return NULL;
   }
-  g_autoptr(GPtrArray) victims = g_ptr_array_new_with_free_func(g_free);
-  _dk_evict(dc, 0, NULL, victims); /* the bound may have shrunk; no other thread yet */
-  dk_unlink_all(dc, victims);
   return dc;
 }
 
@@ -457,6 +643,12 @@ void diskcache_close(Diskcache *dc) {
   if (dc == NULL)
     return;
   g_hash_table_unref(dc->groups);
+  while (dc->segs.head != NULL) {
+    DkSeg *s = dc->segs.head->data;
+    g_queue_unlink(&dc->segs, &s->link);
+    dk_seg_unref(s);
+  }
+  g_mutex_clear(&dc->write_lock);
   g_mutex_clear(&dc->lock);
   close(dc->dirfd);
   close(dc->lockfd); /* releases the flock */
@@ -465,47 +657,60 @@ void diskcache_close(Diskcache *dc) {
 }
 
 GBytes *diskcache_get(Diskcache *dc, const char *group, const char *name) {
-  char hex[DK_GROUP_HEX + 1];
-  dk_group_hex(group, hex);
-  g_autofree char *fname = dk_file_name(name);
-  guint64 gen = 0;
+  DkSeg *seg = NULL;
+  guint64 off = 0, len = 0;
+  gboolean old = FALSE;
   g_mutex_lock(&dc->lock);
-  DkEntry *e = _dk_lookup(dc, hex, fname);
+  DkEntry *e = _dk_lookup(dc, group, name);
   if (e != NULL) {
-    _dk_touch(dc, e);
-    gen = e->gen;
+    seg = e->seg;
+    g_atomic_int_inc(&seg->refs);
+    off = e->off;
+    len = e->len;
+    old = _dk_is_old(dc, e);
   }
   g_mutex_unlock(&dc->lock);
-  if (gen == 0)
+  if (seg == NULL)
     return NULL;
 
-  g_autofree char *rel = g_strconcat(hex, "/", fname, NULL);
+  /* One read for header, key and data; each test below only looks at
+   * bytes the previous ones proved to be there. */
+  gsize glen = strlen(group), nlen = strlen(name);
+  guint8 *buf = g_malloc(len);
+  DkHdr h = {0};
+  gboolean ok = dk_pread(seg->fd, buf, len, off) == len && dk_hdr_get(buf, &h) &&
+                h.type == DK_ENTRY && h.len == len && h.glen == glen && h.nlen == nlen &&
+                dk_sum_ok(buf, &h) && memcmp(buf + DK_HDR, group, glen) == 0 &&
+                memcmp(buf + DK_HDR + glen, name, nlen) == 0;
   GBytes *out = NULL;
-  DkRead r = dk_read_entry(dc, rel, group, name, &out);
-  if (r == DK_READ_OK)
-    return out;
-  /* Forget it, unless it was dropped and stored again meanwhile. */
-  gboolean forget = FALSE;
-  g_mutex_lock(&dc->lock);
-  e = _dk_lookup(dc, hex, fname);
-  if (e != NULL && e->gen == gen) {
-    _dk_drop(dc, e, NULL);
-    forget = TRUE;
+  if (ok) {
+    if (old && g_mutex_trylock(&dc->write_lock)) {
+      struct iovec iov[1] = {{buf, len}};
+      dk_append(dc, DK_ENTRY, group, name, iov, 1, len, seg, off, NULL);
+      g_mutex_unlock(&dc->write_lock);
+    }
+    GBytes *whole = g_bytes_new_take(buf, len);
+    out = g_bytes_new_from_bytes(whole, DK_HDR + glen + nlen, h.dlen);
+    g_bytes_unref(whole);
+  } else {
+    /* Forget it, unless it moved meanwhile; its bytes stay as dead space. */
+    g_free(buf);
+    g_mutex_lock(&dc->lock);
+    e = _dk_lookup(dc, group, name);
+    if (e != NULL && e->seg == seg && e->off == off) {
+      g_debug("disk cache: damaged record in %s, segment %016" G_GINT64_MODIFIER "x", dc->dir,
+              seg->seq);
+      _dk_drop(dc, e);
+    }
+    g_mutex_unlock(&dc->lock);
   }
-  g_mutex_unlock(&dc->lock);
-  if (forget && r == DK_READ_DAMAGED) {
-    g_debug("disk cache: damaged entry %s/%s deleted", dc->dir, rel);
-    unlinkat(dc->dirfd, rel, 0);
-  }
-  return NULL;
+  dk_seg_unref(seg);
+  return out;
 }
 
 gboolean diskcache_contains(Diskcache *dc, const char *group, const char *name) {
-  char hex[DK_GROUP_HEX + 1];
-  dk_group_hex(group, hex);
-  g_autofree char *fname = dk_file_name(name);
   g_mutex_lock(&dc->lock);
-  gboolean found = _dk_lookup(dc, hex, fname) != NULL;
+  gboolean found = _dk_lookup(dc, group, name) != NULL;
   g_mutex_unlock(&dc->lock);
   return found;
 }
@@ -515,123 +720,46 @@ gboolean diskcache_put(Diskcache *dc, const char *group, const char *name, GByte
   gsize dlen;
   const void *d = g_bytes_get_data(data, &dlen);
   gsize glen = strlen(group), nlen = strlen(name);
-  if (glen > G_MAXUINT32 || nlen > G_MAXUINT32)
+  if (glen > G_MAXUINT32 || nlen > G_MAXUINT32 || dlen > dc->max_bytes)
     return TRUE;
-  guint64 size = (guint64)DK_HDR + glen + nlen + dlen;
-  if (size > dc->max_bytes)
+  guint64 len = (guint64)DK_HDR + glen + nlen + dlen;
+  if (len > dc->max_bytes)
     return TRUE;
-  char hex[DK_GROUP_HEX + 1];
-  dk_group_hex(group, hex);
-  g_autofree char *fname = dk_file_name(name);
-  g_autoptr(GPtrArray) victims = g_ptr_array_new_with_free_func(g_free);
-
+  gboolean ok = TRUE;
+  g_mutex_lock(&dc->write_lock);
   g_mutex_lock(&dc->lock);
-  DkEntry *e = _dk_lookup(dc, hex, fname);
-  if (e != NULL) {
-    _dk_touch(dc, e);
-    g_mutex_unlock(&dc->lock);
-    g_autofree char *rel = g_strconcat(hex, "/", fname, NULL);
-    utimensat(dc->dirfd, rel, dk_mtime_now, AT_SYMLINK_NOFOLLOW);
-    return TRUE;
-  }
-  dc->reserved += size;
-  _dk_evict(dc, 0, NULL, victims);
+  DkEntry *e = _dk_lookup(dc, group, name);
+  gboolean write = e == NULL || _dk_is_old(dc, e); /* the bytes are the same: just a use */
   g_mutex_unlock(&dc->lock);
-  dk_unlink_all(dc, victims);
-
-  guint8 hdr[DK_HDR];
-  memcpy(hdr, DK_MAGIC, 4);
-  le_put32(hdr + 4, DK_VERSION);
-  le_put64(hdr + 8, dlen);
-  le_put32(hdr + 16, (guint32)glen);
-  le_put32(hdr + 20, (guint32)nlen);
-  int err = 0;
-  for (int tries = 0; tries < DK_WRITE_TRIES; tries++) {
+  if (write) {
+    guint8 hdr[DK_HDR];
+    dk_hdr_put(hdr, DK_ENTRY, group, (guint32)glen, name, (guint32)nlen, dlen);
     struct iovec iov[4] = {
         {hdr, DK_HDR}, {(void *)group, glen}, {(void *)name, nlen}, {(void *)d, dlen}};
-    err = dk_write_file(dc, hex, fname, iov, 4);
-    if (err == ENOENT) {
-      /* First entry of the group, or remove_group() raced with us. */
-      int merr = dk_make_group_dir(dc, hex, group);
-      if (merr != 0) {
-        err = merr;
-        break;
-      }
-    } else if (err == ENOSPC || err == EDQUOT) {
-      /* The disk filled up below our bound: give back room and retry,
-       * unless even an empty cache would not make the entry fit. */
-      struct statvfs vfs;
-      guint64 avail = fstatvfs(dc->dirfd, &vfs) == 0 ? (guint64)vfs.f_bavail * vfs.f_frsize : 0;
-      g_ptr_array_set_size(victims, 0);
-      g_mutex_lock(&dc->lock);
-      if (size <= avail + dc->bytes)
-        _dk_evict(dc, size, NULL, victims);
-      g_mutex_unlock(&dc->lock);
-      if (victims->len == 0)
-        break;
-      dk_unlink_all(dc, victims);
-    } else {
-      break;
-    }
+    ok = dk_append(dc, DK_ENTRY, group, name, iov, 4, len, NULL, 0, error);
   }
-
-  g_ptr_array_set_size(victims, 0);
-  g_mutex_lock(&dc->lock);
-  dc->reserved -= size;
-  if (err == 0) {
-    e = _dk_lookup(dc, hex, fname);
-    if (e != NULL) { /* another thread stored the same bytes meanwhile */
-      _dk_touch(dc, e);
-    } else {
-      e = _dk_add(dc, hex, fname, size);
-      g_queue_push_head_link(&dc->lru, &e->link);
-    }
-    _dk_evict(dc, 0, e, victims);
-  }
-  g_mutex_unlock(&dc->lock);
-  dk_unlink_all(dc, victims);
-  if (err != 0) {
-    g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(err),
-                "cannot write to cache directory %s: %s", dc->dir, g_strerror(err));
-    return FALSE;
-  }
-  return TRUE;
+  g_mutex_unlock(&dc->write_lock);
+  return ok;
 }
 
 void diskcache_remove_group(Diskcache *dc, const char *group) {
-  char hex[DK_GROUP_HEX + 1];
-  dk_group_hex(group, hex);
+  gsize glen = strlen(group);
+  g_mutex_lock(&dc->write_lock);
   g_mutex_lock(&dc->lock);
-  DkGroup *g = g_hash_table_lookup(dc->groups, hex);
-  if (g != NULL) {
-    GHashTableIter it;
-    gpointer v;
-    g_hash_table_iter_init(&it, g->entries);
-    while (g_hash_table_iter_next(&it, NULL, &v)) {
-      DkEntry *e = v;
-      g_queue_unlink(&dc->lru, &e->link);
-      dc->bytes -= e->size;
-      dc->count--;
-    }
-    g_hash_table_remove(dc->groups, hex);
-  }
+  gboolean had = _dk_drop_group(dc, group);
   g_mutex_unlock(&dc->lock);
-
-  /* Everything in the directory goes, including temp files of puts in
-   * flight (they notice and retry) and files the index never knew. */
-  int fd = openat(dc->dirfd, hex, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-  DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-  if (d == NULL) {
-    if (fd >= 0)
-      close(fd);
-    return;
+  /* The tombstone keeps a restart from bringing the records back.  A group
+   * without live entries has none worth hiding (dead copies only ever hold
+   * the same immutable bytes). */
+  if (had && glen <= G_MAXUINT32 && DK_HDR + glen <= dc->max_bytes) {
+    guint8 hdr[DK_HDR];
+    dk_hdr_put(hdr, DK_TOMB, group, (guint32)glen, "", 0, 0);
+    struct iovec iov[2] = {{hdr, DK_HDR}, {(void *)group, glen}};
+    g_autoptr(GError) error = NULL;
+    if (!dk_append(dc, DK_TOMB, group, "", iov, 2, DK_HDR + glen, NULL, 0, &error))
+      g_debug("disk cache: %s", error->message);
   }
-  struct dirent *de;
-  while ((de = readdir(d)) != NULL)
-    if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
-      unlinkat(dirfd(d), de->d_name, 0);
-  closedir(d);
-  unlinkat(dc->dirfd, hex, AT_REMOVEDIR); /* fails harmlessly if a put just refilled it */
+  g_mutex_unlock(&dc->write_lock);
 }
 
 guint64 diskcache_size(Diskcache *dc) {

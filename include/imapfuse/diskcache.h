@@ -4,11 +4,14 @@
  * blobs keyed by (group, name) -- for imapfuse a group is
  * "<account>/<mailbox>/<UIDVALIDITY>" and a name is a UID or a UID plus a
  * chunk suffix.  The bytes stored under a key never change, so an entry is
- * never updated, only evicted (least recently used first, across restarts:
- * recency is kept in file mtimes) or dropped with its whole group.
+ * never updated, only evicted (about least recently used first, across
+ * restarts: entries live in an append-only log of segment files, evicted a
+ * segment at a time, oldest first, and a use of an old entry copies it
+ * forward) or dropped with its whole group.
  * Both parts of a key are arbitrary NUL-terminated strings ('/', "..",
- * spaces, UTF-8 and long names are all fine).  Sizes count whole entry
- * files (a short header plus the bytes), not disk blocks.
+ * spaces, UTF-8 and long names are all fine).  Sizes count whole segment
+ * files: each record is a short header, the key and the bytes, and records
+ * that are no longer live count until their segment is evicted.
  * All functions may be called from several threads at once, except
  * diskcache_close(), which must be the last call.
  */
@@ -29,36 +32,43 @@ typedef struct Diskcache Diskcache;
 
 /* Opens (creating it 0700, with parents) the cache in dir and takes its
  * lock; fails with DISKCACHE_ERROR_LOCKED while another Diskcache -- in this
- * or another process -- has it open.  Rebuilds the index from a listing of
- * the entry files (no contents are read), deletes temporary files left by
- * a crash, and evicts down to max_bytes if the bound shrank. */
+ * or another process -- has it open.  Rebuilds the index by reading every
+ * segment through (in 64 KiB blocks; headers and keys are parsed, the
+ * data skipped), cuts a segment
+ * at its first bad record (a torn append left by a crash), deletes
+ * anything else in dir (e.g. an older format's files), and evicts down to
+ * max_bytes if the bound shrank. */
 Diskcache *diskcache_open(const char *dir, guint64 max_bytes, GError **error);
 void diskcache_close(Diskcache *dc);
 
 /* The bytes stored under (group, name), or NULL if there are none.  A
- * damaged entry (bad header, wrong key, wrong length) is deleted and
- * reported as absent.  A hit makes the entry the most recently used. */
+ * damaged entry (bad header or checksum, wrong key, wrong or short length;
+ * the bytes themselves are not checksummed) is forgotten and reported as
+ * absent.  A hit counts as a use (see diskcache.c for how exactly). */
 GBytes *diskcache_get(Diskcache *dc, const char *group, const char *name);
 
 /* Whether (group, name) is stored, from the index alone (no I/O; does not
- * count as a use).  A TRUE can still be followed by a NULL get if the file
+ * count as a use).  A TRUE can still be followed by a NULL get if the record
  * turns out damaged or is evicted meanwhile. */
 gboolean diskcache_contains(Diskcache *dc, const char *group, const char *name);
 
-/* Stores data under (group, name), evicting least recently used entries to
- * stay within max_bytes.  Atomic: a crash leaves the old state or the new
- * one, never a partial entry.  Storing a key that is already present only
- * marks it used (the bytes for a key never change).  An entry larger than
- * max_bytes is silently not stored (TRUE).  FALSE only when the file cannot
- * be written (e.g. G_FILE_ERROR_NOSPC even after evicting), leaving the
- * cache as it was. */
+/* Stores data under (group, name), evicting the oldest segments to stay
+ * within max_bytes.  Atomic: a crash leaves the old state or the new one,
+ * never a partial entry (a torn record is cut off at the next open).
+ * Storing a key that is already present only marks it used (the bytes for
+ * a key never change).  An entry whose record would be larger than
+ * max_bytes is silently not stored (TRUE).  FALSE only when the record
+ * cannot be written (e.g. G_FILE_ERROR_NOSPC even after evicting), leaving
+ * the cache as it was. */
 gboolean diskcache_put(Diskcache *dc, const char *group, const char *name, GBytes *data,
                        GError **error);
 
-/* Drops every entry of a group (a mailbox whose UIDVALIDITY changed). */
+/* Drops every entry of a group (a mailbox whose UIDVALIDITY changed); a
+ * tombstone record keeps them dropped across a restart. */
 void diskcache_remove_group(Diskcache *dc, const char *group);
 
-/* Bytes and number of entries stored (writes in progress not counted). */
+/* Bytes in the segment files (writes in progress not counted) and number
+ * of live entries. */
 guint64 diskcache_size(Diskcache *dc);
 guint diskcache_count(Diskcache *dc);
 
