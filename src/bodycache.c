@@ -73,6 +73,7 @@ typedef struct {
   char *mailbox;
   guint32 uidvalidity;
   GArray *uids; /* guint32 */
+  GHashTable *big; /* uid -> its number of chunks, for messages over chunk_bytes */
   gboolean from_disk; /* read them from the disk cache into memory */
 } BcBatch;
 
@@ -454,8 +455,24 @@ typedef struct {
 
 static gboolean bc_batch_body(guint32 uid, GBytes *body, gpointer user) {
   BcBatchCtx *ctx = user;
-  bc_deliver(ctx->bc, ctx->batch->mailbox, ctx->batch->uidvalidity, uid, BC_WHOLE, body, TRUE);
+  BcBatch *b = ctx->batch;
+  if (b->big == NULL || !g_hash_table_contains(b->big, GUINT_TO_POINTER(uid))) {
+    bc_deliver(ctx->bc, b->mailbox, b->uidvalidity, uid, BC_WHOLE, body, TRUE);
+    return TRUE;
+  }
+  /* A message read in chunks, fetched whole by the scan: hand it out as
+   * the chunks its reader will ask for (slices, no copy). */
+  gsize n = g_bytes_get_size(body), cb = (gsize)ctx->bc->opts.chunk_bytes;
+  for (gsize off = 0, k = 0; off < n || k == 0; off += cb, k++) {
+    g_autoptr(GBytes) part = g_bytes_new_from_bytes(body, off, MIN(cb, n - off));
+    bc_deliver(ctx->bc, b->mailbox, b->uidvalidity, uid, k, part, TRUE);
+  }
   return TRUE;
+}
+
+/* Chunks of a message of size bytes (at least one). */
+static guint64 bc_nchunks(Bodycache *bc, guint64 size) {
+  return MAX(1, (size + bc->opts.chunk_bytes - 1) / bc->opts.chunk_bytes);
 }
 
 static gint bc_u32_cmp(gconstpointer a, gconstpointer b) {
@@ -496,15 +513,22 @@ static void bc_batch_run(gpointer data, gpointer user) {
     bc->stats.fetched_bulk += b->uids->len;
   /* Whatever the batch did not deliver (expunged, failure) is released. */
   for (guint i = 0; i < b->uids->len; i++) {
-    g_autofree char *key = bc_key(b->mailbox, b->uidvalidity, g_array_index(b->uids, guint32, i),
-                                  BC_WHOLE);
-    _bc_inflight_end(bc, key);
+    guint32 uid = g_array_index(b->uids, guint32, i);
+    guint64 nch = b->big != NULL ? GPOINTER_TO_UINT(g_hash_table_lookup(b->big,
+                                                                        GUINT_TO_POINTER(uid)))
+                                 : 0;
+    for (guint64 k = 0; k < MAX(nch, 1); k++) {
+      g_autofree char *key = bc_key(b->mailbox, b->uidvalidity, uid, nch > 0 ? k : BC_WHOLE);
+      _bc_inflight_end(bc, key);
+    }
   }
   BcStream *s = g_hash_table_lookup(bc->streams, b->mailbox);
   if (s != NULL && s->uidvalidity == b->uidvalidity && s->running > 0)
     s->running--;
   g_mutex_unlock(&bc->lock);
   g_array_unref(b->uids);
+  if (b->big != NULL)
+    g_hash_table_unref(b->big);
   g_free(b->mailbox);
   g_free(b);
 }
@@ -622,21 +646,36 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
       if (s->state[k] != BC_NONE)
         continue;
       const DcMsg *m = &g_array_index(s->msgs, DcMsg, k);
-      g_autofree char *key = bc_key(mailbox, s->uidvalidity, m->uid, BC_WHOLE);
-      if (m->size > bc->opts.chunk_bytes /* read in chunks, on demand */ ||
+      /* A message read in chunks comes whole with the scan while it fits a
+       * batch (else chunk by chunk, on demand): fetching its chunks one
+       * by one when the reader gets there costs a round trip each. */
+      gboolean big = m->size > bc->opts.chunk_bytes;
+      guint64 nch = big ? bc_nchunks(bc, m->size) : 1;
+      g_autofree char *key = bc_key(mailbox, s->uidvalidity, m->uid, big ? 0 : BC_WHOLE);
+      int t = 0;
+      if (bc->opts.disk != NULL) {
+        g_autofree char *group = bc_disk_group(bc, mailbox, s->uidvalidity);
+        g_autofree char *name = bc_disk_name(m->uid, big ? 0 : BC_WHOLE);
+        t = diskcache_contains(bc->opts.disk, group, name) ? 1 : 0;
+      }
+      if ((big && (t == 1 || m->size > BC_BATCH_BYTES_MAX)) ||
           g_hash_table_contains(bc->table, key) || g_hash_table_contains(bc->inflight, key)) {
         s->state[k] = BC_SKIP;
         continue;
       }
-      int t = 0;
-      if (bc->opts.disk != NULL) {
-        g_autofree char *group = bc_disk_group(bc, mailbox, s->uidvalidity);
-        g_autofree char *name = bc_disk_name(m->uid, BC_WHOLE);
-        t = diskcache_contains(bc->opts.disk, group, name) ? 1 : 0;
+      for (guint64 c = 0; c < nch; c++) {
+        BcInflight *f = g_new0(BcInflight, 1);
+        f->refs = 1;
+        g_hash_table_insert(bc->inflight,
+                            c == 0 ? g_steal_pointer(&key)
+                                   : bc_key(mailbox, s->uidvalidity, m->uid, c),
+                            f);
       }
-      BcInflight *f = g_new0(BcInflight, 1);
-      f->refs = 1;
-      g_hash_table_insert(bc->inflight, g_steal_pointer(&key), f);
+      if (big) {
+        if (b[0]->big == NULL)
+          b[0]->big = g_hash_table_new(NULL, NULL);
+        g_hash_table_insert(b[0]->big, GUINT_TO_POINTER(m->uid), GUINT_TO_POINTER((guint)nch));
+      }
       s->state[k] = BC_CLAIMED;
       g_array_append_val(b[t]->uids, m->uid);
       bytes += m->size;

@@ -416,6 +416,36 @@ def test_scan_fetches_first_file_of_each_mailbox_in_bulk(mount, empty_dovecot, e
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_scan_fetches_large_messages_with_the_batch(mount, empty_dovecot, env):
+    """Messages over 1 MiB are read in 1 MiB ranges on demand; in a scan
+    they come whole with the batch (no range fetch, which would cost a
+    round trip per MiB when the reader gets there), and every byte is
+    right. One larger than a batch (over 4 MiB) is still read in ranges."""
+    dv = empty_dovecot()
+    sizes = [3000] * 10 + [2_500_000] + [3000] * 10 + [5_200_000] + [3000] * 5
+    msgs = [_msg("L%d" % i, n, seed=i) for i, n in enumerate(sizes)]
+    uids = _make_box(dv, "Box", msgs)
+    byuid = dict(zip(uids, msgs))
+    m = mount(dv, "cache=none", "imap_debug", env=env)
+    d = os.path.join(m.path, "Box")
+    for f in os.listdir(d):
+        assert _read(os.path.join(d, f)) == byuid[int(f[:-4])]
+    fetches = _body_fetches(m)
+    ranged = [c for c in fetches if "BODY.PEEK[]<" in c]
+    big, huge = uids[10], uids[21]
+    assert not [c for c in ranged if c.startswith("UID FETCH %d " % big)], fetches
+    assert [c for c in ranged if c.startswith("UID FETCH %d " % huge)], fetches
+    # Reading it again (from memory, as chunks) and at odd offsets.
+    p = os.path.join(d, "%d.eml" % big)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        for off in (0, 1, 1048575, 1048576, 2_000_000, len(byuid[big]) - 3):
+            assert os.pread(fd, 70000, off) == byuid[big][off:off + 70000]
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
 def test_readahead_skipping_and_stopping_early(mount, empty_dovecot, env):
     dv = empty_dovecot()
     rnd = random.Random(11)
