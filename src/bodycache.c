@@ -124,6 +124,9 @@ Bodycache *bodycache_new(Pool *pool, const BodycacheOptions *opts) {
   bc->opts.account = bc->account;
   if (bc->opts.chunk_bytes == 0)
     bc->opts.chunk_bytes = 1 << 20;
+  /* What is read ahead waits in memory for its reader: a window larger
+   * than the memory LRU would evict it unread, to be fetched again. */
+  bc->opts.readahead_bytes = MIN(bc->opts.readahead_bytes, bc->opts.mem_bytes / 2);
   g_mutex_init(&bc->lock);
   g_cond_init(&bc->cond);
   bc->table = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, bc_entry_free);
@@ -193,7 +196,10 @@ static GBytes *_bc_mem_get(Bodycache *bc, const char *key) {
   return g_bytes_ref(e->bytes);
 }
 
-static void _bc_mem_put(Bodycache *bc, const char *key, GBytes *bytes) {
+/* _bc_mem_put: caller holds the lock; evicted entries go to *dead, to be
+ * freed (bc_entries_free) once it is dropped: freeing large buffers can
+ * take a system call, and readers wait for the lock meanwhile. */
+static void _bc_mem_put(Bodycache *bc, const char *key, GBytes *bytes, GSList **dead) {
   gsize n = g_bytes_get_size(bytes);
   if (n > bc->opts.mem_bytes || g_hash_table_contains(bc->table, key))
     return;
@@ -201,7 +207,8 @@ static void _bc_mem_put(Bodycache *bc, const char *key, GBytes *bytes) {
     BcEntry *old = bc->lru.tail->data;
     g_queue_unlink(&bc->lru, &old->link);
     bc->bytes -= g_bytes_get_size(old->bytes);
-    g_hash_table_remove(bc->table, old->key);
+    g_hash_table_steal(bc->table, old->key);
+    *dead = g_slist_prepend(*dead, old);
   }
   BcEntry *e = g_new0(BcEntry, 1);
   e->key = g_strdup(key);
@@ -210,6 +217,20 @@ static void _bc_mem_put(Bodycache *bc, const char *key, GBytes *bytes) {
   g_queue_push_head_link(&bc->lru, &e->link);
   g_hash_table_insert(bc->table, e->key, e);
   bc->bytes += n;
+}
+
+static void bc_entries_free(GSList *dead) { g_slist_free_full(dead, bc_entry_free); }
+
+/* _bc_mem_done: caller holds the lock.  A message whose reader closed it
+ * moves to the cold end of the LRU: the kernel keeps its pages
+ * (keep_cache), so our copy matters less than bytes read ahead and not
+ * yet read, which the LRU would otherwise evict first. */
+static void _bc_mem_done(Bodycache *bc, const char *key) {
+  BcEntry *e = g_hash_table_lookup(bc->table, key);
+  if (e == NULL)
+    return;
+  g_queue_unlink(&bc->lru, &e->link);
+  g_queue_push_tail_link(&bc->lru, &e->link);
 }
 
 static GBytes *bc_disk_get(Bodycache *bc, const char *mailbox, guint32 uidvalidity, guint32 uid,
@@ -276,8 +297,9 @@ static void bc_disk_put(Bodycache *bc, const char *mailbox, guint32 uidvalidity,
 static void bc_deliver(Bodycache *bc, const char *mailbox, guint32 uidvalidity, guint32 uid,
                        guint64 chunk, GBytes *bytes, gboolean to_disk) {
   g_autofree char *key = bc_key(mailbox, uidvalidity, uid, chunk);
+  GSList *dead = NULL;
   g_mutex_lock(&bc->lock);
-  _bc_mem_put(bc, key, bytes);
+  _bc_mem_put(bc, key, bytes, &dead);
   BcInflight *f = g_hash_table_lookup(bc->inflight, key);
   if (f != NULL && !f->done) {
     f->done = TRUE;
@@ -290,6 +312,7 @@ static void bc_deliver(Bodycache *bc, const char *mailbox, guint32 uidvalidity, 
     g_cond_broadcast(&bc->cond);
   }
   g_mutex_unlock(&bc->lock);
+  bc_entries_free(dead);
   if (to_disk)
     bc_disk_put(bc, mailbox, uidvalidity, uid, chunk, bytes);
 }
@@ -627,7 +650,10 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
       ahead += g_array_index(s->msgs, DcMsg, k).size;
   }
   guint max_batch = dir > 0 ? BC_BATCH_MAX : BC_BATCH_MAX / 4; /* servers answer in UID order */
-  while (p >= lo && p < n && ahead < bc->opts.readahead_bytes &&
+  /* Top up only once half the window is free: topping up at every open
+   * sends a batch of one message per message read (a command each). */
+  gboolean refill = ahead * 2 <= bc->opts.readahead_bytes;
+  while (refill && p >= lo && p < n && ahead < bc->opts.readahead_bytes &&
          s->running < MAX(1, bc->opts.readahead_threads)) {
     BcBatch *b[2]; /* [0] from the server, [1] from the disk cache */
     for (int t = 0; t < 2; t++) {
@@ -755,6 +781,18 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
     if (down)
       _bc_schedule(bc, mailbox, s, o, i, -1, FALSE);
     done = up || down;
+  }
+  g_mutex_unlock(&bc->lock);
+}
+
+void bodycache_closed(Bodycache *bc, const char *mailbox, guint32 uidvalidity, guint32 uid,
+                      guint64 size) {
+  gboolean whole = size <= bc->opts.chunk_bytes;
+  guint64 n = whole ? 1 : bc_nchunks(bc, size);
+  g_mutex_lock(&bc->lock);
+  for (guint64 k = 0; k < n; k++) {
+    g_autofree char *key = bc_key(mailbox, uidvalidity, uid, whole ? BC_WHOLE : k);
+    _bc_mem_done(bc, key);
   }
   g_mutex_unlock(&bc->lock);
 }

@@ -453,8 +453,10 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     fswrite_release(req, ino, fi);
     return;
   }
-  g_free((FsFile *)(uintptr_t)fi->fh);
+  FsFile *f = (FsFile *)(uintptr_t)fi->fh;
   fuse_reply_err(req, 0);
+  bodycache_closed(fs->bc, dcnode_mailbox(f->node), f->uidvalidity, f->uid, f->size);
+  g_free(f);
 }
 
 static void fs_statfs(fuse_req_t req, fuse_ino_t ino) {

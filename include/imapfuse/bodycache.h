@@ -46,6 +46,10 @@ GBytes *bodycache_read(Bodycache *bc, const char *mailbox, guint32 uidvalidity, 
 
 /* A file was opened: uid of listing l in mailbox.  Drives read-ahead. */
 void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, guint32 uid);
+/* The reader of a message (size bytes) closed it: its bytes become the
+ * first to go from memory. */
+void bodycache_closed(Bodycache *bc, const char *mailbox, guint32 uidvalidity, guint32 uid,
+                      guint64 size);
 
 /* Drop everything kept for a mailbox whose UIDVALIDITY changed. */
 void bodycache_forget_mailbox(Bodycache *bc, const char *mailbox, guint32 uidvalidity);

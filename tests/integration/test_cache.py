@@ -446,6 +446,28 @@ def test_scan_fetches_large_messages_with_the_batch(mount, empty_dovecot, env):
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_readahead_fits_in_small_memory(mount, empty_dovecot, env):
+    """With little memory (cache_mem=2, no disk cache) the read-ahead window
+    shrinks to fit: bytes fetched ahead are not evicted before their reader
+    gets there (each would then be fetched a second time, alone)."""
+    dv = empty_dovecot()
+    msgs = [_msg("sm%d" % i, 20_000, seed=i) for i in range(300)]  # 6 MB
+    uids = _make_box(dv, "Box", msgs)
+    byuid = dict(zip(uids, msgs))
+    m = mount(dv, "cache=none", "cache_mem=2", "imap_debug", env=env)
+    d = os.path.join(m.path, "Box")
+    for f in os.listdir(d):
+        assert _read(os.path.join(d, f)) == byuid[int(f[:-4])]
+    fetched = []  # every UID of every body fetch: a refetch shows twice
+    for c in _body_fetches(m):
+        for part in c.split()[2].split(","):
+            lo, _, hi = part.partition(":")
+            fetched += range(int(lo), int(hi or lo) + 1)
+    assert sorted(set(fetched)) == sorted(uids)
+    assert len(fetched) <= len(uids) + 10, len(fetched) - len(uids)
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
 def test_readahead_skipping_and_stopping_early(mount, empty_dovecot, env):
     dv = empty_dovecot()
     rnd = random.Random(11)
