@@ -40,6 +40,7 @@ struct DcNode {
   gboolean dirty;        /* changed since last saved to disk */
   gboolean meta_tried;   /* the on-disk copy was looked at */
   gint64 fetched_at; /* monotonic us of the start of the last good fetch; 0 never */
+  gboolean stale;    /* msgs may not match the server at highestmodseq: ask it */
 };
 
 typedef struct {
@@ -620,6 +621,7 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
       changed = TRUE;
     }
     n->fetched_at = started;
+    n->stale = FALSE;
     n->dirty |= changed;
     _dc_snapshot(n, out);
     g_mutex_unlock(&n->lock);
@@ -712,6 +714,7 @@ static gboolean _dc_patchable(DcNode *n, guint32 uidvalidity) {
   if (n->fetched_at != 0 && n->msgs != NULL && n->uidvalidity == uidvalidity)
     return TRUE;
   n->fetched_at = 0;
+  n->stale = TRUE;
   return FALSE;
 }
 
@@ -802,6 +805,7 @@ void dircache_invalidate(Dircache *dc, DcNode *n) {
   (void)dc;
   g_mutex_lock(&n->lock);
   n->fetched_at = 0;
+  n->stale = TRUE;
   g_mutex_unlock(&n->lock);
 }
 
@@ -842,7 +846,7 @@ void dircache_flush(Dircache *dc) {
 }
 
 static void _dc_listed(DcNode *n, GPtrArray *out) {
-  if (n->mailbox != NULL && n->present && n->selectable && n->epoch != 0)
+  if (n->mailbox != NULL && n->present && n->selectable && (n->epoch != 0 || n->msgs != NULL))
     g_ptr_array_add(out, n);
   GHashTableIter it;
   gpointer v;
@@ -859,17 +863,48 @@ GPtrArray *dircache_listed_nodes(Dircache *dc) {
   return out;
 }
 
+static void _dc_selectable(DcNode *n, GPtrArray *out) {
+  if (n->mailbox != NULL && n->present && n->selectable)
+    g_ptr_array_add(out, n);
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, n->children);
+  while (g_hash_table_iter_next(&it, NULL, &v))
+    _dc_selectable(v, out);
+}
+
+void dircache_load_saved(Dircache *dc) {
+  g_autoptr(GPtrArray) all = g_ptr_array_new();
+  g_mutex_lock(&dc->tree_lock);
+  _dc_selectable(dc->root, all);
+  g_mutex_unlock(&dc->tree_lock);
+  for (guint i = 0; i < all->len; i++) {
+    DcNode *n = g_ptr_array_index(all, i);
+    g_mutex_lock(&n->refresh_lock);
+    if (n->msgs == NULL)
+      dc_load_meta(dc, n);
+    g_mutex_unlock(&n->refresh_lock);
+  }
+}
+
 gboolean dircache_status_differs(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 messages,
                                  guint64 highestmodseq, gint64 asked_us) {
-  (void)dc;
   g_mutex_lock(&n->lock);
   gboolean differs = n->msgs == NULL || n->uidvalidity != uidvalidity ||
                      n->msgs->len != messages ||
                      (highestmodseq != 0 && highestmodseq != n->highestmodseq);
   /* Without CONDSTORE an equal count proves nothing (an expunge plus an
-   * append, or flags). fetched_at 0 means "must ask": left alone. */
-  if (!differs && highestmodseq != 0 && n->fetched_at != 0 && asked_us > n->fetched_at)
+   * append, or flags).  A stale list is left alone; one the last mount
+   * saved is confirmed too (any change would have raised HIGHESTMODSEQ),
+   * and its messages then get their inodes as after a fetch. */
+  if (!differs && highestmodseq != 0 && !n->stale && asked_us > n->fetched_at) {
+    if (n->epoch == 0) {
+      g_mutex_lock(&dc->tree_lock);
+      n->epoch = _dc_new_id(dc, n, uidvalidity);
+      g_mutex_unlock(&dc->tree_lock);
+    }
     n->fetched_at = asked_us;
+  }
   g_mutex_unlock(&n->lock);
   return differs;
 }
@@ -930,5 +965,6 @@ void dircache_node_renamed(Dircache *dc, DcNode *n, DcNode *new_parent, const ch
   g_mutex_unlock(&dc->tree_lock);
   g_mutex_lock(&n->lock);
   n->fetched_at = 0; /* revalidate the list on next use */
+  n->stale = TRUE;
   g_mutex_unlock(&n->lock);
 }

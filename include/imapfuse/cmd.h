@@ -107,6 +107,11 @@ typedef struct {
   guint32 uidvalidity, uidnext, messages;
   guint64 highestmodseq; /* 0 unless CONDSTORE */
 } ImapStatusInfo;
+/* STATUS of n mailboxes, pipelined (IMAP_PIPELINE_MAX a round trip); a
+ * mailbox the server refused is left all zero.  FALSE only when the
+ * connection failed.  None of them may be selected on c. */
+gboolean imap_status_many(ImapConn *c, const char *const *mailboxes, guint n, ImapStatusInfo *out,
+                          GError **error);
 /* STATUS mailbox (UIDVALIDITY UIDNEXT MESSAGES [HIGHESTMODSEQ]). */
 gboolean imap_status(ImapConn *c, const char *mailbox, ImapStatusInfo *out, GError **error);
 

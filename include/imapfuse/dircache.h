@@ -113,7 +113,11 @@ void dircache_invalidate(Dircache *dc, DcNode *n);
 /* The node for a server mailbox name, or NULL. */
 DcNode *dircache_find_mailbox(Dircache *dc, const char *mailbox);
 
-/* Mailboxes whose list has been fetched at least once (DcNode*, not owned). */
+/* Loads the lists the last mount saved, for every mailbox not listed yet
+ * (they are served only once confirmed or fetched again). */
+void dircache_load_saved(Dircache *dc);
+
+/* Mailboxes whose list has been fetched, or loaded (DcNode*, not owned). */
 GPtrArray *dircache_listed_nodes(Dircache *dc);
 /* Whether a STATUS answer, asked at monotonic time asked_us, disagrees
  * with the cached list.  When it agrees and carries a HIGHESTMODSEQ (any

@@ -467,6 +467,48 @@ gboolean imap_status(ImapConn *c, const char *mailbox, ImapStatusInfo *out, GErr
   return TRUE;
 }
 
+typedef struct {
+  const char *const *mailboxes;
+  guint n;
+  ImapStatusInfo *out;
+} CmdStatusMany;
+
+static gboolean cmd_status_many_handler(ImapResponse *r, gpointer user) {
+  CmdStatusMany *ctx = user;
+  if (r->kind != IMAP_RESP_UNTAGGED || g_strcmp0(r->name, "STATUS") != 0 || r->args.n_items < 2)
+    return FALSE;
+  const char *name = imap_val_str(&r->args.items[0]);
+  for (guint i = 0; name != NULL && i < ctx->n; i++)
+    if (strcmp(name, ctx->mailboxes[i]) == 0)
+      return cmd_status_info_handler(r, &ctx->out[i]);
+  return TRUE;
+}
+
+gboolean imap_status_many(ImapConn *c, const char *const *mailboxes, guint n, ImapStatusInfo *out,
+                          GError **error) {
+  memset(out, 0, n * sizeof *out);
+  for (guint i = 0; i < n; i += IMAP_PIPELINE_MAX) {
+    guint k = MIN(n - i, IMAP_PIPELINE_MAX);
+    ImapCmd *cmds[IMAP_PIPELINE_MAX];
+    for (guint j = 0; j < k; j++) {
+      cmds[j] = imap_cmd_new("STATUS ");
+      imap_cmd_add_string(cmds[j], mailboxes[i + j]);
+      imap_cmd_add(cmds[j], " (UIDVALIDITY UIDNEXT MESSAGES%s)",
+                   imap_conn_has(c, IMAP_CAP_CONDSTORE) ? " HIGHESTMODSEQ" : "");
+    }
+    CmdStatusMany ctx = {mailboxes + i, k, out + i};
+    g_autoptr(GError) local = NULL;
+    /* A NO for one (deleted meanwhile) leaves its answer empty; only a
+     * dead connection stops the lot. */
+    if (!imap_conn_run_pipeline(c, cmds, k, cmd_status_many_handler, &ctx, &local) &&
+        imap_conn_is_broken(c)) {
+      g_propagate_error(error, g_steal_pointer(&local));
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
 char *imap_uidset_format(const guint32 *uids, guint n) {
   GString *s = g_string_new(NULL);
   for (guint i = 0; i < n;) {

@@ -317,6 +317,46 @@ def test_watcher_confirmed_listing_needs_no_round_trip(mount, empty_dovecot, env
     assert _read(p) == _msg("later", 999)
 
 
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_remount_confirms_saved_listings_with_status(mount, empty_dovecot, env, tmp_path):
+    """On a remount the lists the last mount saved are confirmed at once by
+    pipelined STATUS (one round trip for eight mailboxes): an unchanged
+    mailbox is then listed and read without a SELECT of its own. A changed
+    one is brought up to date (QRESYNC delta) before it is shown."""
+    dv = empty_dovecot()
+    boxes = {}
+    for b in ("A", "B", "C"):
+        msgs = [_msg("%s%d" % (b, i), 600 + i) for i in range(5)]
+        boxes[b] = dict(zip(_make_box(dv, b, msgs), msgs))
+    cache = str(tmp_path / "cache")
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    for b, byuid in boxes.items():
+        for u, body in byuid.items():
+            assert _read(os.path.join(m.path, b, "%d.eml" % u)) == body
+    m.unmount()
+    c = dv.imap()  # change C only
+    typ, data = c.append("C", None, None, _msg("Cnew", 777))
+    new_uid = int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1))
+    c.logout()
+
+    m2 = mount(dv, "cache_dir=" + cache, "imap_debug", env=env)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sum(
+            c.startswith("STATUS") for c in _commands(m2)) < 3:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the refresh of C, if it is still running
+    for b, byuid in boxes.items():
+        assert _listing(os.path.join(m2.path, b)) == _names(sorted(byuid) + (
+            [new_uid] if b == "C" else []))
+        for u, body in byuid.items():
+            assert _read(os.path.join(m2.path, b, "%d.eml" % u)) == body
+    cmds = _commands(m2)
+    assert [c for c in cmds if c.startswith("SELECT")] == ['SELECT "C"'], cmds
+    # Bodies come from the disk cache; only the new message (read ahead
+    # with C's scan) is fetched.
+    assert set(_body_fetches(m2)) <= {"UID FETCH %d BODY.PEEK[]" % new_uid}, cmds
+
+
 # -------------------------------------------------------------- the pool
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK, r"(?i)warning: .*(closed|lost|BYE)")
