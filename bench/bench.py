@@ -662,42 +662,56 @@ class Bench:
         self.record("cold_ls_noxattr" + sfx, secs, "; ".join(notes),
                     traffic=tr, rss_kb=rss, mount_s=m.mount_seconds)
         shutil.rmtree(cache, ignore_errors=True)
-        # c2: cold grep -r (its cache dir is kept for d)
-        self.warm_server()
-        cache = self.new_dir("cache")
-        m = self.imapfuse_mount(port, cache, label)
-        secs, notes, pos = self.imapfuse_op(m, "cold_grep" + sfx, "grep", label)
-        rss, tr = self.finish_mount(m, pos, label)
-        self.record("cold_grep" + sfx, secs, "; ".join(notes + [
-            "peak RSS %.1f MB" % (rss / 1024.0) if rss else "RSS n/a"]),
-            traffic=tr, rss_kb=rss, mount_s=m.mount_seconds)
-        # d: remount with the same cache dir, grep twice
-        self.warm_server()
-        m = self.imapfuse_mount(port, cache, label)
-        warm_tag = "" if self.disk_cache else "no disk cache yet; "
-        secs1, notes1, pos = self.imapfuse_op(m, "warm_grep" + sfx, "grep",
-                                              label)
-        times = []
-        for i in range(self.a.pass_repeat):
-            secs2, notes2, _ = self.imapfuse_op(m, "second_grep" + sfx, "grep",
-                                                label)
-            times.append(secs2)
-        rss, tr = self.finish_mount(m, pos, label)
-        self.cache_usage("warm_grep" + sfx, cache)
-        self.record("warm_grep" + sfx, secs1, warm_tag + "; ".join(notes1),
-                    traffic=tr, rss_kb=rss, mount_s=m.mount_seconds)
-        self.record("second_grep" + sfx, median(times),
-                    "; ".join(notes2 + [runs_note(times)]))
-        # c3: cold rg -j4
-        if self.rg:
+        # c2 + d, --cold-repeat times (medians, as for the floor): cold
+        # grep -r on a fresh mount with an empty cache dir, then a remount
+        # with that cache dir (warm grep), then second passes on it.
+        n = self.a.cold_repeat
+        cold, warm, second, rsss = [], [], [], []
+        for _ in range(n):
             self.warm_server()
             cache = self.new_dir("cache")
             m = self.imapfuse_mount(port, cache, label)
-            secs, notes, pos = self.imapfuse_op(m, "cold_rg" + sfx, "rg", label)
+            secs, notes, pos = self.imapfuse_op(m, "cold_grep" + sfx, "grep", label)
             rss, tr = self.finish_mount(m, pos, label)
-            self.cache_usage("cold_rg" + sfx, cache)
-            self.record("cold_rg" + sfx, secs, "; ".join(notes), traffic=tr,
-                        rss_kb=rss, mount_s=m.mount_seconds)
+            cold.append(secs)
+            rsss.append(rss or 0)
+            cold_notes, cold_tr, cold_mount = notes, tr, m.mount_seconds
+            self.warm_server()
+            m = self.imapfuse_mount(port, cache, label)
+            warm_tag = "" if self.disk_cache else "no disk cache yet; "
+            secs1, notes1, pos = self.imapfuse_op(m, "warm_grep" + sfx, "grep",
+                                                  label)
+            warm.append(secs1)
+            for i in range(self.a.pass_repeat):
+                secs2, notes2, _ = self.imapfuse_op(m, "second_grep" + sfx, "grep",
+                                                    label)
+                second.append(secs2)
+            wrss, wtr = self.finish_mount(m, pos, label)
+            self.cache_usage("warm_grep" + sfx, cache)
+        rss = max(rsss) if any(rsss) else None
+        self.record("cold_grep" + sfx, median(cold), "; ".join(cold_notes + [
+            "peak RSS %.1f MB" % (rss / 1024.0) if rss else "RSS n/a",
+            runs_note(cold)]),
+            traffic=cold_tr, rss_kb=rss, mount_s=cold_mount)
+        self.record("warm_grep" + sfx, median(warm), warm_tag + "; ".join(
+            notes1 + [runs_note(warm)]),
+            traffic=wtr, rss_kb=wrss, mount_s=m.mount_seconds)
+        self.record("second_grep" + sfx, median(second),
+                    "; ".join(notes2 + [runs_note(second)]))
+        # c3: cold rg -j4, --cold-repeat fresh mounts
+        if self.rg:
+            times = []
+            for _ in range(n):
+                self.warm_server()
+                cache = self.new_dir("cache")
+                m = self.imapfuse_mount(port, cache, label)
+                secs, notes, pos = self.imapfuse_op(m, "cold_rg" + sfx, "rg", label)
+                rss, tr = self.finish_mount(m, pos, label)
+                self.cache_usage("cold_rg" + sfx, cache)
+                times.append(secs)
+            self.record("cold_rg" + sfx, median(times), "; ".join(
+                notes + [runs_note(times)]), traffic=tr,
+                rss_kb=rss, mount_s=m.mount_seconds)
 
     def local_step(self):
         """e: grep -r over the plain local copy (page cache warm)."""
@@ -747,22 +761,33 @@ Create Near
 Sync Pull
 SyncState *
 """.format(port=self.dv.port, user=bench_corpus.USER, pw=self.pwfile, d=d))
-        self.warm_server()
-        pos = self.dovecot_log_pos()
-        out = self.path("mbsync.out")
-        secs, rc, err = self.run_timed("mbsync", [mb, "-q", "-c", cfg, "-a"], out)
-        tr = self.dovecot_traffic(pos)
-        if rc != 0:
-            self.problems.append("mbsync exit %s: %s" % (rc, err.strip()[-300:]))
-        self.record("mbsync", secs, "FSync no; " + self.traffic_note(tr),
-                    traffic=tr)
-        out = self.path("mbsync-grep.out")
-        secs2, rc, err = self.run_timed("mbsync_grep", ["grep", "-r", self.needle,
-                                                        d], out)
-        self.check_grep("mbsync_grep", out, rc, err)
-        self.record("mbsync_grep", secs2, self.res_note("mbsync_grep"))
-        if secs is not None and secs2 is not None:
-            self.record("mbsync_total", secs + secs2, "sync + grep")
+        # --cold-repeat full syncs into an emptied maildir (medians, as for
+        # imapfuse's cold runs).
+        syncs, greps, totals = [], [], []
+        for _ in range(self.a.cold_repeat):
+            shutil.rmtree(d, ignore_errors=True)
+            os.makedirs(d)
+            self.warm_server()
+            pos = self.dovecot_log_pos()
+            out = self.path("mbsync.out")
+            secs, rc, err = self.run_timed("mbsync", [mb, "-q", "-c", cfg, "-a"], out)
+            tr = self.dovecot_traffic(pos)
+            if rc != 0:
+                self.problems.append("mbsync exit %s: %s" % (rc, err.strip()[-300:]))
+            out = self.path("mbsync-grep.out")
+            secs2, rc, err = self.run_timed("mbsync_grep", ["grep", "-r", self.needle,
+                                                            d], out)
+            self.check_grep("mbsync_grep", out, rc, err)
+            syncs.append(secs)
+            greps.append(secs2)
+            if secs is not None and secs2 is not None:
+                totals.append(secs + secs2)
+        self.record("mbsync", median(syncs), "FSync no; " + self.traffic_note(tr) +
+                    "; " + runs_note(syncs), traffic=tr)
+        self.record("mbsync_grep", median(greps), self.res_note("mbsync_grep") +
+                    "; " + runs_note(greps))
+        if totals:
+            self.record("mbsync_total", median(totals), "sync + grep; " + runs_note(totals))
 
     # ---------------------------------------------------------- proxy
     def start_proxy(self):
@@ -1132,6 +1157,9 @@ def main():
                     help="fresh floorfs mounts for ls -lR and grep #1 (median)")
     ap.add_argument("--pass-repeat", type=int, default=3,
                     help="second-pass greps on the same mount (median)")
+    ap.add_argument("--cold-repeat", type=int, default=3,
+                    help="imapfuse cold grep / warm grep / cold rg runs, each "
+                         "on fresh mounts and cache dirs (median)")
     ap.add_argument("--wait-idle", type=int, default=0, metavar="SECS",
                     help="first wait up to SECS for the 1-minute load average "
                          "to drop below 1 (shared machines)")
@@ -1155,7 +1183,7 @@ def main():
         a.messages = 1000
     if not 10 <= a.messages <= 200000:
         ap.error("--messages must be 10 to 200000")
-    for name in ("raw_repeat", "floor_repeat", "pass_repeat"):
+    for name in ("raw_repeat", "floor_repeat", "pass_repeat", "cold_repeat"):
         if not 1 <= getattr(a, name) <= 20:
             ap.error("--%s must be 1 to 20" % name.replace("_", "-"))
 

@@ -31,8 +31,10 @@
 #   --skip-each     skip the diagnostic one-fetch-per-message raw row
 #   --no-rewarm     do not re-read Dovecot's files before each step (they
 #                   are re-read because some kernels reclaim idle page cache)
-#   --raw-repeat/--floor-repeat/--pass-repeat N   runs whose median is shown
-#                   (raw fetches, fresh floorfs mounts, same-mount passes; 3)
+#   --raw-repeat/--floor-repeat/--pass-repeat/--cold-repeat N   runs whose
+#                   median is shown (raw fetches, fresh floorfs mounts,
+#                   same-mount passes, imapfuse cold+warm rounds and cold rg
+#                   and mbsync syncs on fresh mounts/caches/maildirs; 3 each)
 #   --imapfuse-rev REV  benchmark git revision REV instead of the working
 #                   tree: exported with `git archive` (the repository is not
 #                   touched) and built in $IMAPFUSE_BENCH_DIR/src/<sha>/
