@@ -41,7 +41,7 @@
 #define BC_BATCH_MAX 256
 #define BC_BATCH_BYTES_MAX (4u << 20)
 #define BC_DISK_QUEUE_MAX (8u << 20)
-#define BC_LOOK_AHEAD 1024
+#define BC_COUNT_MAX (1u << 20) /* a message counts this much at most against the window */
 
 typedef struct {
   char *key;
@@ -63,6 +63,9 @@ typedef struct {
   guint8 *state;    /* per index: BC_* */
   guint32 *by_name; /* index of the r-th message in file-name order */
   guint32 *rank;    /* rank in file-name order of index i */
+  guint64 *cum[2];  /* [o][r]: bytes of the first r messages in order o (each
+                     * counted up to a chunk: larger ones are read on demand) */
+  gint64 front[2][2]; /* [o][dir < 0]: where the last schedule stopped looking */
   guint batch;      /* messages per batch now */
   guint running;    /* batches in flight */
   gint64 last_open; /* monotonic us */
@@ -110,6 +113,8 @@ static void bc_stream_free(gpointer p) {
   g_free(s->state);
   g_free(s->by_name);
   g_free(s->rank);
+  g_free(s->cum[0]);
+  g_free(s->cum[1]);
   g_free(s);
 }
 
@@ -611,6 +616,8 @@ static void _bc_stream_take(BcStream *s, const DcListing *l) {
   g_free(s->state);
   g_clear_pointer(&s->by_name, g_free);
   g_clear_pointer(&s->rank, g_free);
+  g_clear_pointer(&s->cum[0], g_free);
+  g_clear_pointer(&s->cum[1], g_free);
   s->msgs = g_array_ref(l->msgs);
   s->state = state;
   s->uidvalidity = l->uidvalidity;
@@ -621,6 +628,15 @@ static void _bc_stream_take(BcStream *s, const DcListing *l) {
   g_qsort_with_data(s->by_name, (gint)n, sizeof(guint32), bc_name_cmp, s->msgs);
   for (guint r = 0; r < n; r++)
     s->rank[s->by_name[r]] = r;
+  for (int o = 0; o < 2; o++) {
+    s->cum[o] = g_new(guint64, n + 1);
+    s->cum[o][0] = 0;
+    for (guint r = 0; r < n; r++) {
+      guint64 size = g_array_index(s->msgs, DcMsg, o == 0 ? r : s->by_name[r]).size;
+      s->cum[o][r + 1] = s->cum[o][r] + MIN(size, BC_COUNT_MAX);
+    }
+    s->front[o][0] = s->front[o][1] = -2; /* nowhere */
+  }
 }
 
 /* Position p in order o (0: UID order, 1: file-name order) -> index. */
@@ -632,23 +648,21 @@ static guint bc_pos(const BcStream *s, int o, guint i) { return o == 0 ? i : s->
  * or in flight ahead of it, in batches. */
 static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o, guint i,
                          int dir, gboolean with_i) {
-  gint64 n = s->msgs->len;
-  gint64 p = (gint64)bc_pos(s, o, i) + (with_i ? 0 : dir);
-  /* Look at most this far ahead per open, so a mailbox already on disk
-   * costs O(1) per open, not O(messages). */
-  gint64 end = dir > 0 ? MIN(n, p + BC_LOOK_AHEAD) : MAX(-1, p - BC_LOOK_AHEAD);
-  n = dir > 0 ? end : n;
-  gint64 lo = dir > 0 ? 0 : end + 1;
-  guint64 ahead = 0;
-  /* What is already claimed right ahead of the reader counts against the
-   * bound; claims the reader left behind do not. */
-  for (; p >= lo && p < n && ahead < bc->opts.readahead_bytes; p += dir) {
-    guint k = bc_at(s, o, (guint)p);
-    if (s->state[k] == BC_NONE)
-      break;
-    if (s->state[k] == BC_CLAIMED)
-      ahead += g_array_index(s->msgs, DcMsg, k).size;
-  }
+  gint64 n = s->msgs->len, lo = 0;
+  gint64 p0 = (gint64)bc_pos(s, o, i) + (with_i ? 0 : dir); /* first one ahead of the reader */
+  /* Resume where the last schedule in this direction stopped looking
+   * (everything up to it is claimed, opened or skipped): each position is
+   * passed once per scan, not once per open. */
+  gint64 *front = &s->front[o][dir < 0];
+  gint64 p = *front;
+  if (p < -1 || p > n || (dir > 0 ? p < p0 : p > p0))
+    p = p0;
+  while (p >= 0 && p < n && s->state[bc_at(s, o, (guint)p)] != BC_NONE)
+    p += dir;
+  /* Bytes between the reader and there count against the window; claims
+   * the reader left behind do not. */
+  const guint64 *cum = s->cum[o];
+  guint64 ahead = dir > 0 ? cum[p] - cum[MIN(p0, p)] : cum[p0 + 1] - cum[MIN(p0, p) + 1];
   guint max_batch = dir > 0 ? BC_BATCH_MAX : BC_BATCH_MAX / 4; /* servers answer in UID order */
   /* Top up only once half the window is free: topping up at every open
    * sends a batch of one message per message read (a command each). */
@@ -720,6 +734,7 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
     }
     s->batch = MIN(s->batch * 2, BC_BATCH_MAX);
   }
+  *front = p;
   bc->scan_batch = s->batch;
   bc->scan_time = g_get_monotonic_time();
 }
@@ -757,7 +772,9 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
    * first, is taken as the start of one: the batch then includes it, so
    * its own fetch brings the next ones with it (a lone `cat` of it costs
    * a few small messages more). */
-  gboolean done = FALSE;
+  /* Opened before: a second pass, served from the kernel's page cache
+   * (keep_cache); walking the stream for it would only cost time. */
+  gboolean done = s->state[i] == BC_OPENED;
   if (fresh && s->state[i] == BC_NONE) {
     int dir = 0, o = 0;
     if (i == 0 || s->rank[i] == 0)
