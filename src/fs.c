@@ -24,6 +24,10 @@ struct Fs {
   FsOptions opts;
   struct timespec started;
   FsWrite *w; /* the write path (fswrite.c) */
+  /* Open handles, freed at the end if the kernel never sent their
+   * RELEASE (it comes after close() returns: an unmount can overtake it). */
+  GMutex handles_lock;
+  GQueue dirs, files;
 };
 
 
@@ -50,6 +54,7 @@ Fs *fs_new(Dircache *dc, Bodycache *bc, Notify *notify, const FsOptions *opts) {
   fs->notify = notify;
   fs->opts = *opts;
   clock_gettime(CLOCK_REALTIME, &fs->started);
+  g_mutex_init(&fs->handles_lock);
   dircache_set_observer(dc, fs_observer, fs);
   fs->w = fswrite_new(fs, dc, notify, &opts->write);
   return fs;
@@ -57,12 +62,16 @@ Fs *fs_new(Dircache *dc, Bodycache *bc, Notify *notify, const FsOptions *opts) {
 
 void fs_start(Fs *fs) { fswrite_start(fs->w); }
 
+static void fs_handles_free(Fs *fs);
+
 void fs_free(Fs *fs) {
   if (fs != NULL) {
     /* The notify thread is gone: changes made while the write path shuts
      * down (it sends what is waiting) must not reach fs_observer. */
     dircache_set_observer(fs->dc, NULL, NULL);
     fswrite_free(fs->w);
+    fs_handles_free(fs);
+    g_mutex_clear(&fs->handles_lock);
   }
   g_free(fs);
 }
@@ -283,7 +292,27 @@ typedef struct {
   DcNode *node;
   GPtrArray *children; /* DcChild* */
   DcListing listing;
+  GList link; /* in Fs.dirs */
 } FsDir;
+
+static void fs_dir_free(FsDir *d) {
+  g_ptr_array_unref(d->children);
+  dc_listing_clear(&d->listing);
+  g_free(d);
+}
+
+/* Enters or takes out a handle (link's data set) in one of Fs's lists. */
+static void fs_handle_add(Fs *fs, GQueue *q, GList *link) {
+  g_mutex_lock(&fs->handles_lock);
+  g_queue_push_tail_link(q, link);
+  g_mutex_unlock(&fs->handles_lock);
+}
+
+static void fs_handle_remove(Fs *fs, GQueue *q, GList *link) {
+  g_mutex_lock(&fs->handles_lock);
+  g_queue_unlink(q, link);
+  g_mutex_unlock(&fs->handles_lock);
+}
 
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   Fs *fs = fuse_req_userdata(req);
@@ -310,6 +339,8 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     return;
   }
   d->children = dircache_children(fs->dc, n);
+  d->link.data = d;
+  fs_handle_add(fs, &fs->dirs, &d->link);
   fi->fh = (uint64_t)(uintptr_t)d;
   fi->cache_readdir = 0;
   fuse_reply_open(req, fi);
@@ -372,10 +403,10 @@ static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   (void)ino;
+  Fs *fs = fuse_req_userdata(req);
   FsDir *d = (FsDir *)(uintptr_t)fi->fh;
-  g_ptr_array_unref(d->children);
-  dc_listing_clear(&d->listing);
-  g_free(d);
+  fs_handle_remove(fs, &fs->dirs, &d->link);
+  fs_dir_free(d);
   fuse_reply_err(req, 0);
 }
 
@@ -386,7 +417,22 @@ typedef struct {
   guint32 uidvalidity;
   guint32 uid;
   guint64 size;
+  GList link; /* in Fs.files */
 } FsFile;
+
+/* The handles the kernel never released (no FUSE thread runs any more). */
+static void fs_handles_free(Fs *fs) {
+  while (fs->dirs.head != NULL) {
+    FsDir *d = fs->dirs.head->data;
+    g_queue_unlink(&fs->dirs, &d->link);
+    fs_dir_free(d);
+  }
+  while (fs->files.head != NULL) {
+    FsFile *f = fs->files.head->data;
+    g_queue_unlink(&fs->files, &f->link);
+    g_free(f);
+  }
+}
 
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   Fs *fs = fuse_req_userdata(req);
@@ -415,6 +461,8 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   f->size = m.size;
   bodycache_opened(fs->bc, dcnode_mailbox(f->node), &l, f->uid);
   dc_listing_clear(&l);
+  f->link.data = f;
+  fs_handle_add(fs, &fs->files, &f->link);
   fi->fh = (uint64_t)(uintptr_t)f;
   fi->keep_cache = 1; /* bytes are immutable per (mailbox, UIDVALIDITY, UID) */
   fi->noflush = 1;    /* nothing to flush: saves a request per close */
@@ -456,6 +504,7 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
   FsFile *f = (FsFile *)(uintptr_t)fi->fh;
   fuse_reply_err(req, 0);
   bodycache_closed(fs->bc, dcnode_mailbox(f->node), f->uidvalidity, f->uid, f->size);
+  fs_handle_remove(fs, &fs->files, &f->link);
   g_free(f);
 }
 
