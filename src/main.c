@@ -10,6 +10,7 @@
 #include <glib.h>
 #include <errno.h>
 #include <locale.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -73,6 +74,12 @@ static int main_fail(const GError *error) {
 int main(int argc, char *argv[]) {
   setlocale(LC_ALL, "");
   signal(SIGPIPE, SIG_IGN); /* a dead TLS peer must be an error, not a kill */
+  /* Message buffers come and go by the thousand, many over glibc's mmap
+   * threshold: each would be a fresh mmap (page faults, then a munmap with
+   * TLB shootdowns) and freed heap would be trimmed and faulted in again.
+   * Memory stays bounded by cache_mem and readahead, so keep it mapped. */
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
   struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
   IfsOptions o;
   struct fuse_cmdline_opts fo = {0};
