@@ -41,6 +41,7 @@ struct DcNode {
   gboolean meta_tried;   /* the on-disk copy was looked at */
   gint64 fetched_at; /* monotonic us of the start of the last good fetch; 0 never */
   gboolean stale;    /* msgs may not match the server at highestmodseq: ask it */
+  gboolean served;   /* a listing of it was handed out in this mount */
 };
 
 typedef struct {
@@ -538,6 +539,7 @@ static void dc_diff_removed(const GArray *old, const GArray *new, GArray *gone) 
 }
 
 static void _dc_snapshot(DcNode *n, DcListing *out) {
+  n->served = TRUE;
   out->msgs = n->msgs != NULL ? g_array_ref(n->msgs) : NULL;
   out->uidvalidity = n->uidvalidity;
   out->epoch = n->epoch;
@@ -845,23 +847,6 @@ void dircache_flush(Dircache *dc) {
   _dc_flush(dc, dc->root);
 }
 
-static void _dc_listed(DcNode *n, GPtrArray *out) {
-  if (n->mailbox != NULL && n->present && n->selectable && (n->epoch != 0 || n->msgs != NULL))
-    g_ptr_array_add(out, n);
-  GHashTableIter it;
-  gpointer v;
-  g_hash_table_iter_init(&it, n->children);
-  while (g_hash_table_iter_next(&it, NULL, &v))
-    _dc_listed(v, out);
-}
-
-GPtrArray *dircache_listed_nodes(Dircache *dc) {
-  GPtrArray *out = g_ptr_array_new();
-  g_mutex_lock(&dc->tree_lock);
-  _dc_listed(dc->root, out);
-  g_mutex_unlock(&dc->tree_lock);
-  return out;
-}
 
 static void _dc_selectable(DcNode *n, GPtrArray *out) {
   if (n->mailbox != NULL && n->present && n->selectable)
@@ -871,6 +856,25 @@ static void _dc_selectable(DcNode *n, GPtrArray *out) {
   g_hash_table_iter_init(&it, n->children);
   while (g_hash_table_iter_next(&it, NULL, &v))
     _dc_selectable(v, out);
+}
+
+GPtrArray *dircache_listed_nodes(Dircache *dc, gboolean saved) {
+  g_autoptr(GPtrArray) all = g_ptr_array_new();
+  g_mutex_lock(&dc->tree_lock);
+  _dc_selectable(dc->root, all);
+  g_mutex_unlock(&dc->tree_lock);
+  /* Elsewhere tree_lock is taken with n->lock held (new epochs), so
+   * n->lock is never taken under tree_lock. */
+  GPtrArray *out = g_ptr_array_new();
+  for (guint i = 0; i < all->len; i++) {
+    DcNode *n = g_ptr_array_index(all, i);
+    g_mutex_lock(&n->lock);
+    gboolean want = n->served || (saved && n->msgs != NULL);
+    g_mutex_unlock(&n->lock);
+    if (want)
+      g_ptr_array_add(out, n);
+  }
+  return out;
 }
 
 void dircache_load_saved(Dircache *dc) {

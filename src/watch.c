@@ -44,7 +44,9 @@ static void watch_round(Watch *w, ImapConn **conn, gboolean first) {
       return;
     }
   }
-  g_autoptr(GPtrArray) nodes = dircache_listed_nodes(w->dc);
+  /* Lists the last mount saved are confirmed once, at mount; after that
+   * only the mailboxes looked at in this mount are polled. */
+  g_autoptr(GPtrArray) nodes = dircache_listed_nodes(w->dc, first);
   g_autofree const char **names = g_new0(const char *, nodes->len + 1);
   for (guint i = 0; i < nodes->len; i++)
     names[i] = dcnode_mailbox(g_ptr_array_index(nodes, i));

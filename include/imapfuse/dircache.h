@@ -117,8 +117,9 @@ DcNode *dircache_find_mailbox(Dircache *dc, const char *mailbox);
  * (they are served only once confirmed or fetched again). */
 void dircache_load_saved(Dircache *dc);
 
-/* Mailboxes whose list has been fetched, or loaded (DcNode*, not owned). */
-GPtrArray *dircache_listed_nodes(Dircache *dc);
+/* Mailboxes whose list was handed out in this mount, and with saved also
+ * those with a list loaded from the last mount (DcNode*, not owned). */
+GPtrArray *dircache_listed_nodes(Dircache *dc, gboolean saved);
 /* Whether a STATUS answer, asked at monotonic time asked_us, disagrees
  * with the cached list.  When it agrees and carries a HIGHESTMODSEQ (any
  * change to a mailbox raises it), the list is known exact as of asked_us

@@ -357,6 +357,29 @@ def test_remount_confirms_saved_listings_with_status(mount, empty_dovecot, env, 
     assert set(_body_fetches(m2)) <= {"UID FETCH %d BODY.PEEK[]" % new_uid}, cmds
 
 
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_watcher_polls_only_mailboxes_looked_at(mount, empty_dovecot, env, tmp_path):
+    """Saved lists are confirmed once at mount; later rounds ask STATUS only
+    of the mailboxes opened in this mount (not of every one a past mount
+    saw: on a big account that would be hundreds of commands a round)."""
+    dv = empty_dovecot()
+    for b in ("A", "B", "C"):
+        _make_box(dv, b, [_msg("%s%d" % (b, i), 500) for i in range(3)])
+    cache = str(tmp_path / "cache")
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    for b in ("A", "B", "C"):
+        assert len(_listing(os.path.join(m.path, b))) == 3
+    m.unmount()
+    m2 = mount(dv, "cache_dir=" + cache, "poll=1", "imap_debug", env=env)
+    assert len(_listing(os.path.join(m2.path, "A"))) == 3
+    time.sleep(3.5)  # the first round and at least two more
+    status = [c for c in _commands(m2) if c.startswith("STATUS")]
+    boxes = [c.split()[1] for c in status]
+    assert {'"B"', '"C"'} <= set(boxes[:3]), status  # the first round
+    assert boxes.count('"A"') >= 3, status
+    assert boxes.count('"B"') == 1 and boxes.count('"C"') == 1, status
+
+
 # -------------------------------------------------------------- the pool
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK, r"(?i)warning: .*(closed|lost|BYE)")
