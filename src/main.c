@@ -79,7 +79,7 @@ int main(int argc, char *argv[]) {
    * TLB shootdowns) and freed heap would be trimmed and faulted in again.
    * Memory stays bounded by cache_mem and readahead, so keep it mapped. */
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 32 << 20);
   struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
   IfsOptions o;
   struct fuse_cmdline_opts fo = {0};
