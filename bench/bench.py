@@ -640,42 +640,36 @@ class Bench:
         self.cache_sizes[key] = (files, total)
         shutil.rmtree(cache, ignore_errors=True)
 
+    def cold_run(self, port, label, key, what, extra=None):
+        """One fresh mount with a new empty cache dir, one command on it.
+        Returns (secs, notes, rss_kb, traffic, mount_seconds, cache_dir)."""
+        self.warm_server()
+        cache = self.new_dir("cache")
+        m = self.imapfuse_mount(port, cache, label, extra=extra)
+        secs, notes, pos = self.imapfuse_op(m, key, what, label)
+        rss, tr = self.finish_mount(m, pos, label)
+        return secs, notes, rss, tr, m.mount_seconds, cache
+
     def imapfuse_step(self, port, label):
         """c and d, through port (Dovecot's or the proxy's)."""
         sfx = "" if label == "loopback" else "@proxy"
-        # c1: cold ls -lR
-        self.warm_server()
-        cache = self.new_dir("cache")
-        m = self.imapfuse_mount(port, cache, label)
-        secs, notes, pos = self.imapfuse_op(m, "cold_ls" + sfx, "ls", label)
-        rss, tr = self.finish_mount(m, pos, label)
-        self.cache_usage("cold_ls" + sfx, cache)
-        self.record("cold_ls" + sfx, secs, "; ".join(notes),
-                    traffic=tr, rss_kb=rss, mount_s=m.mount_seconds)
-        # c1b: the same without extended attributes (ls -l then asks the
-        # kernel for no GETXATTR per file)
-        self.warm_server()
-        cache = self.new_dir("cache")
-        m = self.imapfuse_mount(port, cache, label, extra="xattr=off")
-        secs, notes, pos = self.imapfuse_op(m, "cold_ls_noxattr" + sfx, "ls", label)
-        rss, tr = self.finish_mount(m, pos, label)
-        self.record("cold_ls_noxattr" + sfx, secs, "; ".join(notes),
-                    traffic=tr, rss_kb=rss, mount_s=m.mount_seconds)
-        shutil.rmtree(cache, ignore_errors=True)
+        # c1: cold ls -lR; c1b: the same without extended attributes
+        for key, extra in (("cold_ls", None), ("cold_ls_noxattr", "xattr=off")):
+            secs, notes, rss, tr, mount_s, cache = self.cold_run(
+                port, label, key + sfx, "ls", extra)
+            self.cache_usage(key + sfx, cache)
+            self.record(key + sfx, secs, "; ".join(notes),
+                        traffic=tr, rss_kb=rss, mount_s=mount_s)
         # c2 + d, --cold-repeat times (medians, as for the floor): cold
         # grep -r on a fresh mount with an empty cache dir, then a remount
         # with that cache dir (warm grep), then second passes on it.
         n = self.a.cold_repeat
         cold, warm, second, rsss = [], [], [], []
         for _ in range(n):
-            self.warm_server()
-            cache = self.new_dir("cache")
-            m = self.imapfuse_mount(port, cache, label)
-            secs, notes, pos = self.imapfuse_op(m, "cold_grep" + sfx, "grep", label)
-            rss, tr = self.finish_mount(m, pos, label)
+            secs, cold_notes, rss, cold_tr, cold_mount, cache = self.cold_run(
+                port, label, "cold_grep" + sfx, "grep")
             cold.append(secs)
             rsss.append(rss or 0)
-            cold_notes, cold_tr, cold_mount = notes, tr, m.mount_seconds
             self.warm_server()
             m = self.imapfuse_mount(port, cache, label)
             warm_tag = "" if self.disk_cache else "no disk cache yet; "
@@ -702,16 +696,13 @@ class Bench:
         if self.rg:
             times = []
             for _ in range(n):
-                self.warm_server()
-                cache = self.new_dir("cache")
-                m = self.imapfuse_mount(port, cache, label)
-                secs, notes, pos = self.imapfuse_op(m, "cold_rg" + sfx, "rg", label)
-                rss, tr = self.finish_mount(m, pos, label)
+                secs, notes, rss, tr, mount_s, cache = self.cold_run(
+                    port, label, "cold_rg" + sfx, "rg")
                 self.cache_usage("cold_rg" + sfx, cache)
                 times.append(secs)
             self.record("cold_rg" + sfx, median(times), "; ".join(
                 notes + [runs_note(times)]), traffic=tr,
-                rss_kb=rss, mount_s=m.mount_seconds)
+                rss_kb=rss, mount_s=mount_s)
 
     def local_step(self):
         """e: grep -r over the plain local copy (page cache warm)."""
