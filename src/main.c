@@ -71,6 +71,10 @@ static int main_fail(const GError *error) {
   return 1;
 }
 
+static gboolean main_confirm_op(ImapConn *c, gpointer user, GError **error) {
+  return watch_confirm_saved(user, c, error);
+}
+
 int main(int argc, char *argv[]) {
   setlocale(LC_ALL, "");
   signal(SIGPIPE, SIG_IGN); /* a dead TLS peer must be an error, not a kill */
@@ -183,6 +187,12 @@ int main(int argc, char *argv[]) {
   if (!dircache_refresh_tree(dc, 0, &error)) {
     ret = main_fail(error);
     goto out;
+  }
+  if (meta_dir != NULL) {
+    /* One round trip at mount saves one per mailbox when it is opened. */
+    g_autoptr(GError) cerr = NULL;
+    if (!pool_run(pool, NULL, TRUE, main_confirm_op, dc, &cerr))
+      g_debug("confirming saved listings: %s", cerr->message);
   }
   guint64 readahead = 8u << 20;
   if (o.readahead != NULL)

@@ -9,7 +9,8 @@
  * STATUS answers are never the inexact ones of a selected mailbox, and it
  * never competes with readers for a pooled connection except for refreshes.
  * STATUS commands go pipelined, eight a round trip; the first round runs
- * at mount, for the lists the last mount saved.
+ * at mount.  Before the mount, the lists the last mount saved are confirmed
+ * the same way on a pooled connection (watch_confirm_saved).
  * A STATUS that agrees (with HIGHESTMODSEQ) confirms the cached listing as
  * of when it was asked, so opening a directory needs no round trip while
  * the watcher runs (list_max_age defaults to 1.5 poll intervals).
@@ -30,6 +31,41 @@ struct Watch {
   GThread *thread;
 };
 
+/* STATUS of the mailboxes whose lists are cached (with saved, also those
+ * the last mount saved), pipelined; the lists that agree are confirmed.
+ * *changed: the nodes that differ, with their STATUS in *sts. */
+static gboolean watch_status(Dircache *dc, ImapConn *c, gboolean saved, GPtrArray **changed,
+                             GArray **sts, GError **error) {
+  g_autoptr(GPtrArray) nodes = dircache_listed_nodes(dc, saved);
+  g_autofree const char **names = g_new0(const char *, nodes->len + 1);
+  for (guint i = 0; i < nodes->len; i++)
+    names[i] = dcnode_mailbox(g_ptr_array_index(nodes, i));
+  g_autofree ImapStatusInfo *all = g_new0(ImapStatusInfo, nodes->len + 1);
+  gint64 asked = g_get_monotonic_time();
+  if (!imap_status_many(c, names, nodes->len, all, error))
+    return FALSE;
+  *changed = g_ptr_array_new();
+  *sts = g_array_new(FALSE, FALSE, sizeof(ImapStatusInfo));
+  for (guint i = 0; i < nodes->len; i++) {
+    DcNode *n = g_ptr_array_index(nodes, i);
+    if (all[i].uidvalidity == 0)
+      continue; /* deleted meanwhile: the next LIST hides it */
+    if (dircache_status_differs(dc, n, all[i].uidvalidity, all[i].messages,
+                                all[i].highestmodseq, asked)) {
+      g_ptr_array_add(*changed, n);
+      g_array_append_val(*sts, all[i]);
+    }
+  }
+  return TRUE;
+}
+
+gboolean watch_confirm_saved(Dircache *dc, ImapConn *c, GError **error) {
+  dircache_load_saved(dc);
+  g_autoptr(GPtrArray) changed = NULL;
+  g_autoptr(GArray) sts = NULL;
+  return watch_status(dc, c, TRUE, &changed, &sts, error);
+}
+
 static void watch_round(Watch *w, ImapConn **conn, gboolean first) {
   g_autoptr(GError) error = NULL;
   /* The mount has just listed the tree before the first round. */
@@ -44,25 +80,17 @@ static void watch_round(Watch *w, ImapConn **conn, gboolean first) {
       return;
     }
   }
-  /* Lists the last mount saved are confirmed once, at mount; after that
-   * only the mailboxes looked at in this mount are polled. */
-  g_autoptr(GPtrArray) nodes = dircache_listed_nodes(w->dc, first);
-  g_autofree const char **names = g_new0(const char *, nodes->len + 1);
-  for (guint i = 0; i < nodes->len; i++)
-    names[i] = dcnode_mailbox(g_ptr_array_index(nodes, i));
-  g_autofree ImapStatusInfo *sts = g_new0(ImapStatusInfo, nodes->len + 1);
-  gint64 asked = g_get_monotonic_time();
-  if (!imap_status_many(*conn, names, nodes->len, sts, &error)) {
+  /* Only the mailboxes looked at in this mount: lists the last mount saved
+   * were confirmed once, before the mount. */
+  g_autoptr(GPtrArray) changed = NULL;
+  g_autoptr(GArray) sts = NULL;
+  if (!watch_status(w->dc, *conn, FALSE, &changed, &sts, &error)) {
     g_clear_pointer(conn, imap_conn_close);
     return;
   }
-  for (guint i = 0; i < nodes->len; i++) {
-    DcNode *n = g_ptr_array_index(nodes, i);
-    const ImapStatusInfo st = sts[i];
-    if (st.uidvalidity == 0)
-      continue; /* deleted meanwhile: the next LIST hides it */
-    if (!dircache_status_differs(w->dc, n, st.uidvalidity, st.messages, st.highestmodseq, asked))
-      continue;
+  for (guint i = 0; i < changed->len; i++) {
+    DcNode *n = g_ptr_array_index(changed, i);
+    const ImapStatusInfo st = g_array_index(sts, ImapStatusInfo, i);
     DcListing l;
     g_clear_error(&error);
     if (dircache_listing(w->dc, n, 0, &l, &error)) {
@@ -85,12 +113,9 @@ static gpointer watch_thread(gpointer data) {
     if (w->stop)
       break;
     g_mutex_unlock(&w->lock);
-    /* At once after mounting: the lists the last mount saved are
-     * confirmed by STATUS (one round trip for eight mailboxes) before the
-     * user opens their directories, instead of one SELECT + FETCH each
-     * when they do. */
-    if (first)
-      dircache_load_saved(w->dc);
+    /* The first round at once after mounting: the lists opened since are
+     * checked (the ones the last mount saved were confirmed before the
+     * mount, see watch_confirm_saved). */
     watch_round(w, &conn, first);
     g_mutex_lock(&w->lock);
     w->rounds++;

@@ -109,7 +109,7 @@ typedef struct {
 } ImapStatusInfo;
 /* STATUS of n mailboxes, pipelined (IMAP_PIPELINE_MAX a round trip); a
  * mailbox the server refused is left all zero.  FALSE only when the
- * connection failed.  None of them may be selected on c. */
+ * connection failed. */
 gboolean imap_status_many(ImapConn *c, const char *const *mailboxes, guint n, ImapStatusInfo *out,
                           GError **error);
 /* STATUS mailbox (UIDVALIDITY UIDNEXT MESSAGES [HIGHESTMODSEQ]). */

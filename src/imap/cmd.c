@@ -487,6 +487,15 @@ static gboolean cmd_status_many_handler(ImapResponse *r, gpointer user) {
 gboolean imap_status_many(ImapConn *c, const char *const *mailboxes, guint n, ImapStatusInfo *out,
                           GError **error) {
   memset(out, 0, n * sizeof *out);
+  /* As in imap_status: the selected mailbox's view moves only at command
+   * boundaries. */
+  const char *selected = imap_conn_selected(c);
+  for (guint i = 0; selected != NULL && i < n; i++)
+    if (strcmp(selected, mailboxes[i]) == 0) {
+      if (!imap_noop(c, error))
+        return FALSE;
+      break;
+    }
   for (guint i = 0; i < n; i += IMAP_PIPELINE_MAX) {
     guint k = MIN(n - i, IMAP_PIPELINE_MAX);
     ImapCmd *cmds[IMAP_PIPELINE_MAX];
