@@ -448,17 +448,31 @@ static gboolean cmd_status_info_handler(ImapResponse *r, gpointer user) {
   return TRUE;
 }
 
-gboolean imap_status(ImapConn *c, const char *mailbox, ImapStatusInfo *out, GError **error) {
-  memset(out, 0, sizeof *out);
-  /* STATUS of the mailbox this session has selected answers from the
-   * session's view, which moves only at command boundaries: sync first. */
-  if (g_strcmp0(imap_conn_selected(c), mailbox) == 0 && !imap_noop(c, error))
-    return FALSE;
+/* STATUS of the mailbox this session has selected answers from the
+ * session's view, which moves only at command boundaries: if one of the
+ * mailboxes is the selected one, sync first. */
+static gboolean cmd_status_sync(ImapConn *c, const char *const *mailboxes, guint n,
+                                GError **error) {
+  const char *selected = imap_conn_selected(c);
+  for (guint i = 0; selected != NULL && i < n; i++)
+    if (strcmp(selected, mailboxes[i]) == 0)
+      return imap_noop(c, error);
+  return TRUE;
+}
+
+static ImapCmd *cmd_status_new(ImapConn *c, const char *mailbox) {
   ImapCmd *cmd = imap_cmd_new("STATUS ");
   imap_cmd_add_string(cmd, mailbox);
   imap_cmd_add(cmd, " (UIDVALIDITY UIDNEXT MESSAGES%s)",
                imap_conn_has(c, IMAP_CAP_CONDSTORE) ? " HIGHESTMODSEQ" : "");
-  if (!imap_conn_run(c, cmd, cmd_status_info_handler, out, NULL, error))
+  return cmd;
+}
+
+gboolean imap_status(ImapConn *c, const char *mailbox, ImapStatusInfo *out, GError **error) {
+  memset(out, 0, sizeof *out);
+  if (!cmd_status_sync(c, &mailbox, 1, error))
+    return FALSE;
+  if (!imap_conn_run(c, cmd_status_new(c, mailbox), cmd_status_info_handler, out, NULL, error))
     return FALSE;
   if (out->uidvalidity == 0) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_PROTOCOL, "no STATUS answer for %s", mailbox);
@@ -487,24 +501,13 @@ static gboolean cmd_status_many_handler(ImapResponse *r, gpointer user) {
 gboolean imap_status_many(ImapConn *c, const char *const *mailboxes, guint n, ImapStatusInfo *out,
                           GError **error) {
   memset(out, 0, n * sizeof *out);
-  /* As in imap_status: the selected mailbox's view moves only at command
-   * boundaries. */
-  const char *selected = imap_conn_selected(c);
-  for (guint i = 0; selected != NULL && i < n; i++)
-    if (strcmp(selected, mailboxes[i]) == 0) {
-      if (!imap_noop(c, error))
-        return FALSE;
-      break;
-    }
+  if (!cmd_status_sync(c, mailboxes, n, error))
+    return FALSE;
   for (guint i = 0; i < n; i += IMAP_PIPELINE_MAX) {
     guint k = MIN(n - i, IMAP_PIPELINE_MAX);
     ImapCmd *cmds[IMAP_PIPELINE_MAX];
-    for (guint j = 0; j < k; j++) {
-      cmds[j] = imap_cmd_new("STATUS ");
-      imap_cmd_add_string(cmds[j], mailboxes[i + j]);
-      imap_cmd_add(cmds[j], " (UIDVALIDITY UIDNEXT MESSAGES%s)",
-                   imap_conn_has(c, IMAP_CAP_CONDSTORE) ? " HIGHESTMODSEQ" : "");
-    }
+    for (guint j = 0; j < k; j++)
+      cmds[j] = cmd_status_new(c, mailboxes[i + j]);
     CmdStatusMany ctx = {mailboxes + i, k, out + i};
     g_autoptr(GError) local = NULL;
     /* A NO for one (deleted meanwhile) leaves its answer empty; only a

@@ -287,6 +287,13 @@ static int conn_wait_continuation(ImapConn *c, const char *tag, ImapHandler fn,
   }
 }
 
+/* Whether a literal of n bytes may go without waiting for "+" (RFC 7888:
+ * LITERAL+ always, LITERAL- up to 4096 bytes). */
+static gboolean conn_literal_nonsync(const ImapConn *c, gsize n) {
+  return imap_conn_has(c, IMAP_CAP_LITERALPLUS) ||
+         (imap_conn_has(c, IMAP_CAP_LITERALMINUS) && n <= 4096);
+}
+
 gboolean imap_conn_run(ImapConn *c, ImapCmd *cmd, ImapHandler fn, gpointer user,
                        ImapResponse **tagged_out, GError **error) {
   g_autoptr(ImapCmd) owned = cmd;
@@ -308,8 +315,7 @@ gboolean imap_conn_run(ImapConn *c, ImapCmd *cmd, ImapHandler fn, gpointer user,
     if (seg->literal == NULL)
       continue;
     gsize n = g_bytes_get_size(seg->literal);
-    gboolean nonsync = imap_conn_has(c, IMAP_CAP_LITERALPLUS) ||
-                       (imap_conn_has(c, IMAP_CAP_LITERALMINUS) && n <= 4096);
+    gboolean nonsync = conn_literal_nonsync(c, n);
     g_string_append_printf(out, "{%" G_GSIZE_FORMAT "%s}\r\n", n, nonsync ? "+" : "");
     conn_trace(c, "C:", imap_cmd_is_secret(cmd) ? "<redacted>" : out->str,
                imap_cmd_is_secret(cmd) ? 10 : out->len);
@@ -381,8 +387,7 @@ static gboolean conn_can_pipeline(const ImapConn *c, const ImapCmd *cmd) {
   const GPtrArray *segs = imap_cmd_segments(cmd);
   for (guint i = 0; i < segs->len; i++) {
     const ImapCmdSeg *seg = g_ptr_array_index(segs, i);
-    if (seg->literal != NULL && !imap_conn_has(c, IMAP_CAP_LITERALPLUS) &&
-        !(imap_conn_has(c, IMAP_CAP_LITERALMINUS) && g_bytes_get_size(seg->literal) <= 4096))
+    if (seg->literal != NULL && !conn_literal_nonsync(c, g_bytes_get_size(seg->literal)))
       return FALSE;
   }
   return TRUE;
