@@ -72,6 +72,14 @@ static guint32 _dc_new_id(Dircache *dc, DcNode *node, guint32 uidvalidity) {
   return dc->ids->len - 1;
 }
 
+/* _dc_new_epoch: caller holds n->lock (tree_lock is taken under it).  The
+ * messages of n's list, under uidvalidity, get inodes of a new epoch. */
+static void _dc_new_epoch(Dircache *dc, DcNode *n, guint32 uidvalidity) {
+  g_mutex_lock(&dc->tree_lock);
+  n->epoch = _dc_new_id(dc, n, uidvalidity);
+  g_mutex_unlock(&dc->tree_lock);
+}
+
 /* _dc_set_mailbox: caller holds tree_lock.  The old string is kept alive. */
 static void _dc_set_mailbox(Dircache *dc, DcNode *n, const char *mailbox) {
   if (g_strcmp0(n->mailbox, mailbox) == 0)
@@ -616,9 +624,7 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     if (n->uidvalidity != f.uidvalidity || n->epoch == 0) {
       /* First listing, or a new UIDVALIDITY (all UIDs void): messages get
        * new inodes. */
-      g_mutex_lock(&dc->tree_lock);
-      n->epoch = _dc_new_id(dc, n, f.uidvalidity);
-      g_mutex_unlock(&dc->tree_lock);
+      _dc_new_epoch(dc, n, f.uidvalidity);
       n->uidvalidity = f.uidvalidity;
       changed = TRUE;
     }
@@ -902,11 +908,8 @@ gboolean dircache_status_differs(Dircache *dc, DcNode *n, guint32 uidvalidity, g
    * saved is confirmed too (any change would have raised HIGHESTMODSEQ),
    * and its messages then get their inodes as after a fetch. */
   if (!differs && highestmodseq != 0 && !n->stale && asked_us > n->fetched_at) {
-    if (n->epoch == 0) {
-      g_mutex_lock(&dc->tree_lock);
-      n->epoch = _dc_new_id(dc, n, uidvalidity);
-      g_mutex_unlock(&dc->tree_lock);
-    }
+    if (n->epoch == 0)
+      _dc_new_epoch(dc, n, uidvalidity);
     n->fetched_at = asked_us;
   }
   g_mutex_unlock(&n->lock);
