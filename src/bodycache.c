@@ -271,6 +271,13 @@ static void bc_disk_write(Bodycache *bc, const char *group, const char *name, GB
     g_debug("disk cache: %s", error->message);
 }
 
+static void bc_disk_job_free(BcDiskJob *j) {
+  g_free(j->group);
+  g_free(j->name);
+  g_bytes_unref(j->bytes);
+  g_free(j);
+}
+
 static void bc_disk_job(gpointer data, gpointer user) {
   BcDiskJob *j = data;
   Bodycache *bc = user;
@@ -278,10 +285,7 @@ static void bc_disk_job(gpointer data, gpointer user) {
   g_mutex_lock(&bc->lock);
   bc->disk_queued -= g_bytes_get_size(j->bytes);
   g_mutex_unlock(&bc->lock);
-  g_free(j->group);
-  g_free(j->name);
-  g_bytes_unref(j->bytes);
-  g_free(j);
+  bc_disk_job_free(j);
 }
 
 /* Writes go to a thread of their own, so that a slow disk does not slow
@@ -305,10 +309,7 @@ static void bc_disk_put(Bodycache *bc, const char *mailbox, guint32 uidvalidity,
     return;
   }
   bc_disk_write(bc, j->group, j->name, j->bytes);
-  g_free(j->group);
-  g_free(j->name);
-  g_bytes_unref(j->bytes);
-  g_free(j);
+  bc_disk_job_free(j);
 }
 
 /* Store fetched bytes in both tiers and release anyone waiting for them. */
@@ -333,6 +334,14 @@ static void bc_deliver(Bodycache *bc, const char *mailbox, guint32 uidvalidity, 
   bc_entries_free(dead);
   if (to_disk)
     bc_disk_put(bc, mailbox, uidvalidity, uid, chunk, bytes);
+}
+
+/* _bc_inflight_begin: caller holds the lock.  Registers a fetch of key
+ * (taken over) that others can wait for instead of fetching it too. */
+static void _bc_inflight_begin(Bodycache *bc, char *key) {
+  BcInflight *f = g_new0(BcInflight, 1);
+  f->refs = 1;
+  g_hash_table_insert(bc->inflight, key, f);
 }
 
 /* _bc_inflight_end: caller holds the lock.  Ends an entry that delivered
@@ -418,9 +427,7 @@ static GBytes *bc_chunk(Bodycache *bc, const char *mailbox, guint32 uidvalidity,
       return b;
     /* That fetch delivered nothing: fetch ourselves, unregistered. */
   } else {
-    f = g_new0(BcInflight, 1);
-    f->refs = 1;
-    g_hash_table_insert(bc->inflight, g_strdup(key), f);
+    _bc_inflight_begin(bc, g_strdup(key));
     g_mutex_unlock(&bc->lock);
   }
 
@@ -530,6 +537,14 @@ static gboolean bc_batch_op(ImapConn *c, gpointer user, GError **error) {
   return imap_fetch_bodies(c, set, bc_batch_body, ctx, error);
 }
 
+static void bc_batch_free(BcBatch *b) {
+  g_array_unref(b->uids);
+  if (b->big != NULL)
+    g_hash_table_unref(b->big);
+  g_free(b->mailbox);
+  g_free(b);
+}
+
 static void bc_batch_run(gpointer data, gpointer user) {
   BcBatch *b = data;
   Bodycache *bc = user;
@@ -567,11 +582,7 @@ static void bc_batch_run(gpointer data, gpointer user) {
   if (s != NULL && s->uidvalidity == b->uidvalidity && s->running > 0)
     s->running--;
   g_mutex_unlock(&bc->lock);
-  g_array_unref(b->uids);
-  if (b->big != NULL)
-    g_hash_table_unref(b->big);
-  g_free(b->mailbox);
-  g_free(b);
+  bc_batch_free(b);
 }
 
 static guint bc_index_of(const GArray *msgs, guint32 uid) {
@@ -661,7 +672,7 @@ static guint bc_pos(const BcStream *s, int o, guint i) { return o == 0 ? i : s->
  * or in flight ahead of it, in batches. */
 static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o, guint i,
                          int dir, gboolean with_i) {
-  gint64 n = s->msgs->len, lo = 0;
+  gint64 n = s->msgs->len;
   gint64 p0 = (gint64)bc_pos(s, o, i) + (with_i ? 0 : dir); /* first one ahead of the reader */
   /* Resume where the last schedule in this direction stopped looking
    * (everything up to it is claimed, opened or skipped): each position is
@@ -680,7 +691,7 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
   /* Top up only once half the window is free: topping up at every open
    * sends a batch of one message per message read (a command each). */
   gboolean refill = ahead * 2 <= bc->opts.readahead_bytes;
-  while (refill && p >= lo && p < n && ahead < bc->opts.readahead_bytes &&
+  while (refill && p >= 0 && p < n && ahead < bc->opts.readahead_bytes &&
          s->running < MAX(1, bc->opts.readahead_threads)) {
     BcBatch *b[2]; /* [0] from the server, [1] from the disk cache */
     for (int t = 0; t < 2; t++) {
@@ -692,7 +703,7 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
       b[t]->from_disk = t == 1;
     }
     guint64 bytes = 0;
-    for (; p >= lo && p < n && b[0]->uids->len + b[1]->uids->len < MIN(s->batch, max_batch) &&
+    for (; p >= 0 && p < n && b[0]->uids->len + b[1]->uids->len < MIN(s->batch, max_batch) &&
            bytes < BC_BATCH_BYTES_MAX && ahead + bytes < bc->opts.readahead_bytes;
          p += dir) {
       guint k = bc_at(s, o, (guint)p);
@@ -716,14 +727,9 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
         s->state[k] = BC_SKIP;
         continue;
       }
-      for (guint64 c = 0; c < nch; c++) {
-        BcInflight *f = g_new0(BcInflight, 1);
-        f->refs = 1;
-        g_hash_table_insert(bc->inflight,
-                            c == 0 ? g_steal_pointer(&key)
-                                   : bc_key(mailbox, s->uidvalidity, m->uid, c),
-                            f);
-      }
+      for (guint64 c = 0; c < nch; c++)
+        _bc_inflight_begin(bc, c == 0 ? g_steal_pointer(&key)
+                                      : bc_key(mailbox, s->uidvalidity, m->uid, c));
       if (big) {
         if (b[0]->big == NULL)
           b[0]->big = g_hash_table_new(NULL, NULL);
@@ -736,9 +742,7 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
     ahead += bytes;
     for (int t = 0; t < 2; t++) {
       if (b[t]->uids->len == 0) {
-        g_array_unref(b[t]->uids);
-        g_free(b[t]->mailbox);
-        g_free(b[t]);
+        bc_batch_free(b[t]);
         continue;
       }
       g_array_sort(b[t]->uids, bc_u32_cmp);
