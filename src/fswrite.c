@@ -2060,17 +2060,22 @@ static char *fsw_get_flags(FsWrite *w, fuse_ino_t ino, int *err) {
   return fsw_flags_display(dircache_flags(w->dc, m.flagset));
 }
 
-/* Only the user namespace is ours. Names elsewhere (security.selinux,
- * system.posix_acl_access: ls -l asks both for every file) get ENOTSUP, not
- * ENODATA: coreutils then stops asking for the rest of the mount, where
- * ENODATA would cost two FUSE round trips per file listed. */
-static gboolean fsw_xattr_ours(const char *name) {
-  return g_str_has_prefix(name, "user.");
-}
-
 static gboolean fsw_is_file_ino(Fs *fs, FsWrite *w, fuse_ino_t ino) {
   (void)w;
   return fs_dir(fs, ino) == NULL && ino != FUSE_ROOT_ID;
+}
+
+/* For reading or removing attribute name of ino: 0 if it exists, else the
+ * errno.  Only the user namespace is ours: names elsewhere
+ * (security.selinux, system.posix_acl_access: ls -l asks both for every
+ * file) get ENOTSUP, not ENODATA, so coreutils stops asking for the rest of
+ * the mount, where ENODATA would cost two FUSE round trips per file. */
+static int fsw_xattr_missing(Fs *fs, FsWrite *w, fuse_ino_t ino, const char *name) {
+  if (!g_str_has_prefix(name, "user."))
+    return ENOTSUP;
+  if (strcmp(name, FSW_XATTR_FLAGS) != 0 || !fsw_is_file_ino(fs, w, ino))
+    return ENODATA;
+  return 0;
 }
 
 void fswrite_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
@@ -2103,12 +2108,9 @@ void fswrite_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const ch
 void fswrite_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size) {
   Fs *fs = fuse_req_userdata(req);
   FsWrite *w = fs_writer(fs);
-  if (!fsw_xattr_ours(name)) {
-    fuse_reply_err(req, ENOTSUP);
-    return;
-  }
-  if (strcmp(name, FSW_XATTR_FLAGS) != 0 || !fsw_is_file_ino(fs, w, ino)) {
-    fuse_reply_err(req, ENODATA);
+  int bad = fsw_xattr_missing(fs, w, ino, name);
+  if (bad != 0) {
+    fuse_reply_err(req, bad);
     return;
   }
   int err = 0;
@@ -2142,12 +2144,9 @@ void fswrite_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
 void fswrite_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name) {
   Fs *fs = fuse_req_userdata(req);
   FsWrite *w = fs_writer(fs);
-  if (!fsw_xattr_ours(name)) {
-    fuse_reply_err(req, ENOTSUP);
-    return;
-  }
-  if (strcmp(name, FSW_XATTR_FLAGS) != 0 || !fsw_is_file_ino(fs, w, ino)) {
-    fuse_reply_err(req, ENODATA);
+  int bad = fsw_xattr_missing(fs, w, ino, name);
+  if (bad != 0) {
+    fuse_reply_err(req, bad);
     return;
   }
   fsw_set_flags(req, w, ino, ""); /* removing the flags = no flags */
