@@ -20,6 +20,8 @@
 #include "imapfuse/cmd.h"
 #include "imapfuse/errors.h"
 
+#define WATCH_CONFIRM_MAX (8 * IMAP_PIPELINE_MAX) /* at mount: 8 round trips at most */
+
 struct Watch {
   const ImapEndpoint *ep;
   Dircache *dc;
@@ -32,11 +34,14 @@ struct Watch {
 };
 
 /* STATUS of the mailboxes whose lists are cached (with saved, also those
- * the last mount saved), pipelined; the lists that agree are confirmed.
+ * the last mount saved; at most max), pipelined; the lists that agree are
+ * confirmed.
  * *changed: the nodes that differ, with their STATUS in *sts. */
-static gboolean watch_status(Dircache *dc, ImapConn *c, gboolean saved, GPtrArray **changed,
-                             GArray **sts, GError **error) {
+static gboolean watch_status(Dircache *dc, ImapConn *c, gboolean saved, guint max,
+                             GPtrArray **changed, GArray **sts, GError **error) {
   g_autoptr(GPtrArray) nodes = dircache_listed_nodes(dc, saved);
+  if (nodes->len > max)
+    g_ptr_array_set_size(nodes, max);
   g_autofree const char **names = g_new0(const char *, nodes->len + 1);
   for (guint i = 0; i < nodes->len; i++)
     names[i] = dcnode_mailbox(g_ptr_array_index(nodes, i));
@@ -63,7 +68,9 @@ gboolean watch_confirm_saved(Dircache *dc, ImapConn *c, GError **error) {
   dircache_load_saved(dc);
   g_autoptr(GPtrArray) changed = NULL;
   g_autoptr(GArray) sts = NULL;
-  return watch_status(dc, c, TRUE, &changed, &sts, error);
+  /* Bounded: the mount waits for it (a big account's other folders are
+   * checked when opened, as without a saved list). */
+  return watch_status(dc, c, TRUE, WATCH_CONFIRM_MAX, &changed, &sts, error);
 }
 
 static void watch_round(Watch *w, ImapConn **conn, gboolean first) {
@@ -84,7 +91,7 @@ static void watch_round(Watch *w, ImapConn **conn, gboolean first) {
    * were confirmed once, before the mount. */
   g_autoptr(GPtrArray) changed = NULL;
   g_autoptr(GArray) sts = NULL;
-  if (!watch_status(w->dc, *conn, FALSE, &changed, &sts, &error)) {
+  if (!watch_status(w->dc, *conn, FALSE, G_MAXUINT, &changed, &sts, &error)) {
     g_clear_pointer(conn, imap_conn_close);
     return;
   }

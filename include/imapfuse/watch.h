@@ -21,9 +21,9 @@ typedef struct Watch Watch;
 Watch *watch_new(const ImapEndpoint *ep, Dircache *dc, guint interval_s);
 void watch_free(Watch *w);
 /* Loads the lists the last mount saved and confirms, on connection c, with
- * pipelined STATUS (eight mailboxes a round trip), those that are still
- * exact: opening their directories then costs no round trip.  The others
- * are left for the watcher's first round or the first opendir. */
+ * pipelined STATUS (eight mailboxes a round trip, 64 mailboxes at most),
+ * those that are still exact: opening their directories then costs no
+ * round trip.  The others are checked at their first opendir. */
 gboolean watch_confirm_saved(Dircache *dc, ImapConn *c, GError **error);
 
 /* Number of completed rounds (tests, diagnostics). */

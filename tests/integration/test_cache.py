@@ -371,6 +371,30 @@ def test_remount_confirms_saved_listings_with_status(mount, empty_dovecot, env, 
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_mount_confirms_at_most_64_saved_listings(mount, empty_dovecot, env, tmp_path):
+    """The mount waits for the confirmation of saved lists, so it is
+    bounded (8 round trips): with 70 saved mailboxes, 64 are asked; the
+    others are checked when opened, and every listing is right."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    names = ["F%02d" % i for i in range(70)]
+    for b in names:
+        c.create(b)
+        c.append(b, None, None, _msg(b, 400))
+    c.logout()
+    cache = str(tmp_path / "cache")
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    for b in names:
+        assert len(_listing(os.path.join(m.path, b))) == 1
+    m.unmount()
+    m2 = mount(dv, "cache_dir=" + cache, "imap_debug", env=env)
+    status = [c for c in _commands(m2) if c.startswith("STATUS")]
+    assert len(status) == 64, len(status)
+    for b in names:
+        assert len(_listing(os.path.join(m2.path, b))) == 1
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
 def test_watcher_polls_only_mailboxes_looked_at(mount, empty_dovecot, env, tmp_path):
     """Saved lists are confirmed once at mount; later rounds ask STATUS only
     of the mailboxes opened in this mount (not of every one a past mount
