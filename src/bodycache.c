@@ -48,6 +48,7 @@
 #include "imapfuse/cmd.h"
 #include "imapfuse/diskcache.h"
 #include "imapfuse/errors.h"
+#include "imapfuse/heap.h"
 
 #define BC_WHOLE G_MAXUINT64
 #define BC_BATCH_MIN 8
@@ -55,6 +56,7 @@
 #define BC_BATCH_BYTES_MAX (4u << 20)
 #define BC_DISK_QUEUE_MAX (8u << 20)
 #define BC_COUNT_MAX (1u << 20) /* a message counts this much at most against the window */
+#define BC_RESERVE_EXTRA (16u << 20) /* beyond mem_bytes: batches being received, FUSE buffers */
 
 typedef struct {
   char *key;
@@ -109,6 +111,7 @@ struct Bodycache {
   gint64 scan_time;         /* was scheduled: the next mailbox's scan goes on from it */
   GThreadPool *disk_writer; /* write-behind: disk writes off the fetch path */
   guint64 disk_queued;      /* bytes waiting for disk_writer */
+  gint heap_reserved;       /* the first batch faulted in the memory scans use */
   BodycacheStats stats;
 };
 
@@ -550,6 +553,10 @@ static void bc_batch_run(gpointer data, gpointer user) {
   Bodycache *bc = user;
   BcBatchCtx ctx = {bc, b};
   g_autoptr(GError) error = NULL;
+  /* A scan fills the memory LRU: fault it in at once, not page by page
+   * under the reader (see heap.h). */
+  if (g_atomic_int_compare_and_exchange(&bc->heap_reserved, 0, 1))
+    heap_reserve(bc->opts.mem_bytes + BC_RESERVE_EXTRA);
   if (b->from_disk) {
     /* Warm scans: the disk reads happen here, ahead of the reader, not in
      * its FUSE requests. */

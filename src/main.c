@@ -10,7 +10,6 @@
 #include <glib.h>
 #include <errno.h>
 #include <locale.h>
-#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -22,6 +21,7 @@
 #include "imapfuse/diskcache.h"
 #include "imapfuse/errors.h"
 #include "imapfuse/fs.h"
+#include "imapfuse/heap.h"
 #include "imapfuse/notify.h"
 #include "imapfuse/options.h"
 #include "imapfuse/pool.h"
@@ -78,12 +78,7 @@ static gboolean main_confirm_op(ImapConn *c, gpointer user, GError **error) {
 int main(int argc, char *argv[]) {
   setlocale(LC_ALL, "");
   signal(SIGPIPE, SIG_IGN); /* a dead TLS peer must be an error, not a kill */
-  /* Message buffers come and go by the thousand, many over glibc's mmap
-   * threshold: each would be a fresh mmap (page faults, then a munmap with
-   * TLB shootdowns) and freed heap would be trimmed and faulted in again.
-   * Memory stays bounded by cache_mem and readahead, so keep it mapped. */
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 32 << 20);
+  heap_setup();
   struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
   IfsOptions o;
   struct fuse_cmdline_opts fo = {0};
