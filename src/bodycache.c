@@ -36,7 +36,11 @@
  *  - a closed message goes to the cold end of the LRU (the kernel keeps
  *    its pages); a re-opened one schedules nothing (a second pass);
  *  - scheduling resumes where it stopped (front) and sizes the window
- *    with prefix sums (cum), so a scan costs O(1) per open.
+ *    with prefix sums (cum), so a scan costs O(1) per open;
+ *  - a scan that has claimed the last message of a mailbox primes the
+ *    mailbox a readdir-order walk reads next: its listing and a first
+ *    batch of half a window, fetched while the reader finishes (else two
+ *    round trips a folder: opendir's listing, then the first batch).
  *
  * Locks: bc->lock protects the table, the LRU, in-flight entries and the
  * streams; it is never held across I/O or while waiting on the pool.
@@ -81,6 +85,8 @@ typedef struct {
   guint64 *cum[2];  /* [o][r]: bytes of the first r messages in order o (each
                      * counted up to a chunk: larger ones are read on demand) */
   gint64 front[2][2]; /* [o][dir < 0]: where the last schedule stopped looking */
+  gboolean primed;  /* claimed ahead by the previous mailbox's scan; no reader yet */
+  gboolean next_asked; /* this scan asked for the next mailbox to be primed */
   guint batch;      /* messages per batch now */
   guint running;    /* batches in flight */
   gint64 last_open; /* monotonic us */
@@ -93,6 +99,7 @@ typedef struct {
   GArray *uids; /* guint32 */
   GHashTable *big; /* uid -> its number of chunks, for messages over chunk_bytes */
   gboolean from_disk; /* read them from the disk cache into memory */
+  gboolean prime_next; /* no UIDs: prime the mailbox read after this one */
 } BcBatch;
 
 struct Bodycache {
@@ -548,9 +555,16 @@ static void bc_batch_free(BcBatch *b) {
   g_free(b);
 }
 
+static void bc_prime_next(Bodycache *bc, const char *mailbox);
+
 static void bc_batch_run(gpointer data, gpointer user) {
   BcBatch *b = data;
   Bodycache *bc = user;
+  if (b->prime_next) {
+    bc_prime_next(bc, b->mailbox);
+    bc_batch_free(b);
+    return;
+  }
   BcBatchCtx ctx = {bc, b};
   g_autoptr(GError) error = NULL;
   /* A scan fills the memory LRU: fault it in at once, not page by page
@@ -670,6 +684,19 @@ static void _bc_stream_take(BcStream *s, const DcListing *l) {
   }
 }
 
+/* _bc_stream_get: caller holds the lock.  The stream of mailbox, on
+ * listing l. */
+static BcStream *_bc_stream_get(Bodycache *bc, const char *mailbox, const DcListing *l) {
+  BcStream *s = g_hash_table_lookup(bc->streams, mailbox);
+  if (s == NULL) {
+    s = g_new0(BcStream, 1);
+    g_hash_table_insert(bc->streams, g_strdup(mailbox), s);
+  }
+  if (s->msgs != l->msgs || s->uidvalidity != l->uidvalidity)
+    _bc_stream_take(s, l);
+  return s;
+}
+
 /* Position p in order o (0: UID order, 1: file-name order) -> index. */
 static guint bc_at(const BcStream *s, int o, guint p) { return o == 0 ? p : s->by_name[p]; }
 static guint bc_pos(const BcStream *s, int o, guint i) { return o == 0 ? i : s->rank[i]; }
@@ -677,8 +704,17 @@ static guint bc_pos(const BcStream *s, int o, guint i) { return o == 0 ? i : s->
 /* _bc_schedule: caller holds the lock.  The reader opened index i and is
  * walking in order o, direction dir (+1/-1): keep readahead_bytes fetched
  * or in flight ahead of it, in batches. */
+static BcBatch *bc_batch_new(Bodycache *bc, const char *mailbox, guint32 uidvalidity) {
+  BcBatch *b = g_new0(BcBatch, 1);
+  b->bc = bc;
+  b->mailbox = g_strdup(mailbox);
+  b->uidvalidity = uidvalidity;
+  b->uids = g_array_new(FALSE, FALSE, sizeof(guint32));
+  return b;
+}
+
 static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o, guint i,
-                         int dir, gboolean with_i) {
+                         int dir, gboolean with_i, guint64 window) {
   gint64 n = s->msgs->len;
   gint64 p0 = (gint64)bc_pos(s, o, i) + (with_i ? 0 : dir); /* first one ahead of the reader */
   /* Resume where the last schedule in this direction stopped looking
@@ -697,21 +733,17 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
   guint max_batch = dir > 0 ? BC_BATCH_MAX : BC_BATCH_MAX / 4; /* servers answer in UID order */
   /* Top up only once half the window is free: topping up at every open
    * sends a batch of one message per message read (a command each). */
-  gboolean refill = ahead * 2 <= bc->opts.readahead_bytes;
-  while (refill && p >= 0 && p < n && ahead < bc->opts.readahead_bytes &&
+  gboolean refill = ahead * 2 <= window;
+  while (refill && p >= 0 && p < n && ahead < window &&
          s->running < MAX(1, bc->opts.readahead_threads)) {
     BcBatch *b[2]; /* [0] from the server, [1] from the disk cache */
     for (int t = 0; t < 2; t++) {
-      b[t] = g_new0(BcBatch, 1);
-      b[t]->bc = bc;
-      b[t]->mailbox = g_strdup(mailbox);
-      b[t]->uidvalidity = s->uidvalidity;
-      b[t]->uids = g_array_new(FALSE, FALSE, sizeof(guint32));
+      b[t] = bc_batch_new(bc, mailbox, s->uidvalidity);
       b[t]->from_disk = t == 1;
     }
     guint64 bytes = 0;
     for (; p >= 0 && p < n && b[0]->uids->len + b[1]->uids->len < MIN(s->batch, max_batch) &&
-           bytes < BC_BATCH_BYTES_MAX && ahead + bytes < bc->opts.readahead_bytes;
+           bytes < BC_BATCH_BYTES_MAX && ahead + bytes < window;
          p += dir) {
       guint k = bc_at(s, o, (guint)p);
       if (s->state[k] != BC_NONE)
@@ -763,6 +795,47 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
   bc->scan_time = g_get_monotonic_time();
 }
 
+/* _bc_maybe_prime_next: caller holds the lock.  A forward scan in mailbox
+ * has claimed everything up to the end: have a worker prime the mailbox
+ * read next (once per scan). */
+static void _bc_maybe_prime_next(Bodycache *bc, const char *mailbox, BcStream *s, int o) {
+  if (bc->opts.dc == NULL || s->next_asked || s->front[o][0] < (gint64)s->msgs->len)
+    return;
+  s->next_asked = TRUE;
+  BcBatch *b = bc_batch_new(bc, mailbox, s->uidvalidity);
+  b->prime_next = TRUE;
+  g_thread_pool_push(bc->workers, b, NULL);
+}
+
+/* On a worker: the listing of the mailbox read after mailbox (a round
+ * trip unless fresh), then a first batch of half a window, claimed so
+ * that the reader's first open there waits for it instead of asking. */
+static void bc_prime_next(Bodycache *bc, const char *mailbox) {
+  DcNode *x = dircache_find_mailbox(bc->opts.dc, mailbox);
+  DcNode *y = x != NULL ? dircache_walk_next(bc->opts.dc, x) : NULL;
+  if (y == NULL)
+    return;
+  DcListing l;
+  g_autoptr(GError) error = NULL;
+  if (!dircache_listing(bc->opts.dc, y, bc->opts.list_max_age_us, &l, &error)) {
+    g_debug("read-ahead into %s: %s", dcnode_mailbox(y), error->message);
+    return;
+  }
+  const char *next = dcnode_mailbox(y);
+  gint64 now = g_get_monotonic_time();
+  g_mutex_lock(&bc->lock);
+  BcStream *s = l.msgs != NULL && l.msgs->len > 0 ? _bc_stream_get(bc, next, &l) : NULL;
+  /* Not where a reader is already (rg walks folders in parallel). */
+  if (s != NULL && s->state[0] == BC_NONE && now - s->last_open > 5 * G_USEC_PER_SEC) {
+    s->batch = MAX(bc->scan_batch, BC_BATCH_MIN);
+    s->primed = TRUE;
+    s->last_open = now;
+    _bc_schedule(bc, next, s, 0, 0, +1, TRUE, bc->opts.readahead_bytes / 2);
+  }
+  g_mutex_unlock(&bc->lock);
+  dc_listing_clear(&l);
+}
+
 void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, guint32 uid) {
   if (bc->workers == NULL || l->msgs == NULL)
     return;
@@ -771,14 +844,10 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
     return;
   gint64 now = g_get_monotonic_time();
   g_mutex_lock(&bc->lock);
-  BcStream *s = g_hash_table_lookup(bc->streams, mailbox);
-  if (s == NULL) {
-    s = g_new0(BcStream, 1);
-    g_hash_table_insert(bc->streams, g_strdup(mailbox), s);
-  }
-  if (s->msgs != l->msgs || s->uidvalidity != l->uidvalidity)
-    _bc_stream_take(s, l);
+  BcStream *s = _bc_stream_get(bc, mailbox, l);
   gboolean fresh = now - s->last_open > 5 * G_USEC_PER_SEC;
+  if (fresh)
+    s->next_asked = FALSE; /* a new scan */
   if (fresh) {
     /* A new scan starts small, unless a scan of another mailbox was
      * running just now (grep -r going from one folder to the next): then
@@ -799,17 +868,20 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
   /* Opened before: a second pass, served from the kernel's page cache
    * (keep_cache); walking the stream for it would only cost time. */
   gboolean done = s->state[i] == BC_OPENED;
-  if (fresh && s->state[i] == BC_NONE) {
+  /* A primed mailbox: the reader's first open goes on from the batch
+   * claimed for it, whichever end it starts from. */
+  if (!done && ((fresh && s->state[i] == BC_NONE) || s->primed)) {
     int dir = 0, o = 0;
     if (i == 0 || s->rank[i] == 0)
       dir = +1, o = i == 0 ? 0 : 1;
     else if (i + 1 == n)
       dir = -1;
     if (dir != 0) {
-      _bc_schedule(bc, mailbox, s, o, i, dir, TRUE);
+      _bc_schedule(bc, mailbox, s, o, i, dir, TRUE, bc->opts.readahead_bytes);
       done = TRUE;
     }
   }
+  s->primed = FALSE;
   s->state[i] = BC_OPENED;
   /* One order per open (UID order first): scheduling along both would
    * double what is held ahead of the reader. */
@@ -817,10 +889,12 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
     guint p = bc_pos(s, o, i);
     gboolean up = p > 0 && s->state[bc_at(s, o, p - 1)] == BC_OPENED;
     gboolean down = p + 1 < n && s->state[bc_at(s, o, p + 1)] == BC_OPENED;
-    if (up)
-      _bc_schedule(bc, mailbox, s, o, i, +1, FALSE);
+    if (up) {
+      _bc_schedule(bc, mailbox, s, o, i, +1, FALSE, bc->opts.readahead_bytes);
+      _bc_maybe_prime_next(bc, mailbox, s, o);
+    }
     if (down)
-      _bc_schedule(bc, mailbox, s, o, i, -1, FALSE);
+      _bc_schedule(bc, mailbox, s, o, i, -1, FALSE, bc->opts.readahead_bytes);
     done = up || down;
   }
   g_mutex_unlock(&bc->lock);

@@ -569,8 +569,9 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
 
   g_mutex_lock(&n->refresh_lock);
   g_mutex_lock(&n->lock);
-  /* Someone else fetched after we asked: that answer is fresh enough. */
-  if (n->fetched_at >= asked) {
+  /* Someone else fetched meanwhile: fresh enough if it started after we
+   * asked, or (a fetch started earlier, e.g. read-ahead's) within max_age. */
+  if (n->fetched_at != 0 && asked - n->fetched_at <= max_age_us) {
     _dc_snapshot(n, out);
     g_mutex_unlock(&n->lock);
     g_mutex_unlock(&n->refresh_lock);
@@ -829,6 +830,45 @@ static DcNode *_dc_find(DcNode *n, const char *mailbox) {
       return found;
   }
   return NULL;
+}
+
+/* _dc_next_child: caller holds tree_lock.  The present child of n first
+ * in name order after the name after (NULL: the first one), or NULL. */
+static DcNode *_dc_next_child(DcNode *n, const char *after) {
+  DcNode *best = NULL;
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, n->children);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    DcNode *c = v;
+    if (c->present && (after == NULL || strcmp(c->name, after) > 0) &&
+        (best == NULL || strcmp(c->name, best->name) < 0))
+      best = c;
+  }
+  return best;
+}
+
+DcNode *dircache_walk_next(Dircache *dc, DcNode *n) {
+  g_mutex_lock(&dc->tree_lock);
+  DcNode *cur = n;
+  /* Bounded: a tree being renamed meanwhile must not loop forever. */
+  for (guint steps = 0; cur != NULL && steps < 4096; steps++) {
+    DcNode *parent = cur->parent;
+    DcNode *sib = parent != NULL ? _dc_next_child(parent, cur->name) : NULL;
+    if (sib != NULL) {
+      /* Its subdirectories come first (readdir lists them before the
+       * messages), and theirs before them. */
+      for (DcNode *c = sib; c != NULL; c = _dc_next_child(sib, NULL))
+        sib = c;
+      cur = sib;
+    } else {
+      cur = parent != NULL && parent->parent != NULL ? parent : NULL;
+    }
+    if (cur != NULL && cur->present && cur->selectable && cur->mailbox != NULL)
+      break;
+  }
+  g_mutex_unlock(&dc->tree_lock);
+  return cur;
 }
 
 DcNode *dircache_find_mailbox(Dircache *dc, const char *mailbox) {

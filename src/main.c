@@ -193,6 +193,9 @@ int main(int argc, char *argv[]) {
   if (o.readahead != NULL)
     options_parse_size(o.readahead, &readahead);
   account = g_strdup_printf("%s@%s:%u", ep.user, ep.host, ep.port);
+  /* While the watcher polls, its rounds confirm listings (and LIST the
+   * tree): opendir then needs no round trip of its own. */
+  double list_max_age = o.list_max_age >= 0 ? o.list_max_age : o.poll * 1.5;
   BodycacheOptions bo = {
       .mem_bytes = (guint64)o.cache_mem_mb << 20,
       .chunk_bytes = 1 << 20,
@@ -201,11 +204,10 @@ int main(int argc, char *argv[]) {
       .readahead_threads = (guint)MAX(1, o.connections - 1),
       .disk = disk,
       .account = account,
+      .dc = dc,
+      .list_max_age_us = (gint64)(list_max_age * G_USEC_PER_SEC),
   };
   bc = bodycache_new(pool, &bo);
-  /* While the watcher polls, its rounds confirm listings (and LIST the
-   * tree): opendir then needs no round trip of its own. */
-  double list_max_age = o.list_max_age >= 0 ? o.list_max_age : o.poll * 1.5;
   FsOptions fso = {
       .uid = getuid(),
       .gid = getgid(),

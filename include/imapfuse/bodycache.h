@@ -27,6 +27,12 @@ typedef struct {
   guint readahead_threads; /* connections read-ahead may use at once */
   Diskcache *disk;         /* on-disk tier, or NULL */
   const char *account;     /* disk key prefix for this account */
+  /* A scan reaching the end of a mailbox goes on into the one a walk in
+   * readdir order reads next (dircache_walk_next): its listing and first
+   * batch, before the reader gets there.  NULL: it does not.  Must
+   * outlive the bodycache. */
+  Dircache *dc;
+  gint64 list_max_age_us; /* for that listing, as opendir would ask */
 } BodycacheOptions;
 
 Bodycache *bodycache_new(Pool *pool, const BodycacheOptions *opts);

@@ -110,6 +110,11 @@ void dircache_msg_flags(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 ui
                         const char *flags);
 /* The next listing asks the server. */
 void dircache_invalidate(Dircache *dc, DcNode *n);
+/* The mailbox whose messages a depth-first walk in readdir order (grep -r,
+ * tar, find) reads after n's: readdir lists subdirectories (by name)
+ * before messages, so the leftmost leaf of n's next sibling, else n's
+ * parent.  Skips what is not selectable; NULL at the end of the tree. */
+DcNode *dircache_walk_next(Dircache *dc, DcNode *n);
 /* The node for a server mailbox name, or NULL. */
 DcNode *dircache_find_mailbox(Dircache *dc, const char *mailbox);
 

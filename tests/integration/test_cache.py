@@ -47,6 +47,16 @@ def _make_box(dv, name, msgs, flags=None):
     return uids
 
 
+def _make_boxes(dv, counts, size, step):
+    """Mailboxes {name: n}, message i of size + step * i bytes:
+    {name: {uid: bytes}}."""
+    boxes = {}
+    for name, n in counts.items():
+        msgs = [_msg("%s%d" % (name, i), size + step * i) for i in range(n)]
+        boxes[name] = dict(zip(_make_box(dv, name, msgs), msgs))
+    return boxes
+
+
 def _server_bodies(dv, name):
     c = dv.imap()
     c.select(imap_quote(name), readonly=True)
@@ -531,10 +541,7 @@ def test_scan_fetches_first_file_of_each_mailbox_in_bulk(mount, empty_dovecot, e
     no message of the scan is fetched on its own (each would cost a round
     trip)."""
     dv = empty_dovecot()
-    boxes = {}
-    for b in ("A", "B", "C"):
-        msgs = [_msg("%s%d" % (b, i), 1500 + 11 * i) for i in range(30)]
-        boxes[b] = dict(zip(_make_box(dv, b, msgs), msgs))
+    boxes = _make_boxes(dv, {"A": 30, "B": 30, "C": 30}, 1500, 11)
     m = mount(dv, "cache=none", "imap_debug", env=env)
     for b, byuid in boxes.items():
         names = os.listdir(os.path.join(m.path, b))  # listing order
@@ -728,6 +735,85 @@ def test_readahead_follows_reverse_and_name_order(mount, empty_dovecot, env, ord
     fetches = _body_fetches(m)
     assert any(re.match(r"UID FETCH \d+[:,]", c) for c in fetches), fetches
     assert len(fetches) < len(uids) / 3, fetches
+
+
+def _fetches_by_mailbox(m):
+    """(mailbox, command) for every FETCH in the trace, in order: the
+    mailbox is the one last selected on that connection."""
+    selected, out = {}, []
+    for conn, cmd in re.findall(r"imapfuse\[#(\d+)\] C: A\d+ ([^\n]*)", m.stderr_text()):
+        sel = re.match(r'(?:SELECT|EXAMINE) "?([^"]*)"?', cmd)
+        if sel:
+            selected[conn] = sel.group(1)
+        elif "FETCH" in cmd:
+            out.append((selected.get(conn), cmd))
+    return out
+
+
+def _is_listing(cmd):
+    return "RFC822.SIZE" in cmd and "BODY" not in cmd
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_scan_goes_on_into_the_next_mailbox(mount, empty_dovecot, env):
+    """grep -r and tar read a folder's subfolders before its messages
+    (readdir lists them first), by name.  A scan that has claimed the end
+    of one mailbox fetches the listing and a first batch of the mailbox
+    read next, before the reader opens it: there, opendir and the first
+    open cost no round trip (through a 20 ms link, two per folder)."""
+    dv = empty_dovecot()
+    boxes = _make_boxes(dv, {"A": 40, "B": 10, "B/C": 25, "D": 12}, 2000, 13)
+    m = mount(dv, "cache=none", "imap_debug", env=env)
+
+    def scan(name):
+        d = os.path.join(m.path, *name.split("/"))
+        files = [f for f in os.listdir(d) if f.endswith(".eml")]
+        for f in files:
+            assert _read(os.path.join(d, f)) == boxes[name][int(f[:-4])]
+        assert sorted(int(f[:-4]) for f in files) == sorted(boxes[name])
+
+    # The walk's order: A, then B's subfolder C, then B, then D.
+    for name, following in (("A", "B/C"), ("B/C", "B"), ("B", "D")):
+        scan(name)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            ahead = [c for b, c in _fetches_by_mailbox(m) if b == following]
+            if any(not _is_listing(c) for c in ahead):
+                break
+            time.sleep(0.05)
+        # Before the reader is there: its listing, and a batch of bodies.
+        assert any(_is_listing(c) for c in ahead), (name, ahead)
+        assert any("BODY.PEEK[]" in c for c in ahead), (name, ahead)
+    scan("D")
+    for name in ("B/C", "B", "D"):
+        cmds = [c for b, c in _fetches_by_mailbox(m) if b == name]
+        # opendir used the listing fetched ahead: no second one
+        assert len([c for c in cmds if _is_listing(c)]) == 1, (name, cmds)
+        # and no message of the scan was fetched on its own
+        assert not [c for c in cmds if re.match(r"UID FETCH \d+ ", c)], (name, cmds)
+    # The end of the tree: INBOX, empty, is last; nothing beyond it.
+    assert {b for b, _ in _fetches_by_mailbox(m)} <= {"A", "B", "B/C", "D", "INBOX"}
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_next_mailbox_guessed_wrong_still_reads_right(mount, empty_dovecot, env):
+    """A reader that goes elsewhere than the walk's next mailbox (rg runs
+    folders in parallel; a user picks one) gets every byte right, and a
+    lone cat primes nothing."""
+    dv = empty_dovecot()
+    boxes = _make_boxes(dv, {"A": 30, "B": 30, "C": 30}, 1800, 29)
+    m = mount(dv, "cache=none", "imap_debug", env=env)
+    first = sorted(boxes["C"])[0]
+    assert _read(os.path.join(m.path, "C", "%d.eml" % first)) == boxes["C"][first]
+    time.sleep(0.5)
+    assert "INBOX" not in {b for b, _ in _fetches_by_mailbox(m)}  # C's next: INBOX
+    for name in ("A", "B"):  # A's scan primes B, which is read backwards
+        d = os.path.join(m.path, name)
+        names = sorted(os.listdir(d), key=lambda f: int(f[:-4]), reverse=name == "B")
+        for f in names:
+            assert _read(os.path.join(d, f)) == boxes[name][int(f[:-4])]
+    fetches = [c for b, c in _fetches_by_mailbox(m) if b in ("A", "B")]
+    assert not [c for c in fetches if re.match(r"UID FETCH \d+ ", c)], fetches
 
 
 def test_sigterm_unmounts_with_status_0(mount, empty_dovecot, env):
