@@ -722,7 +722,10 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
    * passed once per scan, not once per open. */
   gint64 *front = &s->front[o][dir < 0];
   gint64 p = *front;
-  if (p < -1 || p > n || (dir > 0 ? p < p0 : p > p0))
+  /* ... unless the reader is not in the claimed run that ends there: rg's
+   * walker starts readers in several places of one folder. */
+  if (p < -1 || p > n || (dir > 0 ? p < p0 : p > p0) ||
+      (p0 >= 0 && p0 < n && s->state[bc_at(s, o, (guint)p0)] == BC_NONE))
     p = p0;
   while (p >= 0 && p < n && s->state[bc_at(s, o, (guint)p)] != BC_NONE)
     p += dir;
@@ -730,7 +733,11 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
    * the reader left behind do not. */
   const guint64 *cum = s->cum[o];
   guint64 ahead = dir > 0 ? cum[p] - cum[MIN(p0, p)] : cum[p0 + 1] - cum[MIN(p0, p) + 1];
-  guint max_batch = dir > 0 ? BC_BATCH_MAX : BC_BATCH_MAX / 4; /* servers answer in UID order */
+  /* Downwards too: a batch arrives in UID order, so the reader waits for
+   * all of it, but with batches in flight on several connections that
+   * costs less than four times the round trips (rg -j4 through 20 ms,
+   * median of 3: 2.8 -> 2.5 s). */
+  guint max_batch = BC_BATCH_MAX;
   /* Top up only once half the window is free: topping up at every open
    * sends a batch of one message per message read (a command each). */
   gboolean refill = ahead * 2 <= window;
@@ -862,15 +869,17 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
    * tar, find: readdir order; ripgrep's parallel walker also runs it
    * backwards) or in file-name order (rsync, borg, restic sort by name).
    * The first file of a mailbox at either end of those orders, opened
-   * first, is taken as the start of one: the batch then includes it, so
-   * its own fetch brings the next ones with it (a lone `cat` of it costs
-   * a few small messages more). */
+   * before anything claimed it, is taken as the start of one (also in the
+   * middle of another scan: rg starts near where its listing got to, then
+   * goes down from the last file): the batch then includes it, so its own
+   * fetch brings the next ones with it (a lone `cat` of it costs a few
+   * small messages more). */
   /* Opened before: a second pass, served from the kernel's page cache
    * (keep_cache); walking the stream for it would only cost time. */
   gboolean done = s->state[i] == BC_OPENED;
   /* A primed mailbox: the reader's first open goes on from the batch
    * claimed for it, whichever end it starts from. */
-  if (!done && ((fresh && s->state[i] == BC_NONE) || s->primed)) {
+  if (!done && (s->state[i] == BC_NONE || s->primed)) {
     int dir = 0, o = 0;
     if (i == 0 || s->rank[i] == 0)
       dir = +1, o = i == 0 ? 0 : 1;
