@@ -649,7 +649,10 @@ def test_uidvalidity_change_old_handles(mount, empty_dovecot, env):
     dv = empty_dovecot()
     old = [_msg("old-%d" % i, 40 + 5000 * i) for i in range(3)]
     uids = _make_box(dv, "Box", old)
-    m = mount(dv, env=env)
+    # No read-ahead: opening the last file starts one, which may fetch the
+    # "never read" message's own (old) bytes before the change; serving
+    # those would be right, but this is about what must come from the server.
+    m = mount(dv, "readahead=0", env=env)
     d = os.path.join(m.path, "Box")
     assert sorted(os.listdir(d)) == sorted("%d.eml" % u for u in uids)
     fd_read = os.open(os.path.join(d, "%d.eml" % uids[1]), os.O_RDONLY)
