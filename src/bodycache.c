@@ -701,9 +701,6 @@ static BcStream *_bc_stream_get(Bodycache *bc, const char *mailbox, const DcList
 static guint bc_at(const BcStream *s, int o, guint p) { return o == 0 ? p : s->by_name[p]; }
 static guint bc_pos(const BcStream *s, int o, guint i) { return o == 0 ? i : s->rank[i]; }
 
-/* _bc_schedule: caller holds the lock.  The reader opened index i and is
- * walking in order o, direction dir (+1/-1): keep readahead_bytes fetched
- * or in flight ahead of it, in batches. */
 static BcBatch *bc_batch_new(Bodycache *bc, const char *mailbox, guint32 uidvalidity) {
   BcBatch *b = g_new0(BcBatch, 1);
   b->bc = bc;
@@ -713,6 +710,9 @@ static BcBatch *bc_batch_new(Bodycache *bc, const char *mailbox, guint32 uidvali
   return b;
 }
 
+/* _bc_schedule: caller holds the lock.  The reader opened index i and is
+ * walking in order o, direction dir (+1/-1): keep readahead_bytes fetched
+ * or in flight ahead of it, in batches. */
 static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o, guint i,
                          int dir, gboolean with_i, guint64 window) {
   gint64 n = s->msgs->len;
@@ -818,22 +818,28 @@ static void _bc_maybe_prime_next(Bodycache *bc, const char *mailbox, BcStream *s
  * trip unless fresh), then a first batch of half a window, claimed so
  * that the reader's first open there waits for it instead of asking. */
 static void bc_prime_next(Bodycache *bc, const char *mailbox) {
-  DcNode *x = dircache_find_mailbox(bc->opts.dc, mailbox);
-  DcNode *y = x != NULL ? dircache_walk_next(bc->opts.dc, x) : NULL;
-  if (y == NULL)
-    return;
-  DcListing l;
-  g_autoptr(GError) error = NULL;
-  if (!dircache_listing(bc->opts.dc, y, bc->opts.list_max_age_us, &l, &error)) {
-    g_debug("read-ahead into %s: %s", dcnode_mailbox(y), error->message);
-    return;
+  DcNode *y = dircache_find_mailbox(bc->opts.dc, mailbox);
+  DcListing l = {0};
+  /* Empty mailboxes on the way get their listing (opendir then costs no
+   * round trip either) and are passed over, a few at most. */
+  for (int k = 0; k < 4 && (y = y != NULL ? dircache_walk_next(bc->opts.dc, y) : NULL); k++) {
+    g_autoptr(GError) error = NULL;
+    if (!dircache_listing(bc->opts.dc, y, bc->opts.list_max_age_us, &l, &error)) {
+      g_debug("read-ahead into %s: %s", dcnode_mailbox(y), error->message);
+      return;
+    }
+    if (l.msgs != NULL && l.msgs->len > 0)
+      break;
+    dc_listing_clear(&l);
   }
+  if (y == NULL || l.msgs == NULL)
+    return;
   const char *next = dcnode_mailbox(y);
   gint64 now = g_get_monotonic_time();
   g_mutex_lock(&bc->lock);
-  BcStream *s = l.msgs != NULL && l.msgs->len > 0 ? _bc_stream_get(bc, next, &l) : NULL;
+  BcStream *s = _bc_stream_get(bc, next, &l);
   /* Not where a reader is already (rg walks folders in parallel). */
-  if (s != NULL && s->state[0] == BC_NONE && now - s->last_open > 5 * G_USEC_PER_SEC) {
+  if (s->state[0] == BC_NONE && now - s->last_open > 5 * G_USEC_PER_SEC) {
     s->batch = MAX(bc->scan_batch, BC_BATCH_MIN);
     s->primed = TRUE;
     s->last_open = now;
@@ -853,9 +859,8 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
   g_mutex_lock(&bc->lock);
   BcStream *s = _bc_stream_get(bc, mailbox, l);
   gboolean fresh = now - s->last_open > 5 * G_USEC_PER_SEC;
-  if (fresh)
-    s->next_asked = FALSE; /* a new scan */
   if (fresh) {
+    s->next_asked = FALSE;
     /* A new scan starts small, unless a scan of another mailbox was
      * running just now (grep -r going from one folder to the next): then
      * it goes on at that pace instead of paying the ramp-up round trips

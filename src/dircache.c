@@ -867,6 +867,8 @@ DcNode *dircache_walk_next(Dircache *dc, DcNode *n) {
     if (cur != NULL && cur->present && cur->selectable && cur->mailbox != NULL)
       break;
   }
+  if (cur != NULL && !(cur->present && cur->selectable && cur->mailbox != NULL))
+    cur = NULL;
   g_mutex_unlock(&dc->tree_lock);
   return cur;
 }

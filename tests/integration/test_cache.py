@@ -780,7 +780,7 @@ def test_scan_goes_on_into_the_next_mailbox(mount, empty_dovecot, env):
     read next, before the reader opens it: there, opendir and the first
     open cost no round trip (through a 20 ms link, two per folder)."""
     dv = empty_dovecot()
-    boxes = _make_boxes(dv, {"A": 40, "B": 10, "B/C": 25, "D": 12}, 2000, 13)
+    boxes = _make_boxes(dv, {"A": 40, "B": 10, "B/C": 25, "Bz": 0, "D": 12}, 2000, 13)
     m = mount(dv, "cache=none", "imap_debug", env=env)
 
     def scan(name):
@@ -790,7 +790,8 @@ def test_scan_goes_on_into_the_next_mailbox(mount, empty_dovecot, env):
             assert _read(os.path.join(d, f)) == boxes[name][int(f[:-4])]
         assert sorted(int(f[:-4]) for f in files) == sorted(boxes[name])
 
-    # The walk's order: A, then B's subfolder C, then B, then D.
+    # The walk's order: A, then B's subfolder C, then B, then D (Bz, empty,
+    # is passed over).
     for name, following in (("A", "B/C"), ("B/C", "B"), ("B", "D")):
         scan(name)
         deadline = time.monotonic() + 10
@@ -802,15 +803,16 @@ def test_scan_goes_on_into_the_next_mailbox(mount, empty_dovecot, env):
         # Before the reader is there: its listing, and a batch of bodies.
         assert any(_is_listing(c) for c in ahead), (name, ahead)
         assert any("BODY.PEEK[]" in c for c in ahead), (name, ahead)
+    scan("Bz")
     scan("D")
-    for name in ("B/C", "B", "D"):
+    for name in ("B/C", "B", "Bz", "D"):
         cmds = [c for b, c in _fetches_by_mailbox(m) if b == name]
         # opendir used the listing fetched ahead: no second one
         assert len([c for c in cmds if _is_listing(c)]) == 1, (name, cmds)
         # and no message of the scan was fetched on its own
         assert not [c for c in cmds if re.match(r"UID FETCH \d+ ", c)], (name, cmds)
     # The end of the tree: INBOX, empty, is last; nothing beyond it.
-    assert {b for b, _ in _fetches_by_mailbox(m)} <= {"A", "B", "B/C", "D", "INBOX"}
+    assert {b for b, _ in _fetches_by_mailbox(m)} <= {"A", "B", "B/C", "Bz", "D", "INBOX"}
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
