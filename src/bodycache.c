@@ -118,7 +118,8 @@ struct Bodycache {
   gint64 scan_time;         /* was scheduled: the next mailbox's scan goes on from it */
   GThreadPool *disk_writer; /* write-behind: disk writes off the fetch path */
   guint64 disk_queued;      /* bytes waiting for disk_writer */
-  gint heap_reserved;       /* the first batch faulted in the memory scans use */
+  gint scanning;            /* a reader went on to a neighbour: a scan */
+  gint heap_reserved;       /* a batch of it faulted in the memory scans use */
   BodycacheStats stats;
 };
 
@@ -568,8 +569,10 @@ static void bc_batch_run(gpointer data, gpointer user) {
   BcBatchCtx ctx = {bc, b};
   g_autoptr(GError) error = NULL;
   /* A scan fills the memory LRU: fault it in at once, not page by page
-   * under the reader (see heap.h). */
-  if (g_atomic_int_compare_and_exchange(&bc->heap_reserved, 0, 1))
+   * under the reader (see heap.h).  Only once a reader has gone on to a
+   * neighbour: a lone cat must not cost 30 MB of resident memory. */
+  if (g_atomic_int_get(&bc->scanning) &&
+      g_atomic_int_compare_and_exchange(&bc->heap_reserved, 0, 1))
     heap_reserve(bc->opts.mem_bytes + BC_RESERVE_EXTRA);
   if (b->from_disk) {
     /* Warm scans: the disk reads happen here, ahead of the reader, not in
@@ -910,6 +913,8 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
     if (down)
       _bc_schedule(bc, mailbox, s, o, i, -1, FALSE, bc->opts.readahead_bytes);
     done = up || down;
+    if (done)
+      g_atomic_int_set(&bc->scanning, 1);
   }
   g_mutex_unlock(&bc->lock);
 }
