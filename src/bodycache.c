@@ -744,8 +744,12 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
   /* Top up only once half the window is free: topping up at every open
    * sends a batch of one message per message read (a command each). */
   gboolean refill = ahead * 2 <= window;
-  while (refill && p >= 0 && p < n && ahead < window &&
-         s->running < MAX(1, bc->opts.readahead_threads)) {
+  /* A reader whose next message nobody claimed (a second place in the
+   * folder, while the batches of the first one are all in flight) gets
+   * one batch more than the bound: else it fetches message by message
+   * until they are done. */
+  guint limit = MAX(1, bc->opts.readahead_threads) + (p == p0 ? 1 : 0);
+  while (refill && p >= 0 && p < n && ahead < window && s->running < limit) {
     BcBatch *b[2]; /* [0] from the server, [1] from the disk cache */
     for (int t = 0; t < 2; t++) {
       b[t] = bc_batch_new(bc, mailbox, s->uidvalidity);
