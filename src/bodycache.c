@@ -714,10 +714,11 @@ static BcBatch *bc_batch_new(Bodycache *bc, const char *mailbox, guint32 uidvali
 }
 
 /* _bc_schedule: caller holds the lock.  The reader opened index i and is
- * walking in order o, direction dir (+1/-1): keep readahead_bytes fetched
- * or in flight ahead of it, in batches. */
+ * walking in order o, direction dir (+1/-1): keep window bytes fetched or
+ * in flight ahead of it, in batches (at most max_batches now; 0: no
+ * bound but the per-folder one). */
 static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o, guint i,
-                         int dir, gboolean with_i, guint64 window) {
+                         int dir, gboolean with_i, guint64 window, guint max_batches) {
   gint64 n = s->msgs->len;
   gint64 p0 = (gint64)bc_pos(s, o, i) + (with_i ? 0 : dir); /* first one ahead of the reader */
   /* Resume where the last schedule in this direction stopped looking
@@ -749,7 +750,9 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
    * one batch more than the bound: else it fetches message by message
    * until they are done. */
   guint limit = MAX(1, bc->opts.readahead_threads) + (p == p0 ? 1 : 0);
-  while (refill && p >= 0 && p < n && ahead < window && s->running < limit) {
+  for (guint made = 0; refill && p >= 0 && p < n && ahead < window && s->running < limit &&
+                       (max_batches == 0 || made < max_batches);
+       made++) {
     BcBatch *b[2]; /* [0] from the server, [1] from the disk cache */
     for (int t = 0; t < 2; t++) {
       b[t] = bc_batch_new(bc, mailbox, s->uidvalidity);
@@ -850,7 +853,7 @@ static void bc_prime_next(Bodycache *bc, const char *mailbox) {
     s->batch = MAX(bc->scan_batch, BC_BATCH_MIN);
     s->primed = TRUE;
     s->last_open = now;
-    _bc_schedule(bc, next, s, 0, 0, +1, TRUE, bc->opts.readahead_bytes / 2);
+    _bc_schedule(bc, next, s, 0, 0, +1, TRUE, bc->opts.readahead_bytes / 2, 0);
   }
   g_mutex_unlock(&bc->lock);
   dc_listing_clear(&l);
@@ -898,28 +901,35 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
     else if (i + 1 == n)
       dir = -1;
     if (dir != 0) {
-      _bc_schedule(bc, mailbox, s, o, i, dir, TRUE, bc->opts.readahead_bytes);
+      /* One batch (the reader may be a lone cat; in a scan, the batch has
+       * the scan's size); the next open, a neighbour, makes it a scan. */
+      _bc_schedule(bc, mailbox, s, o, i, dir, TRUE, bc->opts.readahead_bytes,
+                   s->primed ? 0 : 1);
       done = TRUE;
     }
   }
   s->primed = FALSE;
-  s->state[i] = BC_OPENED;
   /* One order per open (UID order first): scheduling along both would
-   * double what is held ahead of the reader. */
+   * double what is held ahead of the reader.  The reader's own message,
+   * if nothing claimed it, goes in the batch: its fetch then brings the
+   * next ones (a name-order scan leaves UID order after "1.eml"). */
   for (int o = 0; o < 2 && !done; o++) {
     guint p = bc_pos(s, o, i);
     gboolean up = p > 0 && s->state[bc_at(s, o, p - 1)] == BC_OPENED;
     gboolean down = p + 1 < n && s->state[bc_at(s, o, p + 1)] == BC_OPENED;
     if (up) {
-      _bc_schedule(bc, mailbox, s, o, i, +1, FALSE, bc->opts.readahead_bytes);
+      _bc_schedule(bc, mailbox, s, o, i, +1, s->state[i] == BC_NONE, bc->opts.readahead_bytes,
+                   0);
       _bc_maybe_prime_next(bc, mailbox, s, o);
     }
     if (down)
-      _bc_schedule(bc, mailbox, s, o, i, -1, FALSE, bc->opts.readahead_bytes);
+      _bc_schedule(bc, mailbox, s, o, i, -1, s->state[i] == BC_NONE, bc->opts.readahead_bytes,
+                   0);
     done = up || down;
     if (done)
       g_atomic_int_set(&bc->scanning, 1);
   }
+  s->state[i] = BC_OPENED;
   g_mutex_unlock(&bc->lock);
 }
 
