@@ -118,6 +118,7 @@ struct Bodycache {
   gint64 scan_time;         /* was scheduled: the next mailbox's scan goes on from it */
   GThreadPool *disk_writer; /* write-behind: disk writes off the fetch path */
   guint64 disk_queued;      /* bytes waiting for disk_writer */
+  gboolean closing;         /* bodycache_free has begun: schedule nothing */
   gint scanning;            /* a reader went on to a neighbour: a scan */
   gint heap_reserved;       /* a batch of it faulted in the memory scans use */
   BodycacheStats stats;
@@ -181,8 +182,14 @@ void bodycache_start(Bodycache *bc) {
 void bodycache_free(Bodycache *bc) {
   if (bc == NULL)
     return;
+  /* Workers push batches too (read-ahead into the next mailbox): from
+   * now on nothing is scheduled, and queued batches are released without
+   * fetching (running ones finish). */
+  g_mutex_lock(&bc->lock);
+  bc->closing = TRUE;
+  g_mutex_unlock(&bc->lock);
   if (bc->workers != NULL)
-    g_thread_pool_free(bc->workers, TRUE, TRUE); /* let running batches finish */
+    g_thread_pool_free(bc->workers, FALSE, TRUE);
   if (bc->disk_writer != NULL)
     g_thread_pool_free(bc->disk_writer, FALSE, TRUE); /* write what is queued */
   g_hash_table_unref(bc->table);
@@ -561,8 +568,12 @@ static void bc_prime_next(Bodycache *bc, const char *mailbox);
 static void bc_batch_run(gpointer data, gpointer user) {
   BcBatch *b = data;
   Bodycache *bc = user;
+  g_mutex_lock(&bc->lock);
+  gboolean closing = bc->closing;
+  g_mutex_unlock(&bc->lock);
   if (b->prime_next) {
-    bc_prime_next(bc, b->mailbox);
+    if (!closing)
+      bc_prime_next(bc, b->mailbox);
     bc_batch_free(b);
     return;
   }
@@ -571,10 +582,12 @@ static void bc_batch_run(gpointer data, gpointer user) {
   /* A scan fills the memory LRU: fault it in at once, not page by page
    * under the reader (see heap.h).  Only once a reader has gone on to a
    * neighbour: a lone cat must not cost 30 MB of resident memory. */
-  if (g_atomic_int_get(&bc->scanning) &&
+  if (!closing && g_atomic_int_get(&bc->scanning) &&
       g_atomic_int_compare_and_exchange(&bc->heap_reserved, 0, 1))
     heap_reserve(bc->opts.mem_bytes + BC_RESERVE_EXTRA);
-  if (b->from_disk) {
+  if (closing) {
+    /* unmounting: release the claims below */
+  } else if (b->from_disk) {
     /* Warm scans: the disk reads happen here, ahead of the reader, not in
      * its FUSE requests. */
     for (guint i = 0; i < b->uids->len; i++) {
@@ -587,7 +600,9 @@ static void bc_batch_run(gpointer data, gpointer user) {
     g_debug("read-ahead in %s stopped: %s", b->mailbox, error->message);
   }
   g_mutex_lock(&bc->lock);
-  if (b->from_disk)
+  if (closing)
+    ;
+  else if (b->from_disk)
     bc->stats.disk_ahead += b->uids->len;
   else
     bc->stats.fetched_bulk += b->uids->len;
@@ -719,6 +734,8 @@ static BcBatch *bc_batch_new(Bodycache *bc, const char *mailbox, guint32 uidvali
  * bound but the per-folder one). */
 static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o, guint i,
                          int dir, gboolean with_i, guint64 window, guint max_batches) {
+  if (bc->closing)
+    return;
   gint64 n = s->msgs->len;
   gint64 p0 = (gint64)bc_pos(s, o, i) + (with_i ? 0 : dir); /* first one ahead of the reader */
   /* Resume where the last schedule in this direction stopped looking
@@ -816,7 +833,8 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
  * has claimed everything up to the end: have a worker prime the mailbox
  * read next (once per scan). */
 static void _bc_maybe_prime_next(Bodycache *bc, const char *mailbox, BcStream *s, int o) {
-  if (bc->opts.dc == NULL || s->next_asked || s->front[o][0] < (gint64)s->msgs->len)
+  if (bc->opts.dc == NULL || bc->closing || s->next_asked ||
+      s->front[o][0] < (gint64)s->msgs->len)
     return;
   s->next_asked = TRUE;
   BcBatch *b = bc_batch_new(bc, mailbox, s->uidvalidity);

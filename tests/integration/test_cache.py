@@ -832,6 +832,31 @@ def test_scan_goes_on_into_the_next_mailbox(mount, empty_dovecot, env):
     assert {b for b, _ in _fetches_by_mailbox(m)} <= {"A", "B", "B/C", "Bz", "D", "INBOX"}
 
 
+def test_unmount_while_reading_ahead_into_the_next_mailbox(mount, empty_dovecot, env):
+    """Unmounting right after a scan reached the end of a folder: the
+    worker priming the next one must not schedule into a pool that is
+    shutting down (it did: GLib criticals and leaked batches under ASan).
+    The fixture fails the test on any unexpected stderr line, a leak
+    report or a non-zero exit."""
+    dv = empty_dovecot()
+    boxes = _make_boxes(dv, {"A": 20}, 1500, 3)
+    # B's listing takes a while to fetch: the prime is still at it when
+    # the unmount comes.
+    c = dv.imap()
+    c.create("B")
+    small = _msg("b", 300)
+    for _ in range(400):
+        c.append("B", None, None, small)
+    c.logout()
+    for attempt in range(4):
+        m = mount(dv, "cache=none", env=env)
+        d = os.path.join(m.path, "A")
+        for f in os.listdir(d):
+            assert _read(os.path.join(d, f)) == boxes["A"][int(f[:-4])]
+        m.unmount()
+        assert m.returncode == 0
+
+
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
 def test_next_mailbox_guessed_wrong_still_reads_right(mount, empty_dovecot, env):
     """A reader that goes elsewhere than the walk's next mailbox (rg runs
