@@ -432,6 +432,10 @@ NAMES = ["with space", "Réunions ☺", 'quo"te', "back\\slash", "50% off",
          "star*", "amp&er", "{3}", "日本語"]
 
 
+# The protocol trace, attached to the report if the test fails: a rare
+# EEXIST from the second mkdir below (2 CI runs in many, never in a loop)
+# is still unexplained; the trace shows whether a CREATE went out.
+@pytest.mark.imapfuse_stderr_ok(r"imapfuse\[#\d+\] (C|S):|^    ")
 @pytest.mark.parametrize("name", NAMES)
 def test_directory_names(empty_dovecot, fs, name):
     """mkdir, cp in, mv, rm, rename, rmdir with awkward names; checked by
@@ -439,7 +443,7 @@ def test_directory_names(empty_dovecot, fs, name):
     dv = empty_dovecot()
     c = dv.imap()
     a = imap_append(c, "INBOX", make_msg("A"))
-    m = fs(dv)
+    m = fs(dv, "imap_debug")
     os.mkdir(os.path.join(m, name))
     assert wire(name) in mailboxes(c)
     d = os.path.join(m, shown(name))
