@@ -28,9 +28,13 @@
  * each saved measurable time (see test_cache.py):
  *  - the window is topped up once half of it is free, not at every open
  *    (that sent a one-message batch per message read);
- *  - the first file of a mailbox opened at either end of an order starts a
- *    scan whose batch includes it; a scan going on from another mailbox
- *    keeps its batch size (the ramp-up costs round trips);
+ *  - the first file of a mailbox opened at either end of an order sends
+ *    one batch that includes it (a lone cat costs that batch; the next
+ *    open of a neighbour makes it a scan); a scan going on from another
+ *    mailbox keeps its batch size (the ramp-up costs round trips);
+ *  - a reader that starts a second place in a folder (rg's walker) gets
+ *    a run of its own, and one batch beyond the per-folder bound if all
+ *    of the first place's batches are in flight;
  *  - messages over chunk_bytes come whole with a batch if they fit in one,
  *    handed out as chunks (else a round trip per chunk);
  *  - a closed message goes to the cold end of the LRU (the kernel keeps
@@ -41,6 +45,8 @@
  *    mailbox a readdir-order walk reads next: its listing and a first
  *    batch of half a window, fetched while the reader finishes (else two
  *    round trips a folder: opendir's listing, then the first batch).
+ * Workers schedule too (that priming), so once bodycache_free begins
+ * nothing is scheduled and queued batches only release their claims.
  *
  * Locks: bc->lock protects the table, the LRU, in-flight entries and the
  * streams; it is never held across I/O or while waiting on the pool.
