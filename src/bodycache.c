@@ -828,7 +828,10 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
       s->running++;
       g_thread_pool_push(bc->workers, b[t], NULL);
     }
-    s->batch = MIN(s->batch * 2, BC_BATCH_MAX);
+    /* Doubles while the reader keeps consuming; a one-batch first open
+     * has not shown that yet. */
+    if (max_batches != 1)
+      s->batch = MIN(s->batch * 2, BC_BATCH_MAX);
   }
   *front = p;
   bc->scan_batch = s->batch;
