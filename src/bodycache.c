@@ -67,6 +67,7 @@
 #define BC_DISK_QUEUE_MAX (8u << 20)
 #define BC_COUNT_MAX (1u << 20) /* a message counts this much at most against the window */
 #define BC_RESERVE_EXTRA (16u << 20) /* beyond mem_bytes: batches being received, FUSE buffers */
+#define BC_SCAN_GAP_US (5 * G_USEC_PER_SEC) /* a folder's opens further apart: a new scan */
 
 typedef struct {
   char *key;
@@ -583,35 +584,32 @@ static void bc_batch_run(gpointer data, gpointer user) {
     bc_batch_free(b);
     return;
   }
-  BcBatchCtx ctx = {bc, b};
-  g_autoptr(GError) error = NULL;
-  /* A scan fills the memory LRU: fault it in at once, not page by page
-   * under the reader (see heap.h).  Only once a reader has gone on to a
-   * neighbour: a lone cat must not cost 30 MB of resident memory. */
-  if (!closing && g_atomic_int_get(&bc->scanning) &&
-      g_atomic_int_compare_and_exchange(&bc->heap_reserved, 0, 1))
-    heap_reserve(bc->opts.mem_bytes + BC_RESERVE_EXTRA);
-  if (closing) {
-    /* unmounting: release the claims below */
-  } else if (b->from_disk) {
-    /* Warm scans: the disk reads happen here, ahead of the reader, not in
-     * its FUSE requests. */
-    for (guint i = 0; i < b->uids->len; i++) {
-      guint32 uid = g_array_index(b->uids, guint32, i);
-      g_autoptr(GBytes) bytes = bc_disk_get(bc, b->mailbox, b->uidvalidity, uid, BC_WHOLE);
-      if (bytes != NULL)
-        bc_deliver(bc, b->mailbox, b->uidvalidity, uid, BC_WHOLE, bytes, FALSE);
+  /* Unmounting: no fetch, only the claims released below. */
+  if (!closing) {
+    /* A scan fills the memory LRU: fault it in at once, not page by page
+     * under the reader (see heap.h).  Only once a reader has gone on to a
+     * neighbour: a lone cat must not cost 30 MB of resident memory. */
+    if (g_atomic_int_get(&bc->scanning) &&
+        g_atomic_int_compare_and_exchange(&bc->heap_reserved, 0, 1))
+      heap_reserve(bc->opts.mem_bytes + BC_RESERVE_EXTRA);
+    BcBatchCtx ctx = {bc, b};
+    g_autoptr(GError) error = NULL;
+    if (b->from_disk) {
+      /* Warm scans: the disk reads happen here, ahead of the reader, not
+       * in its FUSE requests. */
+      for (guint i = 0; i < b->uids->len; i++) {
+        guint32 uid = g_array_index(b->uids, guint32, i);
+        g_autoptr(GBytes) bytes = bc_disk_get(bc, b->mailbox, b->uidvalidity, uid, BC_WHOLE);
+        if (bytes != NULL)
+          bc_deliver(bc, b->mailbox, b->uidvalidity, uid, BC_WHOLE, bytes, FALSE);
+      }
+    } else if (!pool_run(bc->pool, b->mailbox, TRUE, bc_batch_op, &ctx, &error)) {
+      g_debug("read-ahead in %s stopped: %s", b->mailbox, error->message);
     }
-  } else if (!pool_run(bc->pool, b->mailbox, TRUE, bc_batch_op, &ctx, &error)) {
-    g_debug("read-ahead in %s stopped: %s", b->mailbox, error->message);
   }
   g_mutex_lock(&bc->lock);
-  if (closing)
-    ;
-  else if (b->from_disk)
-    bc->stats.disk_ahead += b->uids->len;
-  else
-    bc->stats.fetched_bulk += b->uids->len;
+  if (!closing)
+    *(b->from_disk ? &bc->stats.disk_ahead : &bc->stats.fetched_bulk) += b->uids->len;
   /* Whatever the batch did not deliver (expunged, failure) is released. */
   for (guint i = 0; i < b->uids->len; i++) {
     guint32 uid = g_array_index(b->uids, guint32, i);
@@ -876,7 +874,7 @@ static void bc_prime_next(Bodycache *bc, const char *mailbox) {
   g_mutex_lock(&bc->lock);
   BcStream *s = _bc_stream_get(bc, next, &l);
   /* Not where a reader is already (rg walks folders in parallel). */
-  if (s->state[0] == BC_NONE && now - s->last_open > 5 * G_USEC_PER_SEC) {
+  if (s->state[0] == BC_NONE && now - s->last_open > BC_SCAN_GAP_US) {
     s->batch = MAX(bc->scan_batch, BC_BATCH_MIN);
     s->primed = TRUE;
     s->last_open = now;
@@ -895,7 +893,7 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
   gint64 now = g_get_monotonic_time();
   g_mutex_lock(&bc->lock);
   BcStream *s = _bc_stream_get(bc, mailbox, l);
-  gboolean fresh = now - s->last_open > 5 * G_USEC_PER_SEC;
+  gboolean fresh = now - s->last_open > BC_SCAN_GAP_US;
   if (fresh) {
     s->next_asked = FALSE;
     /* A new scan starts small, unless a scan of another mailbox was
