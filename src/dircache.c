@@ -850,9 +850,9 @@ static DcNode *_dc_next_child(DcNode *n, const char *after) {
 
 DcNode *dircache_walk_next(Dircache *dc, DcNode *n) {
   g_mutex_lock(&dc->tree_lock);
-  DcNode *cur = n;
+  DcNode *cur = n, *found = NULL;
   /* Bounded: a tree being renamed meanwhile must not loop forever. */
-  for (guint steps = 0; cur != NULL && steps < 4096; steps++) {
+  for (guint steps = 0; cur != NULL && found == NULL && steps < 4096; steps++) {
     DcNode *parent = cur->parent;
     DcNode *sib = parent != NULL ? _dc_next_child(parent, cur->name) : NULL;
     if (sib != NULL) {
@@ -865,12 +865,10 @@ DcNode *dircache_walk_next(Dircache *dc, DcNode *n) {
       cur = parent != NULL && parent->parent != NULL ? parent : NULL;
     }
     if (cur != NULL && cur->present && cur->selectable && cur->mailbox != NULL)
-      break;
+      found = cur;
   }
-  if (cur != NULL && !(cur->present && cur->selectable && cur->mailbox != NULL))
-    cur = NULL;
   g_mutex_unlock(&dc->tree_lock);
-  return cur;
+  return found;
 }
 
 DcNode *dircache_find_mailbox(Dircache *dc, const char *mailbox) {
@@ -894,7 +892,6 @@ void dircache_flush(Dircache *dc) {
   /* At unmount: no other thread runs, so no locks are needed. */
   _dc_flush(dc, dc->root);
 }
-
 
 static void _dc_selectable(DcNode *n, GPtrArray *out) {
   if (n->mailbox != NULL && n->present && n->selectable)
