@@ -41,6 +41,10 @@
  *    its pages); a re-opened one schedules nothing (a second pass);
  *  - scheduling resumes where it stopped (front) and sizes the window
  *    with prefix sums (cum), so a scan costs O(1) per open;
+ *  - a batch hands its bodies to the disk writer 1 MiB at a time, and a
+ *    delivery wakes waiters only if there are any (a job and a broadcast
+ *    per message were two futex calls each: daemon CPU 1.24 -> 1.09 s in
+ *    a cold grep of 10,000 messages);
  *  - a scan that has claimed the last message of a mailbox primes the
  *    mailbox a readdir-order walk reads next: its listing and a first
  *    batch of half a window, fetched while the reader finishes (else two
@@ -285,80 +289,109 @@ static GBytes *bc_disk_get(Bodycache *bc, const char *mailbox, guint32 uidvalidi
   return diskcache_get(bc->opts.disk, group, name);
 }
 
+/* Disk writes of one group, queued as one job: a job per message cost two
+ * futex calls and a thread wake-up each (a quarter of a cold scan's system
+ * calls).  A batch hands its bodies over every BC_DISK_JOB_BYTES. */
+#define BC_DISK_JOB_BYTES (1u << 20)
 typedef struct {
-  char *group, *name;
-  GBytes *bytes;
+  char *group;
+  GPtrArray *names; /* char*, parallel to datas */
+  GPtrArray *datas; /* GBytes* */
+  gsize bytes;
 } BcDiskJob;
 
-static void bc_disk_write(Bodycache *bc, const char *group, const char *name, GBytes *bytes) {
-  g_autoptr(GError) error = NULL;
-  if (!diskcache_put(bc->opts.disk, group, name, bytes, &error))
-    g_debug("disk cache: %s", error->message);
+static BcDiskJob *bc_disk_job_new(Bodycache *bc, const char *mailbox, guint32 uidvalidity) {
+  BcDiskJob *j = g_new0(BcDiskJob, 1);
+  j->group = bc_disk_group(bc, mailbox, uidvalidity);
+  j->names = g_ptr_array_new_with_free_func(g_free);
+  j->datas = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+  return j;
+}
+
+static void bc_disk_job_add(BcDiskJob *j, guint32 uid, guint64 chunk, GBytes *bytes) {
+  g_ptr_array_add(j->names, bc_disk_name(uid, chunk));
+  g_ptr_array_add(j->datas, g_bytes_ref(bytes));
+  j->bytes += g_bytes_get_size(bytes);
 }
 
 static void bc_disk_job_free(BcDiskJob *j) {
   g_free(j->group);
-  g_free(j->name);
-  g_bytes_unref(j->bytes);
+  g_ptr_array_unref(j->names);
+  g_ptr_array_unref(j->datas);
   g_free(j);
+}
+
+static void bc_disk_write(Bodycache *bc, BcDiskJob *j) {
+  for (guint i = 0; i < j->names->len; i++) {
+    g_autoptr(GError) error = NULL;
+    if (!diskcache_put(bc->opts.disk, j->group, j->names->pdata[i], j->datas->pdata[i], &error))
+      g_debug("disk cache: %s", error->message);
+  }
 }
 
 static void bc_disk_job(gpointer data, gpointer user) {
   BcDiskJob *j = data;
   Bodycache *bc = user;
-  bc_disk_write(bc, j->group, j->name, j->bytes);
+  bc_disk_write(bc, j);
   g_mutex_lock(&bc->lock);
-  bc->disk_queued -= g_bytes_get_size(j->bytes);
+  bc->disk_queued -= j->bytes;
   g_mutex_unlock(&bc->lock);
   bc_disk_job_free(j);
 }
 
 /* Writes go to a thread of their own, so that a slow disk does not slow
- * the connection streaming bodies in; past a bound, the writer waits. */
-static void bc_disk_put(Bodycache *bc, const char *mailbox, guint32 uidvalidity, guint32 uid,
-                        guint64 chunk, GBytes *bytes) {
-  if (bc->opts.disk == NULL)
+ * the connection streaming bodies in; past a bound, the writer waits.
+ * Takes j (NULL or empty: nothing to write). */
+static void bc_disk_put(Bodycache *bc, BcDiskJob *j) {
+  if (j == NULL)
     return;
-  BcDiskJob *j = g_new0(BcDiskJob, 1);
-  j->group = bc_disk_group(bc, mailbox, uidvalidity);
-  j->name = bc_disk_name(uid, chunk);
-  j->bytes = g_bytes_ref(bytes);
-  gsize n = g_bytes_get_size(bytes);
+  if (bc->opts.disk == NULL || j->names->len == 0) {
+    bc_disk_job_free(j);
+    return;
+  }
   g_mutex_lock(&bc->lock);
-  gboolean queue = bc->disk_writer != NULL && bc->disk_queued + n <= BC_DISK_QUEUE_MAX;
+  gboolean queue = bc->disk_writer != NULL && bc->disk_queued + j->bytes <= BC_DISK_QUEUE_MAX;
   if (queue)
-    bc->disk_queued += n;
+    bc->disk_queued += j->bytes;
   g_mutex_unlock(&bc->lock);
   if (queue) {
     g_thread_pool_push(bc->disk_writer, j, NULL);
     return;
   }
-  bc_disk_write(bc, j->group, j->name, j->bytes);
+  bc_disk_write(bc, j);
   bc_disk_job_free(j);
 }
 
-/* Store fetched bytes in both tiers and release anyone waiting for them. */
+/* _bc_inflight_finish: caller holds the lock.  Ends the in-flight entry
+ * of key, if any, with bytes (NULL: it delivered nothing, and its waiters
+ * fetch for themselves).  Wakes waiters only if there are any: GLib's
+ * GCond makes a system call per broadcast. */
+static void _bc_inflight_finish(Bodycache *bc, const char *key, GBytes *bytes) {
+  BcInflight *f = g_hash_table_lookup(bc->inflight, key);
+  if (f == NULL || f->done)
+    return;
+  f->done = TRUE;
+  f->bytes = bytes != NULL ? g_bytes_ref(bytes) : NULL;
+  g_hash_table_remove(bc->inflight, key);
+  if (g_atomic_int_get(&f->refs) > 1)
+    g_cond_broadcast(&bc->cond); /* waiters hold the other references */
+  if (g_atomic_int_dec_and_test(&f->refs)) {
+    if (f->bytes != NULL)
+      g_bytes_unref(f->bytes);
+    g_free(f);
+  }
+}
+
+/* Store fetched bytes in memory and release anyone waiting for them. */
 static void bc_deliver(Bodycache *bc, const char *mailbox, guint32 uidvalidity, guint32 uid,
-                       guint64 chunk, GBytes *bytes, gboolean to_disk) {
+                       guint64 chunk, GBytes *bytes) {
   g_autofree char *key = bc_key(mailbox, uidvalidity, uid, chunk);
   GSList *dead = NULL;
   g_mutex_lock(&bc->lock);
   _bc_mem_put(bc, key, bytes, &dead);
-  BcInflight *f = g_hash_table_lookup(bc->inflight, key);
-  if (f != NULL && !f->done) {
-    f->done = TRUE;
-    f->bytes = g_bytes_ref(bytes);
-    g_hash_table_remove(bc->inflight, key);
-    if (g_atomic_int_dec_and_test(&f->refs)) {
-      g_bytes_unref(f->bytes);
-      g_free(f);
-    }
-    g_cond_broadcast(&bc->cond);
-  }
+  _bc_inflight_finish(bc, key, bytes);
   g_mutex_unlock(&bc->lock);
   bc_entries_free(dead);
-  if (to_disk)
-    bc_disk_put(bc, mailbox, uidvalidity, uid, chunk, bytes);
 }
 
 /* _bc_inflight_begin: caller holds the lock.  Registers a fetch of key
@@ -367,19 +400,6 @@ static void _bc_inflight_begin(Bodycache *bc, char *key) {
   BcInflight *f = g_new0(BcInflight, 1);
   f->refs = 1;
   g_hash_table_insert(bc->inflight, key, f);
-}
-
-/* _bc_inflight_end: caller holds the lock.  Ends an entry that delivered
- * nothing, so its waiters fetch for themselves. */
-static void _bc_inflight_end(Bodycache *bc, const char *key) {
-  BcInflight *f = g_hash_table_lookup(bc->inflight, key);
-  if (f == NULL)
-    return;
-  f->done = TRUE;
-  g_hash_table_remove(bc->inflight, key);
-  if (g_atomic_int_dec_and_test(&f->refs))
-    g_free(f);
-  g_cond_broadcast(&bc->cond);
 }
 
 /* ---- single fetches ---- */
@@ -461,7 +481,7 @@ static GBytes *bc_chunk(Bodycache *bc, const char *mailbox, guint32 uidvalidity,
     g_mutex_lock(&bc->lock);
     bc->stats.disk_hits++;
     g_mutex_unlock(&bc->lock);
-    bc_deliver(bc, mailbox, uidvalidity, uid, chunk, disk, FALSE);
+    bc_deliver(bc, mailbox, uidvalidity, uid, chunk, disk);
     return disk;
   }
   BcFetch fe = {.mailbox = mailbox, .uidvalidity = uidvalidity, .uid = uid};
@@ -475,11 +495,14 @@ static GBytes *bc_chunk(Bodycache *bc, const char *mailbox, guint32 uidvalidity,
   bc->stats.fetched_single++;
   bc->stats.wait_us += (guint64)(g_get_monotonic_time() - t0);
   if (!ok)
-    _bc_inflight_end(bc, key);
+    _bc_inflight_finish(bc, key, NULL);
   g_mutex_unlock(&bc->lock);
   if (!ok)
     return NULL;
-  bc_deliver(bc, mailbox, uidvalidity, uid, chunk, fe.out, TRUE);
+  bc_deliver(bc, mailbox, uidvalidity, uid, chunk, fe.out);
+  BcDiskJob *j = bc_disk_job_new(bc, mailbox, uidvalidity);
+  bc_disk_job_add(j, uid, chunk, fe.out);
+  bc_disk_put(bc, j);
   return fe.out;
 }
 
@@ -524,13 +547,26 @@ GBytes *bodycache_read(Bodycache *bc, const char *mailbox, guint32 uidvalidity, 
 typedef struct {
   Bodycache *bc;
   BcBatch *batch;
+  BcDiskJob *disk; /* bodies not yet handed to the disk writer */
 } BcBatchCtx;
+
+static void bc_batch_to_disk(BcBatchCtx *ctx, guint32 uid, guint64 chunk, GBytes *bytes) {
+  BcBatch *b = ctx->batch;
+  if (ctx->bc->opts.disk == NULL)
+    return;
+  if (ctx->disk == NULL)
+    ctx->disk = bc_disk_job_new(ctx->bc, b->mailbox, b->uidvalidity);
+  bc_disk_job_add(ctx->disk, uid, chunk, bytes);
+  if (ctx->disk->bytes >= BC_DISK_JOB_BYTES)
+    bc_disk_put(ctx->bc, g_steal_pointer(&ctx->disk));
+}
 
 static gboolean bc_batch_body(guint32 uid, GBytes *body, gpointer user) {
   BcBatchCtx *ctx = user;
   BcBatch *b = ctx->batch;
   if (b->big == NULL || !g_hash_table_contains(b->big, GUINT_TO_POINTER(uid))) {
-    bc_deliver(ctx->bc, b->mailbox, b->uidvalidity, uid, BC_WHOLE, body, TRUE);
+    bc_deliver(ctx->bc, b->mailbox, b->uidvalidity, uid, BC_WHOLE, body);
+    bc_batch_to_disk(ctx, uid, BC_WHOLE, body);
     return TRUE;
   }
   /* A message read in chunks, fetched whole by the scan: hand it out as
@@ -538,7 +574,8 @@ static gboolean bc_batch_body(guint32 uid, GBytes *body, gpointer user) {
   gsize n = g_bytes_get_size(body), cb = (gsize)ctx->bc->opts.chunk_bytes;
   for (gsize off = 0, k = 0; off < n || k == 0; off += cb, k++) {
     g_autoptr(GBytes) part = g_bytes_new_from_bytes(body, off, MIN(cb, n - off));
-    bc_deliver(ctx->bc, b->mailbox, b->uidvalidity, uid, k, part, TRUE);
+    bc_deliver(ctx->bc, b->mailbox, b->uidvalidity, uid, k, part);
+    bc_batch_to_disk(ctx, uid, k, part);
   }
   return TRUE;
 }
@@ -592,7 +629,7 @@ static void bc_batch_run(gpointer data, gpointer user) {
     if (g_atomic_int_get(&bc->scanning) &&
         g_atomic_int_compare_and_exchange(&bc->heap_reserved, 0, 1))
       heap_reserve(bc->opts.mem_bytes + BC_RESERVE_EXTRA);
-    BcBatchCtx ctx = {bc, b};
+    BcBatchCtx ctx = {bc, b, NULL};
     g_autoptr(GError) error = NULL;
     if (b->from_disk) {
       /* Warm scans: the disk reads happen here, ahead of the reader, not
@@ -601,11 +638,12 @@ static void bc_batch_run(gpointer data, gpointer user) {
         guint32 uid = g_array_index(b->uids, guint32, i);
         g_autoptr(GBytes) bytes = bc_disk_get(bc, b->mailbox, b->uidvalidity, uid, BC_WHOLE);
         if (bytes != NULL)
-          bc_deliver(bc, b->mailbox, b->uidvalidity, uid, BC_WHOLE, bytes, FALSE);
+          bc_deliver(bc, b->mailbox, b->uidvalidity, uid, BC_WHOLE, bytes);
       }
     } else if (!pool_run(bc->pool, b->mailbox, TRUE, bc_batch_op, &ctx, &error)) {
       g_debug("read-ahead in %s stopped: %s", b->mailbox, error->message);
     }
+    bc_disk_put(bc, g_steal_pointer(&ctx.disk));
   }
   g_mutex_lock(&bc->lock);
   if (!closing)
@@ -618,7 +656,7 @@ static void bc_batch_run(gpointer data, gpointer user) {
                                  : 0;
     for (guint64 k = 0; k < MAX(nch, 1); k++) {
       g_autofree char *key = bc_key(b->mailbox, b->uidvalidity, uid, nch > 0 ? k : BC_WHOLE);
-      _bc_inflight_end(bc, key);
+      _bc_inflight_finish(bc, key, NULL);
     }
   }
   BcStream *s = g_hash_table_lookup(bc->streams, b->mailbox);
