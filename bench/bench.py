@@ -650,11 +650,16 @@ class Bench:
         rss, tr = self.finish_mount(m, pos, label)
         return secs, notes, rss, tr, m.mount_seconds, cache
 
-    def imapfuse_step(self, port, label):
-        """c and d, through port (Dovecot's or the proxy's)."""
-        sfx = "" if label == "loopback" else "@proxy"
-        # c1: cold ls -lR; c1b: the same without extended attributes
-        for key, extra in (("cold_ls", None), ("cold_ls_noxattr", "xattr=off")):
+    def imapfuse_step(self, port, label, ro=False):
+        """c and d, through port (Dovecot's or the proxy's); with ro, h:
+        the same greps on -o ro mounts (keys "..._ro")."""
+        sfx = ("_ro" if ro else "") + ("" if label == "loopback" else "@proxy")
+        mode = "ro" if ro else None
+        if ro:
+            label += "-ro"
+        # c1: cold ls -lR; c1b: the same without extended attributes (-o ro
+        # changes nothing there: ls opens no file)
+        for key, extra in (() if ro else (("cold_ls", None), ("cold_ls_noxattr", "xattr=off"))):
             secs, notes, rss, tr, mount_s, cache = self.cold_run(
                 port, label, key + sfx, "ls", extra)
             self.cache_usage(key + sfx, cache)
@@ -667,11 +672,11 @@ class Bench:
         cold, warm, second, rsss = [], [], [], []
         for _ in range(n):
             secs, cold_notes, rss, cold_tr, cold_mount, cache = self.cold_run(
-                port, label, "cold_grep" + sfx, "grep")
+                port, label, "cold_grep" + sfx, "grep", mode)
             cold.append(secs)
             rsss.append(rss or 0)
             self.warm_server()
-            m = self.imapfuse_mount(port, cache, label)
+            m = self.imapfuse_mount(port, cache, label, extra=mode)
             warm_tag = "" if self.disk_cache else "no disk cache yet; "
             secs1, notes1, pos = self.imapfuse_op(m, "warm_grep" + sfx, "grep",
                                                   label)
@@ -697,7 +702,7 @@ class Bench:
             times = []
             for _ in range(n):
                 secs, notes, rss, tr, mount_s, cache = self.cold_run(
-                    port, label, "cold_rg" + sfx, "rg")
+                    port, label, "cold_rg" + sfx, "rg", mode)
                 self.cache_usage("cold_rg" + sfx, cache)
                 times.append(secs)
             self.record("cold_rg" + sfx, median(times), "; ".join(
@@ -859,6 +864,9 @@ SyncState *
         self.floor_step()
         say("c/d. imapfuse (loopback)")
         self.imapfuse_step(self.dv.port, "loopback")
+        if not a.skip_ro:
+            say("h. imapfuse -o ro (loopback)")
+            self.imapfuse_step(self.dv.port, "loopback", ro=True)
         say("e. grep -r over the local copy")
         self.local_step()
         if a.skip_mbsync:
@@ -874,6 +882,8 @@ SyncState *
             try:
                 self.raw_step(self.proxy_port, "proxy")
                 self.imapfuse_step(self.proxy_port, "proxy")
+                if not a.skip_ro:
+                    self.imapfuse_step(self.proxy_port, "proxy", ro=True)
             finally:
                 self.stop_proxy()
         self.total_seconds = time.monotonic() - t_start
@@ -934,21 +944,28 @@ SyncState *
 
             def plus(x, y):
                 return None if x is None or y is None else x + y
-            add("cold grep / (floor grep#1 + raw bulk), %s" % where,
-                s("cold_grep" + sfx), plus(fl1, s("raw_bulk" + sfx)), 1.25)
             add("cold ls -lR / (floor ls -lR + raw meta), %s" % where,
                 s("cold_ls" + sfx), plus(fll, s("raw_meta" + sfx)), 1.5)
             add("cold ls -lR xattr=off / (floor ls -lR + raw meta), %s" % where,
                 s("cold_ls_noxattr" + sfx), plus(fll, s("raw_meta" + sfx)), 1.5)
-            add("warm grep after remount / floor grep#1, %s" % where,
-                s("warm_grep" + sfx), fl1, 1.25,
-                status=None if self.disk_cache else "no disk cache yet")
-            add("second grep (same mount) / floor grep#2, %s" % where,
-                s("second_grep" + sfx), fl2, 1.1)
-            add("rg -j4 cold / grep cold, %s" % where,
-                s("cold_rg" + sfx), s("cold_grep" + sfx), None)
+            for m, mname in (("", ""), ("_ro", "-o ro ")):
+                if m and self.a.skip_ro:
+                    continue
+                k = lambda key: s(key + m + sfx)  # noqa: E731
+                add("%scold grep / (floor grep#1 + raw bulk), %s" % (mname, where),
+                    k("cold_grep"), plus(fl1, s("raw_bulk" + sfx)), 1.25)
+                add("%swarm grep after remount / floor grep#1, %s" % (mname, where),
+                    k("warm_grep"), fl1, 1.25,
+                    status=None if self.disk_cache else "no disk cache yet")
+                add("%ssecond grep (same mount) / floor grep#2, %s" % (mname, where),
+                    k("second_grep"), fl2, 1.1)
+                add("%srg -j4 cold / grep cold, %s" % (mname, where),
+                    k("cold_rg"), k("cold_grep"), None)
         add("rg -j4 cold / (mbsync + grep), loopback",
             s("cold_rg"), s("mbsync_total"), None)
+        if not self.a.skip_ro:
+            add("-o ro rg -j4 cold / (mbsync + grep), loopback",
+                s("cold_rg_ro"), s("mbsync_total"), None)
         return rows
 
     ROWS = [
@@ -965,6 +982,10 @@ SyncState *
         ("c", "imapfuse cold: rg -j4", "cold_rg", True),
         ("d", "imapfuse warm: grep -r after remount (cache dir kept)", "warm_grep", True),
         ("d", "imapfuse warm: second grep -r.. (same mount)", "second_grep", True),
+        ("h", "imapfuse -o ro cold: grep -r", "cold_grep_ro", True),
+        ("h", "imapfuse -o ro cold: rg -j4", "cold_rg_ro", True),
+        ("h", "imapfuse -o ro warm: grep -r after remount", "warm_grep_ro", True),
+        ("h", "imapfuse -o ro warm: second grep -r.. (same mount)", "second_grep_ro", True),
         ("e", "grep -r over the plain local copy", "local_grep", False),
         ("f", "mbsync full sync (loopback)", "mbsync", False),
         ("f", "grep -r over the mbsync maildir", "mbsync_grep", False),
@@ -1023,8 +1044,10 @@ SyncState *
         details = []
         csz = getattr(self, "cache_sizes", {})
         for key in ("cold_ls", "cold_grep", "warm_grep", "cold_rg",
+                    "cold_grep_ro", "warm_grep_ro", "cold_rg_ro",
                     "cold_ls@proxy", "cold_grep@proxy", "warm_grep@proxy",
-                    "cold_rg@proxy", "mbsync"):
+                    "cold_rg@proxy", "cold_grep_ro@proxy", "warm_grep_ro@proxy",
+                    "cold_rg_ro@proxy", "mbsync"):
             r = self.res.get(key)
             if r and r.get("traffic"):
                 extra = ""
@@ -1143,6 +1166,8 @@ def main():
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--skip-mbsync", action="store_true")
     ap.add_argument("--skip-proxy", action="store_true")
+    ap.add_argument("--skip-ro", action="store_true",
+                    help="skip h (the greps again on -o ro mounts)")
     ap.add_argument("--out", help="also write the tables as Markdown")
     ap.add_argument("--delay-ms", type=float, default=10.0,
                     help="proxy delay each way (default 10 = 20 ms RTT)")

@@ -21,6 +21,7 @@
 #   --seed S        corpus seed (default 2); the corpus is generated once per
 #                   (N, seed, generator source) and reused afterwards
 #   --skip-mbsync   skip f (mbsync)      --skip-proxy  skip g (latency proxy)
+#   --skip-ro       skip h (-o ro mounts)
 #   --out FILE      also write the tables as Markdown to FILE
 #   --delay-ms D    proxy delay each way (default 10 = 20 ms round trip)
 #   --op-timeout S  give up one measured command after S seconds (default 600)
@@ -56,6 +57,9 @@
 #   f. mbsync (isync) full sync into a fresh maildir (FSync no), grep -r on it
 #   g. a, c, d again through bench/latency_proxy.c (delay each way, default
 #      10 ms = 20 ms round trip)
+#   h. c and d's greps and rg again on -o ro mounts (the kernel sends no
+#      OPEN, FLUSH or RELEASE per file there), on loopback and through g's
+#      proxy
 # then prints a table of seconds, the ratios the project targets (PASS/FAIL)
 # and details: match counts, bytes Dovecot sent per step (from its log),
 # errors seen.  If imapfuse rejects -o cache_dir (not implemented yet), it

@@ -28,6 +28,8 @@ struct Fs {
    * RELEASE (it comes after close() returns: an unmount can overtake it). */
   GMutex handles_lock;
   GQueue dirs, files;
+  /* requests on message files (fs_counts): what a scan costs per file */
+  gint n_open, n_read, n_release, n_flush;
 };
 
 
@@ -63,6 +65,13 @@ Fs *fs_new(Dircache *dc, Bodycache *bc, Notify *notify, const FsOptions *opts) {
 void fs_start(Fs *fs) { fswrite_start(fs->w); }
 
 static void fs_handles_free(Fs *fs);
+
+void fs_counts(Fs *fs, FsCounts *out) {
+  out->open = (guint)g_atomic_int_get(&fs->n_open);
+  out->read = (guint)g_atomic_int_get(&fs->n_read);
+  out->release = (guint)g_atomic_int_get(&fs->n_release);
+  out->flush = (guint)g_atomic_int_get(&fs->n_flush);
+}
 
 void fs_free(Fs *fs) {
   if (fs != NULL) {
@@ -436,6 +445,16 @@ static void fs_handles_free(Fs *fs) {
 
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   Fs *fs = fuse_req_userdata(req);
+  g_atomic_int_inc(&fs->n_open);
+  if (fs->opts.read_only) {
+    /* Nothing can be written, so no open needs a handle: ENOSYS makes the
+     * kernel stop sending OPEN and RELEASE (and, with fs_flush, FLUSH) for
+     * every file, two of the three requests a grep -r costs per file.  The
+     * kernel then keeps page caches (keep_cache) and fs_read finds the
+     * message by its inode number. */
+    fuse_reply_err(req, ENOSYS);
+    return;
+  }
   if (fs_dir(fs, ino) != NULL) {
     fuse_reply_err(req, EISDIR);
     return;
@@ -469,14 +488,40 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   fuse_reply_open(req, fi);
 }
 
+/* A message opened without an OPEN (read-only mounts): found by its inode
+ * number at each READ.  The first READ (offset 0) counts as the open for
+ * read-ahead, the one that reaches the end as the close. */
+static gboolean fs_read_target(Fs *fs, fuse_ino_t ino, off_t off, FsFile *f, int *err) {
+  DcMsg m;
+  DcListing l;
+  if (!fs_msg(fs, ino, &f->node, &f->uidvalidity, &m, off == 0 ? &l : NULL, err))
+    return FALSE;
+  f->uid = m.uid;
+  f->size = m.size;
+  if (off == 0) {
+    bodycache_opened(fs->bc, dcnode_mailbox(f->node), &l, f->uid);
+    dc_listing_clear(&l);
+  }
+  return TRUE;
+}
+
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi) {
   Fs *fs = fuse_req_userdata(req);
+  g_atomic_int_inc(&fs->n_read);
   if (fswrite_owns(fs->w, ino)) {
     fswrite_read(req, ino, size, off, fi);
     return;
   }
-  FsFile *f = (FsFile *)(uintptr_t)fi->fh;
+  FsFile unopened = {0}, *f = (FsFile *)(uintptr_t)fi->fh;
+  if (f == NULL) {
+    int err;
+    if (!fs_read_target(fs, ino, off, &unopened, &err)) {
+      fuse_reply_err(req, err);
+      return;
+    }
+    f = &unopened;
+  }
   g_autoptr(GError) error = NULL;
   guint64 real = f->size;
   g_autoptr(GBytes) b = bodycache_read(fs->bc, dcnode_mailbox(f->node), f->uidvalidity, f->uid,
@@ -493,10 +538,13 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   gsize n;
   const void *data = g_bytes_get_data(b, &n);
   fuse_reply_buf(req, data, n);
+  if (f == &unopened && (guint64)off + n >= real)
+    bodycache_closed(fs->bc, dcnode_mailbox(f->node), f->uidvalidity, f->uid, f->size);
 }
 
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   Fs *fs = fuse_req_userdata(req);
+  g_atomic_int_inc(&fs->n_release);
   if (fswrite_owns(fs->w, ino)) {
     fswrite_release(req, ino, fi);
     return;
@@ -506,6 +554,15 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
   bodycache_closed(fs->bc, dcnode_mailbox(f->node), f->uidvalidity, f->uid, f->size);
   fs_handle_remove(fs, &fs->files, &f->link);
   g_free(f);
+}
+
+static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  Fs *fs = fuse_req_userdata(req);
+  g_atomic_int_inc(&fs->n_flush);
+  if (fs->opts.read_only)
+    fuse_reply_err(req, ENOSYS); /* never again: no FLUSH at each close */
+  else
+    fswrite_flush(req, ino, fi);
 }
 
 static void fs_statfs(fuse_req_t req, fuse_ino_t ino) {
@@ -531,7 +588,7 @@ static const struct fuse_lowlevel_ops fs_ops = {
     /* the write path: fswrite.c */
     .create = fswrite_create,
     .write = fswrite_write,
-    .flush = fswrite_flush,
+    .flush = fs_flush,
     .fsync = fswrite_fsync,
     .unlink = fswrite_unlink,
     .rename = fswrite_rename,

@@ -216,6 +216,7 @@ int main(int argc, char *argv[]) {
       .list_max_age_us = (gint64)(list_max_age * G_USEC_PER_SEC),
       .tree_max_age_us = (gint64)(MAX(o.dir_timeout, list_max_age) * G_USEC_PER_SEC),
       .lookup_tree_age_us = (gint64)(o.dir_timeout * G_USEC_PER_SEC),
+      .read_only = o.read_only,
       .write = {.pool = pool,
                 .account = account,
                 .delete_trash = g_strcmp0(o.delete_mode, "trash") == 0,
@@ -268,6 +269,10 @@ int main(int argc, char *argv[]) {
           "%u connections opened",
           bst.fetched_single, bst.fetched_bulk, bst.disk_ahead, bst.mem_hits, bst.disk_hits, bst.waits,
           bst.wait_us / 1e6, pool_opened_total(pool));
+  FsCounts fc;
+  fs_counts(fs, &fc);
+  g_debug("file requests: %u OPEN, %u READ, %u FLUSH, %u RELEASE", fc.open, fc.read, fc.flush,
+          fc.release);
 out_signals:
   fuse_remove_signal_handlers(se);
 out:

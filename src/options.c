@@ -37,6 +37,11 @@ static const struct fuse_opt options_table[] = {
     IFS_OPT("msg_timeout=%lf", msg_timeout, 0),
     IFS_OPT("dir_timeout=%lf", dir_timeout, 0),
     IFS_OPT("list_max_age=%lf", list_max_age, 0),
+    /* FUSE's own too (the kernel refuses writes); seen here for fs.c */
+    IFS_OPT("ro", read_only, 1),
+    IFS_OPT("rw", read_only, 0),
+    FUSE_OPT_KEY("ro", FUSE_OPT_KEY_KEEP),
+    FUSE_OPT_KEY("rw", FUSE_OPT_KEY_KEEP),
     FUSE_OPT_KEY("-h", KEY_HELP),
     FUSE_OPT_KEY("--help", KEY_HELP),
     FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -175,6 +180,8 @@ void options_usage(const char *prog) {
          "    -o connections=N         IMAP connections to use (default 4)\n"
          "    -o timeout=SECS          give up on a silent server after SECS (default 60)\n"
          "    -o imap_debug            trace the IMAP exchange on stderr (credentials hidden)\n"
+         "    -o ro                    read-only: changes fail with EROFS; reading costs fewer\n"
+         "                             requests per file (for grep, rg and backups)\n"
          "    -o cache=MODE            none, metadata or full (default full): what is kept on disk\n"
          "    -o cache_dir=DIR         where (default $XDG_CACHE_HOME/imapfuse/USER@HOST:PORT)\n"
          "    -o cache_size=SIZE       disk bound for message bytes (default 1G; LRU eviction)\n"

@@ -25,6 +25,7 @@ typedef struct {
   gint64 list_max_age_us;  /* opendir revalidates message lists older than this */
   gint64 tree_max_age_us;  /* LIST again when older than this on opendir of the root */
   gint64 lookup_tree_age_us; /* ... or when a name nobody knows is looked up */
+  gboolean read_only;      /* mounted -o ro: no OPEN, RELEASE or FLUSH (see fs_open) */
   FsWriteOptions write;    /* the write path (fswrite.h) */
 } FsOptions;
 
@@ -36,6 +37,12 @@ Fs *fs_new(Dircache *dc, Bodycache *bc, Notify *notify, const FsOptions *opts);
  * calling thread). */
 void fs_start(Fs *fs);
 void fs_free(Fs *fs);
+
+/* FUSE requests on files so far (for the debug summary at exit). */
+typedef struct {
+  guint open, read, release, flush;
+} FsCounts;
+void fs_counts(Fs *fs, FsCounts *out);
 /* Pass fs as the userdata of fuse_session_new(). */
 /* xattr FALSE: no extended attributes at all (user.imap.flags unavailable). */
 const struct fuse_lowlevel_ops *fs_lowlevel_ops(gboolean xattr);

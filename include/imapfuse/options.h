@@ -35,6 +35,7 @@ typedef struct {
   double msg_timeout;
   double dir_timeout;
   double list_max_age;
+  int read_only;      /* -o ro (also passed on to FUSE) */
   int show_help;
   int show_version;
 } IfsOptions;

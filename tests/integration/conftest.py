@@ -477,6 +477,14 @@ def mount(request, empty_dovecot):
     f.teardown()
 
 
+@pytest.fixture(params=["rw", "ro"])
+def rw_ro(request):
+    """Extra mount options for both modes a reader can mount in: read-write
+    (the default) and -o ro, where the kernel sends no OPEN, RELEASE or
+    FLUSH and each READ finds its message by inode number (fs.c)."""
+    return ("ro",) if request.param == "ro" else ()
+
+
 class FailFactory(_Factory):
     def __init__(self, request):
         super().__init__()

@@ -515,12 +515,12 @@ def test_parallel_mailboxes_use_several_connections(mount, empty_dovecot, env):
 # ----------------------------------------------------------- read-ahead
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
-def test_readahead_is_bulk_and_correct(mount, empty_dovecot, env):
+def test_readahead_is_bulk_and_correct(mount, empty_dovecot, env, rw_ro):
     dv = empty_dovecot()
     rnd = random.Random(7)
     msgs = [_msg("r%d" % i, rnd.choice([300, 2000, 9000, 40000])) for i in range(120)]
     uids = _make_box(dv, "Box", msgs)
-    m = mount(dv, "cache=none", "imap_debug", env=env)
+    m = mount(dv, "cache=none", "imap_debug", *rw_ro, env=env)
     d = os.path.join(m.path, "Box")
     order = sorted(uids, key=lambda u: "%d.eml" % u)  # grep -r order is readdir order
     listed = [int(f[:-4]) for f in os.listdir(d)]
@@ -558,13 +558,13 @@ def test_scan_fetches_first_file_of_each_mailbox_in_bulk(mount, empty_dovecot, e
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
-def test_lone_cat_fetches_one_small_batch(mount, empty_dovecot, env):
+def test_lone_cat_fetches_one_small_batch(mount, empty_dovecot, env, rw_ro):
     """Opening the first or the last file of a folder could be a scan
     starting, or a lone cat: one batch of 8 goes out each time, not a
     window's worth (that was 56 messages for one)."""
     dv = empty_dovecot()
     byuid = _make_boxes(dv, {"Box": 80}, 3000, 7)["Box"]
-    m = mount(dv, "cache=none", "imap_debug", env=env)
+    m = mount(dv, "cache=none", "imap_debug", *rw_ro, env=env)
     d = os.path.join(m.path, "Box")
     for u in (min(byuid), max(byuid)):
         assert _read(os.path.join(d, "%d.eml" % u)) == byuid[u]
@@ -572,6 +572,29 @@ def test_lone_cat_fetches_one_small_batch(mount, empty_dovecot, env):
     fetched = _fetched_uids(m)
     assert len(fetched) <= 2 * 8, _body_fetches(m)
     assert min(byuid) in fetched and max(byuid) in fetched
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_read_only_mount_sends_no_open_per_file(mount, empty_dovecot, env, rw_ro):
+    """Mounted -o ro, the kernel stops sending OPEN, RELEASE and FLUSH
+    after the first open (fs_open answers ENOSYS): reading a file costs
+    its READs only.  Read-write, every open is a request."""
+    dv = empty_dovecot()
+    byuid = _make_boxes(dv, {"Box": 30}, 2000, 5)["Box"]
+    m = mount(dv, "imap_debug", *rw_ro, env=env)
+    d = os.path.join(m.path, "Box")
+    for f in os.listdir(d):
+        assert _read(os.path.join(d, f)) == byuid[int(f[:-4])]
+    m.unmount()
+    counts = re.findall(r"file requests: (\d+) OPEN, (\d+) READ, (\d+) FLUSH, (\d+) RELEASE",
+                        m.stderr_text())
+    assert len(counts) == 1, m.stderr_text()[-2000:]
+    opens, reads, flushes, releases = map(int, counts[0])
+    assert reads >= 30
+    if rw_ro:
+        assert (opens, flushes, releases) == (1, 1, 0)
+    else:
+        assert opens == 30
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
@@ -623,14 +646,14 @@ def test_readahead_fits_in_small_memory(mount, empty_dovecot, env):
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
-def test_readahead_skipping_and_stopping_early(mount, empty_dovecot, env):
+def test_readahead_skipping_and_stopping_early(mount, empty_dovecot, env, rw_ro):
     dv = empty_dovecot()
     rnd = random.Random(11)
     msgs = [_msg("s%d" % i, rnd.choice([500, 5000, 20000, 1_500_000 if i % 37 == 5 else 800]))
             for i in range(150)]
     uids = _make_box(dv, "Box", msgs)
     byuid = dict(zip(uids, msgs))
-    m = mount(dv, "cache=none", "readahead=256K", env=env)
+    m = mount(dv, "cache=none", "readahead=256K", *rw_ro, env=env)
     d = os.path.join(m.path, "Box")
     listed = [int(f[:-4]) for f in os.listdir(d)]
     # Forward with skips, partial reads and early stops.
@@ -790,7 +813,7 @@ def _is_listing(cmd):
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
-def test_scan_goes_on_into_the_next_mailbox(mount, empty_dovecot, env):
+def test_scan_goes_on_into_the_next_mailbox(mount, empty_dovecot, env, rw_ro):
     """grep -r and tar read a folder's subfolders before its messages
     (readdir lists them first), by name.  A scan that has claimed the end
     of one mailbox fetches the listing and a first batch of the mailbox
@@ -798,7 +821,7 @@ def test_scan_goes_on_into_the_next_mailbox(mount, empty_dovecot, env):
     open cost no round trip (through a 20 ms link, two per folder)."""
     dv = empty_dovecot()
     boxes = _make_boxes(dv, {"A": 40, "B": 10, "B/C": 25, "Bz": 0, "D": 12}, 2000, 13)
-    m = mount(dv, "cache=none", "imap_debug", env=env)
+    m = mount(dv, "cache=none", "imap_debug", *rw_ro, env=env)
 
     def scan(name):
         d = os.path.join(m.path, *name.split("/"))

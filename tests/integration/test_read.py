@@ -87,20 +87,25 @@ def read_file(path):
         return f.read()
 
 
-def imap_bodies(server, imap_name):
-    """{uid: BODY.PEEK[] bytes} from an independent imaplib connection."""
+def imap_bodies(server, imap_name, flags=False):
+    """{uid: BODY.PEEK[] bytes} from an independent imaplib connection;
+    with flags, {uid: (sorted flags but \\Recent, bytes)}."""
     c = server.imap()
     try:
         typ, data = c.select(imap_quote(imap_name), readonly=True)
         assert typ == "OK", data
         out = {}
         if int(data[0]):
-            typ, data = c.uid("FETCH", "1:*", "(UID BODY.PEEK[])")
+            typ, data = c.uid("FETCH", "1:*", "(UID FLAGS BODY.PEEK[])")
             assert typ == "OK", data
             for item in data:
                 if isinstance(item, tuple):
                     uid = int(re.search(rb"UID (\d+)", item[0]).group(1))
                     out[uid] = item[1]
+                    if flags:
+                        # \Recent belongs to whichever session saw it first
+                        f = re.search(rb"FLAGS \(([^)]*)\)", item[0]).group(1).split()
+                        out[uid] = (sorted(set(f) - {rb"\Recent"}), item[1])
         c.close()
         return out
     finally:
@@ -153,31 +158,32 @@ def env(tmp_path):
 
 
 @pytest.fixture
-def ro(mount, dovecot, env):
-    """A default mount of the session Dovecot (standard corpus)."""
-    return mount(dovecot, env=env)
+def corpus_mount(mount, dovecot, env, rw_ro):
+    """A mount of the session Dovecot (standard corpus), read-write (the
+    default) and read-only (-o ro)."""
+    return mount(dovecot, *rw_ro, env=env)
 
 
 # ------------------------------------------------------------------ tree
 
-def test_tree_matches_mailboxes(ro, manifest):
-    tree = walk(ro)
+def test_tree_matches_mailboxes(corpus_mount, manifest):
+    tree = walk(corpus_mount)
     assert set(tree) == expected_dirs(manifest)
     # The names a user sees (UTF-8, spaces, '&', nesting).
-    top = set(os.listdir(os.fsencode(ro.path)))
+    top = set(os.listdir(os.fsencode(corpus_mount.path)))
     for name in ("INBOX", "Réunions", "R&D", "Project Notes", "Archive",
                  "Parent", "Empty", "Unsubscribed"):
         assert name.encode("utf-8") in top, name
     assert b"R&AOk-unions" not in top and b"R&-D" not in top
-    assert "Été 2024" in os.listdir(os.path.join(ro.path, "Réunions"))
+    assert "Été 2024" in os.listdir(os.path.join(corpus_mount.path, "Réunions"))
     for d in ("Archive/2024/Q1", "Réunions/Été 2024", "Parent/Child"):
-        assert stat.S_ISDIR(os.stat(os.path.join(ro.path, d)).st_mode), d
+        assert stat.S_ISDIR(os.stat(os.path.join(corpus_mount.path, d)).st_mode), d
     # \Noselect parent: a directory with its child and no messages.
-    assert os.listdir(os.path.join(ro.path, "Parent")) == ["Child"]
+    assert os.listdir(os.path.join(corpus_mount.path, "Parent")) == ["Child"]
     # Empty mailboxes are empty directories.
     for p in ("Empty", "Trash"):
         assert manifest.messages(p) == []
-        assert os.listdir(os.path.join(ro.path, p)) == []
+        assert os.listdir(os.path.join(corpus_mount.path, p)) == []
     # Messages only where the manifest has them, directories as dirs.
     for rel, files in tree.items():
         for f in files:
@@ -247,8 +253,8 @@ def test_dot_delimiter_and_slash_in_name(mount, empty_dovecot, env):
 
 # ------------------------------------------------------------------ files
 
-def test_files_match_server(ro, dovecot, manifest):
-    tree = walk(ro)
+def test_files_match_server(corpus_mount, dovecot, manifest):
+    tree = walk(corpus_mount)
     total = 0
     inos = {}
     for path, entries in manifest.mailboxes.items():
@@ -257,7 +263,7 @@ def test_files_match_server(ro, dovecot, manifest):
         live = imap_bodies(dovecot, manifest.imap_names[path])
         assert sorted(live) == [e["uid"] for e in entries], path
         for e in entries:
-            p = os.path.join(ro.path, d, "%d.eml" % e["uid"])
+            p = os.path.join(corpus_mount.path, d, "%d.eml" % e["uid"])
             st = os.stat(p)
             assert stat.S_ISREG(st.st_mode), p
             assert st.st_size == e["size"], p
@@ -275,15 +281,15 @@ def test_files_match_server(ro, dovecot, manifest):
         assert os.stat(p).st_ino == ino, p
 
 
-def test_large_and_8bit_messages(ro, manifest):
+def test_large_and_8bit_messages(corpus_mount, manifest):
     path, big = manifest.largest()
     assert big["size"] > 4_800_000
-    p = os.path.join(ro.path, dir_of(path), "%d.eml" % big["uid"])
+    p = os.path.join(corpus_mount.path, dir_of(path), "%d.eml" % big["uid"])
     assert os.stat(p).st_size == big["size"]
     data = read_file(p)
     assert data == manifest.raw(path, big["uid"])
     # cp keeps every byte.
-    dst = os.path.join(os.path.dirname(ro.path), "imapfuse-cp-%d.eml" %
+    dst = os.path.join(os.path.dirname(corpus_mount.path), "imapfuse-cp-%d.eml" %
                        os.getpid())
     try:
         subprocess.run(["cp", p, dst], check=True)
@@ -294,7 +300,7 @@ def test_large_and_8bit_messages(ro, manifest):
     kinds = set()
     for e in manifest.messages("Encodings"):
         raw = manifest.raw("Encodings", e["uid"])
-        got = read_file(os.path.join(ro.path, "Encodings",
+        got = read_file(os.path.join(corpus_mount.path, "Encodings",
                                      "%d.eml" % e["uid"]))
         assert got == raw, e["uid"]
         if any(b > 0x7F for b in raw):
@@ -347,8 +353,8 @@ def _body_fetches(trace, uid):
     return fetched, whole
 
 
-def test_partial_reads_of_large_message(mount, dovecot, manifest, env):
-    m = mount(dovecot, "imap_debug", "cache=none", "readahead=0", env=env,
+def test_partial_reads_of_large_message(mount, dovecot, manifest, env, rw_ro):
+    m = mount(dovecot, "imap_debug", "cache=none", "readahead=0", *rw_ro, env=env,
               allow_stderr=TRACE_OK)
     path, big = manifest.largest()
     raw = manifest.raw(path, big["uid"])
@@ -380,7 +386,7 @@ def test_partial_reads_of_large_message(mount, dovecot, manifest, env):
 
 # ------------------------------------------------------------------ search
 
-def test_grep_finds_exactly_the_needles(ro, manifest, env):
+def test_grep_finds_exactly_the_needles(corpus_mount, manifest, env):
     path, big = manifest.largest()
     chosen = list(big["needles"])
     chosen += [n for n, loc in manifest.needles.items()
@@ -390,10 +396,10 @@ def test_grep_finds_exactly_the_needles(ro, manifest, env):
 
     def where(n):
         p, uid = manifest.needles[n]
-        return os.path.join(ro.path, dir_of(p), "%d.eml" % uid)
+        return os.path.join(corpus_mount.path, dir_of(p), "%d.eml" % uid)
 
     for n in chosen:
-        r = subprocess.run(["grep", "-rl", n, ro.path],
+        r = subprocess.run(["grep", "-rl", n, corpus_mount.path],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            env=env)
         assert r.returncode == 0, r.stderr
@@ -402,66 +408,66 @@ def test_grep_finds_exactly_the_needles(ro, manifest, env):
     args = []
     for n in manifest.needles:
         args += ["-e", n]
-    r = subprocess.run(["grep", "-rlF"] + args + [ro.path],
+    r = subprocess.run(["grep", "-rlF"] + args + [corpus_mount.path],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert r.returncode == 0, r.stderr
     assert set(r.stdout.decode().splitlines()) == {
         where(n) for n in manifest.needles}
-    r = subprocess.run(["grep", "-rl", "needle-0000000000000000", ro.path],
+    r = subprocess.run(["grep", "-rl", "needle-0000000000000000", corpus_mount.path],
                        stdout=subprocess.PIPE, env=env)
     assert r.returncode == 1 and r.stdout == b""
 
 
-def test_ripgrep_finds_the_needles(ro, manifest, env):
+def test_ripgrep_finds_the_needles(corpus_mount, manifest, env):
     rg = shutil.which("rg")
     if rg is None:
         pytest.skip("ripgrep not installed")
     args = []
     for n in manifest.needles:
         args += ["-e", n]
-    r = subprocess.run([rg, "--no-config", "-l", "-F"] + args + [ro.path],
+    r = subprocess.run([rg, "--no-config", "-l", "-F"] + args + [corpus_mount.path],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert r.returncode == 0, r.stderr
     assert set(r.stdout.decode().splitlines()) == {
-        os.path.join(ro.path, dir_of(p), "%d.eml" % uid)
+        os.path.join(corpus_mount.path, dir_of(p), "%d.eml" % uid)
         for p, uid in manifest.needles.values()}
 
 
-def test_find_size(ro, manifest, env):
-    r = subprocess.run(["find", ro.path, "-type", "f", "-size", "+1M"],
+def test_find_size(corpus_mount, manifest, env):
+    r = subprocess.run(["find", corpus_mount.path, "-type", "f", "-size", "+1M"],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        env=env)
     assert r.returncode == 0, r.stderr
-    want = {os.path.join(ro.path, dir_of(p), "%d.eml" % m["uid"])
+    want = {os.path.join(corpus_mount.path, dir_of(p), "%d.eml" % m["uid"])
             for p, m in manifest.find(lambda p, m: m["size"] > MiB)}
     assert len(want) >= 1
     assert set(r.stdout.decode().splitlines()) == want
-    r = subprocess.run(["find", ro.path, "-type", "f", "-name", "*.eml"],
+    r = subprocess.run(["find", corpus_mount.path, "-type", "f", "-name", "*.eml"],
                        stdout=subprocess.PIPE, env=env)
     assert len(r.stdout.decode().splitlines()) == manifest.total_messages
 
 
 # ------------------------------------------------------------------ \Seen
 
-def test_seen_unchanged_after_reading_everything(ro, dovecot, manifest, env):
+def test_seen_unchanged_after_reading_everything(corpus_mount, dovecot, manifest, env):
     before = imap_flags(dovecot, manifest)
     assert before == manifest_flags(manifest)
     # ls -lR and stat of everything
-    r = subprocess.run(["ls", "-lR", ro.path], stdout=subprocess.PIPE,
+    r = subprocess.run(["ls", "-lR", corpus_mount.path], stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count(b".eml") == manifest.total_messages
-    for _, m, p in all_message_files(manifest, ro.path):
+    for _, m, p in all_message_files(manifest, corpus_mount.path):
         assert os.stat(p).st_size == m["size"]
     assert imap_flags(dovecot, manifest) == before
     # cat everything
     r = subprocess.run(["bash", "-c", 'set -o pipefail; '
                         'find "$1" -type f -exec cat {} + | wc -c', "-",
-                        ro.path], stdout=subprocess.PIPE, env=env)
+                        corpus_mount.path], stdout=subprocess.PIPE, env=env)
     assert r.returncode == 0
     assert int(r.stdout) == manifest.total_bytes
     total = 0
-    for _, m, p in all_message_files(manifest, ro.path):
+    for _, m, p in all_message_files(manifest, corpus_mount.path):
         total += len(read_file(p))
     assert total == manifest.total_bytes
     assert imap_flags(dovecot, manifest) == before
@@ -532,11 +538,58 @@ def _msg(tag, n):
         (b"%s body line\r\n" % tag.encode()) * n)
 
 
-def test_expunge_by_another_client(mount, empty_dovecot, env):
+def _server_state(dv):
+    """{mailbox: {uid: (flags, bytes)}} from an independent connection."""
+    c = dv.imap()
+    try:
+        typ, data = c.list()
+        assert typ == "OK", data
+        names = sorted(re.search(rb'\) (?:"[^"]*"|NIL) "?([^"]*)"?$', l).group(1).decode()
+                       for l in data)
+    finally:
+        c.logout()
+    return {name: imap_bodies(dv, name, flags=True) for name in names}
+
+
+def test_read_only_mount_refuses_changes(mount, empty_dovecot, env):
+    """-o ro: every change fails with EROFS and the server is left exactly
+    as it was; reading still works (without OPEN requests: fs_open)."""
+    dv = empty_dovecot()
+    msgs = [_msg("ro%d" % i, 20 + 100 * i) for i in range(3)]
+    uids = _make_box(dv, "Box", msgs)
+    _make_box(dv, "Other", [])
+    before = _server_state(dv)
+    m = mount(dv, "ro", env=env)
+    d = os.path.join(m.path, "Box")
+    first = os.path.join(d, "%d.eml" % uids[0])
+    attempts = {
+        "create": lambda: open(os.path.join(d, "new.eml"), "wb").close(),
+        "write": lambda: open(first, "r+b").close(),
+        "truncate": lambda: os.truncate(first, 0),
+        "unlink": lambda: os.unlink(first),
+        "rename": lambda: os.rename(first, os.path.join(m.path, "Other", "x.eml")),
+        "mkdir": lambda: os.mkdir(os.path.join(m.path, "New")),
+        "rmdir": lambda: os.rmdir(os.path.join(m.path, "Other")),
+        "rename dir": lambda: os.rename(os.path.join(m.path, "Other"),
+                                        os.path.join(m.path, "Renamed")),
+        "set flags": lambda: os.setxattr(first, "user.imap.flags", b"\\Flagged"),
+        "utime": lambda: os.utime(first, (1, 1)),
+    }
+    for what, f in attempts.items():
+        with pytest.raises(OSError) as ei:
+            f()
+        assert ei.value.errno == errno.EROFS, (what, ei.value)
+    for u, b in zip(uids, msgs):
+        assert read_file(os.path.join(d, "%d.eml" % u)) == b
+    assert sorted(os.listdir(m.path)) == ["Box", "INBOX", "Other"]
+    assert _server_state(dv) == before
+
+
+def test_expunge_by_another_client(mount, empty_dovecot, env, rw_ro):
     dv = empty_dovecot()
     msgs = [_msg("m%d" % i, 50 + i * 300) for i in range(4)]
     uids = _make_box(dv, "Box", msgs)
-    m = mount(dv, "list_max_age=0", env=env)  # every opendir asks
+    m = mount(dv, "list_max_age=0", *rw_ro, env=env)  # every opendir asks
     d = os.path.join(m.path, "Box")
     assert sorted(os.listdir(d)) == sorted("%d.eml" % u for u in uids)
     gone, gone_unread = uids[1], uids[2]
@@ -643,7 +696,7 @@ def test_uidvalidity_change(mount, empty_dovecot, env):
 
 
 @pytest.mark.imapfuse_stderr_ok(CLOSED_OK)
-def test_uidvalidity_change_old_handles(mount, empty_dovecot, env):
+def test_uidvalidity_change_old_handles(mount, empty_dovecot, env, rw_ro):
     """Handles opened before the mailbox was replaced give an error (the
     message they named is gone), never bytes of the new messages."""
     dv = empty_dovecot()
@@ -652,7 +705,7 @@ def test_uidvalidity_change_old_handles(mount, empty_dovecot, env):
     # No read-ahead: opening the last file starts one, which may fetch the
     # "never read" message's own (old) bytes before the change; serving
     # those would be right, but this is about what must come from the server.
-    m = mount(dv, "readahead=0", env=env)
+    m = mount(dv, "readahead=0", *rw_ro, env=env)
     d = os.path.join(m.path, "Box")
     assert sorted(os.listdir(d)) == sorted("%d.eml" % u for u in uids)
     fd_read = os.open(os.path.join(d, "%d.eml" % uids[1]), os.O_RDONLY)
