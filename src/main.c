@@ -246,9 +246,14 @@ int main(int argc, char *argv[]) {
   } else {
     struct fuse_loop_config *cfg = fuse_loop_cfg_create();
     fuse_loop_cfg_set_clone_fd(cfg, fo.clone_fd);
-    /* fuse_parse_cmdline leaves "unset" as UINT_MAX. */
-    fuse_loop_cfg_set_max_threads(cfg, fo.max_threads > 0 && fo.max_threads <= 1000
-                                           ? fo.max_threads : 16);
+    /* By default as many workers as connections, at least 4, not
+     * libfuse's 10: the kernel hands each request to the worker idle
+     * longest, so with spare idle workers every request wakes a sleeping
+     * thread, while with few a worker finds the next request of parallel
+     * readers already queued (rg -j4, cold, 10,000 messages: 1.11 -> 0.99
+     * s with 4, 1.08 s with 6).  More could only wait for a connection. */
+    unsigned workers = o.max_threads > 0 ? o.max_threads : (unsigned)MAX(4, o.connections);
+    fuse_loop_cfg_set_max_threads(cfg, MIN(workers, 1000));
     if (fo.max_idle_threads > 0 && fo.max_idle_threads <= 1000)
       fuse_loop_cfg_set_idle_threads(cfg, fo.max_idle_threads);
     ret = fuse_session_loop_mt(se, cfg);

@@ -42,6 +42,9 @@ static const struct fuse_opt options_table[] = {
     IFS_OPT("rw", read_only, 0),
     FUSE_OPT_KEY("ro", FUSE_OPT_KEY_KEEP),
     FUSE_OPT_KEY("rw", FUSE_OPT_KEY_KEEP),
+    /* FUSE's too: seen here to tell it from FUSE's default (see main.c) */
+    IFS_OPT("max_threads=%u", max_threads, 0),
+    FUSE_OPT_KEY("max_threads=", FUSE_OPT_KEY_KEEP),
     FUSE_OPT_KEY("-h", KEY_HELP),
     FUSE_OPT_KEY("--help", KEY_HELP),
     FUSE_OPT_KEY("-V", KEY_VERSION),

@@ -36,6 +36,7 @@ typedef struct {
   double dir_timeout;
   double list_max_age;
   int read_only;      /* -o ro (also passed on to FUSE) */
+  unsigned max_threads; /* -o max_threads= (also FUSE's); 0: not given */
   int show_help;
   int show_version;
 } IfsOptions;

@@ -479,24 +479,20 @@ def test_killed_connections_are_replaced(mount, empty_dovecot, env):
     assert _listing(d) == _names(uids)
 
 
-@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
-def test_parallel_mailboxes_use_several_connections(mount, empty_dovecot, env):
-    dv = empty_dovecot()
-    boxes = {}
-    for k in range(4):
-        msgs = [_msg("p%d-%d" % (k, i), 3000 + 100 * i) for i in range(15)]
-        boxes["Box%d" % k] = (_make_box(dv, "Box%d" % k, msgs), msgs)
-    m = mount(dv, "cache=none", "connections=4", "imap_debug", env=env)
+def _read_boxes_in_parallel(m, boxes, rounds, after_each=None):
+    """One thread per mailbox of boxes ({name: {uid: bytes}}), each reading
+    its messages rounds times; returns what went wrong."""
     errors = []
 
     def reader(name):
         try:
-            uids, msgs = boxes[name]
-            for _ in range(3):
-                for u, b in zip(uids, msgs):
+            for _ in range(rounds):
+                for u, b in boxes[name].items():
                     if _read(os.path.join(m.path, name, "%d.eml" % u)) != b:
                         errors.append((name, u))
-        except Exception as e:  # reported below
+                    if after_each is not None:
+                        after_each()
+        except Exception as e:  # reported by the caller
             errors.append((name, repr(e)))
 
     threads = [threading.Thread(target=reader, args=(n,)) for n in boxes]
@@ -504,12 +500,48 @@ def test_parallel_mailboxes_use_several_connections(mount, empty_dovecot, env):
         t.start()
     for t in threads:
         t.join(60)
-    assert errors == []
+    return errors
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_parallel_mailboxes_use_several_connections(mount, empty_dovecot, env):
+    dv = empty_dovecot()
+    boxes = {}
+    for k in range(4):
+        msgs = [_msg("p%d-%d" % (k, i), 3000 + 100 * i) for i in range(15)]
+        boxes["Box%d" % k] = dict(zip(_make_box(dv, "Box%d" % k, msgs), msgs))
+    m = mount(dv, "cache=none", "connections=4", "imap_debug", env=env)
+    assert _read_boxes_in_parallel(m, boxes, 3) == []
     conns = set(re.findall(r"imapfuse\[#(\d+)\] C:", m.stderr_text()))
     assert 2 <= len(conns) <= 4 + 1  # the pool (<= 4) and the watcher
     # Affinity: far fewer SELECTs than reads (4 boxes x 45 reads each).
     selects = [c for c in _commands(m) if c.startswith("SELECT")]
     assert len(selects) < 60, len(selects)
+
+
+def _fuse_workers(m):
+    """Threads of the daemon named like it: the FUSE workers and main."""
+    n = 0
+    for t in os.listdir("/proc/%d/task" % m.proc.pid):
+        with open("/proc/%d/task/%s/comm" % (m.proc.pid, t)) as f:
+            n += f.read().strip() == "imapfuse"
+    return n - 1
+
+
+@pytest.mark.parametrize("opts, most", [((), 4), (("connections=6",), 6),
+                                        (("max_threads=16",), 16)])
+def test_fuse_workers_default_to_connections(mount, empty_dovecot, env, opts, most):
+    """FUSE worker threads default to as many as connections (at least 4):
+    eight readers that each wait for the server do not get eight workers,
+    and every byte is still right.  -o max_threads= overrides it."""
+    dv = empty_dovecot()
+    boxes = _make_boxes(dv, {"Box%d" % k: 6 for k in range(8)}, 2000, 17)
+    m = mount(dv, "cache=none", "readahead=0", *opts, env=env)
+    peak = []
+    assert _read_boxes_in_parallel(m, boxes, 2, lambda: peak.append(_fuse_workers(m))) == []
+    assert 1 <= max(peak) <= most, max(peak)
+    if most > 8:
+        assert max(peak) > 6, max(peak)  # the readers do overlap
 
 
 # ----------------------------------------------------------- read-ahead
