@@ -986,6 +986,10 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
     guint p = bc_pos(s, o, i);
     gboolean up = p > 0 && s->state[bc_at(s, o, p - 1)] == BC_OPENED;
     gboolean down = p + 1 < n && s->state[bc_at(s, o, p + 1)] == BC_OPENED;
+    /* The first scan of the mount: open the other connections now, before
+     * its batches ask for them one login at a time (pool.c). */
+    if ((up || down) && !g_atomic_int_get(&bc->scanning) && !bc->closing)
+      pool_warm(bc->pool, mailbox);
     if (up) {
       _bc_schedule(bc, mailbox, s, o, i, +1, s->state[i] == BC_NONE, bc->opts.readahead_bytes,
                    0);

@@ -13,6 +13,11 @@
  *   3. a new connection, while fewer than max are open (only when all are
  *      busy: that is when more connections buy parallelism);
  *   4. otherwise wait until one is released.
+ * When a scan starts (bodycache), pool_warm opens the connections not yet
+ * open, in parallel on threads of their own: the scan's batches then take
+ * whichever connection is free first, instead of each paying a login
+ * (several round trips) in turn while the connection they could have used
+ * finishes its batch.
  * A connection that failed mid-command is marked broken by conn.c and is
  * closed on release, never reused.  Idempotent operations (reads, listings)
  * are retried once on a fresh connection when the failure was the
@@ -42,6 +47,7 @@ struct Pool {
   gint64 failure_at; /* last time a connection was found dead */
   ImapHandler unsolicited;
   gpointer unsolicited_user;
+  GPtrArray *warmers; /* GThread*: pool_warm's, joined by pool_free */
 };
 
 Pool *pool_new(const ImapEndpoint *ep, guint max_conns, ImapConn *first) {
@@ -51,6 +57,7 @@ Pool *pool_new(const ImapEndpoint *ep, guint max_conns, ImapConn *first) {
   g_mutex_init(&p->lock);
   g_cond_init(&p->cond);
   g_queue_init(&p->idle);
+  p->warmers = g_ptr_array_new();
   if (first != NULL) {
     g_queue_push_head(&p->idle, first);
     p->open = 1;
@@ -62,6 +69,11 @@ Pool *pool_new(const ImapEndpoint *ep, guint max_conns, ImapConn *first) {
 void pool_free(Pool *p) {
   if (p == NULL)
     return;
+  /* Nobody calls pool_warm any more: its threads end by releasing what
+   * they opened. */
+  for (guint i = 0; i < p->warmers->len; i++)
+    g_thread_join(p->warmers->pdata[i]);
+  g_ptr_array_unref(p->warmers);
   ImapConn *c;
   while ((c = g_queue_pop_head(&p->idle)) != NULL)
     imap_conn_close(c);
@@ -101,6 +113,54 @@ static ImapConn *_pool_take(Pool *p, const char *mailbox, gboolean *may_open) {
   return NULL;
 }
 
+/* A new connection, counted in p->open by the caller beforehand. */
+static ImapConn *pool_open(Pool *p, GError **error) {
+  ImapConn *c = imap_conn_open(p->ep, error);
+  g_mutex_lock(&p->lock);
+  if (c == NULL) {
+    p->open--;
+    g_cond_signal(&p->cond); /* a waiter may open one instead */
+  } else {
+    p->opened_total++;
+    imap_conn_set_unsolicited(c, p->unsolicited, p->unsolicited_user);
+  }
+  g_mutex_unlock(&p->lock);
+  return c;
+}
+
+typedef struct {
+  Pool *p;
+  char *mailbox;
+} PoolWarm;
+
+static gpointer pool_warm_thread(gpointer data) {
+  PoolWarm *w = data;
+  g_autoptr(GError) error = NULL;
+  ImapConn *c = pool_open(w->p, &error);
+  if (c == NULL) {
+    g_debug("opening a connection ahead: %s", error->message);
+  } else if (w->mailbox != NULL) {
+    guint32 uv;
+    if (!imap_ensure_selected(c, w->mailbox, &uv, &error))
+      g_debug("selecting %s ahead: %s", w->mailbox, error->message);
+  }
+  pool_release(w->p, c); /* a broken one is closed there */
+  g_free(w->mailbox);
+  g_free(w);
+  return NULL;
+}
+
+void pool_warm(Pool *p, const char *mailbox) {
+  g_mutex_lock(&p->lock);
+  for (; p->open < p->max; p->open++) {
+    PoolWarm *w = g_new0(PoolWarm, 1);
+    w->p = p;
+    w->mailbox = g_strdup(mailbox);
+    g_ptr_array_add(p->warmers, g_thread_new("pool-warm", pool_warm_thread, w));
+  }
+  g_mutex_unlock(&p->lock);
+}
+
 ImapConn *pool_acquire(Pool *p, const char *mailbox, GError **error) {
   for (;;) {
     gboolean may_open;
@@ -112,19 +172,8 @@ ImapConn *pool_acquire(Pool *p, const char *mailbox, GError **error) {
       p->open++;
     g_mutex_unlock(&p->lock);
 
-    if (c == NULL) {
-      c = imap_conn_open(p->ep, error);
-      g_mutex_lock(&p->lock);
-      if (c == NULL) {
-        p->open--;
-        g_cond_signal(&p->cond);
-      } else {
-        p->opened_total++;
-        imap_conn_set_unsolicited(c, p->unsolicited, p->unsolicited_user);
-      }
-      g_mutex_unlock(&p->lock);
-      return c;
-    }
+    if (c == NULL)
+      return pool_open(p, error);
     g_mutex_lock(&p->lock);
     gint64 failure_at = p->failure_at;
     g_mutex_unlock(&p->lock);

@@ -33,6 +33,11 @@ typedef gboolean (*PoolOp)(ImapConn *c, gpointer user, GError **error);
 gboolean pool_run(Pool *p, const char *mailbox, gboolean idempotent, PoolOp op,
                   gpointer user, GError **error);
 
+/* Opens the connections not yet open, now and in parallel (each on a
+ * thread of its own, selecting mailbox if not NULL), and returns at once:
+ * for a scan about to need them all.  Call it only before pool_free. */
+void pool_warm(Pool *p, const char *mailbox);
+
 /* Counters for diagnostics and tests. */
 guint pool_opened_total(Pool *p);
 

@@ -544,6 +544,39 @@ def test_fuse_workers_default_to_connections(mount, empty_dovecot, env, opts, mo
         assert max(peak) > 6, max(peak)  # the readers do overlap
 
 
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+@pytest.mark.parametrize("connections", [4, 2])
+def test_scan_opens_the_other_connections_at_once(mount, empty_dovecot, env, connections):
+    """The first scan of a mount opens the pool's other connections at once
+    and in parallel (its batches then take whichever is free first); a
+    lone cat opens none, and there are never more than connections=."""
+    dv = empty_dovecot()
+    boxes = _make_boxes(dv, {"A": 12, "B": 12}, 1500, 7)
+    m = mount(dv, "imap_debug", "connections=%d" % connections, env=env)
+    first = min(boxes["B"])
+    assert _read(os.path.join(m.path, "B", "%d.eml" % first)) == boxes["B"][first]
+    time.sleep(0.3)
+    for u in sorted(boxes["A"])[:2]:
+        assert _read(os.path.join(m.path, "A", "%d.eml" % u)) == boxes["A"][u]
+    time.sleep(0.5)  # the logins, done or not, before the unmount
+    m.unmount()
+    opened = re.findall(r"(\d+) connections opened", m.stderr_text())
+    assert opened == [str(connections)], m.stderr_text()[-1500:]
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_lone_cat_opens_no_other_connection(mount, empty_dovecot, env):
+    dv = empty_dovecot()
+    byuid = _make_boxes(dv, {"B": 12}, 1500, 7)["B"]
+    m = mount(dv, "imap_debug", env=env)
+    u = min(byuid)
+    assert _read(os.path.join(m.path, "B", "%d.eml" % u)) == byuid[u]
+    time.sleep(0.5)
+    m.unmount()
+    assert re.findall(r"(\d+) connections opened", m.stderr_text()) == ["1"], \
+        m.stderr_text()[-1500:]
+
+
 # ----------------------------------------------------------- read-ahead
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
