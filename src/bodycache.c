@@ -132,6 +132,7 @@ struct Bodycache {
   gboolean closing;         /* bodycache_free has begun: schedule nothing */
   gint scanning;            /* a reader went on to a neighbour: a scan */
   gint heap_reserved;       /* a batch of it faulted in the memory scans use */
+  gboolean pool_warmed;     /* a scan had the pool open all its connections */
   BodycacheStats stats;
 };
 
@@ -809,6 +810,7 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
    * one batch more than the bound: else it fetches message by message
    * until they are done. */
   guint limit = MAX(1, bc->opts.readahead_threads) + (p == p0 ? 1 : 0);
+  guint net = 0; /* batches for the server pushed by this call */
   for (guint made = 0; refill && p >= 0 && p < n && ahead < window && s->running < limit &&
                        (max_batches == 0 || made < max_batches);
        made++) {
@@ -859,6 +861,14 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
       if (b[t]->uids->len == 0) {
         bc_batch_free(b[t]);
         continue;
+      }
+      /* The first time a scan sends a second batch to the server at once,
+       * open the other connections now, before the batches ask for them
+       * one login at a time (pool.c).  Not for scans the disk cache
+       * serves, nor for one batch (a lone cat, a few new messages). */
+      if (t == 0 && ++net == 2 && !bc->pool_warmed && !bc->closing) {
+        bc->pool_warmed = TRUE;
+        pool_warm(bc->pool, mailbox);
       }
       g_array_sort(b[t]->uids, bc_u32_cmp);
       s->running++;
@@ -986,10 +996,6 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
     guint p = bc_pos(s, o, i);
     gboolean up = p > 0 && s->state[bc_at(s, o, p - 1)] == BC_OPENED;
     gboolean down = p + 1 < n && s->state[bc_at(s, o, p + 1)] == BC_OPENED;
-    /* The first scan of the mount: open the other connections now, before
-     * its batches ask for them one login at a time (pool.c). */
-    if ((up || down) && !g_atomic_int_get(&bc->scanning) && !bc->closing)
-      pool_warm(bc->pool, mailbox);
     if (up) {
       _bc_schedule(bc, mailbox, s, o, i, +1, s->state[i] == BC_NONE, bc->opts.readahead_bytes,
                    0);

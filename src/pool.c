@@ -13,11 +13,11 @@
  *   3. a new connection, while fewer than max are open (only when all are
  *      busy: that is when more connections buy parallelism);
  *   4. otherwise wait until one is released.
- * When a scan starts (bodycache), pool_warm opens the connections not yet
- * open, in parallel on threads of their own: the scan's batches then take
- * whichever connection is free first, instead of each paying a login
- * (several round trips) in turn while the connection they could have used
- * finishes its batch.
+ * When a scan first sends several batches at once (bodycache), pool_warm
+ * opens the connections not yet open, in parallel on threads of their
+ * own: the scan's batches then take whichever connection is free first,
+ * instead of each paying a login (several round trips) in turn while the
+ * connection they could have used finishes its batch.
  * A connection that failed mid-command is marked broken by conn.c and is
  * closed on release, never reused.  Idempotent operations (reads, listings)
  * are retried once on a fresh connection when the failure was the

@@ -545,13 +545,14 @@ def test_fuse_workers_default_to_connections(mount, empty_dovecot, env, opts, mo
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
-@pytest.mark.parametrize("connections", [4, 2])
+@pytest.mark.parametrize("connections", [4, 3])
 def test_scan_opens_the_other_connections_at_once(mount, empty_dovecot, env, connections):
-    """The first scan of a mount opens the pool's other connections at once
-    and in parallel (its batches then take whichever is free first); a
-    lone cat opens none, and there are never more than connections=."""
+    """The first scan of a mount that sends several batches to the server
+    at once opens the pool's other connections at once and in parallel
+    (its batches then take whichever is free first); a lone cat opens
+    none, and there are never more than connections=."""
     dv = empty_dovecot()
-    boxes = _make_boxes(dv, {"A": 12, "B": 12}, 1500, 7)
+    boxes = _make_boxes(dv, {"A": 60, "B": 12}, 1500, 7)
     m = mount(dv, "imap_debug", "connections=%d" % connections, env=env)
     first = min(boxes["B"])
     assert _read(os.path.join(m.path, "B", "%d.eml" % first)) == boxes["B"][first]
