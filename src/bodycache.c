@@ -45,10 +45,13 @@
  *    delivery wakes waiters only if there are any (a job and a broadcast
  *    per message were two futex calls each: daemon CPU 1.24 -> 1.09 s in
  *    a cold grep of 10,000 messages);
- *  - a scan that has claimed the last message of a mailbox primes the
- *    mailbox a readdir-order walk reads next: its listing and a first
- *    batch of half a window, fetched while the reader finishes (else two
- *    round trips a folder: opendir's listing, then the first batch).
+ *  - a forward scan with a window or less of its mailbox left unclaimed
+ *    primes the mailbox a readdir-order walk reads next: its listing and
+ *    a first batch of half a window, fetched while the reader finishes
+ *    (else two round trips a folder: opendir's listing, then the first
+ *    batch);
+ *  - the first scan that sends a second batch to the server at once has
+ *    the pool open its other connections in parallel (pool_warm).
  * Workers schedule too (that priming), so once bodycache_free begins
  * nothing is scheduled and queued batches only release their claims.
  *
@@ -866,7 +869,7 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
        * open the other connections now, before the batches ask for them
        * one login at a time (pool.c).  Not for scans the disk cache
        * serves, nor for one batch (a lone cat, a few new messages). */
-      if (t == 0 && ++net == 2 && !bc->pool_warmed && !bc->closing) {
+      if (t == 0 && ++net == 2 && !bc->pool_warmed) {
         bc->pool_warmed = TRUE;
         pool_warm(bc->pool, mailbox);
       }

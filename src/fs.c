@@ -28,7 +28,7 @@ struct Fs {
    * RELEASE (it comes after close() returns: an unmount can overtake it). */
   GMutex handles_lock;
   GQueue dirs, files;
-  /* requests on message files (fs_counts): what a scan costs per file */
+  /* requests on files (fs_counts): what a scan costs per file */
   gint n_open, n_read, n_release, n_flush;
 };
 
@@ -443,6 +443,25 @@ static void fs_handles_free(Fs *fs) {
   }
 }
 
+/* The message of inode ino into f (node, UIDVALIDITY, UID, size); opened:
+ * tell read-ahead that a reader opened it.  Used by OPEN and, on
+ * read-only mounts where the kernel sends none, by each READ: there the
+ * first READ (offset 0) counts as the open, the one that reaches the end
+ * as the close (fs_read). */
+static gboolean fs_file_find(Fs *fs, fuse_ino_t ino, gboolean opened, FsFile *f, int *err) {
+  DcMsg m;
+  DcListing l;
+  if (!fs_msg(fs, ino, &f->node, &f->uidvalidity, &m, opened ? &l : NULL, err))
+    return FALSE;
+  f->uid = m.uid;
+  f->size = m.size;
+  if (opened) {
+    bodycache_opened(fs->bc, dcnode_mailbox(f->node), &l, f->uid);
+    dc_listing_clear(&l);
+  }
+  return TRUE;
+}
+
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   Fs *fs = fuse_req_userdata(req);
   g_atomic_int_inc(&fs->n_open);
@@ -468,41 +487,18 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
     return;
   }
   FsFile *f = g_new0(FsFile, 1);
-  DcMsg m;
   int err;
-  DcListing l;
-  if (!fs_msg(fs, ino, &f->node, &f->uidvalidity, &m, &l, &err)) {
+  if (!fs_file_find(fs, ino, TRUE, f, &err)) {
     g_free(f);
     fuse_reply_err(req, err);
     return;
   }
-  f->uid = m.uid;
-  f->size = m.size;
-  bodycache_opened(fs->bc, dcnode_mailbox(f->node), &l, f->uid);
-  dc_listing_clear(&l);
   f->link.data = f;
   fs_handle_add(fs, &fs->files, &f->link);
   fi->fh = (uint64_t)(uintptr_t)f;
   fi->keep_cache = 1; /* bytes are immutable per (mailbox, UIDVALIDITY, UID) */
   fi->noflush = 1;    /* nothing to flush: saves a request per close */
   fuse_reply_open(req, fi);
-}
-
-/* A message opened without an OPEN (read-only mounts): found by its inode
- * number at each READ.  The first READ (offset 0) counts as the open for
- * read-ahead, the one that reaches the end as the close. */
-static gboolean fs_read_target(Fs *fs, fuse_ino_t ino, off_t off, FsFile *f, int *err) {
-  DcMsg m;
-  DcListing l;
-  if (!fs_msg(fs, ino, &f->node, &f->uidvalidity, &m, off == 0 ? &l : NULL, err))
-    return FALSE;
-  f->uid = m.uid;
-  f->size = m.size;
-  if (off == 0) {
-    bodycache_opened(fs->bc, dcnode_mailbox(f->node), &l, f->uid);
-    dc_listing_clear(&l);
-  }
-  return TRUE;
 }
 
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -516,7 +512,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   FsFile unopened = {0}, *f = (FsFile *)(uintptr_t)fi->fh;
   if (f == NULL) {
     int err;
-    if (!fs_read_target(fs, ino, off, &unopened, &err)) {
+    if (!fs_file_find(fs, ino, off == 0, &unopened, &err)) {
       fuse_reply_err(req, err);
       return;
     }
