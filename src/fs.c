@@ -347,6 +347,12 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     fs_reply_error(req, dcnode_mailbox(n), error);
     return;
   }
+  /* A listing that shows a message gone must not be followed by an open
+   * of its old name that the kernel answers from its own caches (on -o ro
+   * no OPEN reaches us to refuse it): the names this refresh dropped are
+   * invalidated before the reply.  Bounded, see notify_flush. */
+  if (!notify_flush(fs->notify, G_USEC_PER_SEC))
+    g_debug("opendir %s: kernel invalidations still queued after 1 s", dcnode_mailbox(n));
   d->children = dircache_children(fs->dc, n);
   d->link.data = d;
   fs_handle_add(fs, &fs->dirs, &d->link);

@@ -111,10 +111,19 @@ void notify_inval_inode(Notify *n, fuse_ino_t ino, gboolean data) {
   notify_push(n, it);
 }
 
-void notify_flush(Notify *n) {
+gboolean notify_flush(Notify *n, gint64 timeout_us) {
+  gint64 end = timeout_us < 0 ? G_MAXINT64 : g_get_monotonic_time() + timeout_us;
+  gboolean sent = TRUE;
   g_mutex_lock(&n->lock);
   guint64 target = n->queued;
-  while (n->done < target && !n->stop && n->thread != NULL)
-    g_cond_wait(&n->cond, &n->lock);
+  while (n->done < target && !n->stop && n->thread != NULL) {
+    if (end == G_MAXINT64) {
+      g_cond_wait(&n->cond, &n->lock);
+    } else if (!g_cond_wait_until(&n->cond, &n->lock, end)) {
+      sent = n->done >= target;
+      break;
+    }
+  }
   g_mutex_unlock(&n->lock);
+  return sent;
 }
