@@ -63,6 +63,7 @@ typedef struct {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   Chunk *head, *tail;
+  Chunk *spare; /* sent chunks kept for the reader: no malloc, page faults or copy per chunk */
   size_t queued;
   uint64_t bytes; /* written to dst */
 } Dir;
@@ -184,11 +185,13 @@ static void conn_thread_done(Conn *c) {
   close(c->sfd);
   Dir *ds[2] = {&c->up, &c->down};
   for (int i = 0; i < 2; i++) {
-    Chunk *k = ds[i]->head;
-    while (k) {
-      Chunk *n = k->next;
-      free(k);
-      k = n;
+    for (Chunk *lists[2] = {ds[i]->head, ds[i]->spare}, **l = lists; l < lists + 2; l++) {
+      Chunk *k = *l;
+      while (k) {
+        Chunk *n = k->next;
+        free(k);
+        k = n;
+      }
     }
     pthread_mutex_destroy(&ds[i]->mu);
     pthread_cond_destroy(&ds[i]->cv);
@@ -214,25 +217,37 @@ static void dir_push(Dir *d, Chunk *k) {
   pthread_mutex_unlock(&d->mu);
 }
 
+/* A chunk of CHUNK bytes: a spare one if the writer has sent one. */
+static Chunk *dir_chunk(Dir *d) {
+  pthread_mutex_lock(&d->mu);
+  Chunk *k = d->spare;
+  if (k != NULL)
+    d->spare = k->next;
+  pthread_mutex_unlock(&d->mu);
+  return k != NULL ? k : malloc(sizeof *k + CHUNK);
+}
+
 static void *reader_main(void *arg) {
   Dir *d = arg;
-  char *buf = malloc(CHUNK);
-  while (buf != NULL && !d->conn->closing) {
-    ssize_t n = recv(d->src, buf, CHUNK, 0);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      break;
-    int64_t due = now_ns() + g_delay_ns;
-    Chunk *k = malloc(sizeof *k + (size_t)n);
+  /* The proxy stands for a network, which costs the measured programs no
+   * CPU: bytes are received straight into the chunk that queues them
+   * (no copy), and chunks are reused (a fresh 256 KiB malloc is an mmap
+   * and 64 page faults).  It took 0.67 core-s of a cold grep through it. */
+  while (!d->conn->closing) {
+    Chunk *k = dir_chunk(d);
     if (k == NULL)
       break;
-    k->due_ns = due;
+    ssize_t n = recv(d->src, k->data, CHUNK, 0);
+    if (n <= 0) {
+      free(k);
+      if (n < 0 && errno == EINTR)
+        continue;
+      break;
+    }
+    k->due_ns = now_ns() + g_delay_ns;
     k->len = (size_t)n;
-    memcpy(k->data, buf, (size_t)n);
     dir_push(d, k);
   }
-  free(buf);
   Chunk *eof = malloc(sizeof *eof);
   if (eof != NULL) {
     eof->due_ns = now_ns() + g_delay_ns;
@@ -291,9 +306,10 @@ static void *writer_main(void *arg) {
     pthread_mutex_lock(&d->mu);
     d->bytes += off;
     d->queued -= k->len;
+    k->next = d->spare;
+    d->spare = k;
     pthread_cond_broadcast(&d->cv);
     pthread_mutex_unlock(&d->mu);
-    free(k);
     if (failed) {
       conn_close(d->conn);
       break;
