@@ -50,6 +50,11 @@
  *    a first batch of half a window, fetched while the reader finishes
  *    (else two round trips a folder: opendir's listing, then the first
  *    batch);
+ *  - a batch for a reader walking down the UIDs is asked as up to eight
+ *    FETCHes, highest UIDs first, in one write: a server answers a FETCH
+ *    in UID order, so one command made the reader wait for the whole
+ *    batch before its first message (cold rg through 20 ms: 1.76 ->
+ *    1.64 s, medians of 8);
  *  - the first scan that sends a second batch to the server at once has
  *    the pool open its other connections in parallel (pool_warm).
  * Workers schedule too (that priming), so once bodycache_free begins
@@ -71,6 +76,7 @@
 #define BC_BATCH_MIN 8
 #define BC_BATCH_MAX 256
 #define BC_BATCH_BYTES_MAX (4u << 20)
+#define BC_PART_MIN 4 /* messages per FETCH of a downward batch, at least */
 #define BC_DISK_QUEUE_MAX (8u << 20)
 #define BC_COUNT_MAX (1u << 20) /* a message counts this much at most against the window */
 #define BC_RESERVE_EXTRA (16u << 20) /* beyond mem_bytes: batches being received, FUSE buffers */
@@ -114,6 +120,7 @@ typedef struct {
   GHashTable *big; /* uid -> its number of chunks, for messages over chunk_bytes */
   gboolean from_disk; /* read them from the disk cache into memory */
   gboolean prime_next; /* no UIDs: prime the mailbox read after this one */
+  gboolean down; /* for a reader walking down the UIDs: highest first */
 } BcBatch;
 
 struct Bodycache {
@@ -598,9 +605,21 @@ static gboolean bc_batch_op(ImapConn *c, gpointer user, GError **error) {
   BcBatchCtx *ctx = user;
   if (!bc_check_selected(c, ctx->batch->mailbox, ctx->batch->uidvalidity, error))
     return FALSE;
-  g_autofree char *set =
-      imap_uidset_format((const guint32 *)ctx->batch->uids->data, ctx->batch->uids->len);
-  return imap_fetch_bodies(c, set, bc_batch_body, ctx, error);
+  const guint32 *uids = (const guint32 *)ctx->batch->uids->data;
+  guint n = ctx->batch->uids->len;
+  /* A server sends one FETCH's bodies in UID order, so a reader walking
+   * down (rg's walker) would wait for the whole batch before its first
+   * message: ask in parts, highest first, pipelined in one round trip. */
+  guint parts = ctx->batch->down ? CLAMP(n / BC_PART_MIN, 1, IMAP_PIPELINE_MAX) : 1;
+  char *sets[IMAP_PIPELINE_MAX];
+  for (guint k = 0; k < parts; k++) {
+    guint hi = n - (guint)((guint64)n * k / parts), lo = n - (guint)((guint64)n * (k + 1) / parts);
+    sets[k] = imap_uidset_format(uids + lo, hi - lo);
+  }
+  gboolean ok = imap_fetch_bodies(c, sets, parts, bc_batch_body, ctx, error);
+  for (guint k = 0; k < parts; k++)
+    g_free(sets[k]);
+  return ok;
 }
 
 static void bc_batch_free(BcBatch *b) {
@@ -800,10 +819,8 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
    * the reader left behind do not. */
   const guint64 *cum = s->cum[o];
   guint64 ahead = dir > 0 ? cum[p] - cum[MIN(p0, p)] : cum[p0 + 1] - cum[MIN(p0, p) + 1];
-  /* Downwards too: a batch arrives in UID order, so the reader waits for
-   * all of it, but with batches in flight on several connections that
-   * costs less than four times the round trips (rg -j4 through 20 ms,
-   * median of 3: 2.8 -> 2.5 s). */
+  /* Downwards too (rg -j4 through 20 ms, median of 3: 2.8 -> 2.5 s); such
+   * a batch is asked in parts, highest first (bc_batch_op). */
   guint max_batch = BC_BATCH_MAX;
   /* Top up only once half the window is free: topping up at every open
    * sends a batch of one message per message read (a command each). */
@@ -874,6 +891,7 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
         pool_warm(bc->pool, mailbox);
       }
       g_array_sort(b[t]->uids, bc_u32_cmp);
+      b[t]->down = dir < 0 && o == 0;
       s->running++;
       g_thread_pool_push(bc->workers, b[t], NULL);
     }

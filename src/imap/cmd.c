@@ -416,11 +416,14 @@ gboolean imap_fetch_body(ImapConn *c, guint32 uid, guint64 offset, guint64 lengt
   return TRUE;
 }
 
-gboolean imap_fetch_bodies(ImapConn *c, const char *uidset, ImapBodyFn fn, gpointer user,
-                           GError **error) {
+gboolean imap_fetch_bodies(ImapConn *c, char *const *uidsets, guint n, ImapBodyFn fn,
+                           gpointer user, GError **error) {
+  g_return_val_if_fail(n >= 1 && n <= IMAP_PIPELINE_MAX, FALSE);
   CmdBodyCtx ctx = {.section = "BODY[]", .fn = fn, .user = user};
-  ImapCmd *cmd = imap_cmd_new("UID FETCH %s BODY.PEEK[]", uidset);
-  return imap_conn_run(c, cmd, cmd_body_handler, &ctx, NULL, error);
+  ImapCmd *cmds[IMAP_PIPELINE_MAX];
+  for (guint i = 0; i < n; i++)
+    cmds[i] = imap_cmd_new("UID FETCH %s BODY.PEEK[]", uidsets[i]);
+  return imap_conn_run_pipeline(c, cmds, n, cmd_body_handler, &ctx, error);
 }
 
 gboolean imap_noop(ImapConn *c, GError **error) {

@@ -620,7 +620,8 @@ def test_scan_fetches_first_file_of_each_mailbox_in_bulk(mount, empty_dovecot, e
     fetches = _body_fetches(m)
     single = [c for c in fetches if re.match(r"UID FETCH \d+ ", c)]
     assert single == [], fetches
-    assert len(fetches) <= 3 * 4, fetches
+    # Batches: the parts of a downward batch go out in one write.
+    assert len(fetches) - len(_pipelined_body_fetches(m)) <= 3 * 4, fetches
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
@@ -841,6 +842,37 @@ def test_readahead_follows_reverse_and_name_order(mount, empty_dovecot, env, ord
     fetches = _body_fetches(m)
     assert any(re.match(r"UID FETCH \d+[:,]", c) for c in fetches), fetches
     assert len(fetches) < len(uids) / 3, fetches
+    # A server answers a FETCH in UID order: a batch for a reader going
+    # down is asked in parts, highest first, in one write, so its first
+    # message is not the last to arrive.  Going up needs no parts.
+    piped = _pipelined_body_fetches(m)
+    if order == "reverse":
+        assert piped, fetches
+        for a, b in piped:
+            assert max(_uids_of(b)) < min(_uids_of(a)), (a, b)
+    else:
+        assert piped == [], piped
+
+
+def _uids_of(cmd):
+    out = []
+    for part in cmd.split()[2].split(","):
+        lo, _, hi = part.partition(":")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def _pipelined_body_fetches(m):
+    """(first, second) for body FETCHes sent back to back on one
+    connection: nothing read from the server in between, so one write."""
+    last, out = {}, []
+    for conn, d, text in re.findall(r"imapfuse\[#(\d+)\] ([CS]): (?:A\d+ )?([^\n]*)",
+                                    m.stderr_text()):
+        body = d == "C" and "BODY.PEEK[" in text
+        if body and last.get(conn) is not None:
+            out.append((last[conn], text))
+        last[conn] = text if body else None
+    return out
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
