@@ -50,11 +50,15 @@
  *    a first batch of half a window, fetched while the reader finishes
  *    (else two round trips a folder: opendir's listing, then the first
  *    batch);
- *  - a batch for a reader walking down the UIDs is asked as up to eight
+ *  - a batch for a reader walking down the UIDs is asked as up to seven
  *    FETCHes, highest UIDs first, in one write: a server answers a FETCH
  *    in UID order, so one command made the reader wait for the whole
  *    batch before its first message (cold rg through 20 ms: 1.76 ->
  *    1.64 s, medians of 8);
+ *  - a batch whose connection has another mailbox selected sends the
+ *    SELECT in the same write (imap_fetch_bodies): a round trip less at
+ *    every switch (cold rg through 20 ms 1.64 -> 1.53 s, grep 1.67 ->
+ *    1.62 s, medians of 6);
  *  - the first scan that sends a second batch to the server at once has
  *    the pool open its other connections in parallel (pool_warm).
  * Workers schedule too (that priming), so once bodycache_free begins
@@ -603,20 +607,20 @@ static gint bc_u32_cmp(gconstpointer a, gconstpointer b) {
 
 static gboolean bc_batch_op(ImapConn *c, gpointer user, GError **error) {
   BcBatchCtx *ctx = user;
-  if (!bc_check_selected(c, ctx->batch->mailbox, ctx->batch->uidvalidity, error))
-    return FALSE;
   const guint32 *uids = (const guint32 *)ctx->batch->uids->data;
   guint n = ctx->batch->uids->len;
   /* A server sends one FETCH's bodies in UID order, so a reader walking
    * down (rg's walker) would wait for the whole batch before its first
    * message: ask in parts, highest first, pipelined in one round trip. */
-  guint parts = ctx->batch->down ? CLAMP(n / BC_PART_MIN, 1, IMAP_PIPELINE_MAX) : 1;
+  guint parts = ctx->batch->down ? CLAMP(n / BC_PART_MIN, 1, IMAP_PIPELINE_MAX - 1) : 1;
   char *sets[IMAP_PIPELINE_MAX];
   for (guint k = 0; k < parts; k++) {
     guint hi = n - (guint)((guint64)n * k / parts), lo = n - (guint)((guint64)n * (k + 1) / parts);
     sets[k] = imap_uidset_format(uids + lo, hi - lo);
   }
-  gboolean ok = imap_fetch_bodies(c, sets, parts, bc_batch_body, ctx, error);
+  /* A SELECT this session needs first goes in the same write. */
+  gboolean ok = imap_fetch_bodies(c, ctx->batch->mailbox, ctx->batch->uidvalidity, sets, parts,
+                                  bc_batch_body, ctx, error);
   for (guint k = 0; k < parts; k++)
     g_free(sets[k]);
   return ok;

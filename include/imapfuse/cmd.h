@@ -95,14 +95,19 @@ gboolean imap_list_messages(ImapConn *c, const char *mailbox, guint64 changedsin
 gboolean imap_fetch_body(ImapConn *c, guint32 uid, guint64 offset,
                          guint64 length, GBytes **out, GError **error);
 
-/* UID FETCH uidsets[i] BODY.PEEK[] for i < n (1..IMAP_PIPELINE_MAX),
- * pipelined: fn for each body as it arrives, the sets' bodies in the
- * order of the sets (a server answers one FETCH in its own order, UIDs
- * ascending for Dovecot).  Returning FALSE from fn only stops the
- * callbacks (the commands still complete). */
+/* In mailbox, which must have UIDVALIDITY uidvalidity: UID FETCH
+ * uidsets[i] BODY.PEEK[] for i < n (1..IMAP_PIPELINE_MAX - 1), pipelined:
+ * fn for each body as it arrives, the sets' bodies in the order of the
+ * sets (a server answers one FETCH in its own order, UIDs ascending for
+ * Dovecot).  A session with another mailbox (or another UIDVALIDITY of
+ * it) selected sends the SELECT in the same write: a round trip less per
+ * switch.  Bodies reach fn only once SELECT's UIDVALIDITY matched; else
+ * IFS_ERROR_STALE.  Returning FALSE from fn only stops the callbacks (the
+ * commands still complete). */
 typedef gboolean (*ImapBodyFn)(guint32 uid, GBytes *body, gpointer user);
-gboolean imap_fetch_bodies(ImapConn *c, char *const *uidsets, guint n, ImapBodyFn fn,
-                           gpointer user, GError **error);
+gboolean imap_fetch_bodies(ImapConn *c, const char *mailbox, guint32 uidvalidity,
+                           char *const *uidsets, guint n, ImapBodyFn fn, gpointer user,
+                           GError **error);
 
 gboolean imap_noop(ImapConn *c, GError **error);
 

@@ -193,12 +193,19 @@ static gboolean cmd_select_handler(ImapResponse *r, gpointer user) {
   return FALSE;
 }
 
-gboolean imap_select(ImapConn *c, const char *mailbox, ImapSelectInfo *info, GError **error) {
-  ImapSelectInfo tmp = {0};
+/* SELECT mailbox; c counts as having nothing selected until its answer
+ * says otherwise: a failed SELECT leaves nothing selected (RFC 3501
+ * 6.3.1). */
+static ImapCmd *cmd_select_new(ImapConn *c, const char *mailbox) {
   ImapCmd *cmd = imap_cmd_new("SELECT ");
   imap_cmd_add_string(cmd, mailbox);
-  /* A failed SELECT leaves nothing selected (RFC 3501 6.3.1). */
   imap_conn_set_selected(c, NULL, 0);
+  return cmd;
+}
+
+gboolean imap_select(ImapConn *c, const char *mailbox, ImapSelectInfo *info, GError **error) {
+  ImapSelectInfo tmp = {0};
+  ImapCmd *cmd = cmd_select_new(c, mailbox);
   if (!imap_conn_run(c, cmd, cmd_select_handler, &tmp, NULL, error))
     return FALSE;
   if (tmp.uidvalidity == 0) {
@@ -325,9 +332,7 @@ gboolean imap_list_messages(ImapConn *c, const char *mailbox, guint64 changedsin
    * already: a pipelined NOOP would not do, as the FETCH after it may be
    * evaluated on the session's old view (Dovecot runs them together); a
    * SELECT gives a fresh view, and EXISTS to check a delta against. */
-  cmds[0] = imap_cmd_new("SELECT ");
-  imap_cmd_add_string(cmds[0], mailbox);
-  imap_conn_set_selected(c, NULL, 0); /* a failed SELECT deselects */
+  cmds[0] = cmd_select_new(c, mailbox);
   if (changedsince > 0 && qresync)
     cmds[1] = imap_cmd_new("UID FETCH 1:* (UID RFC822.SIZE INTERNALDATE FLAGS MODSEQ) "
                            "(CHANGEDSINCE %" G_GUINT64_FORMAT " VANISHED)",
@@ -416,14 +421,49 @@ gboolean imap_fetch_body(ImapConn *c, guint32 uid, guint64 offset, guint64 lengt
   return TRUE;
 }
 
-gboolean imap_fetch_bodies(ImapConn *c, char *const *uidsets, guint n, ImapBodyFn fn,
-                           gpointer user, GError **error) {
-  g_return_val_if_fail(n >= 1 && n <= IMAP_PIPELINE_MAX, FALSE);
-  CmdBodyCtx ctx = {.section = "BODY[]", .fn = fn, .user = user};
+typedef struct {
+  gboolean selecting;
+  ImapSelectInfo info;
+  guint32 want;
+  CmdBodyCtx body;
+} CmdBodiesCtx;
+
+static gboolean cmd_bodies_handler(ImapResponse *r, gpointer user) {
+  CmdBodiesCtx *ctx = user;
+  if (ctx->selecting && cmd_select_handler(r, &ctx->info))
+    return TRUE;
+  /* Messages of another UIDVALIDITY are other messages: never handed on. */
+  if (ctx->selecting && ctx->info.uidvalidity != ctx->want && r->kind == IMAP_RESP_UNTAGGED &&
+      g_strcmp0(r->name, "FETCH") == 0)
+    return TRUE;
+  return cmd_body_handler(r, &ctx->body);
+}
+
+gboolean imap_fetch_bodies(ImapConn *c, const char *mailbox, guint32 uidvalidity,
+                           char *const *uidsets, guint n, ImapBodyFn fn, gpointer user,
+                           GError **error) {
+  g_return_val_if_fail(n >= 1 && n < IMAP_PIPELINE_MAX, FALSE);
+  CmdBodiesCtx ctx = {.want = uidvalidity, .body = {.section = "BODY[]", .fn = fn, .user = user}};
+  ctx.selecting = g_strcmp0(imap_conn_selected(c), mailbox) != 0 ||
+                  imap_conn_selected_uidvalidity(c) != uidvalidity;
   ImapCmd *cmds[IMAP_PIPELINE_MAX];
+  guint k = 0;
+  if (ctx.selecting)
+    cmds[k++] = cmd_select_new(c, mailbox);
   for (guint i = 0; i < n; i++)
-    cmds[i] = imap_cmd_new("UID FETCH %s BODY.PEEK[]", uidsets[i]);
-  return imap_conn_run_pipeline(c, cmds, n, cmd_body_handler, &ctx, error);
+    cmds[k++] = imap_cmd_new("UID FETCH %s BODY.PEEK[]", uidsets[i]);
+  gboolean ok = imap_conn_run_pipeline(c, cmds, k, cmd_bodies_handler, &ctx, error);
+  if (!ctx.selecting)
+    return ok;
+  /* Whatever became of the FETCHes, a UIDVALIDITY means SELECT worked. */
+  if (ctx.info.uidvalidity != 0)
+    imap_conn_set_selected(c, mailbox, ctx.info.uidvalidity);
+  if (ok && ctx.info.uidvalidity != uidvalidity) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_STALE, "mailbox %s was recreated (UIDVALIDITY %u, was %u)",
+                mailbox, ctx.info.uidvalidity, uidvalidity);
+    return FALSE;
+  }
+  return ok;
 }
 
 gboolean imap_noop(ImapConn *c, GError **error) {

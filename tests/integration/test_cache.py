@@ -876,6 +876,32 @@ def _pipelined_body_fetches(m):
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_batch_sends_its_select_in_the_same_write(mount, empty_dovecot, env):
+    """A batch for a mailbox its connection does not have selected sends
+    the SELECT with its FETCH, one round trip for both (a folder switch
+    cost two through a 20 ms link; rg switches often)."""
+    dv = empty_dovecot()
+    boxes = _make_boxes(dv, {"A": 30, "B": 30}, 1500, 7)
+    m = mount(dv, "cache=none", "imap_debug", "connections=1", env=env)
+    for name in ("A", "B"):  # listings: B is the mailbox selected last
+        os.listdir(os.path.join(m.path, name))
+    d = os.path.join(m.path, "A")
+    for f in os.listdir(d):
+        assert _read(os.path.join(d, f)) == boxes["A"][int(f[:-4])]
+    # Per connection, the C: line before each body FETCH, and whether the
+    # server said anything in between.
+    before, prev = [], {}
+    for conn, dr, text in re.findall(r"imapfuse\[#(\d+)\] ([CS]): (?:A\d+ )?([^\n]*)",
+                                     m.stderr_text()):
+        if dr == "C" and "BODY.PEEK[" in text:
+            before.append(prev.get(conn))
+        prev[conn] = (dr, text)
+    selects = [p for p in before if p is not None and p[1].startswith("SELECT")]
+    assert selects and all(p[0] == "C" for p in selects), before
+    assert ("C", 'SELECT "A"') in selects, before
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
 def test_readahead_follows_readers_that_start_in_two_places(mount, empty_dovecot, env):
     """rg's parallel walker pushes a folder's entries on a stack while
     others pop them: reading starts near wherever the listing had got to,
