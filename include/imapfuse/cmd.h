@@ -94,6 +94,10 @@ gboolean imap_list_messages(ImapConn *c, const char *mailbox, guint64 changedsin
  * IFS_ERROR_NOT_FOUND when the server returns no such message. */
 gboolean imap_fetch_body(ImapConn *c, guint32 uid, guint64 offset,
                          guint64 length, GBytes **out, GError **error);
+/* The same in mailbox, which must have UIDVALIDITY uidvalidity: a SELECT
+ * the session needs first goes in the same write (as imap_fetch_bodies). */
+gboolean imap_fetch_body_in(ImapConn *c, const char *mailbox, guint32 uidvalidity, guint32 uid,
+                            guint64 offset, guint64 length, GBytes **out, GError **error);
 
 /* In mailbox, which must have UIDVALIDITY uidvalidity: UID FETCH
  * uidsets[i] BODY.PEEK[] for i < n (1..IMAP_PIPELINE_MAX - 1), pipelined:

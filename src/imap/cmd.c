@@ -397,35 +397,49 @@ static gboolean cmd_body_handler(ImapResponse *r, gpointer user) {
   return TRUE;
 }
 
+/* The FETCH of one message's body (length 0: whole); ctx says what to
+ * take from the answer. */
+static ImapCmd *cmd_fetch_body_new(CmdBodyCtx *ctx, guint32 uid, guint64 offset,
+                                   guint64 length) {
+  ctx->uid = uid;
+  if (length == 0) {
+    ctx->section = "BODY[]";
+    return imap_cmd_new("UID FETCH %u BODY.PEEK[]", uid);
+  }
+  ctx->section = "BODY[]<";
+  return imap_cmd_new("UID FETCH %u BODY.PEEK[]<%" G_GUINT64_FORMAT ".%" G_GUINT64_FORMAT ">",
+                      uid, offset, length);
+}
+
+/* A single fetch's answer: its body, or NOT_FOUND. */
+static gboolean cmd_fetch_body_done(gboolean ok, CmdBodyCtx *ctx, GBytes **out,
+                                    GError **error) {
+  if (!ok) {
+    g_clear_pointer(&ctx->body, g_bytes_unref);
+    return FALSE;
+  }
+  if (ctx->body == NULL) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_NOT_FOUND, "message UID %u no longer exists",
+                ctx->uid);
+    return FALSE;
+  }
+  *out = ctx->body;
+  return TRUE;
+}
+
 gboolean imap_fetch_body(ImapConn *c, guint32 uid, guint64 offset, guint64 length,
                          GBytes **out, GError **error) {
-  CmdBodyCtx ctx = {.uid = uid};
-  ImapCmd *cmd;
-  if (length == 0) {
-    ctx.section = "BODY[]";
-    cmd = imap_cmd_new("UID FETCH %u BODY.PEEK[]", uid);
-  } else {
-    ctx.section = "BODY[]<";
-    cmd = imap_cmd_new("UID FETCH %u BODY.PEEK[]<%" G_GUINT64_FORMAT ".%" G_GUINT64_FORMAT ">",
-                       uid, offset, length);
-  }
-  if (!imap_conn_run(c, cmd, cmd_body_handler, &ctx, NULL, error)) {
-    g_clear_pointer(&ctx.body, g_bytes_unref);
-    return FALSE;
-  }
-  if (ctx.body == NULL) {
-    g_set_error(error, IFS_ERROR, IFS_ERROR_NOT_FOUND, "message UID %u no longer exists", uid);
-    return FALSE;
-  }
-  *out = ctx.body;
-  return TRUE;
+  CmdBodyCtx ctx = {0};
+  ImapCmd *cmd = cmd_fetch_body_new(&ctx, uid, offset, length);
+  return cmd_fetch_body_done(imap_conn_run(c, cmd, cmd_body_handler, &ctx, NULL, error), &ctx,
+                             out, error);
 }
 
 typedef struct {
   gboolean selecting;
   ImapSelectInfo info;
   guint32 want;
-  CmdBodyCtx body;
+  CmdBodyCtx *body;
 } CmdBodiesCtx;
 
 static gboolean cmd_bodies_handler(ImapResponse *r, gpointer user) {
@@ -436,14 +450,15 @@ static gboolean cmd_bodies_handler(ImapResponse *r, gpointer user) {
   if (ctx->selecting && ctx->info.uidvalidity != ctx->want && r->kind == IMAP_RESP_UNTAGGED &&
       g_strcmp0(r->name, "FETCH") == 0)
     return TRUE;
-  return cmd_body_handler(r, &ctx->body);
+  return cmd_body_handler(r, ctx->body);
 }
 
-gboolean imap_fetch_bodies(ImapConn *c, const char *mailbox, guint32 uidvalidity,
-                           char *const *uidsets, guint n, ImapBodyFn fn, gpointer user,
-                           GError **error) {
-  g_return_val_if_fail(n >= 1 && n < IMAP_PIPELINE_MAX, FALSE);
-  CmdBodiesCtx ctx = {.want = uidvalidity, .body = {.section = "BODY[]", .fn = fn, .user = user}};
+/* The n FETCHes (consumed) in mailbox, preceded in the same write by a
+ * SELECT if the session has something else selected (see
+ * imap_fetch_bodies). */
+static gboolean cmd_fetch_in(ImapConn *c, const char *mailbox, guint32 uidvalidity,
+                             ImapCmd **fetches, guint n, CmdBodyCtx *body, GError **error) {
+  CmdBodiesCtx ctx = {.want = uidvalidity, .body = body};
   ctx.selecting = g_strcmp0(imap_conn_selected(c), mailbox) != 0 ||
                   imap_conn_selected_uidvalidity(c) != uidvalidity;
   ImapCmd *cmds[IMAP_PIPELINE_MAX];
@@ -451,7 +466,7 @@ gboolean imap_fetch_bodies(ImapConn *c, const char *mailbox, guint32 uidvalidity
   if (ctx.selecting)
     cmds[k++] = cmd_select_new(c, mailbox);
   for (guint i = 0; i < n; i++)
-    cmds[k++] = imap_cmd_new("UID FETCH %s BODY.PEEK[]", uidsets[i]);
+    cmds[k++] = fetches[i];
   gboolean ok = imap_conn_run_pipeline(c, cmds, k, cmd_bodies_handler, &ctx, error);
   if (!ctx.selecting)
     return ok;
@@ -464,6 +479,25 @@ gboolean imap_fetch_bodies(ImapConn *c, const char *mailbox, guint32 uidvalidity
     return FALSE;
   }
   return ok;
+}
+
+gboolean imap_fetch_body_in(ImapConn *c, const char *mailbox, guint32 uidvalidity, guint32 uid,
+                            guint64 offset, guint64 length, GBytes **out, GError **error) {
+  CmdBodyCtx ctx = {0};
+  ImapCmd *cmd = cmd_fetch_body_new(&ctx, uid, offset, length);
+  return cmd_fetch_body_done(cmd_fetch_in(c, mailbox, uidvalidity, &cmd, 1, &ctx, error), &ctx,
+                             out, error);
+}
+
+gboolean imap_fetch_bodies(ImapConn *c, const char *mailbox, guint32 uidvalidity,
+                           char *const *uidsets, guint n, ImapBodyFn fn, gpointer user,
+                           GError **error) {
+  g_return_val_if_fail(n >= 1 && n < IMAP_PIPELINE_MAX, FALSE);
+  CmdBodyCtx ctx = {.section = "BODY[]", .fn = fn, .user = user};
+  ImapCmd *cmds[IMAP_PIPELINE_MAX];
+  for (guint i = 0; i < n; i++)
+    cmds[i] = imap_cmd_new("UID FETCH %s BODY.PEEK[]", uidsets[i]);
+  return cmd_fetch_in(c, mailbox, uidvalidity, cmds, n, &ctx, error);
 }
 
 gboolean imap_noop(ImapConn *c, GError **error) {

@@ -888,17 +888,41 @@ def test_batch_sends_its_select_in_the_same_write(mount, empty_dovecot, env):
     d = os.path.join(m.path, "A")
     for f in os.listdir(d):
         assert _read(os.path.join(d, f)) == boxes["A"][int(f[:-4])]
-    # Per connection, the C: line before each body FETCH, and whether the
-    # server said anything in between.
-    before, prev = [], {}
+    selects = _selects_before_body_fetches(m)
+    assert ("C", 'SELECT "A"') in selects, selects
+    assert all(dr == "C" for dr, _ in selects), selects
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_lone_read_sends_its_select_in_the_same_write(mount, empty_dovecot, env):
+    """The same for a message read on its own (a mail reader opening one
+    message in the middle of a folder): one round trip, not two."""
+    dv = empty_dovecot()
+    boxes = _make_boxes(dv, {"A": 30, "B": 30}, 1500, 7)
+    m = mount(dv, "cache=none", "imap_debug", "connections=1", env=env)
+    for name in ("A", "B"):
+        os.listdir(os.path.join(m.path, name))
+    u = sorted(boxes["A"])[15]
+    assert _read(os.path.join(m.path, "A", "%d.eml" % u)) == boxes["A"][u]
+    assert "UID FETCH %d BODY.PEEK[]" % u in _body_fetches(m), _body_fetches(m)
+    assert _selects_before_body_fetches(m) == [("C", 'SELECT "A"')]
+
+
+def _selects_before_body_fetches(m):
+    """For each body FETCH that follows a SELECT on its connection: ("C",
+    the SELECT) if nothing was read from the server in between (one
+    write), else ("S", what was read)."""
+    out, prev, sel = [], {}, {}
     for conn, dr, text in re.findall(r"imapfuse\[#(\d+)\] ([CS]): (?:A\d+ )?([^\n]*)",
                                      m.stderr_text()):
-        if dr == "C" and "BODY.PEEK[" in text:
-            before.append(prev.get(conn))
+        if dr == "C" and text.startswith("SELECT"):
+            sel[conn] = True
+        elif dr == "C" and "BODY.PEEK[" in text and sel.pop(conn, False):
+            out.append(prev[conn])
+        elif dr == "C":
+            sel.pop(conn, None)
         prev[conn] = (dr, text)
-    selects = [p for p in before if p is not None and p[1].startswith("SELECT")]
-    assert selects and all(p[0] == "C" for p in selects), before
-    assert ("C", 'SELECT "A"') in selects, before
+    return out
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
