@@ -474,8 +474,9 @@ static gboolean cmd_fetch_in(ImapConn *c, const char *mailbox, guint32 uidvalidi
   if (ctx.info.uidvalidity != 0)
     imap_conn_set_selected(c, mailbox, ctx.info.uidvalidity);
   if (ok && ctx.info.uidvalidity != uidvalidity) {
-    g_set_error(error, IFS_ERROR, IFS_ERROR_STALE, "mailbox %s was recreated (UIDVALIDITY %u, was %u)",
-                mailbox, ctx.info.uidvalidity, uidvalidity);
+    g_set_error(error, IFS_ERROR, IFS_ERROR_STALE,
+                "mailbox %s was recreated (UIDVALIDITY %u, was %u)", mailbox, ctx.info.uidvalidity,
+                uidvalidity);
     return FALSE;
   }
   return ok;
