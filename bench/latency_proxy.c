@@ -164,6 +164,14 @@ static void conn_log(Conn *c) {
   fclose(f);
 }
 
+static void chunks_free(Chunk *k) {
+  while (k) {
+    Chunk *n = k->next;
+    free(k);
+    k = n;
+  }
+}
+
 /* Called by each of the four threads as it ends; the last one frees. */
 static void conn_thread_done(Conn *c) {
   pthread_mutex_lock(&g_mu);
@@ -185,14 +193,8 @@ static void conn_thread_done(Conn *c) {
   close(c->sfd);
   Dir *ds[2] = {&c->up, &c->down};
   for (int i = 0; i < 2; i++) {
-    for (Chunk *lists[2] = {ds[i]->head, ds[i]->spare}, **l = lists; l < lists + 2; l++) {
-      Chunk *k = *l;
-      while (k) {
-        Chunk *n = k->next;
-        free(k);
-        k = n;
-      }
-    }
+    chunks_free(ds[i]->head);
+    chunks_free(ds[i]->spare);
     pthread_mutex_destroy(&ds[i]->mu);
     pthread_cond_destroy(&ds[i]->cv);
   }

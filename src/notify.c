@@ -112,18 +112,13 @@ void notify_inval_inode(Notify *n, fuse_ino_t ino, gboolean data) {
 }
 
 gboolean notify_flush(Notify *n, gint64 timeout_us) {
-  gint64 end = timeout_us < 0 ? G_MAXINT64 : g_get_monotonic_time() + timeout_us;
-  gboolean sent = TRUE;
+  gint64 end = g_get_monotonic_time() + timeout_us;
   g_mutex_lock(&n->lock);
   guint64 target = n->queued;
-  while (n->done < target && !n->stop && n->thread != NULL) {
-    if (end == G_MAXINT64) {
-      g_cond_wait(&n->cond, &n->lock);
-    } else if (!g_cond_wait_until(&n->cond, &n->lock, end)) {
-      sent = n->done >= target;
-      break;
-    }
-  }
+  while (n->done < target && !n->stop && n->thread != NULL &&
+         g_cond_wait_until(&n->cond, &n->lock, end))
+    ;
+  gboolean sent = n->done >= target;
   g_mutex_unlock(&n->lock);
   return sent;
 }

@@ -23,10 +23,10 @@ void notify_free(Notify *n); /* stops the thread; pending items are dropped */
 void notify_inval_entry(Notify *n, fuse_ino_t parent, const char *name);
 /* ino's attributes (and pages, if data is TRUE) are stale. */
 void notify_inval_inode(Notify *n, fuse_ino_t ino, gboolean data);
-/* Wait until everything queued so far has been sent, or timeout_us (< 0:
- * no limit) has passed; FALSE on timeout.  A handler may wait only with a
- * limit: the kernel side of a call can wait for a lock that a request
- * queued behind this one holds. */
+/* Wait until everything queued so far has been sent, or timeout_us has
+ * passed; FALSE if something is still unsent.  Always with a limit: the
+ * kernel side of a call can wait for a lock that a request queued behind
+ * the waiting handler holds. */
 gboolean notify_flush(Notify *n, gint64 timeout_us);
 
 G_END_DECLS
