@@ -76,6 +76,7 @@
 #include "imapfuse/diskcache.h"
 #include "imapfuse/errors.h"
 #include "imapfuse/heap.h"
+#include "imapfuse/loop.h"
 
 #define BC_WHOLE G_MAXUINT64
 #define BC_BATCH_MIN 8
@@ -452,6 +453,13 @@ static GBytes *bc_chunk(Bodycache *bc, const char *mailbox, guint32 uidvalidity,
     g_atomic_int_inc(&f->refs);
     bc->stats.waits++;
     gint64 t0 = g_get_monotonic_time();
+    if (!f->done) {
+      /* f is ours (refs), so the lock can go while another worker takes
+       * over reading FUSE requests. */
+      g_mutex_unlock(&bc->lock);
+      loop_about_to_wait();
+      g_mutex_lock(&bc->lock);
+    }
     while (!f->done)
       g_cond_wait(&bc->cond, &bc->lock);
     bc->stats.wait_us += (guint64)(g_get_monotonic_time() - t0);

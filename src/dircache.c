@@ -19,6 +19,7 @@
 
 #include "imapfuse/cmd.h"
 #include "imapfuse/errors.h"
+#include "imapfuse/loop.h"
 #include "imapfuse/mcache.h"
 #include "imapfuse/names.h"
 
@@ -567,6 +568,7 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
   if (fresh)
     return TRUE;
 
+  loop_about_to_wait(); /* for the server, or for another thread's refresh */
   g_mutex_lock(&n->refresh_lock);
   g_mutex_lock(&n->lock);
   /* Someone else fetched meanwhile: fresh enough if it started after we

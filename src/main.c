@@ -22,6 +22,7 @@
 #include "imapfuse/errors.h"
 #include "imapfuse/fs.h"
 #include "imapfuse/heap.h"
+#include "imapfuse/loop.h"
 #include "imapfuse/notify.h"
 #include "imapfuse/options.h"
 #include "imapfuse/pool.h"
@@ -235,25 +236,32 @@ int main(int argc, char *argv[]) {
     goto out_signals;
   }
   fuse_daemonize(fo.foreground);
+  /* Our loop takes the stopping signals in one wait, so no other thread
+   * may take them: block them before any thread starts (libfuse's loops
+   * read /dev/fuse on this thread, -s, or take them in any thread). */
+  gboolean own_loop = !fo.singlethread && !fo.clone_fd;
+  if (own_loop)
+    loop_block_signals();
   /* Threads only after the fork of daemonising: the child keeps only the
    * thread that forked, and a lock another thread held stays locked. */
   bodycache_start(bc);
   fs_start(fs);
   notify_set_session(notify, se);
   watch = watch_new(&ep, dc, (guint)o.poll);
+  /* By default as many workers as connections, at least 4: more could
+   * only wait for a connection. */
+  unsigned workers = o.max_threads > 0 ? o.max_threads : (unsigned)MAX(4, o.connections);
+  workers = MIN(workers, 1000);
+  LoopStats lst = {0};
   if (fo.singlethread) {
     ret = fuse_session_loop(se);
+  } else if (own_loop) {
+    ret = loop_run(se, workers, &lst);
   } else {
+    /* -o clone_fd: libfuse's loop, a /dev/fuse descriptor per worker */
     struct fuse_loop_config *cfg = fuse_loop_cfg_create();
     fuse_loop_cfg_set_clone_fd(cfg, fo.clone_fd);
-    /* By default as many workers as connections, at least 4, not
-     * libfuse's 10: the kernel hands each request to the worker idle
-     * longest, so with spare idle workers every request wakes a sleeping
-     * thread, while with few a worker finds the next request of parallel
-     * readers already queued (rg -j4, cold, 10,000 messages: 1.11 -> 0.99
-     * s with 4, 1.08 s with 6).  More could only wait for a connection. */
-    unsigned workers = o.max_threads > 0 ? o.max_threads : (unsigned)MAX(4, o.connections);
-    fuse_loop_cfg_set_max_threads(cfg, MIN(workers, 1000));
+    fuse_loop_cfg_set_max_threads(cfg, workers);
     if (fo.max_idle_threads > 0 && fo.max_idle_threads <= 1000)
       fuse_loop_cfg_set_idle_threads(cfg, fo.max_idle_threads);
     ret = fuse_session_loop_mt(se, cfg);
@@ -276,6 +284,10 @@ int main(int argc, char *argv[]) {
           bst.wait_us / 1e6, pool_opened_total(pool));
   FsCounts fc;
   fs_counts(fs, &fc);
+  g_debug("FUSE loop: %u workers; reader handed on %" G_GUINT64_FORMAT
+          " times before a wait, %" G_GUINT64_FORMAT " with more requests queued, %"
+          G_GUINT64_FORMAT " by the watchdog",
+          lst.threads, lst.passes, lst.queued, lst.watched);
   g_debug("file requests: %u OPEN, %u READ, %u FLUSH, %u RELEASE", fc.open, fc.read, fc.flush,
           fc.release);
 out_signals:

@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <string.h>
 
+#include "imapfuse/loop.h"
+
 typedef struct {
   fuse_ino_t ino; /* parent for entries */
   char *name;     /* NULL: an inode invalidation */
@@ -115,6 +117,12 @@ gboolean notify_flush(Notify *n, gint64 timeout_us) {
   gint64 end = g_get_monotonic_time() + timeout_us;
   g_mutex_lock(&n->lock);
   guint64 target = n->queued;
+  if (n->done < target) {
+    /* The kernel side may need a request queued behind ours served. */
+    g_mutex_unlock(&n->lock);
+    loop_about_to_wait();
+    g_mutex_lock(&n->lock);
+  }
   while (n->done < target && !n->stop && n->thread != NULL &&
          g_cond_wait_until(&n->cond, &n->lock, end))
     ;

@@ -33,6 +33,7 @@
 
 #include "imapfuse/cmd.h"
 #include "imapfuse/errors.h"
+#include "imapfuse/loop.h"
 
 #define POOL_CHECK_IDLE_US (60 * G_USEC_PER_SEC)
 
@@ -162,6 +163,7 @@ void pool_warm(Pool *p, const char *mailbox) {
 }
 
 ImapConn *pool_acquire(Pool *p, const char *mailbox, GError **error) {
+  loop_about_to_wait(); /* a round trip at least, maybe a wait for a connection */
   for (;;) {
     gboolean may_open;
     g_mutex_lock(&p->lock);

@@ -1,0 +1,39 @@
+/* loop.h - the multithreaded FUSE request loop.
+ *
+ * Owns: the worker threads that read and serve /dev/fuse, and the signals
+ * that stop the mount (SIGINT, SIGTERM, SIGHUP).  One worker at a time
+ * reads; handlers tell it when they are about to wait (loop_about_to_wait)
+ * so that another worker reads meanwhile (design note in loop.c).
+ */
+#pragma once
+
+#include <glib.h>
+
+G_BEGIN_DECLS
+
+struct fuse_session;
+
+/* Blocks the stopping signals in the calling thread and so in every thread
+ * it starts from now on: only loop_run's wait receives them.  Call before
+ * starting any thread that should not take them. */
+void loop_block_signals(void);
+
+typedef struct {
+  guint threads;   /* workers started */
+  guint64 passes;  /* reader role handed on before a wait */
+  guint64 queued;  /* ... because more requests were queued */
+  guint64 watched; /* ... by the watchdog, after a tick on one request */
+} LoopStats;
+
+/* Serves se with up to max_threads workers until it is unmounted or a
+ * stopping signal arrives (libfuse's handlers, fuse_set_signal_handlers,
+ * end the session); 0 then, else a negative errno from reading.  stats
+ * (may be NULL) gets the counts. */
+int loop_run(struct fuse_session *se, guint max_threads, LoopStats *stats);
+
+/* The calling thread is about to wait (for the server, another thread's
+ * work, the kernel): if it is the loop's reader, another worker takes over
+ * reading.  Anywhere else a no-op, so any module may call it. */
+void loop_about_to_wait(void);
+
+G_END_DECLS
