@@ -94,6 +94,7 @@ static T *t_mount(void) {
   char *argv[] = {"test_loop", NULL};
   struct fuse_args args = FUSE_ARGS_INIT(1, argv);
   t->se = fuse_session_new(&args, &t_ops, sizeof t_ops, t);
+  fuse_opt_free_args(&args);
   if (t->se == NULL || t->dir == NULL || fuse_session_mount(t->se, t->dir) != 0) {
     g_test_skip("cannot mount a FUSE file system here");
     if (t->se != NULL)
