@@ -200,11 +200,6 @@ static void *loop_worker(void *data) {
     g_atomic_int_inc(&l->seq);
     if (!g_atomic_int_get(&l->ticking))
       loop_wake_watchdog(l);
-    /* More requests queued (parallel clients: rg -j4): another worker
-     * reads them while this one serves its own. */
-    struct pollfd more = {.fd = fuse_session_fd(l->se), .events = POLLIN};
-    if (poll(&more, 1, 0) > 0 && g_atomic_pointer_get(&l->reader) == w)
-      loop_pass_from(l, w, &l->stats.queued);
     fuse_session_process_buf(l->se, &buf);
     g_atomic_int_set(&w->busy, 0);
     if (fuse_session_exited(l->se)) {

@@ -285,9 +285,8 @@ int main(int argc, char *argv[]) {
   FsCounts fc;
   fs_counts(fs, &fc);
   g_debug("FUSE loop: %u workers; reader handed on %" G_GUINT64_FORMAT
-          " times before a wait, %" G_GUINT64_FORMAT " with more requests queued, %"
-          G_GUINT64_FORMAT " by the watchdog",
-          lst.threads, lst.passes, lst.queued, lst.watched);
+          " times before a wait, %" G_GUINT64_FORMAT " by the watchdog",
+          lst.threads, lst.passes, lst.watched);
   g_debug("file requests: %u OPEN, %u READ, %u FLUSH, %u RELEASE", fc.open, fc.read, fc.flush,
           fc.release);
 out_signals:

@@ -21,7 +21,6 @@ void loop_block_signals(void);
 typedef struct {
   guint threads;   /* workers started */
   guint64 passes;  /* reader role handed on before a wait */
-  guint64 queued;  /* ... because more requests were queued */
   guint64 watched; /* ... by the watchdog, after a tick on one request */
 } LoopStats;
 
