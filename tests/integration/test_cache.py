@@ -545,6 +545,26 @@ def test_fuse_workers_default_to_connections(mount, empty_dovecot, env, opts, mo
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_reads_that_wait_for_the_server_hand_reading_on(mount, empty_dovecot, env):
+    """One FUSE worker reads requests at a time (src/loop.c); a read that
+    waits for the server hands reading on to another worker first, so the
+    other readers go on meanwhile: eight readers of eight mailboxes, each
+    read a round trip (no read-ahead, no cache), see hand-ons before waits
+    and more than one worker, never more than the default 4."""
+    dv = empty_dovecot()
+    boxes = _make_boxes(dv, {"Box%d" % k: 6 for k in range(8)}, 2000, 17)
+    m = mount(dv, "imap_debug", "cache=none", "readahead=0", env=env)
+    assert _read_boxes_in_parallel(m, boxes, 1) == []
+    m.unmount()
+    got = re.findall(r"FUSE loop: (\d+) workers; reader handed on (\d+) times before a wait",
+                     m.stderr_text())
+    assert len(got) == 1, m.stderr_text()[-1500:]
+    workers, passes = map(int, got[0])
+    assert passes >= 8, got
+    assert 2 <= workers <= 4, got
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
 @pytest.mark.parametrize("connections", [4, 3])
 def test_scan_opens_the_other_connections_at_once(mount, empty_dovecot, env, connections):
     """The first scan of a mount that sends several batches to the server
