@@ -118,20 +118,17 @@ static void _loop_pass(Loop *l) {
     _loop_start_worker(l);
 }
 
-/* w passes the role on if it still has it; counted in *count. */
-static void loop_pass_from(Loop *l, LoopWorker *w, guint64 *count) {
+void loop_about_to_wait(void) {
+  LoopWorker *w = loop_self;
+  if (w == NULL || g_atomic_pointer_get(&w->loop->reader) != w)
+    return;
+  Loop *l = w->loop;
   g_mutex_lock(&l->lock);
-  if (l->reader == w) {
-    (*count)++;
+  if (l->reader == w) { /* the watchdog may have passed it on meanwhile */
+    l->stats.passes++;
     _loop_pass(l);
   }
   g_mutex_unlock(&l->lock);
-}
-
-void loop_about_to_wait(void) {
-  LoopWorker *w = loop_self;
-  if (w != NULL && g_atomic_pointer_get(&w->loop->reader) == w)
-    loop_pass_from(w->loop, w, &w->loop->stats.passes);
 }
 
 /* Waits until the role is free and takes it; FALSE once stopping. */

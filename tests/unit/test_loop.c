@@ -22,7 +22,7 @@
  * says it will wait, then waits until the test releases it, and
  * "unmarked", which waits without saying so.  Waits are in directories of
  * their own because the kernel serialises lookups in one directory (libfuse
- * 3.14 does not ask for FUSE_PARALLEL_DIROPS). */
+ * 3.14 asks for FUSE_PARALLEL_DIROPS but does not pass it on). */
 enum { INO_FAST = 2, INO_DIR0 = 10, INO_MARKED0 = 20, INO_UNMARKED0 = 30 };
 
 typedef struct {
