@@ -123,14 +123,23 @@ def _body_fetches(m):
     return [c for c in _commands(m) if "BODY.PEEK[" in c]
 
 
+def _uids_of(cmd):
+    """The UIDs of a "UID FETCH <set> ..." command, in the set's order."""
+    out = []
+    for part in cmd.split()[2].split(","):
+        lo, _, hi = part.partition(":")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
 def _fetched_uids(m):
     """Every UID of every body fetch (a refetch shows twice)."""
-    out = []
-    for c in _body_fetches(m):
-        for part in c.split()[2].split(","):
-            lo, _, hi = part.partition(":")
-            out += range(int(lo), int(hi or lo) + 1)
-    return out
+    return [u for c in _body_fetches(m) for u in _uids_of(c)]
+
+
+def _trace(m):
+    """(connection, "C" or "S", line without its tag) for every traced line."""
+    return re.findall(r"imapfuse\[#(\d+)\] ([CS]): (?:A\d+ )?([^\n]*)", m.stderr_text())
 
 
 @pytest.fixture
@@ -874,20 +883,11 @@ def test_readahead_follows_reverse_and_name_order(mount, empty_dovecot, env, ord
         assert piped == [], piped
 
 
-def _uids_of(cmd):
-    out = []
-    for part in cmd.split()[2].split(","):
-        lo, _, hi = part.partition(":")
-        out.extend(range(int(lo), int(hi or lo) + 1))
-    return out
-
-
 def _pipelined_body_fetches(m):
     """(first, second) for body FETCHes sent back to back on one
     connection: nothing read from the server in between, so one write."""
     last, out = {}, []
-    for conn, d, text in re.findall(r"imapfuse\[#(\d+)\] ([CS]): (?:A\d+ )?([^\n]*)",
-                                    m.stderr_text()):
+    for conn, d, text in _trace(m):
         body = d == "C" and "BODY.PEEK[" in text
         if body and last.get(conn) is not None:
             out.append((last[conn], text))
@@ -933,8 +933,7 @@ def _selects_before_body_fetches(m):
     the SELECT) if nothing was read from the server in between (one
     write), else ("S", what was read)."""
     out, prev, sel = [], {}, {}
-    for conn, dr, text in re.findall(r"imapfuse\[#(\d+)\] ([CS]): (?:A\d+ )?([^\n]*)",
-                                     m.stderr_text()):
+    for conn, dr, text in _trace(m):
         if dr == "C" and text.startswith("SELECT"):
             sel[conn] = True
         elif dr == "C" and "BODY.PEEK[" in text and sel.pop(conn, False):
