@@ -203,6 +203,7 @@ int main(int argc, char *argv[]) {
       .readahead_bytes = readahead,
       /* keep one connection for readers that are not scanning */
       .readahead_threads = (guint)MAX(1, o.connections - 1),
+      .readahead_batches = (guint)o.readahead_batches,
       .disk = disk,
       .account = account,
       .dc = dc,
@@ -279,9 +280,10 @@ int main(int argc, char *argv[]) {
           " by read-ahead, %" G_GUINT64_FORMAT " read ahead from disk, %" G_GUINT64_FORMAT
           " memory hits, %" G_GUINT64_FORMAT
           " disk hits, %" G_GUINT64_FORMAT " waits for read-ahead; readers waited %.3f s; "
-          "%u connections opened",
+          "%u connections opened; at most %u read-ahead batches fetched at once; "
+          "server round trip %.3f ms",
           bst.fetched_single, bst.fetched_bulk, bst.disk_ahead, bst.mem_hits, bst.disk_hits, bst.waits,
-          bst.wait_us / 1e6, pool_opened_total(pool));
+          bst.wait_us / 1e6, pool_opened_total(pool), bst.net_max, pool_rtt_us(pool) / 1e3);
   FsCounts fc;
   fs_counts(fs, &fc);
   g_debug("FUSE loop: %u workers; reader handed on %" G_GUINT64_FORMAT

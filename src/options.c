@@ -30,6 +30,7 @@ static const struct fuse_opt options_table[] = {
     IFS_OPT("cache_dir=%s", cache_dir, 0),
     IFS_OPT("cache_size=%s", cache_size, 0),
     IFS_OPT("readahead=%s", readahead, 0),
+    IFS_OPT("readahead_batches=%u", readahead_batches, 0),
     IFS_OPT("poll=%u", poll, 0),
     IFS_OPT("xattr=%s", xattr, 0),
     IFS_OPT("delete=%s", delete_mode, 0),
@@ -131,6 +132,11 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
                 o->readahead);
     return FALSE;
   }
+  if (o->readahead_batches < 0 || o->readahead_batches > 64) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "readahead_batches= must be 0 (chosen by the server's round trip) to 64");
+    return FALSE;
+  }
   if (o->delete_mode != NULL && g_strcmp0(o->delete_mode, "expunge") != 0 &&
       g_strcmp0(o->delete_mode, "trash") != 0) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "delete= takes expunge or trash, not \"%s\"",
@@ -193,6 +199,8 @@ void options_usage(const char *prog) {
          "    -o xattr=off             no extended attributes (user.imap.flags): ls -l asks\n"
          "                             no GETXATTR per file (faster listings)\n"
          "    -o readahead=SIZE        bytes fetched ahead of sequential readers (default 8M; 0 off)\n"
+         "    -o readahead_batches=N   read-ahead batches fetched at once (default: 1 when\n"
+         "                             the server answers within 2 ms, else connections-1)\n"
          "    -o delete=trash          rm moves messages to the \\Trash mailbox (default: expunge,\n"
          "                             which needs UIDPLUS)\n"
          "    -o dedup=off             cp/rsync into a mailbox append even if the same message\n"

@@ -49,7 +49,16 @@ struct Pool {
   ImapHandler unsolicited;
   gpointer unsolicited_user;
   GPtrArray *warmers; /* GThread*: pool_warm's, joined by pool_free */
+  gint rtt_us;        /* atomic: pool_rtt_us */
 };
+
+/* The shortest round trip any connection saw since one was found dead:
+ * server time only ever adds to a command's round trip. */
+static void pool_note_rtt(Pool *p, const ImapConn *c) {
+  gint r = (gint)MIN(imap_conn_rtt_us(c), G_MAXINT), cur = g_atomic_int_get(&p->rtt_us);
+  while (r > 0 && (cur == 0 || r < cur) && !g_atomic_int_compare_and_exchange(&p->rtt_us, cur, r))
+    cur = g_atomic_int_get(&p->rtt_us);
+}
 
 Pool *pool_new(const ImapEndpoint *ep, guint max_conns, ImapConn *first) {
   Pool *p = g_new0(Pool, 1);
@@ -63,6 +72,7 @@ Pool *pool_new(const ImapEndpoint *ep, guint max_conns, ImapConn *first) {
     g_queue_push_head(&p->idle, first);
     p->open = 1;
     p->opened_total = 1;
+    pool_note_rtt(p, first);
   }
   return p;
 }
@@ -201,10 +211,12 @@ void pool_release(Pool *p, ImapConn *c) {
     return;
   if (imap_conn_is_broken(c)) {
     imap_conn_close(c);
+    g_atomic_int_set(&p->rtt_us, 0); /* the way to the server may have changed */
     g_mutex_lock(&p->lock);
     p->open--;
     p->failure_at = g_get_monotonic_time();
   } else {
+    pool_note_rtt(p, c);
     g_mutex_lock(&p->lock);
     g_queue_push_head(&p->idle, c);
   }
@@ -229,6 +241,8 @@ gboolean pool_run(Pool *p, const char *mailbox, gboolean idempotent, PoolOp op, 
     return FALSE;
   }
 }
+
+gint64 pool_rtt_us(Pool *p) { return g_atomic_int_get(&p->rtt_us); }
 
 guint pool_opened_total(Pool *p) {
   g_mutex_lock(&p->lock);

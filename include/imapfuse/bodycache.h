@@ -25,6 +25,10 @@ typedef struct {
   guint64 chunk_bytes;     /* partial-fetch unit; messages up to this size are fetched whole */
   guint64 readahead_bytes; /* bound on bytes fetched ahead of readers and not yet read; 0 = off */
   guint readahead_threads; /* connections read-ahead may use at once */
+  /* Read-ahead batches fetched from the server at once (at most
+   * readahead_threads); 0: by the server's round trip, 1 when it is near,
+   * else readahead_threads. */
+  guint readahead_batches;
   Diskcache *disk;         /* on-disk tier, or NULL */
   const char *account;     /* disk key prefix for this account */
   /* A scan reaching the end of a mailbox goes on into the one a walk in
@@ -66,6 +70,7 @@ typedef struct {
   guint64 disk_ahead;     /* bodies read from disk ahead of a reader */
   guint64 mem_hits, disk_hits, waits;
   guint64 wait_us; /* time readers spent waiting for bytes (in flight or fetched for them) */
+  guint net_max;   /* most read-ahead batches fetched from the server at once */
 } BodycacheStats;
 void bodycache_stats(Bodycache *bc, BodycacheStats *out);
 

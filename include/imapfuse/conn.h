@@ -115,6 +115,9 @@ void imap_conn_set_selected(ImapConn *c, const char *mailbox,
                             guint32 uidvalidity);
 /* Monotonic time of the last successful exchange (for keepalive). */
 gint64 imap_conn_last_used(const ImapConn *c);
+/* The shortest command round trip seen on c, in microseconds (0: none
+ * yet): about the network's round trip to the server. */
+gint64 imap_conn_rtt_us(const ImapConn *c);
 /* An id for logs ("#3"). */
 guint imap_conn_id(const ImapConn *c);
 /* Whether QRESYNC / CONDSTORE were ENABLEd at login. */

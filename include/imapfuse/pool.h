@@ -38,6 +38,11 @@ gboolean pool_run(Pool *p, const char *mailbox, gboolean idempotent, PoolOp op,
  * for a scan about to need them all.  Call it only before pool_free. */
 void pool_warm(Pool *p, const char *mailbox);
 
+/* The server's round trip in microseconds: the shortest command round
+ * trip (imap_conn_rtt_us) of any connection since one was found dead;
+ * 0: none yet.  Lock-free. */
+gint64 pool_rtt_us(Pool *p);
+
 /* Counters for diagnostics and tests. */
 guint pool_opened_total(Pool *p);
 

@@ -40,6 +40,7 @@ struct ImapConn {
   ImapHandler unsolicited;
   gpointer unsolicited_user;
   gint64 last_used;
+  gint64 rtt_us; /* shortest command round trip seen, 0 before any */
 };
 
 static gint conn_next_id = 0;
@@ -306,6 +307,7 @@ gboolean imap_conn_run(ImapConn *c, ImapCmd *cmd, ImapHandler fn, gpointer user,
   }
   g_autofree char *tag = g_strdup_printf("A%u", ++c->tag_counter);
   const GPtrArray *segs = imap_cmd_segments(cmd);
+  gint64 sent = g_get_monotonic_time();
   g_autoptr(GString) out = g_string_new(tag);
   g_string_append_c(out, ' ');
   for (guint i = 0; i < segs->len && tagged == NULL; i++) {
@@ -371,6 +373,10 @@ gboolean imap_conn_run(ImapConn *c, ImapCmd *cmd, ImapHandler fn, gpointer user,
     }
   }
   c->last_used = g_get_monotonic_time();
+  /* The shortest command (ENABLE, NOOP, a SELECT) is about the network's
+   * round trip: read-ahead sizes its parallelism by it (bodycache.c). */
+  if (c->rtt_us == 0 || c->last_used - sent < c->rtt_us)
+    c->rtt_us = MAX(c->last_used - sent, 1);
   gboolean ok = tagged->status == IMAP_STATUS_OK;
   if (!ok)
     g_set_error(error, IFS_ERROR, conn_error_code(tagged), "%s", tagged->text);
@@ -674,6 +680,8 @@ void imap_conn_set_broken(ImapConn *c) { c->broken = TRUE; }
 const char *imap_conn_selected(const ImapConn *c) { return c->selected; }
 guint32 imap_conn_selected_uidvalidity(const ImapConn *c) { return c->selected_uidvalidity; }
 gint64 imap_conn_last_used(const ImapConn *c) { return c->last_used; }
+
+gint64 imap_conn_rtt_us(const ImapConn *c) { return c->rtt_us; }
 guint imap_conn_id(const ImapConn *c) { return c->id; }
 gboolean imap_conn_qresync_enabled(const ImapConn *c) { return c->qresync; }
 

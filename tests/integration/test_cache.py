@@ -594,6 +594,47 @@ def test_scan_opens_the_other_connections_at_once(mount, empty_dovecot, env, con
     assert opened == [str(connections)], m.stderr_text()[-1500:]
 
 
+def _batches_at_once(m):
+    """(most read-ahead batches fetched at once, server round trip in ms)
+    from the daemon's summary at unmount."""
+    got = re.findall(r"at most (\d+) read-ahead batches fetched at once; "
+                     r"server round trip ([\d.]+) ms", m.stderr_text())
+    assert len(got) == 1, m.stderr_text()[-1500:]
+    return int(got[0][0]), float(got[0][1])
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+@pytest.mark.parametrize("batches", ["auto", "1", "3"])
+def test_read_ahead_near_the_server_fetches_one_batch_at_a_time(mount, empty_dovecot, env,
+                                                                batches):
+    """A server that answers within 2 ms (loopback) gets one read-ahead
+    batch at a time: batches in parallel only cost CPU there; a farther
+    one gets connections-1.  readahead_batches= sets it, and every byte is
+    right either way."""
+    dv = empty_dovecot()
+    byuid = _make_boxes(dv, {"Box": 300}, 1500, 3)["Box"]
+    opts = ["imap_debug"] + ([] if batches == "auto" else ["readahead_batches=" + batches])
+    m = mount(dv, *opts, env=env)
+    for u in sorted(byuid):
+        assert _read(os.path.join(m.path, "Box", "%d.eml" % u)) == byuid[u]
+    m.unmount()
+    most, rtt = _batches_at_once(m)
+    if batches == "3":
+        assert most >= 2, (most, rtt)
+    elif batches == "1":
+        assert most == 1, (most, rtt)
+    else:
+        # Each choice follows the round trip measured then (a loaded
+        # machine can make loopback look far for a while).
+        chosen = re.findall(r"read-ahead: server round trip ([\d.]+) ms, (\d+) batches fetched "
+                            r"at once", m.stderr_text())
+        assert chosen, m.stderr_text()[-1500:]
+        for ms, n in chosen:
+            assert int(n) == (1 if 0 < float(ms) < 2.0 else 3), chosen
+        if all(n == "1" for _, n in chosen):
+            assert most == 1, (most, chosen)
+
+
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
 def test_lone_cat_opens_no_other_connection(mount, empty_dovecot, env):
     dv = empty_dovecot()

@@ -198,6 +198,7 @@ def test_missing_url(run_fail):
     (("cache=bogus",), "off", r"cache="),
     (("cache_size=lots",), "off", r"cache_size="),
     (("readahead=-1",), "off", r"readahead="),
+    (("readahead_batches=65",), "off", r"readahead_batches="),
     (("timeout=0",), "off", r"timeout="),
 ])
 def test_bad_option_values(dovecot, imapfuse_fail, opt, tls, want):
