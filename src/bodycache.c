@@ -671,7 +671,7 @@ static gboolean bc_net_begin(Bodycache *bc) {
 static void bc_net_end(Bodycache *bc) {
   g_mutex_lock(&bc->lock);
   bc->net_active--;
-  g_cond_signal(&bc->net_cond);
+  g_cond_broadcast(&bc->net_cond); /* the number allowed may have grown meanwhile */
   g_mutex_unlock(&bc->lock);
 }
 
