@@ -26,6 +26,10 @@
  * NOOP before use, and so is every idle connection once another one was
  * found dead (a server restart, or a deleted mailbox, drops them all), so
  * non-idempotent work does not land on a dead socket.
+ * The pool also keeps the shortest command round trip its connections
+ * saw (pool_rtt_us; forgotten when one is found dead, as the way to the
+ * server may have changed): read-ahead decides by it how many batches to
+ * fetch at once (bodycache.c).
  * Lock order: the pool lock is a leaf: nothing else is taken while it is
  * held, and no I/O happens under it.
  */

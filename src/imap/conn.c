@@ -680,7 +680,6 @@ void imap_conn_set_broken(ImapConn *c) { c->broken = TRUE; }
 const char *imap_conn_selected(const ImapConn *c) { return c->selected; }
 guint32 imap_conn_selected_uidvalidity(const ImapConn *c) { return c->selected_uidvalidity; }
 gint64 imap_conn_last_used(const ImapConn *c) { return c->last_used; }
-
 gint64 imap_conn_rtt_us(const ImapConn *c) { return c->rtt_us; }
 guint imap_conn_id(const ImapConn *c) { return c->id; }
 gboolean imap_conn_qresync_enabled(const ImapConn *c) { return c->qresync; }
