@@ -1646,6 +1646,8 @@ static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *child, DcNode *p2
   }
   FswRename r = {from, to};
   gboolean ok = pool_run(w->pool, NULL, FALSE, fsw_rename_op, &r, &error);
+  if (ok)
+    pool_check_before_use(w->pool); /* connections with it selected are dropped */
   fsw_boxes_stale(w);
   g_autofree char *component = names_unescape_component(newname, NULL);
   g_autofree char *shown = names_escape_component(component);
@@ -1774,6 +1776,8 @@ void fswrite_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
   }
   FswRmdir r = {mailbox, dcnode_selectable(child)};
   gboolean ok = pool_run(w->pool, NULL, FALSE, fsw_rmdir_op, &r, &error);
+  if (ok)
+    pool_check_before_use(w->pool); /* connections with it selected are dropped */
   fsw_boxes_stale(w);
   g_autoptr(GError) lerr = NULL;
   if (!dircache_refresh_tree(w->dc, 0, &lerr))

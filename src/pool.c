@@ -24,8 +24,10 @@
  * connection's, so a server restart or an idle timeout costs one retry,
  * not an error.  Connections idle for more than a minute are checked with
  * NOOP before use, and so is every idle connection once another one was
- * found dead (a server restart, or a deleted mailbox, drops them all), so
- * non-idempotent work does not land on a dead socket.
+ * found dead (a server restart, or a deleted mailbox, drops them all), and
+ * every idle one after our own DELETE or RENAME of a mailbox (the server
+ * drops the connections that have it selected), so non-idempotent work
+ * does not land on a dead socket.
  * The pool also keeps the shortest command round trip its connections
  * saw (pool_rtt_us; forgotten when one is found dead, as the way to the
  * server may have changed): read-ahead decides by it how many batches to
@@ -244,6 +246,12 @@ gboolean pool_run(Pool *p, const char *mailbox, gboolean idempotent, PoolOp op, 
     g_propagate_error(error, g_steal_pointer(&local));
     return FALSE;
   }
+}
+
+void pool_check_before_use(Pool *p) {
+  g_mutex_lock(&p->lock);
+  p->failure_at = g_get_monotonic_time();
+  g_mutex_unlock(&p->lock);
 }
 
 gint64 pool_rtt_us(Pool *p) { return g_atomic_int_get(&p->rtt_us); }

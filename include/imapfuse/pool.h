@@ -38,6 +38,12 @@ gboolean pool_run(Pool *p, const char *mailbox, gboolean idempotent, PoolOp op,
  * for a scan about to need them all.  Call it only before pool_free. */
 void pool_warm(Pool *p, const char *mailbox);
 
+/* Every connection idle now is checked with NOOP before its next use:
+ * after a DELETE or RENAME of a mailbox, for which the server drops the
+ * connections that have it selected (at their next command, which a
+ * NOOP then is, not an unlink or an append). */
+void pool_check_before_use(Pool *p);
+
 /* The server's round trip in microseconds: the shortest command round
  * trip (imap_conn_rtt_us) of any connection since one was found dead;
  * 0: none yet.  Lock-free. */

@@ -548,6 +548,29 @@ def test_rm_r(empty_dovecot, fs):
     assert "Tree" not in os.listdir(m)
 
 
+def test_rm_r_after_reading_the_subfolder(empty_dovecot, fs):
+    """Reading Tree/Sub in order (a scan) selects it on several
+    connections, and the server drops those when it is deleted (Dovecot:
+    "Selected mailbox was deleted"): what rm -r sends after the rmdir of
+    Sub must not land on one of them (the rmdir of Tree failed with EIO)."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("Tree")
+    c.create("Tree/Sub")
+    for i in range(5):
+        imap_append(c, "Tree", make_msg("t%d" % i))
+    for i in range(60):
+        imap_append(c, "Tree/Sub", make_msg("s%d" % i))
+    m = fs(dv, "readahead_batches=3", "cache=none")
+    sub = os.path.join(m, "Tree", "Sub")
+    for n in sorted(os.listdir(sub), key=lambda n: int(n[:-4])):
+        with open(os.path.join(sub, n), "rb") as f:
+            assert f.read()
+    shutil.rmtree(os.path.join(m, "Tree"))
+    assert not {"Tree", "Tree/Sub"} & mailboxes(c)
+    assert "Tree" not in os.listdir(m)
+
+
 # ---------------------------------------------------------------- new files
 
 def test_cp_appends_one_message(empty_dovecot, fs, tmp_path):
