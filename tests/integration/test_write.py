@@ -534,14 +534,21 @@ def test_rmdir_asks_the_server(empty_dovecot, fs):
     assert {"Empty", "Empty/Child"} <= mailboxes(c)
 
 
-def test_rm_r(empty_dovecot, fs):
-    dv = empty_dovecot()
+def _tree(dv, in_sub=5):
+    """Mailboxes Tree (5 messages) and Tree/Sub (in_sub); an IMAP client."""
     c = dv.imap()
     c.create("Tree")
     c.create("Tree/Sub")
     for i in range(5):
         imap_append(c, "Tree", make_msg("t%d" % i))
+    for i in range(in_sub):
         imap_append(c, "Tree/Sub", make_msg("s%d" % i))
+    return c
+
+
+def test_rm_r(empty_dovecot, fs):
+    dv = empty_dovecot()
+    c = _tree(dv)
     m = fs(dv)
     shutil.rmtree(os.path.join(m, "Tree"))
     assert not {"Tree", "Tree/Sub"} & mailboxes(c)
@@ -554,13 +561,7 @@ def test_rm_r_after_reading_the_subfolder(empty_dovecot, fs):
     "Selected mailbox was deleted"): what rm -r sends after the rmdir of
     Sub must not land on one of them (the rmdir of Tree failed with EIO)."""
     dv = empty_dovecot()
-    c = dv.imap()
-    c.create("Tree")
-    c.create("Tree/Sub")
-    for i in range(5):
-        imap_append(c, "Tree", make_msg("t%d" % i))
-    for i in range(60):
-        imap_append(c, "Tree/Sub", make_msg("s%d" % i))
+    c = _tree(dv, 60)
     m = fs(dv, "readahead_batches=3", "cache=none")
     sub = os.path.join(m, "Tree", "Sub")
     for n in sorted(os.listdir(sub), key=lambda n: int(n[:-4])):
