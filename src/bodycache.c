@@ -194,6 +194,7 @@ Bodycache *bodycache_new(Pool *pool, const BodycacheOptions *opts) {
   /* What is read ahead waits in memory for its reader: a window larger
    * than the memory LRU would evict it unread, to be fetched again. */
   bc->opts.readahead_bytes = MIN(bc->opts.readahead_bytes, bc->opts.mem_bytes / 2);
+  bc->opts.readahead_threads = MAX(1, bc->opts.readahead_threads);
   g_mutex_init(&bc->lock);
   g_cond_init(&bc->cond);
   g_cond_init(&bc->net_cond);
@@ -212,7 +213,7 @@ void bodycache_start(Bodycache *bc) {
   if (bc->opts.disk != NULL && bc->disk_writer == NULL)
     bc->disk_writer = g_thread_pool_new(bc_disk_job, bc, 1, TRUE, NULL);
   if (bc->opts.readahead_bytes > 0 && bc->workers == NULL)
-    bc->workers = g_thread_pool_new(bc_batch_run, bc, MAX(1, (gint)bc->opts.readahead_threads),
+    bc->workers = g_thread_pool_new(bc_batch_run, bc, (gint)bc->opts.readahead_threads,
                                     TRUE, NULL);
   g_mutex_unlock(&bc->lock);
 }
@@ -644,7 +645,7 @@ static void bc_prime_next(Bodycache *bc, const char *mailbox);
  * 6).  Far from it a round trip outlasts a batch's streaming, and several
  * at once keep the link busy (through 20 ms, one: 2.03 s, three: 1.36). */
 static guint _bc_batches(Bodycache *bc) {
-  guint most = MAX(1, bc->opts.readahead_threads);
+  guint most = bc->opts.readahead_threads;
   if (bc->opts.readahead_batches > 0)
     return MIN(bc->opts.readahead_batches, most);
   gint64 rtt = pool_rtt_us(bc->pool);
@@ -877,7 +878,7 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
    * folder, while the batches of the first one are all in flight) gets
    * one batch more than the bound: else it fetches message by message
    * until they are done. */
-  guint limit = MAX(1, bc->opts.readahead_threads) + (p == p0 ? 1 : 0);
+  guint limit = bc->opts.readahead_threads + (p == p0 ? 1 : 0);
   for (guint made = 0; refill && p >= 0 && p < n && ahead < window && s->running < limit &&
                        (max_batches == 0 || made < max_batches);
        made++) {

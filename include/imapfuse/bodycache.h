@@ -24,7 +24,7 @@ typedef struct {
   guint64 mem_bytes;       /* in-memory LRU bound */
   guint64 chunk_bytes;     /* partial-fetch unit; messages up to this size are fetched whole */
   guint64 readahead_bytes; /* bound on bytes fetched ahead of readers and not yet read; 0 = off */
-  guint readahead_threads; /* connections read-ahead may use at once */
+  guint readahead_threads; /* connections read-ahead may use at once (0 counts as 1) */
   /* Read-ahead batches fetched from the server at once (at most
    * readahead_threads); 0: by the server's round trip, 1 when it is near,
    * else readahead_threads. */

@@ -30,7 +30,7 @@ typedef struct {
   char *xattr;        /* "on" (default) or "off" */
   int poll;           /* seconds between checks for others' changes; 0 off */
   char *readahead;    /* bytes fetched ahead of sequential readers (default 8M) */
-  int readahead_batches; /* read-ahead batches in flight per folder; 0: auto */
+  int readahead_batches; /* read-ahead batches fetched at once; 0: by the round trip */
   char *delete_mode;  /* write path: expunge (default) | trash */
   char *dedup;        /* write path: on (default) | off */
   double msg_timeout;
