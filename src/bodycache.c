@@ -65,7 +65,9 @@
  *    (pool_warm);
  *  - batches are fetched one at a time from a server that answers within
  *    2 ms, up to readahead_threads at once from a farther one
- *    (_bc_batches, by the pool's shortest round trip).
+ *    (_bc_batches, by the pool's shortest round trip);
+ *  - without a disk cache, what all places hold claimed and unread is
+ *    bounded too (_bc_unread), since what memory drops is fetched again.
  * Workers schedule too (that priming), so once bodycache_free begins
  * nothing is scheduled and queued batches only release their claims.
  *
@@ -121,6 +123,7 @@ typedef struct {
   guint batch;      /* messages per batch now */
   guint running;    /* batches in flight */
   guint net_running; /* of them, batches from the server */
+  guint64 unread;   /* bytes of the messages claimed and not yet opened */
   gint64 last_open; /* monotonic us */
 } BcStream;
 
@@ -158,6 +161,8 @@ struct Bodycache {
   guint net_active;         /* batches being fetched from the server now */
   GCond net_cond;           /* net_active went down, or closing */
   guint batches_seen;       /* _bc_batches' last answer, logged when it changes */
+  guint64 unread;           /* the sum of the streams' unread */
+  gint64 unread_swept;      /* when _bc_unread last forgot stale streams' claims */
   BodycacheStats stats;
 };
 
@@ -644,15 +649,20 @@ static void bc_prime_next(Bodycache *bc, const char *mailbox);
  * instead of three: 1.86 -> 1.63 CPU-seconds; 1.09 -> 1.01 s, medians of
  * 6).  Far from it a round trip outlasts a batch's streaming, and several
  * at once keep the link busy (through 20 ms, one: 2.03 s, three: 1.36). */
+static gboolean bc_server_near(Bodycache *bc) {
+  gint64 rtt = pool_rtt_us(bc->pool);
+  return rtt > 0 && rtt < BC_NEAR_RTT_US;
+}
+
 static guint _bc_batches(Bodycache *bc) {
   guint most = bc->opts.readahead_threads;
   if (bc->opts.readahead_batches > 0)
     return MIN(bc->opts.readahead_batches, most);
-  gint64 rtt = pool_rtt_us(bc->pool);
-  guint n = rtt > 0 && rtt < BC_NEAR_RTT_US ? 1 : most;
+  guint n = bc_server_near(bc) ? 1 : most;
   if (n != bc->batches_seen) {
     bc->batches_seen = n;
-    g_debug("read-ahead: server round trip %.3f ms, %u batches fetched at once", rtt / 1e3, n);
+    g_debug("read-ahead: server round trip %.3f ms, %u batches fetched at once",
+            pool_rtt_us(bc->pool) / 1e3, n);
   }
   return n;
 }
@@ -773,9 +783,16 @@ static int bc_name_cmp(gconstpointer a, gconstpointer b, gpointer user) {
   return x < y ? -1 : x > y;
 }
 
+/* _bc_unread_set: caller holds the lock.  Every change of a stream's
+ * unread goes here, so that the sum stays right. */
+static void _bc_unread_set(Bodycache *bc, BcStream *s, guint64 v) {
+  bc->unread = bc->unread - s->unread + v;
+  s->unread = v;
+}
+
 /* _bc_stream_take: caller holds the lock.  Adopt a new listing snapshot,
  * keeping what is known per UID. */
-static void _bc_stream_take(BcStream *s, const DcListing *l) {
+static void _bc_stream_take(Bodycache *bc, BcStream *s, const DcListing *l) {
   guint n = l->msgs->len;
   guint8 *state = g_new0(guint8, MAX(n, 1));
   if (s->msgs != NULL && s->uidvalidity == l->uidvalidity) {
@@ -798,6 +815,11 @@ static void _bc_stream_take(BcStream *s, const DcListing *l) {
   s->msgs = g_array_ref(l->msgs);
   s->state = state;
   s->uidvalidity = l->uidvalidity;
+  guint64 unread = 0;
+  for (guint i = 0; i < n; i++)
+    if (state[i] == BC_CLAIMED)
+      unread += g_array_index(l->msgs, DcMsg, i).size;
+  _bc_unread_set(bc, s, unread);
   s->by_name = g_new(guint32, MAX(n, 1));
   s->rank = g_new(guint32, MAX(n, 1));
   for (guint i = 0; i < n; i++)
@@ -825,7 +847,7 @@ static BcStream *_bc_stream_get(Bodycache *bc, const char *mailbox, const DcList
     g_hash_table_insert(bc->streams, g_strdup(mailbox), s);
   }
   if (s->msgs != l->msgs || s->uidvalidity != l->uidvalidity)
-    _bc_stream_take(s, l);
+    _bc_stream_take(bc, s, l);
   return s;
 }
 
@@ -840,6 +862,26 @@ static BcBatch *bc_batch_new(Bodycache *bc, const char *mailbox, guint32 uidvali
   b->uidvalidity = uidvalidity;
   b->uids = g_array_new(FALSE, FALSE, sizeof(guint32));
   return b;
+}
+
+/* _bc_unread: caller holds the lock.  Bytes claimed ahead of readers and
+ * not yet opened.  Claims in a mailbox nobody opened anything in for
+ * BC_SCAN_GAP_US are forgotten (a reader that stopped early must not hold
+ * back the others), in a sweep at most once a second. */
+static guint64 _bc_unread(Bodycache *bc) {
+  gint64 now = g_get_monotonic_time();
+  if (now - bc->unread_swept >= G_USEC_PER_SEC) {
+    bc->unread_swept = now;
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, bc->streams);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+      BcStream *s = v;
+      if (now - s->last_open > BC_SCAN_GAP_US)
+        _bc_unread_set(bc, s, 0);
+    }
+  }
+  return bc->unread;
 }
 
 /* _bc_schedule: caller holds the lock.  The reader opened index i and is
@@ -879,8 +921,26 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
    * one batch more than the bound: else it fetches message by message
    * until they are done. */
   guint limit = bc->opts.readahead_threads + (p == p0 ? 1 : 0);
+  /* Without a disk cache, bytes read ahead and evicted before their
+   * reader comes are fetched again, a round trip each.  rg -j4 reads
+   * several places of a folder, and several folders, at once, and their
+   * windows together overran the memory LRU (cold rg, cache=none: up to
+   * 801 of 10,000 messages fetched twice).  So all places together keep at most three quarters
+   * of it claimed and unread, except that each place may keep a little
+   * ahead: a reader starved to small batches waits a round trip for each
+   * (through 20 ms: 6 s instead of 1.8).  A far server needs a quarter
+   * window for that; a near one a sixteenth (a quarter overran memory
+   * again with rg's many places on loopback). */
+  guint64 room = G_MAXUINT64;
+  if (bc->opts.disk == NULL && refill) {
+    guint64 cap = bc->opts.mem_bytes / 4 * 3, held = _bc_unread(bc);
+    room = held < cap ? cap - held : 0;
+    guint64 least = window / (bc_server_near(bc) ? 16 : 4);
+    if (ahead < least)
+      room = MAX(room, least - ahead);
+  }
   for (guint made = 0; refill && p >= 0 && p < n && ahead < window && s->running < limit &&
-                       (max_batches == 0 || made < max_batches);
+                       (max_batches == 0 || made < max_batches) && room > 0;
        made++) {
     BcBatch *b[2]; /* [0] from the server, [1] from the disk cache */
     for (int t = 0; t < 2; t++) {
@@ -889,7 +949,7 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
     }
     guint64 bytes = 0;
     for (; p >= 0 && p < n && b[0]->uids->len + b[1]->uids->len < MIN(s->batch, max_batch) &&
-           bytes < BC_BATCH_BYTES_MAX && ahead + bytes < window;
+           bytes < BC_BATCH_BYTES_MAX && ahead + bytes < window && bytes < room;
          p += dir) {
       guint k = bc_at(s, o, (guint)p);
       if (s->state[k] != BC_NONE)
@@ -921,10 +981,12 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
         g_hash_table_insert(b[0]->big, GUINT_TO_POINTER(m->uid), GUINT_TO_POINTER((guint)nch));
       }
       s->state[k] = BC_CLAIMED;
+      _bc_unread_set(bc, s, s->unread + m->size);
       g_array_append_val(b[t]->uids, m->uid);
       bytes += m->size;
     }
     ahead += bytes;
+    room = room > bytes ? room - bytes : 0;
     for (int t = 0; t < 2; t++) {
       if (b[t]->uids->len == 0) {
         bc_batch_free(b[t]);
@@ -1078,6 +1140,8 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
     if (done)
       g_atomic_int_set(&bc->scanning, 1);
   }
+  if (s->state[i] == BC_CLAIMED)
+    _bc_unread_set(bc, s, s->unread - MIN(s->unread, g_array_index(s->msgs, DcMsg, i).size));
   s->state[i] = BC_OPENED;
   g_mutex_unlock(&bc->lock);
 }
@@ -1096,7 +1160,11 @@ void bodycache_closed(Bodycache *bc, const char *mailbox, guint32 uidvalidity, g
 
 void bodycache_forget_mailbox(Bodycache *bc, const char *mailbox, guint32 uidvalidity) {
   g_mutex_lock(&bc->lock);
-  g_hash_table_remove(bc->streams, mailbox);
+  BcStream *s = g_hash_table_lookup(bc->streams, mailbox);
+  if (s != NULL) {
+    _bc_unread_set(bc, s, 0);
+    g_hash_table_remove(bc->streams, mailbox);
+  }
   g_mutex_unlock(&bc->lock);
   if (bc->opts.disk != NULL) {
     g_autofree char *group = bc_disk_group(bc, mailbox, uidvalidity);

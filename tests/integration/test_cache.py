@@ -783,6 +783,37 @@ def test_readahead_fits_in_small_memory(mount, empty_dovecot, env):
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_parallel_readers_share_small_memory(mount, empty_dovecot, env):
+    """Several readers at once (rg -j4 walks folders in parallel), little
+    memory and no disk cache: each reader's read-ahead window fits memory,
+    but together they did not, and bytes fetched ahead were evicted before
+    their reader got there, to be fetched again one by one.  What all of
+    them hold unread is bounded, so each message is fetched once."""
+    dv = empty_dovecot()
+    boxes = _make_boxes(dv, {"P%d" % k: 120 for k in range(4)}, 20_000, 3)
+    m = mount(dv, "cache=none", "cache_mem=2", "imap_debug", env=env)
+    bad = []
+
+    def reader(name):
+        d = os.path.join(m.path, name)
+        for f in os.listdir(d):
+            if _read(os.path.join(d, f)) != boxes[name][int(f[:-4])]:
+                bad.append((name, f))
+            time.sleep(0.002)  # slower than the fetches: read-ahead runs full
+
+    threads = [threading.Thread(target=reader, args=(b,)) for b in boxes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bad == []
+    m.unmount()
+    fetched = _fetched_uids(m)  # UIDs of all four folders: a refetch adds one
+    total = sum(len(b) for b in boxes.values())
+    assert total <= len(fetched) <= total + 12, len(fetched) - total
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
 def test_readahead_skipping_and_stopping_early(mount, empty_dovecot, env, rw_ro):
     dv = empty_dovecot()
     rnd = random.Random(11)
