@@ -67,7 +67,9 @@
  *    2 ms, up to readahead_threads at once from a farther one
  *    (_bc_batches, by the pool's shortest round trip);
  *  - without a disk cache, what all places hold claimed and unread is
- *    bounded too (_bc_unread), since what memory drops is fetched again.
+ *    bounded too (_bc_unread), since what memory drops is fetched again;
+ *    claims a reader passed over (it reads only some files) stop counting
+ *    once it schedules again.
  * Workers schedule too (that priming), so once bodycache_free begins
  * nothing is scheduled and queued batches only release their claims.
  *
@@ -94,6 +96,7 @@
 #define BC_RESERVE_EXTRA (16u << 20) /* beyond mem_bytes: batches being received, FUSE buffers */
 #define BC_NEAR_RTT_US 2000 /* a server this near needs one batch at a time (_bc_batches) */
 #define BC_SCAN_GAP_US (5 * G_USEC_PER_SEC) /* a folder's opens further apart: a new scan */
+#define BC_PASSED_LOOK 64 /* how far behind a reader claims count as passed (_bc_schedule) */
 
 typedef struct {
   char *key;
@@ -894,6 +897,18 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
     return;
   gint64 n = s->msgs->len;
   gint64 p0 = (gint64)bc_pos(s, o, i) + (with_i ? 0 : dir); /* first one ahead of the reader */
+  /* Claimed messages just behind the reader were passed over (rsync,
+   * find -newer: only some files are read): they are no longer waited
+   * for, so they stop counting as unread (_bc_unread), or such a reader
+   * would use up the bound with them. */
+  for (gint64 q = (gint64)bc_pos(s, o, i) - dir, k = 0;
+       bc->opts.disk == NULL && q >= 0 && q < n && k < BC_PASSED_LOOK; q -= dir, k++) {
+    guint x = bc_at(s, o, (guint)q);
+    if (s->state[x] == BC_CLAIMED) {
+      s->state[x] = BC_SKIP;
+      _bc_unread_set(bc, s, s->unread - MIN(s->unread, g_array_index(s->msgs, DcMsg, x).size));
+    }
+  }
   /* Resume where the last schedule in this direction stopped looking
    * (everything up to it is claimed, opened or skipped): each position is
    * passed once per scan, not once per open. */

@@ -814,6 +814,26 @@ def test_parallel_readers_share_small_memory(mount, empty_dovecot, env):
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_reader_skipping_files_keeps_its_read_ahead(mount, empty_dovecot, env):
+    """A reader that reads only some files (rsync, find -newer) passes
+    over messages read-ahead fetched for it.  Without a disk cache what
+    is fetched and unread is bounded (test_parallel_readers_share_small_
+    memory); the passed ones must not count, or the reader soon gets no
+    read-ahead and fetches its files one by one."""
+    dv = empty_dovecot()
+    byuid = _make_boxes(dv, {"Box": 1000}, 10_000, 3)["Box"]
+    m = mount(dv, "cache=none", "cache_mem=1", "imap_debug", env=env)
+    d = os.path.join(m.path, "Box")
+    names = os.listdir(d)
+    for k, f in enumerate(names):
+        if k % 4 != 3:  # three files of four
+            assert _read(os.path.join(d, f)) == byuid[int(f[:-4])]
+    m.unmount()
+    single = [c for c in _body_fetches(m) if re.match(r"UID FETCH \d+ ", c)]
+    assert len(single) <= 20, (len(single), _body_fetches(m)[:40])
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
 def test_readahead_skipping_and_stopping_early(mount, empty_dovecot, env, rw_ro):
     dv = empty_dovecot()
     rnd = random.Random(11)
