@@ -644,6 +644,12 @@ static void bc_batch_free(BcBatch *b) {
 
 static void bc_prime_next(Bodycache *bc, const char *mailbox);
 
+/* Whether the server answers within BC_NEAR_RTT_US (pool_rtt_us). */
+static gboolean bc_server_near(Bodycache *bc) {
+  gint64 rtt = pool_rtt_us(bc->pool);
+  return rtt > 0 && rtt < BC_NEAR_RTT_US;
+}
+
 /* _bc_batches: caller holds the lock.  Batches fetched from the server
  * at once.  Near the server (a round trip under BC_NEAR_RTT_US), one at
  * a time keeps readers fed: a batch streams for milliseconds, the gap
@@ -652,11 +658,6 @@ static void bc_prime_next(Bodycache *bc, const char *mailbox);
  * instead of three: 1.86 -> 1.63 CPU-seconds; 1.09 -> 1.01 s, medians of
  * 6).  Far from it a round trip outlasts a batch's streaming, and several
  * at once keep the link busy (through 20 ms, one: 2.03 s, three: 1.36). */
-static gboolean bc_server_near(Bodycache *bc) {
-  gint64 rtt = pool_rtt_us(bc->pool);
-  return rtt > 0 && rtt < BC_NEAR_RTT_US;
-}
-
 static guint _bc_batches(Bodycache *bc) {
   guint most = bc->opts.readahead_threads;
   if (bc->opts.readahead_batches > 0)
@@ -793,6 +794,14 @@ static void _bc_unread_set(Bodycache *bc, BcStream *s, guint64 v) {
   s->unread = v;
 }
 
+/* _bc_unclaim: caller holds the lock.  Message k, claimed, is opened or
+ * passed over: it no longer counts as unread (after a sweep forgot the
+ * stream's claims, nothing is left to take off). */
+static void _bc_unclaim(Bodycache *bc, BcStream *s, guint k) {
+  guint64 size = g_array_index(s->msgs, DcMsg, k).size;
+  _bc_unread_set(bc, s, s->unread - MIN(s->unread, size));
+}
+
 /* _bc_stream_take: caller holds the lock.  Adopt a new listing snapshot,
  * keeping what is known per UID. */
 static void _bc_stream_take(Bodycache *bc, BcStream *s, const DcListing *l) {
@@ -905,8 +914,8 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
        bc->opts.disk == NULL && q >= 0 && q < n && k < BC_PASSED_LOOK; q -= dir, k++) {
     guint x = bc_at(s, o, (guint)q);
     if (s->state[x] == BC_CLAIMED) {
+      _bc_unclaim(bc, s, x);
       s->state[x] = BC_SKIP;
-      _bc_unread_set(bc, s, s->unread - MIN(s->unread, g_array_index(s->msgs, DcMsg, x).size));
     }
   }
   /* Resume where the last schedule in this direction stopped looking
@@ -940,10 +949,10 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
    * reader comes are fetched again, a round trip each.  rg -j4 reads
    * several places of a folder, and several folders, at once, and their
    * windows together overran the memory LRU (cold rg, cache=none: up to
-   * 801 of 10,000 messages fetched twice).  So all places together keep at most three quarters
-   * of it claimed and unread, except that each place may keep a little
-   * ahead: a reader starved to small batches waits a round trip for each
-   * (through 20 ms: 6 s instead of 1.8).  A far server needs a quarter
+   * 801 of 10,000 messages fetched twice).  So all places together keep
+   * at most three quarters of it claimed and unread, except that each
+   * place may keep a little ahead: a reader starved to small batches waits
+   * a round trip for each (through 20 ms: 6 s instead of 1.8).  A far server needs a quarter
    * window for that; a near one a sixteenth (a quarter overran memory
    * again with rg's many places on loopback). */
   guint64 room = G_MAXUINT64;
@@ -1156,7 +1165,7 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
       g_atomic_int_set(&bc->scanning, 1);
   }
   if (s->state[i] == BC_CLAIMED)
-    _bc_unread_set(bc, s, s->unread - MIN(s->unread, g_array_index(s->msgs, DcMsg, i).size));
+    _bc_unclaim(bc, s, i);
   s->state[i] = BC_OPENED;
   g_mutex_unlock(&bc->lock);
 }
