@@ -23,7 +23,7 @@ int ifs_errno_from_error(const GError *error) {
       {IFS_ERROR_TOO_BIG, EFBIG},      {IFS_ERROR_PERM, EACCES},
       {IFS_ERROR_BUSY, EBUSY},         {IFS_ERROR_INVALID, EINVAL},
       {IFS_ERROR_CANCELLED, EINTR},    {IFS_ERROR_REFUSED, EPERM},
-      {IFS_ERROR_NOT_EMPTY, ENOTEMPTY},
+      {IFS_ERROR_NOT_EMPTY, ENOTEMPTY}, {IFS_ERROR_NOT_RUN, EIO},
   };
   if (error == NULL)
     return EIO;
@@ -47,5 +47,6 @@ gboolean ifs_error_is_connection(const GError *error) {
     return TRUE;
   return error->domain == IFS_ERROR &&
          (error->code == IFS_ERROR_CLOSED || error->code == IFS_ERROR_TIMEOUT ||
-          error->code == IFS_ERROR_PROTOCOL || error->code == IFS_ERROR_CONNECT);
+          error->code == IFS_ERROR_PROTOCOL || error->code == IFS_ERROR_CONNECT ||
+          error->code == IFS_ERROR_NOT_RUN);
 }

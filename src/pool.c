@@ -22,7 +22,8 @@
  * closed on release, never reused.  Idempotent operations (reads, listings)
  * are retried once on a fresh connection when the failure was the
  * connection's, so a server restart or an idle timeout costs one retry,
- * not an error.  Connections idle for more than a minute are checked with
+ * not an error; others only when the command is known never to have run
+ * (IFS_ERROR_NOT_RUN: imap_append).  Connections idle for more than a minute are checked with
  * NOOP before use, and so is every idle connection once another one was
  * found dead (a server restart, or a deleted mailbox, drops them all), and
  * every idle one after our own DELETE or RENAME of a mailbox (the server
@@ -239,7 +240,9 @@ gboolean pool_run(Pool *p, const char *mailbox, gboolean idempotent, PoolOp op, 
     pool_release(p, c);
     if (ok)
       return TRUE;
-    if (idempotent && attempt == 0 && ifs_error_is_connection(local)) {
+    /* Work that is not idempotent goes again only if it never ran. */
+    if ((idempotent || g_error_matches(local, IFS_ERROR, IFS_ERROR_NOT_RUN)) && attempt == 0 &&
+        ifs_error_is_connection(local)) {
       g_debug("retrying after connection failure: %s", local->message);
       continue;
     }

@@ -93,10 +93,11 @@ gboolean imap_conn_run(ImapConn *c, ImapCmd *cmd, ImapHandler fn,
  * reply: one round trip for the lot.  Untagged responses of all of them go
  * to fn.  FALSE with the first NO/BAD as the error (the others still ran),
  * or a connection error.  Commands whose literals would need the server's
- * "+" (no LITERAL+) are sent one after the other instead. */
+ * "+" (no LITERAL+) are sent one after the other instead.  tagged (NULL, or
+ * n entries) gets each command's tagged reply, NULL where none arrived. */
 #define IMAP_PIPELINE_MAX 8
 gboolean imap_conn_run_pipeline(ImapConn *c, ImapCmd **cmds, guint n, ImapHandler fn,
-                                gpointer user, GError **error);
+                                gpointer user, ImapResponse **tagged, GError **error);
 
 /* Responses no command claimed (EXISTS, EXPUNGE, FETCH FLAGS pushed by the
  * server, ...).  Called on the thread that runs commands. */

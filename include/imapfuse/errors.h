@@ -35,11 +35,13 @@ typedef enum {
   IFS_ERROR_CANCELLED,   /* shutting down                          -> EINTR */
   IFS_ERROR_REFUSED,     /* imapfuse will not do it (unsafe/INBOX) -> EPERM */
   IFS_ERROR_NOT_EMPTY,   /* mailbox still holds mail or children   -> ENOTEMPTY */
+  IFS_ERROR_NOT_RUN,     /* connection lost; the command never ran -> EIO */
 } IfsError;
 
 /* Positive errno for any GError (IFS_ERROR or another domain). */
 int ifs_errno_from_error(const GError *error);
-/* TRUE when the error means the connection is unusable (retry elsewhere). */
+/* TRUE when the error means the connection is unusable (retry elsewhere;
+ * only IFS_ERROR_NOT_RUN says the command itself is safe to send again). */
 gboolean ifs_error_is_connection(const GError *error);
 
 G_END_DECLS

@@ -341,7 +341,7 @@ gboolean imap_list_messages(ImapConn *c, const char *mailbox, guint64 changedsin
     cmds[1] = imap_cmd_new("UID FETCH 1:* (UID RFC822.SIZE INTERNALDATE FLAGS%s)",
                            modseq ? " MODSEQ" : "");
   g_autoptr(GError) local = NULL;
-  gboolean ok = imap_conn_run_pipeline(c, cmds, 2, cmd_list_msgs_handler, &ctx, &local);
+  gboolean ok = imap_conn_run_pipeline(c, cmds, 2, cmd_list_msgs_handler, &ctx, NULL, &local);
   /* "1:*" on an empty mailbox is an error on some servers: nothing to list. */
   if (!ok && info->uidvalidity != 0 && info->exists == 0 &&
       !imap_conn_is_broken(c))
@@ -467,7 +467,7 @@ static gboolean cmd_fetch_in(ImapConn *c, const char *mailbox, guint32 uidvalidi
     cmds[k++] = cmd_select_new(c, mailbox);
   for (guint i = 0; i < n; i++)
     cmds[k++] = fetches[i];
-  gboolean ok = imap_conn_run_pipeline(c, cmds, k, cmd_bodies_handler, &ctx, error);
+  gboolean ok = imap_conn_run_pipeline(c, cmds, k, cmd_bodies_handler, &ctx, NULL, error);
   if (!ctx.selecting)
     return ok;
   /* Whatever became of the FETCHes, a UIDVALIDITY means SELECT worked. */
@@ -590,7 +590,7 @@ gboolean imap_status_many(ImapConn *c, const char *const *mailboxes, guint n, Im
     g_autoptr(GError) local = NULL;
     /* A NO for one (deleted meanwhile) leaves its answer empty; only a
      * dead connection stops the lot. */
-    if (!imap_conn_run_pipeline(c, cmds, k, cmd_status_many_handler, &ctx, &local) &&
+    if (!imap_conn_run_pipeline(c, cmds, k, cmd_status_many_handler, &ctx, NULL, &local) &&
         imap_conn_is_broken(c)) {
       g_propagate_error(error, g_steal_pointer(&local));
       return FALSE;
@@ -842,6 +842,12 @@ gboolean imap_uid_move(ImapConn *c, const char *uidset, const char *dest, ImapCo
   return cmd_copy_or_move(c, "MOVE", uidset, dest, cu, error);
 }
 
+static gboolean cmd_bye_handler(ImapResponse *r, gpointer user) {
+  if (r->kind == IMAP_RESP_UNTAGGED && r->status == IMAP_STATUS_BYE)
+    *(gboolean *)user = TRUE;
+  return FALSE; /* it goes on as unsolicited, as before */
+}
+
 gboolean imap_append(ImapConn *c, const char *mailbox, const char *const *flags, gint64 date,
                      GBytes *message, guint32 *uidvalidity, guint32 *uid, GError **error) {
   *uidvalidity = *uid = 0;
@@ -860,9 +866,30 @@ gboolean imap_append(ImapConn *c, const char *mailbox, const char *const *flags,
   }
   imap_cmd_add(cmd, " ");
   imap_cmd_add_literal(cmd, message);
-  g_autoptr(ImapResponse) tagged = NULL;
-  if (!imap_conn_run(c, g_steal_pointer(&cmd), NULL, NULL, &tagged, error))
+  /* A session whose selected mailbox another client deleted answers its
+   * next NOOP or APPEND with BYE (Dovecot): an APPEND sent alone may or
+   * may not have been stored then, and cannot safely go again.  A NOOP
+   * sent first, in the same write, takes that BYE instead: a BYE before
+   * the NOOP's reply means the server never read the APPEND. */
+  guint first = imap_conn_selected(c) != NULL ? 0 : 1;
+  ImapCmd *cmds[2] = {first == 0 ? imap_cmd_new("NOOP") : NULL, g_steal_pointer(&cmd)};
+  ImapResponse *replies[2] = {NULL, NULL};
+  gboolean bye = FALSE;
+  g_autoptr(GError) local = NULL;
+  gboolean ok = imap_conn_run_pipeline(c, cmds + first, 2 - first, cmd_bye_handler, &bye,
+                                       replies + first, &local);
+  gboolean never_ran = first == 0 && !ok && bye && replies[0] == NULL;
+  g_clear_pointer(&replies[0], imap_response_free);
+  g_autoptr(ImapResponse) tagged = replies[1];
+  if (never_ran) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_NOT_RUN, "%s before reading the APPEND", local->message);
     return FALSE;
+  }
+  /* The APPEND's own reply decides (not a NOOP's). */
+  if (tagged == NULL || tagged->status != IMAP_STATUS_OK) {
+    g_propagate_error(error, g_steal_pointer(&local));
+    return FALSE;
+  }
   if (g_strcmp0(tagged->code, "APPENDUID") == 0 && tagged->code_args.n_items == 2) {
     guint32 uv, u;
     /* One message appended: its UID set is one number. */

@@ -400,8 +400,10 @@ static gboolean conn_can_pipeline(const ImapConn *c, const ImapCmd *cmd) {
 }
 
 gboolean imap_conn_run_pipeline(ImapConn *c, ImapCmd **cmds, guint n, ImapHandler fn,
-                                gpointer user, GError **error) {
+                                gpointer user, ImapResponse **tagged, GError **error) {
   g_return_val_if_fail(n >= 1 && n <= IMAP_PIPELINE_MAX, FALSE);
+  for (guint i = 0; tagged != NULL && i < n; i++)
+    tagged[i] = NULL;
   gboolean pipeline = TRUE;
   for (guint i = 0; i < n; i++)
     pipeline = pipeline && conn_can_pipeline(c, cmds[i]);
@@ -410,7 +412,7 @@ gboolean imap_conn_run_pipeline(ImapConn *c, ImapCmd **cmds, guint n, ImapHandle
     gboolean ok = TRUE;
     for (guint i = 0; i < n; i++) {
       if (ok)
-        ok = imap_conn_run(c, cmds[i], fn, user, NULL, error);
+        ok = imap_conn_run(c, cmds[i], fn, user, tagged != NULL ? &tagged[i] : NULL, error);
       else
         imap_cmd_free(cmds[i]);
     }
@@ -470,6 +472,10 @@ gboolean imap_conn_run_pipeline(ImapConn *c, ImapCmd **cmds, guint n, ImapHandle
       left--;
       if (r->status != IMAP_STATUS_OK && first == NULL)
         g_set_error(&first, IFS_ERROR, conn_error_code(r), "%s", r->text);
+      if (tagged != NULL) {
+        tagged[i] = r;
+        continue;
+      }
     } else if (r->kind == IMAP_RESP_CONTINUATION) {
       imap_response_free(r);
       ok = conn_fail(c, error, IFS_ERROR_PROTOCOL, "unexpected continuation from %s",

@@ -723,6 +723,28 @@ def test_dedup_off_appends_again(empty_dovecot, fs):
     assert mids(c, "INBOX") == ["twice@imapfuse.test"] * 2
 
 
+def test_dedup_off_append_after_selected_mailbox_deleted(empty_dovecot, fs, xdg):
+    """Another client deletes the mailbox our one connection has selected.
+    Dovecot then answers that session's next NOOP or APPEND with BYE, so
+    an APPEND sent alone may or may not have run, and without dedup it
+    cannot be sent again safely.  imapfuse sends a NOOP first in the same
+    write: the BYE answers the NOOP, so the APPEND never ran and goes again
+    on a new connection.  Stored once, nothing left unsent."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("Old")
+    imap_append(c, "Old", make_msg("old"))
+    m = fs(dv, "dedup=off", "connections=1", "imap_debug")
+    old = os.path.join(m, "Old")
+    name, = os.listdir(old)
+    with open(os.path.join(old, name), "rb") as f:
+        assert b"This is old." in f.read()  # the connection selects Old
+    c.delete("Old")
+    write_file(os.path.join(m, "INBOX", "n.eml"), make_msg("new"))
+    assert mids(c, "INBOX") == ["new@imapfuse.test"]
+    assert unsent_files(xdg) == []
+
+
 def test_dedup_ignores_deleted_and_different(empty_dovecot, fs):
     """Identical bytes only: a \\Deleted twin or a same-size different
     message does not count."""
