@@ -30,6 +30,7 @@ struct DcNode {
   char *mailbox;    /* server name; NULL for the root */
   gboolean selectable;
   gboolean present;
+  guint seen, listed;   /* the last LIST that named it on a path, as itself */
   GHashTable *children; /* name -> DcNode* (under tree_lock) */
 
   GMutex refresh_lock;
@@ -60,6 +61,9 @@ struct Dircache {
   DcNode *root;
   GArray *ids; /* DcId, index = id; 0 unused */
   gint64 tree_at;
+  guint lists;            /* LIST responses applied */
+  guint lists_asked;      /* LISTs asked (a ticket each) */
+  guint lists_superseded; /* answers to LISTs asked up to this one are stale */
   GMutex flags_lock;
   GHashTable *flag_ids;  /* string -> id+1 */
   GPtrArray *flag_names; /* id -> string */
@@ -154,15 +158,19 @@ void dircache_free(Dircache *dc) {
 
 /* ---- tree ---- */
 
-static void _dc_mark_absent(DcNode *n) {
+/* What LIST number gen no longer names is gone (or no longer a mailbox);
+ * gen 0: everything below n. */
+static void _dc_mark_absent(DcNode *n, guint gen) {
   GHashTableIter it;
   gpointer v;
   g_hash_table_iter_init(&it, n->children);
   while (g_hash_table_iter_next(&it, NULL, &v)) {
     DcNode *c = v;
-    c->present = FALSE;
-    c->selectable = FALSE;
-    _dc_mark_absent(c);
+    if (c->seen != gen)
+      c->present = FALSE;
+    if (c->listed != gen)
+      c->selectable = FALSE;
+    _dc_mark_absent(c, gen);
   }
 }
 
@@ -185,8 +193,11 @@ static char **dc_split(const ImapMailboxInfo *m) {
   return parts;
 }
 
+/* Nodes still listed keep present and selectable TRUE throughout: they are
+ * read without tree_lock (a write whose folder read as unselectable in the
+ * middle of a refresh was refused: "not a mailbox"). */
 static void _dc_apply_list(Dircache *dc, GPtrArray *list) {
-  _dc_mark_absent(dc->root);
+  guint gen = ++dc->lists;
   for (guint i = 0; i < list->len; i++) {
     const ImapMailboxInfo *m = g_ptr_array_index(list, i);
     if (m->attrs & IMAP_MBX_NONEXISTENT)
@@ -204,13 +215,16 @@ static void _dc_apply_list(Dircache *dc, GPtrArray *list) {
       if (child == NULL)
         child = _dc_node_new(dc, n, parts[k], prefix->str);
       child->present = TRUE;
+      child->seen = gen;
       n = child;
     }
     if (n != dc->root) {
       _dc_set_mailbox(dc, n, m->name);
       n->selectable = !(m->attrs & IMAP_MBX_NOSELECT);
+      n->listed = gen;
     }
   }
+  _dc_mark_absent(dc->root, gen);
 }
 
 static gboolean dc_list_op(ImapConn *c, gpointer user, GError **error) {
@@ -221,6 +235,7 @@ gboolean dircache_refresh_tree(Dircache *dc, gint64 max_age_us, GError **error) 
   gint64 now = g_get_monotonic_time();
   g_mutex_lock(&dc->tree_lock);
   gboolean fresh = dc->tree_at != 0 && now - dc->tree_at <= max_age_us;
+  guint ticket = ++dc->lists_asked;
   g_mutex_unlock(&dc->tree_lock);
   if (fresh)
     return TRUE;
@@ -228,8 +243,15 @@ gboolean dircache_refresh_tree(Dircache *dc, gint64 max_age_us, GError **error) 
   if (!pool_run(dc->pool, NULL, TRUE, dc_list_op, &list, error))
     return FALSE;
   g_mutex_lock(&dc->tree_lock);
-  _dc_apply_list(dc, list);
-  dc->tree_at = now;
+  /* A LIST asked later was applied already, or we renamed a mailbox since
+   * this one was asked: its answer is older than the tree (applied, it
+   * brought a renamed folder back under its old name until the next
+   * refresh). */
+  if (ticket > dc->lists_superseded) {
+    _dc_apply_list(dc, list);
+    dc->lists_superseded = ticket;
+    dc->tree_at = now;
+  }
   g_mutex_unlock(&dc->tree_lock);
   return TRUE;
 }
@@ -334,6 +356,7 @@ const char *dircache_flags(Dircache *dc, guint32 flagset) {
 typedef struct {
   Dircache *dc;
   DcNode *node;
+  const char *mailbox; /* its name when asked (a rename may change node's) */
   /* what we knew before (may be NULL): a delta is asked against it */
   GArray *base;
   guint32 base_uidvalidity;
@@ -386,9 +409,9 @@ static gboolean dc_fetch_op(ImapConn *c, gpointer user, GError **error) {
   dc_fetch_reset(f);
   ImapSelectInfo info;
   gboolean want_delta = f->base != NULL && f->base_modseq > 0 && imap_conn_qresync_enabled(c) &&
-                        (g_strcmp0(imap_conn_selected(c), f->node->mailbox) != 0 ||
+                        (g_strcmp0(imap_conn_selected(c), f->mailbox) != 0 ||
                          imap_conn_selected_uidvalidity(c) == f->base_uidvalidity);
-  if (!imap_list_messages(c, f->node->mailbox, want_delta ? f->base_modseq : 0, &info,
+  if (!imap_list_messages(c, f->mailbox, want_delta ? f->base_modseq : 0, &info,
                           dc_meta_cb, dc_vanished_cb, f, error))
     return FALSE;
   f->uidvalidity = info.uidvalidity;
@@ -402,7 +425,7 @@ static gboolean dc_fetch_op(ImapConn *c, gpointer user, GError **error) {
      * server forgot some expunges) is not trusted. */
     if (f->result->len == info.exists)
       return TRUE;
-    g_debug("%s: delta gave %u messages, SELECT said %u; listing it all", f->node->mailbox,
+    g_debug("%s: delta gave %u messages, SELECT said %u; listing it all", f->mailbox,
             f->result->len, info.exists);
   }
   if (want_delta) {
@@ -554,6 +577,30 @@ static void _dc_snapshot(DcNode *n, DcListing *out) {
   out->epoch = n->epoch;
 }
 
+/* The listing of n, asked as mailbox `asked`, failed with *error.  A
+ * mailbox another client deleted gets a plain NO to its SELECT from
+ * Dovecot (no [NONEXISTENT]), and BYE on a session that had it selected:
+ * LIST says whether it is gone, and then the error becomes ENOENT (not EIO
+ * with a warning).  TRUE: n was renamed meanwhile (our own rename, while
+ * this listing ran): ask again under the new name. */
+static gboolean dc_check_gone(Dircache *dc, DcNode *n, const char *asked, GError **error) {
+  if (!(g_error_matches(*error, IFS_ERROR, IFS_ERROR_NO) || ifs_error_is_connection(*error)))
+    return FALSE;
+  g_autoptr(GError) lerr = NULL;
+  if (!dircache_refresh_tree(dc, 0, &lerr))
+    return FALSE;
+  g_mutex_lock(&dc->tree_lock);
+  gboolean gone = !n->present || !n->selectable, renamed = n->mailbox != asked;
+  g_mutex_unlock(&dc->tree_lock);
+  if (!gone)
+    return renamed;
+  GError *e = g_error_new(IFS_ERROR, IFS_ERROR_NOT_FOUND, "%s no longer exists (%s)", asked,
+                          (*error)->message);
+  g_clear_error(error);
+  *error = e;
+  return FALSE;
+}
+
 gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing *out,
                           GError **error) {
   memset(out, 0, sizeof *out);
@@ -595,7 +642,20 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
   }
   g_mutex_unlock(&n->lock);
   gint64 started = g_get_monotonic_time();
-  gboolean ok = pool_run(dc->pool, n->mailbox, TRUE, dc_fetch_op, &f, error);
+  GError *local = NULL;
+  gboolean ok = FALSE;
+  for (int attempt = 0; !ok && attempt < 2; attempt++) {
+    g_mutex_lock(&dc->tree_lock);
+    const char *asked = n->mailbox;
+    g_mutex_unlock(&dc->tree_lock);
+    g_clear_error(&local);
+    f.mailbox = asked;
+    ok = pool_run(dc->pool, asked, TRUE, dc_fetch_op, &f, &local);
+    if (ok || !dc_check_gone(dc, n, asked, &local))
+      break;
+  }
+  if (!ok)
+    g_propagate_error(error, local);
   g_autoptr(GArray) gone = g_array_new(FALSE, FALSE, sizeof(guint32));
   guint32 old_epoch = 0, old_uidvalidity = 0;
   gboolean changed = FALSE;
@@ -990,10 +1050,22 @@ void dircache_node_renamed(Dircache *dc, DcNode *n, DcNode *new_parent, const ch
                            const char *new_mailbox) {
   g_mutex_lock(&dc->tree_lock);
   DcNode *clash = g_hash_table_lookup(new_parent->children, new_name);
+  gboolean took_place = FALSE;
   if (clash != NULL && clash != n) {
-    if (clash->present) {
+    /* A present node of that name is this mailbox too when a LIST asked
+     * after the server's RENAME was applied first: it took n for gone and
+     * made a new node.  n is the inode the kernel now has under that name,
+     * so n stays and the new one goes (else the renamed folder read as
+     * gone, ENOENT, until unmounted). */
+    if (clash->present && g_strcmp0(clash->mailbox, new_mailbox) != 0) {
       g_mutex_unlock(&dc->tree_lock);
-      return; /* the next LIST sorts it out */
+      return; /* someone else's: the next LIST sorts it out */
+    }
+    if (clash->present) {
+      took_place = TRUE;
+      n->selectable = clash->selectable;
+      clash->present = clash->selectable = FALSE;
+      _dc_mark_absent(clash, 0);
     }
     /* An old absent node of that name: out of the way, under a name no
      * lookup can produce. */
@@ -1009,7 +1081,10 @@ void dircache_node_renamed(Dircache *dc, DcNode *n, DcNode *new_parent, const ch
   g_free(n->name);
   n->name = g_strdup(new_name);
   n->parent = new_parent;
+  if (took_place)
+    n->present = TRUE;
   g_hash_table_insert(new_parent->children, n->name, n);
+  dc->lists_superseded = dc->lists_asked; /* LISTs under way predate the rename */
   g_mutex_unlock(&dc->tree_lock);
   g_mutex_lock(&n->lock);
   n->fetched_at = 0; /* revalidate the list on next use */

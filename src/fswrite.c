@@ -562,6 +562,22 @@ static gboolean fsw_select_synced(ImapConn *c, const char *mailbox, guint32 *uv,
   return imap_ensure_selected(c, mailbox, uv, error);
 }
 
+/* For the read-only first steps of an operation (SELECT, a flags FETCH,
+ * STATUS): a connection lost there leaves the server unchanged, so the
+ * error says the operation never ran and pool_run sends it again on
+ * another connection.  (A connection the server dropped, e.g. one that had
+ * a mailbox selected that was just deleted, is found dead at its next
+ * command: mv and rm failed with EIO.)  Returns FALSE. */
+static gboolean fsw_unchanged(GError **error) {
+  if (error != NULL && *error != NULL && ifs_error_is_connection(*error) &&
+      !g_error_matches(*error, IFS_ERROR, IFS_ERROR_NOT_RUN)) {
+    GError *e = g_error_new(IFS_ERROR, IFS_ERROR_NOT_RUN, "%s", (*error)->message);
+    g_clear_error(error);
+    *error = e;
+  }
+  return FALSE;
+}
+
 static gboolean fsw_select_checked(ImapConn *c, const char *mailbox, guint32 uv,
                                    GError **error) {
   guint32 have = 0;
@@ -623,14 +639,14 @@ typedef struct {
 static gboolean fsw_delete_op(ImapConn *c, gpointer user, GError **error) {
   FswDelete *d = user;
   if (!fsw_select_checked(c, d->mailbox, d->uv, error))
-    return FALSE;
+    return fsw_unchanged(error);
   if (d->trash == NULL)
     return fsw_expunge_one(c, d->uid, error);
   char set[16];
   g_snprintf(set, sizeof set, "%u", d->uid);
   g_autofree char *flags = NULL;
   if (!imap_fetch_flags(c, d->uid, &flags, error))
-    return FALSE;
+    return fsw_unchanged(error);
   if (imap_conn_has(c, IMAP_CAP_MOVE))
     return imap_uid_move(c, set, d->trash, &d->cu, error);
   if (!imap_uid_copy(c, set, d->trash, &d->cu, error))
@@ -718,10 +734,10 @@ typedef struct {
 static gboolean fsw_move_op(ImapConn *c, gpointer user, GError **error) {
   FswMove *mv = user;
   if (!fsw_select_checked(c, mv->src, mv->uv, error))
-    return FALSE;
+    return fsw_unchanged(error);
   g_autofree char *flags = NULL;
   if (!imap_fetch_flags(c, mv->uid, &flags, error))
-    return FALSE;
+    return fsw_unchanged(error);
   char set[16];
   g_snprintf(set, sizeof set, "%u", mv->uid);
   if (imap_conn_has(c, IMAP_CAP_MOVE))
@@ -1701,13 +1717,22 @@ void fswrite_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t m
   g_autoptr(GError) lerr = NULL;
   if (!dircache_refresh_tree(w->dc, 0, &lerr))
     g_debug("LIST after CREATE: %s", lerr->message);
+  g_autofree char *component = names_unescape_component(name, NULL);
+  g_autofree char *shown = names_escape_component(component);
+  DcNode *child = dircache_child(w->dc, p, shown);
+  /* Not there in the LIST just before, there now: it exists as asked.
+   * Dovecot says [ALREADYEXISTS] to a CREATE it carried out when another
+   * session's STATUS of the parent opened the new mailbox meanwhile (its
+   * list index saw the new directory before the CREATE had finished). */
+  if (!ok && fsw_is_error(error, IFS_ERROR_EXISTS) && child != NULL) {
+    g_debug("mkdir: %s (%s), but it was not there just before: taken as created", mailbox,
+            error->message);
+    ok = TRUE;
+  }
   if (!ok) {
     fsw_reply_error(req, "mkdir", error);
     return;
   }
-  g_autofree char *component = names_unescape_component(name, NULL);
-  g_autofree char *shown = names_escape_component(component);
-  DcNode *child = dircache_child(w->dc, p, shown);
   if (child == NULL) {
     g_warning("mkdir: created %s, but the server does not list it", mailbox);
     fuse_reply_err(req, EIO);
@@ -1734,7 +1759,7 @@ static gboolean fsw_rmdir_op(ImapConn *c, gpointer user, GError **error) {
   if (r->selectable) {
     guint32 n;
     if (!imap_status_messages(c, r->mailbox, &n, error))
-      return FALSE;
+      return fsw_unchanged(error);
     if (n > 0) {
       g_set_error(error, IFS_ERROR, IFS_ERROR_NOT_EMPTY, "%s holds %u message(s)", r->mailbox,
                   n);
@@ -1964,7 +1989,7 @@ typedef struct {
 static gboolean fsw_store_op(ImapConn *c, gpointer user, GError **error) {
   FswStore *s = user;
   if (!fsw_select_checked(c, s->mailbox, s->uv, error))
-    return FALSE;
+    return fsw_unchanged(error);
   g_clear_pointer(&s->result, g_free);
   if (!imap_store_flags(c, s->uid, IMAP_STORE_REPLACE, (const char *const *)s->flags, FALSE,
                         &s->result, error))

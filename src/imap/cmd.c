@@ -926,8 +926,11 @@ gboolean imap_delete(ImapConn *c, const char *mailbox, GError **error) {
   }
   if (!cmd_simple_mailbox(c, "DELETE", mailbox, NULL, error))
     return FALSE;
+  /* Dovecot drops a session whose selected mailbox it deleted (BYE after
+   * the OK), and one whose selected mailbox was renamed answers its next
+   * NOOP with BYE: such a connection is not used again. */
   if (g_strcmp0(imap_conn_selected(c), mailbox) == 0)
-    imap_conn_set_selected(c, NULL, 0);
+    imap_conn_set_broken(c);
   return TRUE;
 }
 
@@ -940,7 +943,7 @@ gboolean imap_rename(ImapConn *c, const char *from, const char *to, GError **err
   if (!cmd_simple_mailbox(c, "RENAME", from, to, error))
     return FALSE;
   if (g_strcmp0(imap_conn_selected(c), from) == 0)
-    imap_conn_set_selected(c, NULL, 0);
+    imap_conn_set_broken(c); /* as after DELETE */
   return TRUE;
 }
 

@@ -287,6 +287,26 @@ def test_uidvalidity_change_drops_cached_bytes(mount, empty_dovecot, env, tmp_pa
     assert len(groups) == 1, groups
 
 
+def test_folder_deleted_elsewhere_is_gone_not_an_error(mount, empty_dovecot, env):
+    """Another client deletes a folder the mount has listed.  Dovecot answers
+    a SELECT of a missing mailbox with a plain NO (no [NONEXISTENT]) and
+    drops a session that had it selected, so opening the directory failed
+    with EIO and a warning.  It is ENOENT now, and the folder is gone from
+    the listing."""
+    dv = empty_dovecot()
+    uids = _make_box(dv, "Gone", [_msg("g%d" % i, 900) for i in range(3)])
+    _make_box(dv, "Kept", [_msg("k", 900)])
+    m = mount(dv, "poll=0", "list_max_age=0", env=env)
+    d = os.path.join(m.path, "Gone")
+    assert _listing(d) == _names(uids)
+    c = dv.imap()
+    assert c.delete("Gone")[0] == "OK"
+    c.logout()
+    with pytest.raises(FileNotFoundError):
+        os.listdir(d)
+    assert sorted(os.listdir(m.path)) == ["INBOX", "Kept"]
+
+
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
 def test_watcher_notices_expunge_without_opendir(mount, empty_dovecot, env):
     dv = empty_dovecot()

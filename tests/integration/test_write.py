@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 
 import pytest
@@ -742,6 +743,42 @@ def test_dedup_off_append_after_selected_mailbox_deleted(empty_dovecot, fs, xdg)
     c.delete("Old")
     write_file(os.path.join(m, "INBOX", "n.eml"), make_msg("new"))
     assert mids(c, "INBOX") == ["new@imapfuse.test"]
+    assert unsent_files(xdg) == []
+
+
+def test_files_written_while_the_folder_list_is_refreshed(empty_dovecot, fs, xdg):
+    """A LIST used to mark every folder absent and then the listed ones
+    present again, while other threads read those marks without the tree
+    lock: a file closed in that instant was refused ("not a mailbox") and
+    left in the unsent directory.  Here a writer and two threads that list
+    the root (a LIST each time) run at once: every file is stored."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    for i in range(40):
+        c.create("F%02d" % i)
+    c.create("W")
+    m = fs(dv, "dir_timeout=0", "list_max_age=0")
+    stop = threading.Event()
+
+    def lister():
+        while not stop.is_set():
+            os.listdir(m)
+    listers = [threading.Thread(target=lister) for _ in range(2)]
+    for t in listers:
+        t.start()
+    errors = []
+    try:
+        for i in range(300):
+            try:
+                write_file(os.path.join(m, "W", "n%d.eml" % i), make_msg("n%d" % i))
+            except OSError as e:
+                errors.append(e)
+    finally:
+        stop.set()
+        for t in listers:
+            t.join()
+    assert errors == []
+    assert len(mids(c, "W")) == 300
     assert unsent_files(xdg) == []
 
 
