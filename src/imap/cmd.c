@@ -381,8 +381,12 @@ static gboolean cmd_body_handler(ImapResponse *r, gpointer user) {
   const ImapVal *body = imap_fetch_get(atts, ctx->section, NULL);
   if (body == NULL)
     return FALSE; /* a flags update that happened to carry the UID */
-  /* NIL means the server has no content for it: treat as empty. */
-  GBytes *bytes = body->type == IMAP_VAL_NIL ? g_bytes_new(NULL, 0) : imap_response_bytes(r, body);
+  /* NIL: the message is gone (Dovecot answers so, with OK [EXPUNGEISSUED],
+   * for one another session expunged before this one synced).  Not an
+   * empty body: a read got no bytes, or zeros up to the listed size. */
+  if (body->type == IMAP_VAL_NIL)
+    return TRUE;
+  GBytes *bytes = imap_response_bytes(r, body);
   if (bytes == NULL)
     return TRUE;
   if (ctx->fn != NULL) {

@@ -287,6 +287,29 @@ def test_uidvalidity_change_drops_cached_bytes(mount, empty_dovecot, env, tmp_pa
     assert len(groups) == 1, groups
 
 
+def test_message_expunged_elsewhere_reads_as_gone(mount, empty_dovecot, env, rw_ro):
+    """Dovecot answers a FETCH of a message another session expunged, before
+    this session synced, with BODY[] NIL (and OK [EXPUNGEISSUED]).  That was
+    taken as an empty body: the read got no bytes, or as many zero bytes as
+    the listing's size.  Now the read fails with ENOENT, and the other
+    messages read right."""
+    dv = empty_dovecot()
+    msgs = [_msg("e%d" % i, 3000) for i in range(3)]
+    uids = _make_box(dv, "Box", msgs)
+    m = mount(dv, "poll=0", "connections=1", *rw_ro, env=env)
+    d = os.path.join(m.path, "Box")
+    assert _listing(d) == _names(uids)  # our one connection has Box selected
+    c = dv.imap()
+    c.select("Box")
+    c.uid("STORE", str(uids[1]), "+FLAGS.SILENT", r"(\Deleted)")
+    c.uid("EXPUNGE", str(uids[1]))
+    c.logout()
+    with pytest.raises(FileNotFoundError):
+        _read(os.path.join(d, "%d.eml" % uids[1]))
+    assert _read(os.path.join(d, "%d.eml" % uids[0])) == msgs[0]
+    assert _read(os.path.join(d, "%d.eml" % uids[2])) == msgs[2]
+
+
 def test_folder_deleted_elsewhere_is_gone_not_an_error(mount, empty_dovecot, env):
     """Another client deletes a folder the mount has listed.  Dovecot answers
     a SELECT of a missing mailbox with a plain NO (no [NONEXISTENT]) and
