@@ -31,7 +31,8 @@ class Proxy:
 
     hold_next_append(mailbox): the next APPEND to that mailbox is held
     (nothing of it reaches the server) until release() is called;
-    .held is set when it arrives.
+    .held is set when it arrives.  hold_next_select(mailbox): the same for
+    a SELECT (and what was sent with it): a server that does not answer.
     cut_next_append(): the next APPEND goes to the server, but the
     connection is cut when the server's tagged reply comes (so the client
     does not know the message was stored).  Both are one-shot."""
@@ -45,6 +46,7 @@ class Proxy:
         self.port = self.lsock.getsockname()[1]
         self.lock = threading.Lock()
         self.hold_box = None
+        self.hold_verb = b"APPEND"
         self.held = threading.Event()
         self._go = threading.Event()
         self.cut = False
@@ -53,11 +55,15 @@ class Proxy:
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def hold_next_append(self, mailbox):
+    def hold_next_append(self, mailbox, verb=b"APPEND"):
         with self.lock:
             self.hold_box = mailbox.encode()
+            self.hold_verb = verb
             self.held.clear()
             self._go.clear()
+
+    def hold_next_select(self, mailbox):
+        self.hold_next_append(mailbox, b"SELECT")
 
     def release(self):
         self._go.set()
@@ -108,20 +114,21 @@ class Proxy:
                 data = cl.recv(65536)
                 if not data:
                     break
-                m = re.search(rb"(?m)^(\S+) APPEND (\S+)", data)
-                if m:
+                hold = False
+                for m in re.finditer(rb"(?m)^(\S+) (APPEND|SELECT) (\S+)", data):
                     with self.lock:
-                        self.appends += 1
-                        hold = self.hold_box is not None and \
-                            m.group(2).strip(b'"') == self.hold_box
-                        if hold:
+                        if self.hold_box is not None and m.group(2) == self.hold_verb \
+                                and m.group(3).strip(b'"') == self.hold_box:
                             self.hold_box = None
-                        if self.cut:
-                            self.cut = False
-                            st["cut_tag"] = m.group(1)
-                    if hold:
-                        self.held.set()
-                        self._go.wait(60)
+                            hold = True
+                        if m.group(2) == b"APPEND":
+                            self.appends += 1
+                            if self.cut:
+                                self.cut = False
+                                st["cut_tag"] = m.group(1)
+                if hold:
+                    self.held.set()
+                    self._go.wait(60)
                 sv.sendall(data)
         except OSError:
             pass
