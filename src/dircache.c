@@ -44,6 +44,8 @@ struct DcNode {
   gint64 fetched_at; /* monotonic us of the start of the last good fetch; 0 never */
   gboolean stale;    /* msgs may not match the server at highestmodseq: ask it */
   gboolean served;   /* a listing of it was handed out in this mount */
+  gint64 failed_at;  /* monotonic us when the last fetch failed, with why: */
+  GError *failed;
 };
 
 typedef struct {
@@ -119,6 +121,7 @@ static void dc_node_free(DcNode *n) {
     g_array_unref(n->msgs);
   g_mutex_clear(&n->refresh_lock);
   g_mutex_clear(&n->lock);
+  g_clear_error(&n->failed);
   g_free(n->name);
   g_free(n->mailbox);
   g_free(n);
@@ -626,6 +629,17 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     g_mutex_unlock(&n->refresh_lock);
     return TRUE;
   }
+  /* ... or failed while we waited for it: its answer is ours.  Each waiter
+   * asking again in turn made a server that does not answer (Dovecot
+   * waiting 2 minutes for a lock) cost every reader of the folder two
+   * command timeouts, one after the other (a soak: threads stuck for
+   * minutes). */
+  if (n->failed != NULL && n->failed_at > asked) {
+    g_propagate_error(error, g_error_copy(n->failed));
+    g_mutex_unlock(&n->lock);
+    g_mutex_unlock(&n->refresh_lock);
+    return FALSE;
+  }
   g_mutex_unlock(&n->lock);
   if (n->msgs == NULL)
     dc_load_meta(dc, n); /* what the last mount knew, if anything */
@@ -654,6 +668,13 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     if (ok || !dc_check_gone(dc, n, asked, &local))
       break;
   }
+  g_mutex_lock(&n->lock);
+  g_clear_error(&n->failed);
+  if (!ok) {
+    n->failed = g_error_copy(local);
+    n->failed_at = g_get_monotonic_time();
+  }
+  g_mutex_unlock(&n->lock);
   if (!ok)
     g_propagate_error(error, local);
   g_autoptr(GArray) gone = g_array_new(FALSE, FALSE, sizeof(guint32));

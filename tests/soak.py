@@ -84,6 +84,7 @@ while not os.path.ismount(mnt):
 stop = time.time() + args.seconds
 stats = collections.Counter()
 slow = []  # (seconds, what)
+running = {}  # thread name -> (what, since): operations under way
 bad = []
 written = {}  # tag -> (folder, stored)
 lock = threading.Lock()
@@ -96,9 +97,12 @@ def note(k):
 
 def timed(what, fn, *a):
     t = time.monotonic()
+    me = threading.current_thread().name
+    running[me] = (what, t)
     try:
         return fn(*a)
     finally:
+        running.pop(me, None)
         d = time.monotonic() - t
         if d >= 5:
             with lock:
@@ -226,6 +230,8 @@ def other_client():
         i += 1
         r = random.random()
         box = random.choice(["A", "B", "C"])
+        t = time.monotonic()
+        running["other_client"] = ("other client's command", t)
         try:
             if r < 0.3:
                 e.append(box, None, None, msg("ext-%d" % i))
@@ -255,6 +261,14 @@ def other_client():
             note("other client ok")
         except imaplib.IMAP4.error:
             note("other client NO")
+        except OSError as ex:  # Dovecot did not answer in 30 s
+            note("other client %s" % type(ex).__name__)
+            e = dv.imap()
+        running.pop("other_client", None)
+        if time.monotonic() - t >= 5:
+            with lock:
+                slow.append((round(time.monotonic() - t, 1), "other client, step %d" % i,
+                             time.strftime("%H:%M:%S")))
         time.sleep(0.05)
 
 
@@ -265,13 +279,18 @@ threads += [threading.Thread(target=writer, args=(k,), name="writer%d" % k, daem
 for t in threads:
     t.start()
 hung = []
+deadline = stop + 120
 for t in threads:
-    t.join(timeout=max(0, stop - time.time()) + 120)
+    t.join(timeout=max(0, deadline - time.time()))
     if t.is_alive():
         hung.append(t.name)
 findings = []
 if hung:
-    findings.append("threads still running: %s" % hung)
+    now = time.monotonic()
+    findings.append("threads still running: %s; under way: %s" % (hung, [
+        (n, w, round(now - t)) for n, (w, t) in list(running.items())]))
+    for conn in glob.glob("/sys/fs/fuse/connections/*/waiting"):
+        print("%s: %s" % (conn, open(conn).read().strip()), flush=True)
 for k, v in sorted(stats.items()):
     print("  %-24s %d" % (k, v))
 print("operations over 5 s: %d%s" % (len(slow), "".join("\n  %s" % (s,) for s in sorted(slow)[-10:])))
@@ -281,12 +300,13 @@ if bad:
     findings.append("reads that were not a message: %s" % bad[:5])
 
 rc = None
-if not hung:
-    subprocess.run(["fusermount3", "-u", mnt])
-    try:
-        rc = proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        rc = "no exit in 60 s"
+# After a hang, unmount lazily: the hung threads' requests are still open.
+subprocess.run(["fusermount3", "-u"] + (["-z"] if hung else []) + [mnt])
+try:
+    rc = proc.wait(timeout=60)
+except subprocess.TimeoutExpired:
+    proc.kill()
+    rc = "no exit in 60 s"
 if rc != 0:
     findings.append("imapfuse at unmount: %s" % rc)
 err.close()
@@ -322,5 +342,5 @@ except OSError:
     pass
 dv.close()
 print("work directory: %s" % work)
-print("findings: %s" % ("none" if not findings else "\n  " + "\n  ".join(findings)))
+print("findings: %s" % ("none" if not findings else "\n  " + "\n  ".join(findings)), flush=True)
 sys.exit(1 if findings else 0)

@@ -328,6 +328,43 @@ def test_folder_the_server_does_not_answer_holds_up_nothing_else(mount, empty_do
         px.close()
 
 
+@pytest.mark.imapfuse_stderr_ok(r"warning: Slow: no answer from")
+def test_readers_of_a_folder_the_server_does_not_answer_share_one_failure(
+        mount, empty_dovecot, env):
+    """Six threads open a folder whose SELECT the server never answers.
+    The first one's listing times out (and is tried once more on another
+    connection); the five that waited for it get its error, rather than
+    each asking again in turn, two timeouts each (a soak saw readers stuck
+    for minutes behind a Dovecot lock).  So the server sees two SELECTs,
+    not twelve."""
+    from test_write_review import Proxy
+    dv = empty_dovecot()
+    _make_box(dv, "Slow", [_msg("s", 900)])
+    px = Proxy(dv.port)
+    try:
+        m = mount(dv, "poll=0", "timeout=2", env=env, port=px.port)
+        assert "Slow" in os.listdir(m.path)
+        px.hold_next_select("Slow", every=True)
+        errs = []
+
+        def opener():
+            try:
+                os.listdir(os.path.join(m.path, "Slow"))
+            except OSError as e:
+                errs.append(e.errno)
+        threads = [threading.Thread(target=opener) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        assert not any(t.is_alive() for t in threads)
+        assert len(errs) == 6, errs
+        assert px.selects_held == 2, px.selects_held
+    finally:
+        px.release()
+        px.close()
+
+
 def test_message_expunged_elsewhere_reads_as_gone(mount, empty_dovecot, env, rw_ro):
     """Dovecot answers a FETCH of a message another session expunged, before
     this session synced, with BODY[] NIL (and OK [EXPUNGEISSUED]).  That was

@@ -47,6 +47,8 @@ class Proxy:
         self.lock = threading.Lock()
         self.hold_box = None
         self.hold_verb = b"APPEND"
+        self.hold_every = False
+        self.selects_held = 0
         self.held = threading.Event()
         self._go = threading.Event()
         self.cut = False
@@ -62,8 +64,11 @@ class Proxy:
             self.held.clear()
             self._go.clear()
 
-    def hold_next_select(self, mailbox):
+    def hold_next_select(self, mailbox, every=False):
+        """every: hold all SELECTs of mailbox from now on (counted in
+        .selects_held), not only the next."""
         self.hold_next_append(mailbox, b"SELECT")
+        self.hold_every = every
 
     def release(self):
         self._go.set()
@@ -119,7 +124,9 @@ class Proxy:
                     with self.lock:
                         if self.hold_box is not None and m.group(2) == self.hold_verb \
                                 and m.group(3).strip(b'"') == self.hold_box:
-                            self.hold_box = None
+                            self.selects_held += m.group(2) == b"SELECT"
+                            if not self.hold_every:
+                                self.hold_box = None
                             hold = True
                         if m.group(2) == b"APPEND":
                             self.appends += 1
