@@ -58,6 +58,7 @@
 #include "fs-internal.h"
 #include "imapfuse/cmd.h"
 #include "imapfuse/errors.h"
+#include "imapfuse/loop.h"
 #include "imapfuse/names.h"
 #include "imapfuse/staging.h"
 
@@ -1633,6 +1634,16 @@ void fswrite_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_in
   notify_inval_entry(w->notify, fs_dir_ino(w->fs, p2), newname);
 }
 
+/* Before a RENAME or DELETE of mailbox (node's): let our own operations in
+ * it end first, for at most 2 s (see pool_quiesce: Dovecot then left a lock
+ * behind, and the renamed folder could not be opened for two minutes). */
+static void fsw_quiesce(FsWrite *w, DcNode *node, const char *mailbox) {
+  g_autoptr(GError) ignored = NULL;
+  char delim = fsw_delim(w, node, &ignored);
+  loop_about_to_wait(); /* the RENAME or DELETE waits for the server anyway */
+  pool_quiesce(w->pool, mailbox, delim > 0 ? delim : 0, 2 * G_USEC_PER_SEC);
+}
+
 static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *child, DcNode *p2,
                            const char *newname) {
   g_autoptr(GError) error = NULL;
@@ -1661,6 +1672,7 @@ static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *child, DcNode *p2
     return;
   }
   FswRename r = {from, to};
+  fsw_quiesce(w, child, from);
   gboolean ok = pool_run(w->pool, NULL, FALSE, fsw_rename_op, &r, &error);
   if (ok)
     pool_check_before_use(w->pool); /* connections with it selected are dropped */
@@ -1800,6 +1812,7 @@ void fswrite_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
     return;
   }
   FswRmdir r = {mailbox, dcnode_selectable(child)};
+  fsw_quiesce(w, child, mailbox);
   gboolean ok = pool_run(w->pool, NULL, FALSE, fsw_rmdir_op, &r, &error);
   if (ok)
     pool_check_before_use(w->pool); /* connections with it selected are dropped */

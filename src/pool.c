@@ -29,6 +29,9 @@
  * every idle one after our own DELETE or RENAME of a mailbox (the server
  * drops the connections that have it selected), so non-idempotent work
  * does not land on a dead socket.
+ * pool_run counts the operations under way per mailbox, so that a RENAME
+ * or DELETE of a mailbox can wait (briefly) for ours in it to end
+ * (pool_quiesce).
  * The pool also keeps the shortest command round trip its connections
  * saw (pool_rtt_us; forgotten when one is found dead, as the way to the
  * server may have changed): read-ahead decides by it how many batches to
@@ -37,6 +40,8 @@
  * held, and no I/O happens under it.
  */
 #include "imapfuse/pool.h"
+
+#include <string.h>
 
 #include "imapfuse/cmd.h"
 #include "imapfuse/errors.h"
@@ -57,6 +62,8 @@ struct Pool {
   gpointer unsolicited_user;
   GPtrArray *warmers; /* GThread*: pool_warm's, joined by pool_free */
   gint rtt_us;        /* atomic: pool_rtt_us */
+  GHashTable *busy_in; /* mailbox -> pool_run operations in it now (pool_quiesce) */
+  GCond idle_cond;     /* a mailbox's last operation ended */
 };
 
 /* The shortest round trip any connection saw since one was found dead:
@@ -75,6 +82,8 @@ Pool *pool_new(const ImapEndpoint *ep, guint max_conns, ImapConn *first) {
   g_cond_init(&p->cond);
   g_queue_init(&p->idle);
   p->warmers = g_ptr_array_new();
+  p->busy_in = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  g_cond_init(&p->idle_cond);
   if (first != NULL) {
     g_queue_push_head(&p->idle, first);
     p->open = 1;
@@ -92,6 +101,8 @@ void pool_free(Pool *p) {
   for (guint i = 0; i < p->warmers->len; i++)
     g_thread_join(p->warmers->pdata[i]);
   g_ptr_array_unref(p->warmers);
+  g_hash_table_unref(p->busy_in);
+  g_cond_clear(&p->idle_cond);
   ImapConn *c;
   while ((c = g_queue_pop_head(&p->idle)) != NULL)
     imap_conn_close(c);
@@ -231,8 +242,56 @@ void pool_release(Pool *p, ImapConn *c) {
   g_mutex_unlock(&p->lock);
 }
 
+/* _pool_busy: caller holds the lock.  One more (d 1) or one fewer (d -1)
+ * operation in mailbox. */
+static void _pool_busy(Pool *p, const char *mailbox, int d) {
+  guint n = GPOINTER_TO_UINT(g_hash_table_lookup(p->busy_in, mailbox));
+  n = (guint)((int)n + d);
+  if (n == 0) {
+    g_hash_table_remove(p->busy_in, mailbox);
+    g_cond_broadcast(&p->idle_cond);
+  } else {
+    g_hash_table_insert(p->busy_in, g_strdup(mailbox), GUINT_TO_POINTER(n));
+  }
+}
+
+static gboolean pool_run_once(Pool *p, const char *mailbox, gboolean idempotent, PoolOp op,
+                              gpointer user, GError **error);
+
 gboolean pool_run(Pool *p, const char *mailbox, gboolean idempotent, PoolOp op, gpointer user,
                   GError **error) {
+  if (mailbox == NULL)
+    return pool_run_once(p, mailbox, idempotent, op, user, error);
+  g_mutex_lock(&p->lock);
+  _pool_busy(p, mailbox, 1);
+  g_mutex_unlock(&p->lock);
+  gboolean ok = pool_run_once(p, mailbox, idempotent, op, user, error);
+  g_mutex_lock(&p->lock);
+  _pool_busy(p, mailbox, -1);
+  g_mutex_unlock(&p->lock);
+  return ok;
+}
+
+void pool_quiesce(Pool *p, const char *mailbox, char delim, gint64 max_us) {
+  gint64 until = g_get_monotonic_time() + max_us;
+  gsize len = strlen(mailbox);
+  g_mutex_lock(&p->lock);
+  for (;;) {
+    gboolean busy = FALSE;
+    GHashTableIter it;
+    gpointer k;
+    g_hash_table_iter_init(&it, p->busy_in);
+    while (!busy && g_hash_table_iter_next(&it, &k, NULL))
+      busy = strncmp(k, mailbox, len) == 0 &&
+             (((const char *)k)[len] == '\0' || (delim != 0 && ((const char *)k)[len] == delim));
+    if (!busy || !g_cond_wait_until(&p->idle_cond, &p->lock, until))
+      break;
+  }
+  g_mutex_unlock(&p->lock);
+}
+
+static gboolean pool_run_once(Pool *p, const char *mailbox, gboolean idempotent, PoolOp op,
+                              gpointer user, GError **error) {
   for (int attempt = 0;; attempt++) {
     g_autoptr(GError) local = NULL;
     ImapConn *c = pool_acquire(p, mailbox, &local);

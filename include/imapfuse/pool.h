@@ -44,6 +44,13 @@ void pool_warm(Pool *p, const char *mailbox);
  * NOOP then is, not an unlink or an append). */
 void pool_check_before_use(Pool *p);
 
+/* Wait, at most max_us, until no pool_run operation is under way in
+ * mailbox or below it (names continuing with delim; 0: none).  Before a
+ * RENAME or DELETE of it: a Dovecot session that holds the mailbox's
+ * dovecot-uidlist.lock while another renames the mailbox leaves that lock
+ * behind, and SELECTs of the mailbox then wait about two minutes. */
+void pool_quiesce(Pool *p, const char *mailbox, char delim, gint64 max_us);
+
 /* The server's round trip in microseconds: the shortest command round
  * trip (imap_conn_rtt_us) of any connection since one was found dead;
  * 0: none yet.  Lock-free. */
