@@ -1634,14 +1634,15 @@ void fswrite_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_in
   notify_inval_entry(w->notify, fs_dir_ino(w->fs, p2), newname);
 }
 
-/* Before a RENAME or DELETE of mailbox (node's): let our own operations in
- * it end first, for at most 2 s (see pool_quiesce: Dovecot then left a lock
- * behind, and the renamed folder could not be opened for two minutes). */
-static void fsw_quiesce(FsWrite *w, DcNode *node, const char *mailbox) {
+/* Before a RENAME or DELETE of mailbox (node's): our own work in it ends
+ * first (for at most 2 s) and no more starts until pool_unfence (see
+ * pool_fence: Dovecot left a lock behind, and the renamed folder could not
+ * be opened for two minutes). */
+static void fsw_fence(FsWrite *w, DcNode *node, const char *mailbox) {
   g_autoptr(GError) ignored = NULL;
   char delim = fsw_delim(w, node, &ignored);
   loop_about_to_wait(); /* the RENAME or DELETE waits for the server anyway */
-  pool_quiesce(w->pool, mailbox, delim > 0 ? delim : 0, 2 * G_USEC_PER_SEC);
+  pool_fence(w->pool, mailbox, delim > 0 ? delim : 0, 2 * G_USEC_PER_SEC);
 }
 
 static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *child, DcNode *p2,
@@ -1672,8 +1673,9 @@ static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *child, DcNode *p2
     return;
   }
   FswRename r = {from, to};
-  fsw_quiesce(w, child, from);
+  fsw_fence(w, child, from);
   gboolean ok = pool_run(w->pool, NULL, FALSE, fsw_rename_op, &r, &error);
+  pool_unfence(w->pool, from);
   if (ok)
     pool_check_before_use(w->pool); /* connections with it selected are dropped */
   fsw_boxes_stale(w);
@@ -1812,8 +1814,9 @@ void fswrite_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
     return;
   }
   FswRmdir r = {mailbox, dcnode_selectable(child)};
-  fsw_quiesce(w, child, mailbox);
+  fsw_fence(w, child, mailbox);
   gboolean ok = pool_run(w->pool, NULL, FALSE, fsw_rmdir_op, &r, &error);
+  pool_unfence(w->pool, mailbox);
   if (ok)
     pool_check_before_use(w->pool); /* connections with it selected are dropped */
   fsw_boxes_stale(w);

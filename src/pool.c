@@ -29,9 +29,17 @@
  * every idle one after our own DELETE or RENAME of a mailbox (the server
  * drops the connections that have it selected), so non-idempotent work
  * does not land on a dead socket.
- * pool_run counts the operations under way per mailbox, so that a RENAME
- * or DELETE of a mailbox can wait (briefly) for ours in it to end
- * (pool_quiesce).
+ * Fences.  Dovecot (maildir) leaves a mailbox's dovecot-uidlist.lock
+ * behind when one session renames or deletes the mailbox while another
+ * holds that lock to sync it -- in a NOOP or any command of a session that
+ * has it selected, a STATUS, an APPEND -- and every SELECT of the renamed
+ * mailbox then waits seconds to minutes for the stale lock.  So a RENAME
+ * or DELETE is fenced (pool_fence): work in the mailbox or below it is
+ * counted (pool_enter: pool_run's mailbox, and the mailbox a connection
+ * has selected when it is taken), the fence waits briefly for that work
+ * to end, closes the idle connections that have it selected (the server
+ * drops them after the RENAME anyway), closes instead of keeping those
+ * released while it stands, and new work in it waits until pool_unfence.
  * The pool also keeps the shortest command round trip its connections
  * saw (pool_rtt_us; forgotten when one is found dead, as the way to the
  * server may have changed): read-ahead decides by it how many batches to
@@ -62,9 +70,21 @@ struct Pool {
   gpointer unsolicited_user;
   GPtrArray *warmers; /* GThread*: pool_warm's, joined by pool_free */
   gint rtt_us;        /* atomic: pool_rtt_us */
-  GHashTable *busy_in; /* mailbox -> pool_run operations in it now (pool_quiesce) */
-  GCond idle_cond;     /* a mailbox's last operation ended */
+  GHashTable *busy_in; /* mailbox -> work in it now (pool_enter, taken connections) */
+  GHashTable *held;    /* ImapConn* taken -> the mailbox it had selected then */
+  GPtrArray *fences;   /* PoolFence*: mailboxes being renamed or deleted */
+  GCond busy_cond;     /* a mailbox's last work ended, or a fence was lifted */
 };
+
+typedef struct {
+  char *mailbox;
+  char delim; /* 0: none, the fence covers the mailbox alone */
+} PoolFence;
+
+static void pool_fence_free(PoolFence *f) {
+  g_free(f->mailbox);
+  g_free(f);
+}
 
 /* The shortest round trip any connection saw since one was found dead:
  * server time only ever adds to a command's round trip. */
@@ -83,7 +103,9 @@ Pool *pool_new(const ImapEndpoint *ep, guint max_conns, ImapConn *first) {
   g_queue_init(&p->idle);
   p->warmers = g_ptr_array_new();
   p->busy_in = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-  g_cond_init(&p->idle_cond);
+  p->held = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
+  p->fences = g_ptr_array_new_with_free_func((GDestroyNotify)pool_fence_free);
+  g_cond_init(&p->busy_cond);
   if (first != NULL) {
     g_queue_push_head(&p->idle, first);
     p->open = 1;
@@ -102,7 +124,9 @@ void pool_free(Pool *p) {
     g_thread_join(p->warmers->pdata[i]);
   g_ptr_array_unref(p->warmers);
   g_hash_table_unref(p->busy_in);
-  g_cond_clear(&p->idle_cond);
+  g_hash_table_unref(p->held);
+  g_ptr_array_unref(p->fences);
+  g_cond_clear(&p->busy_cond);
   ImapConn *c;
   while ((c = g_queue_pop_head(&p->idle)) != NULL)
     imap_conn_close(c);
@@ -120,6 +144,55 @@ void pool_set_unsolicited(Pool *p, ImapHandler fn, gpointer user) {
   g_mutex_unlock(&p->lock);
 }
 
+/* A healthy connection out of the pool: LOGOUT (the server closes its
+ * mailbox before answering), and no failure noted. */
+static void pool_retire(Pool *p, ImapConn *c) {
+  imap_conn_close(c);
+  g_mutex_lock(&p->lock);
+  p->open--;
+  g_cond_signal(&p->cond);
+  g_mutex_unlock(&p->lock);
+}
+
+/* Whether mailbox is f's or below it. */
+static gboolean pool_fence_covers(const PoolFence *f, const char *mailbox) {
+  gsize len = strlen(f->mailbox);
+  return strncmp(mailbox, f->mailbox, len) == 0 &&
+         (mailbox[len] == '\0' || (f->delim != 0 && mailbox[len] == f->delim));
+}
+
+/* _pool_fenced: caller holds the lock. */
+static gboolean _pool_fenced(Pool *p, const char *mailbox) {
+  for (guint i = 0; mailbox != NULL && i < p->fences->len; i++)
+    if (pool_fence_covers(p->fences->pdata[i], mailbox))
+      return TRUE;
+  return FALSE;
+}
+
+/* _pool_busy: caller holds the lock.  One more (d 1) or one fewer (d -1)
+ * piece of work in mailbox. */
+static void _pool_busy(Pool *p, const char *mailbox, int d) {
+  guint n = GPOINTER_TO_UINT(g_hash_table_lookup(p->busy_in, mailbox));
+  n = (guint)((int)n + d);
+  if (n == 0) {
+    g_hash_table_remove(p->busy_in, mailbox);
+    g_cond_broadcast(&p->busy_cond);
+  } else {
+    g_hash_table_insert(p->busy_in, g_strdup(mailbox), GUINT_TO_POINTER(n));
+  }
+}
+
+/* _pool_hold: caller holds the lock; c was just taken from the idle list.
+ * The mailbox it has selected counts as busy until it is released: its
+ * next command may make the server sync that mailbox. */
+static void _pool_hold(Pool *p, ImapConn *c) {
+  const char *sel = imap_conn_selected(c);
+  if (sel == NULL)
+    return;
+  _pool_busy(p, sel, 1);
+  g_hash_table_insert(p->held, c, g_strdup(sel));
+}
+
 /* _pool_take: caller holds the lock.  Returns an idle connection by the
  * rules above, or NULL with *may_open set when a new one may be opened. */
 static ImapConn *_pool_take(Pool *p, const char *mailbox, gboolean *may_open) {
@@ -129,12 +202,16 @@ static ImapConn *_pool_take(Pool *p, const char *mailbox, gboolean *may_open) {
       if (g_strcmp0(imap_conn_selected(l->data), mailbox) == 0) {
         ImapConn *c = l->data;
         g_queue_delete_link(&p->idle, l);
+        _pool_hold(p, c);
         return c;
       }
   /* An idle connection costs one SELECT to switch; a new one costs a
    * login, several round trips: only open more when none is idle. */
-  if (p->idle.length > 0)
-    return g_queue_pop_tail(&p->idle);
+  if (p->idle.length > 0) {
+    ImapConn *c = g_queue_pop_tail(&p->idle);
+    _pool_hold(p, c);
+    return c;
+  }
   if (p->open < p->max) {
     *may_open = TRUE;
     return NULL;
@@ -168,10 +245,11 @@ static gpointer pool_warm_thread(gpointer data) {
   ImapConn *c = pool_open(w->p, &error);
   if (c == NULL) {
     g_debug("opening a connection ahead: %s", error->message);
-  } else if (w->mailbox != NULL) {
+  } else if (w->mailbox != NULL && pool_try_enter(w->p, w->mailbox)) {
     guint32 uv;
     if (!imap_ensure_selected(c, w->mailbox, &uv, &error))
       g_debug("selecting %s ahead: %s", w->mailbox, error->message);
+    pool_leave(w->p, w->mailbox);
   }
   pool_release(w->p, c); /* a broken one is closed there */
   g_free(w->mailbox);
@@ -227,6 +305,19 @@ ImapConn *pool_acquire(Pool *p, const char *mailbox, GError **error) {
 void pool_release(Pool *p, ImapConn *c) {
   if (c == NULL)
     return;
+  g_mutex_lock(&p->lock);
+  char *held = g_hash_table_lookup(p->held, c);
+  if (held != NULL) {
+    _pool_busy(p, held, -1);
+    g_hash_table_remove(p->held, c);
+  }
+  /* Kept, its next command could sync a mailbox being renamed. */
+  gboolean retire = !imap_conn_is_broken(c) && _pool_fenced(p, imap_conn_selected(c));
+  g_mutex_unlock(&p->lock);
+  if (retire) {
+    pool_retire(p, c);
+    return;
+  }
   if (imap_conn_is_broken(c)) {
     imap_conn_close(c);
     g_atomic_int_set(&p->rtt_us, 0); /* the way to the server may have changed */
@@ -242,19 +333,6 @@ void pool_release(Pool *p, ImapConn *c) {
   g_mutex_unlock(&p->lock);
 }
 
-/* _pool_busy: caller holds the lock.  One more (d 1) or one fewer (d -1)
- * operation in mailbox. */
-static void _pool_busy(Pool *p, const char *mailbox, int d) {
-  guint n = GPOINTER_TO_UINT(g_hash_table_lookup(p->busy_in, mailbox));
-  n = (guint)((int)n + d);
-  if (n == 0) {
-    g_hash_table_remove(p->busy_in, mailbox);
-    g_cond_broadcast(&p->idle_cond);
-  } else {
-    g_hash_table_insert(p->busy_in, g_strdup(mailbox), GUINT_TO_POINTER(n));
-  }
-}
-
 static gboolean pool_run_once(Pool *p, const char *mailbox, gboolean idempotent, PoolOp op,
                               gpointer user, GError **error);
 
@@ -262,31 +340,81 @@ gboolean pool_run(Pool *p, const char *mailbox, gboolean idempotent, PoolOp op, 
                   GError **error) {
   if (mailbox == NULL)
     return pool_run_once(p, mailbox, idempotent, op, user, error);
+  pool_enter(p, mailbox);
+  gboolean ok = pool_run_once(p, mailbox, idempotent, op, user, error);
+  pool_leave(p, mailbox);
+  return ok;
+}
+
+void pool_enter(Pool *p, const char *mailbox) {
   g_mutex_lock(&p->lock);
+  if (_pool_fenced(p, mailbox)) {
+    g_mutex_unlock(&p->lock);
+    loop_about_to_wait(); /* for the RENAME or DELETE's round trip */
+    g_mutex_lock(&p->lock);
+    while (_pool_fenced(p, mailbox))
+      g_cond_wait(&p->busy_cond, &p->lock);
+  }
   _pool_busy(p, mailbox, 1);
   g_mutex_unlock(&p->lock);
-  gboolean ok = pool_run_once(p, mailbox, idempotent, op, user, error);
+}
+
+gboolean pool_try_enter(Pool *p, const char *mailbox) {
   g_mutex_lock(&p->lock);
-  _pool_busy(p, mailbox, -1);
+  gboolean ok = !_pool_fenced(p, mailbox);
+  if (ok)
+    _pool_busy(p, mailbox, 1);
   g_mutex_unlock(&p->lock);
   return ok;
 }
 
-void pool_quiesce(Pool *p, const char *mailbox, char delim, gint64 max_us) {
-  gint64 until = g_get_monotonic_time() + max_us;
-  gsize len = strlen(mailbox);
+void pool_leave(Pool *p, const char *mailbox) {
   g_mutex_lock(&p->lock);
+  _pool_busy(p, mailbox, -1);
+  g_mutex_unlock(&p->lock);
+}
+
+void pool_fence(Pool *p, const char *mailbox, char delim, gint64 max_us) {
+  PoolFence *f = g_new0(PoolFence, 1);
+  f->mailbox = g_strdup(mailbox);
+  f->delim = delim;
+  gint64 until = g_get_monotonic_time() + max_us;
+  g_mutex_lock(&p->lock);
+  g_ptr_array_add(p->fences, f);
   for (;;) {
     gboolean busy = FALSE;
     GHashTableIter it;
     gpointer k;
     g_hash_table_iter_init(&it, p->busy_in);
     while (!busy && g_hash_table_iter_next(&it, &k, NULL))
-      busy = strncmp(k, mailbox, len) == 0 &&
-             (((const char *)k)[len] == '\0' || (delim != 0 && ((const char *)k)[len] == delim));
-    if (!busy || !g_cond_wait_until(&p->idle_cond, &p->lock, until))
+      busy = pool_fence_covers(f, k);
+    if (!busy || !g_cond_wait_until(&p->busy_cond, &p->lock, until))
       break;
   }
+  GSList *doomed = NULL;
+  for (GList *l = p->idle.head, *next; l != NULL; l = next) {
+    next = l->next;
+    const char *sel = imap_conn_selected(l->data);
+    if (sel != NULL && pool_fence_covers(f, sel)) {
+      doomed = g_slist_prepend(doomed, l->data);
+      g_queue_delete_link(&p->idle, l);
+    }
+  }
+  g_mutex_unlock(&p->lock);
+  /* Before the RENAME; the server would drop them after it anyway. */
+  for (GSList *l = doomed; l != NULL; l = l->next)
+    pool_retire(p, l->data);
+  g_slist_free(doomed);
+}
+
+void pool_unfence(Pool *p, const char *mailbox) {
+  g_mutex_lock(&p->lock);
+  for (guint i = 0; i < p->fences->len; i++)
+    if (g_str_equal(((PoolFence *)p->fences->pdata[i])->mailbox, mailbox)) {
+      g_ptr_array_remove_index_fast(p->fences, i);
+      break;
+    }
+  g_cond_broadcast(&p->busy_cond);
   g_mutex_unlock(&p->lock);
 }
 

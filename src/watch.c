@@ -25,6 +25,7 @@
 struct Watch {
   const ImapEndpoint *ep;
   Dircache *dc;
+  Pool *pool;
   gint64 interval_us;
   GMutex lock;
   GCond cond;
@@ -35,19 +36,29 @@ struct Watch {
 
 /* STATUS of the mailboxes whose lists are cached (with saved, also those
  * the last mount saved; at most max), pipelined; the lists that agree are
- * confirmed.
+ * confirmed.  pool (NULL: none yet): the fenced mailboxes are left out.
  * *changed: the nodes that differ, with their STATUS in *sts. */
-static gboolean watch_status(Dircache *dc, ImapConn *c, gboolean saved, guint max,
+static gboolean watch_status(Dircache *dc, Pool *pool, ImapConn *c, gboolean saved, guint max,
                              GPtrArray **changed, GArray **sts, GError **error) {
   g_autoptr(GPtrArray) nodes = dircache_listed_nodes(dc, saved);
   if (nodes->len > max)
     g_ptr_array_set_size(nodes, max);
   g_autofree const char **names = g_new0(const char *, nodes->len + 1);
-  for (guint i = 0; i < nodes->len; i++)
-    names[i] = dcnode_mailbox(g_ptr_array_index(nodes, i));
-  g_autofree ImapStatusInfo *all = g_new0(ImapStatusInfo, nodes->len + 1);
+  guint n = 0;
+  for (guint i = 0; i < nodes->len; i++) {
+    const char *name = dcnode_mailbox(g_ptr_array_index(nodes, i));
+    if (pool == NULL || pool_try_enter(pool, name)) {
+      nodes->pdata[n] = nodes->pdata[i];
+      names[n++] = name;
+    }
+  }
+  g_ptr_array_set_size(nodes, n);
+  g_autofree ImapStatusInfo *all = g_new0(ImapStatusInfo, n + 1);
   gint64 asked = g_get_monotonic_time();
-  if (!imap_status_many(c, names, nodes->len, all, error))
+  gboolean ok = imap_status_many(c, names, n, all, error);
+  for (guint i = 0; pool != NULL && i < n; i++)
+    pool_leave(pool, names[i]);
+  if (!ok)
     return FALSE;
   *changed = g_ptr_array_new();
   *sts = g_array_new(FALSE, FALSE, sizeof(ImapStatusInfo));
@@ -70,7 +81,7 @@ gboolean watch_confirm_saved(Dircache *dc, ImapConn *c, GError **error) {
   g_autoptr(GArray) sts = NULL;
   /* Bounded: the mount waits for it (a big account's other folders are
    * checked when opened, as without a saved list). */
-  return watch_status(dc, c, TRUE, WATCH_CONFIRM_MAX, &changed, &sts, error);
+  return watch_status(dc, NULL, c, TRUE, WATCH_CONFIRM_MAX, &changed, &sts, error);
 }
 
 static void watch_round(Watch *w, ImapConn **conn, gboolean first) {
@@ -91,7 +102,7 @@ static void watch_round(Watch *w, ImapConn **conn, gboolean first) {
    * were confirmed once, before the mount. */
   g_autoptr(GPtrArray) changed = NULL;
   g_autoptr(GArray) sts = NULL;
-  if (!watch_status(w->dc, *conn, FALSE, G_MAXUINT, &changed, &sts, &error)) {
+  if (!watch_status(w->dc, w->pool, *conn, FALSE, G_MAXUINT, &changed, &sts, &error)) {
     g_clear_pointer(conn, imap_conn_close);
     return;
   }
@@ -132,12 +143,13 @@ static gpointer watch_thread(gpointer data) {
   return NULL;
 }
 
-Watch *watch_new(const ImapEndpoint *ep, Dircache *dc, guint interval_s) {
+Watch *watch_new(const ImapEndpoint *ep, Dircache *dc, Pool *pool, guint interval_s) {
   if (interval_s == 0)
     return NULL;
   Watch *w = g_new0(Watch, 1);
   w->ep = ep;
   w->dc = dc;
+  w->pool = pool;
   w->interval_us = (gint64)interval_s * G_USEC_PER_SEC;
   g_mutex_init(&w->lock);
   g_cond_init(&w->cond);

@@ -44,12 +44,22 @@ void pool_warm(Pool *p, const char *mailbox);
  * NOOP then is, not an unlink or an append). */
 void pool_check_before_use(Pool *p);
 
-/* Wait, at most max_us, until no pool_run operation is under way in
- * mailbox or below it (names continuing with delim; 0: none).  Before a
- * RENAME or DELETE of it: a Dovecot session that holds the mailbox's
- * dovecot-uidlist.lock while another renames the mailbox leaves that lock
- * behind, and SELECTs of the mailbox then wait about two minutes. */
-void pool_quiesce(Pool *p, const char *mailbox, char delim, gint64 max_us);
+/* Work in mailbox outside pool_run (which does this itself): counted
+ * while under way, so that pool_fence waits for it.  pool_enter waits
+ * while the mailbox is fenced; pool_try_enter then returns FALSE. */
+void pool_enter(Pool *p, const char *mailbox);
+gboolean pool_try_enter(Pool *p, const char *mailbox);
+void pool_leave(Pool *p, const char *mailbox);
+
+/* Before a RENAME or DELETE of mailbox (and what is below it: names
+ * continuing with delim; 0: none): waits, at most max_us, for our work in
+ * it to end, LOGs OUT the idle connections that have it selected, and
+ * holds new work in it back until pool_unfence(mailbox).  Dovecot leaves
+ * a mailbox's dovecot-uidlist.lock behind when another session syncs the
+ * mailbox while it is renamed, and SELECTs of it then wait for minutes.
+ * The caller's RENAME must not name the mailbox in pool_run. */
+void pool_fence(Pool *p, const char *mailbox, char delim, gint64 max_us);
+void pool_unfence(Pool *p, const char *mailbox);
 
 /* The server's round trip in microseconds: the shortest command round
  * trip (imap_conn_rtt_us) of any connection since one was found dead;

@@ -12,13 +12,15 @@
 
 #include "imapfuse/conn.h"
 #include "imapfuse/dircache.h"
+#include "imapfuse/pool.h"
 
 G_BEGIN_DECLS
 
 typedef struct Watch Watch;
 
-/* interval_s 0: no watching (returns NULL). */
-Watch *watch_new(const ImapEndpoint *ep, Dircache *dc, guint interval_s);
+/* interval_s 0: no watching (returns NULL).  pool: whose fences (a
+ * RENAME or DELETE under way) its STATUS commands respect. */
+Watch *watch_new(const ImapEndpoint *ep, Dircache *dc, Pool *pool, guint interval_s);
 void watch_free(Watch *w);
 /* Loads the lists the last mount saved and confirms, on connection c, with
  * pipelined STATUS (eight mailboxes a round trip, 64 mailboxes at most),

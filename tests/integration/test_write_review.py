@@ -35,7 +35,11 @@ class Proxy:
     a SELECT (and what was sent with it): a server that does not answer.
     cut_next_append(): the next APPEND goes to the server, but the
     connection is cut when the server's tagged reply comes (so the client
-    does not know the message was stored).  Both are one-shot."""
+    does not know the message was stored).  Both are one-shot.
+    hold_next_append(mailbox, verb=b"RENAME") (or DELETE) holds that.
+    .commands: every command seen, as (connection number, mailbox the
+    connection last asked to SELECT, verb, first argument, whether a held
+    command was waiting then)."""
 
     def __init__(self, target_port):
         self.target = target_port
@@ -54,6 +58,8 @@ class Proxy:
         self.cut = False
         self.cuts = 0
         self.appends = 0
+        self.commands = []
+        self.conns = 0
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -96,7 +102,8 @@ class Proxy:
             except OSError:
                 cl.close()
                 continue
-            st = {"cut_tag": None, "dead": False}
+            self.conns += 1
+            st = {"cut_tag": None, "dead": False, "n": self.conns, "selected": None}
             threading.Thread(target=self._c2s, args=(cl, sv, st), daemon=True).start()
             threading.Thread(target=self._s2c, args=(cl, sv, st), daemon=True).start()
 
@@ -120,7 +127,15 @@ class Proxy:
                 if not data:
                     break
                 hold = False
-                for m in re.finditer(rb"(?m)^(\S+) (APPEND|SELECT) (\S+)", data):
+                for m in re.finditer(rb"(?m)^\S+ (SELECT|EXAMINE|NOOP|APPEND|RENAME|DELETE|"
+                                     rb"LOGOUT|UID|STATUS|LIST|CREATE|ENABLE)\b ?(\S*)", data):
+                    with self.lock:
+                        self.commands.append((st["n"], st["selected"], m.group(1),
+                                              m.group(2).strip(b'"'),
+                                              self.held.is_set() and not self._go.is_set()))
+                    if m.group(1) in (b"SELECT", b"EXAMINE"):
+                        st["selected"] = m.group(2).strip(b'"')
+                for m in re.finditer(rb"(?m)^(\S+) (APPEND|SELECT|RENAME|DELETE) (\S+)", data):
                     with self.lock:
                         if self.hold_box is not None and m.group(2) == self.hold_verb \
                                 and m.group(3).strip(b'"') == self.hold_box:
@@ -315,6 +330,86 @@ def test_append_reply_lost_dedup_off_keeps_bytes(empty_dovecot, fs, proxy, xdg):
     assert mids(c, "INBOX") == ["lostoff@imapfuse.test"]  # stored, but unknown
     kept = [x for x in unsent_files(xdg) if os.path.isfile(x)]
     assert len(kept) == 1 and open(kept[0], "rb").read() == data
+
+
+# ---------------------------------------------------------------- a folder renamed
+
+@pytest.mark.parametrize("verb", ["RENAME", "DELETE"])
+def test_nothing_touches_a_folder_while_it_is_renamed(empty_dovecot, fs, proxy, verb):
+    """Dovecot leaves a folder's dovecot-uidlist.lock behind when one
+    session syncs the folder while another renames or deletes it, and every
+    SELECT of the renamed folder then waits (a soak saw two minutes; a loop
+    of APPEND, then a NOOP from a session with the folder selected sent
+    with the RENAME, did it 2 times in 100).  Any command syncs the selected
+    mailbox.  So while our RENAME or DELETE of D is under way, no connection
+    that has D selected sends anything: the one that read D is logged out
+    first.  Here that connection is the idle one an APPEND elsewhere gets
+    (dedup=off: NOOP + APPEND) while the RENAME is held.  (The build before
+    the fence fails the RENAME case; in the DELETE case its DELETE happened
+    to go on that connection itself.)"""
+    dv = empty_dovecot()
+    c = dv.imap()
+    for box in ("D", "E", "F"):
+        c.create(box)
+    uid = imap_append(c, "D", make_msg("d"))
+    imap_append(c, "F", make_msg("f"))
+    px = proxy(dv.port)
+    m = fs(dv, "poll=0", "connections=2", "dedup=off", port=px.port)
+    os.listdir(os.path.join(m, "E"))  # connection 1 is made; it has E selected
+    # Connection 1 selects D (held) while connection 2 lists F; then
+    # connection 1, with D selected, is the more recently used.
+    px.hold_next_select("D")
+    listed = {}
+    t = threading.Thread(target=lambda: listed.update(D=os.listdir(os.path.join(m, "D"))))
+    t.start()
+    assert px.held.wait(10)
+    assert os.listdir(os.path.join(m, "F"))
+    px.release()
+    t.join(30)
+    assert listed["D"] == [eml(uid)]
+    # Connection 1 (by affinity) reads it: the more recently used now.
+    with open(os.path.join(m, "D", eml(uid)), "rb") as f:
+        assert f.read() == crlf(make_msg("d"))
+    if verb == "DELETE":  # emptied by another client (rmdir asks the server)
+        c.select("D")
+        c.uid("STORE", str(uid), "+FLAGS.SILENT", r"(\Deleted)")
+        c.uid("EXPUNGE", str(uid))
+        c.close()
+    os.listdir(os.path.join(m, "INBOX"))  # its entry is cached: the kernel locks the root for a rename
+    px.hold_next_append("D", verb=verb.encode())
+    res = {}
+
+    def change():
+        try:
+            if verb == "RENAME":
+                os.rename(os.path.join(m, "D"), os.path.join(m, "Dr"))
+            else:
+                os.rmdir(os.path.join(m, "D"))
+            res["change"] = 0
+        except OSError as e:
+            res["change"] = e.errno
+    t = threading.Thread(target=change)
+    t.start()
+    assert px.held.wait(10)
+    w = threading.Thread(target=write_file,
+                         args=(os.path.join(m, "INBOX", "new.eml"), make_msg("new")))
+    w.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(x[2] == b"APPEND" for x in px.commands):
+        time.sleep(0.05)
+    appended = any(x[2] == b"APPEND" and x[4] for x in px.commands)
+    px.release()
+    t.join(30)
+    w.join(30)
+    assert res == {"change": 0}
+    assert appended, "the APPEND waited for the %s" % verb
+    during = [x for x in px.commands if x[4] and x[1] == b"D"]
+    assert during == [], "commands from a session with D selected while %s ran" % verb
+    assert mids(dv.imap(), "INBOX") == ["new@imapfuse.test"]
+    names = [x.decode() for x in dv.imap().list()[1]]
+    assert not any(n.endswith(' "D"') or n.endswith(" D") for n in names), names
+    if verb == "RENAME":
+        assert mids(dv.imap(), "Dr") == ["d@imapfuse.test"]
 
 
 # ---------------------------------------------------------------- races with lingering
