@@ -39,7 +39,12 @@ class Proxy:
     hold_next_append(mailbox, verb=b"RENAME") (or DELETE) holds that.
     .commands: every command seen, as (connection number, mailbox the
     connection last asked to SELECT, verb, first argument, whether a held
-    command was waiting then)."""
+    command was waiting then).
+    bye_box: a FETCH from a connection that asked to SELECT that mailbox is
+    not sent; the client gets "* BYE Mailbox was deleted under us" (what
+    Dovecot says while another session deletes it), counted in .byes.
+    after_list: called once, when the server has answered the next LIST,
+    before the client sees the answer."""
 
     def __init__(self, target_port):
         self.target = target_port
@@ -60,6 +65,9 @@ class Proxy:
         self.appends = 0
         self.commands = []
         self.conns = 0
+        self.bye_box = None
+        self.byes = 0
+        self.after_list = None
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -103,7 +111,8 @@ class Proxy:
                 cl.close()
                 continue
             self.conns += 1
-            st = {"cut_tag": None, "dead": False, "n": self.conns, "selected": None}
+            st = {"cut_tag": None, "dead": False, "n": self.conns, "selected": None,
+                  "list_tag": None}
             threading.Thread(target=self._c2s, args=(cl, sv, st), daemon=True).start()
             threading.Thread(target=self._s2c, args=(cl, sv, st), daemon=True).start()
 
@@ -135,6 +144,14 @@ class Proxy:
                                               self.held.is_set() and not self._go.is_set()))
                     if m.group(1) in (b"SELECT", b"EXAMINE"):
                         st["selected"] = m.group(2).strip(b'"')
+                    if m.group(1) == b"LIST" and self.after_list is not None:
+                        st["list_tag"] = m.group(0).split(b" ")[0]
+                if self.bye_box is not None and st["selected"] == self.bye_box \
+                        and re.search(rb"(?m)^\S+ UID FETCH ", data):
+                    with self.lock:
+                        self.byes += 1
+                    cl.sendall(b"* BYE Mailbox was deleted under us\r\n")
+                    break
                 for m in re.finditer(rb"(?m)^(\S+) (APPEND|SELECT|RENAME|DELETE) (\S+)", data):
                     with self.lock:
                         if self.hold_box is not None and m.group(2) == self.hold_verb \
@@ -167,6 +184,13 @@ class Proxy:
                     with self.lock:
                         self.cuts += 1
                     break  # the reply never reaches the client
+                tag = st["list_tag"]
+                if tag is not None and re.search(rb"(?m)^" + re.escape(tag) + rb" ", data):
+                    st["list_tag"] = None
+                    with self.lock:
+                        fn, self.after_list = self.after_list, None
+                    if fn is not None:
+                        fn()
                 cl.sendall(data)
         except OSError:
             pass
