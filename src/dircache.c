@@ -585,11 +585,11 @@ static void _dc_snapshot(DcNode *n, DcListing *out) {
  * Dovecot (no [NONEXISTENT]), and BYE on a session that had it selected:
  * LIST says whether it is gone, and then the error becomes ENOENT (not EIO
  * with a warning).  TRUE: ask again: n was renamed meanwhile (our own
- * rename, while this listing ran: under the new name), or the server
- * closed the session and still lists the mailbox (Dovecot says BYE
- * "Mailbox was deleted under us" to a FETCH while another client's DELETE
- * of it is under way, and lists it until that DELETE ends; the next SELECT
- * then gets NO). */
+ * rename, while this listing ran: under the new name), or the server said
+ * NO or closed the session and still lists the mailbox (while another
+ * client's DELETE of it is under way Dovecot answers a SELECT with NO, or
+ * a FETCH with BYE, "Mailbox was deleted under us", and lists it until
+ * that DELETE ends). */
 static gboolean dc_check_gone(Dircache *dc, DcNode *n, const char *asked, GError **error) {
   if (!(g_error_matches(*error, IFS_ERROR, IFS_ERROR_NO) || ifs_error_is_connection(*error)))
     return FALSE;
@@ -600,7 +600,8 @@ static gboolean dc_check_gone(Dircache *dc, DcNode *n, const char *asked, GError
   gboolean gone = !n->present || !n->selectable, renamed = n->mailbox != asked;
   g_mutex_unlock(&dc->tree_lock);
   if (!gone)
-    return renamed || g_error_matches(*error, IFS_ERROR, IFS_ERROR_CLOSED);
+    return renamed || g_error_matches(*error, IFS_ERROR, IFS_ERROR_CLOSED) ||
+           g_error_matches(*error, IFS_ERROR, IFS_ERROR_NO);
   GError *e = g_error_new(IFS_ERROR, IFS_ERROR_NOT_FOUND, "%s no longer exists (%s)", asked,
                           (*error)->message);
   g_clear_error(error);

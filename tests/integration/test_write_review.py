@@ -43,6 +43,8 @@ class Proxy:
     bye_box: a FETCH from a connection that asked to SELECT that mailbox is
     not sent; the client gets "* BYE Mailbox was deleted under us" (what
     Dovecot says while another session deletes it), counted in .byes.
+    With no_select set, the SELECT itself gets "NO Mailbox was deleted
+    under us" (Dovecot's other answer then) and what came with it BAD.
     after_list: called once, when the server has answered the next LIST,
     before the client sees the answer."""
 
@@ -66,6 +68,7 @@ class Proxy:
         self.commands = []
         self.conns = 0
         self.bye_box = None
+        self.no_select = False
         self.byes = 0
         self.after_list = None
         self.closed = False
@@ -146,6 +149,15 @@ class Proxy:
                         st["selected"] = m.group(2).strip(b'"')
                     if m.group(1) == b"LIST" and self.after_list is not None:
                         st["list_tag"] = m.group(0).split(b" ")[0]
+                if self.bye_box is not None and self.no_select and st["selected"] == self.bye_box:
+                    tags = re.findall(rb"(?m)^(\S+) (SELECT )?", data)
+                    with self.lock:
+                        self.byes += 1
+                    cl.sendall(b"".join(t + (b" NO Mailbox was deleted under us\r\n" if s
+                                             else b" BAD No mailbox selected\r\n")
+                                        for t, s in tags))
+                    st["selected"] = None
+                    continue
                 if self.bye_box is not None and st["selected"] == self.bye_box \
                         and re.search(rb"(?m)^\S+ UID FETCH ", data):
                     with self.lock:
