@@ -20,7 +20,7 @@ import pytest
 
 from dovecot import QUOTA_CONFIG
 from test_write import (UNSENT_WARNING, crlf, eml, fs, imap_append,  # noqa: F401
-                        make_msg, mids, q, state, uid_of, unsent_files,
+                        mailboxes, make_msg, mids, q, state, uid_of, unsent_files,
                         write_file, xdg)
 
 
@@ -46,7 +46,8 @@ class Proxy:
     With no_select set, the SELECT itself gets "NO Mailbox was deleted
     under us" (Dovecot's other answer then) and what came with it BAD.
     after_list: called once, when the server has answered the next LIST,
-    before the client sees the answer."""
+    before the client sees the answer.  hide_in_list: a mailbox left out
+    of the next LIST answer (one-shot)."""
 
     def __init__(self, target_port):
         self.target = target_port
@@ -71,6 +72,7 @@ class Proxy:
         self.no_select = False
         self.byes = 0
         self.after_list = None
+        self.hide_in_list = None
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -147,7 +149,8 @@ class Proxy:
                                               self.held.is_set() and not self._go.is_set()))
                     if m.group(1) in (b"SELECT", b"EXAMINE"):
                         st["selected"] = m.group(2).strip(b'"')
-                    if m.group(1) == b"LIST" and self.after_list is not None:
+                    if m.group(1) == b"LIST" and (self.after_list is not None
+                                                  or self.hide_in_list is not None):
                         st["list_tag"] = m.group(0).split(b" ")[0]
                 if self.bye_box is not None and self.no_select and st["selected"] == self.bye_box:
                     tags = re.findall(rb"(?m)^(\S+) (SELECT )?", data)
@@ -197,6 +200,14 @@ class Proxy:
                         self.cuts += 1
                     break  # the reply never reaches the client
                 tag = st["list_tag"]
+                with self.lock:
+                    hide = self.hide_in_list if tag is not None else None
+                if hide is not None:
+                    data, n = re.subn(rb'(?m)^\* LIST \([^)]*\) "[^"]*" "?' + re.escape(hide)
+                                      + rb'"?\r\n', b"", data)
+                    if n:
+                        with self.lock:
+                            self.hide_in_list = None
                 if tag is not None and re.search(rb"(?m)^" + re.escape(tag) + rb" ", data):
                     st["list_tag"] = None
                     with self.lock:
@@ -446,6 +457,23 @@ def test_nothing_touches_a_folder_while_it_is_renamed(empty_dovecot, fs, proxy, 
     assert not any(n.endswith(' "D"') or n.endswith(" D") for n in names), names
     if verb == "RENAME":
         assert mids(dv.imap(), "Dr") == ["d@imapfuse.test"]
+
+
+def test_mkdir_when_the_list_after_create_misses_it(empty_dovecot, fs, proxy):
+    """Soak runs saw, three times in about 35, a CREATE that succeeded and
+    a LIST right after it without the new folder (cause unknown); mkdir
+    then failed with EIO although the folder was made.  A proxy leaves the
+    folder out of the first LIST answer: the LIST is asked again, and
+    mkdir succeeds."""
+    dv = empty_dovecot()
+    px = proxy(dv.port)
+    m = fs(dv, "poll=0", port=px.port)
+    assert os.listdir(m) == ["INBOX"]
+    px.hide_in_list = b"New"
+    os.mkdir(os.path.join(m, "New"))
+    assert px.hide_in_list is None  # it was left out once
+    assert sorted(os.listdir(m)) == ["INBOX", "New"]
+    assert "New" in mailboxes(dv.imap())
 
 
 # ---------------------------------------------------------------- races with lingering
