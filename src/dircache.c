@@ -589,7 +589,8 @@ static void _dc_snapshot(DcNode *n, DcListing *out) {
  * NO or closed the session and still lists the mailbox (while another
  * client's DELETE of it is under way Dovecot answers a SELECT with NO, or
  * a FETCH with BYE, "Mailbox was deleted under us", and lists it until
- * that DELETE ends). */
+ * that DELETE ends: the listing is asked up to three times, the last after
+ * a pause). */
 static gboolean dc_check_gone(Dircache *dc, DcNode *n, const char *asked, GError **error) {
   if (!(g_error_matches(*error, IFS_ERROR, IFS_ERROR_NO) || ifs_error_is_connection(*error)))
     return FALSE;
@@ -663,7 +664,13 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
   gint64 started = g_get_monotonic_time();
   GError *local = NULL;
   gboolean ok = FALSE;
-  for (int attempt = 0; !ok && attempt < 2; attempt++) {
+  for (int attempt = 0; !ok && attempt < 3; attempt++) {
+    if (attempt == 2) {
+      /* Still listed after two NOs: the other client's DELETE has not
+       * ended yet (seen in soak runs); give it a moment. */
+      loop_about_to_wait();
+      g_usleep(100 * 1000);
+    }
     g_mutex_lock(&dc->tree_lock);
     const char *asked = n->mailbox;
     g_mutex_unlock(&dc->tree_lock);
