@@ -666,8 +666,8 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
   gboolean ok = FALSE;
   for (int attempt = 0; !ok && attempt < 3; attempt++) {
     if (attempt == 2) {
-      /* Still listed after two NOs: the other client's DELETE has not
-       * ended yet (seen in soak runs); give it a moment. */
+      /* Still listed after two failures: another client's DELETE of it
+       * has not ended yet (seen in soak runs); give it a moment. */
       loop_about_to_wait();
       g_usleep(100 * 1000);
     }
