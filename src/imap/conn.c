@@ -240,6 +240,9 @@ static IfsError conn_error_code(const ImapResponse *r) {
       {"NOPERM", IFS_ERROR_PERM},           {"INUSE", IFS_ERROR_BUSY},
       {"CANNOT", IFS_ERROR_INVALID},        {"AUTHENTICATIONFAILED", IFS_ERROR_AUTH},
       {"AUTHORIZATIONFAILED", IFS_ERROR_AUTH}, {"EXPIRED", IFS_ERROR_AUTH},
+      /* RFC 5530: "some of the requested messages no longer exist" (a
+       * UID MOVE of a message another client has just expunged). */
+      {"EXPUNGEISSUED", IFS_ERROR_NOT_FOUND},
   };
   if (r->code != NULL)
     for (gsize i = 0; i < G_N_ELEMENTS(codes); i++)

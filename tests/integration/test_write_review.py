@@ -36,7 +36,8 @@ class Proxy:
     cut_next_append(): the next APPEND goes to the server, but the
     connection is cut when the server's tagged reply comes (so the client
     does not know the message was stored).  Both are one-shot.
-    hold_next_append(mailbox, verb=b"RENAME") (or DELETE) holds that.
+    hold_next_append(mailbox, verb=b"RENAME") (or DELETE) holds that;
+    hold_next_append(uid, verb=b"UID MOVE") a UID MOVE of that UID.
     .commands: every command seen, as (connection number, mailbox the
     connection last asked to SELECT, verb, first argument, whether a held
     command was waiting then).
@@ -167,7 +168,8 @@ class Proxy:
                         self.byes += 1
                     cl.sendall(b"* BYE Mailbox was deleted under us\r\n")
                     break
-                for m in re.finditer(rb"(?m)^(\S+) (APPEND|SELECT|RENAME|DELETE) (\S+)", data):
+                for m in re.finditer(rb"(?m)^(\S+) (APPEND|SELECT|RENAME|DELETE|UID MOVE) (\S+)",
+                                     data):
                     with self.lock:
                         if self.hold_box is not None and m.group(2) == self.hold_verb \
                                 and m.group(3).strip(b'"') == self.hold_box:
@@ -457,6 +459,42 @@ def test_nothing_touches_a_folder_while_it_is_renamed(empty_dovecot, fs, proxy, 
     assert not any(n.endswith(' "D"') or n.endswith(" D") for n in names), names
     if verb == "RENAME":
         assert mids(dv.imap(), "Dr") == ["d@imapfuse.test"]
+
+
+def test_mv_of_a_message_expunged_meanwhile_is_enoent(empty_dovecot, fs, proxy):
+    """Another client expunges a message between the check that it exists
+    and the UID MOVE of mv (a soak saw it about once a run).  Dovecot
+    answers NO [EXPUNGEISSUED]: the message is gone, so ENOENT, not EIO."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    for box in ("A", "B"):
+        c.create(box)
+    uid = imap_append(c, "A", make_msg("gone"))
+    px = proxy(dv.port)
+    m = fs(dv, "poll=0", port=px.port)
+    assert os.listdir(os.path.join(m, "A")) == [eml(uid)]
+    assert os.listdir(os.path.join(m, "B")) == []
+    px.hold_next_append(str(uid), verb=b"UID MOVE")
+    res = {}
+
+    def mv():
+        try:
+            os.rename(os.path.join(m, "A", eml(uid)), os.path.join(m, "B", "x.eml"))
+            res["mv"] = 0
+        except OSError as e:
+            res["mv"] = e.errno
+    t = threading.Thread(target=mv)
+    t.start()
+    assert px.held.wait(10)
+    c.select("A")
+    c.uid("STORE", str(uid), "+FLAGS.SILENT", r"(\Deleted)")
+    c.uid("EXPUNGE", str(uid))
+    c.close()
+    px.release()
+    t.join(30)
+    assert res == {"mv": errno.ENOENT}
+    assert mids(dv.imap(), "A") == [] and mids(dv.imap(), "B") == []
+    assert os.listdir(os.path.join(m, "A")) == []
 
 
 def test_mkdir_when_the_list_after_create_misses_it(empty_dovecot, fs, proxy):
