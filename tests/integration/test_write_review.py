@@ -383,6 +383,19 @@ def test_append_reply_lost_dedup_off_keeps_bytes(empty_dovecot, fs, proxy, xdg):
 
 # ---------------------------------------------------------------- a folder renamed
 
+def _errno_in_thread(res, key, fn, *args):
+    """Starts fn(*args) on a thread; res[key] gets 0, or the errno it raised."""
+    def run():
+        try:
+            fn(*args)
+            res[key] = 0
+        except OSError as e:
+            res[key] = e.errno
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
 @pytest.mark.parametrize("verb", ["RENAME", "DELETE"])
 def test_nothing_touches_a_folder_while_it_is_renamed(empty_dovecot, fs, proxy, verb):
     """Dovecot leaves a folder's dovecot-uidlist.lock behind when one
@@ -427,18 +440,11 @@ def test_nothing_touches_a_folder_while_it_is_renamed(empty_dovecot, fs, proxy, 
     os.listdir(os.path.join(m, "INBOX"))  # its entry is cached: the kernel locks the root for a rename
     px.hold_next_append("D", verb=verb.encode())
     res = {}
-
-    def change():
-        try:
-            if verb == "RENAME":
-                os.rename(os.path.join(m, "D"), os.path.join(m, "Dr"))
-            else:
-                os.rmdir(os.path.join(m, "D"))
-            res["change"] = 0
-        except OSError as e:
-            res["change"] = e.errno
-    t = threading.Thread(target=change)
-    t.start()
+    if verb == "RENAME":
+        t = _errno_in_thread(res, "change", os.rename, os.path.join(m, "D"),
+                             os.path.join(m, "Dr"))
+    else:
+        t = _errno_in_thread(res, "change", os.rmdir, os.path.join(m, "D"))
     assert px.held.wait(10)
     w = threading.Thread(target=write_file,
                          args=(os.path.join(m, "INBOX", "new.eml"), make_msg("new")))
@@ -476,15 +482,8 @@ def test_mv_of_a_message_expunged_meanwhile_is_enoent(empty_dovecot, fs, proxy):
     assert os.listdir(os.path.join(m, "B")) == []
     px.hold_next_append(str(uid), verb=b"UID MOVE")
     res = {}
-
-    def mv():
-        try:
-            os.rename(os.path.join(m, "A", eml(uid)), os.path.join(m, "B", "x.eml"))
-            res["mv"] = 0
-        except OSError as e:
-            res["mv"] = e.errno
-    t = threading.Thread(target=mv)
-    t.start()
+    t = _errno_in_thread(res, "mv", os.rename, os.path.join(m, "A", eml(uid)),
+                         os.path.join(m, "B", "x.eml"))
     assert px.held.wait(10)
     c.select("A")
     c.uid("STORE", str(uid), "+FLAGS.SILENT", r"(\Deleted)")
