@@ -1731,10 +1731,15 @@ void fswrite_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t m
   g_autofree char *component = names_unescape_component(name, NULL);
   g_autofree char *shown = names_escape_component(component);
   DcNode *child = NULL;
-  /* A LIST right after a CREATE that succeeded has been seen (three soak
-   * runs in about 35, cause unknown) without the new mailbox: ask twice
+  /* Dovecot's LIST on another session right after a CREATE's OK can miss
+   * the new mailbox (a soak trace: the next LIST, tens of ms later, had
+   * it; 4 runs in 20): ask up to three times, the last after a pause,
    * before calling it an error. */
-  for (int attempt = 0; child == NULL && (attempt == 0 || (ok && attempt < 2)); attempt++) {
+  for (int attempt = 0; child == NULL && (attempt == 0 || (ok && attempt < 3)); attempt++) {
+    if (attempt == 2) {
+      loop_about_to_wait();
+      g_usleep(100 * 1000);
+    }
     g_autoptr(GError) lerr = NULL;
     if (!dircache_refresh_tree(w->dc, 0, &lerr))
       g_debug("LIST after CREATE: %s", lerr->message);

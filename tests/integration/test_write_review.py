@@ -48,7 +48,7 @@ class Proxy:
     under us" (Dovecot's other answer then) and what came with it BAD.
     after_list: called once, when the server has answered the next LIST,
     before the client sees the answer.  hide_in_list: a mailbox left out
-    of the next LIST answer (one-shot)."""
+    of the next hide_times LIST answers."""
 
     def __init__(self, target_port):
         self.target = target_port
@@ -74,6 +74,7 @@ class Proxy:
         self.byes = 0
         self.after_list = None
         self.hide_in_list = None
+        self.hide_times = 1
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -209,7 +210,9 @@ class Proxy:
                                       + rb'"?\r\n', b"", data)
                     if n:
                         with self.lock:
-                            self.hide_in_list = None
+                            self.hide_times -= 1
+                            if self.hide_times <= 0:
+                                self.hide_in_list = None
                 if tag is not None and re.search(rb"(?m)^" + re.escape(tag) + rb" ", data):
                     st["list_tag"] = None
                     with self.lock:
@@ -496,19 +499,22 @@ def test_mv_of_a_message_expunged_meanwhile_is_enoent(empty_dovecot, fs, proxy):
     assert os.listdir(os.path.join(m, "A")) == []
 
 
-def test_mkdir_when_the_list_after_create_misses_it(empty_dovecot, fs, proxy):
-    """Soak runs saw, three times in about 35, a CREATE that succeeded and
-    a LIST right after it without the new folder (cause unknown); mkdir
-    then failed with EIO although the folder was made.  A proxy leaves the
-    folder out of the first LIST answer: the LIST is asked again, and
-    mkdir succeeds."""
+@pytest.mark.parametrize("times", [1, 2])
+def test_mkdir_when_the_list_after_create_misses_it(empty_dovecot, fs, proxy, times):
+    """Dovecot's LIST on another session right after a CREATE's OK can miss
+    the new folder (soak runs, 4 in 20; a trace showed the next LIST, tens
+    of ms later, with it); mkdir then failed with EIO although the folder
+    was made.  A proxy leaves the folder out of the first LIST answer, or
+    of the first two: the LIST is asked again (the third time after a
+    pause), and mkdir succeeds."""
     dv = empty_dovecot()
     px = proxy(dv.port)
     m = fs(dv, "poll=0", port=px.port)
     assert os.listdir(m) == ["INBOX"]
+    px.hide_times = times
     px.hide_in_list = b"New"
     os.mkdir(os.path.join(m, "New"))
-    assert px.hide_in_list is None  # it was left out once
+    assert px.hide_in_list is None  # it was left out as often as asked
     assert sorted(os.listdir(m)) == ["INBOX", "New"]
     assert "New" in mailboxes(dv.imap())
 
