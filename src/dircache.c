@@ -665,12 +665,9 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
   GError *local = NULL;
   gboolean ok = FALSE;
   for (int attempt = 0; !ok && attempt < 3; attempt++) {
-    if (attempt == 2) {
-      /* Still listed after two failures: another client's DELETE of it
-       * has not ended yet (seen in soak runs); give it a moment. */
-      loop_about_to_wait();
-      g_usleep(100 * 1000);
-    }
+    if (attempt == 2)
+      loop_pause(100 * 1000); /* still listed after two failures: another
+                               * client's DELETE of it has not ended yet */
     g_mutex_lock(&dc->tree_lock);
     const char *asked = n->mailbox;
     g_mutex_unlock(&dc->tree_lock);

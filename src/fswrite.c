@@ -1736,10 +1736,8 @@ void fswrite_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t m
    * it; 4 runs in 20): ask up to three times, the last after a pause,
    * before calling it an error. */
   for (int attempt = 0; child == NULL && (attempt == 0 || (ok && attempt < 3)); attempt++) {
-    if (attempt == 2) {
-      loop_about_to_wait();
-      g_usleep(100 * 1000);
-    }
+    if (attempt == 2)
+      loop_pause(100 * 1000);
     g_autoptr(GError) lerr = NULL;
     if (!dircache_refresh_tree(w->dc, 0, &lerr))
       g_debug("LIST after CREATE: %s", lerr->message);

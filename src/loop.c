@@ -131,6 +131,11 @@ void loop_about_to_wait(void) {
   g_mutex_unlock(&l->lock);
 }
 
+void loop_pause(gint64 us) {
+  loop_about_to_wait();
+  g_usleep((gulong)us);
+}
+
 /* Waits until the role is free and takes it; FALSE once stopping. */
 static gboolean loop_claim(Loop *l, LoopWorker *w) {
   g_mutex_lock(&l->lock);

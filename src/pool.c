@@ -144,12 +144,17 @@ void pool_set_unsolicited(Pool *p, ImapHandler fn, gpointer user) {
   g_mutex_unlock(&p->lock);
 }
 
-/* A healthy connection out of the pool: LOGOUT (the server closes its
- * mailbox before answering), and no failure noted. */
-static void pool_retire(Pool *p, ImapConn *c) {
+/* c out of the pool, closed (a healthy one with LOGOUT: the server closes
+ * its mailbox before answering).  failed: it was found broken, so the
+ * others are checked before use and the round trip is measured again. */
+static void pool_drop(Pool *p, ImapConn *c, gboolean failed) {
   imap_conn_close(c);
+  if (failed)
+    g_atomic_int_set(&p->rtt_us, 0); /* the way to the server may have changed */
   g_mutex_lock(&p->lock);
   p->open--;
+  if (failed)
+    p->failure_at = g_get_monotonic_time();
   g_cond_signal(&p->cond);
   g_mutex_unlock(&p->lock);
 }
@@ -311,24 +316,17 @@ void pool_release(Pool *p, ImapConn *c) {
     _pool_busy(p, held, -1);
     g_hash_table_remove(p->held, c);
   }
+  gboolean broken = imap_conn_is_broken(c);
   /* Kept, its next command could sync a mailbox being renamed. */
-  gboolean retire = !imap_conn_is_broken(c) && _pool_fenced(p, imap_conn_selected(c));
+  gboolean retire = !broken && _pool_fenced(p, imap_conn_selected(c));
   g_mutex_unlock(&p->lock);
-  if (retire) {
-    pool_retire(p, c);
+  if (broken || retire) {
+    pool_drop(p, c, broken);
     return;
   }
-  if (imap_conn_is_broken(c)) {
-    imap_conn_close(c);
-    g_atomic_int_set(&p->rtt_us, 0); /* the way to the server may have changed */
-    g_mutex_lock(&p->lock);
-    p->open--;
-    p->failure_at = g_get_monotonic_time();
-  } else {
-    pool_note_rtt(p, c);
-    g_mutex_lock(&p->lock);
-    g_queue_push_head(&p->idle, c);
-  }
+  pool_note_rtt(p, c);
+  g_mutex_lock(&p->lock);
+  g_queue_push_head(&p->idle, c);
   g_cond_signal(&p->cond);
   g_mutex_unlock(&p->lock);
 }
@@ -403,7 +401,7 @@ void pool_fence(Pool *p, const char *mailbox, char delim, gint64 max_us) {
   g_mutex_unlock(&p->lock);
   /* Before the RENAME; the server would drop them after it anyway. */
   for (GSList *l = doomed; l != NULL; l = l->next)
-    pool_retire(p, l->data);
+    pool_drop(p, l->data, FALSE);
   g_slist_free(doomed);
 }
 

@@ -34,5 +34,8 @@ int loop_run(struct fuse_session *se, guint max_threads, LoopStats *stats);
  * work, the kernel): if it is the loop's reader, another worker takes over
  * reading.  Anywhere else a no-op, so any module may call it. */
 void loop_about_to_wait(void);
+/* Sleeps us microseconds, after loop_about_to_wait(): a handler that gives
+ * the server a moment before asking again. */
+void loop_pause(gint64 us);
 
 G_END_DECLS
