@@ -1094,12 +1094,12 @@ static void bc_prime_next(Bodycache *bc, const char *mailbox) {
   dc_listing_clear(&l);
 }
 
-void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, guint32 uid) {
+gboolean bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, guint32 uid) {
   if (bc->workers == NULL || l->msgs == NULL)
-    return;
+    return FALSE;
   guint i = bc_index_of(l->msgs, uid);
   if (i == G_MAXUINT)
-    return;
+    return FALSE;
   gint64 now = g_get_monotonic_time();
   g_mutex_lock(&bc->lock);
   BcStream *s = _bc_stream_get(bc, mailbox, l);
@@ -1127,6 +1127,7 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
   /* Opened before: a second pass, served from the kernel's page cache
    * (keep_cache); walking the stream for it would only cost time. */
   gboolean done = s->state[i] == BC_OPENED;
+  gboolean first = !done;
   /* A primed mailbox: the reader's first open goes on from the batch
    * claimed for it, whichever end it starts from. */
   if (!done && (s->state[i] == BC_NONE || s->primed)) {
@@ -1168,6 +1169,18 @@ void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, gu
     _bc_unclaim(bc, s, i);
   s->state[i] = BC_OPENED;
   g_mutex_unlock(&bc->lock);
+  return first;
+}
+
+GBytes *bodycache_peek(Bodycache *bc, const char *mailbox, guint32 uidvalidity, guint32 uid,
+                       guint64 size) {
+  if (size > bc->opts.chunk_bytes)
+    return NULL;
+  g_autofree char *key = bc_key(mailbox, uidvalidity, uid, BC_WHOLE);
+  g_mutex_lock(&bc->lock);
+  GBytes *b = _bc_mem_get(bc, key);
+  g_mutex_unlock(&bc->lock);
+  return b;
 }
 
 void bodycache_closed(Bodycache *bc, const char *mailbox, guint32 uidvalidity, guint32 uid,

@@ -30,6 +30,7 @@ struct Fs {
   GQueue dirs, files;
   /* requests on files (fs_counts): what a scan costs per file */
   gint n_open, n_read, n_release, n_flush;
+  gint n_stored; /* messages handed to the kernel's page cache at open (fs_store) */
 };
 
 
@@ -69,6 +70,7 @@ static void fs_handles_free(Fs *fs);
 void fs_counts(Fs *fs, FsCounts *out) {
   out->open = (guint)g_atomic_int_get(&fs->n_open);
   out->read = (guint)g_atomic_int_get(&fs->n_read);
+  out->stored = (guint)g_atomic_int_get(&fs->n_stored);
   out->release = (guint)g_atomic_int_get(&fs->n_release);
   out->flush = (guint)g_atomic_int_get(&fs->n_flush);
 }
@@ -454,7 +456,8 @@ static void fs_handles_free(Fs *fs) {
  * read-only mounts where the kernel sends none, by each READ: there the
  * first READ (offset 0) counts as the open, the one that reaches the end
  * as the close (fs_read). */
-static gboolean fs_file_find(Fs *fs, fuse_ino_t ino, gboolean opened, FsFile *f, int *err) {
+static gboolean fs_file_find(Fs *fs, fuse_ino_t ino, gboolean opened, FsFile *f, int *err,
+                             gboolean *first) {
   DcMsg m;
   DcListing l;
   if (!fs_msg(fs, ino, &f->node, &f->uidvalidity, &m, opened ? &l : NULL, err))
@@ -462,10 +465,33 @@ static gboolean fs_file_find(Fs *fs, fuse_ino_t ino, gboolean opened, FsFile *f,
   f->uid = m.uid;
   f->size = m.size;
   if (opened) {
-    bodycache_opened(fs->bc, dcnode_mailbox(f->node), &l, f->uid);
+    gboolean fst = bodycache_opened(fs->bc, dcnode_mailbox(f->node), &l, f->uid);
+    if (first != NULL)
+      *first = fst;
     dc_listing_clear(&l);
   }
   return TRUE;
+}
+
+/* A scan's reader finds the bytes of most messages at hand when it opens
+ * them (read ahead, or read from the disk cache ahead).  Handing them to
+ * the kernel's page cache before the OPEN reply lets its read()s find them
+ * there: the READ request each file cost, and the two thread wake-ups it
+ * takes, are saved (cold grep -r of 10,000 files: 1.25 -> 0.85 s, rg -j4
+ * 0.87 -> 0.78 s, medians of 6).  Only at the scan's first open of the
+ * message (a second pass finds the kernel's pages: keep_cache), only for
+ * a whole message of one chunk, and only if its length is the listing's
+ * (else fs_read corrects the size).  Called before the reply, the pages
+ * are in place when the kernel checks keep_cache. */
+static void fs_store(Fs *fs, fuse_ino_t ino, const FsFile *f) {
+  g_autoptr(GBytes) b =
+      bodycache_peek(fs->bc, dcnode_mailbox(f->node), f->uidvalidity, f->uid, f->size);
+  if (b == NULL)
+    return;
+  gsize n;
+  const void *data = g_bytes_get_data(b, &n);
+  if (n == f->size && n > 0 && notify_store(fs->notify, ino, data, n))
+    g_atomic_int_inc(&fs->n_stored);
 }
 
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
@@ -494,7 +520,8 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   }
   FsFile *f = g_new0(FsFile, 1);
   int err;
-  if (!fs_file_find(fs, ino, TRUE, f, &err)) {
+  gboolean first = FALSE;
+  if (!fs_file_find(fs, ino, TRUE, f, &err, &first)) {
     g_free(f);
     fuse_reply_err(req, err);
     return;
@@ -504,6 +531,8 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   fi->fh = (uint64_t)(uintptr_t)f;
   fi->keep_cache = 1; /* bytes are immutable per (mailbox, UIDVALIDITY, UID) */
   fi->noflush = 1;    /* nothing to flush: saves a request per close */
+  if (first)
+    fs_store(fs, ino, f);
   fuse_reply_open(req, fi);
 }
 
@@ -518,7 +547,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   FsFile unopened = {0}, *f = (FsFile *)(uintptr_t)fi->fh;
   if (f == NULL) {
     int err;
-    if (!fs_file_find(fs, ino, off == 0, &unopened, &err)) {
+    if (!fs_file_find(fs, ino, off == 0, &unopened, &err, NULL)) {
       fuse_reply_err(req, err);
       return;
     }

@@ -295,8 +295,8 @@ int main(int argc, char *argv[]) {
   g_debug("FUSE loop: %u workers; reader handed on %" G_GUINT64_FORMAT
           " times before a wait, %" G_GUINT64_FORMAT " by the watchdog",
           lst.threads, lst.passes, lst.watched);
-  g_debug("file requests: %u OPEN, %u READ, %u FLUSH, %u RELEASE", fc.open, fc.read, fc.flush,
-          fc.release);
+  g_debug("file requests: %u OPEN, %u READ, %u FLUSH, %u RELEASE; %u messages stored at open",
+          fc.open, fc.read, fc.flush, fc.release, fc.stored);
 out_signals:
   fuse_remove_signal_handlers(se);
 out:

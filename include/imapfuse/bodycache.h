@@ -54,8 +54,13 @@ GBytes *bodycache_read(Bodycache *bc, const char *mailbox, guint32 uidvalidity, 
                        guint64 size, guint64 off, gsize len, guint64 *real_size,
                        GError **error);
 
-/* A file was opened: uid of listing l in mailbox.  Drives read-ahead. */
-void bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, guint32 uid);
+/* A file was opened: uid of listing l in mailbox.  Drives read-ahead.
+ * TRUE if this scan of the mailbox had not opened it before. */
+gboolean bodycache_opened(Bodycache *bc, const char *mailbox, const DcListing *l, guint32 uid);
+/* The whole message if its bytes are at hand in memory, without waiting
+ * for a fetch or sending one; else NULL. */
+GBytes *bodycache_peek(Bodycache *bc, const char *mailbox, guint32 uidvalidity, guint32 uid,
+                       guint64 size);
 /* The reader of a message (size bytes) closed it: its bytes become the
  * first to go from memory. */
 void bodycache_closed(Bodycache *bc, const char *mailbox, guint32 uidvalidity, guint32 uid,

@@ -41,6 +41,7 @@ void fs_free(Fs *fs);
 /* FUSE requests on files so far (for the debug summary at exit). */
 typedef struct {
   guint open, read, release, flush;
+  guint stored; /* messages handed to the kernel at open, saving their READs */
 } FsCounts;
 void fs_counts(Fs *fs, FsCounts *out);
 /* Pass fs as the userdata of fuse_session_new(). */

@@ -1,9 +1,14 @@
-/* notify.h - telling the kernel that cached entries and pages are stale.
+/* notify.h - telling the kernel that cached entries and pages are stale,
+ * and handing it pages.
  *
  * Owns: a queue and one thread that calls fuse_lowlevel_notify_inval_*.
  * Those calls must not run inside a FUSE request handler or while holding
  * a lock a handler may need (libfuse's notify_inval_entry example), so
- * everyone else only queues; the thread does the calls.
+ * everyone else only queues; the thread does the calls.  notify_store is
+ * the exception: the kernel's side of it takes no lock a pending request
+ * holds but the pages' own (a READ of the same file by another process
+ * holds them until a worker answers it: the FUSE loop's watchdog hands
+ * reading on), so an OPEN handler calls it directly.
  */
 #pragma once
 
@@ -28,5 +33,9 @@ void notify_inval_inode(Notify *n, fuse_ino_t ino, gboolean data);
  * kernel side of a call can wait for a lock that a request queued behind
  * the waiting handler holds. */
 gboolean notify_flush(Notify *n, gint64 timeout_us);
+
+/* Put len bytes at offset 0 of ino into the kernel's page cache, now
+ * (not queued); FALSE if that failed (no session, inode not cached). */
+gboolean notify_store(Notify *n, fuse_ino_t ino, const void *data, gsize len);
 
 G_END_DECLS

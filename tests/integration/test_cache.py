@@ -7,6 +7,7 @@ what imapfuse asked the server is read from its own protocol trace
 """
 
 import hashlib
+import mmap
 import os
 import random
 import re
@@ -884,15 +885,66 @@ def test_read_only_mount_sends_no_open_per_file(mount, empty_dovecot, env, rw_ro
     for f in os.listdir(d):
         assert _read(os.path.join(d, f)) == byuid[int(f[:-4])]
     m.unmount()
-    counts = re.findall(r"file requests: (\d+) OPEN, (\d+) READ, (\d+) FLUSH, (\d+) RELEASE",
-                        m.stderr_text())
-    assert len(counts) == 1, m.stderr_text()[-2000:]
-    opens, reads, flushes, releases = map(int, counts[0])
-    assert reads >= 30
+    opens, reads, flushes, releases, stored = _file_requests(m)
     if rw_ro:
-        assert (opens, flushes, releases) == (1, 1, 0)
+        assert reads >= 30
+        assert (opens, flushes, releases, stored) == (1, 1, 0, 0)
     else:
         assert opens == 30
+        # Files whose bytes were at hand at OPEN cost no READ (fs_store).
+        assert reads + stored >= 30
+
+
+def _file_requests(m):
+    """(OPEN, READ, FLUSH, RELEASE, stored at open) from the exit summary."""
+    counts = re.findall(r"file requests: (\d+) OPEN, (\d+) READ, (\d+) FLUSH, (\d+) RELEASE"
+                        r"(?:; (\d+) messages stored at open)?", m.stderr_text())
+    assert len(counts) == 1, m.stderr_text()[-2000:]
+    return tuple(int(c or 0) for c in counts[0])
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_scan_hands_the_bytes_to_the_kernel_at_open(mount, empty_dovecot, env):
+    """A scan's reader finds most messages read ahead when it opens them:
+    the bytes go to the kernel's page cache with the OPEN (fs_store), so
+    reading them costs no READ request.  Every byte is right however the
+    file is read: whole, from the end, through mmap, at sizes around page
+    boundaries; a second pass stores nothing again; a message over the
+    1 MiB chunk is read through READs."""
+    dv = empty_dovecot()
+    sizes = [4096, 4095, 4097, 1, 8192, 12287] + [3000 + 997 * i for i in range(50)]
+    sizes.insert(30, 1_500_000)
+    msgs = [_msg("S%d" % i, n, seed=i) for i, n in enumerate(sizes)]
+    byuid = dict(zip(_make_box(dv, "Box", msgs), msgs))
+    big = [u for u, b in byuid.items() if len(b) > 1 << 20]
+    m = mount(dv, "cache=none", "imap_debug", env=env)
+    d = os.path.join(m.path, "Box")
+    names = sorted(os.listdir(d), key=lambda f: int(f[:-4]))
+    for k, f in enumerate(names):
+        want = byuid[int(f[:-4])]
+        time.sleep(0.02)  # read-ahead keeps ahead of a reader this slow
+        with open(os.path.join(d, f), "rb") as fh:
+            if k % 3 == 1 and len(want) > 100:
+                fh.seek(len(want) - 100)
+                assert fh.read() == want[-100:]
+                fh.seek(0)
+                assert fh.read() == want
+            elif k % 3 == 2:
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                    assert mm[:] == want
+            else:
+                assert fh.read() == want
+    for f in names:  # second pass: the kernel's pages
+        assert _read(os.path.join(d, f)) == byuid[int(f[:-4])]
+    m.unmount()
+    opens, reads, flushes, releases, stored = _file_requests(m)
+    assert opens == 2 * len(names)
+    # The first message or two come with the reader's own batch, after
+    # its OPEN; the next ones are read ahead of it.
+    assert len(names) - 10 <= stored <= len(names) - len(big)
+    # READs only for the messages not stored, the big one's in 128 KiB.
+    assert reads <= (len(names) - stored - len(big)) * 2 + 1_500_000 // (128 << 10) + 2, (
+        reads, stored)
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
