@@ -263,7 +263,7 @@ int main(int argc, char *argv[]) {
   if (fo.singlethread) {
     ret = fuse_session_loop(se);
   } else if (own_loop) {
-    ret = loop_run(se, workers, &lst);
+    ret = loop_run(se, workers, MIN(o.spin_us, 100000u), &lst);
   } else {
     /* -o clone_fd: libfuse's loop, a /dev/fuse descriptor per worker */
     struct fuse_loop_config *cfg = fuse_loop_cfg_create();
@@ -293,8 +293,9 @@ int main(int argc, char *argv[]) {
   FsCounts fc;
   fs_counts(fs, &fc);
   g_debug("FUSE loop: %u workers; reader handed on %" G_GUINT64_FORMAT
-          " times before a wait, %" G_GUINT64_FORMAT " by the watchdog",
-          lst.threads, lst.passes, lst.watched);
+          " times before a wait, %" G_GUINT64_FORMAT " by the watchdog; %" G_GUINT64_FORMAT
+          " of %" G_GUINT64_FORMAT " spins found a request",
+          lst.threads, lst.passes, lst.watched, lst.spin_hits, lst.spin_hits + lst.spin_misses);
   g_debug("file requests: %u OPEN, %u READ, %u FLUSH, %u RELEASE; %u messages stored at open",
           fc.open, fc.read, fc.flush, fc.release, fc.stored);
 out_signals:

@@ -32,6 +32,7 @@ static const struct fuse_opt options_table[] = {
     IFS_OPT("readahead=%s", readahead, 0),
     IFS_OPT("readahead_batches=%u", readahead_batches, 0),
     IFS_OPT("poll=%u", poll, 0),
+    IFS_OPT("spin=%u", spin_us, 0),
     IFS_OPT("xattr=%s", xattr, 0),
     IFS_OPT("delete=%s", delete_mode, 0),
     IFS_OPT("dedup=%s", dedup, 0),
@@ -92,6 +93,7 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
   o->dir_timeout = 1;
   o->list_max_age = -1; /* auto: see main.c */
   o->poll = 10;
+  o->spin_us = 50;
   if (fuse_opt_parse(args, o, options_table, options_proc) != 0) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "invalid options");
     return FALSE;
@@ -208,6 +210,8 @@ void options_usage(const char *prog) {
          "    -o msg_timeout=SECS      kernel cache time for message entries (default 60)\n"
          "    -o dir_timeout=SECS      kernel cache time for directory entries (default 1)\n"
          "    -o list_max_age=SECS     reuse a mailbox listing this long on opendir (default 1.5 x poll)\n"
+         "    -o spin=USECS            a FUSE worker whose requests come back to back polls for the\n"
+         "                             next one this long before it sleeps (default 50; 0 off)\n"
          "\n",
          prog, prog);
 }

@@ -22,13 +22,15 @@ typedef struct {
   guint threads;   /* workers started */
   guint64 passes;  /* reader role handed on before a wait */
   guint64 watched; /* ... by the watchdog, after a tick on one request */
+  guint64 spin_hits, spin_misses; /* polls before read() that found a request, and not */
 } LoopStats;
 
 /* Serves se with up to max_threads workers until it is unmounted or a
  * stopping signal arrives (libfuse's handlers, fuse_set_signal_handlers,
- * end the session); 0 then, else a negative errno from reading.  stats
- * (may be NULL) gets the counts. */
-int loop_run(struct fuse_session *se, guint max_threads, LoopStats *stats);
+ * end the session); 0 then, else a negative errno from reading.  A reader
+ * whose requests come back to back polls for up to spin_us before it
+ * sleeps (0: never).  stats (may be NULL) gets the counts. */
+int loop_run(struct fuse_session *se, guint max_threads, guint spin_us, LoopStats *stats);
 
 /* The calling thread is about to wait (for the server, another thread's
  * work, the kernel): if it is the loop's reader, another worker takes over

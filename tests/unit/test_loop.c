@@ -190,12 +190,18 @@ static gboolean t_wait_done(Stat *s) {
 }
 
 /* Runs the loop on this thread (as main.c does) while scenario runs on
- * another and ends with an unmount. */
-static void t_run(T *t, guint max_threads, GThreadFunc scenario, gpointer data, LoopStats *st) {
+ * another and ends with an unmount; t_run without spinning. */
+static void t_run_spin(T *t, guint max_threads, guint spin_us, GThreadFunc scenario,
+                       gpointer data, LoopStats *st) {
   GThread *c = g_thread_new("scenario", scenario, data);
-  g_assert_cmpint(loop_run(t->se, max_threads, st), ==, 0);
+  g_assert_cmpint(loop_run(t->se, max_threads, spin_us, st), ==, 0);
   g_thread_join(c);
 }
+
+static void t_run(T *t, guint max_threads, GThreadFunc scenario, gpointer data, LoopStats *st) {
+  t_run_spin(t, max_threads, 0, scenario, data, st);
+}
+
 
 /* ---- a serial client is served by one worker ---- */
 
@@ -224,6 +230,25 @@ static void test_serial_client_one_worker(void) {
     switches += !pthread_equal(g_array_index(t->fast_threads, pthread_t, i),
                                g_array_index(t->fast_threads, pthread_t, i - 1));
   g_assert_cmpuint(switches, <=, st.watched);
+  g_assert_cmpuint(st.passes, ==, 0);
+  g_assert_cmpuint(st.spin_hits + st.spin_misses, ==, 0); /* spin_us 0: never */
+  t_free(t);
+}
+
+/* ---- a serial client's requests are read without a sleep ---- */
+
+static void test_serial_client_spin(void) {
+  T *t = t_mount();
+  if (t == NULL)
+    return;
+  LoopStats st;
+  /* 2 ms, not the default 50 us: a loaded machine (sanitizers, CI) can
+   * take longer than 50 us between a reply and the client's next stat. */
+  t_run_spin(t, 4, 2000, serial_scenario, t, &st);
+  g_assert_cmpuint(t->fast_threads->len, ==, SERIAL_N);
+  /* After the first request every one follows the last closely, so the
+   * reader polls before each read and finds it there. */
+  g_assert_cmpuint(st.spin_hits, >=, SERIAL_N / 2);
   g_assert_cmpuint(st.passes, ==, 0);
   t_free(t);
 }
@@ -354,6 +379,7 @@ static void test_signal_ends_loop(void) {
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/loop/serial-client-one-worker", test_serial_client_one_worker);
+  g_test_add_func("/loop/serial-client-spin", test_serial_client_spin);
   g_test_add_func("/loop/marked-wait-hands-on", test_marked_wait_hands_on);
   g_test_add_func("/loop/unmarked-wait-watchdog", test_unmarked_wait_watchdog);
   g_test_add_func("/loop/max-threads", test_max_threads);
