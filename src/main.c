@@ -9,6 +9,7 @@
 #include <fuse_lowlevel.h>
 #include <glib.h>
 #include <errno.h>
+#include <sched.h>
 #include <locale.h>
 #include <signal.h>
 #include <stdio.h>
@@ -74,6 +75,15 @@ static int main_fail(const GError *error) {
 
 static gboolean main_confirm_op(ImapConn *c, gpointer user, GError **error) {
   return watch_confirm_saved(user, c, error);
+}
+
+/* CPUs this process may run on: with one, a worker polling for the next
+ * request would only keep the client that sends it off the CPU. */
+static int main_cpus(void) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) != 0)
+    return 2;
+  return CPU_COUNT(&set);
 }
 
 int main(int argc, char *argv[]) {
@@ -263,7 +273,7 @@ int main(int argc, char *argv[]) {
   if (fo.singlethread) {
     ret = fuse_session_loop(se);
   } else if (own_loop) {
-    ret = loop_run(se, workers, MIN(o.spin_us, 100000u), &lst);
+    ret = loop_run(se, workers, main_cpus() > 1 ? MIN(o.spin_us, 100000u) : 0, &lst);
   } else {
     /* -o clone_fd: libfuse's loop, a /dev/fuse descriptor per worker */
     struct fuse_loop_config *cfg = fuse_loop_cfg_create();
