@@ -273,7 +273,7 @@ int main(int argc, char *argv[]) {
   if (fo.singlethread) {
     ret = fuse_session_loop(se);
   } else if (own_loop) {
-    ret = loop_run(se, workers, main_cpus() > 1 ? MIN(o.spin_us, 100000u) : 0, &lst);
+    ret = loop_run(se, workers, main_cpus() > 1 ? (guint)o.spin_us : 0, &lst);
   } else {
     /* -o clone_fd: libfuse's loop, a /dev/fuse descriptor per worker */
     struct fuse_loop_config *cfg = fuse_loop_cfg_create();

@@ -134,6 +134,11 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
                 o->readahead);
     return FALSE;
   }
+  if (o->spin_us < 0 || o->spin_us > 100000) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "spin= must be 0 (never) to 100000 microseconds");
+    return FALSE;
+  }
   if (o->readahead_batches < 0 || o->readahead_batches > 64) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
                 "readahead_batches= must be 0 (chosen by the server's round trip) to 64");
@@ -211,7 +216,8 @@ void options_usage(const char *prog) {
          "    -o dir_timeout=SECS      kernel cache time for directory entries (default 1)\n"
          "    -o list_max_age=SECS     reuse a mailbox listing this long on opendir (default 1.5 x poll)\n"
          "    -o spin=USECS            a FUSE worker whose requests come back to back polls for the\n"
-         "                             next one this long before it sleeps (default 50; 0 off)\n"
+         "                             next one this long before it sleeps (default 50, at most\n"
+         "                             100000; 0 off)\n"
          "\n",
          prog, prog);
 }

@@ -200,6 +200,8 @@ def test_missing_url(run_fail):
     (("readahead=-1",), "off", r"readahead="),
     (("readahead_batches=65",), "off", r"readahead_batches="),
     (("timeout=0",), "off", r"timeout="),
+    (("spin=-5",), "off", r"spin="),
+    (("spin=100001",), "off", r"spin="),
 ])
 def test_bad_option_values(dovecot, imapfuse_fail, opt, tls, want):
     rc, err = imapfuse_fail(dovecot, *opt, tls=tls)
