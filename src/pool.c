@@ -319,16 +319,15 @@ void pool_release(Pool *p, ImapConn *c) {
   gboolean broken = imap_conn_is_broken(c);
   /* Kept, its next command could sync a mailbox being renamed. */
   gboolean retire = !broken && _pool_fenced(p, imap_conn_selected(c));
-  g_mutex_unlock(&p->lock);
-  if (broken || retire) {
-    pool_drop(p, c, broken);
+  if (!broken && !retire) {
+    pool_note_rtt(p, c); /* lock-free */
+    g_queue_push_head(&p->idle, c);
+    g_cond_signal(&p->cond);
+    g_mutex_unlock(&p->lock);
     return;
   }
-  pool_note_rtt(p, c);
-  g_mutex_lock(&p->lock);
-  g_queue_push_head(&p->idle, c);
-  g_cond_signal(&p->cond);
   g_mutex_unlock(&p->lock);
+  pool_drop(p, c, broken);
 }
 
 static gboolean pool_run_once(Pool *p, const char *mailbox, gboolean idempotent, PoolOp op,

@@ -202,7 +202,6 @@ static void t_run(T *t, guint max_threads, GThreadFunc scenario, gpointer data, 
   t_run_spin(t, max_threads, 0, scenario, data, st);
 }
 
-
 /* ---- a serial client is served by one worker ---- */
 
 #define SERIAL_N 200
