@@ -66,6 +66,8 @@
  *  - batches are fetched one at a time from a server that answers within
  *    2 ms, up to readahead_threads at once from a farther one
  *    (_bc_batches, by the pool's shortest round trip);
+ *  - batches go to the server in the order they were scheduled, except
+ *    that one a reader waits for goes first (_bc_net_take, _bc_hurry);
  *  - without a disk cache, what all places hold claimed and unread is
  *    bounded too (_bc_unread), since what memory drops is fetched again;
  *    claims a reader passed over (it reads only some files) stop counting
@@ -104,10 +106,13 @@ typedef struct {
   GList link; /* in lru; data = this entry */
 } BcEntry;
 
+typedef struct BcBatch BcBatch;
+
 typedef struct {
   gint refs;
   gboolean done;
-  GBytes *bytes; /* NULL when the fetch did not deliver it */
+  GBytes *bytes;  /* NULL when the fetch did not deliver it */
+  BcBatch *batch; /* the read-ahead batch that fetches it (alive while !done), or NULL */
 } BcInflight;
 
 /* Read-ahead state of one mailbox (see the design note). */
@@ -130,16 +135,19 @@ typedef struct {
   gint64 last_open; /* monotonic us */
 } BcStream;
 
-typedef struct {
+struct BcBatch {
   Bodycache *bc;
   char *mailbox;
   guint32 uidvalidity;
+  guint64 seq;      /* order of scheduling: server batches are fetched in it */
+  gboolean urgent;  /* a reader waits for one of its messages: fetched next */
+  gboolean started; /* fetching (or reading the disk) has begun */
   GArray *uids; /* guint32 */
   GHashTable *big; /* uid -> its number of chunks, for messages over chunk_bytes */
   gboolean from_disk; /* read them from the disk cache into memory */
   gboolean prime_next; /* no UIDs: prime the mailbox read after this one */
   gboolean down; /* for a reader walking down the UIDs: highest first */
-} BcBatch;
+};
 
 struct Bodycache {
   Pool *pool;
@@ -163,6 +171,8 @@ struct Bodycache {
   gboolean pool_warmed;     /* a scan had the pool open all its connections */
   guint net_active;         /* batches being fetched from the server now */
   GCond net_cond;           /* net_active went down, or closing */
+  GPtrArray *net_wait;      /* BcBatch*: server batches not yet started (_bc_net_take) */
+  guint64 batch_seq;        /* batches made so far */
   guint batches_seen;       /* _bc_batches' last answer, logged when it changes */
   guint64 unread;           /* the sum of the streams' unread */
   gint64 unread_swept;      /* when _bc_unread last forgot stale streams' claims */
@@ -210,6 +220,7 @@ Bodycache *bodycache_new(Pool *pool, const BodycacheOptions *opts) {
   g_queue_init(&bc->lru);
   bc->inflight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   bc->streams = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, bc_stream_free);
+  bc->net_wait = g_ptr_array_new();
   return bc;
 }
 
@@ -243,6 +254,7 @@ void bodycache_free(Bodycache *bc) {
   g_hash_table_unref(bc->table);
   g_hash_table_unref(bc->inflight);
   g_hash_table_unref(bc->streams);
+  g_ptr_array_free(bc->net_wait, TRUE);
   g_mutex_clear(&bc->lock);
   g_cond_clear(&bc->cond);
   g_cond_clear(&bc->net_cond);
@@ -434,10 +446,21 @@ static void bc_deliver(Bodycache *bc, const char *mailbox, guint32 uidvalidity, 
 
 /* _bc_inflight_begin: caller holds the lock.  Registers a fetch of key
  * (taken over) that others can wait for instead of fetching it too. */
-static void _bc_inflight_begin(Bodycache *bc, char *key) {
+static BcInflight *_bc_inflight_begin(Bodycache *bc, char *key) {
   BcInflight *f = g_new0(BcInflight, 1);
   f->refs = 1;
   g_hash_table_insert(bc->inflight, key, f);
+  return f;
+}
+
+/* _bc_hurry: caller holds the lock.  A reader waits for a message of
+ * batch b: unless b has started, it goes before the others. */
+static void _bc_hurry(Bodycache *bc, BcBatch *b) {
+  if (b == NULL || b->started || b->urgent)
+    return;
+  b->urgent = TRUE;
+  if (b->from_disk)
+    g_thread_pool_move_to_front(bc->workers, b); /* FALSE if a worker has it already */
 }
 
 /* ---- single fetches ---- */
@@ -475,6 +498,7 @@ static GBytes *bc_chunk(Bodycache *bc, const char *mailbox, guint32 uidvalidity,
     bc->stats.waits++;
     gint64 t0 = g_get_monotonic_time();
     if (!f->done) {
+      _bc_hurry(bc, f->batch);
       /* f is ours (refs), so the lock can go while another worker takes
        * over reading FUSE requests. */
       g_mutex_unlock(&bc->lock);
@@ -671,16 +695,28 @@ static guint _bc_batches(Bodycache *bc) {
   return n;
 }
 
-/* A server batch waits here for its turn (_bc_batches); FALSE: unmounting. */
-static gboolean bc_net_begin(Bodycache *bc) {
-  g_mutex_lock(&bc->lock);
+/* _bc_net_take: caller holds the lock.  Waits for a turn to fetch from
+ * the server (_bc_batches), then takes the batch to fetch: one a reader
+ * waits for (_bc_hurry), else the one scheduled first.  Chosen at the
+ * turn, not when queued: workers that each waited with a batch of their
+ * own were let through in no particular order, and readers waited for a
+ * batch at their place while batches far ahead of them, scheduled later,
+ * went first (cold rg -j4: readers waited 0.64 s in all, against 0.48 s
+ * since; medians of 6).  When unmounting, at once, to be released. */
+static BcBatch *_bc_net_take(Bodycache *bc) {
   while (!bc->closing && bc->net_active >= _bc_batches(bc))
     g_cond_wait(&bc->net_cond, &bc->lock);
-  gboolean go = !bc->closing;
-  if (go && ++bc->net_active > bc->stats.net_max)
+  BcBatch *best = NULL;
+  for (guint i = 0; i < bc->net_wait->len; i++) {
+    BcBatch *b = g_ptr_array_index(bc->net_wait, i);
+    if (best == NULL || (b->urgent && !best->urgent) ||
+        (b->urgent == best->urgent && b->seq < best->seq))
+      best = b;
+  }
+  g_ptr_array_remove_fast(bc->net_wait, best);
+  if (!bc->closing && ++bc->net_active > bc->stats.net_max)
     bc->stats.net_max = bc->net_active;
-  g_mutex_unlock(&bc->lock);
-  return go;
+  return best;
 }
 
 static void bc_net_end(Bodycache *bc) {
@@ -690,10 +726,15 @@ static void bc_net_end(Bodycache *bc) {
   g_mutex_unlock(&bc->lock);
 }
 
+/* What the workers' pool gets for each batch from the server: which one
+ * a worker fetches is decided when its turn comes (_bc_net_take). */
+static char bc_net_turn;
+
 static void bc_batch_run(gpointer data, gpointer user) {
-  BcBatch *b = data;
   Bodycache *bc = user;
   g_mutex_lock(&bc->lock);
+  BcBatch *b = data == &bc_net_turn ? _bc_net_take(bc) : data;
+  b->started = TRUE;
   gboolean closing = bc->closing;
   g_mutex_unlock(&bc->lock);
   if (b->prime_next) {
@@ -721,7 +762,7 @@ static void bc_batch_run(gpointer data, gpointer user) {
         if (bytes != NULL)
           bc_deliver(bc, b->mailbox, b->uidvalidity, uid, BC_WHOLE, bytes);
       }
-    } else if (bc_net_begin(bc)) {
+    } else {
       if (!pool_run(bc->pool, b->mailbox, TRUE, bc_batch_op, &ctx, &error))
         g_debug("read-ahead in %s stopped: %s", b->mailbox, error->message);
       bc_net_end(bc);
@@ -870,6 +911,7 @@ static guint bc_pos(const BcStream *s, int o, guint i) { return o == 0 ? i : s->
 static BcBatch *bc_batch_new(Bodycache *bc, const char *mailbox, guint32 uidvalidity) {
   BcBatch *b = g_new0(BcBatch, 1);
   b->bc = bc;
+  b->seq = bc->batch_seq++;
   b->mailbox = g_strdup(mailbox);
   b->uidvalidity = uidvalidity;
   b->uids = g_array_new(FALSE, FALSE, sizeof(guint32));
@@ -998,7 +1040,8 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
       }
       for (guint64 c = 0; c < nch; c++)
         _bc_inflight_begin(bc, c == 0 ? g_steal_pointer(&key)
-                                      : bc_key(mailbox, s->uidvalidity, m->uid, c));
+                                      : bc_key(mailbox, s->uidvalidity, m->uid, c))
+            ->batch = b[t];
       if (big) {
         if (b[0]->big == NULL)
           b[0]->big = g_hash_table_new(NULL, NULL);
@@ -1028,7 +1071,9 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
       g_array_sort(b[t]->uids, bc_u32_cmp);
       b[t]->down = dir < 0 && o == 0;
       s->running++;
-      g_thread_pool_push(bc->workers, b[t], NULL);
+      if (t == 0)
+        g_ptr_array_add(bc->net_wait, b[t]);
+      g_thread_pool_push(bc->workers, t == 0 ? (gpointer)&bc_net_turn : b[t], NULL);
     }
     /* Doubles while the reader keeps consuming; a one-batch first open
      * has not shown that yet. */

@@ -798,6 +798,70 @@ def test_read_ahead_near_the_server_fetches_one_batch_at_a_time(mount, empty_dov
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_batch_a_reader_waits_for_goes_first(mount, empty_dovecot, env):
+    """Read-ahead batches wait for their turn to go to the server (here one
+    at a time).  They go in the order they were scheduled, except that one
+    a reader waits for goes first: while a batch of X is held up, opens in
+    A and then in B schedule batches in both, and a reader then waits for
+    a message of a later batch of B.  When X's batch is done, that batch
+    is the next one sent, before A's, scheduled earlier and waited for by
+    nobody.  Workers used to let queued batches through in no particular
+    order: the reader waited for batches far ahead of any reader."""
+    from test_write_review import Proxy
+    dv = empty_dovecot()
+    bodies = _make_boxes(dv, {"A": 60, "B": 60, "X": 10}, 900, 1)
+    px = Proxy(dv.port)
+    got = {}
+
+    def read(box, uid):
+        got[(box, uid)] = _read(os.path.join(m.path, box, "%d.eml" % uid))
+
+    try:
+        m = mount(dv, "imap_debug", "poll=0", "readahead_batches=1", env=env, port=px.port)
+        for box in ("A", "B", "X"):
+            assert len(os.listdir(os.path.join(m.path, box))) == 60 if box != "X" else 10
+        px.hold_next_fetch("X")
+        tx = threading.Thread(target=read, args=("X", min(bodies["X"])))
+        tx.start()
+        assert px.held.wait(10)
+        # Opens alone (no read waits) schedule the next batches of a scan.
+        for box in ("A", "B"):
+            for uid in sorted(bodies[box])[:2]:
+                os.close(os.open(os.path.join(m.path, box, "%d.eml" % uid), os.O_RDONLY))
+        wanted = sorted(bodies["B"])[30]  # not in B's first batch (8 messages)
+        tb = threading.Thread(target=read, args=("B", wanted))
+        tb.start()
+        time.sleep(1)  # the reader is waiting for that batch by now
+        assert tb.is_alive()
+        px.release()
+        tx.join(30)
+        tb.join(30)
+        assert got == {("X", min(bodies["X"])): bodies["X"][min(bodies["X"])],
+                       ("B", wanted): bodies["B"][wanted]}
+        read("A", min(bodies["A"]))  # its batch goes out before the unmount
+        assert got[("A", min(bodies["A"]))] == bodies["A"][min(bodies["A"])]
+        m.unmount()
+    finally:
+        px.close()
+    # The body fetches in the order they were sent, with the mailbox each
+    # connection had asked to select.
+    selected, fetches = {}, []
+    for conn, side, line in _trace(m):
+        if side != "C":
+            continue
+        sel = re.match(r"(?:SELECT|EXAMINE) \"?([^\s\"]+)", line)
+        if sel:
+            selected[conn] = sel.group(1)
+        elif "BODY.PEEK[" in line:
+            fetches.append((selected.get(conn), _uids_of(line)))
+    first_a = min(bodies["A"])
+    assert fetches[0][0] == "X", fetches
+    assert fetches[1][0] == "B" and wanted in fetches[1][1], fetches
+    # A's first batch, scheduled at the first open in A, went after it.
+    assert ("A", first_a) in [(b, u) for b, uids in fetches[2:] for u in uids], fetches
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
 def test_lone_cat_opens_no_other_connection(mount, empty_dovecot, env):
     dv = empty_dovecot()
     byuid = _make_boxes(dv, {"B": 12}, 1500, 7)["B"]

@@ -46,6 +46,9 @@ class Proxy:
     Dovecot says while another session deletes it), counted in .byes.
     With no_select set, the SELECT itself gets "NO Mailbox was deleted
     under us" (Dovecot's other answer then) and what came with it BAD.
+    hold_next_fetch(mailbox): the next body fetch (UID FETCH ... BODY.PEEK)
+    from a connection that asked to SELECT that mailbox is held the same
+    way, until release().
     after_list: called once, when the server has answered the next LIST,
     before the client sees the answer.  hide_in_list: a mailbox left out
     of the next hide_times LIST answers."""
@@ -61,6 +64,7 @@ class Proxy:
         self.hold_box = None
         self.hold_verb = b"APPEND"
         self.hold_every = False
+        self.hold_fetch_box = None
         self.selects_held = 0
         self.held = threading.Event()
         self._go = threading.Event()
@@ -90,6 +94,12 @@ class Proxy:
         .selects_held), not only the next."""
         self.hold_next_append(mailbox, b"SELECT")
         self.hold_every = every
+
+    def hold_next_fetch(self, mailbox):
+        with self.lock:
+            self.hold_fetch_box = mailbox.encode()
+            self.held.clear()
+            self._go.clear()
 
     def release(self):
         self._go.set()
@@ -183,6 +193,11 @@ class Proxy:
                             if self.cut:
                                 self.cut = False
                                 st["cut_tag"] = m.group(1)
+                with self.lock:
+                    if self.hold_fetch_box is not None and st["selected"] == self.hold_fetch_box \
+                            and re.search(rb"(?m)^\S+ UID FETCH \S+ \(?BODY\.PEEK", data):
+                        self.hold_fetch_box = None
+                        hold = True
                 if hold:
                     self.held.set()
                     self._go.wait(60)
