@@ -1059,20 +1059,21 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
         bc_batch_free(b[t]);
         continue;
       }
-      /* The first time a scan has a second batch for the server in
-       * flight (pushed with this one, or one still running), open the
-       * other connections now, before the batches ask for them one login
-       * at a time (pool.c).  Not for scans the disk cache serves, nor for
-       * one batch (a lone cat, a few new messages). */
-      if (t == 0 && s->net_running++ >= 1 && !bc->pool_warmed) {
-        bc->pool_warmed = TRUE;
-        pool_warm(bc->pool, mailbox);
-      }
       g_array_sort(b[t]->uids, bc_u32_cmp);
       b[t]->down = dir < 0 && o == 0;
       s->running++;
-      if (t == 0)
+      if (t == 0) {
+        /* The first time a scan has a second batch for the server in
+         * flight (pushed with this one, or one still running), open the
+         * other connections now, before the batches ask for them one
+         * login at a time (pool.c).  Not for scans the disk cache serves,
+         * nor for one batch (a lone cat, a few new messages). */
+        if (s->net_running++ >= 1 && !bc->pool_warmed) {
+          bc->pool_warmed = TRUE;
+          pool_warm(bc->pool, mailbox);
+        }
         g_ptr_array_add(bc->net_wait, b[t]);
+      }
       g_thread_pool_push(bc->workers, t == 0 ? (gpointer)&bc_net_turn : b[t], NULL);
     }
     /* Doubles while the reader keeps consuming; a one-batch first open

@@ -82,24 +82,24 @@ class Proxy:
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def hold_next_append(self, mailbox, verb=b"APPEND"):
+    def _arm(self, **what):
+        """Sets what to hold; the command that matches it waits for release()."""
         with self.lock:
-            self.hold_box = mailbox.encode()
-            self.hold_verb = verb
+            for name, value in what.items():
+                setattr(self, name, value)
             self.held.clear()
             self._go.clear()
+
+    def hold_next_append(self, mailbox, verb=b"APPEND"):
+        self._arm(hold_box=mailbox.encode(), hold_verb=verb)
 
     def hold_next_select(self, mailbox, every=False):
         """every: hold all SELECTs of mailbox from now on (counted in
         .selects_held), not only the next."""
-        self.hold_next_append(mailbox, b"SELECT")
-        self.hold_every = every
+        self._arm(hold_box=mailbox.encode(), hold_verb=b"SELECT", hold_every=every)
 
     def hold_next_fetch(self, mailbox):
-        with self.lock:
-            self.hold_fetch_box = mailbox.encode()
-            self.held.clear()
-            self._go.clear()
+        self._arm(hold_fetch_box=mailbox.encode())
 
     def release(self):
         self._go.set()
