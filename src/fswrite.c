@@ -152,6 +152,15 @@ struct FsWrite {
 
 static FsWrite *fsw_of(fuse_req_t req) { return fs_writer(fuse_req_userdata(req)); }
 
+/* The directory of a request's parent inode; NULL, with ENOTDIR replied,
+ * if that inode is not a directory. */
+static DcNode *fsw_parent(fuse_req_t req, fuse_ino_t parent) {
+  DcNode *p = fs_dir(fuse_req_userdata(req), parent);
+  if (p == NULL)
+    fuse_reply_err(req, ENOTDIR);
+  return p;
+}
+
 static void fsw_warn_once(FsWrite *w, int bit, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
 static void fsw_warn_once(FsWrite *w, int bit, const char *fmt, ...) {
   if (g_atomic_int_or(&w->warned, bit) & bit)
@@ -1302,13 +1311,10 @@ void fswrite_dir_attr(FsWrite *w, DcNode *n, struct stat *st) {
 
 void fswrite_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
                     struct fuse_file_info *fi) {
-  Fs *fs = fuse_req_userdata(req);
-  FsWrite *w = fs_writer(fs);
-  DcNode *p = fs_dir(fs, parent);
-  if (p == NULL) {
-    fuse_reply_err(req, ENOTDIR);
+  FsWrite *w = fsw_of(req);
+  DcNode *p = fsw_parent(req, parent);
+  if (p == NULL)
     return;
-  }
   if (dcnode_mailbox(p) == NULL || !dcnode_selectable(p) || !dcnode_present(p)) {
     g_debug("create %s: the directory is not a mailbox that can hold messages", name);
     fuse_reply_err(req, EPERM);
@@ -1428,13 +1434,10 @@ void fswrite_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_fil
 /* ---- unlink ---- */
 
 void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
-  Fs *fs = fuse_req_userdata(req);
-  FsWrite *w = fs_writer(fs);
-  DcNode *p = fs_dir(fs, parent);
-  if (p == NULL) {
-    fuse_reply_err(req, ENOTDIR);
+  FsWrite *w = fsw_of(req);
+  DcNode *p = fsw_parent(req, parent);
+  if (p == NULL)
     return;
-  }
   g_autoptr(GError) error = NULL;
   g_autoptr(FswFile) f = fsw_find(w, p, name);
   if (f != NULL) {
@@ -1645,6 +1648,27 @@ static void fsw_fence(FsWrite *w, DcNode *node, const char *mailbox) {
   pool_fence(w->pool, mailbox, delim > 0 ? delim : 0, 2 * G_USEC_PER_SEC);
 }
 
+/* Runs op, a RENAME or DELETE of node's mailbox, with that mailbox fenced
+ * off the pool (fsw_fence).  Once it succeeded, connections that had the
+ * mailbox selected are dropped; the mailbox list is stale either way. */
+static gboolean fsw_run_fenced(FsWrite *w, DcNode *node, const char *mailbox, PoolOp op,
+                               gpointer data, GError **error) {
+  fsw_fence(w, node, mailbox);
+  gboolean ok = pool_run(w->pool, NULL, FALSE, op, data, error);
+  pool_unfence(w->pool, mailbox);
+  if (ok)
+    pool_check_before_use(w->pool);
+  fsw_boxes_stale(w);
+  return ok;
+}
+
+/* A fresh LIST after a change to the mailboxes (what = "RENAME" ...). */
+static void fsw_relist(FsWrite *w, const char *what) {
+  g_autoptr(GError) error = NULL;
+  if (!dircache_refresh_tree(w->dc, 0, &error))
+    g_debug("LIST after %s: %s", what, error->message);
+}
+
 static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *child, DcNode *p2,
                            const char *newname) {
   g_autoptr(GError) error = NULL;
@@ -1673,21 +1697,14 @@ static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *child, DcNode *p2
     return;
   }
   FswRename r = {from, to};
-  fsw_fence(w, child, from);
-  gboolean ok = pool_run(w->pool, NULL, FALSE, fsw_rename_op, &r, &error);
-  pool_unfence(w->pool, from);
-  if (ok)
-    pool_check_before_use(w->pool); /* connections with it selected are dropped */
-  fsw_boxes_stale(w);
+  gboolean ok = fsw_run_fenced(w, child, from, fsw_rename_op, &r, &error);
   g_autofree char *component = names_unescape_component(newname, NULL);
   g_autofree char *shown = names_escape_component(component);
   /* The kernel keeps the directory's inode under the new name: so does
    * dircache (same node, same message inodes). */
   if (ok)
     dircache_node_renamed(w->dc, child, p2, shown, to);
-  g_autoptr(GError) lerr = NULL;
-  if (!dircache_refresh_tree(w->dc, 0, &lerr))
-    g_debug("LIST after RENAME: %s", lerr->message);
+  fsw_relist(w, "RENAME");
   if (!ok) {
     fsw_reply_error(req, "rename", error);
     return;
@@ -1708,11 +1725,9 @@ void fswrite_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t m
   (void)mode;
   Fs *fs = fuse_req_userdata(req);
   FsWrite *w = fs_writer(fs);
-  DcNode *p = fs_dir(fs, parent);
-  if (p == NULL) {
-    fuse_reply_err(req, ENOTDIR);
+  DcNode *p = fsw_parent(req, parent);
+  if (p == NULL)
     return;
-  }
   guint32 uid;
   if (dircache_child(w->dc, p, name) != NULL ||
       (names_parse_message_filename(name, &uid) && dcnode_selectable(p) &&
@@ -1738,9 +1753,7 @@ void fswrite_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t m
   for (int attempt = 0; child == NULL && (attempt == 0 || (ok && attempt < 3)); attempt++) {
     if (attempt == 2)
       loop_pause(100 * 1000);
-    g_autoptr(GError) lerr = NULL;
-    if (!dircache_refresh_tree(w->dc, 0, &lerr))
-      g_debug("LIST after CREATE: %s", lerr->message);
+    fsw_relist(w, "CREATE");
     child = dircache_child(w->dc, p, shown);
     if (child == NULL && ok && attempt == 0)
       g_debug("mkdir: %s created but not in the LIST after it; asking again", mailbox);
@@ -1795,13 +1808,10 @@ static gboolean fsw_rmdir_op(ImapConn *c, gpointer user, GError **error) {
 }
 
 void fswrite_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
-  Fs *fs = fuse_req_userdata(req);
-  FsWrite *w = fs_writer(fs);
-  DcNode *p = fs_dir(fs, parent);
-  if (p == NULL) {
-    fuse_reply_err(req, ENOTDIR);
+  FsWrite *w = fsw_of(req);
+  DcNode *p = fsw_parent(req, parent);
+  if (p == NULL)
     return;
-  }
   g_autoptr(GError) error = NULL;
   /* Ask the server, not the cache: a fresh LIST for children. */
   if (!dircache_refresh_tree(w->dc, 0, &error)) {
@@ -1825,15 +1835,8 @@ void fswrite_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
     return;
   }
   FswRmdir r = {mailbox, dcnode_selectable(child)};
-  fsw_fence(w, child, mailbox);
-  gboolean ok = pool_run(w->pool, NULL, FALSE, fsw_rmdir_op, &r, &error);
-  pool_unfence(w->pool, mailbox);
-  if (ok)
-    pool_check_before_use(w->pool); /* connections with it selected are dropped */
-  fsw_boxes_stale(w);
-  g_autoptr(GError) lerr = NULL;
-  if (!dircache_refresh_tree(w->dc, 0, &lerr))
-    g_debug("LIST after DELETE: %s", lerr->message);
+  gboolean ok = fsw_run_fenced(w, child, mailbox, fsw_rmdir_op, &r, &error);
+  fsw_relist(w, "DELETE");
   if (!ok) {
     fsw_reply_error(req, "rmdir", error);
     return;
