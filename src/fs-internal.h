@@ -16,6 +16,9 @@ const FsOptions *fs_options(Fs *fs);
 FsWrite *fs_writer(Fs *fs);
 /* The directory for ino, or NULL. */
 DcNode *fs_dir(Fs *fs, fuse_ino_t ino);
+/* The same for a request's inode; NULL, with ENOTDIR replied, if ino is
+ * not a directory. */
+DcNode *fs_dir_or_reply(fuse_req_t req, fuse_ino_t ino);
 fuse_ino_t fs_dir_ino(Fs *fs, DcNode *n);
 fuse_ino_t fs_msg_ino(guint32 epoch, guint32 uid);
 void fs_dir_attr(Fs *fs, DcNode *n, struct stat *st);

@@ -109,6 +109,13 @@ DcNode *fs_dir(Fs *fs, fuse_ino_t ino) {
   return dircache_node(fs->dc, (guint32)(ino >> 32));
 }
 
+DcNode *fs_dir_or_reply(fuse_req_t req, fuse_ino_t ino) {
+  DcNode *n = fs_dir(fuse_req_userdata(req), ino);
+  if (n == NULL)
+    fuse_reply_err(req, ENOTDIR);
+  return n;
+}
+
 static void fs_reply_error(fuse_req_t req, const char *what, GError *error) {
   int err = ifs_errno_from_error(error);
   if (err != ENOENT && err != ESTALE)
@@ -248,13 +255,11 @@ static gboolean fs_entry_for(Fs *fs, DcNode *parent, const char *name,
 
 static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
   Fs *fs = fuse_req_userdata(req);
-  DcNode *p = fs_dir(fs, parent);
+  DcNode *p = fs_dir_or_reply(req, parent);
+  if (p == NULL)
+    return;
   struct fuse_entry_param e;
   int err;
-  if (p == NULL) {
-    fuse_reply_err(req, ENOTDIR);
-    return;
-  }
   if (fswrite_lookup(fs->w, p, name, &e)) { /* a file being written */
     fuse_reply_entry(req, &e);
     return;
@@ -327,11 +332,9 @@ static void fs_handle_remove(Fs *fs, GQueue *q, GList *link) {
 
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   Fs *fs = fuse_req_userdata(req);
-  DcNode *n = fs_dir(fs, ino);
-  if (n == NULL) {
-    fuse_reply_err(req, ENOTDIR);
+  DcNode *n = fs_dir_or_reply(req, ino);
+  if (n == NULL)
     return;
-  }
   g_autoptr(GError) error = NULL;
   gint64 tree_age = n == dircache_root(fs->dc) ? fs->opts.tree_max_age_us : G_MAXINT64;
   if (!dircache_refresh_tree(fs->dc, tree_age, &error)) {

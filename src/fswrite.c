@@ -152,15 +152,6 @@ struct FsWrite {
 
 static FsWrite *fsw_of(fuse_req_t req) { return fs_writer(fuse_req_userdata(req)); }
 
-/* The directory of a request's parent inode; NULL, with ENOTDIR replied,
- * if that inode is not a directory. */
-static DcNode *fsw_parent(fuse_req_t req, fuse_ino_t parent) {
-  DcNode *p = fs_dir(fuse_req_userdata(req), parent);
-  if (p == NULL)
-    fuse_reply_err(req, ENOTDIR);
-  return p;
-}
-
 static void fsw_warn_once(FsWrite *w, int bit, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
 static void fsw_warn_once(FsWrite *w, int bit, const char *fmt, ...) {
   if (g_atomic_int_or(&w->warned, bit) & bit)
@@ -1312,7 +1303,7 @@ void fswrite_dir_attr(FsWrite *w, DcNode *n, struct stat *st) {
 void fswrite_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
                     struct fuse_file_info *fi) {
   FsWrite *w = fsw_of(req);
-  DcNode *p = fsw_parent(req, parent);
+  DcNode *p = fs_dir_or_reply(req, parent);
   if (p == NULL)
     return;
   if (dcnode_mailbox(p) == NULL || !dcnode_selectable(p) || !dcnode_present(p)) {
@@ -1435,7 +1426,7 @@ void fswrite_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_fil
 
 void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
   FsWrite *w = fsw_of(req);
-  DcNode *p = fsw_parent(req, parent);
+  DcNode *p = fs_dir_or_reply(req, parent);
   if (p == NULL)
     return;
   g_autoptr(GError) error = NULL;
@@ -1725,7 +1716,7 @@ void fswrite_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t m
   (void)mode;
   Fs *fs = fuse_req_userdata(req);
   FsWrite *w = fs_writer(fs);
-  DcNode *p = fsw_parent(req, parent);
+  DcNode *p = fs_dir_or_reply(req, parent);
   if (p == NULL)
     return;
   guint32 uid;
@@ -1809,7 +1800,7 @@ static gboolean fsw_rmdir_op(ImapConn *c, gpointer user, GError **error) {
 
 void fswrite_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
   FsWrite *w = fsw_of(req);
-  DcNode *p = fsw_parent(req, parent);
+  DcNode *p = fs_dir_or_reply(req, parent);
   if (p == NULL)
     return;
   g_autoptr(GError) error = NULL;
