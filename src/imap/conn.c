@@ -119,13 +119,18 @@ static gboolean conn_write(ImapConn *c, const void *data, gsize len, GError **er
   return TRUE;
 }
 
-/* Read what is available (at least one byte) into the parser. */
+/* Read what is available (at least one byte) into the parser, straight
+ * into its buffer: no copy of the 150 MB a scan brings, and a message
+ * announced as a literal comes in reads as large as it (the parser has
+ * made room for it). */
 static gboolean conn_fill(ImapConn *c, GError **error) {
-  char buf[65536];
   for (;;) {
+    gsize room;
+    guint8 *buf = imap_parser_space(c->parser, 65536, &room);
+    room = MIN(room, (gsize)G_MAXINT);
     ssize_t n;
     if (c->ssl != NULL) {
-      n = SSL_read(c->ssl, buf, sizeof buf);
+      n = SSL_read(c->ssl, buf, (int)room);
       if (n <= 0) {
         int e = SSL_get_error(c->ssl, (int)n);
         int saved = errno;
@@ -141,7 +146,7 @@ static gboolean conn_fill(ImapConn *c, GError **error) {
                          c->ep->host);
       }
     } else {
-      n = recv(c->fd, buf, sizeof buf, 0);
+      n = recv(c->fd, buf, room, 0);
       if (n == 0)
         return conn_fail(c, error, IFS_ERROR_CLOSED, "%s closed the connection", c->ep->host);
       if (n < 0) {
@@ -155,7 +160,7 @@ static gboolean conn_fill(ImapConn *c, GError **error) {
       }
     }
     conn_trace(c, "S:", buf, (gsize)n);
-    imap_parser_feed(c->parser, buf, (gsize)n);
+    imap_parser_commit(c->parser, (gsize)n);
     return TRUE;
   }
 }

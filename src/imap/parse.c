@@ -874,9 +874,28 @@ imap_parser_feed(ImapParser *p, const void *data, gsize len)
   g_return_if_fail(data != NULL || len == 0);
   if (len == 0 || p->error)
     return; /* after an error nothing is parsed until reset */
-  parse_reserve(p, p->len - p->start + len, FALSE);
-  memcpy(p->buf + p->len, data, len);
-  p->len += len;
+  gsize room;
+  memcpy(imap_parser_space(p, len, &room), data, len);
+  imap_parser_commit(p, len);
+}
+
+guint8 *
+imap_parser_space(ImapParser *p, gsize want, gsize *room)
+{
+  g_return_val_if_fail(p != NULL && room != NULL, NULL);
+  parse_reserve(p, p->len - p->start + MAX(want, 1), FALSE);
+  *room = p->cap - p->len;
+  return p->buf + p->len;
+}
+
+void
+imap_parser_commit(ImapParser *p, gsize n)
+{
+  g_return_if_fail(p != NULL);
+  g_return_if_fail(n <= p->cap - p->len);
+  if (n == 0 || p->error)
+    return; /* after an error nothing is parsed until reset */
+  p->len += n;
   parse_frame(p);
 }
 

@@ -216,7 +216,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
       n = 1 + (rng >> 16) % (mode < 128 ? 8u : 300u);
     }
     n = MIN(n, len - off);
-    imap_parser_feed(p, in + off, n);
+    if (mode & 1) {
+      /* As conn_fill receives: straight into the parser's buffer. */
+      gsize room;
+      guint8 *dst = imap_parser_space(p, n, &room);
+      FUZZ_CHECK(room >= n);
+      memcpy(dst, in + off, n);
+      imap_parser_commit(p, n);
+    } else {
+      imap_parser_feed(p, in + off, n);
+    }
     off += n;
     gsize lit_left = imap_parser_literal_remaining(p);
     FUZZ_CHECK(lit_left <= (max_literal ? max_literal : (gsize)64 * 1024 * 1024));

@@ -138,16 +138,14 @@ dump_resp(const ImapResponse *r)
   return g_string_free(out, FALSE);
 }
 
-/* Parses all of input fed in one piece; returns the dumps joined by '\n'. */
-static char *
-dump_all(const char *input, gsize len)
+/* Appends the dumps of the complete responses p holds to out, each
+ * followed by '\n'; asserts that none was malformed. */
+static void
+drain_dumps(ImapParser *p, GString *out)
 {
-  ImapParser *p = imap_parser_new(0, 0);
-  GString *out = g_string_new(NULL);
   ImapResponse *r;
   GError *error = NULL;
 
-  imap_parser_feed(p, input, len);
   while (imap_parser_next(p, &r, &error) == 1) {
     g_autofree char *d = dump_resp(r);
     g_string_append(out, d);
@@ -155,6 +153,17 @@ dump_all(const char *input, gsize len)
     imap_response_free(r);
   }
   g_assert_no_error(error);
+}
+
+/* Parses all of input fed in one piece; returns the dumps joined by '\n'. */
+static char *
+dump_all(const char *input, gsize len)
+{
+  ImapParser *p = imap_parser_new(0, 0);
+  GString *out = g_string_new(NULL);
+
+  imap_parser_feed(p, input, len);
+  drain_dumps(p, out);
   imap_parser_free(p);
   return g_string_free(out, FALSE);
 }
@@ -741,23 +750,59 @@ test_split_two_points(void)
       ImapParser *p = imap_parser_new(0, 0);
       GString *got = g_string_new(NULL);
       const gsize cuts[] = { 0, i, j, len };
-      ImapResponse *r;
-      GError *error = NULL;
 
       for (gsize c = 0; c + 1 < G_N_ELEMENTS(cuts); c++) {
-        imap_parser_feed(p, in + cuts[c], cuts[c + 1] - cuts[c]);
-        while (imap_parser_next(p, &r, &error) == 1) {
-          g_autofree char *d = dump_resp(r);
-          g_string_append(got, d);
-          g_string_append_c(got, '\n');
-          imap_response_free(r);
+        gsize n = cuts[c + 1] - cuts[c];
+        if ((i + j + c) % 2 == 0) {
+          imap_parser_feed(p, in + cuts[c], n);
+        } else { /* as conn_fill receives */
+          gsize room;
+          guint8 *dst = imap_parser_space(p, n, &room);
+          g_assert_cmpuint(room, >=, n);
+          memcpy(dst, in + cuts[c], n);
+          imap_parser_commit(p, n);
         }
-        g_assert_no_error(error);
+        drain_dumps(p, got);
       }
       g_assert_cmpstr(got->str, ==, want);
       g_string_free(got, TRUE);
       imap_parser_free(p);
     }
+}
+
+/* Receiving as conn_fill does: into the room the parser offers.  Once a
+ * literal's size is known the room holds all of it, so a large message
+ * comes in reads as large as it; the responses are those of one feed. */
+static void
+test_space_commit(void)
+{
+  g_autoptr(GByteArray) body = make_body(300 * 1024);
+  g_autoptr(GByteArray) msg = make_fetch(body, "BODY[]", 7);
+  const char tail[] = "A1 OK done\r\n";
+  g_byte_array_append(msg, (const guint8 *)tail, sizeof tail - 1);
+  g_autofree char *want = dump_all((const char *)msg->data, msg->len);
+
+  ImapParser *p = imap_parser_new(0, 0);
+  GString *got = g_string_new(NULL);
+  gsize off = 0, reads = 0, biggest = 0;
+  while (off < msg->len) {
+    gsize room;
+    guint8 *dst = imap_parser_space(p, 4096, &room);
+    g_assert_cmpuint(room, >=, 4096);
+    gsize n = MIN(room, msg->len - off);
+    memcpy(dst, msg->data + off, n);
+    imap_parser_commit(p, n);
+    off += n;
+    reads++;
+    biggest = MAX(biggest, n);
+    drain_dumps(p, got);
+  }
+  g_assert_cmpstr(got->str, ==, want);
+  /* The first read brings the literal's header, the next all the rest. */
+  g_assert_cmpuint(reads, <=, 3);
+  g_assert_cmpuint(biggest, >=, 300 * 1024 - 4096);
+  g_string_free(got, TRUE);
+  imap_parser_free(p);
 }
 
 static void
@@ -1568,6 +1613,7 @@ main(int argc, char **argv)
   g_test_add_func("/parse/fetch/section-atoms", test_section_atoms);
   g_test_add_func("/parse/stream/split-every-point", test_split_every_point);
   g_test_add_func("/parse/stream/split-two-points", test_split_two_points);
+  g_test_add_func("/parse/stream/space-commit", test_space_commit);
   g_test_add_func("/parse/stream/literal-remaining", test_literal_remaining);
   g_test_add_func("/parse/stream/several-in-one-feed", test_several_in_one_feed);
   g_test_add_func("/parse/data/vanished", test_vanished);
