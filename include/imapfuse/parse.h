@@ -86,11 +86,13 @@ void imap_parser_free(ImapParser *p);
  * handshake may be trusted). */
 void imap_parser_reset(ImapParser *p);
 void imap_parser_feed(ImapParser *p, const void *data, gsize len);
-/* Receiving without a copy: room for at least want bytes at the end of the
- * buffer (*room: how many fit, more while a literal announced by the server
- * is arriving); write there, then commit the n bytes written.  The same as
- * imap_parser_feed of those bytes.  Nothing may touch the parser between
- * the two calls. */
+/* Receiving without a copy: *room bytes to write at the end of the buffer,
+ * at least want, except while a literal announced by the server arrives:
+ * then at least the rest of it and 64 bytes more, which the parser made
+ * room for when it saw its size (asking for more would grow a buffer that
+ * holds a large message).  Write there, then commit the n <= *room bytes
+ * written: the same as imap_parser_feed of them.  Nothing may touch the
+ * parser between the two calls. */
 guint8 *imap_parser_space(ImapParser *p, gsize want, gsize *room);
 void imap_parser_commit(ImapParser *p, gsize n);
 /* Bytes fed but not yet returned as responses. */

@@ -883,6 +883,11 @@ guint8 *
 imap_parser_space(ImapParser *p, gsize want, gsize *room)
 {
   g_return_val_if_fail(p != NULL && room != NULL, NULL);
+  /* A literal being received has its room already (parse_frame made it,
+   * with 64 bytes for what follows): asking for more near its end would
+   * double a buffer that holds a large message. */
+  if (p->fr_lit_left > 0 && p->fr_lit_left < G_MAXSIZE - 64)
+    want = MIN(want, p->fr_lit_left + 64);
   parse_reserve(p, p->len - p->start + MAX(want, 1), FALSE);
   *room = p->cap - p->len;
   return p->buf + p->len;

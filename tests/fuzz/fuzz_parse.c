@@ -218,9 +218,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     n = MIN(n, len - off);
     if (mode & 1) {
       /* As conn_fill receives: straight into the parser's buffer. */
-      gsize room;
+      gsize room, lit_left = imap_parser_literal_remaining(p);
       guint8 *dst = imap_parser_space(p, n, &room);
-      FUZZ_CHECK(room >= n);
+      FUZZ_CHECK(room >= MIN(n, lit_left > 0 ? lit_left + 64 : n));
+      n = MIN(n, room);
       memcpy(dst, in + off, n);
       imap_parser_commit(p, n);
     } else {

@@ -755,12 +755,15 @@ test_split_two_points(void)
         gsize n = cuts[c + 1] - cuts[c];
         if ((i + j + c) % 2 == 0) {
           imap_parser_feed(p, in + cuts[c], n);
-        } else { /* as conn_fill receives */
-          gsize room;
-          guint8 *dst = imap_parser_space(p, n, &room);
-          g_assert_cmpuint(room, >=, n);
-          memcpy(dst, in + cuts[c], n);
-          imap_parser_commit(p, n);
+        } else { /* as conn_fill receives: into the room offered */
+          for (gsize done = 0, k; done < n; done += k) {
+            gsize room;
+            guint8 *dst = imap_parser_space(p, n - done, &room);
+            g_assert_cmpuint(room, >=, 1);
+            k = MIN(room, n - done);
+            memcpy(dst, in + cuts[c] + done, k);
+            imap_parser_commit(p, k);
+          }
         }
         drain_dumps(p, got);
       }
@@ -801,6 +804,31 @@ test_space_commit(void)
   /* The first read brings the literal's header, the next all the rest. */
   g_assert_cmpuint(reads, <=, 3);
   g_assert_cmpuint(biggest, >=, 300 * 1024 - 4096);
+  g_string_free(got, TRUE);
+  imap_parser_free(p);
+
+  /* Reads of 8 KB asking for 64 KB of room: near the literal's end the
+   * room offered is what it still needs (and 64 bytes), not 64 KB more,
+   * which would have doubled the buffer holding the message. */
+  p = imap_parser_new(0, 0);
+  got = g_string_new(NULL);
+  gboolean near_end = FALSE;
+  for (off = 0; off < msg->len;) {
+    gsize room, left = imap_parser_literal_remaining(p);
+    guint8 *dst = imap_parser_space(p, 65536, &room);
+    if (left > 0 && left + 64 < 65536) {
+      near_end = TRUE;
+      g_assert_cmpuint(room, >=, left + 64);
+      g_assert_cmpuint(room, <, 65536);
+    }
+    gsize n = MIN(MIN(room, (gsize)8192), msg->len - off);
+    memcpy(dst, msg->data + off, n);
+    imap_parser_commit(p, n);
+    off += n;
+    drain_dumps(p, got);
+  }
+  g_assert_true(near_end);
+  g_assert_cmpstr(got->str, ==, want);
   g_string_free(got, TRUE);
   imap_parser_free(p);
 }
