@@ -874,8 +874,10 @@ imap_parser_feed(ImapParser *p, const void *data, gsize len)
   g_return_if_fail(data != NULL || len == 0);
   if (len == 0 || p->error)
     return; /* after an error nothing is parsed until reset */
-  gsize room;
-  memcpy(imap_parser_space(p, len, &room), data, len);
+  /* Room for all of len: imap_parser_space offers less while a literal
+   * arrives. */
+  parse_reserve(p, p->len - p->start + len, FALSE);
+  memcpy(p->buf + p->len, data, len);
   imap_parser_commit(p, len);
 }
 

@@ -831,6 +831,24 @@ test_space_commit(void)
   g_assert_cmpstr(got->str, ==, want);
   g_string_free(got, TRUE);
   imap_parser_free(p);
+
+  /* imap_parser_feed takes any length, also far past a literal's end
+   * (beyond the 64 bytes the parser keeps after it). */
+  for (int i = 0; i < 20; i++)
+    g_byte_array_append(msg, (const guint8 *)"* 8 EXISTS\r\n", 12);
+  g_autofree char *want_more = dump_all((const char *)msg->data, msg->len);
+  p = imap_parser_new(0, 0);
+  got = g_string_new(NULL);
+  const guint8 *lit = memchr(msg->data, '\n', msg->len);
+  g_assert_nonnull(lit);
+  gsize head = (gsize)(lit - msg->data) + 1;
+  imap_parser_feed(p, msg->data, head);
+  g_assert_cmpuint(imap_parser_literal_remaining(p), ==, body->len);
+  imap_parser_feed(p, msg->data + head, msg->len - head);
+  drain_dumps(p, got);
+  g_assert_cmpstr(got->str, ==, want_more);
+  g_string_free(got, TRUE);
+  imap_parser_free(p);
 }
 
 static void
