@@ -5,7 +5,7 @@
  * Parsing runs in two passes so that neither ever looks at a byte twice
  * while data trickles in:
  *
- * 1. Framing (parse_frame, run from imap_parser_feed).  It only finds where
+ * 1. Framing (parse_frame, run from imap_parser_commit).  It only finds where
  *    each response ends.  A response is one line unless a line ends in a
  *    literal header "{n}" / "{n+}" / "~{n}": then n bytes of literal follow
  *    and the line goes on after them.  The framer keeps its position, the
