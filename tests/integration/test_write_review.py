@@ -29,15 +29,15 @@ from test_write import (UNSENT_WARNING, crlf, eml, fs, imap_append,  # noqa: F40
 class Proxy:
     """127.0.0.1:port -> 127.0.0.1:target, one thread pair per connection.
 
-    hold_next_append(mailbox): the next APPEND to that mailbox is held
-    (nothing of it reaches the server) until release() is called;
-    .held is set when it arrives.  hold_next_select(mailbox): the same for
+    hold_next(mailbox): the next APPEND to that mailbox is held (nothing
+    of it reaches the server) until release() is called; .held is set
+    when it arrives.  hold_next_select(mailbox): the same for
     a SELECT (and what was sent with it): a server that does not answer.
     cut_next_append(): the next APPEND goes to the server, but the
     connection is cut when the server's tagged reply comes (so the client
     does not know the message was stored).  Both are one-shot.
-    hold_next_append(mailbox, verb=b"RENAME") (or DELETE) holds that;
-    hold_next_append(uid, verb=b"UID MOVE") a UID MOVE of that UID.
+    hold_next(mailbox, verb=b"RENAME") (or DELETE) holds that;
+    hold_next(uid, verb=b"UID MOVE") a UID MOVE of that UID.
     .commands: every command seen, as (connection number, mailbox the
     connection last asked to SELECT, verb, first argument, whether a held
     command was waiting then).
@@ -90,8 +90,9 @@ class Proxy:
             self.held.clear()
             self._go.clear()
 
-    def hold_next_append(self, mailbox, verb=b"APPEND"):
-        self._arm(hold_box=mailbox.encode(), hold_verb=verb)
+    def hold_next(self, arg, verb=b"APPEND"):
+        """arg: the mailbox (the UID for UID MOVE) of the command held."""
+        self._arm(hold_box=arg.encode(), hold_verb=verb)
 
     def hold_next_select(self, mailbox, every=False):
         """every: hold all SELECTs of mailbox from now on (counted in
@@ -456,7 +457,7 @@ def test_nothing_touches_a_folder_while_it_is_renamed(empty_dovecot, fs, proxy, 
         c.uid("EXPUNGE", str(uid))
         c.close()
     os.listdir(os.path.join(m, "INBOX"))  # its entry is cached: the kernel locks the root for a rename
-    px.hold_next_append("D", verb=verb.encode())
+    px.hold_next("D", verb=verb.encode())
     res = {}
     if verb == "RENAME":
         t = _errno_in_thread(res, "change", os.rename, os.path.join(m, "D"),
@@ -498,7 +499,7 @@ def test_mv_of_a_message_expunged_meanwhile_is_enoent(empty_dovecot, fs, proxy):
     m = fs(dv, "poll=0", port=px.port)
     assert os.listdir(os.path.join(m, "A")) == [eml(uid)]
     assert os.listdir(os.path.join(m, "B")) == []
-    px.hold_next_append(str(uid), verb=b"UID MOVE")
+    px.hold_next(str(uid), verb=b"UID MOVE")
     res = {}
     t = _errno_in_thread(res, "mv", os.rename, os.path.join(m, "A", eml(uid)),
                          os.path.join(m, "B", "x.eml"))
@@ -554,7 +555,7 @@ def test_open_while_lingering_send_runs(empty_dovecot, fs, proxy):
     tmp = os.path.join(m, "INBOX", ".x.eml.Ab12Cd")
     first = make_msg("linger1")
     write_file(tmp, first)
-    px.hold_next_append("INBOX")
+    px.hold_next("INBOX")
     _wait_held(px)
     res = {}
 
@@ -606,7 +607,7 @@ def test_rename_while_lingering_send_runs(empty_dovecot, fs, proxy):
     inbox = os.path.join(m, "INBOX")
     tmp = os.path.join(inbox, ".y.eml.Zx98Yw")
     write_file(tmp, make_msg("linger2"))
-    px.hold_next_append("INBOX")
+    px.hold_next("INBOX")
     _wait_held(px)
     res = {}
 
