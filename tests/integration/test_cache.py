@@ -6,6 +6,7 @@ what imapfuse asked the server is read from its own protocol trace
 "served from the cache" is told apart from "fetched again".
 """
 
+import ctypes
 import hashlib
 import mmap
 import os
@@ -95,6 +96,31 @@ def _names(uids):
 def _read(p):
     with open(p, "rb") as f:
         return f.read()
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+
+def _pages_not_cached(fd):
+    """How many of the open file's pages are not in the kernel's page
+    cache (mincore on a mapping: asks the kernel, sends no request)."""
+    n = os.fstat(fd).st_size
+    if n == 0:
+        return 0
+    addr = _libc.mmap(None, n, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+    try:
+        pages = (n + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        vec = (ctypes.c_ubyte * pages)()
+        assert _libc.mincore(addr, n, vec) == 0, ctypes.get_errno()
+        return sum(1 for v in vec if not v & 1)
+    finally:
+        _libc.munmap(addr, n)
 
 
 def _commands(m):
@@ -998,17 +1024,24 @@ def test_scan_hands_the_bytes_to_the_kernel_at_open(mount, empty_dovecot, env):
                     assert mm[:] == want
             else:
                 assert fh.read() == want
-    for f in names:  # second pass: the kernel's pages
-        assert _read(os.path.join(d, f)) == byuid[int(f[:-4])]
+    # Second pass: the kernel's pages.  The kernel may drop some of them
+    # between the passes with no memory pressure (seen on CI: up to 10
+    # pages of 57 files); each page it dropped costs at most one READ.
+    dropped = 0
+    for f in names:
+        with open(os.path.join(d, f), "rb") as fh:
+            dropped += _pages_not_cached(fh.fileno())
+            assert fh.read() == byuid[int(f[:-4])]
     m.unmount()
     opens, reads, flushes, releases, stored = _file_requests(m)
     assert opens == 2 * len(names)
     # The first message or two come with the reader's own batch, after
     # its OPEN; the next ones are read ahead of it.
     assert len(names) - 10 <= stored <= len(names) - len(big)
-    # READs only for the messages not stored, the big one's in 128 KiB.
-    assert reads <= (len(names) - stored - len(big)) * 2 + 1_500_000 // (128 << 10) + 2, (
-        reads, stored)
+    # READs only for the messages not stored, the big one's in 128 KiB,
+    # and for the pages the kernel dropped.
+    assert reads <= (len(names) - stored - len(big)) * 2 + 1_500_000 // (128 << 10) + 2 + dropped, (
+        reads, stored, dropped)
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
