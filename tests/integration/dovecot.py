@@ -215,7 +215,6 @@ class Dovecot:
         self.cafile = None
         self.certfile = None
         self.keyfile = None
-        self.start_seconds = None
         self._pwfiles = []
         self._own_root = root is None
         if root is None:
@@ -441,7 +440,6 @@ service stats {{
         except BaseException:
             self.stop()
             raise
-        self.start_seconds = time.monotonic() - t0
         return self
 
     def _wait_ready(self, t0):
