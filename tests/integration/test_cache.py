@@ -1026,7 +1026,9 @@ def test_scan_hands_the_bytes_to_the_kernel_at_open(mount, empty_dovecot, env):
                 assert fh.read() == want
     # Second pass: the kernel's pages.  The kernel may drop some of them
     # between the passes with no memory pressure (seen on CI: up to 10
-    # pages of 57 files); each page it dropped costs at most one READ.
+    # pages of 57 files; most likely DAMON's proactive reclaim, which these
+    # VMs run: bench.py's damon_note); each page dropped costs at most one
+    # READ.
     dropped = 0
     for f in names:
         with open(os.path.join(d, f), "rb") as fh:
