@@ -7,7 +7,8 @@ Runs, side by side in one run against one private Dovecot and one corpus:
   b. FUSE floor: floorfs over a local copy of the same tree
   c. imapfuse cold: ls -lR, grep -r, rg -j4, each on a fresh mount with an
      empty cache dir
-  d. imapfuse warm: remount with the cold grep's cache dir, grep -r twice
+  d. imapfuse warm: remount with the cold grep's cache dir, grep -r twice;
+     rg -j4 on another remount with that cache dir
   e. grep -r over the plain local copy
   f. mbsync full sync into a maildir, then grep -r over it
   g. a, c and d again through latency_proxy (default 10 ms each way)
@@ -669,7 +670,7 @@ class Bench:
         # grep -r on a fresh mount with an empty cache dir, then a remount
         # with that cache dir (warm grep), then second passes on it.
         n = self.a.cold_repeat
-        cold, warm, second, rsss, rg_times = [], [], [], [], []
+        cold, warm, second, rsss, rg_times, warm_rg = [], [], [], [], [], []
         for _ in range(n):
             secs, cold_notes, rss, cold_tr, cold_mount, cache = self.cold_run(
                 port, label, "cold_grep" + sfx, "grep", mode)
@@ -686,6 +687,14 @@ class Bench:
                                                     label)
                 second.append(secs2)
             wrss, wtr = self.finish_mount(m, pos, label)
+            # d2: rg -j4 on another remount with the same cache dir: the
+            # two tools compared with no server work on the machine
+            if self.rg:
+                self.warm_server()
+                m3 = self.imapfuse_mount(port, cache, label, extra=mode)
+                secs3, wrg_notes, pos3 = self.imapfuse_op(m3, "warm_rg" + sfx, "rg", label)
+                warm_rg.append(secs3)
+                _, wrg_tr = self.finish_mount(m3, pos3, label)
             self.cache_usage("warm_grep" + sfx, cache)
             # c3: cold rg -j4 on a fresh mount, right after each cold grep
             # so that the two are compared at the same moment of a noisy
@@ -710,6 +719,8 @@ class Bench:
             self.record("cold_rg" + sfx, median(rg_times), "; ".join(
                 rg_notes + [runs_note(rg_times)]), traffic=rg_tr,
                 rss_kb=rg_rss, mount_s=rg_mount)
+            self.record("warm_rg" + sfx, median(warm_rg), warm_tag + "; ".join(
+                wrg_notes + [runs_note(warm_rg)]), traffic=wrg_tr)
 
     def local_step(self):
         """e: grep -r over the plain local copy (page cache warm)."""
@@ -968,6 +979,8 @@ SyncState *
                     k("second_grep"), fl2, 1.1)
                 add("%srg -j4 cold / grep cold, %s" % (mname, where),
                     k("cold_rg"), k("cold_grep"), 1.0)
+                add("%srg -j4 warm / grep warm (no server work), %s" % (mname, where),
+                    k("warm_rg"), k("warm_grep"), None)
         add("rg -j4 cold / (mbsync + grep), loopback",
             s("cold_rg"), s("mbsync_total"), 1.0, kind="less")
         if not self.a.skip_ro:
@@ -989,10 +1002,12 @@ SyncState *
         ("c", "imapfuse cold: rg -j4", "cold_rg", True),
         ("d", "imapfuse warm: grep -r after remount (cache dir kept)", "warm_grep", True),
         ("d", "imapfuse warm: second grep -r.. (same mount)", "second_grep", True),
+        ("d", "imapfuse warm: rg -j4 after remount", "warm_rg", True),
         ("h", "imapfuse -o ro cold: grep -r", "cold_grep_ro", True),
         ("h", "imapfuse -o ro cold: rg -j4", "cold_rg_ro", True),
         ("h", "imapfuse -o ro warm: grep -r after remount", "warm_grep_ro", True),
         ("h", "imapfuse -o ro warm: second grep -r.. (same mount)", "second_grep_ro", True),
+        ("h", "imapfuse -o ro warm: rg -j4 after remount", "warm_rg_ro", True),
         ("e", "grep -r over the plain local copy", "local_grep", False),
         ("f", "mbsync full sync (loopback)", "mbsync", False),
         ("f", "grep -r over the mbsync maildir", "mbsync_grep", False),
@@ -1050,11 +1065,12 @@ SyncState *
         prss = self.res.get("cold_grep@proxy", {}).get("rss_kb")
         details = []
         csz = getattr(self, "cache_sizes", {})
-        for key in ("cold_ls", "cold_grep", "warm_grep", "cold_rg",
-                    "cold_grep_ro", "warm_grep_ro", "cold_rg_ro",
+        for key in ("cold_ls", "cold_grep", "warm_grep", "cold_rg", "warm_rg",
+                    "cold_grep_ro", "warm_grep_ro", "cold_rg_ro", "warm_rg_ro",
                     "cold_ls@proxy", "cold_grep@proxy", "warm_grep@proxy",
-                    "cold_rg@proxy", "cold_grep_ro@proxy", "warm_grep_ro@proxy",
-                    "cold_rg_ro@proxy", "mbsync"):
+                    "cold_rg@proxy", "warm_rg@proxy", "cold_grep_ro@proxy",
+                    "warm_grep_ro@proxy", "cold_rg_ro@proxy", "warm_rg_ro@proxy",
+                    "mbsync"):
             r = self.res.get(key)
             if r and r.get("traffic"):
                 extra = ""

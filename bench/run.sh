@@ -52,7 +52,8 @@
 #   c. imapfuse cold (fresh mount, new empty -o cache_dir): ls -lR, grep -r,
 #      rg -j4, each on its own fresh mount; peak RSS (VmHWM) of the cold grep
 #   d. imapfuse warm: remount keeping the cold grep's cache dir, grep -r,
-#      then grep -r again on the same mount
+#      then grep -r again on the same mount; rg -j4 on another remount with
+#      that cache dir (rg against grep with no server work on the machine)
 #   e. grep -r over the plain local copy
 #   f. mbsync (isync) full sync into a fresh maildir (FSync no), grep -r on it
 #   g. a, c, d again through bench/latency_proxy.c (delay each way, default
