@@ -641,15 +641,20 @@ class Bench:
         self.cache_sizes[key] = (files, total)
         shutil.rmtree(cache, ignore_errors=True)
 
-    def cold_run(self, port, label, key, what, extra=None):
-        """One fresh mount with a new empty cache dir, one command on it.
-        Returns (secs, notes, rss_kb, traffic, mount_seconds, cache_dir)."""
+    def mount_run(self, port, cache, label, key, what, extra=None):
+        """One mount with cache dir cache, one command on it.  Returns
+        (secs, notes, rss_kb, traffic, mount_seconds)."""
         self.warm_server()
-        cache = self.new_dir("cache")
         m = self.imapfuse_mount(port, cache, label, extra=extra)
         secs, notes, pos = self.imapfuse_op(m, key, what, label)
         rss, tr = self.finish_mount(m, pos, label)
-        return secs, notes, rss, tr, m.mount_seconds, cache
+        return secs, notes, rss, tr, m.mount_seconds
+
+    def cold_run(self, port, label, key, what, extra=None):
+        """mount_run with a new empty cache dir; returns its results and
+        the cache dir."""
+        cache = self.new_dir("cache")
+        return self.mount_run(port, cache, label, key, what, extra) + (cache,)
 
     def imapfuse_step(self, port, label, ro=False):
         """c and d, through port (Dovecot's or the proxy's); with ro, h:
@@ -690,11 +695,9 @@ class Bench:
             # d2: rg -j4 on another remount with the same cache dir: the
             # two tools compared with no server work on the machine
             if self.rg:
-                self.warm_server()
-                m3 = self.imapfuse_mount(port, cache, label, extra=mode)
-                secs3, wrg_notes, pos3 = self.imapfuse_op(m3, "warm_rg" + sfx, "rg", label)
+                secs3, wrg_notes, _, wrg_tr, _ = self.mount_run(
+                    port, cache, label, "warm_rg" + sfx, "rg", mode)
                 warm_rg.append(secs3)
-                _, wrg_tr = self.finish_mount(m3, pos3, label)
             self.cache_usage("warm_grep" + sfx, cache)
             # c3: cold rg -j4 on a fresh mount, right after each cold grep
             # so that the two are compared at the same moment of a noisy
