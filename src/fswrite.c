@@ -85,6 +85,7 @@ typedef struct {
   char *name;      /* NULL once unlinked or lingered out */
   char *orig_name; /* name at creation (for the unsent copy) */
   guint handles, writers;
+  guint unflushed; /* writable handles written since their last flush */
   gint64 deadline; /* monotonic us when it lingers out; 0: not closed */
   gboolean in_table;
   mode_t mode;
@@ -98,6 +99,8 @@ typedef struct {
   StagingFile *data;
   char **flags;   /* user.imap.flags set before the send, or NULL */
   gboolean dirty; /* bytes, date or flags changed since the last send */
+  /* sent, sent_node, sent_uv, sent_uid and owned: written under w->lock
+   * too (_fsw_set_sent) */
   gboolean sent;
   DcNode *sent_node;
   guint32 sent_uv, sent_uid;
@@ -112,6 +115,7 @@ typedef struct {
 typedef struct {
   FswFile *f;
   gboolean writable;
+  gboolean flushed; /* no write since its last flush (under w->lock) */
 } FswHandle;
 
 typedef struct {
@@ -672,10 +676,87 @@ static void fsw_note_added(FsWrite *w, DcNode *node, guint32 uv, guint32 uid, co
   dircache_msg_added(w->dc, node, uv, &m);
 }
 
+static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, gboolean own,
+                          GError **error);
+
+/* Caller holds f->lock.  What f became on the server; also under w->lock,
+ * so that fsw_keep_copies can look at every file without their locks. */
+static void _fsw_set_sent(FsWrite *w, FswFile *f, DcNode *node, guint32 uv, guint32 uid,
+                          gboolean owned) {
+  g_mutex_lock(&w->lock);
+  f->sent = TRUE;
+  f->sent_node = node;
+  f->sent_uv = uv;
+  f->sent_uid = uid;
+  f->owned = owned;
+  g_mutex_unlock(&w->lock);
+}
+
+/* Caller holds w->lock (and f->lock for f->error).  f is a new file that
+ * an identical message, uid of node, stands for (dedup), under its name. */
+static gboolean _fsw_stands_for(FswFile *f, DcNode *node, guint32 uv, guint32 uid) {
+  return f->in_table && f->name != NULL && f->sent && !f->owned && f->sent_node == node &&
+         f->sent_uv == uv && f->sent_uid == uid;
+}
+
+/* Message uid of node is about to go (rm, mv, a replaced version).  A new
+ * file that it stands for (dedup: `cp 1.eml c.eml; rm 1.eml` in one
+ * folder) would go with it: each such file still named gets a message of
+ * its own first (an APPEND of its bytes), or, when a message with the
+ * same bytes replaces it (same_uv/same_uid, not 0), stands for that one.
+ * self: a file whose lock the caller holds. */
+static gboolean fsw_keep_copies(FsWrite *w, FswFile *self, DcNode *node, guint32 uv,
+                                guint32 uid, guint32 same_uv, guint32 same_uid,
+                                GError **error) {
+  g_autoptr(GPtrArray) copies = g_ptr_array_new_with_free_func((GDestroyNotify)fsw_file_unref);
+  g_mutex_lock(&w->lock);
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, w->by_ino);
+  while (g_hash_table_iter_next(&it, NULL, &v))
+    if (v != self && _fsw_stands_for(v, node, uv, uid))
+      g_ptr_array_add(copies, fsw_file_ref(v));
+  g_mutex_unlock(&w->lock);
+  for (guint i = 0; i < copies->len; i++) {
+    FswFile *f = g_ptr_array_index(copies, i);
+    /* Never wait on another file's lock while holding one (self's): a
+     * file busy for 2 s makes the caller fail instead. */
+    gint64 until = g_get_monotonic_time() + 2 * G_USEC_PER_SEC;
+    while (!g_mutex_trylock(&f->lock)) {
+      if (g_get_monotonic_time() > until) {
+        g_set_error(error, IFS_ERROR, IFS_ERROR_BUSY,
+                    "\"%s\" is a copy of this message and is busy; nothing was changed",
+                    f->orig_name);
+        return FALSE;
+      }
+      g_usleep(1000);
+    }
+    g_mutex_lock(&w->lock);
+    gboolean still = _fsw_stands_for(f, node, uv, uid) && f->error == 0;
+    g_mutex_unlock(&w->lock);
+    gboolean ok = TRUE;
+    if (still && same_uid != 0)
+      _fsw_set_sent(w, f, node, same_uv, same_uid, FALSE);
+    else if (still)
+      ok = _fsw_send(w, f, node, NULL, TRUE, error);
+    g_mutex_unlock(&f->lock);
+    if (!ok) {
+      g_prefix_error(error, "could not give its copy \"%s\" a message of its own, so nothing "
+                            "was changed: ",
+                     f->orig_name);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
 /* rm of a message: expunge, or (delete=trash) move to the Trash. */
-static gboolean fsw_remove_message(FsWrite *w, DcNode *node, guint32 uv, guint32 uid,
-                                   const DcMsg *m, gboolean force_expunge, GError **error) {
+static gboolean fsw_remove_message(FsWrite *w, FswFile *self, DcNode *node, guint32 uv,
+                                   guint32 uid, const DcMsg *m, gboolean force_expunge,
+                                   GError **error) {
   FswDelete d = {.mailbox = dcnode_mailbox(node), .uv = uv, .uid = uid};
+  if (!fsw_keep_copies(w, self, node, uv, uid, 0, 0, error))
+    return FALSE;
   g_autofree char *trash = NULL;
   if (w->delete_trash && !force_expunge) {
     trash = fsw_trash(w, error);
@@ -757,10 +838,13 @@ static gboolean fsw_move_op(ImapConn *c, gpointer user, GError **error) {
 
 /* Moves message uid of src to dst; *new_uid gets its UID there (0 when
  * the server does not say). */
-static gboolean fsw_move_message(FsWrite *w, DcNode *src, guint32 uv, const DcMsg *m,
-                                 DcNode *dst, guint32 *dst_uv, guint32 *new_uid,
+static gboolean fsw_move_message(FsWrite *w, FswFile *self, DcNode *src, guint32 uv,
+                                 const DcMsg *m, DcNode *dst, guint32 *dst_uv, guint32 *new_uid,
                                  GError **error) {
   FswMove mv = {.src = dcnode_mailbox(src), .dst = dcnode_mailbox(dst), .uv = uv, .uid = m->uid};
+  *new_uid = *dst_uv = 0;
+  if (!fsw_keep_copies(w, self, src, uv, m->uid, 0, 0, error))
+    return FALSE;
   gboolean ok = pool_run(w->pool, mv.src, FALSE, fsw_move_op, &mv, error);
   *new_uid = ok || mv.copied ? imap_copyuid_lookup(&mv.cu, m->uid) : 0;
   *dst_uv = mv.cu.uidvalidity;
@@ -896,7 +980,8 @@ static void _fsw_keep_unsent(FsWrite *w, FswFile *f, DcNode *node, const char *a
   } else {
     f->left = TRUE;
     g_warning("could not store \"%s\" in %s (%s) nor copy it (%s); its bytes stay in %s", name,
-              mailbox, why->message, kerr->message, staging_file_path(f->data));
+              mailbox, why->message, kerr != NULL ? kerr->message : "unknown error",
+              staging_file_path(f->data));
   }
   f->error = fsw_errno(why);
 }
@@ -905,11 +990,11 @@ static void _fsw_keep_unsent(FsWrite *w, FswFile *f, DcNode *node, const char *a
  * message or APPENDs, then (if f was sent before) removes the earlier
  * copy.  On failure the bytes are kept (unsent directory) under the name
  * as (NULL: the file's name). */
-static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as,
+static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, gboolean own,
                           GError **error) {
   GError *local = NULL;
   g_autoptr(GBytes) msg = NULL;
-  FswAppend a = {.mailbox = dcnode_mailbox(node), .dedup = w->dedup};
+  FswAppend a = {.mailbox = dcnode_mailbox(node), .dedup = w->dedup && !own};
   g_autofree char *message_id = NULL, *fstr = NULL;
   gsize n = 0;
   if (a.mailbox == NULL || !dcnode_selectable(node)) {
@@ -961,26 +1046,23 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as,
   gboolean same = here && a.uv == f->sent_uv && a.uid == f->sent_uid;
   if (replacing && !same) {
     g_autoptr(GError) derr = NULL;
-    if (!fsw_remove_message(w, f->sent_node, f->sent_uv, f->sent_uid, NULL, TRUE, &derr) &&
+    /* Only the date or flags changed: copies of the old message have
+     * their bytes in the new one. */
+    if (here && !f->rewritten)
+      fsw_keep_copies(w, f, node, f->sent_uv, f->sent_uid, a.uv, a.uid, NULL);
+    if (!fsw_remove_message(w, f, f->sent_node, f->sent_uv, f->sent_uid, NULL, TRUE, &derr) &&
         !fsw_is_error(derr, IFS_ERROR_NOT_FOUND)) {
       g_set_error(error, IFS_ERROR, IFS_ERROR_FAILED,
                   "stored the new version as UID %u in %s, but could not remove the old one "
                   "(UID %u): both exist (%s)",
                   a.uid, a.mailbox, f->sent_uid, derr->message);
       g_warning("%s", (*error)->message);
-      f->sent_node = node;
-      f->sent_uv = a.uv;
-      f->sent_uid = a.uid;
-      f->owned = !a.dup;
+      _fsw_set_sent(w, f, node, a.uv, a.uid, !a.dup);
       f->dirty = FALSE;
       return FALSE;
     }
   }
-  f->owned = same ? f->owned : !a.dup;
-  f->sent = TRUE;
-  f->sent_node = node;
-  f->sent_uv = a.uv;
-  f->sent_uid = a.uid;
+  _fsw_set_sent(w, f, node, a.uv, a.uid, same ? f->owned : !a.dup);
   f->sent_date = a.date;
   f->dirty = FALSE;
   f->rewritten = FALSE;
@@ -1004,7 +1086,7 @@ static int _fsw_send_now(FsWrite *w, FswFile *f) {
   DcNode *node = f->parent;
   g_mutex_unlock(&w->lock);
   g_autoptr(GError) error = NULL;
-  if (!_fsw_send(w, f, node, NULL, &error))
+  if (!_fsw_send(w, f, node, NULL, FALSE, &error))
     return fsw_errno(error);
   return 0;
 }
@@ -1195,8 +1277,10 @@ static FswHandle *fsw_handle_new(FsWrite *w, FswFile *f, gboolean writable) {
   h->writable = writable;
   g_mutex_lock(&w->lock);
   f->handles++;
-  if (writable)
+  if (writable) {
     f->writers++;
+    f->unflushed++;
+  }
   f->deadline = 0;
   g_mutex_unlock(&w->lock);
   return h;
@@ -1264,8 +1348,11 @@ void fswrite_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) 
   g_mutex_lock(&f->lock);
   g_mutex_lock(&w->lock);
   f->handles--;
-  if (h->writable)
+  if (h->writable) {
     f->writers--;
+    if (!h->flushed)
+      f->unflushed--;
+  }
   gboolean last_writer = h->writable && f->writers == 0;
   gboolean named = f->name != NULL;
   gboolean temp = named && fswrite_is_temp_name(f->name);
@@ -1359,6 +1446,10 @@ void fswrite_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
     f->dirty = TRUE;
     f->rewritten = f->sent;
     g_mutex_lock(&w->lock);
+    if (h->flushed) {
+      h->flushed = FALSE;
+      f->unflushed++;
+    }
     f->size = staging_file_size(f->data);
     clock_gettime(CLOCK_REALTIME, &f->ctime);
     if (!f->mtime_set)
@@ -1384,7 +1475,14 @@ void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   g_mutex_lock(&f->lock);
   if (h->writable) {
     g_mutex_lock(&w->lock);
-    gboolean last = f->writers <= 1;
+    if (!h->flushed) {
+      h->flushed = TRUE;
+      f->unflushed--;
+    }
+    /* Every writer has flushed: this close() is the last that can report
+     * how the APPEND went (counting releases instead missed it when two
+     * writers closed at once: both flushes came before either release). */
+    gboolean last = f->unflushed == 0;
     gboolean named = f->name != NULL;
     gboolean temp = named && fswrite_is_temp_name(f->name);
     g_mutex_unlock(&w->lock);
@@ -1444,7 +1542,7 @@ void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
     /* A file that became a message is that message: rm removes it (not
      * an identical message that was there before: the file was a copy). */
     if (err == 0 && f->sent && f->owned && f->sent_uid != 0 && f->error == 0 &&
-        !fsw_remove_message(w, f->sent_node, f->sent_uv, f->sent_uid, NULL, FALSE, &error) &&
+        !fsw_remove_message(w, f, f->sent_node, f->sent_uv, f->sent_uid, NULL, FALSE, &error) &&
         !fsw_is_error(error, IFS_ERROR_NOT_FOUND))
       err = fsw_errno(error);
     if (err == 0) {
@@ -1466,7 +1564,7 @@ void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
     return;
   }
   if (!fsw_find_msg(w, p, uid, &uv, &epoch, &m, &error) ||
-      !fsw_remove_message(w, p, uv, uid, &m, FALSE, &error)) {
+      !fsw_remove_message(w, NULL, p, uv, uid, &m, FALSE, &error)) {
     fsw_reply_error(req, "rm", error);
     return;
   }
@@ -1474,6 +1572,38 @@ void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
 }
 
 /* ---- rename ---- */
+
+/* Caller holds f->lock.  rename(2) of new file f over the name of message
+ * N of p2, as `sed -i` does (it writes a temporary file, then renames it
+ * over the one it edits): f replaces N, which is removed once f's bytes
+ * are on the server, never before.  Not for rsync's temporary names
+ * (from_temp): rsync into a folder whose UIDs are not the source's would
+ * remove unrelated mail that has the same number. */
+static int _fsw_replace_message(FsWrite *w, FswFile *f, DcNode *p2, const char *newname,
+                                gboolean from_temp) {
+  guint32 n, uv, epoch;
+  DcMsg m;
+  if (from_temp || !names_parse_message_filename(newname, &n) ||
+      !fsw_find_msg(w, p2, n, &uv, &epoch, &m, NULL))
+    return 0;
+  if (f->sent && f->sent_node == p2 && f->sent_uv == uv && f->sent_uid == n)
+    return 0; /* f is that message */
+  if (!f->sent || f->dirty) {
+    g_warning("mv over %s refused: the new file is not stored yet (still open, or empty), "
+              "and the message it would replace is left as it is",
+              newname);
+    return EPERM;
+  }
+  g_autoptr(GError) error = NULL;
+  if (!fsw_remove_message(w, f, p2, uv, n, &m, TRUE, &error) &&
+      !fsw_is_error(error, IFS_ERROR_NOT_FOUND)) {
+    g_warning("mv over %s: stored the new file as UID %u, but could not remove UID %u, so "
+              "both exist: %s",
+              newname, f->sent_uid, n, error->message);
+    return fsw_errno(error);
+  }
+  return 0;
+}
 
 static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p2,
                             const char *newname) {
@@ -1487,10 +1617,11 @@ static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p2,
    * naming it again would leave a name without a reference (freed file). */
   g_mutex_lock(&w->lock);
   int err = !f->in_table ? ENOENT : f->error;
+  gboolean from_temp = f->name != NULL && fswrite_is_temp_name(f->name);
   g_mutex_unlock(&w->lock);
   if (err == 0 && f->sent && !f->owned && p2 != f->sent_node) {
     /* A copy of a message that was there already: the copy goes to p2. */
-    if (!_fsw_send(w, f, p2, newname, &error))
+    if (!_fsw_send(w, f, p2, newname, FALSE, &error))
       err = fsw_errno(error);
   } else if (err == 0 && f->sent && p2 != f->sent_node && f->sent_uid != 0) {
     /* Already a message: moving it to another directory moves the message. */
@@ -1500,12 +1631,10 @@ static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p2,
      * UIDVALIDITY that UID is another message. */
     if (!fsw_find_msg(w, f->sent_node, f->sent_uid, &uv, &epoch, &m, &error) ||
         !fsw_check_uv(f->sent_node, uv, f->sent_uv, &error) ||
-        !fsw_move_message(w, f->sent_node, uv, &m, p2, &nuv, &nuid, &error)) {
+        !fsw_move_message(w, f, f->sent_node, uv, &m, p2, &nuv, &nuid, &error)) {
       err = fsw_errno(error);
     } else {
-      f->sent_node = p2;
-      f->sent_uv = nuv;
-      f->sent_uid = nuid;
+      _fsw_set_sent(w, f, p2, nuv, nuid, f->owned);
     }
   } else if (err == 0 && f->sent && p2 != f->sent_node && f->sent_uid == 0) {
     /* No APPENDUID: the message is not known by UID, so it cannot be
@@ -1521,9 +1650,11 @@ static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p2,
     /* rsync's rename of its temporary file: the moment to send it (its
      * mtime is set by now). */
     if (closed && !fswrite_is_temp_name(newname) && _fsw_needs_send(f) &&
-        !_fsw_send(w, f, p2, newname, &error))
+        !_fsw_send(w, f, p2, newname, FALSE, &error))
       err = fsw_errno(error);
   }
+  if (err == 0)
+    err = _fsw_replace_message(w, f, p2, newname, from_temp);
   if (err == 0) {
     g_mutex_lock(&w->lock);
     _fsw_name(w, f, p2, newname);
@@ -1611,7 +1742,7 @@ void fswrite_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_in
     return;
   }
   guint32 nuv, nuid;
-  if (!fsw_move_message(w, p1, uv, &m, p2, &nuv, &nuid, &error)) {
+  if (!fsw_move_message(w, NULL, p1, uv, &m, p2, &nuv, &nuid, &error)) {
     fsw_reply_error(req, "mv", error);
     return;
   }

@@ -318,7 +318,9 @@ char *staging_file_keep(StagingFile *f, const char *dir, const char *name, GErro
         g_free(path);
         return NULL;
       }
-      gboolean ok = staging_copy(f->fd, fd, error, path) && fsync(fd) == 0;
+      gboolean ok = staging_copy(f->fd, fd, error, path);
+      if (ok && fsync(fd) != 0)
+        ok = staging_set_errno(error, errno, "cannot write", path);
       close(fd);
       if (!ok) {
         unlink(path);

@@ -11,6 +11,7 @@ import datetime
 import errno
 import glob
 import imaplib
+import mmap
 import os
 import re
 import shutil
@@ -620,7 +621,8 @@ def test_cp_appends_one_message(empty_dovecot, fs, tmp_path):
 def test_new_file_behaviour(empty_dovecot, fs, tmp_path):
     """The name a file was written under lingers briefly (stat, chmod,
     rm of it act on the message it became); cp of identical bytes again
-    adds nothing; a later utimes re-dates it (replace)."""
+    adds nothing; a later utimes re-dates it (replace), and new bytes
+    replace it without taking the identical copy's bytes along."""
     dv = empty_dovecot()
     c = dv.imap()
     m = fs(dv)
@@ -645,15 +647,19 @@ def test_new_file_behaviour(empty_dovecot, fs, tmp_path):
     (nu, msg), = st2.items()
     assert nu != uid and msg["date"] == when and msg["body"] == crlf(data)
     assert os.listdir(inbox) == [eml(nu)]
-    # Appending to it with >> (reopen, write, close) replaces it again.
+    # Appending to it with >> (reopen, write, close) replaces it again;
+    # again.eml, which stood for the old bytes, gets a message of its own.
     with open(p, "ab") as f:
         f.write(b"more\n")
     st3 = state(c, "INBOX")
-    assert len(st3) == 1
-    (u3, msg3), = st3.items()
-    assert msg3["body"] == crlf(data + b"more\n") and msg3["date"] == when
-    # rm of the name removes the message it became.
+    assert sorted(v["body"] for v in st3.values()) == sorted(
+        [crlf(data + b"more\n"), crlf(data)])
+    assert [v["date"] for v in st3.values()
+            if v["body"] == crlf(data + b"more\n")] == [when]
+    # rm of a name removes the message it became.
     os.unlink(p)
+    assert [v["body"] for v in state(c, "INBOX").values()] == [crlf(data)]
+    os.unlink(os.path.join(inbox, "again.eml"))
     assert state(c, "INBOX") == {}
     assert os.listdir(inbox) == []
     # A file removed while still open is never sent.
@@ -690,6 +696,47 @@ def test_copy_of_existing_message_is_a_copy(empty_dovecot, fs):
     st = state(c, "INBOX")
     assert len(st) == 2 and x in st and "\\Seen" in st[x]["flags"]
     assert sorted(v["date"] for u, v in st.items() if u != x) == [1000000000]
+
+
+def test_removing_the_message_a_copy_stands_for_keeps_the_copy(empty_dovecot, fs):
+    """cp 1.eml c.eml in one folder appends nothing (dedup): c.eml stands
+    for message 1. rm 1.eml, mv 1.eml elsewhere, or a new version of the
+    file that made the message, must not take c.eml's bytes with them:
+    the copy gets a message of its own first."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("Other")
+    m = fs(dv)
+    inbox = os.path.join(m, "INBOX")
+    # rm of the message (by its UID name).
+    a = make_msg("A")
+    ua = imap_append(c, "INBOX", crlf(a))
+    with open(os.path.join(inbox, eml(ua)), "rb") as f:
+        write_file(os.path.join(inbox, "copy-a.eml"), f.read())
+    assert list(state(c, "INBOX")) == [ua]  # nothing appended yet
+    os.unlink(os.path.join(inbox, eml(ua)))
+    st = state(c, "INBOX")
+    assert ua not in st and [v["body"] for v in st.values()] == [crlf(a)]
+    with open(os.path.join(inbox, "copy-a.eml"), "rb") as f:
+        assert f.read() == crlf(a)
+    # mv of the message to another folder.
+    b = make_msg("B")
+    ub = imap_append(c, "INBOX", crlf(b))
+    write_file(os.path.join(inbox, "copy-b.eml"), crlf(b))
+    os.rename(os.path.join(inbox, eml(ub)), os.path.join(m, "Other", eml(ub)))
+    assert mids(c, "Other") == ["B@imapfuse.test"]
+    assert sorted(mids(c, "INBOX")) == ["A@imapfuse.test", "B@imapfuse.test"]
+    # rm of a new file's name removes the message it made, not its copy.
+    d = make_msg("D")
+    write_file(os.path.join(inbox, "d.eml"), d)
+    write_file(os.path.join(inbox, "copy-d.eml"), d)
+    os.unlink(os.path.join(inbox, "d.eml"))
+    assert mids(c, "INBOX").count("D@imapfuse.test") == 1
+    with open(os.path.join(inbox, "copy-d.eml"), "rb") as f:
+        assert f.read() == d  # a new file's name reads as it was written
+    # The copy is now the only name of its message: rm removes it.
+    os.unlink(os.path.join(inbox, "copy-d.eml"))
+    assert "D@imapfuse.test" not in mids(c, "INBOX")
 
 
 @pytest.mark.imapfuse_stderr_ok(UNSENT_WARNING)
@@ -822,6 +869,38 @@ def test_rsync_temp_name_pattern(empty_dovecot, fs):
 
 
 @pytest.mark.slow
+@pytest.mark.imapfuse_stderr_ok(r"mv over \S+ refused: the new file is not stored")
+def test_rename_over_a_message_replaces_it(empty_dovecot, fs):
+    """sed -i writes a temporary file and renames it over the message it
+    edits: the edited bytes replace that message (stored first, then the
+    old one removed). rsync's temporary names never replace: a source's
+    5.eml is not the folder's message 5. A file not stored yet (empty)
+    cannot replace one."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    inbox = os.path.join(m, "INBOX")
+    old = imap_append(c, "INBOX", crlf(make_msg("sed")))
+    r = subprocess.run(["sed", "-i", "s/This is sed./This is edited./",
+                        os.path.join(inbox, eml(old))],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    st = state(c, "INBOX")
+    assert old not in st and len(st) == 1
+    (new, msg), = st.items()
+    assert b"This is edited." in msg["body"] and b"This is sed." not in msg["body"]
+    # rsync's temporary name over an existing message's name: both stay.
+    tmp = os.path.join(inbox, ".%s.Xy12Zw" % eml(new))
+    write_file(tmp, make_msg("other"))
+    os.rename(tmp, os.path.join(inbox, eml(new)))
+    assert sorted(mids(c, "INBOX")) == ["other@imapfuse.test", "sed@imapfuse.test"]
+    # An empty file is not a message: it replaces nothing.
+    empty = os.path.join(inbox, "empty")
+    open(empty, "wb").close()
+    expect_errno(errno.EPERM, os.rename, empty, os.path.join(inbox, eml(new)))
+    assert new in state(c, "INBOX")
+
+
 def test_temp_name_never_renamed_is_sent(empty_dovecot, fs):
     dv = empty_dovecot()
     c = dv.imap()
@@ -934,6 +1013,33 @@ def test_append_over_quota_keeps_bytes(empty_dovecot, fs, xdg):
     m.unmount()
     err = m.stderr_text()
     assert kept[0] in err
+
+
+@pytest.mark.imapfuse_stderr_ok(UNSENT_WARNING)
+def test_refused_append_reported_when_two_writers_close(empty_dovecot, fs, xdg):
+    """Two descriptors write one new file and both are closed before the
+    kernel releases either (here the first stays mapped: its release
+    waits for the munmap). The second close() is the last flush and
+    must report the refused APPEND; counting releases sent it only at
+    the release, where the error reaches nobody."""
+    dv = empty_dovecot(extra_config=QUOTA_CONFIG(storage="64K"))
+    c = dv.imap()
+    m = fs(dv)
+    p = os.path.join(m, "INBOX", "two writers.eml")
+    data = make_msg("two", size=100 * 1024)
+    fd1 = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd1, data[:1000])
+    mm = mmap.mmap(fd1, 1000, access=mmap.ACCESS_READ)
+    try:
+        fd2 = os.open(p, os.O_RDWR)
+        os.pwrite(fd2, data[1000:], 1000)
+        os.close(fd1)  # another writer is open: not sent yet
+        expect_errno(errno.EDQUOT, os.close, fd2)
+    finally:
+        mm.close()
+    assert state(c, "INBOX") == {}
+    kept = [k for k in unsent_files(xdg) if os.path.isfile(k)]
+    assert len(kept) == 1 and open(kept[0], "rb").read() == data
 
 
 @pytest.mark.imapfuse_stderr_ok(UNSENT_WARNING)
