@@ -714,6 +714,28 @@ def test_append_with_synchronising_literals(empty_dovecot, fs, xdg):
     assert sorted(mids(c, "INBOX")) == ["after@imapfuse.test", "sync@imapfuse.test"]
 
 
+@pytest.mark.parametrize("literals", ["LITERAL+", "LITERAL-", "sync"])
+@pytest.mark.parametrize("scheme", ["imap", "imaps"])
+def test_append_literal_paths(empty_dovecot, fs, scheme, literals):
+    """Every way a literal goes out (pipelined after a NOOP with LITERAL+,
+    LITERAL- up to 4096 bytes, synchronising), in plain text and TLS: the
+    literal is sent from the staging file in pieces, byte for byte."""
+    caps = {"LITERAL+": "",
+            "LITERAL-": capability_without("LITERAL+").rstrip("\n") + " LITERAL-\n",
+            "sync": capability_without("LITERAL+")}[literals]
+    dv = empty_dovecot(tls=scheme == "imaps", extra_config=caps)
+    c = dv.imap()
+    opts = ("cafile=" + dv.cafile,) if scheme == "imaps" else ()
+    m = fs(dv, *opts, scheme=scheme, tls=None if scheme == "imaps" else "off")
+    sent = []
+    for name, size, lf in (("small", 3000, False), ("big", 3 << 20, True),
+                           ("big-crlf", (3 << 20) + 1, False)):
+        data = make_msg(new_tag(name), lf=lf, size=size)
+        write_file(os.path.join(m, "INBOX", name + ".eml"), data)
+        sent.append(crlf(data))
+    assert sorted(x["body"] for x in state(c, "INBOX").values()) == sorted(sent)
+
+
 def test_dedup_off_appends_again(empty_dovecot, fs):
     dv = empty_dovecot()
     c = dv.imap()
