@@ -33,6 +33,7 @@ struct ImapConn {
   SSL *ssl;
   ImapParser *parser;
   guint32 caps;
+  guint64 appendlimit; /* APPENDLIMIT=n (RFC 7889), 0: none given */
   gboolean caps_known;
   guint tag_counter;
   char *selected;
@@ -323,6 +324,7 @@ static void conn_note_caps(ImapConn *c, const ImapVal *list, guint first) {
       {"LIST-EXTENDED", IMAP_CAP_LIST_EXTENDED}, {"BINARY", IMAP_CAP_BINARY},
   };
   guint32 caps = 0;
+  guint64 appendlimit = 0;
   for (guint i = first; i < list->n_items; i++) {
     const char *s = imap_val_str(&list->items[i]);
     if (s == NULL)
@@ -330,8 +332,13 @@ static void conn_note_caps(ImapConn *c, const ImapVal *list, guint first) {
     for (gsize k = 0; k < G_N_ELEMENTS(names); k++)
       if (g_ascii_strcasecmp(s, names[k].name) == 0)
         caps |= names[k].bit;
-    if (g_ascii_strncasecmp(s, "APPENDLIMIT", 11) == 0)
+    if (g_ascii_strncasecmp(s, "APPENDLIMIT", 11) == 0) {
       caps |= IMAP_CAP_APPENDLIMIT;
+      /* Without "=n" the limits are per mailbox (STATUS), not used. */
+      if (s[11] == '=' && !g_ascii_string_to_unsigned(s + 12, 10, 1, G_MAXUINT64,
+                                                      &appendlimit, NULL))
+        appendlimit = 0;
+    }
   }
   /* IMAP4rev2 (RFC 9051) includes these. */
   if (caps & IMAP_CAP_IMAP4REV2)
@@ -339,6 +346,7 @@ static void conn_note_caps(ImapConn *c, const ImapVal *list, guint first) {
             IMAP_CAP_NAMESPACE | IMAP_CAP_SPECIAL_USE | IMAP_CAP_LITERALMINUS | IMAP_CAP_IDLE |
             IMAP_CAP_SASL_IR | IMAP_CAP_LIST_EXTENDED;
   c->caps = caps;
+  c->appendlimit = appendlimit;
   c->caps_known = TRUE;
 }
 
@@ -791,6 +799,7 @@ void imap_conn_set_unsolicited(ImapConn *c, ImapHandler fn, gpointer user) {
 
 guint32 imap_conn_caps(const ImapConn *c) { return c->caps; }
 gboolean imap_conn_has(const ImapConn *c, guint32 cap) { return (c->caps & cap) == cap; }
+guint64 imap_conn_appendlimit(const ImapConn *c) { return c->appendlimit; }
 gboolean imap_conn_is_broken(const ImapConn *c) { return c->broken; }
 void imap_conn_set_broken(ImapConn *c) { c->broken = TRUE; }
 const char *imap_conn_selected(const ImapConn *c) { return c->selected; }
