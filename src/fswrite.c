@@ -132,6 +132,8 @@ struct FsWrite {
   Pool *pool;
   char *account;
   gboolean delete_trash, dedup;
+  guint64 max_message;          /* largest message a new file may become */
+  char *max_message_from;       /* where that bound comes from (warnings) */
   Staging *staging;
 
   GMutex lock;
@@ -972,8 +974,14 @@ static void _fsw_keep_unsent(FsWrite *w, FswFile *f, DcNode *node, const char *a
   g_mutex_unlock(&w->lock);
   g_autofree char *dir = fsw_display_dir(w, node);
   g_autoptr(GError) kerr = NULL;
-  g_autofree char *path = staging_file_keep(f->data, dir, name, &kerr);
   const char *mailbox = dcnode_mailbox(node) != NULL ? dcnode_mailbox(node) : "/";
+  f->error = fsw_errno(why);
+  if (staging_file_size(f->data) == 0) { /* refused before any byte came */
+    g_warning("could not store \"%s\" in %s (%s); it had no bytes yet, none are kept", name,
+              mailbox, why->message);
+    return;
+  }
+  g_autofree char *path = staging_file_keep(f->data, dir, name, &kerr);
   if (path != NULL) {
     g_warning("could not store \"%s\" in %s (%s); its bytes are kept in %s", name, mailbox,
               why->message, path);
@@ -983,7 +991,31 @@ static void _fsw_keep_unsent(FsWrite *w, FswFile *f, DcNode *node, const char *a
               mailbox, why->message, kerr != NULL ? kerr->message : "unknown error",
               staging_file_path(f->data));
   }
-  f->error = fsw_errno(why);
+}
+
+static GError *fsw_too_big_error(FsWrite *w, guint64 size) {
+  return g_error_new(IFS_ERROR, IFS_ERROR_TOO_BIG,
+                     "%" G_GUINT64_FORMAT " bytes is more than a message may have: %"
+                     G_GUINT64_FORMAT " (%s)", size, w->max_message, w->max_message_from);
+}
+
+/* Caller holds f->lock.  A write or truncate would make f larger than a
+ * message may be: it fails with EFBIG, and the file is never sent (what
+ * cp wrote up to the limit is not the whole file, and must not be stored
+ * as if it were).  Its bytes so far are kept like those of a refused
+ * message, with the one warning; f->error makes the rest fail at once. */
+static int _fsw_too_big(FsWrite *w, FswFile *f, guint64 size) {
+  g_mutex_lock(&w->lock);
+  DcNode *node = f->parent;
+  g_mutex_unlock(&w->lock);
+  GError *why = fsw_too_big_error(w, size);
+  if (!f->sent || f->rewritten)
+    _fsw_keep_unsent(w, f, node, NULL, why);
+  else
+    g_warning("\"%s\" is not changed on the server: %s", f->orig_name, why->message);
+  f->error = EFBIG;
+  g_error_free(why);
+  return EFBIG;
 }
 
 /* Caller holds f->lock.  Sends f's bytes to node: finds an identical
@@ -1010,10 +1042,16 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, 
                 "the earlier copy's UID is unknown, so it cannot be replaced");
     goto fail;
   }
+  /* This reads the whole staged file under f->lock (and maps it): bounded
+   * by max_message, which writes and truncates cannot go past. */
   msg = staging_file_message(f->data, &local);
   if (msg == NULL)
     goto fail;
   const char *data = g_bytes_get_data(msg, &n);
+  if (n > w->max_message) { /* bare LFs became CRLF */
+    local = fsw_too_big_error(w, n);
+    goto fail;
+  }
   message_id = fswrite_message_id(data, n);
   g_mutex_lock(&w->lock);
   a.date = f->mtime_set ? f->mtime.tv_sec : 0;
@@ -1164,6 +1202,8 @@ FsWrite *fswrite_new(Fs *fs, Dircache *dc, Notify *notify, const FsWriteOptions 
   w->account = g_strdup(opts->account != NULL ? opts->account : "default");
   w->delete_trash = opts->delete_trash;
   w->dedup = !opts->no_dedup;
+  w->max_message = opts->max_message != 0 ? opts->max_message : G_MAXUINT64;
+  w->max_message_from = g_strdup(opts->max_message_from != NULL ? opts->max_message_from : "");
   w->staging = staging_new(w->account);
   g_mutex_init(&w->lock);
   g_mutex_init(&w->list_lock);
@@ -1235,6 +1275,7 @@ void fswrite_free(FsWrite *w) {
   g_mutex_clear(&w->list_lock);
   g_cond_clear(&w->cond);
   g_free(w->account);
+  g_free(w->max_message_from);
   g_free(w);
 }
 
@@ -1440,6 +1481,9 @@ void fswrite_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
   g_autoptr(GError) error = NULL;
   g_mutex_lock(&f->lock);
   int err = f->error;
+  guint64 end = (guint64)off + size;
+  if (err == 0 && end > w->max_message && end > staging_file_size(f->data))
+    err = _fsw_too_big(w, f, end);
   if (err == 0 && !staging_file_pwrite(f->data, buf, size, (guint64)off, &error))
     err = fsw_errno(error);
   if (err == 0) {
@@ -2052,9 +2096,12 @@ static void fsw_setattr_file(fuse_req_t req, FsWrite *w, FswFile *f, struct stat
   int err = 0;
   g_mutex_lock(&f->lock);
   if (to_set & FUSE_SET_ATTR_SIZE) {
+    guint64 want = (guint64)attr->st_size;
     if (f->error != 0)
       err = f->error;
-    else if ((guint64)attr->st_size != staging_file_size(f->data)) {
+    else if (want > w->max_message && want > staging_file_size(f->data))
+      err = _fsw_too_big(w, f, want);
+    else if (want != staging_file_size(f->data)) {
       if (staging_file_truncate(f->data, (guint64)attr->st_size, &error)) {
         f->dirty = TRUE;
         f->rewritten = f->sent;

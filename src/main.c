@@ -168,6 +168,7 @@ int main(int argc, char *argv[]) {
     ret = main_fail(error);
     goto out;
   }
+  guint64 appendlimit = imap_conn_appendlimit(first); /* first is the pool's now */
   pool = pool_new(&ep, (guint)o.connections, first);
   const char *mode = o.cache != NULL ? o.cache : "full";
   if (g_strcmp0(mode, "none") != 0) {
@@ -203,6 +204,18 @@ int main(int argc, char *argv[]) {
   guint64 readahead = 8u << 20;
   if (o.readahead != NULL)
     options_parse_size(o.readahead, &readahead);
+  /* The server's APPENDLIMIT, else ours: bounds what a new file may grow
+   * to (and so what sending it reads and maps). */
+  guint64 max_message = 256u << 20;
+  const char *max_message_from = "the default max_message=256M";
+  if (o.max_message != NULL) {
+    options_parse_size(o.max_message, &max_message);
+    max_message_from = "max_message=";
+  }
+  if (appendlimit != 0 && (o.max_message == NULL || appendlimit < max_message)) {
+    max_message = appendlimit;
+    max_message_from = "the server's APPENDLIMIT";
+  }
   account = g_strdup_printf("%s@%s:%u", ep.user, ep.host, ep.port);
   /* While the watcher polls, its rounds confirm listings (and LIST the
    * tree): opendir then needs no round trip of its own. */
@@ -232,7 +245,9 @@ int main(int argc, char *argv[]) {
       .write = {.pool = pool,
                 .account = account,
                 .delete_trash = g_strcmp0(o.delete_mode, "trash") == 0,
-                .no_dedup = g_strcmp0(o.dedup, "off") == 0},
+                .no_dedup = g_strcmp0(o.dedup, "off") == 0,
+                .max_message = max_message,
+                .max_message_from = max_message_from},
   };
   notify = notify_new();
   fs = fs_new(dc, bc, notify, &fso);

@@ -36,6 +36,7 @@ static const struct fuse_opt options_table[] = {
     IFS_OPT("xattr=%s", xattr, 0),
     IFS_OPT("delete=%s", delete_mode, 0),
     IFS_OPT("dedup=%s", dedup, 0),
+    IFS_OPT("max_message=%s", max_message, 0),
     IFS_OPT("msg_timeout=%lf", msg_timeout, 0),
     IFS_OPT("dir_timeout=%lf", dir_timeout, 0),
     IFS_OPT("list_max_age=%lf", list_max_age, 0),
@@ -134,6 +135,13 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
                 o->readahead);
     return FALSE;
   }
+  guint64 max_message = 0;
+  if (o->max_message != NULL &&
+      (!options_parse_size(o->max_message, &max_message) || max_message == 0)) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "max_message= takes a size like 64M (at least 1), not \"%s\"", o->max_message);
+    return FALSE;
+  }
   if (o->spin_us < 0 || o->spin_us > 100000) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
                 "spin= must be 0 (never) to 100000 microseconds");
@@ -175,6 +183,7 @@ void options_clear(IfsOptions *o) {
   g_free(o->tls);
   g_free(o->delete_mode);
   g_free(o->dedup);
+  g_free(o->max_message);
   g_free(o->cache);
   g_free(o->cache_dir);
   g_free(o->cache_size);
@@ -212,6 +221,8 @@ void options_usage(const char *prog) {
          "                             which needs UIDPLUS)\n"
          "    -o dedup=off             cp/rsync into a mailbox append even if the same message\n"
          "                             (same bytes) is already there (default on)\n"
+         "    -o max_message=SIZE      largest new file sent as a message (default: the server's\n"
+         "                             APPENDLIMIT, else 256M); writing past it fails with EFBIG\n"
          "    -o msg_timeout=SECS      kernel cache time for message entries (default 60)\n"
          "    -o dir_timeout=SECS      kernel cache time for directory entries (default 1)\n"
          "    -o list_max_age=SECS     reuse a mailbox listing this long on opendir (default 1.5 x poll)\n"

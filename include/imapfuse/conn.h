@@ -105,6 +105,9 @@ void imap_conn_set_unsolicited(ImapConn *c, ImapHandler fn, gpointer user);
 
 guint32 imap_conn_caps(const ImapConn *c);
 gboolean imap_conn_has(const ImapConn *c, guint32 cap);
+/* The largest message the server takes (CAPABILITY APPENDLIMIT=n, RFC
+ * 7889), 0 when it named none. */
+guint64 imap_conn_appendlimit(const ImapConn *c);
 gboolean imap_conn_is_broken(const ImapConn *c);
 /* Marks the connection unusable (the pool will close it). */
 void imap_conn_set_broken(ImapConn *c);

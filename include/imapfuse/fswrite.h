@@ -29,6 +29,8 @@ typedef struct {
   const char *account;   /* "user@host": names the staging and unsent directories */
   gboolean delete_trash; /* -o delete=trash: rm moves to the \Trash mailbox */
   gboolean no_dedup;     /* -o dedup=off: append even when identical bytes exist */
+  guint64 max_message;   /* largest message; a bigger new file fails with EFBIG (0: no bound) */
+  const char *max_message_from; /* where that limit comes from, for the warning */
 } FsWriteOptions;
 
 FsWrite *fswrite_new(Fs *fs, Dircache *dc, Notify *notify, const FsWriteOptions *opts);

@@ -34,6 +34,7 @@ typedef struct {
   int readahead_batches; /* read-ahead batches fetched at once; 0: by the round trip */
   char *delete_mode;  /* write path: expunge (default) | trash */
   char *dedup;        /* write path: on (default) | off */
+  char *max_message;  /* write path: largest new message (default 256M) */
   double msg_timeout;
   double dir_timeout;
   double list_max_age;

@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -18,6 +19,7 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "imapfuse/auth.h"
@@ -31,6 +33,7 @@ struct ImapConn {
   SSL *ssl;
   ImapParser *parser;
   guint32 caps;
+  guint64 appendlimit; /* APPENDLIMIT=n (RFC 7889), 0: none given */
   gboolean caps_known;
   guint tag_counter;
   char *selected;
@@ -87,36 +90,144 @@ static gboolean conn_fail(ImapConn *c, GError **error, IfsError code, const char
   return FALSE;
 }
 
-static gboolean conn_write(ImapConn *c, const void *data, gsize len, GError **error) {
-  const char *p = data;
+static gboolean conn_send_failed(ImapConn *c, GError **error) {
+  if (errno == EAGAIN || errno == EWOULDBLOCK)
+    return conn_fail(c, error, IFS_ERROR_TIMEOUT, "timed out sending to %s", c->ep->host);
+  return conn_fail(c, error, IFS_ERROR_CLOSED, "connection to %s lost: %s", c->ep->host,
+                   g_strerror(errno));
+}
+
+static gboolean conn_ssl_write(ImapConn *c, const char *p, gsize len, GError **error) {
   while (len > 0) {
-    ssize_t n;
-    if (c->ssl != NULL) {
-      int chunk = len > G_MAXINT ? G_MAXINT : (int)len;
-      n = SSL_write(c->ssl, p, chunk);
-      if (n <= 0) {
-        int e = SSL_get_error(c->ssl, (int)n);
-        ERR_clear_error();
-        if (e == SSL_ERROR_WANT_WRITE || (e == SSL_ERROR_SYSCALL && errno == EAGAIN))
-          return conn_fail(c, error, IFS_ERROR_TIMEOUT, "timed out sending to %s", c->ep->host);
-        return conn_fail(c, error, IFS_ERROR_CLOSED, "connection to %s lost while sending",
-                         c->ep->host);
-      }
-    } else {
-      n = send(c->fd, p, len, MSG_NOSIGNAL);
-      if (n < 0) {
-        if (errno == EINTR)
-          continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-          return conn_fail(c, error, IFS_ERROR_TIMEOUT, "timed out sending to %s", c->ep->host);
-        return conn_fail(c, error, IFS_ERROR_CLOSED, "connection to %s lost: %s", c->ep->host,
-                         g_strerror(errno));
-      }
+    int chunk = len > G_MAXINT ? G_MAXINT : (int)len;
+    int n = SSL_write(c->ssl, p, chunk);
+    if (n <= 0) {
+      int e = SSL_get_error(c->ssl, n);
+      ERR_clear_error();
+      if (e == SSL_ERROR_WANT_WRITE || (e == SSL_ERROR_SYSCALL && errno == EAGAIN))
+        return conn_fail(c, error, IFS_ERROR_TIMEOUT, "timed out sending to %s", c->ep->host);
+      return conn_fail(c, error, IFS_ERROR_CLOSED, "connection to %s lost while sending",
+                       c->ep->host);
     }
     p += n;
     len -= (gsize)n;
   }
   return TRUE;
+}
+
+/* Sends the pieces in order, each from where it lies (a literal from the
+ * mapped staging file, not a copy): one sendmsg for all of them where the
+ * kernel takes it, one SSL_write per piece with TLS. */
+static gboolean conn_writev(ImapConn *c, struct iovec *iov, gsize n, GError **error) {
+  if (c->ssl != NULL) {
+    for (gsize i = 0; i < n; i++)
+      if (!conn_ssl_write(c, iov[i].iov_base, iov[i].iov_len, error))
+        return FALSE;
+    return TRUE;
+  }
+  while (n > 0) {
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = MIN(n, (gsize)IOV_MAX)};
+    ssize_t k = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+    if (k < 0 && errno == EINTR)
+      continue;
+    if (k < 0)
+      return conn_send_failed(c, error);
+    gsize done = (gsize)k;
+    while (n > 0 && done >= iov->iov_len) {
+      done -= iov->iov_len;
+      iov++;
+      n--;
+    }
+    if (n > 0) {
+      iov->iov_base = (char *)iov->iov_base + done;
+      iov->iov_len -= done;
+    }
+  }
+  return TRUE;
+}
+
+static gboolean conn_write(ImapConn *c, const void *data, gsize len, GError **error) {
+  struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+  return conn_writev(c, &iov, 1, error);
+}
+
+/* What goes out for one or more commands before the next wait for the
+ * server: protocol text gathered in text, literals by reference.  An
+ * APPEND of a 300 MB file is then sent from the file's mapping instead of
+ * being copied into the command first (which doubled the memory it took,
+ * and with a sparse file of gigabytes was enough to get imapfuse killed). */
+typedef struct {
+  GString *text;
+  GArray *pieces; /* ConnPiece */
+  gsize traced;   /* text up to here is traced */
+} ConnOut;
+
+typedef struct {
+  const void *literal; /* NULL: text[off, off + len) */
+  gsize off, len;
+} ConnPiece;
+
+static ConnOut conn_out_new(void) {
+  return (ConnOut){.text = g_string_new(NULL),
+                   .pieces = g_array_new(FALSE, FALSE, sizeof(ConnPiece))};
+}
+
+static void conn_out_clear(ConnOut *o) {
+  g_string_free(o->text, TRUE);
+  g_array_unref(o->pieces);
+}
+
+static void conn_out_text(ConnOut *o, const char *s, gsize len) {
+  ConnPiece *last =
+      o->pieces->len ? &g_array_index(o->pieces, ConnPiece, o->pieces->len - 1) : NULL;
+  if (last != NULL && last->literal == NULL) {
+    last->len += len;
+  } else {
+    ConnPiece p = {.off = o->text->len, .len = len};
+    g_array_append_val(o->pieces, p);
+  }
+  g_string_append_len(o->text, s, (gssize)len);
+}
+
+static void conn_out_printf(ConnOut *o, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static void conn_out_printf(ConnOut *o, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  g_autofree char *s = g_strdup_vprintf(fmt, ap);
+  va_end(ap);
+  conn_out_text(o, s, strlen(s));
+}
+
+static void conn_out_literal(ImapConn *c, ConnOut *o, GBytes *b) {
+  ConnPiece p = {.literal = g_bytes_get_data(b, &p.len)};
+  if (p.len == 0)
+    return;
+  g_array_append_val(o->pieces, p);
+  conn_trace(c, "C:", "<literal>", 9);
+}
+
+/* Traces the text added since the last trace (credentials redacted). */
+static void conn_out_trace(ImapConn *c, ConnOut *o, const ImapCmd *cmd) {
+  gboolean secret = imap_cmd_is_secret(cmd);
+  conn_trace(c, "C:", secret ? "<redacted>" : o->text->str + o->traced,
+             secret ? 10 : o->text->len - o->traced);
+  o->traced = o->text->len;
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(ConnOut, conn_out_clear)
+
+static gboolean conn_out_flush(ImapConn *c, ConnOut *o, GError **error) {
+  g_autofree struct iovec *iov = g_new(struct iovec, MAX(o->pieces->len, 1));
+  for (guint i = 0; i < o->pieces->len; i++) {
+    const ConnPiece *p = &g_array_index(o->pieces, ConnPiece, i);
+    iov[i].iov_base = (void *)(p->literal != NULL ? p->literal : o->text->str + p->off);
+    iov[i].iov_len = p->len;
+  }
+  gboolean ok = conn_writev(c, iov, o->pieces->len, error);
+  g_string_truncate(o->text, 0);
+  g_array_set_size(o->pieces, 0);
+  o->traced = 0;
+  return ok;
 }
 
 /* Read what is available (at least one byte) into the parser, straight
@@ -213,6 +324,7 @@ static void conn_note_caps(ImapConn *c, const ImapVal *list, guint first) {
       {"LIST-EXTENDED", IMAP_CAP_LIST_EXTENDED}, {"BINARY", IMAP_CAP_BINARY},
   };
   guint32 caps = 0;
+  guint64 appendlimit = 0;
   for (guint i = first; i < list->n_items; i++) {
     const char *s = imap_val_str(&list->items[i]);
     if (s == NULL)
@@ -220,8 +332,13 @@ static void conn_note_caps(ImapConn *c, const ImapVal *list, guint first) {
     for (gsize k = 0; k < G_N_ELEMENTS(names); k++)
       if (g_ascii_strcasecmp(s, names[k].name) == 0)
         caps |= names[k].bit;
-    if (g_ascii_strncasecmp(s, "APPENDLIMIT", 11) == 0)
+    if (g_ascii_strncasecmp(s, "APPENDLIMIT", 11) == 0) {
       caps |= IMAP_CAP_APPENDLIMIT;
+      /* Without "=n" the limits are per mailbox (STATUS), not used. */
+      if (s[11] == '=' && !g_ascii_string_to_unsigned(s + 12, 10, 1, G_MAXUINT64,
+                                                      &appendlimit, NULL))
+        appendlimit = 0;
+    }
   }
   /* IMAP4rev2 (RFC 9051) includes these. */
   if (caps & IMAP_CAP_IMAP4REV2)
@@ -229,6 +346,7 @@ static void conn_note_caps(ImapConn *c, const ImapVal *list, guint first) {
             IMAP_CAP_NAMESPACE | IMAP_CAP_SPECIAL_USE | IMAP_CAP_LITERALMINUS | IMAP_CAP_IDLE |
             IMAP_CAP_SASL_IR | IMAP_CAP_LIST_EXTENDED;
   c->caps = caps;
+  c->appendlimit = appendlimit;
   c->caps_known = TRUE;
 }
 
@@ -316,40 +434,33 @@ gboolean imap_conn_run(ImapConn *c, ImapCmd *cmd, ImapHandler fn, gpointer user,
   g_autofree char *tag = g_strdup_printf("A%u", ++c->tag_counter);
   const GPtrArray *segs = imap_cmd_segments(cmd);
   gint64 sent = g_get_monotonic_time();
-  g_autoptr(GString) out = g_string_new(tag);
-  g_string_append_c(out, ' ');
+  g_auto(ConnOut) out = conn_out_new();
+  conn_out_printf(&out, "%s ", tag);
   for (guint i = 0; i < segs->len && tagged == NULL; i++) {
     const ImapCmdSeg *seg = g_ptr_array_index(segs, i);
     if (seg->text != NULL)
-      g_string_append_len(out, seg->text->str, seg->text->len);
+      conn_out_text(&out, seg->text->str, seg->text->len);
     if (seg->literal == NULL)
       continue;
     gsize n = g_bytes_get_size(seg->literal);
     gboolean nonsync = conn_literal_nonsync(c, n);
-    g_string_append_printf(out, "{%" G_GSIZE_FORMAT "%s}\r\n", n, nonsync ? "+" : "");
-    conn_trace(c, "C:", imap_cmd_is_secret(cmd) ? "<redacted>" : out->str,
-               imap_cmd_is_secret(cmd) ? 10 : out->len);
-    if (!conn_write(c, out->str, out->len, error))
-      return FALSE;
-    g_string_truncate(out, 0);
+    conn_out_printf(&out, "{%" G_GSIZE_FORMAT "%s}\r\n", n, nonsync ? "+" : "");
+    conn_out_trace(c, &out, cmd);
     if (!nonsync) {
+      if (!conn_out_flush(c, &out, error))
+        return FALSE;
       int w = conn_wait_continuation(c, tag, fn, user, &tagged, error);
       if (w < 0)
         return FALSE;
       if (w == 0)
         break; /* the server refused the literal: its tagged reply decides */
     }
-    gsize size;
-    const void *data = g_bytes_get_data(seg->literal, &size);
-    conn_trace(c, "C:", "<literal>", 9);
-    if (!conn_write(c, data, size, error))
-      return FALSE;
+    conn_out_literal(c, &out, seg->literal);
   }
   if (tagged == NULL) {
-    g_string_append(out, "\r\n");
-    conn_trace(c, "C:", imap_cmd_is_secret(cmd) ? "<redacted>" : out->str,
-               imap_cmd_is_secret(cmd) ? 10 : out->len);
-    if (!conn_write(c, out->str, out->len, error))
+    conn_out_text(&out, "\r\n", 2);
+    conn_out_trace(c, &out, cmd);
+    if (!conn_out_flush(c, &out, error))
       return FALSE;
   }
   while (tagged == NULL) {
@@ -435,29 +546,28 @@ gboolean imap_conn_run_pipeline(ImapConn *c, ImapCmd **cmds, guint n, ImapHandle
   /* All commands in one write: one round trip for the lot. */
   char *tags[IMAP_PIPELINE_MAX];
   gboolean done[IMAP_PIPELINE_MAX] = {FALSE};
-  g_autoptr(GString) out = g_string_new(NULL);
+  g_auto(ConnOut) out = conn_out_new();
   for (guint i = 0; i < n; i++) {
     tags[i] = g_strdup_printf("A%u", ++c->tag_counter);
-    gsize start = out->len;
-    g_string_append_printf(out, "%s ", tags[i]);
+    conn_out_printf(&out, "%s ", tags[i]);
     const GPtrArray *segs = imap_cmd_segments(cmds[i]);
     for (guint k = 0; k < segs->len; k++) {
       const ImapCmdSeg *seg = g_ptr_array_index(segs, k);
       if (seg->text != NULL)
-        g_string_append_len(out, seg->text->str, seg->text->len);
+        conn_out_text(&out, seg->text->str, seg->text->len);
       if (seg->literal != NULL) {
-        gsize size;
-        const void *data = g_bytes_get_data(seg->literal, &size);
-        g_string_append_printf(out, "{%" G_GSIZE_FORMAT "+}\r\n", size);
-        g_string_append_len(out, data, (gssize)size);
+        conn_out_printf(&out, "{%" G_GSIZE_FORMAT "+}\r\n", g_bytes_get_size(seg->literal));
+        conn_out_trace(c, &out, cmds[i]);
+        conn_out_literal(c, &out, seg->literal);
       }
     }
-    g_string_append(out, "\r\n");
-    conn_trace(c, "C:", imap_cmd_is_secret(cmds[i]) ? "<redacted>" : out->str + start,
-               imap_cmd_is_secret(cmds[i]) ? 10 : out->len - start);
-    imap_cmd_free(cmds[i]);
+    conn_out_text(&out, "\r\n", 2);
+    conn_out_trace(c, &out, cmds[i]);
   }
-  gboolean ok = conn_write(c, out->str, out->len, error);
+  /* The literals are referenced, not copied: the commands live until sent. */
+  gboolean ok = conn_out_flush(c, &out, error);
+  for (guint i = 0; i < n; i++)
+    imap_cmd_free(cmds[i]);
   guint left = n;
   GError *first = NULL;
   while (ok && left > 0) {
@@ -689,6 +799,7 @@ void imap_conn_set_unsolicited(ImapConn *c, ImapHandler fn, gpointer user) {
 
 guint32 imap_conn_caps(const ImapConn *c) { return c->caps; }
 gboolean imap_conn_has(const ImapConn *c, guint32 cap) { return (c->caps & cap) == cap; }
+guint64 imap_conn_appendlimit(const ImapConn *c) { return c->appendlimit; }
 gboolean imap_conn_is_broken(const ImapConn *c) { return c->broken; }
 void imap_conn_set_broken(ImapConn *c) { c->broken = TRUE; }
 const char *imap_conn_selected(const ImapConn *c) { return c->selected; }

@@ -30,6 +30,7 @@ RM_WARNING = r"rm refused: .*UIDPLUS.*delete=trash"
 MV_WARNING = r"mv between mailboxes refused"
 TRASH_RM_WARNING = r"rm in the Trash mailbox refused"
 NO_TRASH_WARNING = r"rm refused: delete=trash: the server has no mailbox"
+TOO_BIG_WARNING = r"could not store .*more than a message may have"
 
 # ---------------------------------------------------------------- helpers
 
@@ -761,6 +762,28 @@ def test_append_with_synchronising_literals(empty_dovecot, fs, xdg):
     assert sorted(mids(c, "INBOX")) == ["after@imapfuse.test", "sync@imapfuse.test"]
 
 
+@pytest.mark.parametrize("literals", ["LITERAL+", "LITERAL-", "sync"])
+@pytest.mark.parametrize("scheme", ["imap", "imaps"])
+def test_append_literal_paths(empty_dovecot, fs, scheme, literals):
+    """Every way a literal goes out (pipelined after a NOOP with LITERAL+,
+    LITERAL- up to 4096 bytes, synchronising), in plain text and TLS: the
+    literal is sent from the staging file in pieces, byte for byte."""
+    caps = {"LITERAL+": "",
+            "LITERAL-": capability_without("LITERAL+").rstrip("\n") + " LITERAL-\n",
+            "sync": capability_without("LITERAL+")}[literals]
+    dv = empty_dovecot(tls=scheme == "imaps", extra_config=caps)
+    c = dv.imap()
+    opts = ("cafile=" + dv.cafile,) if scheme == "imaps" else ()
+    m = fs(dv, *opts, scheme=scheme, tls=None if scheme == "imaps" else "off")
+    sent = []
+    for name, size, lf in (("small", 3000, False), ("big", 3 << 20, True),
+                           ("big-crlf", (3 << 20) + 1, False)):
+        data = make_msg(new_tag(name), lf=lf, size=size)
+        write_file(os.path.join(m, "INBOX", name + ".eml"), data)
+        sent.append(crlf(data))
+    assert sorted(x["body"] for x in state(c, "INBOX").values()) == sorted(sent)
+
+
 def test_dedup_off_appends_again(empty_dovecot, fs):
     dv = empty_dovecot()
     c = dv.imap()
@@ -1080,6 +1103,99 @@ def test_append_too_large_keeps_bytes(empty_dovecot, fs, xdg):
     assert state(c, "INBOX") == {}
     kept = [p for p in unsent_files(xdg) if os.path.isfile(p)]
     assert len(kept) == 1 and open(kept[0], "rb").read() == data
+
+
+def crlf_msg(tag, size):
+    """A message of exactly `size` bytes with CRLF line ends (sent as is)."""
+    data = make_msg(tag, lf=False, size=size)[:size]
+    return data[:-2] + b"\r\n"
+
+
+def too_big_lines(m):
+    return [l for l in m.stderr_text().splitlines()
+            if re.search(TOO_BIG_WARNING, l)]
+
+
+@pytest.mark.imapfuse_stderr_ok(TOO_BIG_WARNING)
+def test_max_message_refuses_at_once(empty_dovecot, fs, xdg):
+    """-o max_message=64K: a truncate or write that would make a new file
+    larger fails with EFBIG at once, with one warning per file; nothing of
+    that file is sent, and what was written before is kept unsent.  A file
+    of exactly the limit is stored."""
+    limit = 64 * 1024
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv, "max_message=64K")
+    inbox = os.path.join(m, "INBOX")
+    # truncate past the limit (a sparse 50G file must not be read or sent)
+    head = crlf_msg(new_tag("trunc"), 1000)
+    p = os.path.join(inbox, "trunc.eml")
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, head)
+    expect_errno(errno.EFBIG, os.truncate, p, limit + 1)
+    expect_errno(errno.EFBIG, os.ftruncate, fd, 50 << 30)
+    expect_errno(errno.EFBIG, os.write, fd, b"more")
+    expect_errno(errno.EFBIG, os.close, fd)
+    # an empty new file truncated past it: nothing to keep
+    p = os.path.join(inbox, "empty.eml")
+    open(p, "wb").close()
+    fd = os.open(p, os.O_WRONLY)
+    expect_errno(errno.EFBIG, os.ftruncate, fd, limit + 1)
+    expect_errno(errno.EFBIG, os.close, fd)
+    # a write that crosses it (cp of something too large)
+    first = crlf_msg(new_tag("write"), 60 * 1024)
+    p = os.path.join(inbox, "write.eml")
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o600)
+    assert os.write(fd, first) == len(first)
+    expect_errno(errno.EFBIG, os.write, fd, b"x" * 8192)
+    expect_errno(errno.EFBIG, os.close, fd)
+    # exactly the limit goes in
+    ok = crlf_msg(new_tag("fits"), limit)
+    write_file(os.path.join(inbox, "fits.eml"), ok)
+    assert [x["body"] for x in state(c, "INBOX").values()] == [ok]
+    kept = sorted(open(f, "rb").read() for f in unsent_files(xdg) if os.path.isfile(f))
+    assert kept == sorted([head, first])
+    lines = too_big_lines(m)
+    assert len(lines) == 3, lines
+    assert all("(max_message=)" in l for l in lines), lines
+
+
+@pytest.mark.imapfuse_stderr_ok(TOO_BIG_WARNING)
+def test_max_message_counts_the_crlf_conversion(empty_dovecot, fs, xdg):
+    """The limit is on the message as sent: a file at the limit whose bare
+    LFs make it longer is refused at close (EFBIG), kept, not sent."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv, "max_message=8K")
+    data = make_msg(new_tag("lf"), size=8192)[:8192]
+    fd = os.open(os.path.join(m, "INBOX", "lf.eml"), os.O_WRONLY | os.O_CREAT, 0o600)
+    assert os.write(fd, data) == len(data)
+    expect_errno(errno.EFBIG, os.close, fd)
+    assert state(c, "INBOX") == {}
+    kept = sorted(open(f, "rb").read() for f in unsent_files(xdg) if os.path.isfile(f))
+    assert kept == [data]
+    assert len(too_big_lines(m)) == 1
+
+
+@pytest.mark.imapfuse_stderr_ok(TOO_BIG_WARNING)
+def test_appendlimit_from_the_server(empty_dovecot, fs, xdg):
+    """CAPABILITY APPENDLIMIT=n (RFC 7889) is the limit; a larger
+    max_message= does not raise it."""
+    limit = 70000
+    dv = empty_dovecot(extra_config=capability_without().rstrip("\n")
+                       + " APPENDLIMIT=%d\n" % limit)
+    c = dv.imap()
+    m = fs(dv, "max_message=1G")
+    inbox = os.path.join(m, "INBOX")
+    p = os.path.join(inbox, "big.eml")
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o600)
+    expect_errno(errno.EFBIG, os.ftruncate, fd, limit + 1)
+    expect_errno(errno.EFBIG, os.close, fd)  # the close reports it too
+    ok = crlf_msg(new_tag("fits"), limit)
+    write_file(os.path.join(inbox, "fits.eml"), ok)
+    assert [x["body"] for x in state(c, "INBOX").values()] == [ok]
+    lines = too_big_lines(m)
+    assert len(lines) == 1 and "APPENDLIMIT" in lines[0], lines
 
 
 # ---------------------------------------------------------------- flags
