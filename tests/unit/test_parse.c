@@ -489,6 +489,38 @@ test_list_gmail_courier(void)
   assert_atom(&ls->args.items[2], "INBOX.Sent");
 }
 
+/* '[' is an ATOM-CHAR: it opens a section only after BODY, BINARY and
+ * their .PEEK/.SIZE forms.  Dovecot sends these names unquoted. */
+static void
+test_bracket_atoms(void)
+{
+  g_autoptr(ImapResponse) l =
+      parse_str("* LIST (\\HasNoChildren) \"/\" a[b\r\n");
+  assert_list(&l->args, 3);
+  assert_atom(&l->args.items[2], "a[b");
+
+  g_autoptr(ImapResponse) l2 =
+      parse_str("* LIST (\\HasNoChildren) \"/\" x]y[z\r\n");
+  assert_atom(&l2->args.items[2], "x]y[z");
+
+  g_autoptr(ImapResponse) st =
+      parse_str("* STATUS a[b (MESSAGES 2 HIGHESTMODSEQ 7)\r\n");
+  assert_atom(&st->args.items[0], "a[b");
+  assert_list(&st->args.items[1], 4);
+
+  g_autoptr(ImapResponse) f = parse_str(
+      "* 4 FETCH (UID 9 FLAGS (\\Seen $x[y [z) BODY[1]<0> {1}\r\nq)\r\n");
+  const ImapVal *att = assert_list(&f->args.items[0], 6);
+  const ImapVal *fl = assert_list(imap_fetch_get(att, "FLAGS", NULL), 3);
+  assert_atom(&fl->items[1], "$x[y");
+  assert_atom(&fl->items[2], "[z");
+  assert_atom(&att->items[4], "BODY[1]<0>");
+
+  g_autoptr(ImapResponse) pf =
+      parse_str("* FLAGS (\\Answered $x[y)\r\n");
+  assert_atom(&assert_list(&pf->args.items[0], 2)->items[1], "$x[y");
+}
+
 static void
 test_list_extended(void)
 {
@@ -1657,6 +1689,7 @@ main(int argc, char **argv)
   g_test_add_func("/parse/fetch/body-literal", test_fetch_body_literal);
   g_test_add_func("/parse/fetch/partial", test_fetch_partial);
   g_test_add_func("/parse/fetch/section-atoms", test_section_atoms);
+  g_test_add_func("/parse/data/bracket-atoms", test_bracket_atoms);
   g_test_add_func("/parse/stream/split-every-point", test_split_every_point);
   g_test_add_func("/parse/stream/split-two-points", test_split_two_points);
   g_test_add_func("/parse/stream/space-commit", test_space_commit);
