@@ -1086,6 +1086,18 @@ imap_val_to_u64(const ImapVal *v, guint64 *out)
   return TRUE;
 }
 
+gboolean
+imap_val_to_modseq(const ImapVal *v, guint64 *out)
+{
+  guint64 n;
+
+  if (!imap_val_str(v) || !parse_decimal(v->data, v->len, G_MAXINT64, &n) || n == 0)
+    return FALSE;
+  if (out)
+    *out = n;
+  return TRUE;
+}
+
 /* Does atom a match a name ending in '<' ("BODY[]<")?  Accepts the name
  * without origin ("BODY[]", origin 0; some servers omit a zero origin) or
  * followed by "<digits>". */
