@@ -366,19 +366,62 @@ typedef struct {
   guint64 base_modseq;
   /* results */
   GArray *msgs;      /* full: every message; delta: changed and new ones */
-  GArray *vanished;  /* delta: ImapUidRange */
+  GArray *vanished;  /* ImapUidRange: expunged while we listed, or since base */
+  GHashTable *pushed; /* uid -> DcPushed*: flag changes for UIDs not listed yet */
   GArray *result;    /* delta applied to base (set by the op) */
   guint32 uidvalidity;
   guint64 modseq;    /* best known HIGHESTMODSEQ after the fetch */
   gboolean sorted;
 } DcFetch;
 
+typedef struct {
+  guint32 flagset;
+  guint64 modseq;
+} DcPushed;
+
+static const DcMsg *dc_msgs_find(const GArray *msgs, guint32 uid);
+
+/* A FETCH with FLAGS but no size or date is a change another session made
+ * while we listed.  Dovecot, during our UID FETCH 1:*, sent 3990 with
+ * \Flagged at MODSEQ 4002, then "* 3990 FETCH (UID 3990 MODSEQ (4003)
+ * FLAGS ())".  It is applied to what was listed for that UID, and only
+ * then is its MODSEQ ours: HIGHESTMODSEQ may go only as far as the changes
+ * reflected (RFC 7162 3.1), or no later delta would bring the change back.
+ * For a UID not listed yet it waits: the listing may still bring that UID
+ * (a later answer, which wins), or a delta's base holds it. */
+static void dc_pushed_flags(DcFetch *f, const ImapMsgMeta *m) {
+  if (!m->has_flags)
+    return;
+  guint32 flagset = dircache_intern_flags(f->dc, m->flags);
+  DcMsg *have = NULL;
+  if (f->sorted)
+    have = (DcMsg *)dc_msgs_find(f->msgs, m->uid);
+  else
+    for (guint i = f->msgs->len; have == NULL && i-- > 0;)
+      if (g_array_index(f->msgs, DcMsg, i).uid == m->uid)
+        have = &g_array_index(f->msgs, DcMsg, i);
+  if (have != NULL) {
+    have->flagset = flagset;
+    f->modseq = MAX(f->modseq, m->modseq);
+    return;
+  }
+  if (f->pushed == NULL)
+    f->pushed = g_hash_table_new_full(NULL, NULL, NULL, g_free);
+  DcPushed *p = g_new(DcPushed, 1);
+  p->flagset = flagset;
+  p->modseq = m->modseq;
+  g_hash_table_replace(f->pushed, GUINT_TO_POINTER(m->uid), p);
+}
+
 static void dc_meta_cb(const ImapMsgMeta *m, gpointer user) {
   DcFetch *f = user;
-  if (m->modseq > f->modseq)
-    f->modseq = m->modseq;
-  if (!m->has_size || !m->has_date)
-    return; /* a pushed flag change, not part of the listing */
+  if (!m->has_size || !m->has_date) {
+    dc_pushed_flags(f, m);
+    return;
+  }
+  f->modseq = MAX(f->modseq, m->modseq);
+  if (f->pushed != NULL)
+    g_hash_table_remove(f->pushed, GUINT_TO_POINTER(m->uid));
   DcMsg msg = {.uid = m->uid,
                .flagset = dircache_intern_flags(f->dc, m->flags),
                .size = m->size,
@@ -388,6 +431,29 @@ static void dc_meta_cb(const ImapMsgMeta *m, gpointer user) {
   g_array_append_val(f->msgs, msg);
 }
 
+/* Pushed flag changes of a delta for messages of its base become changed
+ * messages; any other is of a message we do not have, and dropped (its
+ * MODSEQ with it). */
+static void dc_pushed_to_changed(DcFetch *f) {
+  if (f->pushed == NULL)
+    return;
+  GHashTableIter it;
+  gpointer k, v;
+  g_hash_table_iter_init(&it, f->pushed);
+  while (g_hash_table_iter_next(&it, &k, &v)) {
+    const DcMsg *b = dc_msgs_find(f->base, GPOINTER_TO_UINT(k));
+    const DcPushed *p = v;
+    if (b == NULL)
+      continue;
+    DcMsg msg = *b;
+    msg.flagset = p->flagset;
+    g_array_append_val(f->msgs, msg);
+    f->sorted = FALSE;
+    f->modseq = MAX(f->modseq, p->modseq);
+  }
+  g_hash_table_remove_all(f->pushed);
+}
+
 static void dc_vanished_cb(const char *set, gpointer user) {
   DcFetch *f = user;
   if (!imap_parse_uid_set(set, f->vanished))
@@ -395,14 +461,44 @@ static void dc_vanished_cb(const char *set, gpointer user) {
 }
 
 static GArray *dc_apply_delta(const GArray *base, const GArray *changed, const GArray *vanished);
+static gboolean dc_in_ranges(const GArray *ranges, guint32 uid);
 static int dc_msg_cmp(gconstpointer a, gconstpointer b);
 
 static void dc_fetch_reset(DcFetch *f) {
   g_clear_pointer(&f->result, g_array_unref);
   g_array_set_size(f->msgs, 0);
   g_array_set_size(f->vanished, 0);
+  if (f->pushed != NULL)
+    g_hash_table_remove_all(f->pushed);
   f->sorted = TRUE;
   f->modseq = 0;
+}
+
+/* A full listing leaves out what was expunged while it ran (VANISHED, or
+ * EXPUNGE of a message already listed); flag changes pushed for UIDs it
+ * did not list are of such messages too. */
+static void dc_full_done(DcFetch *f) {
+  guint k = 0;
+  for (guint i = 0; i < f->msgs->len; i++) {
+    DcMsg m = g_array_index(f->msgs, DcMsg, i);
+    if (!dc_in_ranges(f->vanished, m.uid))
+      g_array_index(f->msgs, DcMsg, k++) = m;
+  }
+  g_array_set_size(f->msgs, k);
+  if (f->pushed != NULL)
+    g_hash_table_remove_all(f->pushed);
+}
+
+/* Every message, in the mailbox c has just selected (info: its SELECT). */
+static gboolean dc_fetch_all(ImapConn *c, DcFetch *f, const ImapSelectInfo *info,
+                             GError **error) {
+  dc_fetch_reset(f);
+  f->uidvalidity = info->uidvalidity;
+  f->modseq = info->highestmodseq;
+  if (!imap_fetch_meta(c, "1:*", info->highestmodseq != 0, dc_meta_cb, dc_vanished_cb, f, error))
+    return FALSE;
+  dc_full_done(f);
+  return TRUE;
 }
 
 /* One listing, one round trip: a delta (QRESYNC) against what we had when
@@ -415,12 +511,25 @@ static gboolean dc_fetch_op(ImapConn *c, gpointer user, GError **error) {
                         (g_strcmp0(imap_conn_selected(c), f->mailbox) != 0 ||
                          imap_conn_selected_uidvalidity(c) == f->base_uidvalidity);
   if (!imap_list_messages(c, f->mailbox, want_delta ? f->base_modseq : 0, &info,
-                          dc_meta_cb, dc_vanished_cb, f, error))
-    return FALSE;
+                          dc_meta_cb, dc_vanished_cb, f, error)) {
+    /* The FETCH refused after a good SELECT: a delta (a server may answer
+     * CHANGEDSINCE with NO or BAD), or MODSEQ in a [NOMODSEQ] mailbox. */
+    gboolean refused = g_strcmp0(imap_conn_selected(c), f->mailbox) == 0 &&
+                       (want_delta || info.highestmodseq == 0) &&
+                       (g_error_matches(*error, IFS_ERROR, IFS_ERROR_NO) ||
+                        g_error_matches(*error, IFS_ERROR, IFS_ERROR_BAD));
+    if (!refused)
+      return FALSE;
+    g_debug("%s: listing refused (%s); listing it all", f->mailbox, (*error)->message);
+    g_clear_error(error);
+    return dc_fetch_all(c, f, &info, error);
+  }
   f->uidvalidity = info.uidvalidity;
-  if (info.highestmodseq > f->modseq)
-    f->modseq = info.highestmodseq;
-  if (want_delta && info.uidvalidity == f->base_uidvalidity) {
+  f->modseq = MAX(f->modseq, info.highestmodseq);
+  /* Without HIGHESTMODSEQ ([NOMODSEQ]) the mailbox has no mod-sequences to
+   * have a delta against. */
+  if (want_delta && info.uidvalidity == f->base_uidvalidity && info.highestmodseq != 0) {
+    dc_pushed_to_changed(f);
     if (!f->sorted)
       g_array_sort(f->msgs, dc_msg_cmp);
     f->result = dc_apply_delta(f->base, f->msgs, f->vanished);
@@ -431,14 +540,11 @@ static gboolean dc_fetch_op(ImapConn *c, gpointer user, GError **error) {
     g_debug("%s: delta gave %u messages, SELECT said %u; listing it all", f->mailbox,
             f->result->len, info.exists);
   }
-  if (want_delta) {
-    /* Recreated (other UIDVALIDITY) or inconsistent: list everything. */
-    guint64 modseq = f->modseq;
-    dc_fetch_reset(f);
-    f->uidvalidity = info.uidvalidity;
-    f->modseq = modseq;
-    return imap_fetch_meta(c, "1:*", 0, dc_meta_cb, f, error);
-  }
+  /* Recreated (other UIDVALIDITY), inconsistent or without mod-sequences:
+   * list everything. */
+  if (want_delta)
+    return dc_fetch_all(c, f, &info, error);
+  dc_full_done(f);
   return TRUE;
 }
 
@@ -735,6 +841,8 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     g_array_unref(f.result);
   if (f.base != NULL)
     g_array_unref(f.base);
+  if (f.pushed != NULL)
+    g_hash_table_unref(f.pushed);
   g_array_unref(f.vanished);
   g_mutex_unlock(&n->refresh_lock);
   if (old_uidvalidity != 0)
@@ -751,12 +859,15 @@ void dc_listing_clear(DcListing *l) {
 }
 
 const DcMsg *dc_listing_find(const DcListing *l, guint32 uid) {
-  if (l->msgs == NULL)
-    return NULL;
-  guint lo = 0, hi = l->msgs->len;
+  return l->msgs != NULL ? dc_msgs_find(l->msgs, uid) : NULL;
+}
+
+/* In a list sorted by UID. */
+static const DcMsg *dc_msgs_find(const GArray *msgs, guint32 uid) {
+  guint lo = 0, hi = msgs->len;
   while (lo < hi) {
     guint mid = lo + (hi - lo) / 2;
-    const DcMsg *m = &g_array_index(l->msgs, DcMsg, mid);
+    const DcMsg *m = &g_array_index(msgs, DcMsg, mid);
     if (m->uid == uid)
       return m;
     if (m->uid < uid)

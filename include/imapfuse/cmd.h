@@ -43,7 +43,8 @@ typedef struct {
   guint32 uidvalidity;
   guint32 uidnext;
   guint32 exists;
-  guint64 highestmodseq; /* 0 when the server has no CONDSTORE for it */
+  guint64 highestmodseq; /* 0 when the server has no CONDSTORE for it
+                          * ([NOMODSEQ], or none sent, or over 2^63-1) */
 } ImapSelectInfo;
 
 /* SELECT mailbox (always sent); records the selection on the connection. */
@@ -64,17 +65,22 @@ typedef struct {
 } ImapMsgMeta;
 typedef void (*ImapMetaFn)(const ImapMsgMeta *m, gpointer user);
 
-/* UID FETCH uidset (UID RFC822.SIZE INTERNALDATE FLAGS [MODSEQ])
- * [(CHANGEDSINCE n)] on the selected mailbox; fn per message. */
-gboolean imap_fetch_meta(ImapConn *c, const char *uidset, guint64 changedsince,
-                         ImapMetaFn fn, gpointer user, GError **error);
+/* UID FETCH uidset (UID RFC822.SIZE INTERNALDATE FLAGS [MODSEQ]) on the
+ * selected mailbox; fn per message.  MODSEQ only with modseq (a mailbox
+ * whose SELECT gave HIGHESTMODSEQ: RFC 7162 has a server refuse it in a
+ * [NOMODSEQ] one).  vanished (may be NULL) gets expunged UIDs as a set
+ * ("3:5,9"), from VANISHED and from "* n EXPUNGE" of a message already
+ * fetched. */
+typedef void (*ImapVanishedFn)(const char *uidset, gpointer user);
+gboolean imap_fetch_meta(ImapConn *c, const char *uidset, gboolean modseq,
+                         ImapMetaFn fn, ImapVanishedFn vanished, gpointer user,
+                         GError **error);
 
 /* What changed since modseq on the selected mailbox (QRESYNC enabled):
  * UID FETCH 1:* (UID RFC822.SIZE INTERNALDATE FLAGS MODSEQ)
  *   (CHANGEDSINCE modseq VANISHED)
  * fn gets changed and new messages, vanished gets each expunged UID set
  * as text ("3:5,9"). */
-typedef void (*ImapVanishedFn)(const char *uidset, gpointer user);
 gboolean imap_fetch_changes(ImapConn *c, guint64 modseq, ImapMetaFn fn, ImapVanishedFn vanished,
                             gpointer user, GError **error);
 
@@ -83,7 +89,8 @@ gboolean imap_fetch_changes(ImapConn *c, guint64 modseq, ImapMetaFn fn, ImapVani
  * CHANGEDSINCE/VANISHED form when changedsince > 0 and QRESYNC is on.  A
  * SELECT even when the session has the mailbox selected already: a
  * pipelined NOOP would not do (the FETCH after it may be evaluated on the
- * old view).  info holds SELECT's answers.
+ * old view).  info holds SELECT's answers; when the SELECT succeeded and
+ * only the FETCH was refused, this fails but the mailbox stays selected.
  * The caller must check info->uidvalidity against what a delta was asked
  * against: a different one makes the delta meaningless. */
 gboolean imap_list_messages(ImapConn *c, const char *mailbox, guint64 changedsince,

@@ -120,6 +120,9 @@ const char *imap_val_str(const ImapVal *v); /* ATOM/STRING data, else NULL */
 gboolean imap_val_is_atom(const ImapVal *v, const char *name_ci);
 gboolean imap_val_to_u32(const ImapVal *v, guint32 *out); /* strict decimal */
 gboolean imap_val_to_u64(const ImapVal *v, guint64 *out);
+/* A mod-sequence: 1..2^63-1 (RFC 7162 is 63-bit); anything else is
+ * refused, so that no value a server cannot take back is cached. */
+gboolean imap_val_to_modseq(const ImapVal *v, guint64 *out);
 /* In a FETCH attribute list (name value name value ...), the value following
  * the attribute whose name matches name_ci case-insensitively, e.g. "UID",
  * "RFC822.SIZE", "BODY[]" (matches "BODY[]" exactly, not "BODY[]<0>"), or

@@ -183,8 +183,16 @@ static gboolean cmd_select_handler(ImapResponse *r, gpointer user) {
       return imap_val_to_u32(v, &info->uidvalidity);
     if (g_str_equal(r->code, "UIDNEXT"))
       return imap_val_to_u32(v, &info->uidnext);
-    if (g_str_equal(r->code, "HIGHESTMODSEQ"))
-      return imap_val_to_u64(v, &info->highestmodseq);
+    if (g_str_equal(r->code, "HIGHESTMODSEQ")) {
+      /* Out of range (over 2^63-1): as if the mailbox had none. */
+      if (!imap_val_to_modseq(v, &info->highestmodseq))
+        info->highestmodseq = 0;
+      return TRUE;
+    }
+  }
+  if (r->status == IMAP_STATUS_OK && g_strcmp0(r->code, "NOMODSEQ") == 0) {
+    info->highestmodseq = 0; /* no mod-sequences in this mailbox */
+    return TRUE;
   }
   if (r->has_number && g_strcmp0(r->name, "EXISTS") == 0) {
     info->exists = r->number;
@@ -254,7 +262,39 @@ typedef struct {
   ImapMetaFn fn;
   ImapVanishedFn vanished;
   gpointer user;
+  /* With vanished: the UID of each sequence number (index seq-1; 0 where
+   * no FETCH told it yet), so that "* n EXPUNGE" names a UID. */
+  GArray *seq_uids;
 } CmdMetaCtx;
+
+static void cmd_meta_ctx_clear(CmdMetaCtx *ctx) {
+  g_clear_pointer(&ctx->seq_uids, g_array_unref);
+}
+
+static void cmd_meta_note_seq(CmdMetaCtx *ctx, guint32 seq, guint32 uid) {
+  if (ctx->vanished == NULL || seq == 0)
+    return;
+  if (ctx->seq_uids == NULL)
+    ctx->seq_uids = g_array_new(FALSE, TRUE, sizeof(guint32));
+  if (ctx->seq_uids->len < seq)
+    g_array_set_size(ctx->seq_uids, seq);
+  g_array_index(ctx->seq_uids, guint32, seq - 1) = uid;
+}
+
+/* "* n EXPUNGE" (a server without QRESYNC enabled, RFC 3501 7.4.1): the
+ * message n is gone and every later one moves down by one.  If no FETCH
+ * has told n's UID yet, the listing has not reached it and will not. */
+static void cmd_meta_expunge(CmdMetaCtx *ctx, guint32 seq) {
+  if (ctx->seq_uids == NULL || seq == 0 || seq > ctx->seq_uids->len)
+    return;
+  guint32 uid = g_array_index(ctx->seq_uids, guint32, seq - 1);
+  g_array_remove_index(ctx->seq_uids, seq - 1);
+  if (uid != 0) {
+    char set[16];
+    g_snprintf(set, sizeof set, "%u", uid);
+    ctx->vanished(set, ctx->user);
+  }
+}
 
 static gboolean cmd_meta_handler(ImapResponse *r, gpointer user) {
   CmdMetaCtx *ctx = user;
@@ -265,6 +305,11 @@ static gboolean cmd_meta_handler(ImapResponse *r, gpointer user) {
       ctx->vanished(set->data, ctx->user);
     return TRUE;
   }
+  if (ctx->vanished != NULL && r->kind == IMAP_RESP_UNTAGGED && r->has_number &&
+      g_strcmp0(r->name, "EXPUNGE") == 0) {
+    cmd_meta_expunge(ctx, r->number);
+    return TRUE;
+  }
   if (r->kind != IMAP_RESP_UNTAGGED || g_strcmp0(r->name, "FETCH") != 0 ||
       r->args.n_items < 1 || r->args.items[0].type != IMAP_VAL_LIST)
     return FALSE;
@@ -273,13 +318,15 @@ static gboolean cmd_meta_handler(ImapResponse *r, gpointer user) {
   const ImapVal *v = imap_fetch_get(atts, "UID", NULL);
   if (v == NULL || !imap_val_to_u32(v, &m.uid))
     return FALSE; /* no UID: not ours */
+  if (r->has_number)
+    cmd_meta_note_seq(ctx, r->number, m.uid);
   if ((v = imap_fetch_get(atts, "RFC822.SIZE", NULL)) != NULL)
     m.has_size = imap_val_to_u64(v, &m.size);
   if ((v = imap_fetch_get(atts, "INTERNALDATE", NULL)) != NULL && imap_val_str(v) != NULL)
     m.has_date = imap_parse_internaldate(v->data, &m.date);
   if ((v = imap_fetch_get(atts, "MODSEQ", NULL)) != NULL && v->type == IMAP_VAL_LIST &&
       v->n_items == 1)
-    imap_val_to_u64(&v->items[0], &m.modseq);
+    imap_val_to_modseq(&v->items[0], &m.modseq);
   g_autofree char *flags = NULL;
   if ((v = imap_fetch_get(atts, "FLAGS", NULL)) != NULL && v->type == IMAP_VAL_LIST) {
     flags = cmd_canonical_flags(v);
@@ -290,24 +337,33 @@ static gboolean cmd_meta_handler(ImapResponse *r, gpointer user) {
   return TRUE;
 }
 
-gboolean imap_fetch_meta(ImapConn *c, const char *uidset, guint64 changedsince, ImapMetaFn fn,
-                         gpointer user, GError **error) {
-  CmdMetaCtx ctx = {fn, NULL, user};
-  gboolean modseq = imap_conn_qresync_enabled(c) || imap_conn_has(c, IMAP_CAP_CONDSTORE);
-  ImapCmd *cmd = imap_cmd_new("UID FETCH %s (UID RFC822.SIZE INTERNALDATE FLAGS%s)", uidset,
-                              modseq ? " MODSEQ" : "");
-  if (changedsince > 0 && modseq)
-    imap_cmd_add(cmd, " (CHANGEDSINCE %" G_GUINT64_FORMAT ")", changedsince);
-  return imap_conn_run(c, cmd, cmd_meta_handler, &ctx, NULL, error);
+static ImapCmd *cmd_fetch_meta_new(const char *uidset, gboolean modseq) {
+  return imap_cmd_new("UID FETCH %s (UID RFC822.SIZE INTERNALDATE FLAGS%s)", uidset,
+                      modseq ? " MODSEQ" : "");
+}
+
+gboolean imap_fetch_meta(ImapConn *c, const char *uidset, gboolean modseq, ImapMetaFn fn,
+                         ImapVanishedFn vanished, gpointer user, GError **error) {
+  CmdMetaCtx ctx = {fn, vanished, user, NULL};
+  gboolean ok = imap_conn_run(c, cmd_fetch_meta_new(uidset, modseq), cmd_meta_handler, &ctx,
+                              NULL, error);
+  cmd_meta_ctx_clear(&ctx);
+  return ok;
+}
+
+static ImapCmd *cmd_fetch_changes_new(guint64 modseq) {
+  return imap_cmd_new("UID FETCH 1:* (UID RFC822.SIZE INTERNALDATE FLAGS MODSEQ) "
+                      "(CHANGEDSINCE %" G_GUINT64_FORMAT " VANISHED)",
+                      modseq);
 }
 
 gboolean imap_fetch_changes(ImapConn *c, guint64 modseq, ImapMetaFn fn, ImapVanishedFn vanished,
                             gpointer user, GError **error) {
-  CmdMetaCtx ctx = {fn, vanished, user};
-  ImapCmd *cmd = imap_cmd_new("UID FETCH 1:* (UID RFC822.SIZE INTERNALDATE FLAGS MODSEQ) "
-                              "(CHANGEDSINCE %" G_GUINT64_FORMAT " VANISHED)",
-                              modseq);
-  return imap_conn_run(c, cmd, cmd_meta_handler, &ctx, NULL, error);
+  CmdMetaCtx ctx = {fn, vanished, user, NULL};
+  gboolean ok = imap_conn_run(c, cmd_fetch_changes_new(modseq), cmd_meta_handler, &ctx, NULL,
+                              error);
+  cmd_meta_ctx_clear(&ctx);
+  return ok;
 }
 
 typedef struct {
@@ -326,7 +382,7 @@ gboolean imap_list_messages(ImapConn *c, const char *mailbox, guint64 changedsin
   memset(info, 0, sizeof *info);
   gboolean qresync = imap_conn_qresync_enabled(c);
   gboolean modseq = qresync || imap_conn_has(c, IMAP_CAP_CONDSTORE);
-  CmdListMsgsCtx ctx = {info, {fn, vanished, user}};
+  CmdListMsgsCtx ctx = {info, {fn, vanished, user, NULL}};
   ImapCmd *cmds[2];
   /* Always SELECT, also when this session has the mailbox selected
    * already: a pipelined NOOP would not do, as the FETCH after it may be
@@ -334,17 +390,19 @@ gboolean imap_list_messages(ImapConn *c, const char *mailbox, guint64 changedsin
    * SELECT gives a fresh view, and EXISTS to check a delta against. */
   cmds[0] = cmd_select_new(c, mailbox);
   if (changedsince > 0 && qresync)
-    cmds[1] = imap_cmd_new("UID FETCH 1:* (UID RFC822.SIZE INTERNALDATE FLAGS MODSEQ) "
-                           "(CHANGEDSINCE %" G_GUINT64_FORMAT " VANISHED)",
-                           changedsince);
+    cmds[1] = cmd_fetch_changes_new(changedsince);
   else
-    cmds[1] = imap_cmd_new("UID FETCH 1:* (UID RFC822.SIZE INTERNALDATE FLAGS%s)",
-                           modseq ? " MODSEQ" : "");
+    cmds[1] = cmd_fetch_meta_new("1:*", modseq);
   g_autoptr(GError) local = NULL;
   gboolean ok = imap_conn_run_pipeline(c, cmds, 2, cmd_list_msgs_handler, &ctx, NULL, &local);
+  cmd_meta_ctx_clear(&ctx.meta);
+  /* The SELECT went through even if the FETCH did not: the caller may ask
+   * again in it (a refused delta, or MODSEQ in a [NOMODSEQ] mailbox). */
+  gboolean selected = info->uidvalidity != 0 && !imap_conn_is_broken(c);
+  if (selected)
+    imap_conn_set_selected(c, mailbox, info->uidvalidity);
   /* "1:*" on an empty mailbox is an error on some servers: nothing to list. */
-  if (!ok && info->uidvalidity != 0 && info->exists == 0 &&
-      !imap_conn_is_broken(c))
+  if (!ok && selected && info->exists == 0)
     ok = TRUE;
   if (!ok) {
     g_propagate_error(error, g_steal_pointer(&local));
@@ -355,7 +413,6 @@ gboolean imap_list_messages(ImapConn *c, const char *mailbox, guint64 changedsin
                 mailbox);
     return FALSE;
   }
-  imap_conn_set_selected(c, mailbox, info->uidvalidity);
   return TRUE;
 }
 
@@ -525,7 +582,7 @@ static gboolean cmd_status_info_handler(ImapResponse *r, gpointer user) {
     else if (imap_val_is_atom(k, "MESSAGES"))
       imap_val_to_u32(v, &out->messages);
     else if (imap_val_is_atom(k, "HIGHESTMODSEQ"))
-      imap_val_to_u64(v, &out->highestmodseq);
+      imap_val_to_modseq(v, &out->highestmodseq);
   }
   return TRUE;
 }

@@ -455,6 +455,22 @@ parse_val_bytes(ImapVal *v, ImapValType type, gboolean literal,
   v->len = len;
 }
 
+/* Does s[0..n) name a fetch attribute that takes a section?  Only then
+ * does '[' open one: elsewhere '[' is an ordinary ATOM-CHAR (RFC 3501 9),
+ * as in a mailbox "a[b" that Dovecot sends unquoted. */
+static gboolean
+parse_takes_section(const guint8 *s, gsize n)
+{
+  static const char *const names[] = {
+    "BODY", "BODY.PEEK", "BINARY", "BINARY.PEEK", "BINARY.SIZE",
+  };
+  for (gsize i = 0; i < G_N_ELEMENTS(names); i++)
+    if (n == strlen(names[i]) &&
+        g_ascii_strncasecmp((const char *)s, names[i], n) == 0)
+      return TRUE;
+  return FALSE;
+}
+
 static gboolean
 parse_atom(ParseCursor *c, ImapVal *v)
 {
@@ -466,7 +482,7 @@ parse_atom(ParseCursor *c, ImapVal *v)
       break;
     if (ch == '\0')
       return parse_fail(c, IMAP_PARSE_ERROR_SYNTAX, "NUL byte in atom");
-    if (ch == '[') {
+    if (ch == '[' && parse_takes_section(c->in + start, c->pos - start)) {
       /* Section: BODY[HEADER.FIELDS (FROM TO)] is one atom, spaces and
        * parens included. */
       guint depth = 1;
@@ -1064,6 +1080,18 @@ imap_val_to_u64(const ImapVal *v, guint64 *out)
   guint64 n;
 
   if (!imap_val_str(v) || !parse_decimal(v->data, v->len, G_MAXUINT64, &n))
+    return FALSE;
+  if (out)
+    *out = n;
+  return TRUE;
+}
+
+gboolean
+imap_val_to_modseq(const ImapVal *v, guint64 *out)
+{
+  guint64 n;
+
+  if (!imap_val_str(v) || !parse_decimal(v->data, v->len, G_MAXINT64, &n) || n == 0)
     return FALSE;
   if (out)
     *out = n;

@@ -1520,3 +1520,131 @@ def test_daemon_mode_with_relative_cache_dir(imapfuse_bin, empty_dovecot, env, t
         time.sleep(0.1)
     assert list((tmp_path / "relcache" / "meta").glob("*.mc")), list(tmp_path.rglob("*"))
     assert (tmp_path / "relcache" / "bodies").is_dir()
+
+
+# ------------------------------------------- changes made while we list
+
+def _flags_xattr(m, box, uid):
+    return set(os.getxattr(os.path.join(m.path, box, "%d.eml" % uid),
+                           "user.imap.flags").decode().split())
+
+
+def _modseq_of(dv, box, uid):
+    c = dv.imap()
+    c.select(imap_quote(box), readonly=True)
+    typ, data = c.uid("FETCH", str(uid), "(MODSEQ)")
+    c.logout()
+    return int(re.search(rb"MODSEQ \((\d+)\)", data[0]).group(1))
+
+
+def test_flags_pushed_during_listing_are_applied(mount, empty_dovecot, env):
+    """Another session unflags a message while Dovecot answers our listing:
+    the listing gives the message with \\Flagged at MODSEQ m-1, then pushes
+    "* n FETCH (UID u MODSEQ (m) FLAGS ())" (seen on Dovecot with a big
+    mailbox; a proxy plays it here).  The pushed change used to be dropped
+    while its MODSEQ was kept, so the listing stayed \\Flagged and every
+    STATUS (HIGHESTMODSEQ m) confirmed it."""
+    from test_write_review import Proxy
+    dv = empty_dovecot()
+    uids = _make_box(dv, "Box", [_msg("p%d" % i, 600) for i in range(3)])
+    u = uids[1]
+    modseq = _modseq_of(dv, "Box", u)
+    px = Proxy(dv.port)
+    played = []
+
+    def edit(data):
+        def race(mt):
+            played.append(1)
+            return (mt.group(1) + b"\\Flagged" + (b" " if mt.group(3) else b"")
+                    + mt.group(3) + b") MODSEQ (%d))\r\n" % (modseq - 1) +
+                    b"* %s FETCH (UID %d MODSEQ (%d) FLAGS (%s))\r\n"
+                    % (mt.group(2), u, modseq, mt.group(3)))
+        return re.sub(rb"(\* (\d+) FETCH \(UID %d RFC822\.SIZE \d+ INTERNALDATE "
+                      rb"\"[^\"]*\" FLAGS \()([^)]*)\) MODSEQ \(\d+\)\)\r\n" % u,
+                      race, data)
+    px.edit_s2c = edit
+    try:
+        m = mount(dv, "poll=1", env=env, port=px.port)
+        assert _listing(os.path.join(m.path, "Box")) == _names(uids)
+        assert played == [1]
+        px.edit_s2c = None
+        assert _flags_xattr(m, "Box", u) == _server_flags(dv, "Box")[u] == set()
+        time.sleep(2.5)  # watcher rounds: STATUS agrees with what we hold
+        assert _flags_xattr(m, "Box", u) == set()
+    finally:
+        px.close()
+
+
+@pytest.mark.parametrize("how", ["VANISHED", "EXPUNGE"])
+def test_expunge_during_full_listing_is_applied(mount, empty_dovecot, env, how):
+    """A message expunged by another session while our full listing runs:
+    the listing has given it, then the server says it is gone
+    (VANISHED with QRESYNC, "* n EXPUNGE" without).  A proxy plays that
+    for a message the other client has really expunged.  It used to stay
+    listed (and reading it failed with ENOENT)."""
+    from test_write_review import Proxy
+    dv = empty_dovecot()
+    msgs = [_msg("x%d" % i, 600) for i in range(3)]
+    uids = _make_box(dv, "Box", msgs)
+    gone = uids[1]
+    c = dv.imap()
+    c.select("Box")
+    c.uid("STORE", str(gone), "+FLAGS.SILENT", r"(\Deleted)")
+    assert c.uid("EXPUNGE", str(gone))[0] == "OK"
+    c.logout()
+    px = Proxy(dv.port)
+    played = []
+
+    def edit(data):
+        def race(mt):
+            played.append(1)
+            expunged = b"* VANISHED %d" % gone if how == "VANISHED" else b"* 2 EXPUNGE"
+            return (mt.group(0) + b"* 2 FETCH (UID %d RFC822.SIZE %d INTERNALDATE %s "
+                    b"FLAGS () MODSEQ (1))\r\n%s\r\n" % (gone, len(msgs[1]), mt.group(1),
+                                                        expunged))
+        return re.sub(rb"\* 1 FETCH \(UID %d RFC822\.SIZE \d+ INTERNALDATE (\"[^\"]*\")"
+                      rb"[^\r\n]*\r\n" % uids[0], race, data)
+    px.edit_s2c = edit
+    try:
+        m = mount(dv, "poll=0", env=env, port=px.port)
+        assert _listing(os.path.join(m.path, "Box")) == _names([uids[0], uids[2]])
+        assert played == [1]
+    finally:
+        px.close()
+
+
+@pytest.mark.parametrize("how", ["BAD", "NOMODSEQ"])
+def test_delta_refused_or_without_modseq_lists_everything(mount, empty_dovecot, env, how):
+    """A remount brings a saved listing up to date with a delta
+    (CHANGEDSINCE).  BAD: the server refuses the delta; it used to fail
+    the listing (EIO) instead of listing everything.  NOMODSEQ: SELECT
+    says the mailbox has no mod-sequences (and the delta answer is
+    empty); the delta used to be applied anyway, so a flag change made
+    elsewhere never showed."""
+    from test_write_review import Proxy
+    dv = empty_dovecot()
+    uids = _make_box(dv, "Box", [_msg("d%d" % i, 600) for i in range(3)])
+    px = Proxy(dv.port)
+    try:
+        m = mount(dv, env=env, port=px.port)
+        assert _listing(os.path.join(m.path, "Box")) == _names(uids)
+        m.unmount()
+
+        c = dv.imap()
+        c.select("Box")
+        c.uid("STORE", str(uids[0]), "+FLAGS.SILENT", r"(\Flagged)")
+        c.logout()
+        if how == "BAD":
+            px.edit_c2s = lambda d: d.replace(b"(CHANGEDSINCE ", b"(CHANGEDSINCX ")
+        elif how == "NOMODSEQ":
+            def nomodseq(d):
+                d = re.sub(rb"\[HIGHESTMODSEQ \d+\]", b"[NOMODSEQ]", d)
+                d = re.sub(rb"HIGHESTMODSEQ \d+", b"HIGHESTMODSEQ 0", d)
+                return re.sub(rb"(?m)^\* \d+ FETCH \([^\r\n]*MODSEQ \([^\r\n]*\r\n", b"", d)
+            px.edit_s2c = nomodseq
+        m = mount(dv, env=env, port=px.port)
+        assert _listing(os.path.join(m.path, "Box")) == _names(uids)
+        assert _flags_xattr(m, "Box", uids[0]) == _server_flags(dv, "Box")[uids[0]] \
+            == {"\\Flagged"}
+    finally:
+        px.close()

@@ -251,6 +251,47 @@ def test_dot_delimiter_and_slash_in_name(mount, empty_dovecot, env):
         assert os.stat(p).st_size == len(bodies[n])
 
 
+def test_bracket_names_and_keywords(mount, empty_dovecot, env):
+    """'[' and ']' are atom characters: Dovecot sends "a[b" unquoted in
+    LIST and STATUS, and a keyword "$x[y" in FLAGS.  They used to fail the
+    parser ("unterminated '['"), and with it the mount."""
+    dv = empty_dovecot()
+    msgs = [_msg("br%d" % i, 5 + i) for i in range(3)]
+    a_uids = _make_box(dv, "a[b", msgs[:2])
+    x_uids = _make_box(dv, "x]y[z", msgs[2:])
+    c = dv.imap()
+    c.select(imap_quote("a[b"))
+    typ, data = c.uid("STORE", str(a_uids[0]), "+FLAGS", "($x[y)")
+    assert typ == "OK", data
+    typ, data = c.list()
+    c.logout()
+    assert any(l.endswith(b" a[b") for l in data), data  # sent unquoted
+
+    m = mount(dv, env=env)
+    # '[' and ']' are not escaped (README, "The mapping").
+    tree = walk(m)
+    assert tree == {"INBOX": [], "a[b": ["%d.eml" % u for u in a_uids],
+                    "x]y[z": ["%d.eml" % x_uids[0]]}
+    a = os.path.join(m.path, "a[b")
+    assert read_file(os.path.join(a, "%d.eml" % a_uids[0])) == msgs[0]
+    assert os.getxattr(os.path.join(a, "%d.eml" % a_uids[0]),
+                       "user.imap.flags").split() == [b"$x[y"]
+    new = _msg("into-a[b", 3)
+    with open(os.path.join(a, "new.eml"), "wb") as f:
+        f.write(new)
+    os.unlink(os.path.join(m.path, "x]y[z", "%d.eml" % x_uids[0]))
+    got = imap_bodies(dv, "a[b")
+    assert sorted(got.values()) == sorted(msgs[:2] + [new])
+    assert imap_bodies(dv, "x]y[z") == {}
+    m.unmount()
+
+    # A remount checks the saved listings with STATUS ("* STATUS a[b ...").
+    m = mount(dv, env=env)
+    assert sorted(os.listdir(os.path.join(m.path, "a[b"))) == \
+        sorted("%d.eml" % u for u in got)
+    assert os.listdir(os.path.join(m.path, "x]y[z")) == []
+
+
 # ------------------------------------------------------------------ files
 
 def test_files_match_server(corpus_mount, dovecot, manifest):

@@ -51,7 +51,9 @@ class Proxy:
     way, until release().
     after_list: called once, when the server has answered the next LIST,
     before the client sees the answer.  hide_in_list: a mailbox left out
-    of the next hide_times LIST answers."""
+    of the next hide_times LIST answers.  edit_s2c / edit_c2s: a function
+    given whole lines of what the server / client sends, returning what
+    goes on instead (to play answers Dovecot gives only in a race)."""
 
     def __init__(self, target_port):
         self.target = target_port
@@ -79,6 +81,8 @@ class Proxy:
         self.after_list = None
         self.hide_in_list = None
         self.hide_times = 1
+        self.edit_s2c = None
+        self.edit_c2s = None
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -147,12 +151,24 @@ class Proxy:
             except OSError:
                 pass
 
+    def _edit(self, fn, st, way, data):
+        """While fn is set, data goes on in whole lines, through fn."""
+        data = st.pop(way, b"") + data
+        if fn is None:
+            return data
+        cut = data.rfind(b"\n") + 1
+        st[way] = data[cut:]
+        return fn(data[:cut]) if cut else b""
+
     def _c2s(self, cl, sv, st):
         try:
             while not st["dead"]:
                 data = cl.recv(65536)
                 if not data:
                     break
+                data = self._edit(self.edit_c2s, st, "c2s", data)
+                if not data:
+                    continue
                 hold = False
                 for m in re.finditer(rb"(?m)^\S+ (SELECT|EXAMINE|NOOP|APPEND|RENAME|DELETE|"
                                      rb"LOGOUT|UID|STATUS|LIST|CREATE|ENABLE)\b ?(\S*)", data):
@@ -213,6 +229,9 @@ class Proxy:
                 data = sv.recv(65536)
                 if not data:
                     break
+                data = self._edit(self.edit_s2c, st, "s2c", data)
+                if not data:
+                    continue
                 tag = st["cut_tag"]
                 if tag is not None and re.search(rb"(?m)^" + re.escape(tag) + rb" ", data):
                     with self.lock:

@@ -489,6 +489,37 @@ test_list_gmail_courier(void)
   assert_atom(&ls->args.items[2], "INBOX.Sent");
 }
 
+/* '[' is an ATOM-CHAR: it opens a section only after BODY, BINARY and
+ * their .PEEK/.SIZE forms.  Dovecot sends these names unquoted. */
+static void
+test_bracket_atoms(void)
+{
+  static const char *const names[] = {"a[b", "x]y[z", "[q"};
+  for (gsize i = 0; i < G_N_ELEMENTS(names); i++) {
+    g_autofree char *in = g_strdup_printf("* LIST () \"/\" %s\r\n", names[i]);
+    g_autoptr(ImapResponse) l = parse_str(in);
+    assert_list(&l->args, 3);
+    assert_atom(&l->args.items[2], names[i]);
+  }
+
+  g_autoptr(ImapResponse) st =
+      parse_str("* STATUS a[b (MESSAGES 2 HIGHESTMODSEQ 7)\r\n");
+  assert_atom(&st->args.items[0], "a[b");
+  assert_list(&st->args.items[1], 4);
+
+  g_autoptr(ImapResponse) f = parse_str(
+      "* 4 FETCH (UID 9 FLAGS (\\Seen $x[y [z) BODY[1]<0> {1}\r\nq)\r\n");
+  const ImapVal *att = assert_list(&f->args.items[0], 6);
+  const ImapVal *fl = assert_list(imap_fetch_get(att, "FLAGS", NULL), 3);
+  assert_atom(&fl->items[1], "$x[y");
+  assert_atom(&fl->items[2], "[z");
+  assert_atom(&att->items[4], "BODY[1]<0>");
+
+  g_autoptr(ImapResponse) pf =
+      parse_str("* FLAGS (\\Answered $x[y)\r\n");
+  assert_atom(&assert_list(&pf->args.items[0], 2)->items[1], "$x[y");
+}
+
 static void
 test_list_extended(void)
 {
@@ -962,6 +993,24 @@ test_status(void)
 
   g_autoptr(ImapResponse) a = parse_str("* STATUS blurdybloop (MESSAGES 231 UIDNEXT 44292)\r\n");
   assert_atom(&a->args.items[0], "blurdybloop");
+}
+
+/* RFC 7162 mod-sequences are 63-bit: a bigger one is not taken. */
+static void
+test_val_modseq(void)
+{
+  g_autoptr(ImapResponse) r = parse_str(
+      "* 1 FETCH (MODSEQ (9223372036854775807 9223372036854775808 "
+      "18446744073709551615 0 12))\r\n");
+  const ImapVal *l = &r->args.items[0].items[1];
+  guint64 v = 0;
+  g_assert_true(imap_val_to_modseq(&l->items[0], &v));
+  g_assert_cmpuint(v, ==, G_MAXINT64);
+  g_assert_false(imap_val_to_modseq(&l->items[1], NULL));
+  g_assert_false(imap_val_to_modseq(&l->items[2], NULL));
+  g_assert_false(imap_val_to_modseq(&l->items[3], NULL));
+  g_assert_true(imap_val_to_modseq(&l->items[4], &v));
+  g_assert_cmpuint(v, ==, 12);
 }
 
 static void
@@ -1657,6 +1706,7 @@ main(int argc, char **argv)
   g_test_add_func("/parse/fetch/body-literal", test_fetch_body_literal);
   g_test_add_func("/parse/fetch/partial", test_fetch_partial);
   g_test_add_func("/parse/fetch/section-atoms", test_section_atoms);
+  g_test_add_func("/parse/data/bracket-atoms", test_bracket_atoms);
   g_test_add_func("/parse/stream/split-every-point", test_split_every_point);
   g_test_add_func("/parse/stream/split-two-points", test_split_two_points);
   g_test_add_func("/parse/stream/space-commit", test_space_commit);
@@ -1683,6 +1733,7 @@ main(int argc, char **argv)
   g_test_add_func("/parse/stream/big-literal-linear", test_big_literal_linear);
   g_test_add_func("/parse/stream/many-small-bytewise", test_many_small_bytewise);
   g_test_add_func("/parse/helper/val-numbers", test_val_numbers);
+  g_test_add_func("/parse/helper/val-modseq", test_val_modseq);
   g_test_add_func("/parse/helper/val-atoms", test_val_atoms);
   g_test_add_func("/parse/helper/fetch-get-edges", test_fetch_get_edges);
   g_test_add_func("/parse/helper/internaldate", test_internaldate);
