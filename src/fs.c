@@ -238,6 +238,10 @@ static gboolean fs_entry_for(Fs *fs, DcNode *parent, const char *name,
       return FALSE;
     }
     const DcMsg *m = dc_listing_find(&l, uid);
+    if (m != NULL && fswrite_dirent(fs->w, parent, l.uidvalidity, uid, name, e) < 0) {
+      dc_listing_clear(&l); /* rm'd while a new file's name for it remains */
+      break;
+    }
     if (m != NULL) {
       e->ino = fs_msg_ino(l.epoch, uid);
       fs_msg_attr(fs, l.epoch, m, &e->attr);
@@ -398,9 +402,14 @@ static void fs_readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t
       const DcMsg *m = &g_array_index(d->listing.msgs, DcMsg, i - nchild);
       g_snprintf(name, sizeof name, "%u.eml", m->uid);
       nm = name;
-      e.ino = fs_msg_ino(d->listing.epoch, m->uid);
-      fs_msg_attr(fs, d->listing.epoch, m, &e.attr);
-      e.attr_timeout = e.entry_timeout = fs->opts.msg_timeout;
+      int how = fswrite_dirent(fs->w, d->node, d->listing.uidvalidity, m->uid, name, &e);
+      if (how < 0)
+        continue;
+      if (how == 0) {
+        e.ino = fs_msg_ino(d->listing.epoch, m->uid);
+        fs_msg_attr(fs, d->listing.epoch, m, &e.attr);
+        e.attr_timeout = e.entry_timeout = fs->opts.msg_timeout;
+      }
     }
     size_t n = plus ? fuse_add_direntry_plus(req, buf + used, size - used, nm, &e, (off_t)(pos + 1))
                     : fuse_add_direntry(req, buf + used, size - used, nm, &e.attr, (off_t)(pos + 1));

@@ -110,6 +110,8 @@ typedef struct {
   gboolean owned;     /* our APPEND made sent_uid (not an identical message
                        * found there): only then may we move or delete it */
   gboolean left;    /* the staging file holds the only copy: do not remove */
+  char *hidden_key; /* under w->lock: the <UID>.eml name of its message is
+                     * hidden (w->hidden) while f is named */
 } FswFile;
 
 typedef struct {
@@ -139,6 +141,7 @@ struct FsWrite {
   GMutex lock;
   GHashTable *by_ino;    /* &f->ino -> FswFile* (holds a ref) */
   GHashTable *by_name;   /* "dirid/name" -> FswFile* */
+  GHashTable *hidden;    /* "dirid/uidvalidity/uid" -> FswFile* that hides it */
   GHashTable *dir_attrs; /* dir id -> FswDirAttr* */
   GHashTable *mbox_locks; /* mailbox -> GMutex* */
   guint32 serial;
@@ -280,6 +283,7 @@ static void fsw_file_unref(FswFile *f) {
   g_strfreev(f->flags);
   g_free(f->name);
   g_free(f->orig_name);
+  g_free(f->hidden_key);
   g_mutex_clear(&f->lock);
   g_free(f);
 }
@@ -311,9 +315,23 @@ static void _fsw_name(FsWrite *w, FswFile *f, DcNode *parent, const char *name) 
   g_hash_table_insert(w->by_name, key, f);
 }
 
+static char *fsw_hidden_key(DcNode *node, guint32 uv, guint32 uid) {
+  return g_strdup_printf("%u/%u/%u", dcnode_id(node), uv, uid);
+}
+
+/* Caller holds w->lock.  The <UID>.eml name f hid shows again. */
+static void _fsw_unhide(FsWrite *w, FswFile *f) {
+  if (f->hidden_key == NULL)
+    return;
+  if (g_hash_table_lookup(w->hidden, f->hidden_key) == f)
+    g_hash_table_remove(w->hidden, f->hidden_key);
+  g_clear_pointer(&f->hidden_key, g_free);
+}
+
 /* Caller holds w->lock.  Forgets f entirely; returns the table's ref. */
 static FswFile *_fsw_forget(FsWrite *w, FswFile *f) {
   _fsw_unname(w, f);
+  _fsw_unhide(w, f);
   if (!f->in_table)
     return NULL;
   f->in_table = FALSE;
@@ -686,6 +704,8 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, 
 static void _fsw_set_sent(FsWrite *w, FswFile *f, DcNode *node, guint32 uv, guint32 uid,
                           gboolean owned) {
   g_mutex_lock(&w->lock);
+  if (f->sent_node != node || f->sent_uv != uv || f->sent_uid != uid)
+    _fsw_unhide(w, f);
   f->sent = TRUE;
   f->sent_node = node;
   f->sent_uv = uv;
@@ -1210,6 +1230,7 @@ FsWrite *fswrite_new(Fs *fs, Dircache *dc, Notify *notify, const FsWriteOptions 
   g_cond_init(&w->cond);
   w->by_ino = g_hash_table_new(g_int64_hash, g_int64_equal);
   w->by_name = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  w->hidden = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   w->dir_attrs = g_hash_table_new_full(NULL, NULL, NULL, g_free);
   w->mbox_locks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, fsw_mutex_free);
   return w;
@@ -1266,6 +1287,7 @@ void fswrite_free(FsWrite *w) {
   }
   g_hash_table_unref(w->by_ino);
   g_hash_table_unref(w->by_name);
+  g_hash_table_unref(w->hidden);
   g_hash_table_unref(w->dir_attrs);
   g_hash_table_unref(w->mbox_locks);
   if (w->boxes != NULL)
@@ -1288,6 +1310,52 @@ gboolean fswrite_lookup(FsWrite *w, DcNode *parent, const char *name,
     return FALSE;
   fsw_file_entry(w, f, e);
   return TRUE;
+}
+
+int fswrite_dirent(FsWrite *w, DcNode *parent, guint32 uv, guint32 uid, const char *name,
+                   struct fuse_entry_param *e) {
+  g_mutex_lock(&w->lock);
+  gboolean none = g_hash_table_size(w->hidden) == 0 && g_hash_table_size(w->by_name) == 0;
+  g_mutex_unlock(&w->lock);
+  if (none) /* a listing of 10,000 messages asks 10,000 times */
+    return 0;
+  if (fswrite_lookup(w, parent, name, e))
+    return 1;
+  g_autofree char *key = fsw_hidden_key(parent, uv, uid);
+  g_mutex_lock(&w->lock);
+  gboolean hidden = g_hash_table_contains(w->hidden, key);
+  g_mutex_unlock(&w->lock);
+  return hidden ? -1 : 0;
+}
+
+/* Message uid of p is also a new file's, still named like another UID
+ * (cp 10.eml F/ made it UID 1 and "10.eml" lingers): like unlink(2) of one
+ * of two links, rm of 1.eml removes that name only, until the other name
+ * goes.  tar x of 10.eml, then 1.eml, into an empty folder unlinks "1.eml"
+ * on EEXIST; that expunged the message 10.eml had just become.  Only for
+ * such names, the ones a restore of <UID>.eml files brings: a file named
+ * otherwise is not listed, so rm of the folder's listed names must still
+ * remove its mail. */
+static gboolean fsw_hide_uid_name(FsWrite *w, DcNode *p, guint32 uv, guint32 uid) {
+  gboolean found = FALSE;
+  g_mutex_lock(&w->lock);
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, w->by_ino);
+  while (!found && g_hash_table_iter_next(&it, NULL, &v)) {
+    FswFile *f = v;
+    guint32 named;
+    if (!f->in_table || f->name == NULL || !f->sent || f->sent_node != p || f->sent_uv != uv ||
+        f->sent_uid != uid || !names_parse_message_filename(f->name, &named) || named == uid)
+      continue;
+    found = TRUE;
+    if (f->hidden_key == NULL) {
+      f->hidden_key = fsw_hidden_key(p, uv, uid);
+      g_hash_table_replace(w->hidden, g_strdup(f->hidden_key), f);
+    }
+  }
+  g_mutex_unlock(&w->lock);
+  return found;
 }
 
 gboolean fswrite_owns(FsWrite *w, fuse_ino_t ino) {
@@ -1592,6 +1660,7 @@ void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
     if (err == 0) {
       g_mutex_lock(&w->lock);
       _fsw_unname(w, f);
+      _fsw_unhide(w, f);
       gboolean drop = f->handles == 0;
       g_mutex_unlock(&w->lock);
       if (drop)
@@ -1607,8 +1676,16 @@ void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
     fuse_reply_err(req, dircache_child(w->dc, p, name) != NULL ? EISDIR : ENOENT);
     return;
   }
-  if (!fsw_find_msg(w, p, uid, &uv, &epoch, &m, &error) ||
-      !fsw_remove_message(w, NULL, p, uv, uid, &m, FALSE, &error)) {
+  if (!fsw_find_msg(w, p, uid, &uv, &epoch, &m, &error)) {
+    fsw_reply_error(req, "rm", error);
+    return;
+  }
+  if (fsw_hide_uid_name(w, p, uv, uid)) {
+    g_debug("rm %s: UID %u is also a new file's, still named: only this name goes", name, uid);
+    fuse_reply_err(req, 0);
+    return;
+  }
+  if (!fsw_remove_message(w, NULL, p, uv, uid, &m, FALSE, &error)) {
     fsw_reply_error(req, "rm", error);
     return;
   }
@@ -1768,6 +1845,11 @@ void fswrite_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_in
   }
   if (!fsw_find_msg(w, p1, uid, &uv, &epoch, &m, &error)) {
     fsw_reply_error(req, "mv", error);
+    return;
+  }
+  struct fuse_entry_param ignored;
+  if (fswrite_dirent(w, p1, uv, uid, name, &ignored) < 0) {
+    fuse_reply_err(req, ENOENT); /* this name was removed (fsw_hide_uid_name) */
     return;
   }
   if (p1 == p2) {

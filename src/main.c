@@ -13,6 +13,7 @@
 #include <locale.h>
 #include <signal.h>
 #include <stdio.h>
+#include <syslog.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -30,6 +31,10 @@
 #include "imapfuse/tls.h"
 #include "imapfuse/watch.h"
 
+/* Once daemonised, stderr is /dev/null: warnings (where the bytes of a
+ * refused message were kept) go to syslog (the journal) instead. */
+static gboolean main_syslog;
+
 static void main_log(const gchar *domain, GLogLevelFlags level, const gchar *message,
                      gpointer user) {
   (void)domain;
@@ -41,6 +46,14 @@ static void main_log(const gchar *domain, GLogLevelFlags level, const gchar *mes
                      : (level & G_LOG_LEVEL_WARNING)  ? "warning"
                      : (level & G_LOG_LEVEL_DEBUG)    ? "debug"
                                                       : "info";
+  if (main_syslog) {
+    int prio = (level & (G_LOG_LEVEL_ERROR | G_LOG_LEVEL_CRITICAL)) ? LOG_ERR
+               : (level & G_LOG_LEVEL_WARNING)                      ? LOG_WARNING
+               : (level & G_LOG_LEVEL_DEBUG)                        ? LOG_DEBUG
+                                                                    : LOG_INFO;
+    syslog(prio, "%s: %s", what, message);
+    return;
+  }
   fprintf(stderr, "imapfuse: %s: %s\n", what, message);
 }
 
@@ -260,6 +273,10 @@ int main(int argc, char *argv[]) {
   if (fuse_session_mount(se, fo.mountpoint) != 0) {
     fprintf(stderr, "imapfuse: cannot mount on %s\n", fo.mountpoint);
     goto out_signals;
+  }
+  if (!fo.foreground) {
+    openlog("imapfuse", LOG_PID, LOG_USER);
+    main_syslog = TRUE;
   }
   fuse_daemonize(fo.foreground);
   /* Our loop takes the stopping signals in one wait, so no other thread

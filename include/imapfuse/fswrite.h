@@ -46,6 +46,12 @@ void fswrite_free(FsWrite *w);
 /* A file being written (or just sent) named name in parent: its entry. */
 gboolean fswrite_lookup(FsWrite *w, DcNode *parent, const char *name,
                         struct fuse_entry_param *e);
+/* How readdir shows message uid (named name) of parent: 0 as the message,
+ * 1 as the new file of that name (e filled: lookup finds it, not the
+ * message), -1 not at all (its name was removed while a new file's name
+ * for the same message remains). */
+int fswrite_dirent(FsWrite *w, DcNode *parent, guint32 uv, guint32 uid, const char *name,
+                   struct fuse_entry_param *e);
 /* TRUE when ino is one of ours (then fs.c hands the request over). */
 gboolean fswrite_owns(FsWrite *w, fuse_ino_t ino);
 void fswrite_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);

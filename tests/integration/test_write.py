@@ -15,12 +15,14 @@ import mmap
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
 
 import pytest
 
+import conftest
 import corpus
 from dovecot import QUOTA_CONFIG, capability_without, imap_quote
 
@@ -924,6 +926,46 @@ def test_rename_over_a_message_replaces_it(empty_dovecot, fs):
     assert new in state(c, "INBOX")
 
 
+def test_restoring_files_named_like_uids(empty_dovecot, fs, tmp_path):
+    """A backup of a folder holds files named <UID>.eml. Restored into an
+    empty folder, 10.eml becomes UID 1 while the name "10.eml" lingers;
+    tar then creates 1.eml, finds it taken (EEXIST) and unlinks it, and
+    mv overwrites it. Like unlink(2) of one of two links, that removes the
+    name 1.eml only: every file arrives exactly once (tar and mv used to
+    expunge the message 10.eml had just become)."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    src = tmp_path / "bk"
+    src.mkdir()
+    names = ["10.eml", "1.eml", "2.eml", "3.eml"]
+    for n in names:
+        (src / n).write_bytes(make_msg("r" + n.split(".")[0]))
+    tar = tmp_path / "bk.tar"
+    subprocess.run(["tar", "cf", str(tar), "-C", str(src)] + names, check=True)
+    os.mkdir(os.path.join(m, "R"))
+    r = subprocess.run(["tar", "xf", str(tar), "-C", os.path.join(m, "R")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert sorted(mids(c, "R")) == sorted(
+        "r%s@imapfuse.test" % n.split(".")[0] for n in names)
+    # mv from a local disk: rename fails (EXDEV), mv removes the
+    # destination it finds and copies.
+    os.mkdir(os.path.join(m, "M"))
+    for n in names:
+        r = subprocess.run(["mv", str(src / n), os.path.join(m, "M") + "/"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    assert sorted(mids(c, "M")) == sorted(mids(c, "R"))
+    # Every name ls shows can be looked up; a message no new file names
+    # is still removed by rm.
+    for n in os.listdir(os.path.join(m, "M")):
+        os.stat(os.path.join(m, "M", n))
+    other = imap_append(c, "M", crlf(make_msg("plain")))
+    os.unlink(os.path.join(m, "M", eml(other)))
+    assert other not in state(c, "M")
+
+
 def test_temp_name_never_renamed_is_sent(empty_dovecot, fs):
     dv = empty_dovecot()
     c = dv.imap()
@@ -1063,6 +1105,48 @@ def test_refused_append_reported_when_two_writers_close(empty_dovecot, fs, xdg):
     assert state(c, "INBOX") == {}
     kept = [k for k in unsent_files(xdg) if os.path.isfile(k)]
     assert len(kept) == 1 and open(kept[0], "rb").read() == data
+
+
+def test_warnings_go_to_syslog_in_the_background(empty_dovecot, imapfuse_bin,
+                                                 xdg, tmp_path):
+    """Without -f, imapfuse's stderr is /dev/null once it has daemonised:
+    the warning that says where a refused message's bytes were kept goes
+    to syslog (here a socket of the test's own at /dev/log)."""
+    if os.path.exists("/dev/log"):
+        pytest.skip("/dev/log belongs to a running syslog daemon")
+    dv = empty_dovecot(extra_config=QUOTA_CONFIG(storage="64K"))
+    log = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    try:
+        log.bind("/dev/log")
+        log.settimeout(10)
+        argv = conftest._build_argv(imapfuse_bin, dv, (), "off", "imap", None,
+                                    None, dv.write_password_file(), str(mp),
+                                    (), None)
+        argv.remove("-f")
+        env = conftest._sanitizer_env(dict(os.environ, **xdg))
+        subprocess.run(argv, check=True, timeout=30, env=env,
+                       stdin=subprocess.DEVNULL, start_new_session=True)
+        assert conftest.is_mounted(str(mp))
+        f = open(mp / "INBOX" / "big.eml", "wb")
+        f.write(make_msg("big", size=100 * 1024))
+        with pytest.raises(OSError) as ei:
+            f.close()
+        assert ei.value.errno == errno.EDQUOT
+        lines = []
+        while not any("could not store" in l for l in lines):
+            lines.append(log.recv(65536).decode("utf-8", "replace"))
+        line = [l for l in lines if "could not store" in l][0]
+        assert "imapfuse[" in line and "its bytes are kept in" in line, line
+        kept = [k for k in unsent_files(xdg) if os.path.isfile(k)]
+        assert len(kept) == 1 and kept[0] in line
+    finally:
+        if conftest.is_mounted(str(mp)):
+            subprocess.run(["fusermount3", "-u", str(mp)], timeout=30)
+        log.close()
+        if os.path.exists("/dev/log"):
+            os.unlink("/dev/log")
 
 
 @pytest.mark.imapfuse_stderr_ok(UNSENT_WARNING)
