@@ -369,10 +369,27 @@ gboolean imap_fetch_changes(ImapConn *c, guint64 modseq, ImapMetaFn fn, ImapVani
 typedef struct {
   ImapSelectInfo *info;
   CmdMetaCtx meta;
+  gboolean closing; /* before "* OK [CLOSED]": the previous mailbox's */
 } CmdListMsgsCtx;
 
 static gboolean cmd_list_msgs_handler(ImapResponse *r, gpointer user) {
   CmdListMsgsCtx *ctx = user;
+  if (ctx->closing && r->kind == IMAP_RESP_UNTAGGED) {
+    /* RFC 7162 3.2.11: with QRESYNC, a SELECT of another mailbox answers
+     * "* OK [CLOSED]" first, and what comes before it (a flag change, an
+     * expunge) is the old mailbox's, with UIDs that mean other messages
+     * here.  A server that sends no [CLOSED]: the new mailbox's FLAGS or
+     * UIDVALIDITY end it. */
+    if (r->status == IMAP_STATUS_OK && g_strcmp0(r->code, "CLOSED") == 0) {
+      ctx->closing = FALSE;
+      return TRUE;
+    }
+    if (g_strcmp0(r->name, "FLAGS") == 0 || g_strcmp0(r->code, "UIDVALIDITY") == 0)
+      ctx->closing = FALSE;
+    else if (g_strcmp0(r->name, "FETCH") == 0 || g_strcmp0(r->name, "VANISHED") == 0 ||
+             g_strcmp0(r->name, "EXPUNGE") == 0)
+      return TRUE;
+  }
   return cmd_select_handler(r, ctx->info) || cmd_meta_handler(r, &ctx->meta);
 }
 
@@ -382,7 +399,8 @@ gboolean imap_list_messages(ImapConn *c, const char *mailbox, guint64 changedsin
   memset(info, 0, sizeof *info);
   gboolean qresync = imap_conn_qresync_enabled(c);
   gboolean modseq = qresync || imap_conn_has(c, IMAP_CAP_CONDSTORE);
-  CmdListMsgsCtx ctx = {info, {fn, vanished, user, NULL}};
+  CmdListMsgsCtx ctx = {info, {fn, vanished, user, NULL},
+                        qresync && imap_conn_selected(c) != NULL};
   ImapCmd *cmds[2];
   /* Always SELECT, also when this session has the mailbox selected
    * already: a pipelined NOOP would not do, as the FETCH after it may be

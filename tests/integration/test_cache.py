@@ -1575,6 +1575,49 @@ def test_flags_pushed_during_listing_are_applied(mount, empty_dovecot, env):
         px.close()
 
 
+def test_responses_before_closed_belong_to_the_old_mailbox(mount, empty_dovecot, env):
+    """A connection with mailbox A selected sends SELECT B: with QRESYNC
+    the server may still report A's changes before "* OK [CLOSED]" (RFC
+    7162 3.2.11). A proxy plays a flag change of A's message with B's
+    message's UID (and a high MODSEQ) there, as B is listed again by a
+    delta: it must not become B's (nor its MODSEQ B's)."""
+    from test_write_review import Proxy
+    dv = empty_dovecot()
+    b = _make_box(dv, "B", [_msg("b%d" % i, 600) for i in range(3)])
+    _make_box(dv, "A", [_msg("a%d" % i, 600) for i in range(3)])
+    px = Proxy(dv.port)
+    played = []
+    armed = []
+
+    def edit(data):
+        if not armed or played:
+            return data
+
+        def inject(mt):
+            played.append(1)
+            return (b"* 2 FETCH (UID %d FLAGS (\\Flagged) MODSEQ (999999))\r\n" % b[1]
+                    + mt.group(0))
+        return re.sub(rb"\* OK \[CLOSED\][^\r]*\r\n", inject, data)
+    px.edit_s2c = edit
+    try:
+        m = mount(dv, "connections=1", "poll=1", env=env, port=px.port)
+        assert _listing(os.path.join(m.path, "B")) == _names(b)
+        assert _listing(os.path.join(m.path, "A")) != []
+        c = dv.imap()  # a change in B, so that B is listed again (a delta)
+        c.select("B")
+        c.uid("STORE", str(b[2]), "+FLAGS", "(\\Seen)")
+        c.logout()
+        armed.append(1)
+        deadline = time.monotonic() + 10
+        while _flags_xattr(m, "B", b[2]) != {"\\Seen"}:
+            assert time.monotonic() < deadline, "B's change never seen"
+            time.sleep(0.2)
+        assert played == [1]
+        assert _flags_xattr(m, "B", b[1]) == _server_flags(dv, "B")[b[1]] == set()
+    finally:
+        px.close()
+
+
 @pytest.mark.parametrize("how", ["VANISHED", "EXPUNGE"])
 def test_expunge_during_full_listing_is_applied(mount, empty_dovecot, env, how):
     """A message expunged by another session while our full listing runs:
