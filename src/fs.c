@@ -613,6 +613,11 @@ static void fs_statfs(fuse_req_t req, fuse_ino_t ino) {
   struct statvfs st = {0};
   st.f_bsize = st.f_frsize = 4096;
   st.f_namemax = 255;
+  /* IMAP tells no free space (a quota, if any, refuses at APPEND: EDQUOT).
+   * Zero free made file managers refuse to copy into the mount; like
+   * sshfs without statvfs, report plenty (1 TiB, 2^30 files). */
+  st.f_blocks = st.f_bfree = st.f_bavail = (1ull << 40) / st.f_frsize;
+  st.f_files = st.f_ffree = st.f_favail = 1u << 30;
   fuse_reply_statfs(req, &st);
 }
 

@@ -1646,14 +1646,16 @@ void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
     int err = 0;
     /* Sent, but the server gave no APPENDUID: which message it became is
      * not known, so rm cannot remove it; never claim success. */
-    if (f->sent && f->owned && f->sent_uid == 0 && f->error == 0) {
+    if (f->sent && f->owned && f->sent_uid == 0) {
       g_warning("rm %s: the server did not say which UID the message got; remove its "
                 "<UID>.eml after the next listing", name);
       err = EBUSY;
     }
     /* A file that became a message is that message: rm removes it (not
-     * an identical message that was there before: the file was a copy). */
-    if (err == 0 && f->sent && f->owned && f->sent_uid != 0 && f->error == 0 &&
+     * an identical message that was there before: the file was a copy),
+     * also when a later version of it could not be stored (that one's
+     * bytes are in the unsent directory). */
+    if (err == 0 && f->sent && f->owned && f->sent_uid != 0 &&
         !fsw_remove_message(w, f, f->sent_node, f->sent_uv, f->sent_uid, NULL, FALSE, &error) &&
         !fsw_is_error(error, IFS_ERROR_NOT_FOUND))
       err = fsw_errno(error);
@@ -2055,6 +2057,24 @@ static gboolean fsw_rmdir_op(ImapConn *c, gpointer user, GError **error) {
   return imap_delete(c, r->mailbox, error);
 }
 
+/* A file in node is still open, or has bytes not sent yet (rsync's
+ * temporary name): the folder is not empty (its DELETE would leave the
+ * bytes nowhere to go but the unsent directory). */
+static gboolean fsw_has_pending(FsWrite *w, DcNode *node) {
+  gboolean pending = FALSE;
+  g_mutex_lock(&w->lock);
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, w->by_ino);
+  while (!pending && g_hash_table_iter_next(&it, NULL, &v)) {
+    FswFile *f = v;
+    pending = f->in_table && f->parent == node &&
+              (f->handles > 0 || (f->name != NULL && !f->sent && f->size > 0));
+  }
+  g_mutex_unlock(&w->lock);
+  return pending;
+}
+
 void fswrite_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
   FsWrite *w = fsw_of(req);
   DcNode *p = fs_dir_or_reply(req, parent);
@@ -2078,7 +2098,7 @@ void fswrite_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
     return;
   }
   g_autoptr(GPtrArray) kids = dircache_children(w->dc, child);
-  if (kids->len > 0) {
+  if (kids->len > 0 || fsw_has_pending(w, child)) {
     fuse_reply_err(req, ENOTEMPTY);
     return;
   }

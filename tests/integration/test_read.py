@@ -194,6 +194,14 @@ def test_tree_matches_mailboxes(corpus_mount, manifest):
             assert not comp.startswith("."), rel
 
 
+def test_statfs_reports_room(corpus_mount):
+    """df: IMAP tells no free space; zero free made file managers refuse
+    to copy into the mount, so plenty is reported (as sshfs does)."""
+    st = os.statvfs(corpus_mount.path)
+    assert st.f_bavail > 0 and st.f_blocks >= st.f_bavail and st.f_favail > 0
+    assert st.f_namemax == 255
+
+
 def test_escaped_names_slash_delimiter(mount, empty_dovecot, env):
     """Names that need the documented escapes, on a '/' server (Dovecot's
     listescape plugin lets it store them)."""

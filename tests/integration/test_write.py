@@ -537,6 +537,19 @@ def test_rmdir_asks_the_server(empty_dovecot, fs):
     c.create("Empty/Child")
     expect_errno(errno.ENOTEMPTY, os.rmdir, os.path.join(m, "Empty"))
     assert {"Empty", "Empty/Child"} <= mailboxes(c)
+    # A file still being written in it, or waiting for rsync's rename:
+    # its DELETE would leave those bytes nowhere to go.
+    os.mkdir(os.path.join(m, "Busy"))
+    with open(os.path.join(m, "Busy", "open.eml"), "wb") as f:
+        f.write(make_msg("open"))
+        expect_errno(errno.ENOTEMPTY, os.rmdir, os.path.join(m, "Busy"))
+    assert mids(c, "Busy") == ["open@imapfuse.test"]
+    os.unlink(os.path.join(m, "Busy", eml(uid_of(c, "Busy", "open"))))
+    write_file(os.path.join(m, "Busy", ".r.eml.Ab12Cd"), make_msg("temp"))
+    expect_errno(errno.ENOTEMPTY, os.rmdir, os.path.join(m, "Busy"))
+    os.unlink(os.path.join(m, "Busy", ".r.eml.Ab12Cd"))
+    os.rmdir(os.path.join(m, "Busy"))
+    assert "Busy" not in mailboxes(c)
 
 
 def _tree(dv, in_sub=5):
@@ -1078,6 +1091,25 @@ def test_append_over_quota_keeps_bytes(empty_dovecot, fs, xdg):
     m.unmount()
     err = m.stderr_text()
     assert kept[0] in err
+
+
+@pytest.mark.imapfuse_stderr_ok(UNSENT_WARNING)
+def test_rm_after_a_refused_new_version_removes_the_message(empty_dovecot, fs, xdg):
+    """A file became a message; a new version of it (cp -p sets the date
+    after the close) was refused (quota: it is appended before the old
+    one goes) and kept in the unsent directory. rm of its name still
+    removes the message it is (it used to return 0 and leave it)."""
+    dv = empty_dovecot(extra_config=QUOTA_CONFIG(storage="64K"))
+    c = dv.imap()
+    m = fs(dv)
+    p = os.path.join(m, "INBOX", "grows.eml")
+    write_file(p, make_msg("grows", size=40 * 1024))
+    assert mids(c, "INBOX") == ["grows@imapfuse.test"]
+    expect_errno(errno.EDQUOT, os.utime, p, (1400000000, 1400000000))
+    assert mids(c, "INBOX") == ["grows@imapfuse.test"]
+    os.unlink(p)
+    assert state(c, "INBOX") == {}
+    assert len([k for k in unsent_files(xdg) if os.path.isfile(k)]) == 1
 
 
 @pytest.mark.imapfuse_stderr_ok(UNSENT_WARNING)
