@@ -714,11 +714,36 @@ static void _fsw_set_sent(FsWrite *w, FswFile *f, DcNode *node, guint32 uv, guin
   g_mutex_unlock(&w->lock);
 }
 
-/* Caller holds w->lock (and f->lock for f->error).  f is a new file that
- * an identical message, uid of node, stands for (dedup), under its name. */
-static gboolean _fsw_stands_for(FswFile *f, DcNode *node, guint32 uv, guint32 uid) {
-  return f->in_table && f->name != NULL && f->sent && !f->owned && f->sent_node == node &&
-         f->sent_uv == uv && f->sent_uid == uid;
+/* A message: uid of node under UIDVALIDITY uv. */
+typedef struct {
+  DcNode *node;
+  guint32 uv, uid;
+} FswMsgRef;
+
+/* Caller holds w->lock.  The files in the table that pred accepts (no
+ * references taken). */
+static GPtrArray *_fsw_matching(FsWrite *w, gboolean (*pred)(FswFile *f, gconstpointer data),
+                                gconstpointer data) {
+  GPtrArray *out = g_ptr_array_new();
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, w->by_ino);
+  while (g_hash_table_iter_next(&it, NULL, &v))
+    if (pred(v, data))
+      g_ptr_array_add(out, v);
+  return out;
+}
+
+/* Caller holds w->lock.  f is named and is message r. */
+static gboolean _fsw_named_for(FswFile *f, const FswMsgRef *r) {
+  return f->in_table && f->name != NULL && f->sent && f->sent_node == r->node &&
+         f->sent_uv == r->uv && f->sent_uid == r->uid;
+}
+
+/* Caller holds w->lock.  f is a new file that an identical message, r,
+ * stands for (dedup), under its name. */
+static gboolean _fsw_stands_for(FswFile *f, gconstpointer r) {
+  return _fsw_named_for(f, r) && !f->owned;
 }
 
 /* Message uid of node is about to go (rm, mv, a replaced version).  A new
@@ -730,14 +755,13 @@ static gboolean _fsw_stands_for(FswFile *f, DcNode *node, guint32 uv, guint32 ui
 static gboolean fsw_keep_copies(FsWrite *w, FswFile *self, DcNode *node, guint32 uv,
                                 guint32 uid, guint32 same_uv, guint32 same_uid,
                                 GError **error) {
-  g_autoptr(GPtrArray) copies = g_ptr_array_new_with_free_func((GDestroyNotify)fsw_file_unref);
+  FswMsgRef r = {node, uv, uid};
   g_mutex_lock(&w->lock);
-  GHashTableIter it;
-  gpointer v;
-  g_hash_table_iter_init(&it, w->by_ino);
-  while (g_hash_table_iter_next(&it, NULL, &v))
-    if (v != self && _fsw_stands_for(v, node, uv, uid))
-      g_ptr_array_add(copies, fsw_file_ref(v));
+  g_autoptr(GPtrArray) copies = _fsw_matching(w, _fsw_stands_for, &r);
+  g_ptr_array_remove(copies, self);
+  for (guint i = 0; i < copies->len; i++)
+    fsw_file_ref(g_ptr_array_index(copies, i));
+  g_ptr_array_set_free_func(copies, (GDestroyNotify)fsw_file_unref);
   g_mutex_unlock(&w->lock);
   for (guint i = 0; i < copies->len; i++) {
     FswFile *f = g_ptr_array_index(copies, i);
@@ -754,7 +778,7 @@ static gboolean fsw_keep_copies(FsWrite *w, FswFile *self, DcNode *node, guint32
       g_usleep(1000);
     }
     g_mutex_lock(&w->lock);
-    gboolean still = _fsw_stands_for(f, node, uv, uid) && f->error == 0;
+    gboolean still = _fsw_stands_for(f, &r) && f->error == 0;
     g_mutex_unlock(&w->lock);
     gboolean ok = TRUE;
     if (still && same_uid != 0)
@@ -1336,26 +1360,24 @@ int fswrite_dirent(FsWrite *w, DcNode *parent, guint32 uv, guint32 uid, const ch
  * such names, the ones a restore of <UID>.eml files brings: a file named
  * otherwise is not listed, so rm of the folder's listed names must still
  * remove its mail. */
+static gboolean _fsw_uid_named_for(FswFile *f, gconstpointer data) {
+  const FswMsgRef *r = data;
+  guint32 named;
+  return _fsw_named_for(f, r) && names_parse_message_filename(f->name, &named) &&
+         named != r->uid;
+}
+
 static gboolean fsw_hide_uid_name(FsWrite *w, DcNode *p, guint32 uv, guint32 uid) {
-  gboolean found = FALSE;
+  FswMsgRef r = {p, uv, uid};
   g_mutex_lock(&w->lock);
-  GHashTableIter it;
-  gpointer v;
-  g_hash_table_iter_init(&it, w->by_ino);
-  while (!found && g_hash_table_iter_next(&it, NULL, &v)) {
-    FswFile *f = v;
-    guint32 named;
-    if (!f->in_table || f->name == NULL || !f->sent || f->sent_node != p || f->sent_uv != uv ||
-        f->sent_uid != uid || !names_parse_message_filename(f->name, &named) || named == uid)
-      continue;
-    found = TRUE;
-    if (f->hidden_key == NULL) {
-      f->hidden_key = fsw_hidden_key(p, uv, uid);
-      g_hash_table_replace(w->hidden, g_strdup(f->hidden_key), f);
-    }
+  g_autoptr(GPtrArray) named = _fsw_matching(w, _fsw_uid_named_for, &r);
+  FswFile *f = named->len > 0 ? g_ptr_array_index(named, 0) : NULL;
+  if (f != NULL && f->hidden_key == NULL) {
+    f->hidden_key = fsw_hidden_key(p, uv, uid);
+    g_hash_table_replace(w->hidden, g_strdup(f->hidden_key), f);
   }
   g_mutex_unlock(&w->lock);
-  return found;
+  return f != NULL;
 }
 
 gboolean fswrite_owns(FsWrite *w, fuse_ino_t ino) {
@@ -2060,19 +2082,16 @@ static gboolean fsw_rmdir_op(ImapConn *c, gpointer user, GError **error) {
 /* A file in node is still open, or has bytes not sent yet (rsync's
  * temporary name): the folder is not empty (its DELETE would leave the
  * bytes nowhere to go but the unsent directory). */
+static gboolean _fsw_pending_in(FswFile *f, gconstpointer node) {
+  return f->in_table && f->parent == node &&
+         (f->handles > 0 || (f->name != NULL && !f->sent && f->size > 0));
+}
+
 static gboolean fsw_has_pending(FsWrite *w, DcNode *node) {
-  gboolean pending = FALSE;
   g_mutex_lock(&w->lock);
-  GHashTableIter it;
-  gpointer v;
-  g_hash_table_iter_init(&it, w->by_ino);
-  while (!pending && g_hash_table_iter_next(&it, NULL, &v)) {
-    FswFile *f = v;
-    pending = f->in_table && f->parent == node &&
-              (f->handles > 0 || (f->name != NULL && !f->sent && f->size > 0));
-  }
+  g_autoptr(GPtrArray) pending = _fsw_matching(w, _fsw_pending_in, node);
   g_mutex_unlock(&w->lock);
-  return pending;
+  return pending->len > 0;
 }
 
 void fswrite_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
