@@ -194,6 +194,14 @@ gboolean fswrite_is_temp_name(const char *name) {
   return TRUE;
 }
 
+gboolean fswrite_is_editor_scratch(const char *name) {
+  gsize n = strlen(name);
+  if (n >= 3 && name[0] == '#' && name[n - 1] == '#')
+    return TRUE;
+  return n >= 6 && name[0] == '.' && strncmp(name + n - 4, ".sw", 3) == 0 &&
+         name[n - 1] >= 'a' && name[n - 1] <= 'p';
+}
+
 char *fswrite_message_id(const char *msg, gsize len) {
   const char *p = msg, *end = msg + len;
   while (p < end) {
@@ -1526,6 +1534,12 @@ void fswrite_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t 
     return;
   if (dcnode_mailbox(p) == NULL || !dcnode_selectable(p) || !dcnode_present(p)) {
     g_debug("create %s: the directory is not a mailbox that can hold messages", name);
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  if (fswrite_is_editor_scratch(name)) {
+    g_debug("create %s refused: an editor's swap or auto-save file would become a message",
+            name);
     fuse_reply_err(req, EPERM);
     return;
   }

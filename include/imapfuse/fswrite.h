@@ -88,6 +88,10 @@ void fswrite_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t m
 /* ---- pure helpers (tests/unit/test_write.c) ---- */
 /* rsync's temporary name: "." + name + "." + 6 letters/digits. */
 gboolean fswrite_is_temp_name(const char *name);
+/* An editor's swap or auto-save file (vim ".NAME.swp", ".swo", ...;
+ * emacs "#NAME#"): refused in a mailbox, where it would become a message
+ * every client sees while the editor runs (and after it crashes). */
+gboolean fswrite_is_editor_scratch(const char *name);
 /* The Message-ID header's value (unfolded, trimmed) or NULL. */
 char *fswrite_message_id(const char *msg, gsize len);
 

@@ -1402,6 +1402,9 @@ def test_refusals_on_messages(empty_dovecot, fs, tmp_path):
     expect_errno(errno.EPERM, os.link, p, os.path.join(m, "INBOX", "hard.eml"))
     expect_errno(errno.EPERM, os.symlink, p, os.path.join(m, "INBOX", "sym.eml"))
     expect_errno(errno.EPERM, os.mkfifo, os.path.join(m, "INBOX", "fifo"))
+    # Editors' swap and auto-save files would be messages others see.
+    for scratch in (".%s.swp" % eml(a), ".x.swo", "#%s#" % eml(a)):
+        expect_errno(errno.EPERM, open, os.path.join(m, "INBOX", scratch), "wb")
     r = subprocess.run(["cp", str(tmp_path), p], stderr=subprocess.PIPE)
     assert r.returncode != 0
     st2 = state(c, "INBOX")

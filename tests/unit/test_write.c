@@ -55,6 +55,20 @@ static void test_temp_name(void) {
   g_assert_false(fswrite_is_temp_name(".x.eml.XSbe8"));
 }
 
+static void test_editor_scratch(void) {
+  g_assert_true(fswrite_is_editor_scratch(".9.eml.swp"));
+  g_assert_true(fswrite_is_editor_scratch(".x.swo"));
+  g_assert_true(fswrite_is_editor_scratch(".x.swa"));
+  g_assert_true(fswrite_is_editor_scratch("#9.eml#"));
+  g_assert_false(fswrite_is_editor_scratch("x.swp"));   /* vim's are hidden */
+  g_assert_false(fswrite_is_editor_scratch(".x.swq"));
+  g_assert_false(fswrite_is_editor_scratch(".swp"));
+  g_assert_false(fswrite_is_editor_scratch("#x.eml"));
+  g_assert_false(fswrite_is_editor_scratch("#"));
+  g_assert_false(fswrite_is_editor_scratch("9.eml"));
+  g_assert_false(fswrite_is_editor_scratch(".x.eml.XSbe88"));
+}
+
 static void test_message_id(void) {
   static const struct {
     const char *msg, *id;
@@ -139,6 +153,7 @@ int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/write/crlf", test_crlf);
   g_test_add_func("/write/temp-name", test_temp_name);
+  g_test_add_func("/write/editor-scratch", test_editor_scratch);
   g_test_add_func("/write/message-id", test_message_id);
   g_test_add_func("/write/flags", test_flags);
   g_test_add_func("/write/copyuid", test_copyuid);
