@@ -1296,7 +1296,7 @@ void fswrite_free(FsWrite *w) {
     FswFile *f = g_ptr_array_index(all, i);
     g_mutex_lock(&f->lock);
     g_mutex_lock(&w->lock);
-    gboolean open = f->writers > 0, named = f->name != NULL;
+    gboolean open = f->writers > 0, named = f->name != NULL, held = f->handles > 0;
     DcNode *node = f->parent;
     g_mutex_unlock(&w->lock);
     if (named && _fsw_needs_send(f)) {
@@ -1310,6 +1310,10 @@ void fswrite_free(FsWrite *w) {
         _fsw_send_now(w, f);
       }
     }
+    /* A file some process still holds open is never released: its bytes
+     * are in the unsent directory or on the server by now. */
+    if (held && !f->left)
+      staging_file_remove(f->data);
     g_mutex_lock(&w->lock);
     FswFile *ref = _fsw_forget(w, f);
     g_mutex_unlock(&w->lock);

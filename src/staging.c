@@ -101,14 +101,18 @@ StagingFile *staging_file_new(Staging *st, GError **error) {
   return f;
 }
 
+void staging_file_remove(StagingFile *f) {
+  if (f->path != NULL && unlink(f->path) != 0 && errno != ENOENT)
+    g_debug("cannot remove %s: %s", f->path, g_strerror(errno));
+  g_clear_pointer(&f->path, g_free);
+}
+
 void staging_file_free(StagingFile *f) {
   if (f == NULL)
     return;
   if (f->fd >= 0)
     close(f->fd);
-  if (f->path != NULL && unlink(f->path) != 0 && errno != ENOENT)
-    g_debug("cannot remove %s: %s", f->path, g_strerror(errno));
-  g_free(f->path);
+  staging_file_remove(f);
   g_free(f);
 }
 

@@ -30,6 +30,9 @@ void staging_file_free(StagingFile *f);
 /* Closes it but leaves the local file where it is (when even keeping a
  * copy failed: the bytes must survive somewhere). */
 void staging_file_leave(StagingFile *f);
+/* Removes the local file now; the descriptor stays open (at unmount, for
+ * a file some process still holds open: nothing will free it). */
+void staging_file_remove(StagingFile *f);
 const char *staging_file_path(const StagingFile *f);
 gboolean staging_file_pwrite(StagingFile *f, const void *buf, gsize len, guint64 off,
                              GError **error);

@@ -362,6 +362,10 @@ def test_sigterm_while_open_keeps_bytes(empty_dovecot, fs, xdg):
     assert len(kept) == 1, kept
     assert kept[0].endswith("-open.eml")
     assert open(kept[0], "rb").read() == data
+    # The private copy it was written to is gone (the process that had
+    # it open never released it).
+    staging = os.path.join(xdg["XDG_DATA_HOME"], "imapfuse", "staging")
+    assert [f for _, _, fs_ in os.walk(staging) for f in fs_] == []
 
 
 def test_temp_name_pending_at_unmount_is_sent(empty_dovecot, fs, xdg):
