@@ -312,11 +312,13 @@ typedef struct {
   DcNode *node;
   GPtrArray *children; /* DcChild* */
   DcListing listing;
+  char **extra; /* names of new files shown besides the messages (fswrite_extra_names) */
   GList link; /* in Fs.dirs */
 } FsDir;
 
 static void fs_dir_free(FsDir *d) {
   g_ptr_array_unref(d->children);
+  g_strfreev(d->extra);
   dc_listing_clear(&d->listing);
   g_free(d);
 }
@@ -363,6 +365,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
   if (!notify_flush(fs->notify, G_USEC_PER_SEC))
     g_debug("opendir %s: kernel invalidations still queued after 1 s", dcnode_mailbox(n));
   d->children = dircache_children(fs->dc, n);
+  d->extra = fswrite_extra_names(fs->w, n, &d->listing);
   d->link.data = d;
   fs_handle_add(fs, &fs->dirs, &d->link);
   fi->fh = (uint64_t)(uintptr_t)d;
@@ -379,8 +382,10 @@ static void fs_readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t
   size_t used = 0;
   guint nchild = d->children->len;
   guint nmsg = d->listing.msgs != NULL ? d->listing.msgs->len : 0;
-  /* Positions: 0 ".", 1 "..", then subdirectories, then messages. */
-  for (guint64 pos = (guint64)off; pos < 2 + (guint64)nchild + nmsg; pos++) {
+  guint nextra = d->extra != NULL ? g_strv_length(d->extra) : 0;
+  /* Positions: 0 ".", 1 "..", then subdirectories, then messages, then
+   * new files' names shown besides them. */
+  for (guint64 pos = (guint64)off; pos < 2 + (guint64)nchild + nmsg + nextra; pos++) {
     struct fuse_entry_param e = {0};
     char name[32];
     const char *nm;
@@ -398,6 +403,10 @@ static void fs_readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t
       e.ino = (fuse_ino_t)c->id << 32;
       fs_dir_attr(fs, cn, &e.attr);
       e.attr_timeout = e.entry_timeout = fs->opts.dir_timeout;
+    } else if (i >= (guint64)nchild + nmsg) {
+      nm = d->extra[i - nchild - nmsg];
+      if (!fswrite_lookup(fs->w, d->node, nm, &e))
+        continue; /* gone since opendir */
     } else {
       const DcMsg *m = &g_array_index(d->listing.msgs, DcMsg, i - nchild);
       g_snprintf(name, sizeof name, "%u.eml", m->uid);

@@ -311,18 +311,6 @@ static void _fsw_unname(FsWrite *w, FswFile *f) {
   g_clear_pointer(&f->name, g_free);
 }
 
-/* Caller holds w->lock.  Gives f the name (replacing whatever had it). */
-static void _fsw_name(FsWrite *w, FswFile *f, DcNode *parent, const char *name) {
-  _fsw_unname(w, f);
-  char *key = fsw_key(parent, name);
-  FswFile *old = g_hash_table_lookup(w->by_name, key);
-  if (old != NULL && old != f)
-    g_clear_pointer(&old->name, g_free); /* replaced, as rename(2) does */
-  f->parent = parent;
-  f->name = g_strdup(name);
-  g_hash_table_insert(w->by_name, key, f);
-}
-
 static char *fsw_hidden_key(DcNode *node, guint32 uv, guint32 uid) {
   return g_strdup_printf("%u/%u/%u", dcnode_id(node), uv, uid);
 }
@@ -334,6 +322,20 @@ static void _fsw_unhide(FsWrite *w, FswFile *f) {
   if (g_hash_table_lookup(w->hidden, f->hidden_key) == f)
     g_hash_table_remove(w->hidden, f->hidden_key);
   g_clear_pointer(&f->hidden_key, g_free);
+}
+
+/* Caller holds w->lock.  Gives f the name (replacing whatever had it). */
+static void _fsw_name(FsWrite *w, FswFile *f, DcNode *parent, const char *name) {
+  _fsw_unname(w, f);
+  char *key = fsw_key(parent, name);
+  FswFile *old = g_hash_table_lookup(w->by_name, key);
+  if (old != NULL && old != f) {
+    g_clear_pointer(&old->name, g_free); /* replaced, as rename(2) does */
+    _fsw_unhide(w, old);
+  }
+  f->parent = parent;
+  f->name = g_strdup(name);
+  g_hash_table_insert(w->by_name, key, f);
 }
 
 /* Caller holds w->lock.  Forgets f entirely; returns the table's ref. */
@@ -742,8 +744,9 @@ static GPtrArray *_fsw_matching(FsWrite *w, gboolean (*pred)(FswFile *f, gconstp
   return out;
 }
 
-/* Caller holds w->lock.  f is named and is message r. */
-static gboolean _fsw_named_for(FswFile *f, const FswMsgRef *r) {
+/* Caller holds w->lock.  f is named and is message r (an FswMsgRef). */
+static gboolean _fsw_named_for(FswFile *f, gconstpointer data) {
+  const FswMsgRef *r = data;
   return f->in_table && f->name != NULL && f->sent && f->sent_node == r->node &&
          f->sent_uv == r->uv && f->sent_uid == r->uid;
 }
@@ -752,6 +755,26 @@ static gboolean _fsw_named_for(FswFile *f, const FswMsgRef *r) {
  * stands for (dedup), under its name. */
 static gboolean _fsw_stands_for(FswFile *f, gconstpointer r) {
   return _fsw_named_for(f, r) && !f->owned;
+}
+
+/* Locks another file than the one whose lock the caller may hold: never
+ * waits on it (two such callers would wait on each other), gives up after
+ * 2 s. */
+static gboolean fsw_lock_other(FswFile *f) {
+  gint64 until = g_get_monotonic_time() + 2 * G_USEC_PER_SEC;
+  while (!g_mutex_trylock(&f->lock)) {
+    if (g_get_monotonic_time() > until)
+      return FALSE;
+    g_usleep(1000);
+  }
+  return TRUE;
+}
+
+/* Caller holds w->lock.  A named file other than f is message r. */
+static gboolean _fsw_other_name_for(FsWrite *w, FswFile *f, const FswMsgRef *r) {
+  g_autoptr(GPtrArray) named = _fsw_matching(w, _fsw_named_for, r);
+  g_ptr_array_remove(named, f);
+  return named->len > 0;
 }
 
 /* Message uid of node is about to go (rm, mv, a replaced version).  A new
@@ -773,17 +796,11 @@ static gboolean fsw_keep_copies(FsWrite *w, FswFile *self, DcNode *node, guint32
   g_mutex_unlock(&w->lock);
   for (guint i = 0; i < copies->len; i++) {
     FswFile *f = g_ptr_array_index(copies, i);
-    /* Never wait on another file's lock while holding one (self's): a
-     * file busy for 2 s makes the caller fail instead. */
-    gint64 until = g_get_monotonic_time() + 2 * G_USEC_PER_SEC;
-    while (!g_mutex_trylock(&f->lock)) {
-      if (g_get_monotonic_time() > until) {
-        g_set_error(error, IFS_ERROR, IFS_ERROR_BUSY,
-                    "\"%s\" is a copy of this message and is busy; nothing was changed",
-                    f->orig_name);
-        return FALSE;
-      }
-      g_usleep(1000);
+    if (!fsw_lock_other(f)) {
+      g_set_error(error, IFS_ERROR, IFS_ERROR_BUSY,
+                  "\"%s\" is a copy of this message and is busy; the message was not removed",
+                  f->orig_name);
+      return FALSE;
     }
     g_mutex_lock(&w->lock);
     gboolean still = _fsw_stands_for(f, &r) && f->error == 0;
@@ -795,8 +812,8 @@ static gboolean fsw_keep_copies(FsWrite *w, FswFile *self, DcNode *node, guint32
       ok = _fsw_send(w, f, node, NULL, TRUE, error);
     g_mutex_unlock(&f->lock);
     if (!ok) {
-      g_prefix_error(error, "could not give its copy \"%s\" a message of its own, so nothing "
-                            "was changed: ",
+      g_prefix_error(error, "could not give its copy \"%s\" a message of its own, so the "
+                            "message was not removed: ",
                      f->orig_name);
       return FALSE;
     }
@@ -1348,6 +1365,33 @@ gboolean fswrite_lookup(FsWrite *w, DcNode *parent, const char *name,
   return TRUE;
 }
 
+typedef struct {
+  DcNode *parent;
+  const DcListing *listing;
+} FswExtra;
+
+static gboolean _fsw_extra_name(FswFile *f, gconstpointer data) {
+  const FswExtra *x = data;
+  guint32 uid;
+  return f->in_table && f->name != NULL && f->parent == x->parent &&
+         names_parse_message_filename(f->name, &uid) &&
+         (x->listing->msgs == NULL || dc_listing_find(x->listing, uid) == NULL);
+}
+
+char **fswrite_extra_names(FsWrite *w, DcNode *parent, const DcListing *listing) {
+  FswExtra x = {parent, listing};
+  g_mutex_lock(&w->lock);
+  g_autoptr(GPtrArray) files = _fsw_matching(w, _fsw_extra_name, &x);
+  char **names = NULL;
+  if (files->len > 0) {
+    names = g_new0(char *, files->len + 1);
+    for (guint i = 0; i < files->len; i++)
+      names[i] = g_strdup(((FswFile *)g_ptr_array_index(files, i))->name);
+  }
+  g_mutex_unlock(&w->lock);
+  return names;
+}
+
 int fswrite_dirent(FsWrite *w, DcNode *parent, guint32 uv, guint32 uid, const char *name,
                    struct fuse_entry_param *e) {
   g_mutex_lock(&w->lock);
@@ -1695,7 +1739,10 @@ void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
      * an identical message that was there before: the file was a copy),
      * also when a later version of it could not be stored (that one's
      * bytes are in the unsent directory). */
-    if (err == 0 && f->sent && f->owned && f->sent_uid != 0 &&
+    g_mutex_lock(&w->lock);
+    gboolean last_name = f->hidden_key != NULL; /* its <UID>.eml was removed */
+    g_mutex_unlock(&w->lock);
+    if (err == 0 && f->sent && (f->owned || last_name) && f->sent_uid != 0 &&
         !fsw_remove_message(w, f, f->sent_node, f->sent_uv, f->sent_uid, NULL, FALSE, &error) &&
         !fsw_is_error(error, IFS_ERROR_NOT_FOUND))
       err = fsw_errno(error);
@@ -1736,6 +1783,49 @@ void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
 
 /* ---- rename ---- */
 
+/* Caller holds f->lock.  rename(2) of new file f over another new file's
+ * name (sed -i on a file written a moment ago): the message that file
+ * became is removed once f's bytes are stored, unless it has yet another
+ * name.  0: no such file; -1: done; else an errno. */
+static int _fsw_replace_file(FsWrite *w, FswFile *f, DcNode *p2, const char *newname) {
+  g_autofree char *key = fsw_key(p2, newname);
+  g_mutex_lock(&w->lock);
+  FswFile *o = g_hash_table_lookup(w->by_name, key);
+  if (o == f)
+    o = NULL;
+  if (o != NULL)
+    fsw_file_ref(o);
+  g_mutex_unlock(&w->lock);
+  if (o == NULL)
+    return 0;
+  g_autoptr(FswFile) old = o;
+  if (!f->sent || f->dirty)
+    return -1; /* f not stored: the name alone moves, nothing is removed */
+  if (!fsw_lock_other(old))
+    return EBUSY;
+  g_mutex_lock(&w->lock);
+  FswMsgRef r = {old->sent_node, old->sent_uv, old->sent_uid};
+  gboolean its = old->sent && old->sent_uid != 0 && (old->owned || old->hidden_key != NULL) &&
+                 !(f->sent_node == r.node && f->sent_uv == r.uv && f->sent_uid == r.uid);
+  if (its) {
+    _fsw_unname(w, old); /* replaced, as rename(2) does */
+    _fsw_unhide(w, old);
+    its = !_fsw_other_name_for(w, f, &r);
+  }
+  g_mutex_unlock(&w->lock);
+  g_autoptr(GError) error = NULL;
+  int err = -1;
+  if (its && !fsw_remove_message(w, f, r.node, r.uv, r.uid, NULL, TRUE, &error) &&
+      !fsw_is_error(error, IFS_ERROR_NOT_FOUND)) {
+    g_warning("mv over %s: stored the new file as UID %u, but could not remove UID %u, so "
+              "both exist: %s",
+              newname, f->sent_uid, r.uid, error->message);
+    err = fsw_errno(error);
+  }
+  g_mutex_unlock(&old->lock);
+  return err;
+}
+
 /* Caller holds f->lock.  rename(2) of new file f over the name of message
  * N of p2, as `sed -i` does (it writes a temporary file, then renames it
  * over the one it edits): f replaces N, which is removed once f's bytes
@@ -1746,6 +1836,9 @@ static int _fsw_replace_message(FsWrite *w, FswFile *f, DcNode *p2, const char *
                                 gboolean from_temp) {
   guint32 n, uv, epoch;
   DcMsg m;
+  int err = _fsw_replace_file(w, f, p2, newname);
+  if (err != 0)
+    return err < 0 ? 0 : err;
   if (from_temp || !names_parse_message_filename(newname, &n) ||
       !fsw_find_msg(w, p2, n, &uv, &epoch, &m, NULL))
     return 0;
@@ -1757,6 +1850,15 @@ static int _fsw_replace_message(FsWrite *w, FswFile *f, DcNode *p2, const char *
               newname);
     return EPERM;
   }
+  /* Message N has another name, a new file's ("10.eml" that became UID
+   * 1): only this name is taken over (a restore renaming its temporary
+   * files into place). */
+  FswMsgRef r = {p2, uv, n};
+  g_mutex_lock(&w->lock);
+  gboolean named = _fsw_other_name_for(w, f, &r);
+  g_mutex_unlock(&w->lock);
+  if (named)
+    return 0;
   g_autoptr(GError) error = NULL;
   if (!fsw_remove_message(w, f, p2, uv, n, &m, TRUE, &error) &&
       !fsw_is_error(error, IFS_ERROR_NOT_FOUND)) {
@@ -1918,6 +2020,7 @@ void fswrite_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_in
     /* rename(2) replaced that new file's name. */
     g_mutex_lock(&w->lock);
     _fsw_unname(w, target);
+    _fsw_unhide(w, target);
     g_mutex_unlock(&w->lock);
   }
   fuse_reply_err(req, 0);

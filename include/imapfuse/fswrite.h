@@ -52,6 +52,10 @@ gboolean fswrite_lookup(FsWrite *w, DcNode *parent, const char *name,
  * for the same message remains). */
 int fswrite_dirent(FsWrite *w, DcNode *parent, guint32 uv, guint32 uid, const char *name,
                    struct fuse_entry_param *e);
+/* Names of new files in parent to list besides its messages: those that
+ * look like a UID no message of listing has (a restored "10.eml" that
+ * became UID 1: as a second name of its message, rm must see it). */
+char **fswrite_extra_names(FsWrite *w, DcNode *parent, const DcListing *listing);
 /* TRUE when ino is one of ours (then fs.c hands the request over). */
 gboolean fswrite_owns(FsWrite *w, fuse_ino_t ino);
 void fswrite_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);

@@ -378,13 +378,14 @@ static gboolean cmd_list_msgs_handler(ImapResponse *r, gpointer user) {
     /* RFC 7162 3.2.11: with QRESYNC, a SELECT of another mailbox answers
      * "* OK [CLOSED]" first, and what comes before it (a flag change, an
      * expunge) is the old mailbox's, with UIDs that mean other messages
-     * here.  A server that sends no [CLOSED]: the new mailbox's FLAGS or
-     * UIDVALIDITY end it. */
+     * here.  A server that sends no [CLOSED]: the new mailbox's
+     * UIDVALIDITY ends it (not FLAGS: the old mailbox may report new
+     * keywords). */
     if (r->status == IMAP_STATUS_OK && g_strcmp0(r->code, "CLOSED") == 0) {
       ctx->closing = FALSE;
       return TRUE;
     }
-    if (g_strcmp0(r->name, "FLAGS") == 0 || g_strcmp0(r->code, "UIDVALIDITY") == 0)
+    if (g_strcmp0(r->code, "UIDVALIDITY") == 0)
       ctx->closing = FALSE;
     else if (g_strcmp0(r->name, "FETCH") == 0 || g_strcmp0(r->name, "VANISHED") == 0 ||
              g_strcmp0(r->name, "EXPUNGE") == 0)

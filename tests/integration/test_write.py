@@ -933,10 +933,11 @@ def test_rename_over_a_message_replaces_it(empty_dovecot, fs):
     os.rename(tmp, os.path.join(inbox, eml(new)))
     assert sorted(mids(c, "INBOX")) == ["other@imapfuse.test", "sed@imapfuse.test"]
     # An empty file is not a message: it replaces nothing.
+    keep = imap_append(c, "INBOX", crlf(make_msg("keep")))
     empty = os.path.join(inbox, "empty")
     open(empty, "wb").close()
-    expect_errno(errno.EPERM, os.rename, empty, os.path.join(inbox, eml(new)))
-    assert new in state(c, "INBOX")
+    expect_errno(errno.EPERM, os.rename, empty, os.path.join(inbox, eml(keep)))
+    assert keep in state(c, "INBOX")
 
 
 def test_restoring_files_named_like_uids(empty_dovecot, fs, tmp_path):
@@ -977,6 +978,52 @@ def test_restoring_files_named_like_uids(empty_dovecot, fs, tmp_path):
     other = imap_append(c, "M", crlf(make_msg("plain")))
     os.unlink(os.path.join(m, "M", eml(other)))
     assert other not in state(c, "M")
+
+
+def test_second_names_of_a_message(empty_dovecot, fs):
+    """A message whose new file has a name like another UID ("10.eml" that
+    became UID 1) has two names: renaming a file over the other name (a
+    restore's atomic rename into place) takes over that name only; ls
+    shows both names, and rm of both (in either order) removes the
+    message; the same for a copy (dedup) under such a name; sed -i on a
+    file written a moment ago replaces the message it became."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    r = os.path.join(m, "R")
+    os.mkdir(r)
+    write_file(os.path.join(r, "tmpA"), make_msg("A"))
+    os.rename(os.path.join(r, "tmpA"), os.path.join(r, "10.eml"))
+    write_file(os.path.join(r, "tmpB"), make_msg("B"))
+    os.rename(os.path.join(r, "tmpB"), os.path.join(r, eml(uid_of(c, "R", "A"))))
+    assert sorted(mids(c, "R")) == ["A@imapfuse.test", "B@imapfuse.test"]
+    # rm of every name ls shows removes the messages.
+    f = os.path.join(m, "F")
+    os.mkdir(f)
+    write_file(os.path.join(f, "10.eml"), make_msg("C"))
+    names = sorted(os.listdir(f))
+    assert names == sorted(["10.eml", eml(uid_of(c, "F", "C"))])
+    for n in names:
+        os.unlink(os.path.join(f, n))
+    assert mids(c, "F") == []
+    assert os.listdir(f) == []
+    # A copy (nothing appended) under a UID-like name: both names go.
+    inbox = os.path.join(m, "INBOX")
+    u = imap_append(c, "INBOX", crlf(make_msg("D")))
+    with open(os.path.join(inbox, eml(u)), "rb") as fh:
+        write_file(os.path.join(inbox, "%d.eml" % (u + 10)), fh.read())
+    assert list(state(c, "INBOX")) == [u]
+    os.unlink(os.path.join(inbox, eml(u)))
+    os.unlink(os.path.join(inbox, "%d.eml" % (u + 10)))
+    assert mids(c, "INBOX") == []
+    # sed -i on a file written a moment ago.
+    write_file(os.path.join(inbox, "x.eml"), make_msg("sed"))
+    out = subprocess.run(["sed", "-i", "s/This is sed./This is edited./",
+                          os.path.join(inbox, "x.eml")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    st = state(c, "INBOX")
+    assert [b"This is edited." in v["body"] for v in st.values()] == [True]
 
 
 def test_temp_name_never_renamed_is_sent(empty_dovecot, fs):
