@@ -324,6 +324,28 @@ static void _fsw_unhide(FsWrite *w, FswFile *f) {
   g_clear_pointer(&f->hidden_key, g_free);
 }
 
+/* Caller holds w->lock.  A message our APPEND made from a file written
+ * under a name like another UID's ("10.eml" that became UID 1) goes by
+ * that name while it lingers: its own <UID>.eml is hidden (not listed, not
+ * found), so that a restore of <UID>.eml files does not find "1.eml" taken
+ * (tar x then unlinked it, cp failed with EPERM), and a listing never shows
+ * one message twice.  A copy's (dedup) pre-existing message keeps its name
+ * unless removed (fsw_hide_uid_name). */
+static void _fsw_rehide(FsWrite *w, FswFile *f) {
+  if (!f->owned)
+    return;
+  guint32 named;
+  gboolean want = f->in_table && f->name != NULL && f->sent && f->sent_uid != 0 &&
+                  f->sent_node == f->parent && names_parse_message_filename(f->name, &named) &&
+                  named != f->sent_uid;
+  if (!want) {
+    _fsw_unhide(w, f);
+  } else if (f->hidden_key == NULL) {
+    f->hidden_key = fsw_hidden_key(f->sent_node, f->sent_uv, f->sent_uid);
+    g_hash_table_replace(w->hidden, g_strdup(f->hidden_key), f);
+  }
+}
+
 /* Caller holds w->lock.  Gives f the name (replacing whatever had it). */
 static void _fsw_name(FsWrite *w, FswFile *f, DcNode *parent, const char *name) {
   _fsw_unname(w, f);
@@ -336,6 +358,7 @@ static void _fsw_name(FsWrite *w, FswFile *f, DcNode *parent, const char *name) 
   f->parent = parent;
   f->name = g_strdup(name);
   g_hash_table_insert(w->by_name, key, f);
+  _fsw_rehide(w, f);
 }
 
 /* Caller holds w->lock.  Forgets f entirely; returns the table's ref. */
@@ -721,6 +744,7 @@ static void _fsw_set_sent(FsWrite *w, FswFile *f, DcNode *node, guint32 uv, guin
   f->sent_uv = uv;
   f->sent_uid = uid;
   f->owned = owned;
+  _fsw_rehide(w, f);
   g_mutex_unlock(&w->lock);
 }
 
@@ -1829,17 +1853,20 @@ static int _fsw_replace_file(FsWrite *w, FswFile *f, DcNode *p2, const char *new
 /* Caller holds f->lock.  rename(2) of new file f over the name of message
  * N of p2, as `sed -i` does (it writes a temporary file, then renames it
  * over the one it edits): f replaces N, which is removed once f's bytes
- * are on the server, never before.  Not for rsync's temporary names
- * (from_temp): rsync into a folder whose UIDs are not the source's would
- * remove unrelated mail that has the same number. */
+ * are on the server, never before.  Only within one folder (same_dir):
+ * UID names are per folder, so mv of a just-written 3.eml into another
+ * folder says nothing about that folder's message 3 (it expunged it), as
+ * for a message's own mv.  Not for rsync's temporary names (from_temp):
+ * rsync into a folder whose UIDs are not the source's would remove
+ * unrelated mail that has the same number. */
 static int _fsw_replace_message(FsWrite *w, FswFile *f, DcNode *p2, const char *newname,
-                                gboolean from_temp) {
+                                gboolean from_temp, gboolean same_dir) {
   guint32 n, uv, epoch;
   DcMsg m;
   int err = _fsw_replace_file(w, f, p2, newname);
   if (err != 0)
     return err < 0 ? 0 : err;
-  if (from_temp || !names_parse_message_filename(newname, &n) ||
+  if (from_temp || !same_dir || !names_parse_message_filename(newname, &n) ||
       !fsw_find_msg(w, p2, n, &uv, &epoch, &m, NULL))
     return 0;
   if (f->sent && f->sent_node == p2 && f->sent_uv == uv && f->sent_uid == n)
@@ -1883,6 +1910,7 @@ static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p2,
   g_mutex_lock(&w->lock);
   int err = !f->in_table ? ENOENT : f->error;
   gboolean from_temp = f->name != NULL && fswrite_is_temp_name(f->name);
+  gboolean same_dir = f->parent == p2;
   g_mutex_unlock(&w->lock);
   if (err == 0 && f->sent && !f->owned && p2 != f->sent_node) {
     /* A copy of a message that was there already: the copy goes to p2. */
@@ -1919,7 +1947,7 @@ static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p2,
       err = fsw_errno(error);
   }
   if (err == 0)
-    err = _fsw_replace_message(w, f, p2, newname, from_temp);
+    err = _fsw_replace_message(w, f, p2, newname, from_temp, same_dir);
   if (err == 0) {
     g_mutex_lock(&w->lock);
     _fsw_name(w, f, p2, newname);

@@ -963,6 +963,20 @@ def test_restoring_files_named_like_uids(empty_dovecot, fs, tmp_path):
     assert r.returncode == 0, r.stderr
     assert sorted(mids(c, "R")) == sorted(
         "r%s@imapfuse.test" % n.split(".")[0] for n in names)
+    # While the names written linger, ls shows exactly them, each with the
+    # bytes written (no message twice, none missing).
+    assert sorted(os.listdir(os.path.join(m, "R"))) == sorted(names)
+    for n in names:
+        with open(os.path.join(m, "R", n), "rb") as fh:
+            assert fh.read() == (src / n).read_bytes(), n
+    # cp in the order of a sorted glob (cp fails with EPERM on a message
+    # it finds under a name: 2.eml was taken by what 10.eml became).
+    os.mkdir(os.path.join(m, "C"))
+    r = subprocess.run(["cp"] + [str(src / n) for n in sorted(names)]
+                       + [os.path.join(m, "C") + "/"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert sorted(mids(c, "C")) == sorted(mids(c, "R"))
     # mv from a local disk: rename fails (EXDEV), mv removes the
     # destination it finds and copies.
     os.mkdir(os.path.join(m, "M"))
@@ -975,6 +989,15 @@ def test_restoring_files_named_like_uids(empty_dovecot, fs, tmp_path):
     # is still removed by rm.
     for n in os.listdir(os.path.join(m, "M")):
         os.stat(os.path.join(m, "M", n))
+    # mv of a file just written as 3.eml into a folder that has a message
+    # 3: UID names are per folder, that message is not touched.
+    os.mkdir(os.path.join(m, "Y"))
+    ys = [imap_append(c, "Y", crlf(make_msg("y%d" % i))) for i in range(4)]
+    os.mkdir(os.path.join(m, "Z"))
+    write_file(os.path.join(m, "Z", eml(ys[2])), make_msg("moved"))
+    os.rename(os.path.join(m, "Z", eml(ys[2])), os.path.join(m, "Y", eml(ys[2])))
+    assert sorted(mids(c, "Y")) == sorted(
+        ["moved@imapfuse.test"] + ["y%d@imapfuse.test" % i for i in range(4)])
     other = imap_append(c, "M", crlf(make_msg("plain")))
     os.unlink(os.path.join(m, "M", eml(other)))
     assert other not in state(c, "M")
@@ -1001,8 +1024,9 @@ def test_second_names_of_a_message(empty_dovecot, fs):
     f = os.path.join(m, "F")
     os.mkdir(f)
     write_file(os.path.join(f, "10.eml"), make_msg("C"))
-    names = sorted(os.listdir(f))
-    assert names == sorted(["10.eml", eml(uid_of(c, "F", "C"))])
+    names = os.listdir(f)
+    assert names == ["10.eml"]  # its message's own name waits until it goes
+    expect_errno(errno.ENOENT, os.stat, os.path.join(f, eml(uid_of(c, "F", "C"))))
     for n in names:
         os.unlink(os.path.join(f, n))
     assert mids(c, "F") == []
