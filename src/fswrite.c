@@ -330,12 +330,10 @@ static void _fsw_unhide(FsWrite *w, FswFile *f) {
  * found), so that a restore of <UID>.eml files does not find "1.eml" taken
  * (tar x then unlinked it, cp failed with EPERM), and a listing never shows
  * one message twice.  A copy's (dedup) pre-existing message keeps its name
- * unless removed (fsw_hide_uid_name). */
+ * (its rm gives the copy a message of its own: fsw_keep_copies). */
 static void _fsw_rehide(FsWrite *w, FswFile *f) {
-  if (!f->owned)
-    return;
   guint32 named;
-  gboolean want = f->in_table && f->name != NULL && f->sent && f->sent_uid != 0 &&
+  gboolean want = f->owned && f->in_table && f->name != NULL && f->sent && f->sent_uid != 0 &&
                   f->sent_node == f->parent && names_parse_message_filename(f->name, &named) &&
                   named != f->sent_uid;
   if (!want) {
@@ -794,9 +792,20 @@ static gboolean fsw_lock_other(FswFile *f) {
   return TRUE;
 }
 
-/* Caller holds w->lock.  A named file other than f is message r. */
+/* Caller holds w->lock.  f is named like another UID's message ("10.eml")
+ * and is message r: the name a restore gave it (see _fsw_rehide). */
+static gboolean _fsw_uid_named_for(FswFile *f, gconstpointer data) {
+  const FswMsgRef *r = data;
+  guint32 named;
+  return _fsw_named_for(f, r) && names_parse_message_filename(f->name, &named) &&
+         named != r->uid;
+}
+
+/* Caller holds w->lock.  A file other than f is message r under a name
+ * like another UID's (a name ls shows; other names of new files are not
+ * listed, and a copy's is handled by fsw_keep_copies). */
 static gboolean _fsw_other_name_for(FsWrite *w, FswFile *f, const FswMsgRef *r) {
-  g_autoptr(GPtrArray) named = _fsw_matching(w, _fsw_named_for, r);
+  g_autoptr(GPtrArray) named = _fsw_matching(w, _fsw_uid_named_for, r);
   g_ptr_array_remove(named, f);
   return named->len > 0;
 }
@@ -1432,34 +1441,6 @@ int fswrite_dirent(FsWrite *w, DcNode *parent, guint32 uv, guint32 uid, const ch
   return hidden ? -1 : 0;
 }
 
-/* Message uid of p is also a new file's, still named like another UID
- * (cp 10.eml F/ made it UID 1 and "10.eml" lingers): like unlink(2) of one
- * of two links, rm of 1.eml removes that name only, until the other name
- * goes.  tar x of 10.eml, then 1.eml, into an empty folder unlinks "1.eml"
- * on EEXIST; that expunged the message 10.eml had just become.  Only for
- * such names, the ones a restore of <UID>.eml files brings: a file named
- * otherwise is not listed, so rm of the folder's listed names must still
- * remove its mail. */
-static gboolean _fsw_uid_named_for(FswFile *f, gconstpointer data) {
-  const FswMsgRef *r = data;
-  guint32 named;
-  return _fsw_named_for(f, r) && names_parse_message_filename(f->name, &named) &&
-         named != r->uid;
-}
-
-static gboolean fsw_hide_uid_name(FsWrite *w, DcNode *p, guint32 uv, guint32 uid) {
-  FswMsgRef r = {p, uv, uid};
-  g_mutex_lock(&w->lock);
-  g_autoptr(GPtrArray) named = _fsw_matching(w, _fsw_uid_named_for, &r);
-  FswFile *f = named->len > 0 ? g_ptr_array_index(named, 0) : NULL;
-  if (f != NULL && f->hidden_key == NULL) {
-    f->hidden_key = fsw_hidden_key(p, uv, uid);
-    g_hash_table_replace(w->hidden, g_strdup(f->hidden_key), f);
-  }
-  g_mutex_unlock(&w->lock);
-  return f != NULL;
-}
-
 gboolean fswrite_owns(FsWrite *w, fuse_ino_t ino) {
   if ((ino & 0xffffffffu) == 0)
     return FALSE;
@@ -1763,10 +1744,7 @@ void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
      * an identical message that was there before: the file was a copy),
      * also when a later version of it could not be stored (that one's
      * bytes are in the unsent directory). */
-    g_mutex_lock(&w->lock);
-    gboolean last_name = f->hidden_key != NULL; /* its <UID>.eml was removed */
-    g_mutex_unlock(&w->lock);
-    if (err == 0 && f->sent && (f->owned || last_name) && f->sent_uid != 0 &&
+    if (err == 0 && f->sent && f->owned && f->sent_uid != 0 &&
         !fsw_remove_message(w, f, f->sent_node, f->sent_uv, f->sent_uid, NULL, FALSE, &error) &&
         !fsw_is_error(error, IFS_ERROR_NOT_FOUND))
       err = fsw_errno(error);
@@ -1791,11 +1769,6 @@ void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
   }
   if (!fsw_find_msg(w, p, uid, &uv, &epoch, &m, &error)) {
     fsw_reply_error(req, "rm", error);
-    return;
-  }
-  if (fsw_hide_uid_name(w, p, uv, uid)) {
-    g_debug("rm %s: UID %u is also a new file's, still named: only this name goes", name, uid);
-    fuse_reply_err(req, 0);
     return;
   }
   if (!fsw_remove_message(w, NULL, p, uv, uid, &m, FALSE, &error)) {
@@ -2021,7 +1994,7 @@ void fswrite_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_in
   }
   struct fuse_entry_param ignored;
   if (fswrite_dirent(w, p1, uv, uid, name, &ignored) < 0) {
-    fuse_reply_err(req, ENOENT); /* this name was removed (fsw_hide_uid_name) */
+    fuse_reply_err(req, ENOENT); /* hidden while a new file's name is it (_fsw_rehide) */
     return;
   }
   if (p1 == p2) {

@@ -1031,16 +1031,32 @@ def test_second_names_of_a_message(empty_dovecot, fs):
         os.unlink(os.path.join(f, n))
     assert mids(c, "F") == []
     assert os.listdir(f) == []
-    # A copy (nothing appended) under a UID-like name: both names go.
+    # A copy (nothing appended) under a UID-like name is listed besides the
+    # message; rm of the message gives the copy its own, rm of both
+    # removes the mail, mv of the copy moves it.
     inbox = os.path.join(m, "INBOX")
     u = imap_append(c, "INBOX", crlf(make_msg("D")))
     with open(os.path.join(inbox, eml(u)), "rb") as fh:
         write_file(os.path.join(inbox, "%d.eml" % (u + 10)), fh.read())
     assert list(state(c, "INBOX")) == [u]
+    assert sorted(os.listdir(inbox)) == sorted([eml(u), "%d.eml" % (u + 10)])
     os.unlink(os.path.join(inbox, eml(u)))
-    os.unlink(os.path.join(inbox, "%d.eml" % (u + 10)))
-    assert mids(c, "INBOX") == []
+    assert mids(c, "INBOX") == ["D@imapfuse.test"]
+    os.mkdir(os.path.join(m, "Other"))
+    os.rename(os.path.join(inbox, "%d.eml" % (u + 10)), os.path.join(m, "Other", "x.eml"))
+    assert mids(c, "Other") == ["D@imapfuse.test"] and mids(c, "INBOX") == []
+    # sed -i on N.eml of a file written a moment ago under another name.
+    write_file(os.path.join(inbox, "draft"), make_msg("draft"))
+    d = uid_of(c, "INBOX", "draft")
+    out = subprocess.run(["sed", "-i", "s/This is draft./This is redrafted./",
+                          os.path.join(inbox, eml(d))],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert [b"This is redrafted." in v["body"] for v in state(c, "INBOX").values()] == [True]
+    os.unlink(os.path.join(inbox, "draft"))  # a name of nothing now
     # sed -i on a file written a moment ago.
+    for n in os.listdir(inbox):
+        os.unlink(os.path.join(inbox, n))
     write_file(os.path.join(inbox, "x.eml"), make_msg("sed"))
     out = subprocess.run(["sed", "-i", "s/This is sed./This is edited./",
                           os.path.join(inbox, "x.eml")],
