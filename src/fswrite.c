@@ -142,6 +142,7 @@ struct FsWrite {
   GHashTable *by_ino;    /* &f->ino -> FswFile* (holds a ref) */
   GHashTable *by_name;   /* "dirid/name" -> FswFile* */
   GHashTable *hidden;    /* "dirid/uidvalidity/uid" -> FswFile* that hides it */
+  GHashTable *handles;   /* FswHandle* not released yet (freed at unmount) */
   GHashTable *dir_attrs; /* dir id -> FswDirAttr* */
   GHashTable *mbox_locks; /* mailbox -> GMutex* */
   guint32 serial;
@@ -1313,6 +1314,7 @@ FsWrite *fswrite_new(Fs *fs, Dircache *dc, Notify *notify, const FsWriteOptions 
   w->by_ino = g_hash_table_new(g_int64_hash, g_int64_equal);
   w->by_name = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   w->hidden = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  w->handles = g_hash_table_new(NULL, NULL);
   w->dir_attrs = g_hash_table_new_full(NULL, NULL, NULL, g_free);
   w->mbox_locks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, fsw_mutex_free);
   return w;
@@ -1374,6 +1376,15 @@ void fswrite_free(FsWrite *w) {
   g_hash_table_unref(w->by_ino);
   g_hash_table_unref(w->by_name);
   g_hash_table_unref(w->hidden);
+  /* A release the kernel had not sent when the session ended (a close
+   * just before the unmount) never comes: free those handles here. */
+  g_hash_table_iter_init(&it, w->handles);
+  while (g_hash_table_iter_next(&it, &v, NULL)) {
+    FswHandle *h = v;
+    fsw_file_unref(h->f);
+    g_free(h);
+  }
+  g_hash_table_unref(w->handles);
   g_hash_table_unref(w->dir_attrs);
   g_hash_table_unref(w->mbox_locks);
   if (w->boxes != NULL)
@@ -1474,6 +1485,7 @@ static FswHandle *fsw_handle_new(FsWrite *w, FswFile *f, gboolean writable) {
     f->unflushed++;
   }
   f->deadline = 0;
+  g_hash_table_add(w->handles, h);
   g_mutex_unlock(&w->lock);
   return h;
 }
@@ -1539,6 +1551,7 @@ void fswrite_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) 
   FswFile *f = h->f;
   g_mutex_lock(&f->lock);
   g_mutex_lock(&w->lock);
+  g_hash_table_remove(w->handles, h);
   f->handles--;
   if (h->writable) {
     f->writers--;
