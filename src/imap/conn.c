@@ -374,6 +374,23 @@ static IfsError conn_error_code(const ImapResponse *r) {
   return r->status == IMAP_STATUS_BAD ? IFS_ERROR_BAD : IFS_ERROR_NO;
 }
 
+/* A tagged NO or BAD as an error.  [SERVERBUG] (RFC 5530): the session
+ * is given up, and the error is a lost connection's, so that work that
+ * may run again does, on a fresh session.  Seen with Dovecot: a session
+ * that had a folder selected when another client deleted and recreated
+ * it answered every later command in that folder with "NO [SERVERBUG]
+ * Internal error", and writes into it failed until the mount was
+ * restarted. */
+static void conn_tagged_error(ImapConn *c, const ImapResponse *r, GError **error) {
+  if (r->code != NULL && g_str_equal(r->code, "SERVERBUG")) {
+    c->broken = TRUE;
+    g_set_error(error, IFS_ERROR, IFS_ERROR_CLOSED, "%s (server error: session dropped)",
+                r->text);
+    return;
+  }
+  g_set_error(error, IFS_ERROR, conn_error_code(r), "%s", r->text);
+}
+
 static gboolean conn_dispatch(ImapConn *c, ImapResponse *r, ImapHandler fn, gpointer user) {
   if (r->status == IMAP_STATUS_BYE) {
     /* The server is about to close; the next read fails. Keep the reason. */
@@ -498,7 +515,7 @@ gboolean imap_conn_run(ImapConn *c, ImapCmd *cmd, ImapHandler fn, gpointer user,
     c->rtt_us = MAX(c->last_used - sent, 1);
   gboolean ok = tagged->status == IMAP_STATUS_OK;
   if (!ok)
-    g_set_error(error, IFS_ERROR, conn_error_code(tagged), "%s", tagged->text);
+    conn_tagged_error(c, tagged, error);
   if (tagged_out != NULL)
     *tagged_out = g_steal_pointer(&tagged);
   return ok;
@@ -589,7 +606,7 @@ gboolean imap_conn_run_pipeline(ImapConn *c, ImapCmd **cmds, guint n, ImapHandle
       done[i] = TRUE;
       left--;
       if (r->status != IMAP_STATUS_OK && first == NULL)
-        g_set_error(&first, IFS_ERROR, conn_error_code(r), "%s", r->text);
+        conn_tagged_error(c, r, &first);
       if (tagged != NULL) {
         tagged[i] = r;
         continue;

@@ -1066,6 +1066,28 @@ def test_second_names_of_a_message(empty_dovecot, fs):
     assert [b"This is edited." in v["body"] for v in st.values()] == [True]
 
 
+def test_folder_recreated_elsewhere_stays_writable(empty_dovecot, fs):
+    """Another client deletes and recreates a folder this mount has just
+    written into: Dovecot's session that had it selected answers every
+    later command there with NO [SERVERBUG] (Internal error), so every
+    write into it failed (bytes to the unsent directory) until the mount
+    was restarted. That session is dropped and the write goes again on a
+    fresh one."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("F")
+    m = fs(dv)
+    f = os.path.join(m, "F")
+    write_file(os.path.join(f, "a.eml"), make_msg("a"))
+    c.delete("F")
+    c.create("F")
+    imap_append(c, "F", crlf(make_msg("other")))
+    for i in range(3):
+        write_file(os.path.join(f, "b%d.eml" % i), make_msg("b%d" % i))
+    assert sorted(mids(c, "F")) == ["b0@imapfuse.test", "b1@imapfuse.test",
+                                    "b2@imapfuse.test", "other@imapfuse.test"]
+
+
 def test_temp_name_never_renamed_is_sent(empty_dovecot, fs):
     dv = empty_dovecot()
     c = dv.imap()
