@@ -1793,6 +1793,30 @@ void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
 
 /* ---- rename ---- */
 
+/* Caller holds f->lock.  f (stored) is renamed over newname, message r:
+ * removes r.  If the server refused, both exist and the rename fails.  If
+ * the connection was lost on the way, whether r went is unknown: the
+ * rename goes ahead (failing it, sed -i removed its temporary file, which
+ * is the new version, after the old one may have been expunged: both
+ * were lost), and at worst both exist. */
+static int _fsw_remove_replaced(FsWrite *w, FswFile *f, const char *newname,
+                                const FswMsgRef *r) {
+  g_autoptr(GError) error = NULL;
+  if (fsw_remove_message(w, f, r->node, r->uv, r->uid, NULL, TRUE, &error) ||
+      fsw_is_error(error, IFS_ERROR_NOT_FOUND))
+    return 0;
+  if (ifs_error_is_connection(error)) {
+    g_warning("mv over %s: stored the new file as UID %u; removing UID %u was cut off (%s), "
+              "so it may still exist beside it",
+              newname, f->sent_uid, r->uid, error->message);
+    return 0;
+  }
+  g_warning("mv over %s: stored the new file as UID %u, but could not remove UID %u, so both "
+            "exist: %s",
+            newname, f->sent_uid, r->uid, error->message);
+  return fsw_errno(error);
+}
+
 /* Caller holds f->lock.  rename(2) of new file f over another new file's
  * name (sed -i on a file written a moment ago): the message that file
  * became is removed once f's bytes are stored, unless it has yet another
@@ -1823,17 +1847,9 @@ static int _fsw_replace_file(FsWrite *w, FswFile *f, DcNode *p2, const char *new
     its = !_fsw_other_name_for(w, f, &r);
   }
   g_mutex_unlock(&w->lock);
-  g_autoptr(GError) error = NULL;
-  int err = -1;
-  if (its && !fsw_remove_message(w, f, r.node, r.uv, r.uid, NULL, TRUE, &error) &&
-      !fsw_is_error(error, IFS_ERROR_NOT_FOUND)) {
-    g_warning("mv over %s: stored the new file as UID %u, but could not remove UID %u, so "
-              "both exist: %s",
-              newname, f->sent_uid, r.uid, error->message);
-    err = fsw_errno(error);
-  }
+  int err = its ? _fsw_remove_replaced(w, f, newname, &r) : 0;
   g_mutex_unlock(&old->lock);
-  return err;
+  return err != 0 ? err : -1;
 }
 
 /* Caller holds f->lock.  rename(2) of new file f over the name of message
@@ -1872,15 +1888,7 @@ static int _fsw_replace_message(FsWrite *w, FswFile *f, DcNode *p2, const char *
   g_mutex_unlock(&w->lock);
   if (named)
     return 0;
-  g_autoptr(GError) error = NULL;
-  if (!fsw_remove_message(w, f, p2, uv, n, &m, TRUE, &error) &&
-      !fsw_is_error(error, IFS_ERROR_NOT_FOUND)) {
-    g_warning("mv over %s: stored the new file as UID %u, but could not remove UID %u, so "
-              "both exist: %s",
-              newname, f->sent_uid, n, error->message);
-    return fsw_errno(error);
-  }
-  return 0;
+  return _fsw_remove_replaced(w, f, newname, &r);
 }
 
 static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p2,
