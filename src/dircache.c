@@ -812,8 +812,17 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     old_epoch = n->epoch;
     old_uidvalidity = n->uidvalidity;
     if (n->msgs != NULL) {
-      if (n->uidvalidity == f.uidvalidity)
+      if (n->uidvalidity == f.uidvalidity) {
         dc_diff_removed(n->msgs, result, gone);
+      } else {
+        /* A new UIDVALIDITY: every old name is gone, also the ones the new
+         * list has again (another message under the same UID).  Else the
+         * kernel kept its entry (and on -o ro, where no open is sent to
+         * refuse it, its pages) and served the old message's bytes under
+         * the name for msg_timeout. */
+        for (guint i = 0; i < n->msgs->len; i++)
+          g_array_append_val(gone, g_array_index(n->msgs, DcMsg, i).uid);
+      }
       g_array_unref(n->msgs);
     }
     n->msgs = result;

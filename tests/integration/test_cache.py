@@ -1575,6 +1575,43 @@ def test_flags_pushed_during_listing_are_applied(mount, empty_dovecot, env):
         px.close()
 
 
+@pytest.mark.parametrize("ro", [True, False], ids=["ro", "rw"])
+def test_recreated_folder_names_show_the_new_messages(mount, empty_dovecot, env, ro):
+    """Another client deletes and recreates a folder: its new messages get
+    the old UIDs under a new UIDVALIDITY. Every old name must be dropped
+    from the kernel, also the ones the new listing has again: on -o ro
+    (no open reaches imapfuse to refuse the old inode) the kernel kept
+    its entry and pages and served the old message's bytes under the name
+    for msg_timeout (60 s), or ESTALE for a name never read."""
+    dv = empty_dovecot()
+    old = [_msg("old%d" % i, 700) for i in range(3)]
+    uids = _make_box(dv, "Box", old)
+    opts = ("ro", "poll=1") if ro else ("poll=1",)
+    m = mount(dv, *opts, env=env)
+    box = os.path.join(m.path, "Box")
+    assert _read(os.path.join(box, "%d.eml" % uids[0])) == old[0]  # in the page cache
+    assert _listing(box) == _names(uids)  # entries for all names
+    c = dv.imap()
+    c.delete("Box")
+    c.create("Box")
+    new = [_msg("new%d" % i, 700) for i in range(3)]
+    for b in new:
+        typ, data = c.append("Box", None, None, b)
+        assert typ == "OK", data
+    c.logout()
+
+    def fresh():
+        try:
+            return all(_read(os.path.join(box, "%d.eml" % u)) == new[i]
+                       for i, u in enumerate(uids))
+        except OSError:
+            return False
+    deadline = time.monotonic() + 15
+    while not fresh():
+        assert time.monotonic() < deadline, "old bytes or ESTALE under the new names"
+        time.sleep(0.2)
+
+
 def test_responses_before_closed_belong_to_the_old_mailbox(mount, empty_dovecot, env):
     """A connection with mailbox A selected sends SELECT B: with QRESYNC
     the server may still report A's changes before "* OK [CLOSED]" (RFC
