@@ -239,7 +239,7 @@ static gboolean fs_entry_for(Fs *fs, DcNode *parent, const char *name,
     }
     const DcMsg *m = dc_listing_find(&l, uid);
     if (m != NULL && fswrite_dirent(fs->w, parent, l.uidvalidity, uid, name, e) < 0) {
-      dc_listing_clear(&l); /* rm'd while a new file's name for it remains */
+      dc_listing_clear(&l); /* hidden while a new file's name is it (_fsw_rehide) */
       break;
     }
     if (m != NULL) {

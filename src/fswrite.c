@@ -1780,11 +1780,8 @@ void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
     fuse_reply_err(req, dircache_child(w->dc, p, name) != NULL ? EISDIR : ENOENT);
     return;
   }
-  if (!fsw_find_msg(w, p, uid, &uv, &epoch, &m, &error)) {
-    fsw_reply_error(req, "rm", error);
-    return;
-  }
-  if (!fsw_remove_message(w, NULL, p, uv, uid, &m, FALSE, &error)) {
+  if (!fsw_find_msg(w, p, uid, &uv, &epoch, &m, &error) ||
+      !fsw_remove_message(w, NULL, p, uv, uid, &m, FALSE, &error)) {
     fsw_reply_error(req, "rm", error);
     return;
   }
@@ -1839,7 +1836,7 @@ static int _fsw_replace_file(FsWrite *w, FswFile *f, DcNode *p2, const char *new
     return EBUSY;
   g_mutex_lock(&w->lock);
   FswMsgRef r = {old->sent_node, old->sent_uv, old->sent_uid};
-  gboolean its = old->sent && old->sent_uid != 0 && (old->owned || old->hidden_key != NULL) &&
+  gboolean its = old->sent && old->sent_uid != 0 && old->owned &&
                  !(f->sent_node == r.node && f->sent_uv == r.uv && f->sent_uid == r.uid);
   if (its) {
     _fsw_unname(w, old); /* replaced, as rename(2) does */

@@ -48,8 +48,8 @@ gboolean fswrite_lookup(FsWrite *w, DcNode *parent, const char *name,
                         struct fuse_entry_param *e);
 /* How readdir shows message uid (named name) of parent: 0 as the message,
  * 1 as the new file of that name (e filled: lookup finds it, not the
- * message), -1 not at all (its name was removed while a new file's name
- * for the same message remains). */
+ * message), -1 not at all (a new file named like another UID is that
+ * message, and goes by its own name while it lingers). */
 int fswrite_dirent(FsWrite *w, DcNode *parent, guint32 uv, guint32 uid, const char *name,
                    struct fuse_entry_param *e);
 /* Names of new files in parent to list besides its messages: those that

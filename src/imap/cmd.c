@@ -342,13 +342,18 @@ static ImapCmd *cmd_fetch_meta_new(const char *uidset, gboolean modseq) {
                       modseq ? " MODSEQ" : "");
 }
 
-gboolean imap_fetch_meta(ImapConn *c, const char *uidset, gboolean modseq, ImapMetaFn fn,
-                         ImapVanishedFn vanished, gpointer user, GError **error) {
+/* Runs a metadata FETCH (cmd_fetch_meta_new, cmd_fetch_changes_new). */
+static gboolean cmd_run_meta(ImapConn *c, ImapCmd *cmd, ImapMetaFn fn, ImapVanishedFn vanished,
+                             gpointer user, GError **error) {
   CmdMetaCtx ctx = {fn, vanished, user, NULL};
-  gboolean ok = imap_conn_run(c, cmd_fetch_meta_new(uidset, modseq), cmd_meta_handler, &ctx,
-                              NULL, error);
+  gboolean ok = imap_conn_run(c, cmd, cmd_meta_handler, &ctx, NULL, error);
   cmd_meta_ctx_clear(&ctx);
   return ok;
+}
+
+gboolean imap_fetch_meta(ImapConn *c, const char *uidset, gboolean modseq, ImapMetaFn fn,
+                         ImapVanishedFn vanished, gpointer user, GError **error) {
+  return cmd_run_meta(c, cmd_fetch_meta_new(uidset, modseq), fn, vanished, user, error);
 }
 
 static ImapCmd *cmd_fetch_changes_new(guint64 modseq) {
@@ -359,11 +364,7 @@ static ImapCmd *cmd_fetch_changes_new(guint64 modseq) {
 
 gboolean imap_fetch_changes(ImapConn *c, guint64 modseq, ImapMetaFn fn, ImapVanishedFn vanished,
                             gpointer user, GError **error) {
-  CmdMetaCtx ctx = {fn, vanished, user, NULL};
-  gboolean ok = imap_conn_run(c, cmd_fetch_changes_new(modseq), cmd_meta_handler, &ctx, NULL,
-                              error);
-  cmd_meta_ctx_clear(&ctx);
-  return ok;
+  return cmd_run_meta(c, cmd_fetch_changes_new(modseq), fn, vanished, user, error);
 }
 
 typedef struct {
