@@ -445,12 +445,27 @@ static void bc_deliver(Bodycache *bc, const char *mailbox, guint32 uidvalidity, 
 }
 
 /* _bc_inflight_begin: caller holds the lock.  Registers a fetch of key
- * (taken over) that others can wait for instead of fetching it too. */
-static BcInflight *_bc_inflight_begin(Bodycache *bc, char *key) {
+ * (taken over; not in flight yet: replacing an entry would strand its
+ * waiters) by batch b (NULL: a single fetch) that others can wait for
+ * instead of fetching it too. */
+static void _bc_inflight_begin(Bodycache *bc, char *key, BcBatch *b) {
+  g_assert(!g_hash_table_contains(bc->inflight, key));
   BcInflight *f = g_new0(BcInflight, 1);
   f->refs = 1;
+  f->batch = b;
   g_hash_table_insert(bc->inflight, key, f);
-  return f;
+}
+
+/* _bc_held: caller holds the lock.  Whether uid (nch chunks; 0: whole)
+ * is in memory or being fetched, in whole or in part. */
+static gboolean _bc_held(Bodycache *bc, const char *mailbox, guint32 uv, guint32 uid,
+                         guint64 nch) {
+  for (guint64 c = 0; c < MAX(nch, 1); c++) {
+    g_autofree char *key = bc_key(mailbox, uv, uid, nch > 0 ? c : BC_WHOLE);
+    if (g_hash_table_contains(bc->table, key) || g_hash_table_contains(bc->inflight, key))
+      return TRUE;
+  }
+  return FALSE;
 }
 
 /* _bc_hurry: caller holds the lock.  A reader waits for a message of
@@ -519,7 +534,7 @@ static GBytes *bc_chunk(Bodycache *bc, const char *mailbox, guint32 uidvalidity,
       return b;
     /* That fetch delivered nothing: fetch ourselves, unregistered. */
   } else {
-    _bc_inflight_begin(bc, g_strdup(key));
+    _bc_inflight_begin(bc, g_strdup(key), NULL);
     g_mutex_unlock(&bc->lock);
   }
 
@@ -571,6 +586,7 @@ GBytes *bodycache_read(Bodycache *bc, const char *mailbox, guint32 uidvalidity, 
    * length except at the end of the file. */
   g_autoptr(GByteArray) out = g_byte_array_sized_new(len);
   guint64 cb = bc->opts.chunk_bytes;
+  gboolean grew = FALSE;
   while (out->len < len) {
     guint64 pos = off + out->len;
     g_autoptr(GBytes) chunk = bc_chunk(bc, mailbox, uidvalidity, uid, pos / cb, error);
@@ -579,12 +595,25 @@ GBytes *bodycache_read(Bodycache *bc, const char *mailbox, guint32 uidvalidity, 
     gsize n;
     const guint8 *data = g_bytes_get_data(chunk, &n);
     guint64 in = pos % cb;
+    if (real_size != NULL && n < cb)
+      *real_size = pos - in + n; /* a short chunk ends the message */
+    else if (real_size != NULL && pos - in + n > *real_size)
+      grew = TRUE;
     if (in >= n)
       break; /* past the end of the message */
-    gsize take = MIN(len - out->len, n - in);
-    g_byte_array_append(out, data + in, take);
+    g_byte_array_append(out, data + in, MIN(len - out->len, n - in));
     if (n < cb)
       break; /* the last chunk */
+  }
+  /* A full chunk went past the listed size (RFC822.SIZE was off): the
+   * kernel reads no further than the size it knows, so find the end. */
+  for (guint64 k = (off + out->len) / cb; grew; k++) {
+    g_autoptr(GBytes) chunk = bc_chunk(bc, mailbox, uidvalidity, uid, k, error);
+    if (chunk == NULL)
+      return NULL;
+    gsize n = g_bytes_get_size(chunk);
+    *real_size = k * cb + n;
+    grew = n == cb;
   }
   return g_byte_array_free_to_bytes(g_steal_pointer(&out));
 }
@@ -780,7 +809,9 @@ static void bc_batch_run(gpointer data, gpointer user) {
                                  : 0;
     for (guint64 k = 0; k < MAX(nch, 1); k++) {
       g_autofree char *key = bc_key(b->mailbox, b->uidvalidity, uid, nch > 0 ? k : BC_WHOLE);
-      _bc_inflight_finish(bc, key, NULL);
+      BcInflight *f = g_hash_table_lookup(bc->inflight, key);
+      if (f != NULL && f->batch == b) /* not a reader's own fetch of it */
+        _bc_inflight_finish(bc, key, NULL);
     }
   }
   BcStream *s = g_hash_table_lookup(bc->streams, b->mailbox);
@@ -1026,22 +1057,24 @@ static void _bc_schedule(Bodycache *bc, const char *mailbox, BcStream *s, int o,
        * by one when the reader gets there costs a round trip each. */
       gboolean big = m->size > bc->opts.chunk_bytes;
       guint64 nch = big ? bc_nchunks(bc, m->size) : 1;
-      g_autofree char *key = bc_key(mailbox, s->uidvalidity, m->uid, big ? 0 : BC_WHOLE);
+      g_autofree char *key = bc_key(mailbox, s->uidvalidity, m->uid, BC_WHOLE);
       int t = 0;
       if (bc->opts.disk != NULL) {
         g_autofree char *group = bc_disk_group(bc, mailbox, s->uidvalidity);
         g_autofree char *name = bc_disk_name(m->uid, big ? 0 : BC_WHOLE);
         t = diskcache_contains(bc->opts.disk, group, name) ? 1 : 0;
       }
+      /* Any chunk already here or being fetched (a reader that started
+       * in the middle): that reader goes on chunk by chunk. */
       if ((big && (t == 1 || m->size > BC_BATCH_BYTES_MAX)) ||
-          g_hash_table_contains(bc->table, key) || g_hash_table_contains(bc->inflight, key)) {
+          _bc_held(bc, mailbox, s->uidvalidity, m->uid, big ? nch : 0)) {
         s->state[k] = BC_SKIP;
         continue;
       }
       for (guint64 c = 0; c < nch; c++)
-        _bc_inflight_begin(bc, c == 0 ? g_steal_pointer(&key)
-                                      : bc_key(mailbox, s->uidvalidity, m->uid, c))
-            ->batch = b[t];
+        _bc_inflight_begin(bc, big ? bc_key(mailbox, s->uidvalidity, m->uid, c)
+                                   : g_steal_pointer(&key),
+                           b[t]);
       if (big) {
         if (b[0]->big == NULL)
           b[0]->big = g_hash_table_new(NULL, NULL);

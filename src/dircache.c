@@ -46,6 +46,11 @@ struct DcNode {
   gboolean served;   /* a listing of it was handed out in this mount */
   gint64 failed_at;  /* monotonic us when the last fetch failed, with why: */
   GError *failed;
+  /* uid -> length its bytes turned out to have where RFC822.SIZE said
+   * otherwise (this uidvalidity; NULL until one did): later listings
+   * carry the server's figure again, and the kernel would cut reads at
+   * it.  A message's bytes never change, so the length learned stays. */
+  GHashTable *sizes;
 };
 
 typedef struct {
@@ -122,6 +127,7 @@ static void dc_node_free(DcNode *n) {
   g_mutex_clear(&n->refresh_lock);
   g_mutex_clear(&n->lock);
   g_clear_error(&n->failed);
+  g_clear_pointer(&n->sizes, g_hash_table_unref);
   g_free(n->name);
   g_free(n->mailbox);
   g_free(n);
@@ -380,6 +386,7 @@ typedef struct {
 } DcPushed;
 
 static const DcMsg *dc_msgs_find(const GArray *msgs, guint32 uid);
+static gboolean _dc_apply_sizes(GHashTable *sizes, GArray *msgs, gboolean apply);
 
 /* A FETCH with FLAGS but no size or date is a change another session made
  * while we listed.  Dovecot, during our UID FETCH 1:*, sent 3990 with
@@ -825,6 +832,17 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
       }
       g_array_unref(n->msgs);
     }
+    if (n->uidvalidity != f.uidvalidity) {
+      g_clear_pointer(&n->sizes, g_hash_table_unref);
+    } else if (n->sizes != NULL && _dc_apply_sizes(n->sizes, result, FALSE)) {
+      if (result == f.base) { /* held elsewhere too: copy on write */
+        GArray *copy = g_array_sized_new(FALSE, FALSE, sizeof(DcMsg), result->len);
+        g_array_append_vals(copy, result->data, result->len);
+        g_array_unref(result);
+        result = copy;
+      }
+      _dc_apply_sizes(n->sizes, result, TRUE);
+    }
     n->msgs = result;
     n->highestmodseq = f.modseq;
     if (n->uidvalidity == f.uidvalidity)
@@ -895,11 +913,33 @@ gint64 dircache_listing_age(Dircache *dc, DcNode *n) {
   return age;
 }
 
+/* Whether msgs lacks a length learned by reading (DcNode.sizes); with
+ * apply, puts them in (msgs is then nobody else's). */
+static gboolean _dc_apply_sizes(GHashTable *sizes, GArray *msgs, gboolean apply) {
+  GHashTableIter it;
+  gpointer k, v;
+  gboolean differs = FALSE;
+  DcListing l = {.msgs = msgs};
+  g_hash_table_iter_init(&it, sizes);
+  while (g_hash_table_iter_next(&it, &k, &v)) {
+    DcMsg *m = (DcMsg *)dc_listing_find(&l, GPOINTER_TO_UINT(k));
+    if (m != NULL && m->size != *(guint64 *)v) {
+      differs = TRUE;
+      if (apply)
+        m->size = *(guint64 *)v;
+    }
+  }
+  return differs;
+}
+
 void dircache_set_size(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 uid,
                        guint64 size) {
   (void)dc;
   g_mutex_lock(&n->lock);
   if (n->msgs != NULL && n->uidvalidity == uidvalidity) {
+    if (n->sizes == NULL)
+      n->sizes = g_hash_table_new_full(NULL, NULL, NULL, g_free);
+    g_hash_table_insert(n->sizes, GUINT_TO_POINTER(uid), g_memdup2(&size, sizeof size));
     /* Copy on write: snapshots already handed out stay as they were. */
     DcListing l = {.msgs = n->msgs};
     const DcMsg *m = dc_listing_find(&l, uid);

@@ -23,7 +23,8 @@
  *
  * Puts append to the newest segment; a new one is started when a record
  * would take it past seg_max (an eighth of the bound or of the filesystem,
- * at most 64 MiB; a larger record gets a segment to itself), so eviction
+ * at most 64 MiB or 1/256 of the bound: each segment holds an open fd; a
+ * larger record gets a segment to itself), so eviction
  * frees about an eighth of a full cache at a time.  Nothing is
  * fsync()ed: a crash can leave a torn record at a segment's end, and open
  * cuts the segment at the first bad record (what follows it cannot be
@@ -78,6 +79,7 @@
 #define DK_SUMMED 24u /* header bytes under the checksum: all before it */
 #define DK_FNV_SEED 2166136261u
 #define DK_SEG_CAP (64ull << 20)
+#define DK_SEGS_MAX 256
 #define DK_SCAN_BLOCK (64u << 10) /* the open scan reads segments in blocks of this */
 #define DK_WRITE_TRIES 4          /* a put retries after ENOSPC, evicting each time */
 #define DK_LOCK_FILE "lock"
@@ -563,6 +565,14 @@ static gboolean dk_scan(Diskcache *dc, GError **error) {
     dc->next_seq = seq + 1;
     struct stat st;
     int sfd = openat(dc->dirfd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (sfd < 0 && errno != ELOOP && errno != EISDIR) {
+      /* Not the file's fault (EMFILE, EACCES, ...): deleting it would
+       * empty the cache for a passing reason. */
+      int err = errno;
+      g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(err),
+                  "cannot open %s in cache directory %s: %s", name, dc->dir, g_strerror(err));
+      return FALSE;
+    }
     if (sfd < 0 || fstat(sfd, &st) != 0 || !S_ISREG(st.st_mode)) {
       if (sfd >= 0)
         close(sfd);
@@ -625,9 +635,11 @@ Diskcache *diskcache_open(const char *dir, guint64 max_bytes, GError **error) {
    * from it keep evictions after ENOSPC fine-grained. */
   struct statvfs vfs;
   guint64 room = max_bytes;
-  if (fstatvfs(dfd, &vfs) == 0)
+  if (fstatvfs(dfd, &vfs) == 0 && vfs.f_blocks > 0) /* 0: the filesystem does not say */
     room = MIN(room, (guint64)vfs.f_blocks * vfs.f_frsize);
-  dc->seg_max = MIN(room / 8, DK_SEG_CAP);
+  /* Every segment holds an fd: at most about DK_SEGS_MAX of them, however
+   * large the bound (64 MiB segments made a 64 GiB cache 1,024 fds). */
+  dc->seg_max = MIN(room / 8, MAX(DK_SEG_CAP, max_bytes / DK_SEGS_MAX));
   g_mutex_init(&dc->write_lock);
   g_mutex_init(&dc->lock);
   dc->groups = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, dk_group_free);

@@ -494,6 +494,14 @@ static gboolean fs_file_find(Fs *fs, fuse_ino_t ino, gboolean opened, FsFile *f,
   return TRUE;
 }
 
+/* f's bytes turned out to be len long, not the listed RFC822.SIZE (some
+ * servers' figure is off): from now on stat says len. */
+static void fs_size_learned(Fs *fs, const FsFile *f, guint64 len) {
+  g_debug("UID %u in %s: RFC822.SIZE %" G_GUINT64_FORMAT " but %" G_GUINT64_FORMAT " bytes",
+          f->uid, dcnode_mailbox(f->node), f->size, len);
+  dircache_set_size(fs->dc, f->node, f->uidvalidity, f->uid, len);
+}
+
 /* A scan's reader finds the bytes of most messages at hand when it opens
  * them (read ahead, or read from the disk cache ahead).  Handing them to
  * the kernel's page cache before the OPEN reply lets its read()s find them
@@ -501,9 +509,11 @@ static gboolean fs_file_find(Fs *fs, fuse_ino_t ino, gboolean opened, FsFile *f,
  * takes, are saved (cold grep -r of 10,000 files: 1.25 -> 0.85 s, rg -j4
  * 0.87 -> 0.78 s, medians of 6).  Only at the scan's first open of the
  * message (a second pass finds the kernel's pages: keep_cache), only for
- * a whole message of one chunk, and only if its length is the listing's
- * (else fs_read corrects the size).  Called before the reply, the pages
- * are in place when the kernel checks keep_cache. */
+ * a whole message of one chunk, and only if it is not shorter than the
+ * listing says (the pages past its end would read as zeros; fs_read's
+ * short reply makes the kernel cut the size instead).  A longer one sets
+ * the kernel's size to its own with the store.  Called before the reply,
+ * the pages are in place when the kernel checks keep_cache. */
 static void fs_store(Fs *fs, fuse_ino_t ino, const FsFile *f) {
   g_autoptr(GBytes) b =
       bodycache_peek(fs->bc, dcnode_mailbox(f->node), f->uidvalidity, f->uid, f->size);
@@ -511,7 +521,11 @@ static void fs_store(Fs *fs, fuse_ino_t ino, const FsFile *f) {
     return;
   gsize n;
   const void *data = g_bytes_get_data(b, &n);
-  if (n == f->size && n > 0 && notify_store(fs->notify, ino, data, n))
+  if (n < f->size || n == 0)
+    return;
+  if (n > f->size)
+    fs_size_learned(fs, f, n);
+  if (notify_store(fs->notify, ino, data, n))
     g_atomic_int_inc(&fs->n_stored);
 }
 
@@ -583,9 +597,17 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     return;
   }
   if (real != f->size) {
-    g_debug("UID %u in %s: RFC822.SIZE %" G_GUINT64_FORMAT " but %" G_GUINT64_FORMAT " bytes",
-            f->uid, dcnode_mailbox(f->node), f->size, real);
-    dircache_set_size(fs->dc, f->node, f->uidvalidity, f->uid, real);
+    fs_size_learned(fs, f, real);
+    /* Longer: the kernel cut this read at the listed size and would end
+     * the file there; with its attributes stale, a read past that size
+     * asks for them (the size just learned) before it decides.  Before
+     * the reply, so that the reader's next read finds them stale.  Not
+     * for shorter: the short reply cuts the kernel's size, which a stale
+     * mark would stop (and the pages' zeros past the end would be read). */
+    if (real > f->size) {
+      notify_inval_inode(fs->notify, ino, FALSE);
+      notify_flush(fs->notify, G_USEC_PER_SEC);
+    }
   }
   gsize n;
   const void *data = g_bytes_get_data(b, &n);

@@ -13,6 +13,7 @@
 #include <locale.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <syslog.h>
 #include <string.h>
 #include <unistd.h>
@@ -99,9 +100,20 @@ static int main_cpus(void) {
   return CPU_COUNT(&set);
 }
 
+/* Open files: every cache segment, connection and open message holds an
+ * fd, and the usual soft limit (1,024) is far below the hard one. */
+static void main_raise_fd_limit(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
 int main(int argc, char *argv[]) {
   setlocale(LC_ALL, "");
   signal(SIGPIPE, SIG_IGN); /* a dead TLS peer must be an error, not a kill */
+  main_raise_fd_limit();
   heap_setup();
   struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
   IfsOptions o;

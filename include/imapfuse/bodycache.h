@@ -46,8 +46,10 @@ void bodycache_start(Bodycache *bc);
 void bodycache_free(Bodycache *bc);
 
 /* Up to len bytes at off of the message (fewer at its end; empty past it).
- * size is what the listing says.  *real_size (may be NULL) is set to the
- * true length when the whole message was fetched, else left alone.
+ * size is what the listing says.  *real_size (may be NULL; the caller
+ * sets it to size) becomes the true length when the bytes read show it (a
+ * whole message, or the short last chunk of a large one), or at least the
+ * end of a full chunk read past it (the message is longer than size).
  * Errors: IFS_ERROR_NOT_FOUND (expunged), IFS_ERROR_STALE (UIDVALIDITY
  * changed), connection errors. */
 GBytes *bodycache_read(Bodycache *bc, const char *mailbox, guint32 uidvalidity, guint32 uid,

@@ -1728,3 +1728,106 @@ def test_delta_refused_or_without_modseq_lists_everything(mount, empty_dovecot, 
             == {"\\Flagged"}
     finally:
         px.close()
+
+
+def _big_msg(tag, lines):
+    return b"Subject: %s\r\n\r\n" % tag.encode() + b"".join(
+        b"line %07d xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n" % i
+        for i in range(lines))
+
+
+def test_reads_trust_the_bytes_not_rfc822_size(mount, empty_dovecot, env, rw_ro):
+    """Some servers' RFC822.SIZE is not the length of BODY[] (Exchange's can
+    be an estimate).  A proxy rewrites it in every answer: two messages are
+    listed shorter than they are (one small, one of three 1 MiB chunks) and
+    two longer.  The kernel cut reads at the listed size, so a reader got
+    the first 150 of 300 bytes, or 1,500,000 of 2 MiB.  Every read gets
+    the server's bytes exactly; stat then says their length, also after a
+    later listing has carried the wrong figure again."""
+    from test_write_review import Proxy
+    dv = empty_dovecot()
+    msgs = [_msg("small-long", 300), _msg("small-short", 300),
+            _big_msg("big-long", 30500), _big_msg("big-short", 18000)]
+    assert len(msgs[2]) > 2 << 20  # three chunks, the last short
+    listed = {len(msgs[0]): 150, len(msgs[1]): 600, len(msgs[2]): 1500000,
+              len(msgs[3]): 1900000}
+    uids = _make_box(dv, "Box", msgs)
+    px = Proxy(dv.port)
+    px.edit_s2c = lambda data: re.sub(
+        rb"RFC822\.SIZE (\d+)",
+        lambda mo: b"RFC822.SIZE %d" % listed.get(int(mo.group(1)), int(mo.group(1))), data)
+    try:
+        m = mount(dv, "poll=1", "msg_timeout=1", *rw_ro, env=env, port=px.port)
+        d = os.path.join(m.path, "Box")
+        paths = [os.path.join(d, "%d.eml" % u) for u in uids]
+        assert [os.stat(p).st_size for p in paths] == [150, 600, 1500000, 1900000]
+        for p, want in zip(paths, msgs):
+            got = _read(p)
+            assert len(got) == len(want) and got == want, p
+        assert [os.stat(p).st_size for p in paths] == [len(x) for x in msgs]
+        # Another client flags them: the next listing has their (wrong)
+        # RFC822.SIZE again.  The learned lengths stay.
+        c = dv.imap()
+        c.select("Box")
+        c.uid("STORE", ",".join(map(str, uids)), "+FLAGS.SILENT", r"(\Flagged)")
+        c.logout()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            os.listdir(d)
+            if all(b"\\Flagged" in os.getxattr(p, "user.imap.flags") for p in paths):
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail("the flag change never showed")
+        time.sleep(1.5)  # msg_timeout: the kernel asks for attributes again
+        assert [os.stat(p).st_size for p in paths] == [len(x) for x in msgs]
+        for p, want in zip(paths, msgs):
+            assert _read(p) == want, p
+    finally:
+        px.close()
+
+
+def test_reader_in_the_middle_of_a_large_message_is_not_stranded(mount, empty_dovecot, env):
+    """On -o ro a read in the middle of a large message (read in 1 MiB
+    chunks) does not count as an open.  Reader A fetches chunk 1 (held at a
+    proxy), B waits for that fetch, then C reads from the start, which made
+    read-ahead claim the whole message and register chunk 1 again: A's
+    bytes went to the new entry and B waited forever (unmount hung too)."""
+    from test_write_review import Proxy
+    dv = empty_dovecot()
+    small = [_msg("s%d" % i, 500) for i in range(3)]
+    big = _big_msg("big", 2 * 1024 * 1024 // 72)
+    uids = _make_box(dv, "Box", small + [big])
+    px = Proxy(dv.port)
+    try:
+        m = mount(dv, "poll=0", "ro", env=env, port=px.port)
+        d = os.path.join(m.path, "Box")
+        assert _listing(d) == _names(uids)
+        path = os.path.join(d, "%d.eml" % uids[-1])
+        res = {}
+
+        def rd(tag, off):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                res[tag] = os.pread(fd, 4096, off) == big[off:off + 4096]
+            finally:
+                os.close(fd)
+
+        px.hold_next_fetch("Box")
+        a = threading.Thread(target=rd, args=("A", 1536 * 1024), daemon=True)
+        a.start()
+        assert px.held.wait(10), "A's fetch never reached the proxy"
+        b = threading.Thread(target=rd, args=("B", 1280 * 1024), daemon=True)
+        b.start()
+        time.sleep(0.5)  # B waits for A's fetch
+        c = threading.Thread(target=rd, args=("C", 0), daemon=True)
+        c.start()
+        c.join(10)
+        time.sleep(0.5)
+        px.release()
+        for t in (a, b, c):
+            t.join(20)
+        assert res == {"A": True, "B": True, "C": True}
+    finally:
+        px.release()
+        px.close()

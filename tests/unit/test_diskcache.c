@@ -19,6 +19,7 @@
 #include <glib/gstdio.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -933,6 +934,48 @@ static void test_enospc(void) {
   dkt_rm_rf(dir);
 }
 
+/* Open failing for a reason that is not the file's (out of fds: a large
+ * cache once held one per 64 MiB segment) must not delete segments: the
+ * open fails with the reason, and a later one finds every entry. */
+static void test_open_out_of_fds(void) {
+  g_autofree char *dir = dkt_tmpdir();
+  Diskcache *dc = dkt_open(dir, 1 << 20); /* 128 KiB segments */
+  for (guint i = 0; i < 12; i++) {
+    char name[16];
+    g_snprintf(name, sizeof name, "%u", i);
+    dkt_put(dc, "g", name, 80 * 1024); /* one per segment */
+  }
+  diskcache_close(dc);
+  g_autoptr(GPtrArray) before = dkt_segs(dir, NULL);
+  g_assert_cmpuint(before->len, ==, 12);
+
+  int probe = open("/dev/null", O_RDONLY); /* the lowest free fd */
+  g_assert_cmpint(probe, >=, 0);
+  close(probe);
+  struct rlimit old, lim;
+  g_assert_cmpint(getrlimit(RLIMIT_NOFILE, &old), ==, 0);
+  lim = old;
+  lim.rlim_cur = (rlim_t)probe + 6; /* directory, lock, a listing, a few segments */
+  g_assert_cmpint(setrlimit(RLIMIT_NOFILE, &lim), ==, 0);
+  g_autoptr(GError) error = NULL;
+  dc = diskcache_open(dir, 1 << 20, &error);
+  g_assert_cmpint(setrlimit(RLIMIT_NOFILE, &old), ==, 0);
+  g_assert_null(dc);
+  g_assert_error(error, G_FILE_ERROR, G_FILE_ERROR_MFILE);
+  g_test_message("%s", error->message);
+  g_autoptr(GPtrArray) after = dkt_segs(dir, NULL);
+  g_assert_cmpuint(after->len, ==, 12);
+
+  dc = dkt_open(dir, 1 << 20);
+  for (guint i = 0; i < 12; i++) {
+    char name[16];
+    g_snprintf(name, sizeof name, "%u", i);
+    g_assert_true(dkt_has(dc, "g", name, 80 * 1024));
+  }
+  diskcache_close(dc);
+  dkt_rm_rf(dir);
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/diskcache/roundtrip", test_roundtrip);
@@ -953,5 +996,6 @@ int main(int argc, char **argv) {
   g_test_add_func("/diskcache/threads", test_threads);
   g_test_add_func("/diskcache/perf", test_perf);
   g_test_add_func("/diskcache/enospc", test_enospc);
+  g_test_add_func("/diskcache/open-out-of-fds", test_open_out_of_fds);
   return g_test_run();
 }
