@@ -646,10 +646,12 @@ static gboolean bc_batch_body(guint32 uid, GBytes *body, gpointer user) {
     return TRUE;
   }
   /* A message read in chunks, fetched whole by the scan: hand it out as
-   * the chunks its reader will ask for (slices, no copy). */
-  gsize n = g_bytes_get_size(body), cb = (gsize)ctx->bc->opts.chunk_bytes;
+   * the chunks its reader will ask for.  Copies, not slices: a slice
+   * would keep the whole body in memory while the LRU counts a chunk. */
+  gsize n, cb = (gsize)ctx->bc->opts.chunk_bytes;
+  const guint8 *data = g_bytes_get_data(body, &n);
   for (gsize off = 0, k = 0; off < n || k == 0; off += cb, k++) {
-    g_autoptr(GBytes) part = g_bytes_new_from_bytes(body, off, MIN(cb, n - off));
+    g_autoptr(GBytes) part = g_bytes_new(n > 0 ? data + off : NULL, MIN(cb, n - off));
     bc_deliver(ctx->bc, b->mailbox, b->uidvalidity, uid, k, part);
     bc_batch_to_disk(ctx, uid, k, part);
   }

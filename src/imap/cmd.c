@@ -439,6 +439,8 @@ gboolean imap_list_messages(ImapConn *c, const char *mailbox, guint64 changedsin
 typedef struct {
   guint32 uid;         /* 0 = any (bulk) */
   const char *section; /* "BODY[]" or "BODY[]<" */
+  guint64 offset;      /* of a partial fetch: the origin the answer must have */
+  gboolean misplaced;  /* a partial answer came with another origin */
   GBytes *body;        /* single fetch result */
   ImapBodyFn fn;
   gpointer user;
@@ -455,9 +457,14 @@ static gboolean cmd_body_handler(ImapResponse *r, gpointer user) {
   const ImapVal *v = imap_fetch_get(atts, "UID", NULL);
   if (v == NULL || !imap_val_to_u32(v, &uid) || (ctx->uid != 0 && uid != ctx->uid))
     return FALSE;
-  const ImapVal *body = imap_fetch_get(atts, ctx->section, NULL);
+  guint64 origin = 0;
+  const ImapVal *body = imap_fetch_get(atts, ctx->section, &origin);
   if (body == NULL)
     return FALSE; /* a flags update that happened to carry the UID */
+  if (origin != ctx->offset) { /* other bytes than asked for: never taken */
+    ctx->misplaced = TRUE;
+    return TRUE;
+  }
   /* NIL: the message is gone (Dovecot answers so, with OK [EXPUNGEISSUED],
    * for one another session expunged before this one synced).  Not an
    * empty body: a read got no bytes, or zeros up to the listed size. */
@@ -488,6 +495,7 @@ static ImapCmd *cmd_fetch_body_new(CmdBodyCtx *ctx, guint32 uid, guint64 offset,
     return imap_cmd_new("UID FETCH %u BODY.PEEK[]", uid);
   }
   ctx->section = "BODY[]<";
+  ctx->offset = offset;
   return imap_cmd_new("UID FETCH %u BODY.PEEK[]<%" G_GUINT64_FORMAT ".%" G_GUINT64_FORMAT ">",
                       uid, offset, length);
 }
@@ -497,6 +505,13 @@ static gboolean cmd_fetch_body_done(gboolean ok, CmdBodyCtx *ctx, GBytes **out,
                                     GError **error) {
   if (!ok) {
     g_clear_pointer(&ctx->body, g_bytes_unref);
+    return FALSE;
+  }
+  if (ctx->body == NULL && ctx->misplaced) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_PROTOCOL,
+                "the server answered a fetch of UID %u from byte %" G_GUINT64_FORMAT
+                " with bytes from another place",
+                ctx->uid, ctx->offset);
     return FALSE;
   }
   if (ctx->body == NULL) {

@@ -7,6 +7,7 @@ what imapfuse asked the server is read from its own protocol trace
 """
 
 import ctypes
+import errno
 import hashlib
 import mmap
 import os
@@ -1830,4 +1831,29 @@ def test_reader_in_the_middle_of_a_large_message_is_not_stranded(mount, empty_do
         assert res == {"A": True, "B": True, "C": True}
     finally:
         px.release()
+        px.close()
+
+
+@pytest.mark.imapfuse_stderr_ok(r"with bytes from another place")
+def test_partial_answer_from_another_place_is_refused(mount, empty_dovecot, env):
+    """A partial fetch's answer names its origin (BODY[]<1048576>).  One
+    that names another (a broken server, here a proxy) carries other bytes
+    than were asked for: the read fails (EPROTO) and serves nothing of it."""
+    from test_write_review import Proxy
+    dv = empty_dovecot()
+    big = _big_msg("big", 2 * 1024 * 1024 // 69)
+    uid, = _make_box(dv, "Box", [big])
+    px = Proxy(dv.port)
+    px.edit_s2c = lambda data: data.replace(b"BODY[]<1048576>", b"BODY[]<0>")
+    try:
+        m = mount(dv, "poll=0", "ro", "cache=none", env=env, port=px.port)
+        fd = os.open(os.path.join(m.path, "Box", "%d.eml" % uid), os.O_RDONLY)
+        try:
+            with pytest.raises(OSError) as e:
+                os.pread(fd, 4096, 1536 * 1024)
+            assert e.value.errno == errno.EPROTO
+            assert os.pread(fd, 4096, 0) == big[:4096]
+        finally:
+            os.close(fd)
+    finally:
         px.close()
