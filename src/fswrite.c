@@ -1016,12 +1016,14 @@ static gboolean fsw_append_op(ImapConn *c, gpointer user, GError **error) {
   a->dup = FALSE;
   gsize size = g_bytes_get_size(a->msg);
   if (a->dedup && size > 0) {
+    /* The check is read-only: a connection lost in it changed nothing,
+     * and must not use up the retry a lost APPEND reply needs. */
     guint32 uv;
     if (!fsw_select_synced(c, a->mailbox, &uv, error))
-      return FALSE;
+      return fsw_unchanged(error);
     g_autoptr(GArray) uids = g_array_new(FALSE, FALSE, sizeof(guint32));
     if (!imap_search_same_size(c, size, a->message_id, uids, error))
-      return FALSE;
+      return fsw_unchanged(error);
     for (guint i = 0; i < uids->len && i < FSW_DEDUP_MAX_CANDIDATES; i++) {
       guint32 u = g_array_index(uids, guint32, i);
       /* The earlier copy of this file counts only if the date is the same
@@ -1030,7 +1032,7 @@ static gboolean fsw_append_op(ImapConn *c, gpointer user, GError **error) {
         continue;
       int same = fsw_same_bytes(c, u, a->msg, error);
       if (same < 0)
-        return FALSE;
+        return fsw_unchanged(error);
       if (same > 0) {
         a->uv = uv;
         a->uid = u;

@@ -277,6 +277,14 @@ static void *loop_watchdog(void *data) {
   return NULL;
 }
 
+static void (*loop_stop_fn)(gpointer);
+static gpointer loop_stop_data;
+
+void loop_on_stop(void (*fn)(gpointer), gpointer data) {
+  loop_stop_fn = fn;
+  loop_stop_data = data;
+}
+
 int loop_run(struct fuse_session *se, guint max_threads, guint spin_us, LoopStats *stats) {
   Loop l = {.se = se, .max = MAX(max_threads, 1), .spin_us = spin_us};
   g_mutex_init(&l.lock);
@@ -320,6 +328,8 @@ int loop_run(struct fuse_session *se, guint max_threads, guint spin_us, LoopStat
     }
   }
 
+  if (loop_stop_fn != NULL)
+    loop_stop_fn(loop_stop_data); /* before waiting for busy workers */
   g_mutex_lock(&l.lock);
   l.stop = TRUE;
   g_cond_broadcast(&l.idle_cond);

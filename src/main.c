@@ -110,6 +110,39 @@ static void main_raise_fd_limit(void) {
   }
 }
 
+/* At unmount or a stopping signal nothing new goes to the server, and a
+ * connection that has waited MAIN_STOP_WAIT_US for an answer is cut: a
+ * server that does not answer held the exit for several timeouts.  Work
+ * that makes progress (an APPEND sending) goes on. */
+#define MAIN_STOP_WAIT_US (2 * G_USEC_PER_SEC)
+typedef struct {
+  GMutex lock;
+  GCond cond;
+  gboolean done;
+  Pool *pool;
+  GThread *thread;
+} MainStop;
+
+static gpointer main_stop_thread(gpointer data) {
+  MainStop *st = data;
+  g_mutex_lock(&st->lock);
+  while (!st->done) {
+    g_mutex_unlock(&st->lock);
+    guint cut = pool_abort(st->pool, MAIN_STOP_WAIT_US);
+    if (cut > 0)
+      g_debug("stopping: cut %u connection(s) waiting for the server", cut);
+    g_mutex_lock(&st->lock);
+    g_cond_wait_until(&st->cond, &st->lock, g_get_monotonic_time() + G_USEC_PER_SEC / 4);
+  }
+  g_mutex_unlock(&st->lock);
+  return NULL;
+}
+
+static void main_stopping(gpointer data) {
+  MainStop *st = data;
+  st->thread = g_thread_new("stop", main_stop_thread, st);
+}
+
 int main(int argc, char *argv[]) {
   setlocale(LC_ALL, "");
   signal(SIGPIPE, SIG_IGN); /* a dead TLS peer must be an error, not a kill */
@@ -131,6 +164,9 @@ int main(int argc, char *argv[]) {
   g_autofree char *cache_dir = NULL, *meta_dir = NULL, *account = NULL;
   struct fuse_session *se = NULL;
   g_autofree char *fsname = NULL;
+  MainStop stop = {0};
+  g_mutex_init(&stop.lock);
+  g_cond_init(&stop.cond);
 
   if (!options_parse(&args, &o, &error)) {
     ret = main_fail(error);
@@ -314,6 +350,8 @@ int main(int argc, char *argv[]) {
       o.max_threads > 0 ? o.max_threads : (unsigned)MAX(10, 2 * o.connections);
   workers = MIN(workers, 1000);
   LoopStats lst = {0};
+  stop.pool = pool;
+  loop_on_stop(main_stopping, &stop);
   if (fo.singlethread) {
     ret = fuse_session_loop(se);
   } else if (own_loop) {
@@ -365,6 +403,15 @@ out:
     dircache_flush(dc);
   dircache_free(dc);
   diskcache_close(disk);
+  if (stop.thread != NULL) {
+    g_mutex_lock(&stop.lock);
+    stop.done = TRUE;
+    g_cond_signal(&stop.cond);
+    g_mutex_unlock(&stop.lock);
+    g_thread_join(stop.thread);
+  }
+  g_mutex_clear(&stop.lock);
+  g_cond_clear(&stop.cond);
   pool_free(pool);
   if (ep.password != NULL)
     memset(ep.password, 0, strlen(ep.password));

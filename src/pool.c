@@ -74,6 +74,10 @@ struct Pool {
   GHashTable *held;    /* ImapConn* taken -> the mailbox it had selected then */
   GPtrArray *fences;   /* PoolFence*: mailboxes being renamed or deleted */
   GCond busy_cond;     /* a mailbox's last work ended, or a fence was lifted */
+  GHashTable *all;     /* every open ImapConn*: pool_abort reaches them */
+  gint aborting;       /* atomic: pool_abort was called */
+  gint64 mute_until;   /* a login got no answer: new connections fail until then */
+  char *mute_why;
 };
 
 typedef struct {
@@ -106,7 +110,9 @@ Pool *pool_new(const ImapEndpoint *ep, guint max_conns, ImapConn *first) {
   p->held = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
   p->fences = g_ptr_array_new_with_free_func((GDestroyNotify)pool_fence_free);
   g_cond_init(&p->busy_cond);
+  p->all = g_hash_table_new(NULL, NULL);
   if (first != NULL) {
+    g_hash_table_add(p->all, first);
     g_queue_push_head(&p->idle, first);
     p->open = 1;
     p->opened_total = 1;
@@ -125,6 +131,8 @@ void pool_free(Pool *p) {
   g_ptr_array_unref(p->warmers);
   g_hash_table_unref(p->busy_in);
   g_hash_table_unref(p->held);
+  g_hash_table_unref(p->all);
+  g_free(p->mute_why);
   g_ptr_array_unref(p->fences);
   g_cond_clear(&p->busy_cond);
   ImapConn *c;
@@ -148,6 +156,9 @@ void pool_set_unsolicited(Pool *p, ImapHandler fn, gpointer user) {
  * its mailbox before answering).  failed: it was found broken, so the
  * others are checked before use and the round trip is measured again. */
 static void pool_drop(Pool *p, ImapConn *c, gboolean failed) {
+  g_mutex_lock(&p->lock);
+  g_hash_table_remove(p->all, c); /* before it is freed: pool_abort */
+  g_mutex_unlock(&p->lock);
   imap_conn_close(c);
   if (failed)
     g_atomic_int_set(&p->rtt_us, 0); /* the way to the server may have changed */
@@ -226,17 +237,61 @@ static ImapConn *_pool_take(Pool *p, const char *mailbox, gboolean *may_open) {
 
 /* A new connection, counted in p->open by the caller beforehand. */
 static ImapConn *pool_open(Pool *p, GError **error) {
-  ImapConn *c = imap_conn_open(p->ep, error);
+  /* A server that let a login go unanswered for the whole timeout (stopped,
+   * or the way to it gone) gets no new login for as long again: else every
+   * retry and every reader paid that wait anew (a read took 4x timeout,
+   * then its kernel retry as much again). */
+  ImapConn *c = NULL;
+  GError *local = NULL;
   g_mutex_lock(&p->lock);
+  if (p->aborting)
+    g_set_error(&local, IFS_ERROR, IFS_ERROR_CANCELLED, "shutting down");
+  else if (g_get_monotonic_time() < p->mute_until)
+    g_set_error(&local, IFS_ERROR, IFS_ERROR_TIMEOUT, "%s", p->mute_why);
+  gboolean fresh = local == NULL;
+  g_mutex_unlock(&p->lock);
+  if (fresh)
+    c = imap_conn_open(p->ep, &local);
+  g_mutex_lock(&p->lock);
+  if (fresh && local != NULL && g_error_matches(local, IFS_ERROR, IFS_ERROR_TIMEOUT)) {
+    p->mute_until = g_get_monotonic_time() + (gint64)p->ep->timeout_s * G_USEC_PER_SEC;
+    g_free(p->mute_why);
+    p->mute_why = g_strdup(local->message);
+  }
+  if (c != NULL && p->aborting) {
+    g_set_error(&local, IFS_ERROR, IFS_ERROR_CANCELLED, "shutting down");
+    g_mutex_unlock(&p->lock);
+    imap_conn_close(c);
+    g_mutex_lock(&p->lock);
+    c = NULL;
+  }
   if (c == NULL) {
     p->open--;
     g_cond_signal(&p->cond); /* a waiter may open one instead */
   } else {
     p->opened_total++;
+    g_hash_table_add(p->all, c);
     imap_conn_set_unsolicited(c, p->unsolicited, p->unsolicited_user);
   }
   g_mutex_unlock(&p->lock);
+  if (local != NULL)
+    g_propagate_error(error, local);
   return c;
+}
+
+guint pool_abort(Pool *p, gint64 waited_us) {
+  guint cut = 0;
+  g_mutex_lock(&p->lock);
+  g_atomic_int_set(&p->aborting, 1);
+  GHashTableIter it;
+  gpointer c;
+  g_hash_table_iter_init(&it, p->all);
+  while (g_hash_table_iter_next(&it, &c, NULL))
+    cut += imap_conn_abort(c, waited_us);
+  g_cond_broadcast(&p->cond);
+  g_cond_broadcast(&p->busy_cond);
+  g_mutex_unlock(&p->lock);
+  return cut;
 }
 
 typedef struct {
@@ -300,6 +355,12 @@ ImapConn *pool_acquire(Pool *p, const char *mailbox, GError **error) {
                 ignored->message);
         imap_conn_set_broken(c);
         pool_release(p, c);
+        /* A server that does not answer: the next idle connection would
+         * wait as long again (four of them, four timeouts). */
+        if (g_error_matches(ignored, IFS_ERROR, IFS_ERROR_TIMEOUT)) {
+          g_propagate_error(error, g_steal_pointer(&ignored));
+          return NULL;
+        }
         continue;
       }
     }
@@ -417,6 +478,11 @@ void pool_unfence(Pool *p, const char *mailbox) {
 
 static gboolean pool_run_once(Pool *p, const char *mailbox, gboolean idempotent, PoolOp op,
                               gpointer user, GError **error) {
+  /* One retry after a failure that may have reached the server; one
+   * that never ran (a dead connection found at the first command) does
+   * not use it up: a cp after an idle connection died got no retry when
+   * its APPEND's reply was then lost.  Three attempts at most. */
+  gboolean retried = FALSE;
   for (int attempt = 0;; attempt++) {
     g_autoptr(GError) local = NULL;
     ImapConn *c = pool_acquire(p, mailbox, &local);
@@ -425,9 +491,11 @@ static gboolean pool_run_once(Pool *p, const char *mailbox, gboolean idempotent,
     if (ok)
       return TRUE;
     /* Work that is not idempotent goes again only if it never ran. */
-    if ((idempotent || g_error_matches(local, IFS_ERROR, IFS_ERROR_NOT_RUN)) && attempt == 0 &&
-        ifs_error_is_connection(local)) {
+    gboolean not_run = g_error_matches(local, IFS_ERROR, IFS_ERROR_NOT_RUN);
+    if ((idempotent || not_run) && attempt < 2 && (not_run || !retried) &&
+        ifs_error_is_connection(local) && !g_atomic_int_get(&p->aborting)) {
       g_debug("retrying after connection failure: %s", local->message);
+      retried |= !not_run;
       continue;
     }
     g_propagate_error(error, g_steal_pointer(&local));

@@ -38,8 +38,16 @@ struct StagingFile {
 };
 
 static gboolean staging_set_errno(GError **error, int err, const char *what, const char *path) {
-  g_set_error(error, IFS_ERROR, err == ENOSPC ? IFS_ERROR_QUOTA : IFS_ERROR_FAILED, "%s %s: %s",
-              what, path, g_strerror(err));
+  /* Our own disk is full, not the server's quota (EDQUOT said so). */
+  g_set_error(error, IFS_ERROR, err == ENOSPC ? IFS_ERROR_NO_SPACE : IFS_ERROR_FAILED,
+              "%s %s: %s", what, path, g_strerror(err));
+  static gint64 warned; /* once in a while: every write() would repeat it */
+  gint64 now = g_get_monotonic_time();
+  if (err == ENOSPC && (warned == 0 || now - warned > 10 * G_USEC_PER_SEC)) {
+    warned = now;
+    g_warning("%s %s: %s (new files are staged there until sent)", what, path,
+              g_strerror(err));
+  }
   return FALSE;
 }
 

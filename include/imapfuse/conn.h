@@ -111,6 +111,10 @@ guint64 imap_conn_appendlimit(const ImapConn *c);
 gboolean imap_conn_is_broken(const ImapConn *c);
 /* Marks the connection unusable (the pool will close it). */
 void imap_conn_set_broken(ImapConn *c);
+/* From any thread: if c has been waiting for the server for waited_us or
+ * more, its socket is shut down, so that the command fails now (the
+ * connection is then broken); TRUE if so.  Does not free c. */
+gboolean imap_conn_abort(ImapConn *c, gint64 waited_us);
 /* Name of the selected mailbox (server form) or NULL, and its UIDVALIDITY. */
 const char *imap_conn_selected(const ImapConn *c);
 guint32 imap_conn_selected_uidvalidity(const ImapConn *c);

@@ -31,6 +31,9 @@ typedef struct {
  * whose requests come back to back polls for up to spin_us before it
  * sleeps (0: never).  stats (may be NULL) gets the counts. */
 int loop_run(struct fuse_session *se, guint max_threads, guint spin_us, LoopStats *stats);
+/* fn(data) is called once loop_run has seen the session end (unmount or
+ * signal), before it waits for busy workers to finish their requests. */
+void loop_on_stop(void (*fn)(gpointer), gpointer data);
 
 /* The calling thread is about to wait (for the server, another thread's
  * work, the kernel): if it is the loop's reader, another worker takes over

@@ -827,8 +827,10 @@ gboolean imap_store_flags(ImapConn *c, guint32 uid, ImapStoreMode mode, const ch
 gboolean imap_fetch_flags(ImapConn *c, guint32 uid, char **flags_out, GError **error) {
   CmdFlagsCtx ctx = {.uid = uid};
   if (!imap_conn_run(c, imap_cmd_new("UID FETCH %u (UID FLAGS)", uid), cmd_flags_handler, &ctx,
-                     NULL, error))
+                     NULL, error)) {
+    g_free(ctx.flags); /* the FETCH came, the tagged reply did not */
     return FALSE;
+  }
   if (ctx.flags == NULL) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_NOT_FOUND, "message UID %u no longer exists", uid);
     return FALSE;

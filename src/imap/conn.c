@@ -30,6 +30,7 @@ struct ImapConn {
   const ImapEndpoint *ep;
   guint id;
   int fd;
+  gint64 wait_since; /* monotonic us a recv began waiting, 0 when none (another thread reads it) */
   SSL *ssl;
   ImapParser *parser;
   guint32 caps;
@@ -240,8 +241,10 @@ static gboolean conn_fill(ImapConn *c, GError **error) {
     guint8 *buf = imap_parser_space(c->parser, 65536, &room);
     room = MIN(room, (gsize)G_MAXINT);
     ssize_t n;
+    c->wait_since = g_get_monotonic_time(); /* for imap_conn_abort */
     if (c->ssl != NULL) {
       n = SSL_read(c->ssl, buf, (int)room);
+      c->wait_since = 0;
       if (n <= 0) {
         int e = SSL_get_error(c->ssl, (int)n);
         int saved = errno;
@@ -258,6 +261,7 @@ static gboolean conn_fill(ImapConn *c, GError **error) {
       }
     } else {
       n = recv(c->fd, buf, room, 0);
+      c->wait_since = 0;
       if (n == 0)
         return conn_fail(c, error, IFS_ERROR_CLOSED, "%s closed the connection", c->ep->host);
       if (n < 0) {
@@ -694,8 +698,9 @@ static gboolean conn_connect(ImapConn *c, GError **error) {
     return TRUE;
   }
   freeaddrinfo(res);
-  g_set_error(error, IFS_ERROR, IFS_ERROR_CONNECT, "cannot connect to %s port %u: %s", ep->host,
-              ep->port, g_strerror(last_errno ? last_errno : ECONNREFUSED));
+  g_set_error(error, IFS_ERROR, last_errno == ETIMEDOUT ? IFS_ERROR_TIMEOUT : IFS_ERROR_CONNECT,
+              "cannot connect to %s port %u: %s", ep->host, ep->port,
+              g_strerror(last_errno ? last_errno : ECONNREFUSED));
   return FALSE;
 }
 
@@ -819,6 +824,16 @@ gboolean imap_conn_has(const ImapConn *c, guint32 cap) { return (c->caps & cap) 
 guint64 imap_conn_appendlimit(const ImapConn *c) { return c->appendlimit; }
 gboolean imap_conn_is_broken(const ImapConn *c) { return c->broken; }
 void imap_conn_set_broken(ImapConn *c) { c->broken = TRUE; }
+
+gboolean imap_conn_abort(ImapConn *c, gint64 waited_us) {
+  /* shutdown, not close: the fd stays valid for the thread blocked on it,
+   * whose recv then fails at once. */
+  gint64 since = c->wait_since;
+  if (c->fd < 0 || since == 0 || g_get_monotonic_time() - since < waited_us)
+    return FALSE;
+  shutdown(c->fd, SHUT_RDWR);
+  return TRUE;
+}
 const char *imap_conn_selected(const ImapConn *c) { return c->selected; }
 guint32 imap_conn_selected_uidvalidity(const ImapConn *c) { return c->selected_uidvalidity; }
 gint64 imap_conn_last_used(const ImapConn *c) { return c->last_used; }
