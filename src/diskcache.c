@@ -11,14 +11,17 @@
  * cold grep -r; appending to a few open files costs a pwritev, and a get
  * is one pread on an open fd.
  *
- * A record is a 28-byte header, little-endian -- magic "IFDC", version and
+ * A record is a 32-byte header, little-endian -- magic "IFDC", version and
  * type (ENTRY or TOMBSTONE) as one byte each, two zero bytes, data length
- * (u64), group length, name length, checksum (u32) -- then the group, the
- * name and the data.  The checksum is 32-bit FNV-1a over the first 24
- * header bytes and the key.  The data is not checksummed: hashing every hit
- * would cost more than the read itself on the warm-grep path, and a record
- * is never rewritten in place; the header checksum and the lengths catch
- * torn appends, truncation and foreign bytes.  A TOMBSTONE (a group, empty
+ * (u64), group length, name length, data checksum, checksum (u32) -- then
+ * the group, the name and the data.  The checksum is 32-bit FNV-1a over
+ * the first 28 header bytes and the key; the header checksum and the
+ * lengths catch torn appends, truncation and foreign bytes at open.  The
+ * data checksum (dk_data_sum) is checked at every get, so bytes that
+ * changed on disk (a bad block, a crash on a file system that does not
+ * order data before sizes, someone writing into the file) are a miss, not
+ * the message: version 2 had none, and a reviewer's 4 KiB of zeros in a
+ * segment read as a message's tail on every later mount.  A TOMBSTONE (a group, empty
  * name, no data) says that every earlier record of its group is gone.
  *
  * Puts append to the newest segment; a new one is started when a record
@@ -72,11 +75,12 @@
 #include <unistd.h>
 
 #define DK_MAGIC "IFDC"
-#define DK_VERSION 2u
+#define DK_VERSION 3u
 #define DK_ENTRY 1u
 #define DK_TOMB 2u
-#define DK_HDR 28u
-#define DK_SUMMED 24u /* header bytes under the checksum: all before it */
+#define DK_HDR 32u
+#define DK_DSUM 24u   /* where the data's checksum is */
+#define DK_SUMMED 28u /* header bytes under the checksum: all before it */
 #define DK_FNV_SEED 2166136261u
 #define DK_SEG_CAP (64ull << 20)
 #define DK_SEGS_MAX 256
@@ -137,6 +141,7 @@ typedef struct {
   guint8 type;
   guint32 glen, nlen;
   guint64 dlen, len; /* len: the whole record */
+  guint32 dsum;      /* dk_data_sum of the data */
 } DkHdr;
 
 static guint32 dk_fnv(guint32 h, const void *p, gsize n) {
@@ -146,8 +151,34 @@ static guint32 dk_fnv(guint32 h, const void *p, gsize n) {
   return h;
 }
 
+static inline guint64 dk_rotl(guint64 x, int r) { return (x << r) | (x >> (64 - r)); }
+
+/* The data's checksum: four independent multiply-rotate lanes over 8-byte
+ * words (several GB/s, a few per cent of a warm grep's CPU), then the tail
+ * and a final mix.  Catches bytes that changed on disk; not a defence
+ * against anyone who writes the cache on purpose. */
+static guint32 dk_data_sum(const guint8 *p, gsize n) {
+  const guint64 k1 = 0x9E3779B185EBCA87ull, k2 = 0xC2B2AE3D27D4EB4Full;
+  guint64 a[4] = {k1, k2, k1 ^ n, k2 + n};
+  gsize i = 0;
+  for (; i + 32 <= n; i += 32)
+    for (int l = 0; l < 4; l++)
+      a[l] = dk_rotl(a[l] + le_get64(p + i + 8 * l) * k2, 31) * k1;
+  guint64 h = dk_rotl(a[0], 1) + dk_rotl(a[1], 7) + dk_rotl(a[2], 12) + dk_rotl(a[3], 18);
+  for (; i + 8 <= n; i += 8)
+    h = dk_rotl(h ^ (le_get64(p + i) * k2), 27) * k1;
+  for (; i < n; i++)
+    h = dk_rotl(h ^ (p[i] * k1), 11) * k2;
+  h ^= h >> 33;
+  h *= k2;
+  h ^= h >> 29;
+  h *= k1;
+  h ^= h >> 32;
+  return (guint32)h;
+}
+
 static void dk_hdr_put(guint8 *p, guint8 type, const char *group, guint32 glen, const char *name,
-                       guint32 nlen, guint64 dlen) {
+                       guint32 nlen, guint64 dlen, guint32 dsum) {
   memcpy(p, DK_MAGIC, 4);
   p[4] = DK_VERSION;
   p[5] = type;
@@ -155,6 +186,7 @@ static void dk_hdr_put(guint8 *p, guint8 type, const char *group, guint32 glen, 
   le_put64(p + 8, dlen);
   le_put32(p + 16, glen);
   le_put32(p + 20, nlen);
+  le_put32(p + DK_DSUM, dsum);
   guint32 h = dk_fnv(dk_fnv(dk_fnv(DK_FNV_SEED, p, DK_SUMMED), group, glen), name, nlen);
   le_put32(p + DK_SUMMED, h);
 }
@@ -165,6 +197,7 @@ static gboolean dk_hdr_get(const guint8 *p, DkHdr *h) {
   h->dlen = le_get64(p + 8);
   h->glen = le_get32(p + 16);
   h->nlen = le_get32(p + 20);
+  h->dsum = le_get32(p + DK_DSUM);
   h->len = DK_HDR + (guint64)h->glen + h->nlen + h->dlen; /* wraps only if dlen is absurd */
   return memcmp(p, DK_MAGIC, 4) == 0 && p[4] == DK_VERSION && p[6] == 0 && p[7] == 0 &&
          (h->type == DK_ENTRY || (h->type == DK_TOMB && h->nlen == 0 && h->dlen == 0)) &&
@@ -693,7 +726,8 @@ GBytes *diskcache_get(Diskcache *dc, const char *group, const char *name) {
   gboolean ok = dk_pread(seg->fd, buf, len, off) == len && dk_hdr_get(buf, &h) &&
                 h.type == DK_ENTRY && h.len == len && h.glen == glen && h.nlen == nlen &&
                 dk_sum_ok(buf, &h) && memcmp(buf + DK_HDR, group, glen) == 0 &&
-                memcmp(buf + DK_HDR + glen, name, nlen) == 0;
+                memcmp(buf + DK_HDR + glen, name, nlen) == 0 &&
+                dk_data_sum(buf + DK_HDR + glen + nlen, h.dlen) == h.dsum;
   GBytes *out = NULL;
   if (ok) {
     if (old && g_mutex_trylock(&dc->write_lock)) {
@@ -745,7 +779,8 @@ gboolean diskcache_put(Diskcache *dc, const char *group, const char *name, GByte
   g_mutex_unlock(&dc->lock);
   if (write) {
     guint8 hdr[DK_HDR];
-    dk_hdr_put(hdr, DK_ENTRY, group, (guint32)glen, name, (guint32)nlen, dlen);
+    dk_hdr_put(hdr, DK_ENTRY, group, (guint32)glen, name, (guint32)nlen, dlen,
+               dk_data_sum(d, dlen));
     struct iovec iov[4] = {
         {hdr, DK_HDR}, {(void *)group, glen}, {(void *)name, nlen}, {(void *)d, dlen}};
     ok = dk_append(dc, DK_ENTRY, group, name, iov, 4, len, NULL, 0, error);
@@ -765,7 +800,7 @@ void diskcache_remove_group(Diskcache *dc, const char *group) {
    * the same immutable bytes). */
   if (had && glen <= G_MAXUINT32 && DK_HDR + glen <= dc->max_bytes) {
     guint8 hdr[DK_HDR];
-    dk_hdr_put(hdr, DK_TOMB, group, (guint32)glen, "", 0, 0);
+    dk_hdr_put(hdr, DK_TOMB, group, (guint32)glen, "", 0, 0, dk_data_sum(NULL, 0));
     struct iovec iov[2] = {{hdr, DK_HDR}, {(void *)group, glen}};
     g_autoptr(GError) error = NULL;
     if (!dk_append(dc, DK_TOMB, group, "", iov, 2, DK_HDR + glen, NULL, 0, &error))

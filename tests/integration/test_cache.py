@@ -135,15 +135,16 @@ def _disk_cache_groups(bodies):
     live = {}
     for seg in sorted(bodies.glob("seg.*")):
         data, off = seg.read_bytes(), 0
-        while off + 28 <= len(data) and data[off:off + 4] == b"IFDC":
+        hdr = 32
+        while off + hdr <= len(data) and data[off:off + 4] == b"IFDC":
             kind = data[off + 5]
             dlen, glen, nlen = struct.unpack_from("<QII", data, off + 8)
-            group = data[off + 28:off + 28 + glen].decode(errors="replace")
+            group = data[off + hdr:off + hdr + glen].decode(errors="replace")
             if kind == 2:  # tombstone: the group's earlier records are gone
                 live.pop(group, None)
             else:
-                live.setdefault(group, set()).add(data[off + 28 + glen:off + 28 + glen + nlen])
-            off += 28 + glen + nlen + dlen
+                live.setdefault(group, set()).add(data[off + hdr + glen:off + hdr + glen + nlen])
+            off += hdr + glen + nlen + dlen
     return sorted(live)
 
 
@@ -650,7 +651,7 @@ def test_disk_cache_survives_kill_9_mid_scan(mount, empty_dovecot, env, tmp_path
     segs = list((tmp_path / "cache" / "bodies").glob("seg.*"))
     assert segs, "the scan must have written to the disk cache"
     with open(segs[-1], "ab") as f:  # and a torn record on top
-        f.write(b"IFDC\x02\x01\x00\x00" + b"\xff" * 11)
+        f.write(b"IFDC\x03\x01\x00\x00" + b"\xff" * 11)
 
     m2 = mount(dv, "cache_dir=" + cache, "imap_debug", env=env)
     d = os.path.join(m2.path, "Box")
