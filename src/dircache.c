@@ -74,14 +74,100 @@ struct Dircache {
   GMutex flags_lock;
   GHashTable *flag_ids;  /* string -> id+1 */
   GPtrArray *flag_names; /* id -> string */
+  GHashTable *saved_ids; /* "UIDVALIDITY\tmailbox" -> id, from the last mount */
   DcObserver observer;
   gpointer observer_user;
 };
 
+/* Ids (the high half of inode numbers) stay the same from one mount to
+ * the next: backup tools take a changed inode for a changed file (restic
+ * and borg read every message again after each remount, and after
+ * another client made a folder, since ids went by the order of listing).
+ * meta_dir/ids keeps "UIDVALIDITY<TAB>id<TAB>mailbox" lines (0 for a
+ * directory's id); an id is taken again by the same key if still free. */
+#define DC_IDS_FILE "ids"
+#define DC_IDS_MAX (1u << 24) /* a file claiming more is not ours to trust */
+
+static char *dc_id_key(guint32 uidvalidity, const char *mailbox) {
+  return g_strdup_printf("%u\t%s", uidvalidity, mailbox);
+}
+
+static DcNode *_dc_find(DcNode *n, const char *mailbox);
+
 static guint32 _dc_new_id(Dircache *dc, DcNode *node, guint32 uidvalidity) {
+  if (node->parent == NULL && g_array_index(dc->ids, DcId, 1).node == NULL) {
+    g_array_index(dc->ids, DcId, 1) = (DcId){node, 0};
+    return 1;
+  }
+  if (dc->saved_ids != NULL && node->mailbox != NULL) {
+    g_autofree char *key = dc_id_key(uidvalidity, node->mailbox);
+    guint id = GPOINTER_TO_UINT(g_hash_table_lookup(dc->saved_ids, key));
+    if (id != 0 && id < dc->ids->len && g_array_index(dc->ids, DcId, id).node == NULL) {
+      g_array_index(dc->ids, DcId, id) = (DcId){node, uidvalidity};
+      return id;
+    }
+  }
   DcId rec = {node, uidvalidity};
   g_array_append_val(dc->ids, rec);
   return dc->ids->len - 1;
+}
+
+/* Reads meta_dir/ids into saved_ids and leaves their slots free. */
+static void dc_load_ids(Dircache *dc) {
+  if (dc->meta_dir == NULL)
+    return;
+  g_autofree char *path = g_build_filename(dc->meta_dir, DC_IDS_FILE, NULL);
+  g_autofree char *text = NULL;
+  if (!g_file_get_contents(path, &text, NULL, NULL))
+    return;
+  dc->saved_ids = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  guint max = 0;
+  g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+  for (char **l = lines; *l != NULL; l++) {
+    g_auto(GStrv) f = g_strsplit(*l, "\t", 3);
+    guint64 uv, id;
+    if (g_strv_length(f) != 3 || !g_ascii_string_to_unsigned(f[0], 10, 0, G_MAXUINT32, &uv, NULL) ||
+        !g_ascii_string_to_unsigned(f[1], 10, 2, DC_IDS_MAX, &id, NULL))
+      continue;
+    g_hash_table_insert(dc->saved_ids, dc_id_key((guint32)uv, f[2]), GUINT_TO_POINTER((guint)id));
+    max = MAX(max, (guint)id);
+  }
+  if (max >= dc->ids->len)
+    g_array_set_size(dc->ids, max + 1); /* free slots: node NULL */
+}
+
+/* Writes the ids of the mailboxes there are now (and of those not looked
+ * at in this mount) to meta_dir/ids.  At unmount: no other thread runs. */
+static void dc_save_ids(Dircache *dc) {
+  if (dc->meta_dir == NULL)
+    return;
+  g_autoptr(GString) out = g_string_new(NULL);
+  for (guint id = 2; id < dc->ids->len; id++) {
+    const DcId *rec = &g_array_index(dc->ids, DcId, id);
+    const DcNode *n = rec->node;
+    if (n != NULL && n->mailbox != NULL && n->present && strchr(n->mailbox, '\n') == NULL &&
+        (rec->uidvalidity == 0 || rec->uidvalidity == n->uidvalidity))
+      g_string_append_printf(out, "%u\t%u\t%s\n", rec->uidvalidity, id, n->mailbox);
+  }
+  if (dc->saved_ids != NULL) {
+    GHashTableIter it;
+    gpointer k, v;
+    g_hash_table_iter_init(&it, dc->saved_ids);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+      guint id = GPOINTER_TO_UINT(v);
+      if (id >= dc->ids->len || g_array_index(dc->ids, DcId, id).node != NULL)
+        continue; /* claimed: written above */
+      const char *tab = strchr(k, '\t');
+      guint32 uv = (guint32)g_ascii_strtoull(k, NULL, 10);
+      DcNode *n = _dc_find(dc->root, tab + 1);
+      if (n != NULL && n->present && (uv == 0 || n->uidvalidity == 0 || n->uidvalidity == uv))
+        g_string_append_printf(out, "%u\t%u\t%s\n", uv, id, tab + 1);
+    }
+  }
+  g_autofree char *path = g_build_filename(dc->meta_dir, DC_IDS_FILE, NULL);
+  g_autoptr(GError) error = NULL;
+  if (!g_file_set_contents(path, out->str, (gssize)out->len, &error))
+    g_debug("saving inode ids: %s", error->message);
 }
 
 /* _dc_new_epoch: caller holds n->lock (tree_lock is taken under it).  The
@@ -141,7 +227,8 @@ Dircache *dircache_new(Pool *pool, const char *meta_dir) {
   g_mutex_init(&dc->tree_lock);
   g_mutex_init(&dc->flags_lock);
   dc->ids = g_array_new(FALSE, TRUE, sizeof(DcId));
-  g_array_set_size(dc->ids, 1);
+  g_array_set_size(dc->ids, 2); /* 0 unused, 1 the root's */
+  dc_load_ids(dc);
   dc->root = _dc_node_new(dc, NULL, "", NULL);
   dc->root->present = TRUE;
   dc->flag_ids = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, NULL);
@@ -158,6 +245,8 @@ void dircache_free(Dircache *dc) {
   g_free(dc->meta_dir);
   g_ptr_array_unref(dc->graveyard);
   g_array_unref(dc->ids);
+  if (dc->saved_ids != NULL)
+    g_hash_table_unref(dc->saved_ids);
   g_hash_table_unref(dc->flag_ids);
   g_ptr_array_unref(dc->flag_names);
   g_mutex_clear(&dc->tree_lock);
@@ -299,12 +388,22 @@ DcNode *dircache_epoch(Dircache *dc, guint32 epoch, guint32 *uidvalidity) {
 }
 
 DcNode *dircache_child(Dircache *dc, DcNode *parent, const char *name) {
+  /* A folder is listed by its escaped name (x%25 for "x%"), but a name
+   * typed the way mkdir takes it (x%, unescaped as far as it goes) finds
+   * it too: else mkdir x% succeeded and x% was not there afterwards. */
   g_mutex_lock(&dc->tree_lock);
   DcNode *n = g_hash_table_lookup(parent->children, name);
-  if (n != NULL && !n->present)
-    n = NULL;
   g_mutex_unlock(&dc->tree_lock);
-  return n;
+  if (n == NULL) {
+    g_autofree char *component = names_unescape_component(name, NULL);
+    g_autofree char *shown = component != NULL ? names_escape_component(component) : NULL;
+    if (shown == NULL || strcmp(shown, name) == 0)
+      return NULL;
+    g_mutex_lock(&dc->tree_lock);
+    n = g_hash_table_lookup(parent->children, shown);
+    g_mutex_unlock(&dc->tree_lock);
+  }
+  return n != NULL && n->present ? n : NULL; /* nodes live until unmount */
 }
 
 static void dc_child_free(gpointer p) {
@@ -721,6 +820,11 @@ static gboolean dc_check_gone(Dircache *dc, DcNode *n, const char *asked, GError
   g_clear_error(error);
   *error = e;
   return FALSE;
+}
+
+gboolean dircache_check_gone(Dircache *dc, DcNode *n, const char *asked, GError **error) {
+  dc_check_gone(dc, n, asked, error);
+  return g_error_matches(*error, IFS_ERROR, IFS_ERROR_NOT_FOUND);
 }
 
 gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing *out,
@@ -1143,6 +1247,7 @@ static void _dc_flush(Dircache *dc, DcNode *n) {
 void dircache_flush(Dircache *dc) {
   /* At unmount: no other thread runs, so no locks are needed. */
   _dc_flush(dc, dc->root);
+  dc_save_ids(dc);
 }
 
 static void _dc_selectable(DcNode *n, GPtrArray *out) {

@@ -169,8 +169,8 @@ static gboolean fs_msg(Fs *fs, fuse_ino_t ino, DcNode **node, guint32 *uidvalidi
     return FALSE;
   }
   const DcMsg *m = l.epoch == epoch ? dc_listing_find(&l, uid) : NULL;
-  if (l.epoch != epoch)
-    *err = ESTALE;
+  if (l.epoch != epoch) /* a folder of the name again, or none any more */
+    *err = dcnode_present(n) ? ESTALE : ENOENT;
   else if (m == NULL)
     *err = ENOENT;
   else {
@@ -590,9 +590,14 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   }
   g_autoptr(GError) error = NULL;
   guint64 real = f->size;
-  g_autoptr(GBytes) b = bodycache_read(fs->bc, dcnode_mailbox(f->node), f->uidvalidity, f->uid,
-                                       f->size, (guint64)off, size, &real, &error);
+  const char *mailbox = dcnode_mailbox(f->node);
+  g_autoptr(GBytes) b = bodycache_read(fs->bc, mailbox, f->uidvalidity, f->uid, f->size,
+                                       (guint64)off, size, &real, &error);
   if (b == NULL) {
+    /* Another client deleted or renamed the folder (SELECT: NO, or a BYE):
+     * the message is gone (ENOENT), not an I/O error with a warning. */
+    if (!g_error_matches(error, IFS_ERROR, IFS_ERROR_TIMEOUT))
+      dircache_check_gone(fs->dc, f->node, mailbox, &error);
     fs_reply_error(req, "reading a message", error);
     return;
   }

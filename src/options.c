@@ -114,8 +114,23 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "connections= must be 1 to 64");
     return FALSE;
   }
-  if (o->timeout < 1) {
-    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "timeout= must be at least 1 second");
+  if (o->timeout < 1 || o->timeout > 86400) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "timeout= must be 1 to 86400 seconds");
+    return FALSE;
+  }
+  /* Parsed as unsigned: -1 arrives as a huge number (negative as int). */
+  if (o->poll < 0 || o->poll > 86400) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "poll= must be 0 (off) to 86400 seconds");
+    return FALSE;
+  }
+  if (!(o->msg_timeout >= 0 && o->msg_timeout <= 86400) ||
+      !(o->dir_timeout >= 0 && o->dir_timeout <= 86400)) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "msg_timeout= and dir_timeout= must be 0 to 86400 seconds");
+    return FALSE;
+  }
+  if (o->cache_mem_mb < 1 || o->cache_mem_mb > 65536) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "cache_mem= must be 1 to 65536 (MB)");
     return FALSE;
   }
   if (o->cache != NULL && g_strcmp0(o->cache, "none") != 0 &&

@@ -83,6 +83,11 @@ gint64 dircache_listing_age(Dircache *dc, DcNode *n);
  * RFC822.SIZE said: trust the bytes. */
 void dircache_set_size(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 uid,
                        guint64 size);
+/* *error (set) came from work in n's mailbox (asked: the name it had
+ * then).  If it may mean the mailbox is gone (NO, a dropped connection),
+ * the mailbox list is asked again; if n is gone, *error becomes
+ * IFS_ERROR_NOT_FOUND and TRUE is returned. */
+gboolean dircache_check_gone(Dircache *dc, DcNode *n, const char *asked, GError **error);
 
 /* ---- changes known without a full listing ----
  * After an operation of ours (expunge, move, append, flag store) or a

@@ -1895,3 +1895,55 @@ def test_a_server_that_stops_answering_costs_two_timeouts(mount, empty_dovecot, 
     assert took < 15, "a read waited %.1f s: more than two timeouts of 5 s" % took
     assert stopped < 6, "SIGTERM took %.1f s" % stopped
     assert m.proc.returncode == 0
+
+
+@pytest.mark.parametrize("how", ["rename", "delete"])
+def test_read_in_a_folder_gone_elsewhere_is_enoent(mount, empty_dovecot, env, rw_ro, how):
+    """Another client renames or deletes a folder; before the next poll the
+    mount still lists it, and a read of one of its messages got EIO and
+    two warning lines (Dovecot answers the SELECT with a plain NO).  The
+    message is gone: ENOENT, quietly (any warning fails this test)."""
+    dv = empty_dovecot()
+    uids = _make_box(dv, "F", [_msg("g%d" % i, 1000) for i in range(20)])
+    m = mount(dv, "poll=30", "cache=none", *rw_ro, env=env)
+    d = os.path.join(m.path, "F")
+    assert _listing(d) == _names(uids)
+    assert _read(os.path.join(d, "%d.eml" % uids[0]))
+    c = dv.imap()
+    typ, data = c.rename("F", "G") if how == "rename" else c.delete("F")
+    assert typ == "OK", data
+    c.logout()
+    for u in uids[10:13]:
+        with pytest.raises(FileNotFoundError):
+            _read(os.path.join(d, "%d.eml" % u))
+
+
+def test_inode_numbers_stay_across_remounts(mount, empty_dovecot, env, tmp_path):
+    """restic and borg take a changed inode number for a changed file.
+    Inode numbers went by the order folders were first listed in a mount,
+    so each remount (and a folder another client made) changed them all,
+    and every backup read all the mail again.  With the cache directory
+    they stay: walked in another order, with a new folder first, every
+    folder and message has the number it had."""
+    dv = empty_dovecot()
+    for name in ("A", "B", "B/C"):
+        _make_box(dv, name, [_msg("%s%d" % (name, i), 700) for i in range(3)])
+    cache = str(tmp_path / "cache")
+
+    def walk(root, order):
+        out = {}
+        for top in order:
+            for d, dirs, files in os.walk(os.path.join(root, top)):
+                for n in [d] + [os.path.join(d, f) for f in files]:
+                    out[os.path.relpath(n, root)] = os.stat(n).st_ino
+        return out
+
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    before = walk(m.path, ["A", "B"])
+    m.unmount()
+    _make_box(dv, "0new", [_msg("n", 700)])
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    after = walk(m.path, ["0new", "B", "A"])
+    assert len(before) == 3 * 4  # three folders, three messages each
+    assert {k: after[k] for k in before} == before
+    assert len(set(after.values())) == len(after)  # and all different

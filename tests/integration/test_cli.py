@@ -202,6 +202,12 @@ def test_missing_url(run_fail):
     (("timeout=0",), "off", r"timeout="),
     (("spin=-5",), "off", r"spin="),
     (("spin=100001",), "off", r"spin="),
+    (("poll=-1",), "off", r"poll="),
+    (("poll=86401",), "off", r"poll="),
+    (("timeout=-1",), "off", r"timeout="),
+    (("msg_timeout=-1",), "off", r"msg_timeout="),
+    (("dir_timeout=-1",), "off", r"dir_timeout="),
+    (("cache_mem=0",), "off", r"cache_mem="),
 ])
 def test_bad_option_values(dovecot, imapfuse_fail, opt, tls, want):
     rc, err = imapfuse_fail(dovecot, *opt, tls=tls)

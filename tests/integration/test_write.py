@@ -1684,3 +1684,22 @@ def test_random_operations_match_model(empty_dovecot, fs):
     # And the mount shows it.
     for b in model:
         assert sorted(os.listdir(path(b))) == sorted(eml(u) for u in state(chk, wire(b)))
+
+
+def test_folder_names_typed_unescaped_find_the_folder(empty_dovecot, fs):
+    """mkdir takes a name as typed (x% is the folder "x%"), but the folder
+    is listed escaped (x%25): mkdir x% succeeded and x% was not there
+    afterwards, and mkdir pct%x made nothing and said 0 where "pct%x" was
+    there already (made as pct%25x).  A typed name finds its folder."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    os.mkdir(os.path.join(m, "x%"))
+    assert "x%" in mailboxes(c)
+    assert "x%25" in os.listdir(m)
+    assert os.path.isdir(os.path.join(m, "x%"))
+    write_file(os.path.join(m, "x%", "n.eml"), make_msg("typed"))
+    assert mids(c, "x%") == ["typed@imapfuse.test"]
+    os.mkdir(os.path.join(m, "pct%25x"))
+    assert "pct%x" in mailboxes(c)
+    expect_errno(errno.EEXIST, os.mkdir, os.path.join(m, "pct%x"))
