@@ -23,6 +23,8 @@
 #include "imapfuse/mcache.h"
 #include "imapfuse/names.h"
 
+#include <glib/gstdio.h>
+
 struct DcNode {
   guint32 id;
   DcNode *parent;
@@ -1277,6 +1279,37 @@ GPtrArray *dircache_listed_nodes(Dircache *dc, gboolean saved) {
       g_ptr_array_add(out, n);
   }
   return out;
+}
+
+void dircache_prune_saved(Dircache *dc) {
+  if (dc->meta_dir == NULL)
+    return;
+  g_autoptr(GPtrArray) all = g_ptr_array_new();
+  g_mutex_lock(&dc->tree_lock);
+  _dc_selectable(dc->root, all);
+  g_mutex_unlock(&dc->tree_lock);
+  g_autoptr(GHashTable) keep = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  for (guint i = 0; i < all->len; i++) {
+    g_autofree char *path = dc_meta_path(dc, all->pdata[i]);
+    g_hash_table_add(keep, g_path_get_basename(path));
+  }
+  GDir *d = g_dir_open(dc->meta_dir, 0, NULL);
+  if (d == NULL)
+    return;
+  const char *name;
+  guint removed = 0;
+  while ((name = g_dir_read_name(d)) != NULL) {
+    /* <32 hex>.mc, or a temporary file of one that a crash left */
+    const char *dot = strstr(name, ".mc");
+    if (dot == NULL || dot - name != 32 || (dot[3] != '\0' && dot[3] != '.') ||
+        g_hash_table_contains(keep, name))
+      continue;
+    g_autofree char *path = g_build_filename(dc->meta_dir, name, NULL);
+    removed += g_unlink(path) == 0;
+  }
+  g_dir_close(d);
+  if (removed > 0)
+    g_debug("removed %u saved listings of mailboxes that are gone", removed);
 }
 
 void dircache_load_saved(Dircache *dc) {

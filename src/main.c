@@ -256,6 +256,7 @@ int main(int argc, char *argv[]) {
     ret = main_fail(error);
     goto out;
   }
+  dircache_prune_saved(dc);
   if (meta_dir != NULL) {
     /* One round trip at mount saves one per mailbox when it is opened. */
     g_autoptr(GError) cerr = NULL;

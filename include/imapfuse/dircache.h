@@ -126,6 +126,10 @@ DcNode *dircache_find_mailbox(Dircache *dc, const char *mailbox);
 /* Loads the lists the last mount saved, for every mailbox not listed yet
  * (they are served only once confirmed or fetched again). */
 void dircache_load_saved(Dircache *dc);
+/* After the mount's first LIST: saved listings (meta_dir) of mailboxes
+ * that no longer exist are deleted (they piled up, one per folder ever
+ * listed). */
+void dircache_prune_saved(Dircache *dc);
 
 /* Mailboxes whose list was handed out in this mount, and with saved also
  * those with a list loaded from the last mount (DcNode*, not owned). */

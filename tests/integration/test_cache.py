@@ -1947,3 +1947,28 @@ def test_inode_numbers_stay_across_remounts(mount, empty_dovecot, env, tmp_path)
     assert len(before) == 3 * 4  # three folders, three messages each
     assert {k: after[k] for k in before} == before
     assert len(set(after.values())) == len(after)  # and all different
+
+
+def test_saved_listings_of_gone_mailboxes_are_removed(mount, empty_dovecot, env, tmp_path):
+    """The cache directory kept a saved listing (meta/*.mc) of every
+    mailbox ever listed, also of those another client had deleted or
+    renamed since: one file each, for good.  A mount now removes those of
+    mailboxes that are gone, and keeps the others."""
+    dv = empty_dovecot()
+    for name in ("Keep", "Gone1", "Gone2"):
+        _make_box(dv, name, [_msg(name, 600)])
+    cache = tmp_path / "cache"
+    m = mount(dv, "cache_dir=%s" % cache, env=env)
+    for name in ("Keep", "Gone1", "Gone2"):
+        assert len(os.listdir(os.path.join(m.path, name))) == 1
+    m.unmount()
+    saved = sorted(p.name for p in (cache / "meta").glob("*.mc"))
+    assert len(saved) == 3
+    c = dv.imap()
+    c.delete("Gone1")
+    c.rename("Gone2", "Moved")
+    c.logout()
+    m = mount(dv, "cache_dir=%s" % cache, env=env)
+    left = sorted(p.name for p in (cache / "meta").glob("*.mc"))
+    assert len(left) == 1 and left[0] in saved
+    assert len(os.listdir(os.path.join(m.path, "Keep"))) == 1
