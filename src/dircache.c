@@ -392,11 +392,14 @@ DcNode *dircache_epoch(Dircache *dc, guint32 epoch, guint32 *uidvalidity) {
 DcNode *dircache_child(Dircache *dc, DcNode *parent, const char *name) {
   /* A folder is listed by its escaped name (x%25 for "x%"), but a name
    * typed the way mkdir takes it (x%, unescaped as far as it goes) finds
-   * it too: else mkdir x% succeeded and x% was not there afterwards. */
+   * it too: else mkdir x% succeeded and x% was not there afterwards.
+   * Only names with a '%': a message's name (1.eml) must not find the
+   * folder named "1.eml" (listed %31.eml), nor a tool's .gitignore a
+   * folder ".gitignore" (listed %2Egitignore). */
   g_mutex_lock(&dc->tree_lock);
   DcNode *n = g_hash_table_lookup(parent->children, name);
   g_mutex_unlock(&dc->tree_lock);
-  if (n == NULL) {
+  if (n == NULL && strchr(name, '%') != NULL) {
     g_autofree char *component = names_unescape_component(name, NULL);
     g_autofree char *shown = component != NULL ? names_escape_component(component) : NULL;
     if (shown == NULL || strcmp(shown, name) == 0)
@@ -1038,9 +1041,10 @@ static gboolean _dc_apply_sizes(GHashTable *sizes, GArray *msgs, gboolean apply)
   return differs;
 }
 
-void dircache_set_size(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 uid,
-                       guint64 size) {
+gboolean dircache_set_size(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 uid,
+                           guint64 size) {
   (void)dc;
+  gboolean changed = FALSE;
   g_mutex_lock(&n->lock);
   if (n->msgs != NULL && n->uidvalidity == uidvalidity) {
     if (n->sizes == NULL)
@@ -1055,9 +1059,11 @@ void dircache_set_size(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 uid
       g_array_index(copy, DcMsg, m - (const DcMsg *)n->msgs->data).size = size;
       g_array_unref(n->msgs);
       n->msgs = copy;
+      changed = TRUE;
     }
   }
   g_mutex_unlock(&n->lock);
+  return changed;
 }
 
 /* ---- patches ---- */

@@ -496,10 +496,10 @@ static gboolean fs_file_find(Fs *fs, fuse_ino_t ino, gboolean opened, FsFile *f,
 
 /* f's bytes turned out to be len long, not the listed RFC822.SIZE (some
  * servers' figure is off): from now on stat says len. */
-static void fs_size_learned(Fs *fs, const FsFile *f, guint64 len) {
+static gboolean fs_size_learned(Fs *fs, const FsFile *f, guint64 len) {
   g_debug("UID %u in %s: RFC822.SIZE %" G_GUINT64_FORMAT " but %" G_GUINT64_FORMAT " bytes",
           f->uid, dcnode_mailbox(f->node), f->size, len);
-  dircache_set_size(fs->dc, f->node, f->uidvalidity, f->uid, len);
+  return dircache_set_size(fs->dc, f->node, f->uidvalidity, f->uid, len);
 }
 
 /* A scan's reader finds the bytes of most messages at hand when it opens
@@ -601,8 +601,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     fs_reply_error(req, "reading a message", error);
     return;
   }
-  if (real != f->size) {
-    fs_size_learned(fs, f, real);
+  if (real != f->size && fs_size_learned(fs, f, real)) {
     /* Longer: the kernel cut this read at the listed size and would end
      * the file there; with its attributes stale, a read past that size
      * asks for them (the size just learned) before it decides.  Before

@@ -979,9 +979,11 @@ typedef struct {
   const char *message_id;
   gboolean dedup, replacing, same_date;
   guint32 exclude_uv, exclude_uid;
+  gboolean searched; /* an earlier attempt's check found no identical message */
   /* out */
   guint32 uv, uid;
   gboolean dup;
+  gboolean ours; /* dup, but stored by an earlier attempt whose reply was lost */
 } FswAppend;
 
 /* 1: uid holds exactly msg's bytes; 0: it does not (or is gone); -1: error. */
@@ -1013,7 +1015,8 @@ static int fsw_same_bytes(ImapConn *c, guint32 uid, GBytes *msg, GError **error)
 static gboolean fsw_append_op(ImapConn *c, gpointer user, GError **error) {
   FswAppend *a = user;
   a->uv = a->uid = 0;
-  a->dup = FALSE;
+  a->dup = a->ours = FALSE;
+  gboolean earlier = a->searched;
   gsize size = g_bytes_get_size(a->msg);
   if (a->dedup && size > 0) {
     /* The check is read-only: a connection lost in it changed nothing,
@@ -1048,8 +1051,17 @@ static gboolean fsw_append_op(ImapConn *c, gpointer user, GError **error) {
                 "earlier copy safely");
     return FALSE;
   }
-  if (a->dup)
+  /* Found now where an earlier attempt's check (on a synced view) found
+   * nothing: that attempt's APPEND stored it, and its reply was lost.
+   * The file made it, so rm of the file removes it.  (Taking it for a
+   * message that was there before, rm left it, and rm of its UID name
+   * gave the file a second APPEND.) */
+  if (a->dup) {
+    a->ours = earlier;
     return TRUE;
+  }
+  if (a->dedup && size > 0)
+    a->searched = TRUE;
   return imap_append(c, a->mailbox, a->flags, a->date, a->msg, &a->uv, &a->uid, error);
 }
 
@@ -1182,10 +1194,13 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, 
   DcMsg m = {.flagset = dircache_intern_flags(w->dc, fstr),
              .size = n,
              .date = a.date != 0 ? a.date : g_get_real_time() / G_USEC_PER_SEC};
-  if (!a.dup)
+  gboolean made = !a.dup || a.ours; /* the message is this file's */
+  if (made)
     fsw_note_added(w, node, a.uv, a.uid, &m);
   g_debug("stored \"%s\" in %s as UID %u%s", f->orig_name, a.mailbox, a.uid,
-          a.dup ? " (identical message already there)" : "");
+          a.ours  ? " (by the attempt whose reply was lost)"
+          : a.dup ? " (identical message already there)"
+                  : "");
   gboolean same = here && a.uv == f->sent_uv && a.uid == f->sent_uid;
   if (replacing && !same) {
     g_autoptr(GError) derr = NULL;
@@ -1200,12 +1215,12 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, 
                   "(UID %u): both exist (%s)",
                   a.uid, a.mailbox, f->sent_uid, derr->message);
       g_warning("%s", (*error)->message);
-      _fsw_set_sent(w, f, node, a.uv, a.uid, !a.dup);
+      _fsw_set_sent(w, f, node, a.uv, a.uid, made);
       f->dirty = FALSE;
       return FALSE;
     }
   }
-  _fsw_set_sent(w, f, node, a.uv, a.uid, same ? f->owned : !a.dup);
+  _fsw_set_sent(w, f, node, a.uv, a.uid, same ? f->owned : made);
   f->sent_date = a.date;
   f->dirty = FALSE;
   f->rewritten = FALSE;

@@ -110,10 +110,10 @@ static void main_raise_fd_limit(void) {
   }
 }
 
-/* At unmount or a stopping signal nothing new goes to the server, and a
- * connection that has waited MAIN_STOP_WAIT_US for an answer is cut: a
- * server that does not answer held the exit for several timeouts.  Work
- * that makes progress (an APPEND sending) goes on. */
+/* At unmount or a stopping signal, a connection that has waited
+ * MAIN_STOP_WAIT_US for the answer to a read is cut (pool_cut_waiting): a
+ * server that does not answer held the exit for several timeouts.  Changes
+ * under way, and the files sent at unmount, go on as before. */
 #define MAIN_STOP_WAIT_US (2 * G_USEC_PER_SEC)
 typedef struct {
   GMutex lock;
@@ -128,7 +128,7 @@ static gpointer main_stop_thread(gpointer data) {
   g_mutex_lock(&st->lock);
   while (!st->done) {
     g_mutex_unlock(&st->lock);
-    guint cut = pool_abort(st->pool, MAIN_STOP_WAIT_US);
+    guint cut = pool_cut_waiting(st->pool, MAIN_STOP_WAIT_US);
     if (cut > 0)
       g_debug("stopping: cut %u connection(s) waiting for the server", cut);
     g_mutex_lock(&st->lock);

@@ -75,7 +75,6 @@ struct Pool {
   GPtrArray *fences;   /* PoolFence*: mailboxes being renamed or deleted */
   GCond busy_cond;     /* a mailbox's last work ended, or a fence was lifted */
   GHashTable *all;     /* every open ImapConn*: pool_abort reaches them */
-  gint aborting;       /* atomic: pool_abort was called */
   gint64 mute_until;   /* a login got no answer: new connections fail until then */
   char *mute_why;
 };
@@ -228,7 +227,9 @@ static ImapConn *_pool_take(Pool *p, const char *mailbox, gboolean *may_open) {
     _pool_hold(p, c);
     return c;
   }
-  if (p->open < p->max) {
+  /* While logins are muted (pool_open), wait for an open connection
+   * rather than fail at once; with none open, fail at once. */
+  if (p->open < p->max && (p->open == 0 || g_get_monotonic_time() >= p->mute_until)) {
     *may_open = TRUE;
     return NULL;
   }
@@ -244,9 +245,7 @@ static ImapConn *pool_open(Pool *p, GError **error) {
   ImapConn *c = NULL;
   GError *local = NULL;
   g_mutex_lock(&p->lock);
-  if (p->aborting)
-    g_set_error(&local, IFS_ERROR, IFS_ERROR_CANCELLED, "shutting down");
-  else if (g_get_monotonic_time() < p->mute_until)
+  if (g_get_monotonic_time() < p->mute_until)
     g_set_error(&local, IFS_ERROR, IFS_ERROR_TIMEOUT, "%s", p->mute_why);
   gboolean fresh = local == NULL;
   g_mutex_unlock(&p->lock);
@@ -257,13 +256,6 @@ static ImapConn *pool_open(Pool *p, GError **error) {
     p->mute_until = g_get_monotonic_time() + (gint64)p->ep->timeout_s * G_USEC_PER_SEC;
     g_free(p->mute_why);
     p->mute_why = g_strdup(local->message);
-  }
-  if (c != NULL && p->aborting) {
-    g_set_error(&local, IFS_ERROR, IFS_ERROR_CANCELLED, "shutting down");
-    g_mutex_unlock(&p->lock);
-    imap_conn_close(c);
-    g_mutex_lock(&p->lock);
-    c = NULL;
   }
   if (c == NULL) {
     p->open--;
@@ -279,17 +271,14 @@ static ImapConn *pool_open(Pool *p, GError **error) {
   return c;
 }
 
-guint pool_abort(Pool *p, gint64 waited_us) {
+guint pool_cut_waiting(Pool *p, gint64 waited_us) {
   guint cut = 0;
   g_mutex_lock(&p->lock);
-  g_atomic_int_set(&p->aborting, 1);
   GHashTableIter it;
   gpointer c;
   g_hash_table_iter_init(&it, p->all);
   while (g_hash_table_iter_next(&it, &c, NULL))
     cut += imap_conn_abort(c, waited_us);
-  g_cond_broadcast(&p->cond);
-  g_cond_broadcast(&p->busy_cond);
   g_mutex_unlock(&p->lock);
   return cut;
 }
@@ -493,7 +482,7 @@ static gboolean pool_run_once(Pool *p, const char *mailbox, gboolean idempotent,
     /* Work that is not idempotent goes again only if it never ran. */
     gboolean not_run = g_error_matches(local, IFS_ERROR, IFS_ERROR_NOT_RUN);
     if ((idempotent || not_run) && attempt < 2 && (not_run || !retried) &&
-        ifs_error_is_connection(local) && !g_atomic_int_get(&p->aborting)) {
+        ifs_error_is_connection(local)) {
       g_debug("retrying after connection failure: %s", local->message);
       retried |= !not_run;
       continue;

@@ -41,10 +41,10 @@ static gboolean staging_set_errno(GError **error, int err, const char *what, con
   /* Our own disk is full, not the server's quota (EDQUOT said so). */
   g_set_error(error, IFS_ERROR, err == ENOSPC ? IFS_ERROR_NO_SPACE : IFS_ERROR_FAILED,
               "%s %s: %s", what, path, g_strerror(err));
-  static gint64 warned; /* once in a while: every write() would repeat it */
-  gint64 now = g_get_monotonic_time();
-  if (err == ENOSPC && (warned == 0 || now - warned > 10 * G_USEC_PER_SEC)) {
-    warned = now;
+  static gint warned; /* monotonic seconds + 1; once in a while: every write() would repeat it */
+  gint now = (gint)(g_get_monotonic_time() / G_USEC_PER_SEC) + 1, last = g_atomic_int_get(&warned);
+  if (err == ENOSPC && (last == 0 || now - last > 10) &&
+      g_atomic_int_compare_and_exchange(&warned, last, now)) {
     g_warning("%s %s: %s (new files are staged there until sent)", what, path,
               g_strerror(err));
   }

@@ -80,9 +80,10 @@ const DcMsg *dc_listing_find(const DcListing *l, guint32 uid);
 /* Age of the node's list in microseconds (G_MAXINT64 if never fetched). */
 gint64 dircache_listing_age(Dircache *dc, DcNode *n);
 /* The server turned out to hold a different number of bytes than
- * RFC822.SIZE said: trust the bytes. */
-void dircache_set_size(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 uid,
-                       guint64 size);
+ * RFC822.SIZE said: trust the bytes.  TRUE if the listing said otherwise
+ * until now. */
+gboolean dircache_set_size(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 uid,
+                           guint64 size);
 /* *error (set) came from work in n's mailbox (asked: the name it had
  * then).  If it may mean the mailbox is gone (NO, a dropped connection),
  * the mailbox list is asked again; if n is gone, *error becomes

@@ -18,13 +18,14 @@ typedef struct Pool Pool;
 /* first: an already open connection to start with (taken over), or NULL. */
 Pool *pool_new(const ImapEndpoint *ep, guint max_conns, ImapConn *first);
 void pool_free(Pool *p);
-/* Shutting down: no new connection is opened and nothing is retried, and
- * every connection that has waited waited_us or more for the server has
- * its socket shut down, so that work blocked on a server that does not
- * answer fails now instead of after its timeout (work that makes progress,
- * an APPEND sending, goes on).  Returns how many were cut.  Any thread,
- * any time before pool_free. */
-guint pool_abort(Pool *p, gint64 waited_us);
+/* Every connection that has waited waited_us or more for the server's
+ * answer to a command that changes nothing (a read, a listing, a search)
+ * has its socket shut down, so that the work fails now instead of after
+ * its timeout: at unmount, a server that does not answer held the exit
+ * for several timeouts.  Changes (APPEND, STORE, EXPUNGE, ...) are never
+ * cut: their outcome would be unknown.  Returns how many were cut.  Any
+ * thread, any time before pool_free. */
+guint pool_cut_waiting(Pool *p, gint64 waited_us);
 
 /* Applied to every connection the pool opens (and to existing ones). */
 void pool_set_unsolicited(Pool *p, ImapHandler fn, gpointer user);

@@ -30,7 +30,8 @@ struct ImapConn {
   const ImapEndpoint *ep;
   guint id;
   int fd;
-  gint64 wait_since; /* monotonic us a recv began waiting, 0 when none (another thread reads it) */
+  gint64 wait_since; /* monotonic us a recv began waiting, 0 when none (atomic: imap_conn_abort) */
+  gboolean changing; /* running a command that changes the server (atomic: imap_conn_abort) */
   SSL *ssl;
   ImapParser *parser;
   guint32 caps;
@@ -241,10 +242,10 @@ static gboolean conn_fill(ImapConn *c, GError **error) {
     guint8 *buf = imap_parser_space(c->parser, 65536, &room);
     room = MIN(room, (gsize)G_MAXINT);
     ssize_t n;
-    c->wait_since = g_get_monotonic_time(); /* for imap_conn_abort */
+    __atomic_store_n(&c->wait_since, g_get_monotonic_time(), __ATOMIC_RELAXED); /* imap_conn_abort */
     if (c->ssl != NULL) {
       n = SSL_read(c->ssl, buf, (int)room);
-      c->wait_since = 0;
+      __atomic_store_n(&c->wait_since, 0, __ATOMIC_RELAXED);
       if (n <= 0) {
         int e = SSL_get_error(c->ssl, (int)n);
         int saved = errno;
@@ -261,7 +262,7 @@ static gboolean conn_fill(ImapConn *c, GError **error) {
       }
     } else {
       n = recv(c->fd, buf, room, 0);
-      c->wait_since = 0;
+      __atomic_store_n(&c->wait_since, 0, __ATOMIC_RELAXED);
       if (n == 0)
         return conn_fail(c, error, IFS_ERROR_CLOSED, "%s closed the connection", c->ep->host);
       if (n < 0) {
@@ -442,8 +443,27 @@ static gboolean conn_literal_nonsync(const ImapConn *c, gsize n) {
          (imap_conn_has(c, IMAP_CAP_LITERALMINUS) && n <= 4096);
 }
 
+/* Whether cmd changes what the server holds (so that cutting it would
+ * leave its outcome unknown: imap_conn_abort never does). */
+static gboolean conn_cmd_changes(ImapCmd *cmd) {
+  static const char *const verbs[] = {"APPEND ", "STORE ",  "EXPUNGE", "MOVE ",
+                                      "COPY ",   "CREATE ", "DELETE ", "RENAME "};
+  const GPtrArray *segs = imap_cmd_segments(cmd);
+  const ImapCmdSeg *seg = segs->len > 0 ? g_ptr_array_index(segs, 0) : NULL;
+  if (seg == NULL || seg->text == NULL)
+    return FALSE;
+  const char *t = seg->text->str;
+  if (g_ascii_strncasecmp(t, "UID ", 4) == 0)
+    t += 4;
+  for (gsize i = 0; i < G_N_ELEMENTS(verbs); i++)
+    if (g_ascii_strncasecmp(t, verbs[i], strlen(verbs[i])) == 0)
+      return TRUE;
+  return FALSE;
+}
+
 gboolean imap_conn_run(ImapConn *c, ImapCmd *cmd, ImapHandler fn, gpointer user,
                        ImapResponse **tagged_out, GError **error) {
+  __atomic_store_n(&c->changing, conn_cmd_changes(cmd), __ATOMIC_RELAXED);
   g_autoptr(ImapCmd) owned = cmd;
   g_autoptr(ImapResponse) tagged = NULL;
   if (tagged_out != NULL)
@@ -544,6 +564,10 @@ gboolean imap_conn_run_pipeline(ImapConn *c, ImapCmd **cmds, guint n, ImapHandle
   g_return_val_if_fail(n >= 1 && n <= IMAP_PIPELINE_MAX, FALSE);
   for (guint i = 0; tagged != NULL && i < n; i++)
     tagged[i] = NULL;
+  gboolean changes = FALSE;
+  for (guint i = 0; i < n; i++)
+    changes |= conn_cmd_changes(cmds[i]);
+  __atomic_store_n(&c->changing, changes, __ATOMIC_RELAXED);
   gboolean pipeline = TRUE;
   for (guint i = 0; i < n; i++)
     pipeline = pipeline && conn_can_pipeline(c, cmds[i]);
@@ -828,8 +852,9 @@ void imap_conn_set_broken(ImapConn *c) { c->broken = TRUE; }
 gboolean imap_conn_abort(ImapConn *c, gint64 waited_us) {
   /* shutdown, not close: the fd stays valid for the thread blocked on it,
    * whose recv then fails at once. */
-  gint64 since = c->wait_since;
-  if (c->fd < 0 || since == 0 || g_get_monotonic_time() - since < waited_us)
+  gint64 since = __atomic_load_n(&c->wait_since, __ATOMIC_RELAXED);
+  if (c->fd < 0 || since == 0 || __atomic_load_n(&c->changing, __ATOMIC_RELAXED) ||
+      g_get_monotonic_time() - since < waited_us)
     return FALSE;
   shutdown(c->fd, SHUT_RDWR);
   return TRUE;

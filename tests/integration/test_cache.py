@@ -1972,3 +1972,67 @@ def test_saved_listings_of_gone_mailboxes_are_removed(mount, empty_dovecot, env,
     left = sorted(p.name for p in (cache / "meta").glob("*.mc"))
     assert len(left) == 1 and left[0] in saved
     assert len(os.listdir(os.path.join(m.path, "Keep"))) == 1
+
+
+def test_sigterm_lets_a_slow_append_finish(mount, empty_dovecot, env, tmp_path):
+    """The server answers an APPEND after 4 s (slow storage) and SIGTERM
+    comes while cp's close waits for it.  Cutting what has waited 2 s at
+    a stop must spare changes: the first version cut it too, cp failed
+    (EIO, bytes kept as unsent) although the server stored the message."""
+    import signal
+    from test_write_review import Proxy
+    dv = empty_dovecot()
+    _make_box(dv, "Box", [_msg("x", 500)])
+    px = Proxy(dv.port)
+
+    def slow(data):
+        if re.search(rb"(?m)^\S+ OK \[APPENDUID", data):
+            time.sleep(4)
+        return data
+    px.edit_s2c = slow
+    env = dict(env, XDG_DATA_HOME=str(tmp_path / "data"))
+    try:
+        m = mount(dv, "poll=0", env=env, port=px.port)
+        d = os.path.join(m.path, "Box")
+        os.listdir(d)
+        src = tmp_path / "new.eml"
+        src.write_bytes(_msg("new", 3000))
+        res = {}
+
+        def cp():
+            r = subprocess.run(["cp", str(src), os.path.join(d, "new.eml")],
+                               capture_output=True)
+            res["rc"], res["err"] = r.returncode, r.stderr
+        t = threading.Thread(target=cp, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 10
+        while px.appends == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        m.proc.send_signal(signal.SIGTERM)
+        m.proc.wait(30)
+        t.join(30)
+        assert res.get("rc") == 0, res
+        assert len(_server_bodies(dv, "Box")) == 2
+    finally:
+        px.close()
+
+
+def test_message_name_is_not_taken_by_a_folder_named_like_it(mount, empty_dovecot, env):
+    """A folder named "1.eml" is listed as %31.eml, so that it never takes
+    a message's name.  The lookup of typed (unescaped) folder names found
+    it for the message's name 1.eml: stat and cat of the message reached
+    the folder (a review of that change found it)."""
+    import stat
+    dv = empty_dovecot(delimiter="/", layout="fs")
+    msgs = [_msg("a", 400), _msg("b", 400)]
+    uids = _make_box(dv, "Box", msgs)
+    c = dv.imap()
+    typ, data = c.create(imap_quote("Box/%d.eml" % uids[0]))
+    assert typ == "OK", data
+    c.logout()
+    m = mount(dv, "poll=0", env=env)
+    p = os.path.join(m.path, "Box", "%d.eml" % uids[0])
+    assert stat.S_ISREG(os.stat(p).st_mode)  # a LOOKUP, before any listing
+    assert _read(p) == msgs[0]
+    assert "%%3%d.eml" % uids[0] in os.listdir(os.path.join(m.path, "Box"))

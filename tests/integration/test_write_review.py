@@ -457,11 +457,40 @@ def test_append_reply_lost_dedup_no_duplicate(empty_dovecot, fs, proxy):
     assert px.cuts == 1
     st = state(c, "INBOX")
     assert [x["body"] for x in st.values()] == [crlf(data)]
-    # The retry cannot tell its own lost APPEND from an identical message
-    # that was there before, so it treats it as the latter (safe): rm of
-    # the name leaves the message alone.
+    # The check before the lost APPEND found no identical message, the
+    # retry's found one: the lost APPEND stored it, so it is the file's.
+    # rm of the file's name removes it.  (Taken for a message that was
+    # there before, it stayed, and rm of its UID name appended the file
+    # again: a fault-injection round found both.)
     os.unlink(os.path.join(m, "INBOX", "lost.eml"))
-    assert list(state(c, "INBOX")) == list(st)
+    assert state(c, "INBOX") == {}
+
+
+@pytest.mark.parametrize("then", ["rm", "mv"])
+def test_append_reply_lost_then_rm_or_mv_of_the_uid_name(empty_dovecot, fs, proxy, then):
+    """After a lost APPEND reply and its retry, rm of the message's UID name
+    left it on the server (the file was taken for a copy of a message
+    that was there before, and got an APPEND of its own), and mv left it
+    in both folders."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("B")
+    px = proxy(dv.port)
+    m = fs(dv, port=px.port)
+    os.listdir(os.path.join(m, "B"))
+    px.cut_next_append()
+    data = make_msg("lost2")
+    write_file(os.path.join(m, "INBOX", "lost2.eml"), data)
+    assert px.cuts == 1
+    uid, = state(c, "INBOX")
+    p = os.path.join(m, "INBOX", eml(uid))
+    if then == "rm":
+        os.unlink(p)
+        assert state(c, "INBOX") == {}
+    else:
+        os.rename(p, os.path.join(m, "B", eml(uid)))
+        assert state(c, "INBOX") == {}
+        assert [x["body"] for x in state(c, "B").values()] == [crlf(data)]
 
 
 @pytest.mark.imapfuse_stderr_ok(UNSENT_WARNING)
