@@ -1325,6 +1325,7 @@ FsWrite *fswrite_new(Fs *fs, Dircache *dc, Notify *notify, const FsWriteOptions 
   w->max_message = opts->max_message != 0 ? opts->max_message : G_MAXUINT64;
   w->max_message_from = g_strdup(opts->max_message_from != NULL ? opts->max_message_from : "");
   w->staging = staging_new(w->account);
+  staging_recover(w->staging);
   g_mutex_init(&w->lock);
   g_mutex_init(&w->list_lock);
   g_cond_init(&w->cond);

@@ -14,7 +14,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -24,10 +26,12 @@
 #define STAGING_CHUNK (256 * 1024)
 
 struct Staging {
-  char *staging_dir;
+  char *base_dir;    /* staging/<account>: one run-<pid> directory per mount */
+  char *staging_dir; /* this mount's */
   char *unsent_dir;
   GMutex lock;
   gboolean dir_ready;
+  int lock_fd; /* staging_dir/lock, flock()ed while this mount runs */
 };
 
 struct StagingFile {
@@ -55,8 +59,11 @@ Staging *staging_new(const char *account) {
   Staging *st = g_new0(Staging, 1);
   g_autofree char *safe = names_escape_component(account);
   const char *data = g_get_user_data_dir();
-  st->staging_dir = g_build_filename(data, "imapfuse", "staging", safe, NULL);
+  st->base_dir = g_build_filename(data, "imapfuse", "staging", safe, NULL);
+  g_autofree char *run = g_strdup_printf("run-%d", (int)getpid());
+  st->staging_dir = g_build_filename(st->base_dir, run, NULL);
   st->unsent_dir = g_build_filename(data, "imapfuse", "unsent", safe, NULL);
+  st->lock_fd = -1;
   g_mutex_init(&st->lock);
   return st;
 }
@@ -64,6 +71,13 @@ Staging *staging_new(const char *account) {
 void staging_free(Staging *st) {
   if (st == NULL)
     return;
+  if (st->lock_fd >= 0) {
+    g_autofree char *lock = g_build_filename(st->staging_dir, "lock", NULL);
+    unlink(lock);
+    close(st->lock_fd);
+    rmdir(st->staging_dir); /* stays if a file was left in it: the next mount keeps it */
+  }
+  g_free(st->base_dir);
   g_free(st->staging_dir);
   g_free(st->unsent_dir);
   g_mutex_clear(&st->lock);
@@ -72,10 +86,76 @@ void staging_free(Staging *st) {
 
 const char *staging_unsent_dir(const Staging *st) { return st->unsent_dir; }
 
+/* Moves what one dead run left (its .part files) into into/, creating it;
+ * drops the rest (.crlf conversions, the lock) and the run directory. */
+static guint staging_take_run(const char *run, const char *into) {
+  guint moved = 0;
+  GDir *d = g_dir_open(run, 0, NULL);
+  const char *name;
+  while (d != NULL && (name = g_dir_read_name(d)) != NULL) {
+    g_autofree char *path = g_build_filename(run, name, NULL);
+    if (g_str_has_suffix(name, ".part") && g_mkdir_with_parents(into, 0700) == 0) {
+      g_autofree char *stem = g_strndup(name, strlen(name) - 5);
+      g_autofree char *to = g_strdup_printf("%s/%s.eml", into, stem);
+      if (rename(path, to) == 0)
+        moved++;
+      else
+        g_warning("cannot move %s to %s: %s", path, to, g_strerror(errno));
+    } else if (strcmp(name, "lock") == 0 || g_str_has_suffix(name, ".crlf")) {
+      unlink(path);
+    }
+  }
+  if (d != NULL)
+    g_dir_close(d);
+  rmdir(run);
+  return moved;
+}
+
+void staging_recover(Staging *st) {
+  GDir *d = g_dir_open(st->base_dir, 0, NULL);
+  if (d == NULL)
+    return;
+  g_autoptr(GDateTime) now = g_date_time_new_now_utc();
+  g_autofree char *stamp = g_date_time_format(now, "%Y%m%dT%H%M%SZ");
+  g_autofree char *leaf = g_strdup_printf("recovered-%s-%d", stamp, (int)getpid());
+  g_autofree char *into = g_build_filename(st->unsent_dir, leaf, NULL);
+  guint moved = 0;
+  const char *name;
+  while ((name = g_dir_read_name(d)) != NULL) {
+    g_autofree char *run = g_build_filename(st->base_dir, name, NULL);
+    if (!g_str_has_prefix(name, "run-") || strcmp(run, st->staging_dir) == 0 ||
+        !g_file_test(run, G_FILE_TEST_IS_DIR))
+      continue;
+    g_autofree char *lock = g_build_filename(run, "lock", NULL);
+    int fd = open(lock, O_RDWR | O_CLOEXEC);
+    if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      close(fd); /* a mount of this account that still runs */
+      continue;
+    }
+    moved += staging_take_run(run, into);
+    if (fd >= 0)
+      close(fd);
+  }
+  g_dir_close(d);
+  if (moved > 0)
+    g_warning("%u file(s) being written when an earlier imapfuse of this account stopped "
+              "without unmounting (killed, or a crash) were moved to %s: check which are on "
+              "the server before sending any again (some may be stored already)",
+              moved, into);
+}
+
 static gboolean staging_ensure_dir(Staging *st, GError **error) {
   g_mutex_lock(&st->lock);
   gboolean ok = st->dir_ready || g_mkdir_with_parents(st->staging_dir, 0700) == 0;
   int err = errno;
+  if (ok && !st->dir_ready) {
+    /* Held until unmount: staging_recover of another mount leaves a run
+     * whose lock is held alone. */
+    g_autofree char *lock = g_build_filename(st->staging_dir, "lock", NULL);
+    st->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (st->lock_fd >= 0 && flock(st->lock_fd, LOCK_EX | LOCK_NB) != 0)
+      g_debug("cannot lock %s: %s", lock, g_strerror(errno));
+  }
   if (ok)
     st->dir_ready = TRUE;
   g_mutex_unlock(&st->lock);

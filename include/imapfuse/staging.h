@@ -1,7 +1,7 @@
 /* staging.h - the local bytes of new files, and where refused mail is kept.
  *
  * Owns: one private file per new file while it is being written, under
- * $XDG_DATA_HOME/imapfuse/staging/<account>/ (directories 0700, files
+ * $XDG_DATA_HOME/imapfuse/staging/<account>/run-<pid>/ (directories 0700, files
  * 0600; on disk, not in memory, so a large file costs no RAM, and a crash
  * leaves the bytes behind rather than nothing); turning those bytes into a
  * message (bare LF -> CRLF) mapped from disk for APPEND; and keeping a copy
@@ -23,6 +23,11 @@ Staging *staging_new(const char *account);
 void staging_free(Staging *st);
 /* The unsent directory of this account (may not exist yet). */
 const char *staging_unsent_dir(const Staging *st);
+/* At mount: the files an earlier mount of this account left being
+ * written when it was killed (its run directory, whose lock nobody holds)
+ * go to unsent/recovered-TIME-PID/, with one warning; a mount that still
+ * runs keeps its own. */
+void staging_recover(Staging *st);
 
 StagingFile *staging_file_new(Staging *st, GError **error);
 /* Closes and removes the local file (a kept copy stays). */
