@@ -77,6 +77,7 @@ struct Dircache {
   GHashTable *flag_ids;  /* string -> id+1 */
   GPtrArray *flag_names; /* id -> string */
   GHashTable *saved_ids; /* "UIDVALIDITY\tmailbox" -> id, from the last mount */
+  guint ids_reserved;    /* ids below it are recorded as used (meta_dir/ids-next) */
   DcObserver observer;
   gpointer observer_user;
 };
@@ -88,6 +89,8 @@ struct Dircache {
  * meta_dir/ids keeps "UIDVALIDITY<TAB>id<TAB>mailbox" lines (0 for a
  * directory's id); an id is taken again by the same key if still free. */
 #define DC_IDS_FILE "ids"
+#define DC_IDS_NEXT_FILE "ids-next"
+#define DC_IDS_RESERVE 64 /* new ids recorded as used this many at a time */
 #define DC_IDS_MAX (1u << 24) /* a file claiming more is not ours to trust */
 
 static char *dc_id_key(guint32 uidvalidity, const char *mailbox) {
@@ -111,13 +114,33 @@ static guint32 _dc_new_id(Dircache *dc, DcNode *node, guint32 uidvalidity) {
   }
   DcId rec = {node, uidvalidity};
   g_array_append_val(dc->ids, rec);
-  return dc->ids->len - 1;
+  guint32 id = dc->ids->len - 1;
+  /* A new id is never one an earlier mount gave out, also not to a folder
+   * since deleted (a folder recreated under its name got its old inode
+   * numbers), nor after a mount that was killed: the high-water mark is
+   * on disk before an id above it is used. */
+  if (dc->meta_dir != NULL && id >= dc->ids_reserved) {
+    dc->ids_reserved = id + DC_IDS_RESERVE;
+    g_autofree char *path = g_build_filename(dc->meta_dir, DC_IDS_NEXT_FILE, NULL);
+    g_autofree char *text = g_strdup_printf("%u\n", dc->ids_reserved);
+    g_autoptr(GError) error = NULL;
+    if (!g_file_set_contents(path, text, -1, &error))
+      g_debug("saving inode ids: %s", error->message);
+  }
+  return id;
 }
 
 /* Reads meta_dir/ids into saved_ids and leaves their slots free. */
 static void dc_load_ids(Dircache *dc) {
   if (dc->meta_dir == NULL)
     return;
+  g_autofree char *npath = g_build_filename(dc->meta_dir, DC_IDS_NEXT_FILE, NULL);
+  g_autofree char *ntext = NULL;
+  guint64 next = 0;
+  if (g_file_get_contents(npath, &ntext, NULL, NULL) &&
+      g_ascii_string_to_unsigned(g_strstrip(ntext), 10, 2, DC_IDS_MAX, &next, NULL) &&
+      next > dc->ids->len)
+    g_array_set_size(dc->ids, (guint)next); /* below it: used by earlier mounts */
   g_autofree char *path = g_build_filename(dc->meta_dir, DC_IDS_FILE, NULL);
   g_autofree char *text = NULL;
   if (!g_file_get_contents(path, &text, NULL, NULL))

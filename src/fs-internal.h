@@ -22,6 +22,6 @@ DcNode *fs_dir_or_reply(fuse_req_t req, fuse_ino_t ino);
 fuse_ino_t fs_dir_ino(Fs *fs, DcNode *n);
 fuse_ino_t fs_msg_ino(guint32 epoch, guint32 uid);
 void fs_dir_attr(Fs *fs, DcNode *n, struct stat *st);
-void fs_msg_attr(Fs *fs, guint32 epoch, const DcMsg *m, struct stat *st);
+void fs_msg_attr(Fs *fs, guint32 epoch, guint32 uidvalidity, const DcMsg *m, struct stat *st);
 
 G_END_DECLS

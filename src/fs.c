@@ -138,7 +138,7 @@ void fs_dir_attr(Fs *fs, DcNode *n, struct stat *st) {
   fswrite_dir_attr(fs->w, n, st); /* chmod/utimens kept in memory */
 }
 
-void fs_msg_attr(Fs *fs, guint32 epoch, const DcMsg *m, struct stat *st) {
+void fs_msg_attr(Fs *fs, guint32 epoch, guint32 uidvalidity, const DcMsg *m, struct stat *st) {
   memset(st, 0, sizeof *st);
   st->st_ino = fs_msg_ino(epoch, m->uid);
   st->st_mode = S_IFREG | 0600;
@@ -149,6 +149,12 @@ void fs_msg_attr(Fs *fs, guint32 epoch, const DcMsg *m, struct stat *st) {
   st->st_blksize = 4096;
   st->st_blocks = (blkcnt_t)((m->size + 511) / 512);
   st->st_mtim.tv_sec = st->st_ctim.tv_sec = st->st_atim.tv_sec = (time_t)m->date;
+  /* ctime also says which UIDVALIDITY: a folder deleted and recreated
+   * under its name has the old UIDs again, and a message of the same size
+   * and date with the same inode number looked unchanged to restic and
+   * borg (they compare ctime, size and inode), which kept the old bytes
+   * in the backup.  mtime stays the INTERNALDATE alone (rsync, cp -p). */
+  st->st_ctim.tv_nsec = (long)(uidvalidity % 1000000000u);
 }
 
 /* The message behind ino from the cached listing (no network unless the
@@ -244,7 +250,7 @@ static gboolean fs_entry_for(Fs *fs, DcNode *parent, const char *name,
     }
     if (m != NULL) {
       e->ino = fs_msg_ino(l.epoch, uid);
-      fs_msg_attr(fs, l.epoch, m, &e->attr);
+      fs_msg_attr(fs, l.epoch, l.uidvalidity, m, &e->attr);
       e->attr_timeout = e->entry_timeout = fs->opts.msg_timeout;
     }
     dc_listing_clear(&l);
@@ -302,7 +308,7 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     fuse_reply_err(req, err);
     return;
   }
-  fs_msg_attr(fs, (guint32)(ino >> 32), &m, &st);
+  fs_msg_attr(fs, (guint32)(ino >> 32), uv, &m, &st);
   fuse_reply_attr(req, &st, fs->opts.msg_timeout);
 }
 
@@ -416,7 +422,7 @@ static void fs_readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t
         continue;
       if (how == 0) {
         e.ino = fs_msg_ino(d->listing.epoch, m->uid);
-        fs_msg_attr(fs, d->listing.epoch, m, &e.attr);
+        fs_msg_attr(fs, d->listing.epoch, d->listing.uidvalidity, m, &e.attr);
         e.attr_timeout = e.entry_timeout = fs->opts.msg_timeout;
       }
     }

@@ -2351,7 +2351,7 @@ static void fsw_setattr_msg(fuse_req_t req, Fs *fs, FsWrite *w, fuse_ino_t ino,
     return;
   }
   struct stat cur;
-  fs_msg_attr(fs, (guint32)(ino >> 32), &m, &cur);
+  fs_msg_attr(fs, (guint32)(ino >> 32), uv, &m, &cur);
   gboolean change =
       ((to_set & FUSE_SET_ATTR_MODE) && (attr->st_mode & 07777) != (cur.st_mode & 07777)) ||
       ((to_set & FUSE_SET_ATTR_UID) && attr->st_uid != cur.st_uid) ||

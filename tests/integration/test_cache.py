@@ -9,6 +9,7 @@ what imapfuse asked the server is read from its own protocol trace
 import ctypes
 import errno
 import hashlib
+import imaplib
 import mmap
 import os
 import random
@@ -2036,3 +2037,46 @@ def test_message_name_is_not_taken_by_a_folder_named_like_it(mount, empty_doveco
     assert stat.S_ISREG(os.stat(p).st_mode)  # a LOOKUP, before any listing
     assert _read(p) == msgs[0]
     assert "%%3%d.eml" % uids[0] in os.listdir(os.path.join(m.path, "Box"))
+
+
+@pytest.mark.parametrize("how", ["unmount", "kill"])
+def test_recreated_folder_never_gets_the_old_inode_numbers(mount, empty_dovecot, env,
+                                                           tmp_path, how):
+    """A folder deleted and later recreated under its name has the old
+    UIDs again; a message of the same size and date got the old message's
+    inode number (the deleted folder's ids were not kept, so the next new
+    ids were the same numbers; or the mount was killed before saving), and
+    restic and borg kept the old bytes in the backup.  Ids are never given
+    out twice, and ctime tells UIDVALIDITYs apart as well."""
+    import signal
+    dv = empty_dovecot()
+    date = imaplib.Time2Internaldate(1700000000)
+    old, new = _msg("old", 900, seed=1), _msg("new", 900, seed=2)
+    assert len(old) == len(new) and old != new
+    c = dv.imap()
+    c.create("Zed")
+    c.append("Zed", None, date, old)
+    cache = str(tmp_path / "cache")
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    st1 = os.stat(os.path.join(m.path, "Zed", "1.eml"))
+    if how == "kill":
+        m.proc.send_signal(signal.SIGKILL)
+        m.proc.wait(10)
+        m.finished = True
+        subprocess.run(["fusermount3", "-uz", m.path])
+    else:
+        m.unmount()
+        c.delete("Zed")
+        mount(dv, "cache_dir=" + cache, env=env).unmount()
+    if how == "kill":
+        c.delete("Zed")
+    c.create("Zed")
+    c.append("Zed", None, date, new)
+    c.logout()
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    p = os.path.join(m.path, "Zed", "1.eml")
+    st2 = os.stat(p)
+    assert _read(p) == new
+    assert (st2.st_size, st2.st_mtime) == (st1.st_size, st1.st_mtime)
+    assert st2.st_ino != st1.st_ino
+    assert st2.st_ctime_ns != st1.st_ctime_ns
