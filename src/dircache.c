@@ -46,6 +46,7 @@ struct DcNode {
   gint64 fetched_at; /* monotonic us of the start of the last good fetch; 0 never */
   gboolean stale;    /* msgs may not match the server at highestmodseq: ask it */
   gboolean served;   /* a listing of it was handed out in this mount */
+  gint64 used_at;    /* monotonic us the user last opened it or a file in it (atomic) */
   gint64 failed_at;  /* monotonic us when the last fetch failed, with why: */
   GError *failed;
   /* uid -> length its bytes turned out to have where RFC822.SIZE said
@@ -1291,7 +1292,13 @@ static void _dc_selectable(DcNode *n, GPtrArray *out) {
     _dc_selectable(v, out);
 }
 
-GPtrArray *dircache_listed_nodes(Dircache *dc, gboolean saved) {
+void dircache_touch(Dircache *dc, DcNode *n) {
+  (void)dc;
+  __atomic_store_n(&n->used_at, g_get_monotonic_time(), __ATOMIC_RELAXED);
+}
+
+GPtrArray *dircache_listed_nodes(Dircache *dc, gboolean saved, gint64 idle_us) {
+  gint64 since = idle_us > 0 ? g_get_monotonic_time() - idle_us : G_MININT64;
   g_autoptr(GPtrArray) all = g_ptr_array_new();
   g_mutex_lock(&dc->tree_lock);
   _dc_selectable(dc->root, all);
@@ -1302,7 +1309,8 @@ GPtrArray *dircache_listed_nodes(Dircache *dc, gboolean saved) {
   for (guint i = 0; i < all->len; i++) {
     DcNode *n = g_ptr_array_index(all, i);
     g_mutex_lock(&n->lock);
-    gboolean want = n->served || (saved && n->msgs != NULL);
+    gboolean want = (n->served && __atomic_load_n(&n->used_at, __ATOMIC_RELAXED) >= since) ||
+                    (saved && n->msgs != NULL);
     g_mutex_unlock(&n->lock);
     if (want)
       g_ptr_array_add(out, n);

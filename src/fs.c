@@ -170,6 +170,7 @@ static gboolean fs_msg(Fs *fs, fuse_ino_t ino, DcNode **node, guint32 *uidvalidi
   }
   DcListing l;
   g_autoptr(GError) error = NULL;
+  dircache_touch(fs->dc, n); /* in use: the watcher goes on polling it */
   if (!dircache_listing(fs->dc, n, G_MAXINT64, &l, &error)) {
     *err = ifs_errno_from_error(error);
     return FALSE;
@@ -239,6 +240,7 @@ static gboolean fs_entry_for(Fs *fs, DcNode *parent, const char *name,
     /* First the cached list; if the name is not in it, and the list was not
      * fetched for this very lookup, ask the server once (the message may
      * have just arrived).  Concurrent misses share one fetch. */
+    dircache_touch(fs->dc, parent);
     if (!dircache_listing(fs->dc, parent, pass == 0 ? G_MAXINT64 : 0, &l, &error)) {
       *err = ifs_errno_from_error(error);
       return FALSE;
@@ -359,6 +361,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
   }
   FsDir *d = g_new0(FsDir, 1);
   d->node = n;
+  dircache_touch(fs->dc, n);
   if (!dircache_listing(fs->dc, n, fs->opts.list_max_age_us, &d->listing, &error)) {
     g_free(d);
     fs_reply_error(req, dcnode_mailbox(n), error);

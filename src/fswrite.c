@@ -556,6 +556,7 @@ static gboolean fsw_find_msg(FsWrite *w, DcNode *node, guint32 uid, guint32 *uv,
                              DcMsg *out, GError **error) {
   for (int pass = 0; pass < 2; pass++) {
     DcListing l;
+    dircache_touch(w->dc, node);
     if (!dircache_listing(w->dc, node, pass == 0 ? G_MAXINT64 : 0, &l, error))
       return FALSE;
     const DcMsg *m = dc_listing_find(&l, uid);
@@ -594,6 +595,7 @@ static gboolean fsw_msg_of_ino(FsWrite *w, fuse_ino_t ino, DcNode **node, guint3
   }
   DcListing l;
   g_autoptr(GError) error = NULL;
+  dircache_touch(w->dc, n);
   if (!dircache_listing(w->dc, n, G_MAXINT64, &l, &error)) {
     *err = fsw_errno(error);
     return FALSE;

@@ -339,7 +339,7 @@ int main(int argc, char *argv[]) {
   bodycache_start(bc);
   fs_start(fs);
   notify_set_session(notify, se);
-  watch = watch_new(&ep, dc, pool, (guint)o.poll);
+  watch = watch_new(&ep, dc, pool, (guint)o.poll, (guint)o.watch_idle);
   /* By default twice as many workers as connections, at least 10: not
    * only for requests that wait for a connection.  Readers that wait for
    * one folder's listing (a server slow to answer its SELECT) hold a

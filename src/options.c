@@ -32,6 +32,7 @@ static const struct fuse_opt options_table[] = {
     IFS_OPT("readahead=%s", readahead, 0),
     IFS_OPT("readahead_batches=%u", readahead_batches, 0),
     IFS_OPT("poll=%u", poll, 0),
+    IFS_OPT("watch_idle=%u", watch_idle, 0),
     IFS_OPT("spin=%u", spin_us, 0),
     IFS_OPT("xattr=%s", xattr, 0),
     IFS_OPT("delete=%s", delete_mode, 0),
@@ -94,6 +95,7 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
   o->dir_timeout = 1;
   o->list_max_age = -1; /* auto: see main.c */
   o->poll = 10;
+  o->watch_idle = 600;
   o->spin_us = 50;
   if (fuse_opt_parse(args, o, options_table, options_proc) != 0) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "invalid options");
@@ -121,6 +123,11 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
   /* Parsed as unsigned: -1 arrives as a huge number (negative as int). */
   if (o->poll < 0 || o->poll > 86400) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "poll= must be 0 (off) to 86400 seconds");
+    return FALSE;
+  }
+  if (o->watch_idle < 0 || o->watch_idle > 31536000) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "watch_idle= must be 0 (poll every folder looked at) to 31536000 seconds");
     return FALSE;
   }
   if (!(o->msg_timeout >= 0 && o->msg_timeout <= 86400) ||
@@ -227,6 +234,7 @@ void options_usage(const char *prog) {
          "    -o cache_size=SIZE       disk bound for message bytes (default 1G; LRU eviction)\n"
          "    -o cache_mem=MB          memory for message bytes (default 16)\n"
          "    -o poll=SECS             check for other clients' changes every SECS (default 10; 0 off)\n"
+         "    -o watch_idle=SECS       ... only in folders used within SECS (default 600; 0: all)\n"
          "    -o xattr=off             no extended attributes (user.imap.flags): ls -l asks\n"
          "                             no GETXATTR per file (faster listings)\n"
          "    -o readahead=SIZE        bytes fetched ahead of sequential readers (default 8M; 0 off)\n"

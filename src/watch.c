@@ -27,6 +27,7 @@ struct Watch {
   Dircache *dc;
   Pool *pool;
   gint64 interval_us;
+  gint64 idle_us; /* mailboxes not used this long are not polled (0: all) */
   GMutex lock;
   GCond cond;
   gboolean stop;
@@ -39,8 +40,9 @@ struct Watch {
  * confirmed.  pool (NULL: none yet): the fenced mailboxes are left out.
  * *changed: the nodes that differ, with their STATUS in *sts. */
 static gboolean watch_status(Dircache *dc, Pool *pool, ImapConn *c, gboolean saved, guint max,
-                             GPtrArray **changed, GArray **sts, GError **error) {
-  g_autoptr(GPtrArray) nodes = dircache_listed_nodes(dc, saved);
+                             gint64 idle_us, GPtrArray **changed, GArray **sts,
+                             GError **error) {
+  g_autoptr(GPtrArray) nodes = dircache_listed_nodes(dc, saved, idle_us);
   if (nodes->len > max)
     g_ptr_array_set_size(nodes, max);
   g_autofree const char **names = g_new0(const char *, nodes->len + 1);
@@ -81,7 +83,7 @@ gboolean watch_confirm_saved(Dircache *dc, ImapConn *c, GError **error) {
   g_autoptr(GArray) sts = NULL;
   /* Bounded: the mount waits for it (a big account's other folders are
    * checked when opened, as without a saved list). */
-  return watch_status(dc, NULL, c, TRUE, WATCH_CONFIRM_MAX, &changed, &sts, error);
+  return watch_status(dc, NULL, c, TRUE, WATCH_CONFIRM_MAX, 0, &changed, &sts, error);
 }
 
 static void watch_round(Watch *w, ImapConn **conn, gboolean first) {
@@ -98,11 +100,14 @@ static void watch_round(Watch *w, ImapConn **conn, gboolean first) {
       return;
     }
   }
-  /* Only the mailboxes looked at in this mount: lists the last mount saved
-   * were confirmed once, before the mount. */
+  /* Only the mailboxes looked at in this mount, and lately: lists the last
+   * mount saved were confirmed once, before the mount; one ls -lR of 2,000
+   * folders made every round 2,000 STATUS for as long as the mount ran.
+   * A folder not polled is asked when it is next opened (list_max_age). */
   g_autoptr(GPtrArray) changed = NULL;
   g_autoptr(GArray) sts = NULL;
-  if (!watch_status(w->dc, w->pool, *conn, FALSE, G_MAXUINT, &changed, &sts, &error)) {
+  if (!watch_status(w->dc, w->pool, *conn, FALSE, G_MAXUINT, w->idle_us, &changed, &sts,
+                    &error)) {
     g_clear_pointer(conn, imap_conn_close);
     return;
   }
@@ -143,7 +148,8 @@ static gpointer watch_thread(gpointer data) {
   return NULL;
 }
 
-Watch *watch_new(const ImapEndpoint *ep, Dircache *dc, Pool *pool, guint interval_s) {
+Watch *watch_new(const ImapEndpoint *ep, Dircache *dc, Pool *pool, guint interval_s,
+                 guint idle_s) {
   if (interval_s == 0)
     return NULL;
   Watch *w = g_new0(Watch, 1);
@@ -151,6 +157,7 @@ Watch *watch_new(const ImapEndpoint *ep, Dircache *dc, Pool *pool, guint interva
   w->dc = dc;
   w->pool = pool;
   w->interval_us = (gint64)interval_s * G_USEC_PER_SEC;
+  w->idle_us = (gint64)idle_s * G_USEC_PER_SEC;
   g_mutex_init(&w->lock);
   g_cond_init(&w->cond);
   w->thread = g_thread_new("imapfuse-watch", watch_thread, w);

@@ -132,9 +132,13 @@ void dircache_load_saved(Dircache *dc);
  * listed). */
 void dircache_prune_saved(Dircache *dc);
 
-/* Mailboxes whose list was handed out in this mount, and with saved also
- * those with a list loaded from the last mount (DcNode*, not owned). */
-GPtrArray *dircache_listed_nodes(Dircache *dc, gboolean saved);
+/* Mailboxes whose list was handed out in this mount (with idle_us > 0:
+ * and that the user used within the last idle_us, dircache_touch), and
+ * with saved also those with a list loaded from the last mount (DcNode*,
+ * not owned). */
+GPtrArray *dircache_listed_nodes(Dircache *dc, gboolean saved, gint64 idle_us);
+/* The user opened n or a file in it (for the watcher: dircache_listed_nodes). */
+void dircache_touch(Dircache *dc, DcNode *n);
 /* Whether a STATUS answer, asked at monotonic time asked_us, disagrees
  * with the cached list.  When it agrees and carries a HIGHESTMODSEQ (any
  * change to a mailbox raises it), the list is known exact as of asked_us

@@ -29,6 +29,7 @@ typedef struct {
   char *cache_size;   /* disk bound for message bytes, e.g. 2G (default 1G) */
   char *xattr;        /* "on" (default) or "off" */
   int poll;           /* seconds between checks for others' changes; 0 off */
+  int watch_idle;     /* poll only mailboxes used within this many seconds; 0 all */
   int spin_us;        /* loop.c: poll /dev/fuse this long before sleeping; 0 off */
   char *readahead;    /* bytes fetched ahead of sequential readers (default 8M) */
   int readahead_batches; /* read-ahead batches fetched at once; 0: by the round trip */

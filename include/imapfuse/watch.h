@@ -19,8 +19,10 @@ G_BEGIN_DECLS
 typedef struct Watch Watch;
 
 /* interval_s 0: no watching (returns NULL).  pool: whose fences (a
- * RENAME or DELETE under way) its STATUS commands respect. */
-Watch *watch_new(const ImapEndpoint *ep, Dircache *dc, Pool *pool, guint interval_s);
+ * RENAME or DELETE under way) its STATUS commands respect.  Mailboxes
+ * the user has not used for idle_s (0: never mind) are not polled. */
+Watch *watch_new(const ImapEndpoint *ep, Dircache *dc, Pool *pool, guint interval_s,
+                 guint idle_s);
 void watch_free(Watch *w);
 /* Loads the lists the last mount saved and confirms, on connection c, with
  * pipelined STATUS (eight mailboxes a round trip, 64 mailboxes at most),

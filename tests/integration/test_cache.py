@@ -628,6 +628,39 @@ def test_watcher_polls_only_mailboxes_looked_at(mount, empty_dovecot, env, tmp_p
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_watcher_stops_polling_folders_not_used_lately(mount, empty_dovecot, env):
+    """One ls -lR of an account with 2,000 folders made every later round
+    of the watcher 2,000 STATUS commands, for as long as the mount ran.  A
+    folder not used for watch_idle seconds is no longer polled; opening it
+    again asks the server and puts it back."""
+    dv = empty_dovecot()
+    for b in ("A", "B"):
+        _make_box(dv, b, [_msg("%s%d" % (b, i), 500) for i in range(2)])
+    m = mount(dv, "poll=1", "watch_idle=2", "list_max_age=0", "imap_debug", env=env)
+    for b in ("A", "B"):
+        assert len(_listing(os.path.join(m.path, b))) == 2
+    pa = os.path.join(m.path, "A", "1.eml")
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:  # A in use, B not
+        _read(pa)
+        time.sleep(0.3)
+
+    def polled():
+        return [c.split()[1] for c in _commands(m) if c.startswith("STATUS")]
+    before = polled()
+    time.sleep(2.5)  # two more rounds
+    after = polled()[len(before):]
+    assert after.count('"A"') >= 1 and '"B"' not in after, after
+    # Another client's new message in B shows when B is opened.
+    c = dv.imap()
+    c.append("B", None, None, _msg("B-new", 500))
+    c.logout()
+    assert len(_listing(os.path.join(m.path, "B"))) == 3
+    time.sleep(2.5)
+    assert '"B"' in polled()[len(before) + len(after):]
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
 def test_disk_cache_survives_kill_9_mid_scan(mount, empty_dovecot, env, tmp_path):
     """SIGKILL while a scan is filling the disk cache (records half
     written, nothing fsync()ed): the next mount reads every message right,
