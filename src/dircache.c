@@ -24,6 +24,9 @@
 #include "imapfuse/names.h"
 
 #include <glib/gstdio.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 struct DcNode {
   guint32 id;
@@ -69,7 +72,10 @@ struct Dircache {
   char *meta_dir; /* per-mailbox metadata files, or NULL */
   GMutex tree_lock;
   DcNode *root;
-  GArray *ids; /* DcId, index = id; 0 unused */
+  GHashTable *ids; /* id -> DcId* given out in this mount; 0 unused, 1 the root */
+  guint32 next_id;  /* the next new id: above every id an earlier mount gave out */
+  gboolean ids_persist; /* this mount keeps ids in meta_dir (holds ids.lock) */
+  int ids_lock_fd;
   gint64 tree_at;
   guint lists;            /* LIST responses applied */
   guint lists_asked;      /* LISTs asked (a ticket each) */
@@ -92,7 +98,9 @@ struct Dircache {
 #define DC_IDS_FILE "ids"
 #define DC_IDS_NEXT_FILE "ids-next"
 #define DC_IDS_RESERVE 64 /* new ids recorded as used this many at a time */
-#define DC_IDS_MAX (1u << 24) /* a file claiming more is not ours to trust */
+#define DC_IDS_MAX 0x7fffffffu /* ids stay below it */
+#define DC_IDS_LOCK_FILE "ids.lock"
+#define DC_IDS_GAP 65536u /* ids-next lost: new ids start this far above the saved */
 
 static char *dc_id_key(guint32 uidvalidity, const char *mailbox) {
   return g_strdup_printf("%u\t%s", uidvalidity, mailbox);
@@ -100,88 +108,122 @@ static char *dc_id_key(guint32 uidvalidity, const char *mailbox) {
 
 static DcNode *_dc_find(DcNode *n, const char *mailbox);
 
-static guint32 _dc_new_id(Dircache *dc, DcNode *node, guint32 uidvalidity) {
-  if (node->parent == NULL && g_array_index(dc->ids, DcId, 1).node == NULL) {
-    g_array_index(dc->ids, DcId, 1) = (DcId){node, 0};
-    return 1;
-  }
-  if (dc->saved_ids != NULL && node->mailbox != NULL) {
-    g_autofree char *key = dc_id_key(uidvalidity, node->mailbox);
-    guint id = GPOINTER_TO_UINT(g_hash_table_lookup(dc->saved_ids, key));
-    if (id != 0 && id < dc->ids->len && g_array_index(dc->ids, DcId, id).node == NULL) {
-      g_array_index(dc->ids, DcId, id) = (DcId){node, uidvalidity};
-      return id;
-    }
-  }
-  DcId rec = {node, uidvalidity};
-  g_array_append_val(dc->ids, rec);
-  guint32 id = dc->ids->len - 1;
-  /* A new id is never one an earlier mount gave out, also not to a folder
-   * since deleted (a folder recreated under its name got its old inode
-   * numbers), nor after a mount that was killed: the high-water mark is
-   * on disk before an id above it is used. */
-  if (dc->meta_dir != NULL && id >= dc->ids_reserved) {
-    dc->ids_reserved = id + DC_IDS_RESERVE;
-    g_autofree char *path = g_build_filename(dc->meta_dir, DC_IDS_NEXT_FILE, NULL);
-    g_autofree char *text = g_strdup_printf("%u\n", dc->ids_reserved);
-    g_autoptr(GError) error = NULL;
-    if (!g_file_set_contents(path, text, -1, &error))
-      g_debug("saving inode ids: %s", error->message);
-  }
+/* _dc_id: caller holds tree_lock (or no other thread runs). */
+static DcId *_dc_id(Dircache *dc, guint32 id) {
+  return g_hash_table_lookup(dc->ids, GUINT_TO_POINTER(id));
+}
+
+static guint32 _dc_take_id(Dircache *dc, guint32 id, DcNode *node, guint32 uidvalidity) {
+  DcId *rec = g_new(DcId, 1);
+  *rec = (DcId){node, uidvalidity};
+  g_hash_table_insert(dc->ids, GUINT_TO_POINTER(id), rec);
   return id;
 }
 
-/* Reads meta_dir/ids into saved_ids and leaves their slots free. */
+/* Records next_id (and a reserve above it) as used, on disk, before an
+ * id at or above what was recorded is given out: so no later mount gives
+ * it out again, also after this one is killed. */
+static void dc_reserve_ids(Dircache *dc) {
+  if (!dc->ids_persist || dc->next_id < dc->ids_reserved)
+    return;
+  if (dc->next_id >= DC_IDS_MAX - DC_IDS_RESERVE) {
+    g_warning("inode ids in %s are used up; they are not kept from now on",
+              dc->meta_dir);
+    dc->ids_persist = FALSE;
+    return;
+  }
+  dc->ids_reserved = dc->next_id + DC_IDS_RESERVE;
+  g_autofree char *path = g_build_filename(dc->meta_dir, DC_IDS_NEXT_FILE, NULL);
+  g_autofree char *text = g_strdup_printf("%u\n", dc->ids_reserved);
+  g_autoptr(GError) error = NULL;
+  if (!g_file_set_contents(path, text, -1, &error)) {
+    g_debug("saving inode ids: %s; not kept from now on", error->message);
+    dc->ids_persist = FALSE;
+  }
+}
+
+static guint32 _dc_new_id(Dircache *dc, DcNode *node, guint32 uidvalidity) {
+  if (node->parent == NULL && _dc_id(dc, 1) == NULL)
+    return _dc_take_id(dc, 1, node, 0);
+  if (dc->saved_ids != NULL && node->mailbox != NULL) {
+    g_autofree char *key = dc_id_key(uidvalidity, node->mailbox);
+    guint id = GPOINTER_TO_UINT(g_hash_table_lookup(dc->saved_ids, key));
+    if (id != 0 && _dc_id(dc, id) == NULL)
+      return _dc_take_id(dc, id, node, uidvalidity);
+  }
+  /* A new id is never one an earlier mount gave out, also not to a folder
+   * since deleted (a folder recreated under its name got its old inode
+   * numbers), nor after a mount that was killed. */
+  dc_reserve_ids(dc);
+  return _dc_take_id(dc, dc->next_id++, node, uidvalidity);
+}
+
+/* Reads meta_dir/ids into saved_ids, and where new ids start.  Only the
+ * mount that holds meta_dir/ids.lock keeps ids: two mounts sharing a
+ * cache directory gave the same new id to different folders. */
 static void dc_load_ids(Dircache *dc) {
   if (dc->meta_dir == NULL)
     return;
+  g_autofree char *lpath = g_build_filename(dc->meta_dir, DC_IDS_LOCK_FILE, NULL);
+  dc->ids_lock_fd = open(lpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (dc->ids_lock_fd < 0 || flock(dc->ids_lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    g_debug("%s is in use by another mount: inode ids are not kept", lpath);
+    return;
+  }
+  dc->ids_persist = TRUE;
   g_autofree char *npath = g_build_filename(dc->meta_dir, DC_IDS_NEXT_FILE, NULL);
   g_autofree char *ntext = NULL;
   guint64 next = 0;
-  if (g_file_get_contents(npath, &ntext, NULL, NULL) &&
-      g_ascii_string_to_unsigned(g_strstrip(ntext), 10, 2, DC_IDS_MAX, &next, NULL) &&
-      next > dc->ids->len)
-    g_array_set_size(dc->ids, (guint)next); /* below it: used by earlier mounts */
+  gboolean have_next =
+      g_file_get_contents(npath, &ntext, NULL, NULL) &&
+      g_ascii_string_to_unsigned(g_strstrip(ntext), 10, 2, DC_IDS_MAX, &next, NULL);
   g_autofree char *path = g_build_filename(dc->meta_dir, DC_IDS_FILE, NULL);
   g_autofree char *text = NULL;
-  if (!g_file_get_contents(path, &text, NULL, NULL))
-    return;
-  dc->saved_ids = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-  guint max = 0;
-  g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
-  for (char **l = lines; *l != NULL; l++) {
-    g_auto(GStrv) f = g_strsplit(*l, "\t", 3);
-    guint64 uv, id;
-    if (g_strv_length(f) != 3 || !g_ascii_string_to_unsigned(f[0], 10, 0, G_MAXUINT32, &uv, NULL) ||
-        !g_ascii_string_to_unsigned(f[1], 10, 2, DC_IDS_MAX, &id, NULL))
-      continue;
-    g_hash_table_insert(dc->saved_ids, dc_id_key((guint32)uv, f[2]), GUINT_TO_POINTER((guint)id));
-    max = MAX(max, (guint)id);
+  guint64 max = 1;
+  if (g_file_get_contents(path, &text, NULL, NULL)) {
+    dc->saved_ids = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+    for (char **l = lines; *l != NULL; l++) {
+      g_auto(GStrv) f = g_strsplit(*l, "\t", 3);
+      guint64 uv, id;
+      if (g_strv_length(f) != 3 ||
+          !g_ascii_string_to_unsigned(f[0], 10, 0, G_MAXUINT32, &uv, NULL) ||
+          !g_ascii_string_to_unsigned(f[1], 10, 2, DC_IDS_MAX, &id, NULL))
+        continue;
+      g_hash_table_insert(dc->saved_ids, dc_id_key((guint32)uv, f[2]),
+                          GUINT_TO_POINTER((guint)id));
+      max = MAX(max, id);
+    }
+    /* ids without ids-next (lost or damaged): the ids given out after
+     * the saved ones are not known; start well above them. */
+    if (!have_next)
+      next = MIN(max + DC_IDS_GAP, (guint64)DC_IDS_MAX - DC_IDS_RESERVE);
   }
-  if (max >= dc->ids->len)
-    g_array_set_size(dc->ids, max + 1); /* free slots: node NULL */
+  dc->next_id = (guint32)MAX(MAX(next, max + 1), 2);
 }
 
 /* Writes the ids of the mailboxes there are now (and of those not looked
  * at in this mount) to meta_dir/ids.  At unmount: no other thread runs. */
 static void dc_save_ids(Dircache *dc) {
-  if (dc->meta_dir == NULL)
+  if (!dc->ids_persist)
     return;
   g_autoptr(GString) out = g_string_new(NULL);
-  for (guint id = 2; id < dc->ids->len; id++) {
-    const DcId *rec = &g_array_index(dc->ids, DcId, id);
+  GHashTableIter it;
+  gpointer k, v;
+  g_hash_table_iter_init(&it, dc->ids);
+  while (g_hash_table_iter_next(&it, &k, &v)) {
+    guint id = GPOINTER_TO_UINT(k);
+    const DcId *rec = v;
     const DcNode *n = rec->node;
-    if (n != NULL && n->mailbox != NULL && n->present && strchr(n->mailbox, '\n') == NULL &&
+    if (id >= 2 && n->mailbox != NULL && n->present && strchr(n->mailbox, '\n') == NULL &&
         (rec->uidvalidity == 0 || rec->uidvalidity == n->uidvalidity))
       g_string_append_printf(out, "%u\t%u\t%s\n", rec->uidvalidity, id, n->mailbox);
   }
   if (dc->saved_ids != NULL) {
-    GHashTableIter it;
-    gpointer k, v;
     g_hash_table_iter_init(&it, dc->saved_ids);
     while (g_hash_table_iter_next(&it, &k, &v)) {
       guint id = GPOINTER_TO_UINT(v);
-      if (id >= dc->ids->len || g_array_index(dc->ids, DcId, id).node != NULL)
+      if (_dc_id(dc, id) != NULL)
         continue; /* claimed: written above */
       const char *tab = strchr(k, '\t');
       guint32 uv = (guint32)g_ascii_strtoull(k, NULL, 10);
@@ -252,8 +294,9 @@ Dircache *dircache_new(Pool *pool, const char *meta_dir) {
   dc->graveyard = g_ptr_array_new_with_free_func(g_free);
   g_mutex_init(&dc->tree_lock);
   g_mutex_init(&dc->flags_lock);
-  dc->ids = g_array_new(FALSE, TRUE, sizeof(DcId));
-  g_array_set_size(dc->ids, 2); /* 0 unused, 1 the root's */
+  dc->ids = g_hash_table_new_full(NULL, NULL, NULL, g_free);
+  dc->next_id = 2;
+  dc->ids_lock_fd = -1;
   dc_load_ids(dc);
   dc->root = _dc_node_new(dc, NULL, "", NULL);
   dc->root->present = TRUE;
@@ -270,7 +313,9 @@ void dircache_free(Dircache *dc) {
   dc_node_free(dc->root);
   g_free(dc->meta_dir);
   g_ptr_array_unref(dc->graveyard);
-  g_array_unref(dc->ids);
+  g_hash_table_unref(dc->ids);
+  if (dc->ids_lock_fd >= 0)
+    close(dc->ids_lock_fd); /* releases the flock */
   if (dc->saved_ids != NULL)
     g_hash_table_unref(dc->saved_ids);
   g_hash_table_unref(dc->flag_ids);
@@ -390,11 +435,9 @@ DcNode *dcnode_parent(const DcNode *n) { return n->parent; }
 DcNode *dircache_node(Dircache *dc, guint32 id) {
   DcNode *n = NULL;
   g_mutex_lock(&dc->tree_lock);
-  if (id < dc->ids->len) {
-    DcId *rec = &g_array_index(dc->ids, DcId, id);
-    if (rec->node != NULL && rec->uidvalidity == 0)
-      n = rec->node;
-  }
+  DcId *rec = _dc_id(dc, id);
+  if (rec != NULL && rec->uidvalidity == 0)
+    n = rec->node;
   g_mutex_unlock(&dc->tree_lock);
   return n;
 }
@@ -402,12 +445,10 @@ DcNode *dircache_node(Dircache *dc, guint32 id) {
 DcNode *dircache_epoch(Dircache *dc, guint32 epoch, guint32 *uidvalidity) {
   DcNode *n = NULL;
   g_mutex_lock(&dc->tree_lock);
-  if (epoch < dc->ids->len) {
-    DcId *rec = &g_array_index(dc->ids, DcId, epoch);
-    if (rec->node != NULL && rec->uidvalidity != 0) {
-      n = rec->node;
-      *uidvalidity = rec->uidvalidity;
-    }
+  DcId *rec = _dc_id(dc, epoch);
+  if (rec != NULL && rec->uidvalidity != 0) {
+    n = rec->node;
+    *uidvalidity = rec->uidvalidity;
   }
   g_mutex_unlock(&dc->tree_lock);
   return n;

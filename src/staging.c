@@ -12,12 +12,15 @@
  */
 #include "imapfuse/staging.h"
 
+#include <glib/gstdio.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "imapfuse/errors.h"
@@ -26,12 +29,13 @@
 #define STAGING_CHUNK (256 * 1024)
 
 struct Staging {
-  char *base_dir;    /* staging/<account>: one run-<pid> directory per mount */
-  char *staging_dir; /* this mount's */
+  char *base_dir;    /* staging/<account>: one run-XXXXXX directory per mount */
+  char *staging_dir; /* this mount's, once made (staging_ensure_dir) */
   char *unsent_dir;
   GMutex lock;
   gboolean dir_ready;
   int lock_fd; /* staging_dir/lock, flock()ed while this mount runs */
+  GPtrArray *old_dirs; /* earlier staging_dir strings, freed with st */
 };
 
 struct StagingFile {
@@ -60,10 +64,9 @@ Staging *staging_new(const char *account) {
   g_autofree char *safe = names_escape_component(account);
   const char *data = g_get_user_data_dir();
   st->base_dir = g_build_filename(data, "imapfuse", "staging", safe, NULL);
-  g_autofree char *run = g_strdup_printf("run-%d", (int)getpid());
-  st->staging_dir = g_build_filename(st->base_dir, run, NULL);
   st->unsent_dir = g_build_filename(data, "imapfuse", "unsent", safe, NULL);
   st->lock_fd = -1;
+  st->old_dirs = g_ptr_array_new_with_free_func(g_free);
   g_mutex_init(&st->lock);
   return st;
 }
@@ -71,7 +74,7 @@ Staging *staging_new(const char *account) {
 void staging_free(Staging *st) {
   if (st == NULL)
     return;
-  if (st->lock_fd >= 0) {
+  if (st->lock_fd >= 0) { /* held: ours to remove */
     g_autofree char *lock = g_build_filename(st->staging_dir, "lock", NULL);
     unlink(lock);
     close(st->lock_fd);
@@ -79,6 +82,7 @@ void staging_free(Staging *st) {
   }
   g_free(st->base_dir);
   g_free(st->staging_dir);
+  g_ptr_array_unref(st->old_dirs);
   g_free(st->unsent_dir);
   g_mutex_clear(&st->lock);
   g_free(st);
@@ -123,8 +127,11 @@ void staging_recover(Staging *st) {
   const char *name;
   while ((name = g_dir_read_name(d)) != NULL) {
     g_autofree char *run = g_build_filename(st->base_dir, name, NULL);
-    if (!g_str_has_prefix(name, "run-") || strcmp(run, st->staging_dir) == 0 ||
-        !g_file_test(run, G_FILE_TEST_IS_DIR))
+    GStatBuf sb;
+    gboolean fresh = g_str_has_prefix(name, ".new-") && g_stat(run, &sb) == 0 &&
+                     time(NULL) - sb.st_mtime < 60; /* being made now, maybe */
+    if (!(g_str_has_prefix(name, "run-") || g_str_has_prefix(name, ".new-")) || fresh ||
+        g_strcmp0(run, st->staging_dir) == 0 || !g_file_test(run, G_FILE_TEST_IS_DIR))
       continue;
     g_autofree char *lock = g_build_filename(run, "lock", NULL);
     int fd = open(lock, O_RDWR | O_CLOEXEC);
@@ -144,24 +151,56 @@ void staging_recover(Staging *st) {
               moved, into);
 }
 
+/* _staging_make_run: caller holds st->lock.  This mount's run directory:
+ * made under a temporary name with its lock file locked inside, then
+ * renamed into view, so that staging_recover never sees a run whose lock
+ * is not held yet (and a unique name: not a pid, which another host or
+ * container sharing the directory may have too). */
+static gboolean _staging_make_run(Staging *st, GError **error) {
+  if (g_mkdir_with_parents(st->base_dir, 0700) != 0)
+    return staging_set_errno(error, errno, "cannot create", st->base_dir);
+  g_autofree char *tmp = g_build_filename(st->base_dir, ".new-XXXXXX", NULL);
+  if (g_mkdtemp_full(tmp, 0700) == NULL)
+    return staging_set_errno(error, errno, "cannot create a directory in", st->base_dir);
+  g_autofree char *lock = g_build_filename(tmp, "lock", NULL);
+  int fd = open(lock, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int err = errno;
+    if (fd >= 0)
+      close(fd);
+    unlink(lock);
+    rmdir(tmp);
+    return staging_set_errno(error, err, "cannot lock", lock);
+  }
+  g_autofree char *run = g_strdup_printf("%s/run-%s", st->base_dir, strrchr(tmp, '-') + 1);
+  if (rename(tmp, run) != 0) {
+    int err = errno;
+    close(fd);
+    unlink(lock);
+    rmdir(tmp);
+    return staging_set_errno(error, err, "cannot create", run);
+  }
+  st->lock_fd = fd;
+  st->staging_dir = g_steal_pointer(&run);
+  return TRUE;
+}
+
 static gboolean staging_ensure_dir(Staging *st, GError **error) {
   g_mutex_lock(&st->lock);
-  gboolean ok = st->dir_ready || g_mkdir_with_parents(st->staging_dir, 0700) == 0;
-  int err = errno;
-  if (ok && !st->dir_ready) {
-    /* Held until unmount: staging_recover of another mount leaves a run
-     * whose lock is held alone. */
-    g_autofree char *lock = g_build_filename(st->staging_dir, "lock", NULL);
-    st->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (st->lock_fd >= 0 && flock(st->lock_fd, LOCK_EX | LOCK_NB) != 0)
-      g_debug("cannot lock %s: %s", lock, g_strerror(errno));
+  /* Made again if it went (someone removed it): else every later new
+   * file failed. */
+  if (st->dir_ready && !g_file_test(st->staging_dir, G_FILE_TEST_IS_DIR)) {
+    g_warning("%s went away; new files are staged in a new directory", st->staging_dir);
+    close(st->lock_fd);
+    st->lock_fd = -1;
+    g_ptr_array_add(st->old_dirs, g_steal_pointer(&st->staging_dir)); /* others may read it */
+    st->dir_ready = FALSE;
   }
+  gboolean ok = st->dir_ready || _staging_make_run(st, error);
   if (ok)
     st->dir_ready = TRUE;
   g_mutex_unlock(&st->lock);
-  if (!ok)
-    return staging_set_errno(error, err, "cannot create", st->staging_dir);
-  return TRUE;
+  return ok;
 }
 
 /* A new private file in dir: fd, path in *path. */
@@ -306,7 +345,8 @@ GBytes *staging_file_message(StagingFile *f, GError **error) {
     return staging_map(f->fd, f->path, error);
 
   g_autofree char *path = NULL;
-  int fd = staging_mkstemp(f->st->staging_dir, ".crlf", &path, error);
+  g_autofree char *dir = g_path_get_dirname(f->path); /* its run's, wherever that is now */
+  int fd = staging_mkstemp(dir, ".crlf", &path, error);
   if (fd < 0)
     return NULL;
   GBytes *out = NULL;

@@ -1,7 +1,7 @@
 /* staging.h - the local bytes of new files, and where refused mail is kept.
  *
  * Owns: one private file per new file while it is being written, under
- * $XDG_DATA_HOME/imapfuse/staging/<account>/run-<pid>/ (directories 0700, files
+ * $XDG_DATA_HOME/imapfuse/staging/<account>/run-XXXXXX/ (directories 0700, files
  * 0600; on disk, not in memory, so a large file costs no RAM, and a crash
  * leaves the bytes behind rather than nothing); turning those bytes into a
  * message (bare LF -> CRLF) mapped from disk for APPEND; and keeping a copy

@@ -2113,3 +2113,83 @@ def test_recreated_folder_never_gets_the_old_inode_numbers(mount, empty_dovecot,
     assert (st2.st_size, st2.st_mtime) == (st1.st_size, st1.st_mtime)
     assert st2.st_ino != st1.st_ino
     assert st2.st_ctime_ns != st1.st_ctime_ns
+
+
+def _stat_when_listed(root, name, p):
+    for _ in range(200):
+        try:
+            os.listdir(root)
+            os.listdir(os.path.join(root, name))
+            return os.stat(p)
+        except FileNotFoundError:
+            time.sleep(0.1)
+    return os.stat(p)
+
+
+@pytest.mark.imapfuse_stderr_ok(r"in use by another imapfuse mount", r"message cache disabled")
+def test_two_mounts_sharing_a_cache_dir_never_share_new_ids(mount, empty_dovecot, env,
+                                                            tmp_path):
+    """Two mounts of one account on one cache directory each gave out new
+    ids from the same saved mark: one gave folder Zed id N, the other gave
+    the recreated Zed id N too, and a later mount showed the new message
+    under the old one's path and inode number.  Only the mount holding
+    meta/ids.lock keeps ids (a review of the stable ids found this)."""
+    dv = empty_dovecot()
+    _make_box(dv, "Keep", [_msg("k", 500)])
+    cache = str(tmp_path / "cache")
+    m0 = mount(dv, "cache_dir=" + cache, env=env)
+    os.listdir(os.path.join(m0.path, "Keep"))
+    m0.unmount()
+    p = mount(dv, "cache_dir=" + cache, "list_max_age=0", "poll=0", env=env)
+    q = mount(dv, "cache_dir=" + cache, "list_max_age=0", "poll=0", env=env)
+    date = imaplib.Time2Internaldate(1700000000)
+    old, new = _msg("old", 900, seed=1), _msg("new", 900, seed=2)
+    c = dv.imap()
+    c.create("Zed")
+    c.append("Zed", None, date, old)
+    pz = os.path.join(p.path, "Zed", "1.eml")
+    st_p = _stat_when_listed(p.path, "Zed", pz)
+    assert _read(pz) == old
+    c.delete("Zed")
+    time.sleep(1.1)
+    c.create("Zed")
+    c.append("Zed", None, date, new)
+    c.logout()
+    qz = os.path.join(q.path, "Zed", "1.eml")
+    _stat_when_listed(q.path, "Zed", qz)
+    assert _read(qz) == new
+    p.unmount()
+    q.unmount()
+    r = mount(dv, "cache_dir=" + cache, env=env)
+    rz = os.path.join(r.path, "Zed", "1.eml")
+    st_r = _stat_when_listed(r.path, "Zed", rz)
+    assert _read(rz) == new
+    assert st_r.st_ino != st_p.st_ino
+
+
+def test_lost_ids_next_never_brings_old_ids_back(mount, empty_dovecot, env, tmp_path):
+    """meta/ids-next damaged or gone: new ids started right above the
+    saved ones, where a folder deleted since had had its ids; now they
+    start far above."""
+    dv = empty_dovecot()
+    _make_box(dv, "Keep", [_msg("k", 500)])
+    date = imaplib.Time2Internaldate(1700000000)
+    old, new = _msg("old", 900, seed=1), _msg("new", 900, seed=2)
+    c = dv.imap()
+    c.create("Zed")
+    c.append("Zed", None, date, old)
+    cache = str(tmp_path / "cache")
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    os.listdir(os.path.join(m.path, "Keep"))
+    st_old = os.stat(os.path.join(m.path, "Zed", "1.eml"))
+    m.unmount()
+    c.delete("Zed")
+    mount(dv, "cache_dir=" + cache, env=env).unmount()  # Zed's ids are not saved
+    open(os.path.join(cache, "meta", "ids-next"), "w").close()  # damaged
+    c.create("Zed")
+    c.append("Zed", None, date, new)
+    c.logout()
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    st_new = os.stat(os.path.join(m.path, "Zed", "1.eml"))
+    assert st_new.st_ino >> 32 != st_old.st_ino >> 32
+    assert os.stat(os.path.join(m.path, "Zed")).st_ino >> 32 != st_old.st_ino >> 32
