@@ -40,6 +40,13 @@
  * to end, closes the idle connections that have it selected (the server
  * drops them after the RENAME anyway), closes instead of keeping those
  * released while it stands, and new work in it waits until pool_unfence.
+ * A server that does not answer costs a request two timeouts, not one
+ * per connection and retry: a login with no answer mutes new logins for
+ * one timeout (requests then wait for an open connection, or fail at once
+ * with none), and a NOOP check that times out ends the acquire.  At
+ * unmount, pool_cut_waiting shuts down the sockets of connections that
+ * have waited 2 s for a read-only command (never a change: its outcome
+ * would be unknown).
  * The pool also keeps the shortest command round trip its connections
  * saw (pool_rtt_us; forgotten when one is found dead, as the way to the
  * server may have changed): read-ahead decides by it how many batches to
@@ -74,7 +81,7 @@ struct Pool {
   GHashTable *held;    /* ImapConn* taken -> the mailbox it had selected then */
   GPtrArray *fences;   /* PoolFence*: mailboxes being renamed or deleted */
   GCond busy_cond;     /* a mailbox's last work ended, or a fence was lifted */
-  GHashTable *all;     /* every open ImapConn*: pool_abort reaches them */
+  GHashTable *all;     /* every open ImapConn*: pool_cut_waiting reaches them */
   gint64 mute_until;   /* a login got no answer: new connections fail until then */
   char *mute_why;
 };
@@ -156,7 +163,7 @@ void pool_set_unsolicited(Pool *p, ImapHandler fn, gpointer user) {
  * others are checked before use and the round trip is measured again. */
 static void pool_drop(Pool *p, ImapConn *c, gboolean failed) {
   g_mutex_lock(&p->lock);
-  g_hash_table_remove(p->all, c); /* before it is freed: pool_abort */
+  g_hash_table_remove(p->all, c); /* before it is freed: pool_cut_waiting */
   g_mutex_unlock(&p->lock);
   imap_conn_close(c);
   if (failed)
