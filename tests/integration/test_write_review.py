@@ -818,3 +818,29 @@ def test_files_left_by_a_killed_mount_are_moved_to_unsent(empty_dovecot, fs, xdg
     m2.unmount()
     staging = os.path.join(xdg["XDG_DATA_HOME"], "imapfuse", "staging")
     assert [f for _, _, fs_ in os.walk(staging) for f in fs_] == []
+
+
+@pytest.mark.imapfuse_stderr_ok(r"No space left on device", r"could not store", r"nor copy it")
+def test_full_local_disk_is_enospc_not_the_servers_quota(empty_dovecot, fs, xdg):
+    """New files are staged on the local disk.  When that disk was full,
+    write() failed with EDQUOT, the errno of the server's quota
+    ([OVERQUOTA]), and nothing said why.  It is ENOSPC, with a warning."""
+    data_home = xdg["XDG_DATA_HOME"]
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", data_home],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here: " + r.stderr.strip())
+    try:
+        dv = empty_dovecot()
+        m = fs(dv)
+        p = os.path.join(m, "INBOX", "big.eml")
+        with pytest.raises(OSError) as e:
+            with open(p, "wb") as f:
+                for _ in range(64):
+                    f.write(b"x" * 65536)
+                    f.flush()
+        assert e.value.errno == errno.ENOSPC, e.value
+        m.unmount(check=False)
+        assert "No space left on device" in m.stderr_text()
+    finally:
+        subprocess.run(["umount", "-l", data_home])
