@@ -129,7 +129,7 @@ static void dc_reserve_ids(Dircache *dc) {
   if (dc->next_id >= DC_IDS_MAX - DC_IDS_RESERVE) {
     g_warning("inode ids in %s are used up; they are not kept from now on",
               dc->meta_dir);
-    dc->ids_persist = FALSE;
+    dc->ids_persist = FALSE; /* 2^31 ids: beyond any real use */
     return;
   }
   dc->ids_reserved = dc->next_id + DC_IDS_RESERVE;
@@ -137,7 +137,10 @@ static void dc_reserve_ids(Dircache *dc) {
   g_autofree char *text = g_strdup_printf("%u\n", dc->ids_reserved);
   g_autoptr(GError) error = NULL;
   if (!g_file_set_contents(path, text, -1, &error)) {
+    /* Without the mark the next mount starts far above the saved ids
+     * (dc_load_ids), never at ids this one gives out from now on. */
     g_debug("saving inode ids: %s; not kept from now on", error->message);
+    g_unlink(path);
     dc->ids_persist = FALSE;
   }
 }
