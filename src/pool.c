@@ -46,7 +46,8 @@
  * with none), and a NOOP check that times out ends the acquire.  At
  * unmount, pool_cut_waiting shuts down the sockets of connections that
  * have waited 2 s for a read-only command (never a change: its outcome
- * would be unknown).
+ * would be unknown), and from then on a read that fails is not retried
+ * (its new login could not be cut).
  * The pool also keeps the shortest command round trip its connections
  * saw (pool_rtt_us; forgotten when one is found dead, as the way to the
  * server may have changed): read-ahead decides by it how many batches to
@@ -81,8 +82,8 @@ struct Pool {
   GHashTable *held;    /* ImapConn* taken -> the mailbox it had selected then */
   GPtrArray *fences;   /* PoolFence*: mailboxes being renamed or deleted */
   GCond busy_cond;     /* a mailbox's last work ended, or a fence was lifted */
-  GHashTable *all;     /* every open ImapConn*: pool_cut_waiting reaches them */
   gint64 mute_until;   /* a login got no answer: new connections fail until then */
+  gint stopping;       /* atomic: pool_cut_waiting was called; reads are not retried */
   char *mute_why;
 };
 
@@ -116,9 +117,7 @@ Pool *pool_new(const ImapEndpoint *ep, guint max_conns, ImapConn *first) {
   p->held = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
   p->fences = g_ptr_array_new_with_free_func((GDestroyNotify)pool_fence_free);
   g_cond_init(&p->busy_cond);
-  p->all = g_hash_table_new(NULL, NULL);
   if (first != NULL) {
-    g_hash_table_add(p->all, first);
     g_queue_push_head(&p->idle, first);
     p->open = 1;
     p->opened_total = 1;
@@ -137,7 +136,6 @@ void pool_free(Pool *p) {
   g_ptr_array_unref(p->warmers);
   g_hash_table_unref(p->busy_in);
   g_hash_table_unref(p->held);
-  g_hash_table_unref(p->all);
   g_free(p->mute_why);
   g_ptr_array_unref(p->fences);
   g_cond_clear(&p->busy_cond);
@@ -162,9 +160,6 @@ void pool_set_unsolicited(Pool *p, ImapHandler fn, gpointer user) {
  * its mailbox before answering).  failed: it was found broken, so the
  * others are checked before use and the round trip is measured again. */
 static void pool_drop(Pool *p, ImapConn *c, gboolean failed) {
-  g_mutex_lock(&p->lock);
-  g_hash_table_remove(p->all, c); /* before it is freed: pool_cut_waiting */
-  g_mutex_unlock(&p->lock);
   imap_conn_close(c);
   if (failed)
     g_atomic_int_set(&p->rtt_us, 0); /* the way to the server may have changed */
@@ -269,7 +264,6 @@ static ImapConn *pool_open(Pool *p, GError **error) {
     g_cond_signal(&p->cond); /* a waiter may open one instead */
   } else {
     p->opened_total++;
-    g_hash_table_add(p->all, c);
     imap_conn_set_unsolicited(c, p->unsolicited, p->unsolicited_user);
   }
   g_mutex_unlock(&p->lock);
@@ -280,13 +274,8 @@ static ImapConn *pool_open(Pool *p, GError **error) {
 
 guint pool_cut_waiting(Pool *p, gint64 waited_us) {
   guint cut = 0;
-  g_mutex_lock(&p->lock);
-  GHashTableIter it;
-  gpointer c;
-  g_hash_table_iter_init(&it, p->all);
-  while (g_hash_table_iter_next(&it, &c, NULL))
-    cut += imap_conn_abort(c, waited_us);
-  g_mutex_unlock(&p->lock);
+  g_atomic_int_set(&p->stopping, 1);
+  cut = imap_conn_cut_waiting(waited_us); /* logins under way, the watcher's too */
   return cut;
 }
 
@@ -488,7 +477,10 @@ static gboolean pool_run_once(Pool *p, const char *mailbox, gboolean idempotent,
       return TRUE;
     /* Work that is not idempotent goes again only if it never ran. */
     gboolean not_run = g_error_matches(local, IFS_ERROR, IFS_ERROR_NOT_RUN);
-    if ((idempotent || not_run) && attempt < 2 && (not_run || !retried) &&
+    /* At a stop a read that was cut is not sent again: its retry's login
+     * could not be cut and held the exit for a timeout. */
+    gboolean stop = idempotent && !not_run && g_atomic_int_get(&p->stopping);
+    if ((idempotent || not_run) && attempt < 2 && (not_run || !retried) && !stop &&
         ifs_error_is_connection(local)) {
       g_debug("retrying after connection failure: %s", local->message);
       retried |= !not_run;

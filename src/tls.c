@@ -1,6 +1,8 @@
 /* tls.c - OpenSSL context and handshake with certificate verification. */
 #include "imapfuse/tls.h"
 
+#include <errno.h>
+
 #include <arpa/inet.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
@@ -56,9 +58,18 @@ SSL *tls_handshake(SSL_CTX *ctx, int fd, const char *host, GError **error) {
   }
   if (SSL_set_fd(ssl, fd) != 1)
     goto fail;
-  if (SSL_connect(ssl) != 1) {
+  int rc = SSL_connect(ssl);
+  if (rc != 1) {
+    int saved = errno, e = SSL_get_error(ssl, rc);
     long vr = SSL_get_verify_result(ssl);
-    if (vr != X509_V_OK) {
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ||
+        (e == SSL_ERROR_SYSCALL && (saved == EAGAIN || saved == EWOULDBLOCK))) {
+      /* The socket's timeout: a server that does not answer, as in any
+       * other step (so the pool mutes logins), not a TLS failure. */
+      g_set_error(error, IFS_ERROR, IFS_ERROR_TIMEOUT,
+                  "no answer from %s during the TLS handshake", host);
+      ERR_clear_error();
+    } else if (vr != X509_V_OK) {
       g_set_error(error, IFS_ERROR, IFS_ERROR_TLS,
                   "TLS certificate verification failed for %s: %s", host,
                   X509_verify_cert_error_string(vr));

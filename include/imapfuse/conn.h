@@ -115,6 +115,9 @@ void imap_conn_set_broken(ImapConn *c);
  * more, its socket is shut down, so that the command fails now (the
  * connection is then broken); TRUE if so.  Does not free c. */
 gboolean imap_conn_abort(ImapConn *c, gint64 waited_us);
+/* imap_conn_abort on every connection of the process, also those still
+ * logging in; returns how many were cut. */
+guint imap_conn_cut_waiting(gint64 waited_us);
 /* Name of the selected mailbox (server form) or NULL, and its UIDVALIDITY. */
 const char *imap_conn_selected(const ImapConn *c);
 guint32 imap_conn_selected_uidvalidity(const ImapConn *c);

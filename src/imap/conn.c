@@ -32,6 +32,8 @@ struct ImapConn {
   int fd;
   gint64 wait_since; /* monotonic us a recv began waiting, 0 when none (atomic: imap_conn_abort) */
   gboolean changing; /* running a command that changes the server (atomic: imap_conn_abort) */
+  gboolean opened;   /* logged in: only then does close say LOGOUT (not in cleartext on a
+                      * TLS port whose handshake failed, nor to a server that never answered) */
   SSL *ssl;
   ImapParser *parser;
   guint32 caps;
@@ -746,6 +748,44 @@ static gboolean conn_enable_qresync(ImapConn *c, GError **error) {
   return TRUE;
 }
 
+/* Every connection with a socket, also one still logging in (the pool's
+ * or the watcher's): imap_conn_cut_waiting reaches them all. */
+static GMutex conn_reg_lock;
+static GHashTable *conn_reg;
+
+static void conn_register(ImapConn *c, gboolean add) {
+  g_mutex_lock(&conn_reg_lock);
+  if (conn_reg == NULL)
+    conn_reg = g_hash_table_new(NULL, NULL);
+  if (add)
+    g_hash_table_add(conn_reg, c);
+  else
+    g_hash_table_remove(conn_reg, c);
+  g_mutex_unlock(&conn_reg_lock);
+}
+
+guint imap_conn_cut_waiting(gint64 waited_us) {
+  guint cut = 0;
+  g_mutex_lock(&conn_reg_lock);
+  if (conn_reg != NULL) {
+    GHashTableIter it;
+    gpointer c;
+    g_hash_table_iter_init(&it, conn_reg);
+    while (g_hash_table_iter_next(&it, &c, NULL))
+      cut += imap_conn_abort(c, waited_us);
+  }
+  g_mutex_unlock(&conn_reg_lock);
+  return cut;
+}
+
+/* The TLS handshake waits in recv like a command does (imap_conn_abort). */
+static SSL *conn_tls_handshake(ImapConn *c, GError **error) {
+  __atomic_store_n(&c->wait_since, g_get_monotonic_time(), __ATOMIC_RELAXED);
+  SSL *ssl = tls_handshake(c->ep->tls_ctx, c->fd, c->ep->host, error);
+  __atomic_store_n(&c->wait_since, 0, __ATOMIC_RELAXED);
+  return ssl;
+}
+
 ImapConn *imap_conn_open(const ImapEndpoint *ep, GError **error) {
   g_autoptr(ImapConn) c = g_new0(ImapConn, 1);
   c->ep = ep;
@@ -754,8 +794,9 @@ ImapConn *imap_conn_open(const ImapEndpoint *ep, GError **error) {
   c->parser = imap_parser_new(0, 0);
   if (!conn_connect(c, error))
     return NULL;
+  conn_register(c, TRUE);
   if (ep->tls == IMAP_TLS_IMPLICIT) {
-    c->ssl = tls_handshake(ep->tls_ctx, c->fd, ep->host, error);
+    c->ssl = conn_tls_handshake(c, error);
     if (c->ssl == NULL)
       return NULL;
   }
@@ -795,7 +836,7 @@ ImapConn *imap_conn_open(const ImapEndpoint *ep, GError **error) {
       return NULL;
     }
     imap_parser_reset(c->parser);
-    c->ssl = tls_handshake(ep->tls_ctx, c->fd, ep->host, error);
+    c->ssl = conn_tls_handshake(c, error);
     if (c->ssl == NULL)
       return NULL;
     c->caps_known = FALSE; /* capabilities before TLS are not to be trusted */
@@ -812,13 +853,16 @@ ImapConn *imap_conn_open(const ImapEndpoint *ep, GError **error) {
   if (!conn_enable_qresync(c, error))
     return NULL;
   c->last_used = g_get_monotonic_time();
+  c->opened = TRUE;
   return g_steal_pointer(&c);
 }
 
 void imap_conn_close(ImapConn *c) {
   if (c == NULL)
     return;
-  if (c->fd >= 0 && !c->broken) {
+  if (c->fd >= 0)
+    conn_register(c, FALSE); /* before it is freed */
+  if (c->fd >= 0 && !c->broken && c->opened) {
     /* Best effort, and quick: do not wait long on a server going away. */
     struct timeval tv = {.tv_sec = 2};
     setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);

@@ -2193,3 +2193,43 @@ def test_lost_ids_next_never_brings_old_ids_back(mount, empty_dovecot, env, tmp_
     st_new = os.stat(os.path.join(m.path, "Zed", "1.eml"))
     assert st_new.st_ino >> 32 != st_old.st_ino >> 32
     assert os.stat(os.path.join(m.path, "Zed")).st_ino >> 32 != st_old.st_ino >> 32
+
+
+@pytest.mark.imapfuse_stderr_ok(r"warning: .*(no answer from|closed the connection|lost)",
+                                r"warning: reading a message: TLS handshake .* failed: .*eof")
+def test_a_tls_server_that_stops_answering_costs_two_timeouts(mount, empty_dovecot, env):
+    """Over imaps, a TLS handshake the server did not answer was a TLS
+    error, not a timeout: logins were not muted, a read failed with EIO
+    after four timeouts (19.5 s at timeout=5), and a failed handshake was
+    followed by LOGOUT in cleartext on the TLS port.  SIGTERM then waited
+    for a login the stop could not cut (21-31 s at timeout=20).  Now the
+    read fails with ETIMEDOUT after two timeouts, and SIGTERM cuts the
+    login under way."""
+    import signal
+    dv = empty_dovecot(tls=True)
+    uids = _make_box(dv, "Box", [_msg("t%d" % i, 900) for i in range(3)])
+    m = mount(dv, "cafile=" + dv.cafile, "timeout=5", "cache=none", "poll=0",
+              scheme="imaps", tls=None, env=env)
+    d = os.path.join(m.path, "Box")
+    assert _listing(d) == _names(uids)
+    os.killpg(dv.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as e:
+            _read(os.path.join(d, "%d.eml" % uids[1]))
+        took = time.monotonic() - t0
+        time.sleep(5.5)  # the login mute is over: a read logs in again
+        waiting = threading.Thread(target=lambda: pytest.raises(
+            OSError, _read, os.path.join(d, "%d.eml" % uids[2])), daemon=True)
+        waiting.start()
+        time.sleep(0.5)
+        t1 = time.monotonic()
+        m.proc.send_signal(signal.SIGTERM)
+        m.proc.wait(60)
+        stopped = time.monotonic() - t1
+        waiting.join(10)
+    finally:
+        os.killpg(dv.proc.pid, signal.SIGCONT)
+    assert e.value.errno == errno.ETIMEDOUT, e.value
+    assert took < 15, "a read waited %.1f s: more than two timeouts of 5 s" % took
+    assert stopped < 5, "SIGTERM took %.1f s" % stopped
