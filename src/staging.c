@@ -135,13 +135,14 @@ void staging_recover(Staging *st) {
       continue;
     g_autofree char *lock = g_build_filename(run, "lock", NULL);
     int fd = open(lock, O_RDWR | O_CLOEXEC);
-    if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    if (fd < 0)
+      continue; /* another mount is taking it right now (it removes the lock first) */
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
       close(fd); /* a mount of this account that still runs */
       continue;
     }
     moved += staging_take_run(run, into);
-    if (fd >= 0)
-      close(fd);
+    close(fd);
   }
   g_dir_close(d);
   if (moved > 0)
