@@ -595,10 +595,12 @@ GBytes *bodycache_read(Bodycache *bc, const char *mailbox, guint32 uidvalidity, 
     gsize n;
     const guint8 *data = g_bytes_get_data(chunk, &n);
     guint64 in = pos % cb;
-    if (real_size != NULL && n < cb)
+    if (real_size != NULL && n < cb) {
       *real_size = pos - in + n; /* a short chunk ends the message */
-    else if (real_size != NULL && pos - in + n > *real_size)
+      grew = FALSE;              /* the end is known: nothing to look for */
+    } else if (real_size != NULL && pos - in + n > *real_size) {
       grew = TRUE;
+    }
     if (in >= n)
       break; /* past the end of the message */
     g_byte_array_append(out, data + in, MIN(len - out->len, n - in));

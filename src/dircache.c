@@ -559,6 +559,7 @@ typedef struct {
 
 static const DcMsg *dc_msgs_find(const GArray *msgs, guint32 uid);
 static gboolean _dc_apply_sizes(GHashTable *sizes, GArray *msgs, gboolean apply);
+static GArray *dc_msgs_dup(const GArray *msgs);
 
 /* A FETCH with FLAGS but no size or date is a change another session made
  * while we listed.  Dovecot, during our UID FETCH 1:*, sent 3990 with
@@ -1012,9 +1013,8 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     if (n->uidvalidity != f.uidvalidity) {
       g_clear_pointer(&n->sizes, g_hash_table_unref);
     } else if (n->sizes != NULL && _dc_apply_sizes(n->sizes, result, FALSE)) {
-      if (result == f.base) { /* held elsewhere too: copy on write */
-        GArray *copy = g_array_sized_new(FALSE, FALSE, sizeof(DcMsg), result->len);
-        g_array_append_vals(copy, result->data, result->len);
+      if (result == f.base) { /* held elsewhere too */
+        GArray *copy = dc_msgs_dup(result);
         g_array_unref(result);
         result = copy;
       }
@@ -1122,8 +1122,7 @@ gboolean dircache_set_size(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32
     DcListing l = {.msgs = n->msgs};
     const DcMsg *m = dc_listing_find(&l, uid);
     if (m != NULL && m->size != size) {
-      GArray *copy = g_array_sized_new(FALSE, FALSE, sizeof(DcMsg), n->msgs->len);
-      g_array_append_vals(copy, n->msgs->data, n->msgs->len);
+      GArray *copy = dc_msgs_dup(n->msgs);
       g_array_index(copy, DcMsg, m - (const DcMsg *)n->msgs->data).size = size;
       g_array_unref(n->msgs);
       n->msgs = copy;
@@ -1141,13 +1140,16 @@ void dircache_set_observer(Dircache *dc, DcObserver fn, gpointer user) {
   dc->observer_user = user;
 }
 
-static GArray *_dc_copy_msgs(DcNode *n) {
-  guint len = n->msgs != NULL ? n->msgs->len : 0;
+/* A copy of msgs (NULL: none) with room for one more: copy on write,
+ * since listings handed out share the array. */
+static GArray *dc_msgs_dup(const GArray *msgs) {
+  guint len = msgs != NULL ? msgs->len : 0;
   GArray *copy = g_array_sized_new(FALSE, FALSE, sizeof(DcMsg), len + 1);
   if (len > 0)
-    g_array_append_vals(copy, n->msgs->data, len);
+    g_array_append_vals(copy, msgs->data, len);
   return copy;
 }
+
 
 /* _dc_patchable: caller holds n->lock.  TRUE when the list can be patched
  * for uidvalidity; otherwise marks it stale. */
@@ -1202,7 +1204,7 @@ void dircache_msg_added(Dircache *dc, DcNode *n, guint32 uidvalidity, const DcMs
   if (_dc_patchable(n, uidvalidity)) {
     DcListing l = {.msgs = n->msgs};
     if (dc_listing_find(&l, m->uid) == NULL) {
-      GArray *copy = _dc_copy_msgs(n);
+      GArray *copy = dc_msgs_dup(n->msgs);
       guint i = copy->len;
       while (i > 0 && g_array_index(copy, DcMsg, i - 1).uid > m->uid)
         i--;
@@ -1229,7 +1231,7 @@ void dircache_msg_flags(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 ui
     const DcMsg *m = dc_listing_find(&l, uid);
     if (m != NULL && m->flagset != fs) {
       guint idx = (guint)(m - (const DcMsg *)n->msgs->data);
-      GArray *copy = _dc_copy_msgs(n);
+      GArray *copy = dc_msgs_dup(n->msgs);
       g_array_index(copy, DcMsg, idx).flagset = fs;
       g_array_unref(n->msgs);
       n->msgs = copy;

@@ -82,7 +82,7 @@ struct Pool {
   GHashTable *held;    /* ImapConn* taken -> the mailbox it had selected then */
   GPtrArray *fences;   /* PoolFence*: mailboxes being renamed or deleted */
   GCond busy_cond;     /* a mailbox's last work ended, or a fence was lifted */
-  gint64 mute_until;   /* a login got no answer: new connections fail until then */
+  gint64 mute_until;   /* a login got no answer: no new login until then (pool_open) */
   gint stopping;       /* atomic: pool_cut_waiting was called; reads are not retried */
   char *mute_why;
 };
@@ -273,10 +273,8 @@ static ImapConn *pool_open(Pool *p, GError **error) {
 }
 
 guint pool_cut_waiting(Pool *p, gint64 waited_us) {
-  guint cut = 0;
   g_atomic_int_set(&p->stopping, 1);
-  cut = imap_conn_cut_waiting(waited_us); /* logins under way, the watcher's too */
-  return cut;
+  return imap_conn_cut_waiting(waited_us); /* logins under way, the watcher's too */
 }
 
 typedef struct {

@@ -1894,18 +1894,12 @@ def test_partial_answer_from_another_place_is_refused(mount, empty_dovecot, env)
         px.close()
 
 
-@pytest.mark.imapfuse_stderr_ok(r"warning: .*(no answer from|shutting down|closed the connection|lost)")
-def test_a_server_that_stops_answering_costs_two_timeouts(mount, empty_dovecot, env):
-    """The whole server stops (SIGSTOP): a read waits one timeout on its
-    connection and one for a fresh login (a retry), then fails with
-    ETIMEDOUT.  It took four timeouts (and six at the default 60 s): the
-    kernel reads again after a failed read-ahead, and each read retried and
-    logged in anew.  Then SIGTERM, while another reader waits: imapfuse
-    cuts what has waited 2 s and exits, where it waited out every timeout."""
+def _read_then_sigterm_with_server_stopped(m, dv, uids, pause=0.0):
+    """With the whole Dovecot stopped (SIGSTOP): reads Box/<uids[1]>, which
+    must fail; after pause seconds starts a read of Box/<uids[2]> and,
+    0.5 s into it, SIGTERMs imapfuse.  Returns (the first read's OSError,
+    its seconds, seconds from SIGTERM to exit)."""
     import signal
-    dv = empty_dovecot()
-    uids = _make_box(dv, "Box", [_msg("h%d" % i, 900) for i in range(3)])
-    m = mount(dv, "timeout=5", "cache=none", "poll=0", env=env)
     d = os.path.join(m.path, "Box")
     assert _listing(d) == _names(uids)
     os.killpg(dv.proc.pid, signal.SIGSTOP)
@@ -1914,6 +1908,7 @@ def test_a_server_that_stops_answering_costs_two_timeouts(mount, empty_dovecot, 
         with pytest.raises(OSError) as e:
             _read(os.path.join(d, "%d.eml" % uids[1]))
         took = time.monotonic() - t0
+        time.sleep(pause)
         waiting = threading.Thread(target=lambda: pytest.raises(
             OSError, _read, os.path.join(d, "%d.eml" % uids[2])), daemon=True)
         waiting.start()
@@ -1925,7 +1920,22 @@ def test_a_server_that_stops_answering_costs_two_timeouts(mount, empty_dovecot, 
         waiting.join(10)
     finally:
         os.killpg(dv.proc.pid, signal.SIGCONT)
-    assert e.value.errno == errno.ETIMEDOUT
+    return e.value, took, stopped
+
+
+@pytest.mark.imapfuse_stderr_ok(r"warning: .*(no answer from|shutting down|closed the connection|lost)")
+def test_a_server_that_stops_answering_costs_two_timeouts(mount, empty_dovecot, env):
+    """The whole server stops (SIGSTOP): a read waits one timeout on its
+    connection and one for a fresh login (a retry), then fails with
+    ETIMEDOUT.  It took four timeouts (and six at the default 60 s): the
+    kernel reads again after a failed read-ahead, and each read retried and
+    logged in anew.  Then SIGTERM, while another reader waits: imapfuse
+    cuts what has waited 2 s and exits, where it waited out every timeout."""
+    dv = empty_dovecot()
+    uids = _make_box(dv, "Box", [_msg("h%d" % i, 900) for i in range(3)])
+    m = mount(dv, "timeout=5", "cache=none", "poll=0", env=env)
+    err, took, stopped = _read_then_sigterm_with_server_stopped(m, dv, uids)
+    assert err.errno == errno.ETIMEDOUT
     assert took < 15, "a read waited %.1f s: more than two timeouts of 5 s" % took
     assert stopped < 6, "SIGTERM took %.1f s" % stopped
     assert m.proc.returncode == 0
@@ -2205,31 +2215,12 @@ def test_a_tls_server_that_stops_answering_costs_two_timeouts(mount, empty_dovec
     for a login the stop could not cut (21-31 s at timeout=20).  Now the
     read fails with ETIMEDOUT after two timeouts, and SIGTERM cuts the
     login under way."""
-    import signal
     dv = empty_dovecot(tls=True)
     uids = _make_box(dv, "Box", [_msg("t%d" % i, 900) for i in range(3)])
     m = mount(dv, "cafile=" + dv.cafile, "timeout=5", "cache=none", "poll=0",
               scheme="imaps", tls=None, env=env)
-    d = os.path.join(m.path, "Box")
-    assert _listing(d) == _names(uids)
-    os.killpg(dv.proc.pid, signal.SIGSTOP)
-    try:
-        t0 = time.monotonic()
-        with pytest.raises(OSError) as e:
-            _read(os.path.join(d, "%d.eml" % uids[1]))
-        took = time.monotonic() - t0
-        time.sleep(5.5)  # the login mute is over: a read logs in again
-        waiting = threading.Thread(target=lambda: pytest.raises(
-            OSError, _read, os.path.join(d, "%d.eml" % uids[2])), daemon=True)
-        waiting.start()
-        time.sleep(0.5)
-        t1 = time.monotonic()
-        m.proc.send_signal(signal.SIGTERM)
-        m.proc.wait(60)
-        stopped = time.monotonic() - t1
-        waiting.join(10)
-    finally:
-        os.killpg(dv.proc.pid, signal.SIGCONT)
-    assert e.value.errno == errno.ETIMEDOUT, e.value
+    # After the read, the login mute is over: the waiting read logs in again.
+    err, took, stopped = _read_then_sigterm_with_server_stopped(m, dv, uids, pause=5.5)
+    assert err.errno == errno.ETIMEDOUT, err
     assert took < 15, "a read waited %.1f s: more than two timeouts of 5 s" % took
     assert stopped < 5, "SIGTERM took %.1f s" % stopped
