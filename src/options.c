@@ -22,18 +22,18 @@ static const struct fuse_opt options_table[] = {
     IFS_OPT("password_file=%s", password_file, 0),
     IFS_OPT("cafile=%s", cafile, 0),
     IFS_OPT("tls=%s", tls, 0),
-    IFS_OPT("connections=%u", connections, 0),
-    IFS_OPT("timeout=%u", timeout, 0),
+    IFS_OPT("connections=%s", int_text[IFS_INT_CONNECTIONS], 0),
+    IFS_OPT("timeout=%s", int_text[IFS_INT_TIMEOUT], 0),
     IFS_OPT("imap_debug", imap_debug, 1),
-    IFS_OPT("cache_mem=%u", cache_mem_mb, 0),
+    IFS_OPT("cache_mem=%s", int_text[IFS_INT_CACHE_MEM], 0),
     IFS_OPT("cache=%s", cache, 0),
     IFS_OPT("cache_dir=%s", cache_dir, 0),
     IFS_OPT("cache_size=%s", cache_size, 0),
     IFS_OPT("readahead=%s", readahead, 0),
-    IFS_OPT("readahead_batches=%u", readahead_batches, 0),
-    IFS_OPT("poll=%u", poll, 0),
-    IFS_OPT("watch_idle=%u", watch_idle, 0),
-    IFS_OPT("spin=%u", spin_us, 0),
+    IFS_OPT("readahead_batches=%s", int_text[IFS_INT_READAHEAD_BATCHES], 0),
+    IFS_OPT("poll=%s", int_text[IFS_INT_POLL], 0),
+    IFS_OPT("watch_idle=%s", int_text[IFS_INT_WATCH_IDLE], 0),
+    IFS_OPT("spin=%s", int_text[IFS_INT_SPIN], 0),
     IFS_OPT("xattr=%s", xattr, 0),
     IFS_OPT("delete=%s", delete_mode, 0),
     IFS_OPT("dedup=%s", dedup, 0),
@@ -47,7 +47,7 @@ static const struct fuse_opt options_table[] = {
     FUSE_OPT_KEY("ro", FUSE_OPT_KEY_KEEP),
     FUSE_OPT_KEY("rw", FUSE_OPT_KEY_KEEP),
     /* FUSE's too: seen here to tell it from FUSE's default (see main.c) */
-    IFS_OPT("max_threads=%u", max_threads, 0),
+    IFS_OPT("max_threads=%s", int_text[IFS_INT_MAX_THREADS], 0),
     FUSE_OPT_KEY("max_threads=", FUSE_OPT_KEY_KEEP),
     FUSE_OPT_KEY("-h", KEY_HELP),
     FUSE_OPT_KEY("--help", KEY_HELP),
@@ -86,6 +86,50 @@ static int options_proc(void *data, const char *arg, int key, struct fuse_args *
   }
 }
 
+/* Whole numbers are taken as text and converted here: fuse_opt's "%u" is
+ * sscanf's, which took 4294967296 as 0, -1 as 4294967295 and "10s" as 10. */
+static const struct {
+  const char *name;
+  size_t field;
+  gint64 min, max;
+  const char *range;
+} int_options[IFS_N_INT] = {
+    [IFS_INT_CONNECTIONS] = {"connections", offsetof(IfsOptions, connections), 1, 64, "1 to 64"},
+    [IFS_INT_TIMEOUT] = {"timeout", offsetof(IfsOptions, timeout), 1, 86400,
+                         "1 to 86400 seconds"},
+    [IFS_INT_CACHE_MEM] = {"cache_mem", offsetof(IfsOptions, cache_mem_mb), 1, 65536,
+                           "1 to 65536 (MB)"},
+    [IFS_INT_POLL] = {"poll", offsetof(IfsOptions, poll), 0, 86400,
+                      "0 (off) to 86400 seconds"},
+    [IFS_INT_WATCH_IDLE] = {"watch_idle", offsetof(IfsOptions, watch_idle), 0, 31536000,
+                            "0 (poll every folder looked at) to 31536000 seconds"},
+    [IFS_INT_SPIN] = {"spin", offsetof(IfsOptions, spin_us), 0, 100000,
+                      "0 (never) to 100000 microseconds"},
+    [IFS_INT_READAHEAD_BATCHES] = {"readahead_batches", offsetof(IfsOptions, readahead_batches),
+                                   0, 64, "0 (chosen by the server's round trip) to 64"},
+    [IFS_INT_MAX_THREADS] = {"max_threads", offsetof(IfsOptions, max_threads), 1, 1000,
+                             "1 to 1000"},
+};
+
+static gboolean options_take_ints(IfsOptions *o, GError **error) {
+  for (int i = 0; i < IFS_N_INT; i++) {
+    const char *text = o->int_text[i];
+    guint64 v;
+    if (text == NULL)
+      continue; /* the default set before parsing stays */
+    /* The sign test: g_ascii_string_to_unsigned refuses "-1" but takes "+1" */
+    if (!g_ascii_isdigit(text[0]) ||
+        !g_ascii_string_to_unsigned(text, 10, (guint64)int_options[i].min,
+                                    (guint64)int_options[i].max, &v, NULL)) {
+      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "%s= must be %s, not \"%s\"",
+                  int_options[i].name, int_options[i].range, text);
+      return FALSE;
+    }
+    *(int *)((char *)o + int_options[i].field) = (int)v;
+  }
+  return TRUE;
+}
+
 gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
   memset(o, 0, sizeof *o);
   o->connections = 4;
@@ -112,32 +156,12 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "tls= takes on or off, not \"%s\"", o->tls);
     return FALSE;
   }
-  if (o->connections < 1 || o->connections > 64) {
-    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "connections= must be 1 to 64");
+  if (!options_take_ints(o, error))
     return FALSE;
-  }
-  if (o->timeout < 1 || o->timeout > 86400) {
-    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "timeout= must be 1 to 86400 seconds");
-    return FALSE;
-  }
-  /* Parsed as unsigned: -1 arrives as a huge number (negative as int). */
-  if (o->poll < 0 || o->poll > 86400) {
-    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "poll= must be 0 (off) to 86400 seconds");
-    return FALSE;
-  }
-  if (o->watch_idle < 0 || o->watch_idle > 31536000) {
-    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
-                "watch_idle= must be 0 (poll every folder looked at) to 31536000 seconds");
-    return FALSE;
-  }
   if (!(o->msg_timeout >= 0 && o->msg_timeout <= 86400) ||
       !(o->dir_timeout >= 0 && o->dir_timeout <= 86400)) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
                 "msg_timeout= and dir_timeout= must be 0 to 86400 seconds");
-    return FALSE;
-  }
-  if (o->cache_mem_mb < 1 || o->cache_mem_mb > 65536) {
-    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "cache_mem= must be 1 to 65536 (MB)");
     return FALSE;
   }
   if (o->cache != NULL && g_strcmp0(o->cache, "none") != 0 &&
@@ -162,16 +186,6 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
       (!options_parse_size(o->max_message, &max_message) || max_message == 0)) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
                 "max_message= takes a size like 64M (at least 1), not \"%s\"", o->max_message);
-    return FALSE;
-  }
-  if (o->spin_us < 0 || o->spin_us > 100000) {
-    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
-                "spin= must be 0 (never) to 100000 microseconds");
-    return FALSE;
-  }
-  if (o->readahead_batches < 0 || o->readahead_batches > 64) {
-    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
-                "readahead_batches= must be 0 (chosen by the server's round trip) to 64");
     return FALSE;
   }
   if (o->delete_mode != NULL && g_strcmp0(o->delete_mode, "expunge") != 0 &&
@@ -211,6 +225,8 @@ void options_clear(IfsOptions *o) {
   g_free(o->cache_size);
   g_free(o->readahead);
   g_free(o->xattr);
+  for (int i = 0; i < IFS_N_INT; i++)
+    g_free(o->int_text[i]);
   memset(o, 0, sizeof *o);
 }
 

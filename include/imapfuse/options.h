@@ -14,6 +14,19 @@
 
 G_BEGIN_DECLS
 
+/* Whole-number options, taken as text and converted by options_parse. */
+enum {
+  IFS_INT_CONNECTIONS,
+  IFS_INT_TIMEOUT,
+  IFS_INT_CACHE_MEM,
+  IFS_INT_POLL,
+  IFS_INT_WATCH_IDLE,
+  IFS_INT_SPIN,
+  IFS_INT_READAHEAD_BATCHES,
+  IFS_INT_MAX_THREADS,
+  IFS_N_INT
+};
+
 typedef struct {
   char *url;
   char *password_command;
@@ -23,7 +36,7 @@ typedef struct {
   int connections;
   int timeout;
   int imap_debug;
-  unsigned cache_mem_mb;
+  int cache_mem_mb;
   char *cache;        /* none | metadata | full (default) */
   char *cache_dir;    /* default $XDG_CACHE_HOME/imapfuse/<account> */
   char *cache_size;   /* disk bound for message bytes, e.g. 2G (default 1G) */
@@ -40,7 +53,8 @@ typedef struct {
   double dir_timeout;
   double list_max_age;
   int read_only;      /* -o ro (also passed on to FUSE) */
-  unsigned max_threads; /* -o max_threads= (also FUSE's); 0: not given */
+  int max_threads;    /* -o max_threads= (also FUSE's); 0: not given */
+  char *int_text[IFS_N_INT]; /* the whole-number options as given */
   int show_help;
   int show_version;
 } IfsOptions;

@@ -208,6 +208,11 @@ def test_missing_url(run_fail):
     (("msg_timeout=-1",), "off", r"msg_timeout="),
     (("dir_timeout=-1",), "off", r"dir_timeout="),
     (("cache_mem=0",), "off", r"cache_mem="),
+    # sscanf's %u took these as 0, 4 and 4294967295 (a poll every 0 s)
+    (("poll=4294967296",), "off", r"poll=.*4294967296"),
+    (("connections=4x",), "off", r"connections=.*4x"),
+    (("max_threads=-1",), "off", r"max_threads="),
+    (("watch_idle=",), "off", r"watch_idle="),
 ])
 def test_bad_option_values(dovecot, imapfuse_fail, opt, tls, want):
     rc, err = imapfuse_fail(dovecot, *opt, tls=tls)
