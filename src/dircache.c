@@ -19,13 +19,13 @@
 
 #include "imapfuse/cmd.h"
 #include "imapfuse/errors.h"
+#include "imapfuse/lockfile.h"
 #include "imapfuse/loop.h"
 #include "imapfuse/mcache.h"
 #include "imapfuse/names.h"
 
 #include <glib/gstdio.h>
 #include <fcntl.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 struct DcNode {
@@ -168,8 +168,8 @@ static void dc_load_ids(Dircache *dc) {
   if (dc->meta_dir == NULL)
     return;
   g_autofree char *lpath = g_build_filename(dc->meta_dir, DC_IDS_LOCK_FILE, NULL);
-  dc->ids_lock_fd = open(lpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (dc->ids_lock_fd < 0 || flock(dc->ids_lock_fd, LOCK_EX | LOCK_NB) != 0) {
+  dc->ids_lock_fd = lockfile_take(AT_FDCWD, lpath, O_CREAT);
+  if (dc->ids_lock_fd < 0) {
     g_debug("%s is in use by another mount: inode ids are not kept", lpath);
     return;
   }

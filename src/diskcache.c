@@ -63,12 +63,12 @@
 #include "imapfuse/diskcache.h"
 
 #include "imapfuse/le.h"
+#include "imapfuse/lockfile.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/uio.h>
@@ -645,8 +645,8 @@ Diskcache *diskcache_open(const char *dir, guint64 max_bytes, GError **error) {
                 "cannot open cache directory %s: %s", dir, g_strerror(err));
     return NULL;
   }
-  int lfd = openat(dfd, DK_LOCK_FILE, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (lfd < 0 || flock(lfd, LOCK_EX | LOCK_NB) != 0) {
+  int lfd = lockfile_take(dfd, DK_LOCK_FILE, O_CREAT);
+  if (lfd < 0) {
     int err = errno;
     if (err == EWOULDBLOCK)
       g_set_error(error, DISKCACHE_ERROR, DISKCACHE_ERROR_LOCKED,
@@ -654,8 +654,6 @@ Diskcache *diskcache_open(const char *dir, guint64 max_bytes, GError **error) {
     else
       g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(err),
                   "cannot lock cache directory %s: %s", dir, g_strerror(err));
-    if (lfd >= 0)
-      close(lfd);
     close(dfd);
     return NULL;
   }

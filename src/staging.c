@@ -18,12 +18,12 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "imapfuse/errors.h"
+#include "imapfuse/lockfile.h"
 #include "imapfuse/names.h"
 
 #define STAGING_CHUNK (256 * 1024)
@@ -134,13 +134,11 @@ void staging_recover(Staging *st) {
         g_strcmp0(run, st->staging_dir) == 0 || !g_file_test(run, G_FILE_TEST_IS_DIR))
       continue;
     g_autofree char *lock = g_build_filename(run, "lock", NULL);
-    int fd = open(lock, O_RDWR | O_CLOEXEC);
+    /* No lock file: another mount is taking the run right now (it
+     * removes the lock first).  A held one: a mount that still runs. */
+    int fd = lockfile_take(AT_FDCWD, lock, 0);
     if (fd < 0)
-      continue; /* another mount is taking it right now (it removes the lock first) */
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-      close(fd); /* a mount of this account that still runs */
       continue;
-    }
     moved += staging_take_run(run, into);
     close(fd);
   }
@@ -164,11 +162,9 @@ static gboolean _staging_make_run(Staging *st, GError **error) {
   if (g_mkdtemp_full(tmp, 0700) == NULL)
     return staging_set_errno(error, errno, "cannot create a directory in", st->base_dir);
   g_autofree char *lock = g_build_filename(tmp, "lock", NULL);
-  int fd = open(lock, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) != 0) {
+  int fd = lockfile_take(AT_FDCWD, lock, O_CREAT | O_EXCL);
+  if (fd < 0) {
     int err = errno;
-    if (fd >= 0)
-      close(fd);
     unlink(lock);
     rmdir(tmp);
     return staging_set_errno(error, err, "cannot lock", lock);
