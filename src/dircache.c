@@ -10,8 +10,8 @@
  * refresh_lock; a caller that waited for another's refresh uses that result
  * instead of fetching again.  A DcMsg is 24 bytes; flags are interned as
  * flag-set ids, since a mailbox has few distinct combinations.
- * Lock order: refresh_lock -> (pool) ; tree_lock, node->lock and flags_lock
- * are leaves and are never held across I/O.
+ * Lock order: refresh_lock -> (pool) ; node->lock -> flags_lock.  tree_lock,
+ * node->lock and flags_lock are never held across I/O.
  */
 #include "imapfuse/dircache.h"
 
@@ -44,6 +44,7 @@ struct DcNode {
   guint32 uidvalidity;
   guint32 epoch;
   guint64 highestmodseq; /* 0: unknown (no CONDSTORE) */
+  guint32 uidnext;       /* the last SELECT's (or saved) UIDNEXT; 0: unknown */
   gboolean dirty;        /* changed since last saved to disk */
   gboolean meta_tried;   /* the on-disk copy was looked at */
   gint64 fetched_at; /* monotonic us of the start of the last good fetch; 0 never */
@@ -83,6 +84,7 @@ struct Dircache {
   GMutex flags_lock;
   GHashTable *flag_ids;  /* string -> id+1 */
   GPtrArray *flag_names; /* id -> string */
+  GByteArray *flag_seen; /* id -> whether the set has \\Seen */
   GHashTable *saved_ids; /* "UIDVALIDITY\tmailbox" -> id, from the last mount */
   guint ids_reserved;    /* ids below it are recorded as used (meta_dir/ids-next) */
   DcObserver observer;
@@ -307,6 +309,8 @@ Dircache *dircache_new(Pool *pool, const char *meta_dir) {
   dc->flag_names = g_ptr_array_new_with_free_func(g_free);
   g_ptr_array_add(dc->flag_names, g_strdup(""));
   g_hash_table_insert(dc->flag_ids, dc->flag_names->pdata[0], GUINT_TO_POINTER(1));
+  dc->flag_seen = g_byte_array_new();
+  g_byte_array_append(dc->flag_seen, (const guint8[]){0}, 1);
   return dc;
 }
 
@@ -323,6 +327,7 @@ void dircache_free(Dircache *dc) {
     g_hash_table_unref(dc->saved_ids);
   g_hash_table_unref(dc->flag_ids);
   g_ptr_array_unref(dc->flag_names);
+  g_byte_array_unref(dc->flag_seen);
   g_mutex_clear(&dc->tree_lock);
   g_mutex_clear(&dc->flags_lock);
   g_free(dc);
@@ -516,7 +521,10 @@ guint32 dircache_intern_flags(Dircache *dc, const char *flags) {
   guint32 id = GPOINTER_TO_UINT(g_hash_table_lookup(dc->flag_ids, flags));
   if (id == 0) {
     char *copy = g_strdup(flags);
+    g_auto(GStrv) each = g_strsplit(flags, " ", -1);
+    guint8 seen = g_strv_contains((const char *const *)each, "\\Seen");
     g_ptr_array_add(dc->flag_names, copy);
+    g_byte_array_append(dc->flag_seen, &seen, 1);
     id = dc->flag_names->len;
     g_hash_table_insert(dc->flag_ids, copy, GUINT_TO_POINTER(id));
   }
@@ -548,6 +556,7 @@ typedef struct {
   GHashTable *pushed; /* uid -> DcPushed*: flag changes for UIDs not listed yet */
   GArray *result;    /* delta applied to base (set by the op) */
   guint32 uidvalidity;
+  guint32 uidnext;   /* the SELECT's */
   guint64 modseq;    /* best known HIGHESTMODSEQ after the fetch */
   gboolean sorted;
 } DcFetch;
@@ -674,6 +683,7 @@ static gboolean dc_fetch_all(ImapConn *c, DcFetch *f, const ImapSelectInfo *info
                              GError **error) {
   dc_fetch_reset(f);
   f->uidvalidity = info->uidvalidity;
+  f->uidnext = info->uidnext;
   f->modseq = info->highestmodseq;
   if (!imap_fetch_meta(c, "1:*", info->highestmodseq != 0, dc_meta_cb, dc_vanished_cb, f, error))
     return FALSE;
@@ -705,6 +715,7 @@ static gboolean dc_fetch_op(ImapConn *c, gpointer user, GError **error) {
     return dc_fetch_all(c, f, &info, error);
   }
   f->uidvalidity = info.uidvalidity;
+  f->uidnext = info.uidnext;
   f->modseq = MAX(f->modseq, info.highestmodseq);
   /* Without HIGHESTMODSEQ ([NOMODSEQ]) the mailbox has no mod-sequences to
    * have a delta against. */
@@ -805,6 +816,7 @@ static void dc_load_meta(Dircache *dc, DcNode *n) {
     msgs = NULL;
     n->uidvalidity = uidvalidity;
     n->highestmodseq = modseq;
+    n->uidnext = uidnext;
     /* fetched_at stays 0: this copy is revalidated before it is served. */
   }
   g_mutex_unlock(&n->lock);
@@ -821,6 +833,7 @@ static void dc_save_meta(Dircache *dc, DcNode *n) {
   g_autoptr(GArray) msgs = n->msgs != NULL ? g_array_ref(n->msgs) : NULL;
   guint32 uidvalidity = n->uidvalidity;
   guint64 modseq = n->highestmodseq;
+  guint32 uidnext = n->uidnext;
   n->dirty = FALSE;
   g_mutex_unlock(&n->lock);
   if (msgs == NULL)
@@ -841,7 +854,9 @@ static void dc_save_meta(Dircache *dc, DcNode *n) {
   }
   g_autofree char *path = dc_meta_path(dc, n);
   g_autoptr(GError) error = NULL;
-  guint32 uidnext = msgs->len ? g_array_index(msgs, DcMsg, msgs->len - 1).uid + 1 : 1;
+  guint32 last = msgs->len ? g_array_index(msgs, DcMsg, msgs->len - 1).uid : 0;
+  if (uidnext <= last)
+    uidnext = last + 1; /* not known, or messages added since the SELECT */
   if (!mcache_save(path, uidvalidity, modseq, uidnext, (const McMsg *)local->data, local->len,
                    (const char *const *)names->pdata, names->len, &error))
     g_warning("cannot save the listing of %s: %s", n->mailbox, error->message);
@@ -1022,6 +1037,7 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     }
     n->msgs = result;
     n->highestmodseq = f.modseq;
+    n->uidnext = f.uidnext;
     if (n->uidvalidity == f.uidvalidity)
       old_uidvalidity = 0; /* not a UIDVALIDITY change */
     if (n->uidvalidity != f.uidvalidity || n->epoch == 0) {
@@ -1409,19 +1425,36 @@ void dircache_load_saved(Dircache *dc) {
   }
 }
 
-gboolean dircache_status_differs(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 messages,
-                                 guint64 highestmodseq, gint64 asked_us) {
+/* Caller holds n->lock. */
+static guint32 _dc_unseen(Dircache *dc, const GArray *msgs) {
+  guint32 unseen = 0;
+  g_mutex_lock(&dc->flags_lock);
+  for (guint i = 0; i < msgs->len; i++) {
+    guint32 set = g_array_index(msgs, DcMsg, i).flagset;
+    unseen += set < dc->flag_seen->len && !dc->flag_seen->data[set];
+  }
+  g_mutex_unlock(&dc->flags_lock);
+  return unseen;
+}
+
+gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *st,
+                                 gint64 asked_us) {
   g_mutex_lock(&n->lock);
-  gboolean differs = n->msgs == NULL || n->uidvalidity != uidvalidity ||
-                     n->msgs->len != messages ||
-                     (highestmodseq != 0 && highestmodseq != n->highestmodseq);
-  /* Without CONDSTORE an equal count proves nothing (an expunge plus an
-   * append, or flags).  A stale list is left alone; one the last mount
-   * saved is confirmed too (any change would have raised HIGHESTMODSEQ),
-   * and its messages then get their inodes as after a fetch. */
-  if (!differs && highestmodseq != 0 && !n->stale && asked_us > n->fetched_at) {
+  /* UIDNEXT shows an expunge plus an append, which leave the count as it
+   * was; without CONDSTORE, UNSEEN shows a message read elsewhere.  Other
+   * flag changes there show at the next listing. */
+  gboolean differs = n->msgs == NULL || n->uidvalidity != st->uidvalidity ||
+                     n->msgs->len != st->messages ||
+                     (st->uidnext != 0 && n->uidnext != 0 && st->uidnext != n->uidnext) ||
+                     (st->highestmodseq != 0 && st->highestmodseq != n->highestmodseq) ||
+                     (st->has_unseen && _dc_unseen(dc, n->msgs) != st->unseen);
+  /* Without CONDSTORE an equal STATUS proves nothing (flags).  A stale
+   * list is left alone; one the last mount saved is confirmed too (any
+   * change would have raised HIGHESTMODSEQ), and its messages then get
+   * their inodes as after a fetch. */
+  if (!differs && st->highestmodseq != 0 && !n->stale && asked_us > n->fetched_at) {
     if (n->epoch == 0)
-      _dc_new_epoch(dc, n, uidvalidity);
+      _dc_new_epoch(dc, n, st->uidvalidity);
     n->fetched_at = asked_us;
   }
   g_mutex_unlock(&n->lock);

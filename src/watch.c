@@ -68,8 +68,7 @@ static gboolean watch_status(Dircache *dc, Pool *pool, ImapConn *c, gboolean sav
     DcNode *n = g_ptr_array_index(nodes, i);
     if (all[i].uidvalidity == 0)
       continue; /* deleted meanwhile: the next LIST hides it */
-    if (dircache_status_differs(dc, n, all[i].uidvalidity, all[i].messages,
-                                all[i].highestmodseq, asked)) {
+    if (dircache_status_differs(dc, n, &all[i], asked)) {
       g_ptr_array_add(*changed, n);
       g_array_append_val(*sts, all[i]);
     }

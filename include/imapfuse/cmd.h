@@ -125,13 +125,16 @@ gboolean imap_noop(ImapConn *c, GError **error);
 typedef struct {
   guint32 uidvalidity, uidnext, messages;
   guint64 highestmodseq; /* 0 unless CONDSTORE */
+  guint32 unseen;        /* asked only without CONDSTORE: */
+  gboolean has_unseen;
 } ImapStatusInfo;
 /* STATUS of n mailboxes, pipelined (IMAP_PIPELINE_MAX a round trip); a
  * mailbox the server refused is left all zero.  FALSE only when the
  * connection failed. */
 gboolean imap_status_many(ImapConn *c, const char *const *mailboxes, guint n, ImapStatusInfo *out,
                           GError **error);
-/* STATUS mailbox (UIDVALIDITY UIDNEXT MESSAGES [HIGHESTMODSEQ]). */
+/* STATUS mailbox (UIDVALIDITY UIDNEXT MESSAGES, and HIGHESTMODSEQ with
+ * CONDSTORE, else UNSEEN). */
 gboolean imap_status(ImapConn *c, const char *mailbox, ImapStatusInfo *out, GError **error);
 
 /* Sorted UIDs -> compact set "1:5,7,9:12". */

@@ -17,6 +17,7 @@
 
 #include <glib.h>
 
+#include "imapfuse/cmd.h"
 #include "imapfuse/pool.h"
 
 G_BEGIN_DECLS
@@ -140,11 +141,12 @@ GPtrArray *dircache_listed_nodes(Dircache *dc, gboolean saved, gint64 idle_us);
 /* The user opened n or a file in it (for the watcher: dircache_listed_nodes). */
 void dircache_touch(Dircache *dc, DcNode *n);
 /* Whether a STATUS answer, asked at monotonic time asked_us, disagrees
- * with the cached list.  When it agrees and carries a HIGHESTMODSEQ (any
- * change to a mailbox raises it), the list is known exact as of asked_us
- * and counts as fetched then. */
-gboolean dircache_status_differs(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 messages,
-                                 guint64 highestmodseq, gint64 asked_us);
+ * with the cached list (UIDVALIDITY, MESSAGES, UIDNEXT, HIGHESTMODSEQ or
+ * UNSEEN).  When it agrees and carries a HIGHESTMODSEQ (any change to a
+ * mailbox raises it), the list is known exact as of asked_us and counts
+ * as fetched then. */
+gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *st,
+                                 gint64 asked_us);
 
 /* A listing fetched after a STATUS reflects at least that HIGHESTMODSEQ. */
 void dircache_note_modseq(Dircache *dc, DcNode *n, guint32 uidvalidity, guint64 highestmodseq);

@@ -618,6 +618,8 @@ static gboolean cmd_status_info_handler(ImapResponse *r, gpointer user) {
       imap_val_to_u32(v, &out->messages);
     else if (imap_val_is_atom(k, "HIGHESTMODSEQ"))
       imap_val_to_modseq(v, &out->highestmodseq);
+    else if (imap_val_is_atom(k, "UNSEEN"))
+      out->has_unseen = imap_val_to_u32(v, &out->unseen);
   }
   return TRUE;
 }
@@ -637,8 +639,10 @@ static gboolean cmd_status_sync(ImapConn *c, const char *const *mailboxes, guint
 static ImapCmd *cmd_status_new(ImapConn *c, const char *mailbox) {
   ImapCmd *cmd = imap_cmd_new("STATUS ");
   imap_cmd_add_string(cmd, mailbox);
-  imap_cmd_add(cmd, " (UIDVALIDITY UIDNEXT MESSAGES%s)",
-               imap_conn_has(c, IMAP_CAP_CONDSTORE) ? " HIGHESTMODSEQ" : "");
+  /* Without CONDSTORE, UNSEEN is the one flag change STATUS can show (the
+   * commonest: a message read or marked unread elsewhere). */
+  imap_cmd_add(cmd, " (UIDVALIDITY UIDNEXT MESSAGES %s)",
+               imap_conn_has(c, IMAP_CAP_CONDSTORE) ? "HIGHESTMODSEQ" : "UNSEEN");
   return cmd;
 }
 

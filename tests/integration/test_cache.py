@@ -627,6 +627,41 @@ def test_watcher_polls_only_mailboxes_looked_at(mount, empty_dovecot, env, tmp_p
     assert boxes.count('"B"') == 1 and boxes.count('"C"') == 1, status
 
 
+def test_watcher_without_condstore_sees_expunge_plus_append_and_seen(mount, empty_dovecot, env):
+    """Without CONDSTORE the watcher compared only UIDVALIDITY and the
+    message count: an expunge plus an append elsewhere left the mount
+    showing the gone message (stat worked past msg_timeout) until the
+    folder was listed again, and a message read elsewhere never showed
+    \\Seen.  UIDNEXT and UNSEEN in the STATUS show both."""
+    from dovecot import capability_without
+    dv = empty_dovecot(extra_config=capability_without("CONDSTORE", "QRESYNC"))
+    uids = _make_box(dv, "Box", [_msg("n%d" % i, 600) for i in range(4)])
+    m = mount(dv, "poll=1", env=env)
+    d = os.path.join(m.path, "Box")
+    assert len(_listing(d)) == 4
+    gone, read = (os.path.join(d, "%d.eml" % u) for u in uids[1:3])
+    os.stat(gone)
+    assert b"Seen" not in os.getxattr(read, "user.imap.flags")
+    time.sleep(1.5)  # a round that finds nothing changed
+    c = dv.imap()
+    c.select("Box")
+    c.uid("STORE", str(uids[1]), "+FLAGS.SILENT", "(\\Deleted)")
+    c.expunge()
+    c.append("Box", None, None, _msg("n-new", 600))
+    c.uid("STORE", str(uids[2]), "+FLAGS.SILENT", "(\\Seen)")
+    c.logout()
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:  # never listing Box meanwhile
+        try:
+            os.stat(gone)
+        except FileNotFoundError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("%s still there 8 s after its expunge (poll=1)" % gone)
+    assert b"\\Seen" in os.getxattr(read, "user.imap.flags")
+
+
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
 def test_watcher_stops_polling_folders_not_used_lately(mount, empty_dovecot, env):
     """One ls -lR of an account with 2,000 folders made every later round
