@@ -199,7 +199,9 @@ gboolean fswrite_is_editor_scratch(const char *name) {
   gsize n = strlen(name);
   if (n >= 3 && name[0] == '#' && name[n - 1] == '#')
     return TRUE;
-  return n >= 6 && name[0] == '.' && strncmp(name + n - 4, ".sw", 3) == 0 &&
+  /* ".swp" itself: vim's swap of a buffer without a name yet (it renames
+   * the file when the buffer gets one) */
+  return n >= 4 && name[0] == '.' && strncmp(name + n - 4, ".sw", 3) == 0 &&
          name[n - 1] >= 'a' && name[n - 1] <= 'p';
 }
 

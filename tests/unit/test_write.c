@@ -62,7 +62,9 @@ static void test_editor_scratch(void) {
   g_assert_true(fswrite_is_editor_scratch("#9.eml#"));
   g_assert_false(fswrite_is_editor_scratch("x.swp"));   /* vim's are hidden */
   g_assert_false(fswrite_is_editor_scratch(".x.swq"));
-  g_assert_false(fswrite_is_editor_scratch(".swp"));
+  g_assert_true(fswrite_is_editor_scratch(".swp")); /* vim, no buffer name yet */
+  g_assert_true(fswrite_is_editor_scratch(".swo"));
+  g_assert_false(fswrite_is_editor_scratch(".sw"));
   g_assert_false(fswrite_is_editor_scratch("#x.eml"));
   g_assert_false(fswrite_is_editor_scratch("#"));
   g_assert_false(fswrite_is_editor_scratch("9.eml"));
