@@ -120,6 +120,7 @@ typedef struct {
   GCond cond;
   gboolean done;
   Pool *pool;
+  Watch *watch;
   GThread *thread;
 } MainStop;
 
@@ -140,6 +141,7 @@ static gpointer main_stop_thread(gpointer data) {
 
 static void main_stopping(gpointer data) {
   MainStop *st = data;
+  watch_stop(st->watch); /* no new round (and connect) while stopping */
   st->thread = g_thread_new("stop", main_stop_thread, st);
 }
 
@@ -351,6 +353,7 @@ int main(int argc, char *argv[]) {
       o.max_threads > 0 ? o.max_threads : MAX(10, 2 * o.connections);
   LoopStats lst = {0};
   stop.pool = pool;
+  stop.watch = watch;
   loop_on_stop(main_stopping, &stop);
   if (fo.singlethread) {
     ret = fuse_session_loop(se);
@@ -371,6 +374,14 @@ int main(int argc, char *argv[]) {
   if (ret == SIGTERM || ret == SIGINT || ret == SIGHUP)
     ret = 0;
   ret = ret != 0 ? 1 : 0;
+  /* Neither the watcher nor the notify thread may write to /dev/fuse once
+   * fuse_session_unmount has closed it: its number may be a cache file's
+   * by then.  (libfuse's loops, -s and clone_fd, call no loop_on_stop.) */
+  if (stop.thread == NULL)
+    main_stopping(&stop);
+  watch_free(watch);
+  watch = NULL;
+  notify_detach(notify, G_USEC_PER_SEC);
   fuse_session_unmount(se);
   BodycacheStats bst;
   bodycache_stats(bc, &bst);

@@ -17,6 +17,7 @@ struct Notify {
   GCond cond;
   GQueue queue;
   gboolean stop;
+  gboolean writing; /* the thread is in a notify call (notify_detach) */
   guint64 queued, done;
   struct fuse_session *se;
   GThread *thread;
@@ -37,6 +38,7 @@ static gpointer notify_thread(gpointer data) {
       continue;
     }
     struct fuse_session *se = n->se;
+    n->writing = se != NULL;
     g_mutex_unlock(&n->lock);
     if (se != NULL) {
       int rc = it->name != NULL
@@ -48,6 +50,7 @@ static gpointer notify_thread(gpointer data) {
     }
     notify_item_free(it);
     g_mutex_lock(&n->lock);
+    n->writing = FALSE;
     n->done++;
     g_cond_broadcast(&n->cond);
   }
@@ -84,6 +87,19 @@ void notify_free(Notify *n) {
   g_mutex_clear(&n->lock);
   g_cond_clear(&n->cond);
   g_free(n);
+}
+
+void notify_detach(Notify *n, gint64 timeout_us) {
+  if (n == NULL)
+    return;
+  gint64 end = g_get_monotonic_time() + timeout_us;
+  g_mutex_lock(&n->lock);
+  n->se = NULL;
+  /* One the kernel holds (it may wait for a request the stopped loop will
+   * not answer) has its file already: only calls not begun use the number. */
+  while (n->writing && g_cond_wait_until(&n->cond, &n->lock, end))
+    ;
+  g_mutex_unlock(&n->lock);
 }
 
 static void notify_push(Notify *n, NotifyItem *it) {

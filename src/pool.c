@@ -317,8 +317,15 @@ ImapConn *pool_acquire(Pool *p, const char *mailbox, GError **error) {
     gboolean may_open;
     g_mutex_lock(&p->lock);
     ImapConn *c;
-    while ((c = _pool_take(p, mailbox, &may_open)) == NULL && !may_open)
-      g_cond_wait(&p->cond, &p->lock);
+    while ((c = _pool_take(p, mailbox, &may_open)) == NULL && !may_open) {
+      /* Muted logins: when the mute ends this waiter may open a
+       * connection, and no release need come first to say so (one long
+       * upload held every new request until it ended). */
+      if (p->open < p->max && g_get_monotonic_time() < p->mute_until)
+        g_cond_wait_until(&p->cond, &p->lock, p->mute_until);
+      else
+        g_cond_wait(&p->cond, &p->lock);
+    }
     if (c == NULL)
       p->open++;
     g_mutex_unlock(&p->lock);

@@ -163,13 +163,19 @@ Watch *watch_new(const ImapEndpoint *ep, Dircache *dc, Pool *pool, guint interva
   return w;
 }
 
-void watch_free(Watch *w) {
+void watch_stop(Watch *w) {
   if (w == NULL)
     return;
   g_mutex_lock(&w->lock);
   w->stop = TRUE;
   g_cond_broadcast(&w->cond);
   g_mutex_unlock(&w->lock);
+}
+
+void watch_free(Watch *w) {
+  if (w == NULL)
+    return;
+  watch_stop(w);
   g_thread_join(w->thread);
   g_mutex_clear(&w->lock);
   g_cond_clear(&w->cond);

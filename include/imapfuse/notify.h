@@ -23,6 +23,10 @@ typedef struct Notify Notify;
 Notify *notify_new(void);
 void notify_set_session(Notify *n, struct fuse_session *se);
 void notify_free(Notify *n); /* stops the thread; pending items are dropped */
+/* Before the session's /dev/fuse descriptor is closed: nothing more is
+ * written to it (later items are dropped); waits up to timeout_us for the
+ * one being written.  Its number may be reused once closed. */
+void notify_detach(Notify *n, gint64 timeout_us);
 
 /* The entry name in directory parent is stale (deleted, renamed, replaced). */
 void notify_inval_entry(Notify *n, fuse_ino_t parent, const char *name);

@@ -24,6 +24,9 @@ typedef struct Watch Watch;
 Watch *watch_new(const ImapEndpoint *ep, Dircache *dc, Pool *pool, guint interval_s,
                  guint idle_s);
 void watch_free(Watch *w);
+/* No round starts after this (one under way ends as it does); for a stop
+ * that must not wait.  NULL is fine. */
+void watch_stop(Watch *w);
 /* Loads the lists the last mount saved and confirms, on connection c, with
  * pipelined STATUS (eight mailboxes a round trip, 64 mailboxes at most),
  * those that are still exact: opening their directories then costs no

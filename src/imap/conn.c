@@ -667,6 +667,29 @@ gboolean imap_conn_run_pipeline(ImapConn *c, ImapCmd **cmds, guint n, ImapHandle
 
 /* ---- setup ---- */
 
+/* Every connection being opened or open (the pool's or the watcher's),
+ * also one still connecting or logging in: imap_conn_cut_waiting reaches
+ * them all.  c->fd changes only under the lock while registered. */
+static GMutex conn_reg_lock;
+static GHashTable *conn_reg;
+
+static void conn_register(ImapConn *c, gboolean add) {
+  g_mutex_lock(&conn_reg_lock);
+  if (conn_reg == NULL)
+    conn_reg = g_hash_table_new(NULL, NULL);
+  if (add)
+    g_hash_table_add(conn_reg, c);
+  else
+    g_hash_table_remove(conn_reg, c);
+  g_mutex_unlock(&conn_reg_lock);
+}
+
+static void conn_set_fd(ImapConn *c, int fd) {
+  g_mutex_lock(&conn_reg_lock);
+  c->fd = fd;
+  g_mutex_unlock(&conn_reg_lock);
+}
+
 static gboolean conn_connect(ImapConn *c, GError **error) {
   const ImapEndpoint *ep = c->ep;
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
@@ -692,22 +715,34 @@ static gboolean conn_connect(ImapConn *c, GError **error) {
       close(fd);
       continue;
     }
+    /* A stop cuts a connect that waits as it cuts a recv (a server whose
+     * host drops SYNs held the watcher, and so the unmount, for the whole
+     * timeout): shutdown() of a connecting socket ends the poll. */
+    conn_set_fd(c, fd);
+    __atomic_store_n(&c->wait_since, g_get_monotonic_time(), __ATOMIC_RELAXED);
     struct pollfd pfd = {.fd = fd, .events = POLLOUT};
     int pr;
     do
       pr = poll(&pfd, 1, ep->timeout_s * 1000);
     while (pr < 0 && errno == EINTR);
+    __atomic_store_n(&c->wait_since, 0, __ATOMIC_RELAXED);
     int soerr = 0;
     socklen_t slen = sizeof soerr;
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof peer;
     if (pr == 0)
       soerr = ETIMEDOUT;
     else if (pr < 0)
       soerr = errno;
-    else
-      getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &slen);
+    else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &slen) == 0 && soerr == 0 &&
+             getpeername(fd, (struct sockaddr *)&peer, &plen) != 0)
+      soerr = ECONNABORTED; /* cut by imap_conn_abort */
     if (soerr != 0) {
       last_errno = soerr;
+      conn_set_fd(c, -1);
       close(fd);
+      if (soerr == ECONNABORTED)
+        break; /* stopping: no other address either */
       continue;
     }
     /* Back to blocking; timeouts come from SO_RCVTIMEO/SO_SNDTIMEO. */
@@ -719,7 +754,6 @@ static gboolean conn_connect(ImapConn *c, GError **error) {
     setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
     int fl = fcntl(fd, F_GETFL);
     fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
-    c->fd = fd;
     freeaddrinfo(res);
     return TRUE;
   }
@@ -748,21 +782,6 @@ static gboolean conn_enable_qresync(ImapConn *c, GError **error) {
   return TRUE;
 }
 
-/* Every connection with a socket, also one still logging in (the pool's
- * or the watcher's): imap_conn_cut_waiting reaches them all. */
-static GMutex conn_reg_lock;
-static GHashTable *conn_reg;
-
-static void conn_register(ImapConn *c, gboolean add) {
-  g_mutex_lock(&conn_reg_lock);
-  if (conn_reg == NULL)
-    conn_reg = g_hash_table_new(NULL, NULL);
-  if (add)
-    g_hash_table_add(conn_reg, c);
-  else
-    g_hash_table_remove(conn_reg, c);
-  g_mutex_unlock(&conn_reg_lock);
-}
 
 guint imap_conn_cut_waiting(gint64 waited_us) {
   guint cut = 0;
@@ -792,9 +811,9 @@ ImapConn *imap_conn_open(const ImapEndpoint *ep, GError **error) {
   c->fd = -1;
   c->id = (guint)g_atomic_int_add(&conn_next_id, 1) + 1;
   c->parser = imap_parser_new(0, 0);
+  conn_register(c, TRUE);
   if (!conn_connect(c, error))
     return NULL;
-  conn_register(c, TRUE);
   if (ep->tls == IMAP_TLS_IMPLICIT) {
     c->ssl = conn_tls_handshake(c, error);
     if (c->ssl == NULL)
@@ -860,8 +879,7 @@ ImapConn *imap_conn_open(const ImapEndpoint *ep, GError **error) {
 void imap_conn_close(ImapConn *c) {
   if (c == NULL)
     return;
-  if (c->fd >= 0)
-    conn_register(c, FALSE); /* before it is freed */
+  conn_register(c, FALSE); /* before it is freed */
   if (c->fd >= 0 && !c->broken && c->opened) {
     /* Best effort, and quick: do not wait long on a server going away. */
     struct timeval tv = {.tv_sec = 2};

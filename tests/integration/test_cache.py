@@ -1976,6 +1976,36 @@ def test_a_server_that_stops_answering_costs_two_timeouts(mount, empty_dovecot, 
     assert m.proc.returncode == 0
 
 
+@pytest.mark.imapfuse_stderr_ok(r"warning: .*(no answer from|shutting down|closed the connection|lost|connect)")
+def test_sigterm_while_connecting_to_a_host_that_drops_syns(mount, empty_dovecot, env):
+    """The server's host stops answering SYNs (its connections cut, a
+    firewall): the watcher's reconnect and a reader's new login wait in
+    connect().  SIGTERM cut waiting reads and logins but not a connect:
+    the unmount waited for the whole timeout (30 s here)."""
+    import signal
+    from test_write_review import Proxy
+    dv = empty_dovecot()
+    uids = _make_box(dv, "Box", [_msg("s%d" % i, 900) for i in range(3)])
+    px = Proxy(dv.port)
+    try:
+        m = mount(dv, "poll=1", "timeout=30", "cache=none", env=env, port=px.port)
+        d = os.path.join(m.path, "Box")
+        assert _listing(d) == _names(uids)
+        px.blackhole()
+        reader = threading.Thread(target=lambda: pytest.raises(
+            OSError, _read, os.path.join(d, "%d.eml" % uids[0])), daemon=True)
+        reader.start()
+        time.sleep(3.5)  # the watcher's next round and the reader connect
+        t = time.monotonic()
+        m.proc.send_signal(signal.SIGTERM)
+        m.proc.wait(60)
+        stopped = time.monotonic() - t
+        reader.join(10)
+    finally:
+        px.close()
+    assert stopped < 10, "SIGTERM took %.1f s" % stopped
+
+
 @pytest.mark.parametrize("how", ["rename", "delete"])
 def test_read_in_a_folder_gone_elsewhere_is_enoent(mount, empty_dovecot, env, rw_ro, how):
     """Another client renames or deletes a folder; before the next poll the

@@ -96,6 +96,30 @@ class Proxy:
         with self.lock:
             self.cut_pattern = pattern
 
+    def blackhole(self):
+        """From now on a connect to the proxy's port hangs (as to a host
+        that drops SYNs): the listener is replaced by one with a full
+        accept queue, and the connections open now are cut."""
+        self.closed = True
+        self.lsock.shutdown(socket.SHUT_RDWR)  # wakes accept(): else it
+        self.lsock.close()                     # stays a listener
+        time.sleep(0.1)
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", self.port))
+        self.lsock.listen(0)
+        self.fillers = []
+        for _ in range(3):  # what the queue holds; later SYNs are dropped
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(("127.0.0.1", self.port))
+            except BlockingIOError:
+                pass
+            self.fillers.append(s)
+        time.sleep(0.2)
+        self.drop_all()
+
     def drop_all(self):
         with self.lock:
             pairs, self.pairs = self.pairs, []
@@ -138,6 +162,8 @@ class Proxy:
     def close(self):
         self.closed = True
         self._go.set()
+        for s in getattr(self, "fillers", []):
+            s.close()
         try:
             self.lsock.close()
         except OSError:
