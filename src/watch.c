@@ -3,14 +3,16 @@
  * Design note.  Each round costs one LIST plus one STATUS per mailbox the
  * user has looked at (never one command per message).  A mailbox is
  * refreshed only when its STATUS differs from what the cached listing
- * says (UIDVALIDITY, message count, HIGHESTMODSEQ where the server has
- * CONDSTORE); the refresh itself is a QRESYNC delta where possible.  The
+ * says (UIDVALIDITY, message count, UIDNEXT, and HIGHESTMODSEQ where the
+ * server has CONDSTORE, else UNSEEN); the refresh itself is a QRESYNC
+ * delta where possible.  The
  * watcher keeps its own connection and never selects a mailbox, so its
  * STATUS answers are never the inexact ones of a selected mailbox, and it
  * never competes with readers for a pooled connection except for refreshes.
- * STATUS commands go pipelined, eight a round trip; the first round runs
- * at mount.  Before the mount, the lists the last mount saved are confirmed
- * the same way on a pooled connection (watch_confirm_saved).
+ * STATUS commands go pipelined, eight a round trip, or for more than 16
+ * mailboxes as one LIST-STATUS where the server has it; the first round
+ * runs at mount.  Before the mount, the lists the last mount saved are
+ * confirmed the same way on a pooled connection (watch_confirm_saved).
  * A STATUS that agrees (with HIGHESTMODSEQ) confirms the cached listing as
  * of when it was asked, so opening a directory needs no round trip while
  * the watcher runs (list_max_age defaults to 1.5 poll intervals).
@@ -81,8 +83,11 @@ gboolean watch_confirm_saved(Dircache *dc, ImapConn *c, GError **error) {
   g_autoptr(GPtrArray) changed = NULL;
   g_autoptr(GArray) sts = NULL;
   /* Bounded: the mount waits for it (a big account's other folders are
-   * checked when opened, as without a saved list). */
-  return watch_status(dc, NULL, c, TRUE, WATCH_CONFIRM_MAX, 0, &changed, &sts, error);
+   * checked when opened, as without a saved list).  With LIST-STATUS all
+   * of them cost one command: a warm ls -R of 2,000 folders through 20 ms
+   * took 43 s, a SELECT and a fetch for each folder past the 64th. */
+  guint max = imap_conn_has(c, IMAP_CAP_LIST_STATUS) ? G_MAXUINT : WATCH_CONFIRM_MAX;
+  return watch_status(dc, NULL, c, TRUE, max, 0, &changed, &sts, error);
 }
 
 static void watch_round(Watch *w, ImapConn **conn, gboolean first) {

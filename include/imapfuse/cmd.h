@@ -128,9 +128,12 @@ typedef struct {
   guint32 unseen;        /* asked only without CONDSTORE: */
   gboolean has_unseen;
 } ImapStatusInfo;
-/* STATUS of n mailboxes, pipelined (IMAP_PIPELINE_MAX a round trip); a
- * mailbox the server refused is left all zero.  FALSE only when the
+/* STATUS of n mailboxes, pipelined (IMAP_PIPELINE_MAX a round trip), or
+ * for more than IMAP_STATUS_LIST_MIN of them, with LIST-STATUS, one LIST
+ * of every mailbox; a mailbox the server refused or did not name is left
+ * all zero.  FALSE only when the
  * connection failed. */
+#define IMAP_STATUS_LIST_MIN (2 * IMAP_PIPELINE_MAX)
 gboolean imap_status_many(ImapConn *c, const char *const *mailboxes, guint n, ImapStatusInfo *out,
                           GError **error);
 /* STATUS mailbox (UIDVALIDITY UIDNEXT MESSAGES, and HIGHESTMODSEQ with

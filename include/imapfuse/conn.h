@@ -68,6 +68,7 @@ enum {
   IMAP_CAP_LIST_EXTENDED = 1u << 23,
   IMAP_CAP_BINARY = 1u << 24,
   IMAP_CAP_APPENDLIMIT = 1u << 25,
+  IMAP_CAP_LIST_STATUS = 1u << 26,
 };
 
 /* A handler sees each untagged response of a command; it returns TRUE when

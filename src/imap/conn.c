@@ -329,6 +329,7 @@ static void conn_note_caps(ImapConn *c, const ImapVal *list, guint first) {
       {"AUTH=XOAUTH2", IMAP_CAP_AUTH_XOAUTH2},
       {"AUTH=OAUTHBEARER", IMAP_CAP_AUTH_OAUTHBEARER},
       {"LIST-EXTENDED", IMAP_CAP_LIST_EXTENDED}, {"BINARY", IMAP_CAP_BINARY},
+      {"LIST-STATUS", IMAP_CAP_LIST_STATUS},
   };
   guint32 caps = 0;
   guint64 appendlimit = 0;
@@ -351,7 +352,7 @@ static void conn_note_caps(ImapConn *c, const ImapVal *list, guint first) {
   if (caps & IMAP_CAP_IMAP4REV2)
     caps |= IMAP_CAP_UIDPLUS | IMAP_CAP_MOVE | IMAP_CAP_ENABLE | IMAP_CAP_ESEARCH |
             IMAP_CAP_NAMESPACE | IMAP_CAP_SPECIAL_USE | IMAP_CAP_LITERALMINUS | IMAP_CAP_IDLE |
-            IMAP_CAP_SASL_IR | IMAP_CAP_LIST_EXTENDED;
+            IMAP_CAP_SASL_IR | IMAP_CAP_LIST_EXTENDED | IMAP_CAP_LIST_STATUS;
   c->caps = caps;
   c->appendlimit = appendlimit;
   c->caps_known = TRUE;
