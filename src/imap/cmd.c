@@ -258,6 +258,8 @@ static char *cmd_canonical_flags(const ImapVal *list) {
   return g_strjoinv(" ", (char **)names->pdata);
 }
 
+#define CMD_SEQ_JUMP_MAX 65536
+
 typedef struct {
   ImapMetaFn fn;
   ImapVanishedFn vanished;
@@ -276,6 +278,12 @@ static void cmd_meta_note_seq(CmdMetaCtx *ctx, guint32 seq, guint32 uid) {
     return;
   if (ctx->seq_uids == NULL)
     ctx->seq_uids = g_array_new(FALSE, TRUE, sizeof(guint32));
+  /* A listing's FETCHes come near sequence order: a number far past the
+   * ones seen is garbage (4,000,000,000 asked for a 16 GB array, and
+   * the allocation failure ended the process).  Its EXPUNGE, if any,
+   * then shows at the next listing. */
+  if (seq > ctx->seq_uids->len && seq - ctx->seq_uids->len > CMD_SEQ_JUMP_MAX)
+    return;
   if (ctx->seq_uids->len < seq)
     g_array_set_size(ctx->seq_uids, seq);
   g_array_index(ctx->seq_uids, guint32, seq - 1) = uid;

@@ -1688,6 +1688,30 @@ def test_flags_pushed_during_listing_are_applied(mount, empty_dovecot, env):
         px.close()
 
 
+def test_a_garbage_sequence_number_in_a_listing_is_ignored(mount, empty_dovecot, env):
+    """Without QRESYNC, a listing maps sequence numbers to UIDs (for
+    "* n EXPUNGE"): a FETCH numbered 4,000,000,000 asked for a 16 GB array
+    (zeroed: 16 GB of memory touched where the machine had it, else the
+    process ended).  The number is ignored; the listing is right."""
+    from dovecot import capability_without
+    from test_write_review import Proxy
+    dv = empty_dovecot(extra_config=capability_without("QRESYNC"))
+    uids = _make_box(dv, "Box", [_msg("q%d" % i, 500) for i in range(3)])
+    px = Proxy(dv.port)
+
+    def edit(data):
+        return re.sub(rb"^\* 2 FETCH \(UID", b"* 4000000000 FETCH (UID", data, flags=re.M)
+    px.edit_s2c = edit
+    try:
+        m = mount(dv, "poll=0", env=env, port=px.port)
+        assert _listing(os.path.join(m.path, "Box")) == _names(uids)
+        with open("/proc/%d/status" % m.proc.pid) as f:
+            hwm = int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1))
+        assert hwm < 512 * 1024, "peak RSS %d kB" % hwm
+    finally:
+        px.close()
+
+
 @pytest.mark.parametrize("ro", [True, False], ids=["ro", "rw"])
 def test_recreated_folder_names_show_the_new_messages(mount, empty_dovecot, env, ro):
     """Another client deletes and recreates a folder: its new messages get
