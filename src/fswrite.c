@@ -1120,23 +1120,29 @@ static GError *fsw_too_big_error(FsWrite *w, guint64 size) {
                      G_GUINT64_FORMAT " (%s)", size, w->max_message, w->max_message_from);
 }
 
-/* Caller holds f->lock.  A write or truncate would make f larger than a
- * message may be: it fails with EFBIG, and the file is never sent (what
- * cp wrote up to the limit is not the whole file, and must not be stored
- * as if it were).  Its bytes so far are kept like those of a refused
- * message, with the one warning; f->error makes the rest fail at once. */
-static int _fsw_too_big(FsWrite *w, FswFile *f, guint64 size) {
+/* Caller holds f->lock.  f can no longer become the file its writer
+ * meant (a write past max_message, a write the staging disk refused): the
+ * call fails, and the file is never sent (what cp wrote up to there is
+ * not the whole file, and must not be stored as if it were).  Its bytes
+ * so far are kept like those of a refused message, with the one warning;
+ * f->error makes the rest (and the close) fail at once.  Returns it. */
+static int _fsw_refuse(FsWrite *w, FswFile *f, const GError *why) {
   g_mutex_lock(&w->lock);
   DcNode *node = f->parent;
   g_mutex_unlock(&w->lock);
-  GError *why = fsw_too_big_error(w, size);
   if (!f->sent || f->rewritten)
     _fsw_keep_unsent(w, f, node, NULL, why);
   else
     g_warning("\"%s\" is not changed on the server: %s", f->orig_name, why->message);
-  f->error = EFBIG;
-  g_error_free(why);
-  return EFBIG;
+  f->error = fsw_errno(why);
+  return f->error;
+}
+
+/* Caller holds f->lock.  A write or truncate would make f larger than a
+ * message may be: EFBIG, and f is refused. */
+static int _fsw_too_big(FsWrite *w, FswFile *f, guint64 size) {
+  g_autoptr(GError) why = fsw_too_big_error(w, size);
+  return _fsw_refuse(w, f, why);
 }
 
 /* Caller holds f->lock.  Sends f's bytes to node: finds an identical
@@ -1676,8 +1682,10 @@ void fswrite_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
   guint64 end = (guint64)off + size;
   if (err == 0 && end > w->max_message && end > staging_file_size(f->data))
     err = _fsw_too_big(w, f, end);
+  /* Bytes the staging disk did not take (ENOSPC) leave a hole in f:
+   * refused like a write past max_message, never sent. */
   if (err == 0 && !staging_file_pwrite(f->data, buf, size, (guint64)off, &error))
-    err = fsw_errno(error);
+    err = _fsw_refuse(w, f, error);
   if (err == 0) {
     f->dirty = TRUE;
     f->rewritten = f->sent;

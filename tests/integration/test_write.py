@@ -1423,6 +1423,45 @@ def test_appendlimit_from_the_server(empty_dovecot, fs, xdg):
     assert len(lines) == 1 and "APPENDLIMIT" in lines[0], lines
 
 
+def kept_files(xdg):
+    return sorted(p for p in unsent_files(xdg) if os.path.isfile(p))
+
+
+@pytest.mark.imapfuse_stderr_ok(r"No space left on device")
+def test_full_staging_disk_stores_nothing(empty_dovecot, fs, xdg, tmp_path):
+    """A write the staging disk has no room for: what is staged is not the
+    writer's whole file, so it is never sent (cp of 8 MB onto a 5 MB
+    staging disk stored the first 5 MB as a message).  The write and the
+    close fail with ENOSPC, and the bytes staged are kept unsent."""
+    staging = os.path.join(xdg["XDG_DATA_HOME"], "imapfuse", "staging")
+    os.makedirs(staging)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", staging],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here: " + r.stderr.strip())
+    try:
+        dv = empty_dovecot()
+        c = dv.imap()
+        m = fs(dv)
+        src = tmp_path / "8m.eml"
+        data = make_msg(new_tag("full"), lf=False, size=8_000_000)[:8_000_000]
+        src.write_bytes(data)
+        r = subprocess.run(["cp", str(src), os.path.join(m, "INBOX", "full.eml")],
+                           capture_output=True, text=True)
+        assert r.returncode == 1 and "No space left on device" in r.stderr, r.stderr
+        assert state(c, "INBOX") == {}
+        kept = kept_files(xdg)
+        assert len(kept) == 1 and kept[0].endswith("-full.eml"), kept
+        body = open(kept[0], "rb").read()
+        assert 0 < len(body) < len(data) and data.startswith(body)
+        assert os.listdir(os.path.join(m, "INBOX")) == []
+        m.unmount()
+        assert re.search(r'could not store "full.eml" in INBOX .*No space left on device.*'
+                         r"its bytes are kept in", m.stderr_text()), m.stderr_text()
+    finally:
+        subprocess.run(["umount", "-l", staging])
+
+
 # ---------------------------------------------------------------- flags
 
 def test_flags_xattr(empty_dovecot, fs):
