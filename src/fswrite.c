@@ -24,6 +24,9 @@
  * When it is sent:
  *   - at the close() of the last writer (flush), so the APPEND error is
  *     the close() error, and at fsync();
+ *   - never when that close is a writer killed by a signal closing its
+ *     files as it dies (the bytes may be part of the file: kept unsent),
+ *     nor after a write that failed (EFBIG past max_message, ENOSPC);
  *   - except under rsync's temporary name (".NAME.XXXXXX"): rsync closes
  *     the file, then sets its mtime, then renames it, so the APPEND waits
  *     for the rename (whose error rsync reports) to honour rsync -t as the
@@ -53,6 +56,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 
 #include "fs-internal.h"
@@ -67,6 +71,7 @@
 #define FSW_DEDUP_MAX_CANDIDATES 64
 #define FSW_COMPARE_CHUNK (1024 * 1024)
 #define FSW_XATTR_FLAGS "user.imap.flags"
+#define FSW_PF_EXITING 0x00000004 /* task flag (linux/sched.h): in do_exit() */
 
 enum {
   FSW_WARN_RM_UIDPLUS = 1 << 0,
@@ -1707,6 +1712,44 @@ void fswrite_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
     fuse_reply_write(req, size);
 }
 
+/* Why a flush from pid must not send: pid was killed by a signal and
+ * is closing its files as it dies (do_exit() sets PF_EXITING and the
+ * exit code, then closes the files: the flush comes from the dying task,
+ * measured on Linux 6.18).  The exit code (field 52 of /proc/PID/stat, a
+ * wait status) tells; PF_SIGNALED (field 9) does not: the kernel sets it
+ * also on the other threads of a process that exits normally (it ends
+ * them with SIGKILL), and the last of them closes the files.  NULL: not
+ * killed, or not known (pid 0 from another pid namespace; the exit code
+ * reads 0 to a user who may not trace pid). */
+static GError *fsw_killed_writer(pid_t pid) {
+  g_autofree char *path = g_strdup_printf("/proc/%d/stat", (int)pid);
+  g_autofree char *text = NULL;
+  if (pid <= 0 || !g_file_get_contents(path, &text, NULL, NULL))
+    return NULL;
+  const char *lp = strchr(text, '('), *rp = strrchr(text, ')');
+  if (lp == NULL || rp == NULL || rp < lp || rp[1] != ' ')
+    return NULL;
+  g_auto(GStrv) v = g_strsplit(rp + 2, " ", -1); /* v[n - 3]: field n */
+  if (g_strv_length(v) < 50)
+    return NULL;
+  guint64 flags = g_ascii_strtoull(v[6], NULL, 10);
+  int status = (int)g_ascii_strtoll(v[49], NULL, 10);
+  if (!(flags & FSW_PF_EXITING) || !WIFSIGNALED(status))
+    return NULL;
+  int sig = WTERMSIG(status);
+  g_autofree char *comm = g_strndup(lp + 1, (gsize)(rp - lp - 1));
+#ifdef HAVE_SIGABBREV_NP
+  const char *abbrev = sigabbrev_np(sig);
+  g_autofree char *name = abbrev != NULL ? g_strconcat("SIG", abbrev, NULL)
+                                         : g_strdup_printf("%d", sig);
+#else
+  g_autofree char *name = g_strdup_printf("%d", sig);
+#endif
+  return g_error_new(IFS_ERROR, IFS_ERROR_CANCELLED,
+                     "its writer %s (pid %d) was killed by signal %s before it closed "
+                     "it, so it may be incomplete", comm, (int)pid, name);
+}
+
 void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   FsWrite *w = fsw_of(req);
   if (!fswrite_owns(w, ino)) {
@@ -1731,6 +1774,14 @@ void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
     gboolean temp = named && fswrite_is_temp_name(f->name);
     g_mutex_unlock(&w->lock);
     err = f->error;
+    /* Bytes written since the last send by a writer that was killed: not
+     * sent (also not at the release, the rename or lingering out), but
+     * kept unsent.  A message an fsync() stored stays as it was. */
+    if (err == 0 && last && named && (!f->sent || f->rewritten) && _fsw_needs_send(f)) {
+      g_autoptr(GError) why = fsw_killed_writer(fuse_req_ctx(req)->pid);
+      if (why != NULL)
+        err = _fsw_refuse(w, f, why);
+    }
     /* The close() of the last writer sends it, except under rsync's
      * temporary name: then the rename (or lingering out) does. */
     if (err == 0 && last && named && !temp)

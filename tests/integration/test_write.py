@@ -14,9 +14,12 @@ import imaplib
 import mmap
 import os
 import re
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -1460,6 +1463,79 @@ def test_full_staging_disk_stores_nothing(empty_dovecot, fs, xdg, tmp_path):
                          r"its bytes are kept in", m.stderr_text()), m.stderr_text()
     finally:
         subprocess.run(["umount", "-l", staging])
+
+
+def _kill_writer(path, data, sig):
+    """cp /dev/stdin PATH, fed data, then killed by sig while it waits
+    for more."""
+    p = subprocess.Popen(["cp", "/dev/stdin", path], stdin=subprocess.PIPE)
+    p.stdin.write(data)
+    p.stdin.flush()
+    wait_for(lambda: os.path.exists(path) and os.stat(path).st_size == len(data),
+             what="cp to write it all")
+    p.send_signal(sig)
+    assert p.wait(10) == -sig
+    p.stdin.close()
+
+
+@pytest.mark.imapfuse_stderr_ok(r"could not store .* was killed by signal")
+def test_writer_killed_by_a_signal_is_not_stored(empty_dovecot, fs, xdg, tmp_path):
+    """A writer killed by a signal closes its files as it dies: the
+    kernel's flush comes from that process.  What it wrote may be only
+    part of the file, so it is not stored (cp killed with ^C stored the
+    part it had as a message): kept unsent, with a warning.  A writer
+    that exits normally without closing (also one with threads, whose
+    other threads the kernel ends with SIGKILL) is stored.  A message an
+    fsync() stored stays; what was written after it is kept unsent."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    inbox = os.path.join(m, "INBOX")
+    part = make_msg(new_tag("intr"), lf=False, size=2_000_000)
+    _kill_writer(os.path.join(inbox, "intr.eml"), part, signal.SIGINT)
+    _kill_writer(os.path.join(inbox, "kill.eml"), part, signal.SIGKILL)
+    assert state(c, "INBOX") == {}
+    kept = kept_files(xdg)
+    assert [os.path.basename(k)[17:] for k in kept] in (
+        ["intr.eml", "kill.eml"], ["kill.eml", "intr.eml"]), kept
+    assert all(open(k, "rb").read() == part for k in kept)
+    lines = [l for l in m.stderr_text().splitlines() if "killed by signal" in l]
+    assert len(lines) == 2 and '"intr.eml" in INBOX' in lines[0], lines
+    assert "SIGINT" in lines[0] and "SIGKILL" in lines[1], lines
+    assert os.listdir(inbox) == []
+
+    # Normal exits without a close: stored.
+    cat = make_msg(new_tag("cat"))
+    subprocess.run("cat > " + shlex.quote(os.path.join(inbox, "cat.eml")), shell=True,
+                   input=cat, check=True)
+    thr = make_msg(new_tag("thr"), lf=False)
+    code = ("import os, sys, threading, time\n"
+            "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)\n"
+            "os.write(fd, sys.stdin.buffer.read())\n"
+            "for _ in range(8):\n"
+            "    threading.Thread(target=time.sleep, args=(1,)).start()\n"
+            "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", code, os.path.join(inbox, "thr.eml")],
+                   input=thr, check=True)
+    wait_for(lambda: len(state(c, "INBOX")) == 2, what="two stored")
+    assert sorted(x["body"] for x in state(c, "INBOX").values()) == sorted([crlf(cat), thr])
+
+    # fsync()ed, then more written, then killed: the stored version stays.
+    first = make_msg(new_tag("synced"), lf=False)
+    code = ("import os, signal, sys\n"
+            "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)\n"
+            "os.write(fd, sys.argv[2].encode())\n"
+            "os.fsync(fd)\n"
+            "os.write(fd, b'more')\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    r = subprocess.run([sys.executable, "-c", code, os.path.join(inbox, "synced.eml"),
+                        first.decode()])
+    assert r.returncode == -signal.SIGKILL
+    bodies = sorted(x["body"] for x in state(c, "INBOX").values())
+    assert bodies == sorted([crlf(cat), thr, first])
+    kept = kept_files(xdg)
+    assert len(kept) == 3 and first + b"more" in [open(k, "rb").read() for k in kept]
+    m.unmount()
 
 
 # ---------------------------------------------------------------- flags
