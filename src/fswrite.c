@@ -26,7 +26,8 @@
  *     the close() error, and at fsync();
  *   - never when that close is a writer killed by a signal closing its
  *     files as it dies (the bytes may be part of the file: kept unsent),
- *     nor after a write that failed (EFBIG past max_message, ENOSPC);
+ *     nor after a write that failed (EFBIG past max_message, ENOSPC),
+ *     nor with a NUL byte in it (EINVAL at close: kept unsent);
  *   - except under rsync's temporary name (".NAME.XXXXXX"): rsync closes
  *     the file, then sets its mtime, then renames it, so the APPEND waits
  *     for the rename (whose error rsync reports) to honour rsync -t as the
@@ -1182,6 +1183,14 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, 
   const char *data = g_bytes_get_data(msg, &n);
   if (n > w->max_message) { /* bare LFs became CRLF */
     local = fsw_too_big_error(w, n);
+    goto fail;
+  }
+  /* A NUL cannot be sent in an IMAP literal: Dovecot stored each as 0x80,
+   * so the message was not the file (and never matched it for dedup).
+   * BINARY's literal8 is not used: refused, kept unsent. */
+  if (memchr(data, '\0', n) != NULL) {
+    g_set_error(&local, IFS_ERROR, IFS_ERROR_INVALID,
+                "it contains a NUL byte, which a message sent by IMAP cannot carry");
     goto fail;
   }
   message_id = fswrite_message_id(data, n);

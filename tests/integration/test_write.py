@@ -1538,6 +1538,37 @@ def test_writer_killed_by_a_signal_is_not_stored(empty_dovecot, fs, xdg, tmp_pat
     m.unmount()
 
 
+@pytest.mark.imapfuse_stderr_ok(r"could not store .*NUL")
+def test_nul_bytes_are_refused(empty_dovecot, fs, xdg, tmp_path):
+    """A message cannot carry a NUL byte (RFC 3501 literals; Dovecot
+    stored each as 0x80, so the stored message was not the file, and the
+    duplicate check never matched: a second cp stored it again).  close()
+    fails with EINVAL; the bytes are kept unsent; nothing is stored."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    inbox = os.path.join(m, "INBOX")
+    junk = os.urandom(5000) + b"\0"
+    src = tmp_path / "junk.bin"
+    src.write_bytes(junk)
+    for _ in range(2):
+        r = subprocess.run(["cp", str(src), inbox + "/"], capture_output=True, text=True)
+        assert r.returncode == 1 and "Invalid argument" in r.stderr, r.stderr
+    data = make_msg(new_tag("nul"), lf=False) + b"a NUL: \0 here\r\n"
+    f = open(os.path.join(inbox, "nul.eml"), "wb")
+    f.write(data)
+    with pytest.raises(OSError) as ei:
+        f.close()
+    assert ei.value.errno == errno.EINVAL
+    assert state(c, "INBOX") == {}
+    assert sorted(open(k, "rb").read() for k in kept_files(xdg)) == sorted(
+        [junk, junk, data])
+    assert os.listdir(inbox) == []
+    m.unmount()
+    lines = [l for l in m.stderr_text().splitlines() if "could not store" in l]
+    assert len(lines) == 3 and all("NUL" in l for l in lines), lines
+
+
 # ---------------------------------------------------------------- flags
 
 def test_flags_xattr(empty_dovecot, fs):
