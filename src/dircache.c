@@ -718,8 +718,11 @@ static gboolean dc_fetch_op(ImapConn *c, gpointer user, GError **error) {
   f->uidnext = info.uidnext;
   f->modseq = MAX(f->modseq, info.highestmodseq);
   /* Without HIGHESTMODSEQ ([NOMODSEQ]) the mailbox has no mod-sequences to
-   * have a delta against. */
-  if (want_delta && info.uidvalidity == f->base_uidvalidity && info.highestmodseq != 0) {
+   * have a delta against.  One lower than ours (a server whose index was
+   * rebuilt) makes our changes-since meaningless: the delta would keep our
+   * higher figure, and every STATUS after would differ and miss changes. */
+  if (want_delta && info.uidvalidity == f->base_uidvalidity && info.highestmodseq != 0 &&
+      info.highestmodseq >= f->base_modseq) {
     dc_pushed_to_changed(f);
     if (!f->sorted)
       g_array_sort(f->msgs, dc_msg_cmp);

@@ -1688,6 +1688,49 @@ def test_flags_pushed_during_listing_are_applied(mount, empty_dovecot, env):
         px.close()
 
 
+def test_highestmodseq_going_back_lists_everything(mount, empty_dovecot, env):
+    """The server's HIGHESTMODSEQ drops under the same UIDVALIDITY (an
+    index rebuilt; played by a proxy that shows every mod-sequence 2
+    lower).  The delta against our higher figure kept it, and every
+    later delta asked for changes since then: a flag change made after
+    the drop was never seen.  A lower HIGHESTMODSEQ now lists everything."""
+    from test_write_review import Proxy
+    dv = empty_dovecot()
+    uids = _make_box(dv, "Box", [_msg("m%d" % i, 500) for i in range(3)])
+    px = Proxy(dv.port)
+    shift = []
+
+    def down(data):
+        if not shift:
+            return data
+        return re.sub(rb"(HIGHESTMODSEQ |MODSEQ \()(\d+)",
+                      lambda mt: mt.group(1) + b"%d" % max(1, int(mt.group(2)) - 2), data)
+
+    def up(data):
+        if not shift:
+            return data
+        data = re.sub(rb"(CHANGEDSINCE )(\d+)",
+                      lambda mt: mt.group(1) + b"%d" % (int(mt.group(2)) + 2), data)
+        return re.sub(rb"(QRESYNC \(\d+ )(\d+)",
+                      lambda mt: mt.group(1) + b"%d" % (int(mt.group(2)) + 2), data)
+    px.edit_s2c, px.edit_c2s = down, up
+    try:
+        m = mount(dv, "poll=1", env=env, port=px.port)
+        assert _listing(os.path.join(m.path, "Box")) == _names(uids)
+        shift.append(1)
+        time.sleep(2.5)  # rounds that see the lower HIGHESTMODSEQ
+        c = dv.imap()
+        c.select("Box")
+        c.uid("STORE", str(uids[1]), "+FLAGS.SILENT", "(\\Flagged)")
+        c.logout()
+        deadline = time.monotonic() + 8
+        while _flags_xattr(m, "Box", uids[1]) != {"\\Flagged"}:
+            assert time.monotonic() < deadline, "the flag change was never seen"
+            time.sleep(0.2)
+    finally:
+        px.close()
+
+
 def test_a_garbage_sequence_number_in_a_listing_is_ignored(mount, empty_dovecot, env):
     """Without QRESYNC, a listing maps sequence numbers to UIDs (for
     "* n EXPUNGE"): a FETCH numbered 4,000,000,000 asked for a 16 GB array
