@@ -575,15 +575,29 @@ gboolean imap_conn_run_pipeline(ImapConn *c, ImapCmd **cmds, guint n, ImapHandle
   for (guint i = 0; i < n; i++)
     pipeline = pipeline && conn_can_pipeline(c, cmds[i]);
   if (!pipeline || n == 1) {
-    /* One after the other; the first failure ends it. */
-    gboolean ok = TRUE;
+    /* One after the other, as the pipeline runs them: a NO or BAD for one
+     * leaves the rest to run (a STATUS per mailbox counts on it; the
+     * rest of a round was skipped for a name needing a synchronizing
+     * literal), a connection gone ends it.  The first error is returned. */
+    GError *first = NULL;
     for (guint i = 0; i < n; i++) {
-      if (ok)
-        ok = imap_conn_run(c, cmds[i], fn, user, tagged != NULL ? &tagged[i] : NULL, error);
-      else
+      if (c->broken && first != NULL) {
         imap_cmd_free(cmds[i]);
+        continue;
+      }
+      GError *local = NULL;
+      if (!imap_conn_run(c, cmds[i], fn, user, tagged != NULL ? &tagged[i] : NULL, &local)) {
+        if (first == NULL)
+          first = local;
+        else
+          g_error_free(local);
+      }
     }
-    return ok;
+    if (first != NULL) {
+      g_propagate_error(error, first);
+      return FALSE;
+    }
+    return TRUE;
   }
   if (c->broken) {
     for (guint i = 0; i < n; i++)
