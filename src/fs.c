@@ -37,14 +37,17 @@ struct Fs {
 /* A message went away or changed: drop the kernel's entry for its name. */
 static void fs_observer(DcNode *n, guint32 epoch, guint32 uid, DcChangeKind kind, gpointer user) {
   Fs *fs = user;
-  (void)epoch;
   if (kind == DC_CHANGE_FLAGS)
     return; /* flags are not in the attributes */
   if (kind == DC_CHANGE_UIDVALIDITY) {
     /* uid is the old UIDVALIDITY: its bytes can never be asked for again. */
     bodycache_forget_mailbox(fs->bc, dcnode_mailbox(n), uid);
+    fswrite_message_gone(fs->w, n, uid, 0);
     return;
   }
+  guint32 uv = 0;
+  if (kind == DC_CHANGE_REMOVED && dircache_epoch(fs->dc, epoch, &uv) == n)
+    fswrite_message_gone(fs->w, n, uv, uid);
   char name[32];
   g_snprintf(name, sizeof name, "%u.eml", uid);
   notify_inval_entry(fs->notify, fs_dir_ino(fs, n), name);

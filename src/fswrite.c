@@ -118,6 +118,9 @@ typedef struct {
   gboolean left;    /* the staging file holds the only copy: do not remove */
   char *hidden_key; /* under w->lock: the <UID>.eml name of its message is
                      * hidden (w->hidden) while f is named */
+  gboolean own_op;  /* under w->lock: an rm or mv for f itself (or a
+                     * replaced version of it) is under way: its message
+                     * going is not the end of f's name (fswrite_message_gone) */
 } FswFile;
 
 typedef struct {
@@ -865,6 +868,15 @@ static gboolean fsw_keep_copies(FsWrite *w, FswFile *self, DcNode *node, guint32
   return TRUE;
 }
 
+/* self (may be NULL) is removing or moving its own message: see own_op. */
+static void fsw_own_op(FsWrite *w, FswFile *self, gboolean on) {
+  if (self == NULL)
+    return;
+  g_mutex_lock(&w->lock);
+  self->own_op = on;
+  g_mutex_unlock(&w->lock);
+}
+
 /* rm of a message: expunge, or (delete=trash) move to the Trash. */
 static gboolean fsw_remove_message(FsWrite *w, FswFile *self, DcNode *node, guint32 uv,
                                    guint32 uid, const DcMsg *m, gboolean force_expunge,
@@ -872,6 +884,7 @@ static gboolean fsw_remove_message(FsWrite *w, FswFile *self, DcNode *node, guin
   FswDelete d = {.mailbox = dcnode_mailbox(node), .uv = uv, .uid = uid};
   if (!fsw_keep_copies(w, self, node, uv, uid, 0, 0, error))
     return FALSE;
+  fsw_own_op(w, self, TRUE);
   g_autofree char *trash = NULL;
   if (w->delete_trash && !force_expunge) {
     trash = fsw_trash(w, error);
@@ -916,6 +929,7 @@ static gboolean fsw_remove_message(FsWrite *w, FswFile *self, DcNode *node, guin
   } else if (ok || fsw_is_error(*error, IFS_ERROR_NOT_FOUND)) {
     dircache_msgs_removed(w->dc, node, uv, &uid, 1);
   }
+  fsw_own_op(w, self, FALSE);
   imap_copyuid_clear(&d.cu);
   g_free(d.flags_after);
   return ok;
@@ -960,6 +974,7 @@ static gboolean fsw_move_message(FsWrite *w, FswFile *self, DcNode *src, guint32
   *new_uid = *dst_uv = 0;
   if (!fsw_keep_copies(w, self, src, uv, m->uid, 0, 0, error))
     return FALSE;
+  fsw_own_op(w, self, TRUE);
   gboolean ok = pool_run(w->pool, mv.src, FALSE, fsw_move_op, &mv, error);
   *new_uid = ok || mv.copied ? imap_copyuid_lookup(&mv.cu, m->uid) : 0;
   *dst_uv = mv.cu.uidvalidity;
@@ -975,6 +990,7 @@ static gboolean fsw_move_message(FsWrite *w, FswFile *self, DcNode *src, guint32
     fsw_note_added(w, dst, mv.cu.uidvalidity, *new_uid, m);
   if (ok || fsw_is_error(*error, IFS_ERROR_NOT_FOUND))
     dircache_msgs_removed(w->dc, src, uv, &m->uid, 1);
+  fsw_own_op(w, self, FALSE);
   imap_copyuid_clear(&mv.cu);
   return ok;
 }
@@ -1494,6 +1510,36 @@ int fswrite_dirent(FsWrite *w, DcNode *parent, guint32 uv, guint32 uid, const ch
   return hidden ? -1 : 0;
 }
 
+void fswrite_message_gone(FsWrite *w, DcNode *node, guint32 uv, guint32 uid) {
+  g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+  g_mutex_lock(&w->lock);
+  gboolean closing = w->closing;
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, w->by_ino);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    FswFile *f = v;
+    if (f->name == NULL || !f->sent || f->own_op || f->sent_node != node || f->sent_uv != uv ||
+        (uid != 0 && f->sent_uid != uid))
+      continue;
+    /* Only the name goes (its bytes are the deleted message's): a later
+     * write or utimes through it would bring the message back, and rsync
+     * would take the name for a file it need not send.  The file itself
+     * is dropped by the lingering thread or its last release (under
+     * f->lock, which fswrite_open relies on). */
+    g_ptr_array_add(names, g_strdup(f->name));
+    _fsw_unname(w, f);
+    _fsw_unhide(w, f);
+    if (f->handles == 0) {
+      f->deadline = 1;
+      g_cond_signal(&w->cond);
+    }
+  }
+  g_mutex_unlock(&w->lock);
+  for (guint i = 0; i < names->len && !closing; i++)
+    notify_inval_entry(w->notify, fs_dir_ino(w->fs, node), g_ptr_array_index(names, i));
+}
+
 gboolean fswrite_owns(FsWrite *w, fuse_ino_t ino) {
   if ((ino & 0xffffffffu) == 0)
     return FALSE;
@@ -1989,7 +2035,7 @@ static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p2,
   /* Dropped while this rename waited for f->lock (the lingering send):
    * naming it again would leave a name without a reference (freed file). */
   g_mutex_lock(&w->lock);
-  int err = !f->in_table ? ENOENT : f->error;
+  int err = !f->in_table || f->name == NULL ? ENOENT : f->error;
   gboolean from_temp = f->name != NULL && fswrite_is_temp_name(f->name);
   gboolean same_dir = f->parent == p2;
   g_mutex_unlock(&w->lock);
@@ -2484,11 +2530,13 @@ static void fsw_setattr_file(fuse_req_t req, FsWrite *w, FswFile *f, struct stat
     clock_gettime(CLOCK_REALTIME, &f->ctime);
   }
   gboolean closed = f->writers == 0;
-  gboolean temp = f->name != NULL && fswrite_is_temp_name(f->name);
+  gboolean named = f->name != NULL;
+  gboolean temp = named && fswrite_is_temp_name(f->name);
   g_mutex_unlock(&w->lock);
   /* A file already sent and closed: a new date (or size) means the
-   * message is replaced now (utimes after cp, install -p, ...). */
-  if (err == 0 && f->sent && closed && !temp) {
+   * message is replaced now (utimes after cp, install -p, ...).  Not once
+   * unlinked or its message deleted: that would bring it back. */
+  if (err == 0 && f->sent && closed && named && !temp) {
     err = _fsw_send_now(w, f);
     if (err != 0 && f->error == 0) {
       /* Not replaced (and nothing lost): the date stays the server's. */

@@ -56,6 +56,10 @@ int fswrite_dirent(FsWrite *w, DcNode *parent, guint32 uv, guint32 uid, const ch
  * look like a UID no message of listing has (a restored "10.eml" that
  * became UID 1: as a second name of its message, rm must see it). */
 char **fswrite_extra_names(FsWrite *w, DcNode *parent, const DcListing *listing);
+/* Message uid of node (under UIDVALIDITY uv; uid 0: all of them) is gone,
+ * by our rm or mv or as a listing or the server said: new files' names
+ * that stand for it stop answering. */
+void fswrite_message_gone(FsWrite *w, DcNode *node, guint32 uv, guint32 uid);
 /* TRUE when ino is one of ours (then fs.c hands the request over). */
 gboolean fswrite_owns(FsWrite *w, fuse_ino_t ino);
 void fswrite_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);

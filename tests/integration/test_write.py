@@ -1849,3 +1849,55 @@ def test_folder_names_typed_unescaped_find_the_folder(empty_dovecot, fs):
     os.mkdir(os.path.join(m, "pct%25x"))
     assert "pct%x" in mailboxes(c)
     expect_errno(errno.EEXIST, os.mkdir, os.path.join(m, "pct%x"))
+
+
+# ---------------------------------------------------------------- names that outlive their message
+
+def test_written_name_ends_with_its_message(empty_dovecot, fs, tmp_path):
+    """A written file's name stands for the message it became: once that
+    message is removed (by its UID name, or seen gone by a listing) the
+    name is gone at once, and can neither be read, moved nor written back
+    into a message."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("F")
+    c.create("L3")
+    m = fs(dv)
+    box = os.path.join(m, "F")
+    write_file(os.path.join(box, "a.eml"), make_msg("NA"))
+    ua = uid_of(c, "F", "NA")
+    os.unlink(os.path.join(box, eml(ua)))
+    assert state(c, "F") == {}
+    expect_errno(errno.ENOENT, os.stat, os.path.join(box, "a.eml"))
+    expect_errno(errno.ENOENT, open, os.path.join(box, "a.eml"), "rb")
+    expect_errno(errno.ENOENT, os.rename, os.path.join(box, "a.eml"),
+                 os.path.join(m, "L3", "a.eml"))
+    # Appending to the name creates a new file; the old message stays gone.
+    write_file(os.path.join(box, "c.eml"), make_msg("NC"))
+    uc = uid_of(c, "F", "NC")
+    os.unlink(os.path.join(box, eml(uc)))
+    with open(os.path.join(box, "c.eml"), "ab") as f:
+        f.write(b"more\n")
+    assert [v["mid"] for v in state(c, "F").values()] == [None]
+    assert [v["body"] for v in state(c, "F").values()] == [b"more\r\n"]
+    # Removed by another client: the next listing ends the name.
+    write_file(os.path.join(box, "d.eml"), make_msg("ND"))
+    ud = uid_of(c, "F", "ND")
+    c.select(q("F"))
+    c.uid("STORE", str(ud), "+FLAGS.SILENT", r"(\Deleted)")
+    c.uid("EXPUNGE", str(ud))
+    wait_for(lambda: eml(ud) not in os.listdir(box), timeout=30, what="expunge seen")
+    expect_errno(errno.ENOENT, os.stat, os.path.join(box, "d.eml"))
+
+    # rsync --delete twice within the lingering time: nothing lost.
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(6):
+        write_file(tree / ("r%d.eml" % i), make_msg("RS%d" % i),
+                   mtime=1500000000 + i)
+    c.create("RsDel")
+    dst = os.path.join(m, "RsDel")
+    for run in range(2):
+        _rsync("--delete", str(tree) + "/", dst + "/")
+        assert sorted(mids(c, "RsDel")) == sorted(
+            "RS%d@imapfuse.test" % i for i in range(6)), run
