@@ -1016,6 +1016,23 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     old_uidvalidity = n->uidvalidity;
     if (n->msgs != NULL) {
       if (n->uidvalidity == f.uidvalidity) {
+        /* Added by our APPEND or MOVE after this fetch's SELECT (UIDs from
+         * its UIDNEXT on): the fetch could not see them, so they are not
+         * gone (they were reported removed, which ended the names that
+         * stood for them: fswrite_message_gone). */
+        for (guint i = 0; f.uidnext != 0 && i < n->msgs->len; i++) {
+          const DcMsg *m = &g_array_index(n->msgs, DcMsg, i);
+          DcListing l = {.msgs = result};
+          if (m->uid < f.uidnext || dc_listing_find(&l, m->uid) != NULL)
+            continue;
+          if (result == f.base || result == n->msgs) { /* held elsewhere too */
+            GArray *copy = dc_msgs_dup(result);
+            g_array_unref(result);
+            result = copy;
+          }
+          g_array_append_val(result, *m);
+          g_array_sort(result, dc_msg_cmp);
+        }
         dc_diff_removed(n->msgs, result, gone);
       } else {
         /* A new UIDVALIDITY: every old name is gone, also the ones the new

@@ -275,7 +275,8 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
     return;
   struct fuse_entry_param e;
   int err;
-  if (fswrite_lookup(fs->w, p, name, &e)) { /* a file being written */
+  if (fswrite_lookup(fs->w, p, name, &e) || /* a file being written */
+      fswrite_moved_lookup(fs->w, p, name, &e)) {
     fuse_reply_entry(req, &e);
     return;
   }
@@ -310,7 +311,10 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
   DcMsg m;
   int err;
   if (!fs_msg(fs, ino, &n, &uv, &m, NULL, &err)) {
-    fuse_reply_err(req, err);
+    if (err == ENOENT && fswrite_moved_attr(fs->w, ino, &st))
+      fuse_reply_attr(req, &st, 0); /* just moved: see fswrite_moved_attr */
+    else
+      fuse_reply_err(req, err);
     return;
   }
   fs_msg_attr(fs, (guint32)(ino >> 32), uv, &m, &st);

@@ -129,6 +129,15 @@ typedef struct {
   gboolean flushed; /* no write since its last flush (under w->lock) */
 } FswHandle;
 
+/* The name mv gave a message moved from another directory (GNU mv stats
+ * it after the rename; the message is listed as its new <UID>.eml). */
+typedef struct {
+  DcNode *node;
+  guint32 uv, uid;
+  gint64 deadline; /* monotonic us */
+  fuse_ino_t ino;  /* in moved_from: the old inode */
+} FswMoved;
+
 typedef struct {
   mode_t mode;
   gboolean has_mode;
@@ -151,6 +160,8 @@ struct FsWrite {
   GHashTable *by_ino;    /* &f->ino -> FswFile* (holds a ref) */
   GHashTable *by_name;   /* "dirid/name" -> FswFile* */
   GHashTable *hidden;    /* "dirid/uidvalidity/uid" -> FswFile* that hides it */
+  GHashTable *moved;     /* "dirid/name" -> FswMoved* (fswrite_moved_lookup) */
+  GHashTable *moved_from; /* &ino -> FswMoved*: the moved message's old inode */
   GHashTable *handles;   /* FswHandle* not released yet (freed at unmount) */
   GHashTable *dir_attrs; /* dir id -> FswDirAttr* */
   GHashTable *mbox_locks; /* mailbox -> GMutex* */
@@ -365,6 +376,7 @@ static void _fsw_name(FsWrite *w, FswFile *f, DcNode *parent, const char *name) 
     g_clear_pointer(&old->name, g_free); /* replaced, as rename(2) does */
     _fsw_unhide(w, old);
   }
+  g_hash_table_remove(w->moved, key); /* the name is the new file's now */
   f->parent = parent;
   f->name = g_strdup(name);
   g_hash_table_insert(w->by_name, key, f);
@@ -1372,6 +1384,8 @@ FsWrite *fswrite_new(Fs *fs, Dircache *dc, Notify *notify, const FsWriteOptions 
   w->by_ino = g_hash_table_new(g_int64_hash, g_int64_equal);
   w->by_name = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   w->hidden = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  w->moved = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  w->moved_from = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, g_free);
   w->handles = g_hash_table_new(NULL, NULL);
   w->dir_attrs = g_hash_table_new_full(NULL, NULL, NULL, g_free);
   w->mbox_locks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, fsw_mutex_free);
@@ -1434,6 +1448,8 @@ void fswrite_free(FsWrite *w) {
   g_hash_table_unref(w->by_ino);
   g_hash_table_unref(w->by_name);
   g_hash_table_unref(w->hidden);
+  g_hash_table_unref(w->moved);
+  g_hash_table_unref(w->moved_from);
   /* A release the kernel had not sent when the session ended (a close
    * just before the unmount) never comes: free those handles here. */
   g_hash_table_iter_init(&it, w->handles);
@@ -1510,6 +1526,98 @@ int fswrite_dirent(FsWrite *w, DcNode *parent, guint32 uv, guint32 uid, const ch
   return hidden ? -1 : 0;
 }
 
+/* Message uid of node, in the listing we have (no server round trip). */
+static gboolean fsw_cached_msg(FsWrite *w, DcNode *node, guint32 uid, guint32 *uv,
+                               guint32 *epoch, DcMsg *out) {
+  DcListing l;
+  if (!dcnode_selectable(node) || !dircache_listing(w->dc, node, G_MAXINT64, &l, NULL))
+    return FALSE;
+  const DcMsg *m = dc_listing_find(&l, uid);
+  if (m != NULL) {
+    *out = *m;
+    *uv = l.uidvalidity;
+    *epoch = l.epoch;
+  }
+  dc_listing_clear(&l);
+  return m != NULL;
+}
+
+/* After mv of a message into node as name: name stands for its new UID
+ * for as long as a written file's name lingers. */
+static void fsw_moved_add(FsWrite *w, DcNode *node, const char *name, guint32 uv, guint32 uid,
+                          fuse_ino_t old_ino) {
+  gint64 now = g_get_monotonic_time();
+  FswMoved *mv = g_new0(FswMoved, 1);
+  *mv = (FswMoved){node, uv, uid, now + FSW_LINGER_US, old_ino};
+  FswMoved *from = g_memdup2(mv, sizeof *mv);
+  g_mutex_lock(&w->lock);
+  GHashTable *tables[] = {w->moved, w->moved_from};
+  for (guint t = 0; t < G_N_ELEMENTS(tables); t++) {
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, tables[t]);
+    while (g_hash_table_iter_next(&it, NULL, &v))
+      if (((FswMoved *)v)->deadline <= now)
+        g_hash_table_iter_remove(&it);
+  }
+  if (name != NULL)
+    g_hash_table_replace(w->moved, fsw_key(node, name), mv);
+  else
+    g_free(mv);
+  g_hash_table_replace(w->moved_from, g_memdup2(&old_ino, sizeof old_ino), from);
+  g_mutex_unlock(&w->lock);
+}
+
+gboolean fswrite_moved_attr(FsWrite *w, fuse_ino_t ino, struct stat *st) {
+  g_mutex_lock(&w->lock);
+  const FswMoved *mv = g_hash_table_lookup(w->moved_from, &ino);
+  FswMoved want = mv != NULL ? *mv : (FswMoved){0};
+  g_mutex_unlock(&w->lock);
+  guint32 uv, epoch;
+  DcMsg m;
+  if (want.node == NULL || want.deadline <= g_get_monotonic_time() ||
+      !fsw_cached_msg(w, want.node, want.uid, &uv, &epoch, &m) || uv != want.uv)
+    return FALSE;
+  fs_msg_attr(w->fs, epoch, uv, &m, st);
+  return TRUE;
+}
+
+/* The message name stands for after a mv into node (fsw_moved_add), if
+ * it is still there.  A message, directory or new file that has the name
+ * itself keeps it: an existing N.eml of the folder is never shadowed. */
+static gboolean fsw_moved_msg(FsWrite *w, DcNode *node, const char *name, guint32 *uv,
+                              guint32 *epoch, DcMsg *out) {
+  g_autofree char *key = fsw_key(node, name);
+  g_mutex_lock(&w->lock);
+  const FswMoved *mv = g_hash_table_lookup(w->moved, key);
+  FswMoved want = mv != NULL ? *mv : (FswMoved){0};
+  if (mv != NULL && mv->deadline <= g_get_monotonic_time())
+    g_hash_table_remove(w->moved, key);
+  g_mutex_unlock(&w->lock);
+  if (want.node == NULL || want.deadline <= g_get_monotonic_time())
+    return FALSE;
+  guint32 own;
+  if (dircache_child(w->dc, node, name) != NULL ||
+      (names_parse_message_filename(name, &own) && fsw_cached_msg(w, node, own, uv, epoch, out)))
+    return FALSE;
+  /* Gone meanwhile (fswrite_message_gone), or a new UIDVALIDITY. */
+  return fsw_cached_msg(w, node, want.uid, uv, epoch, out) && *uv == want.uv;
+}
+
+gboolean fswrite_moved_lookup(FsWrite *w, DcNode *parent, const char *name,
+                              struct fuse_entry_param *e) {
+  guint32 uv, epoch;
+  DcMsg m;
+  if (!fsw_moved_msg(w, parent, name, &uv, &epoch, &m))
+    return FALSE;
+  memset(e, 0, sizeof *e);
+  e->ino = fs_msg_ino(epoch, m.uid);
+  fs_msg_attr(w->fs, epoch, uv, &m, &e->attr);
+  e->attr_timeout = fs_options(w->fs)->msg_timeout;
+  e->entry_timeout = 0; /* the name is transient: the kernel asks again */
+  return TRUE;
+}
+
 void fswrite_message_gone(FsWrite *w, DcNode *node, guint32 uv, guint32 uid) {
   g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
   g_mutex_lock(&w->lock);
@@ -1533,6 +1641,15 @@ void fswrite_message_gone(FsWrite *w, DcNode *node, guint32 uv, guint32 uid) {
     if (f->handles == 0) {
       f->deadline = 1;
       g_cond_signal(&w->cond);
+    }
+  }
+  GHashTable *tables[] = {w->moved, w->moved_from};
+  for (guint t = 0; t < G_N_ELEMENTS(tables); t++) {
+    g_hash_table_iter_init(&it, tables[t]);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+      const FswMoved *mv = v;
+      if (mv->node == node && mv->uv == uv && (uid == 0 || mv->uid == uid))
+        g_hash_table_iter_remove(&it);
     }
   }
   g_mutex_unlock(&w->lock);
@@ -1912,7 +2029,11 @@ void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
   }
   guint32 uid, uv, epoch;
   DcMsg m;
-  if (!names_parse_message_filename(name, &uid) || !dcnode_selectable(p)) {
+  /* The name mv gave a moved message is that message, as stat says. */
+  gboolean moved = fsw_moved_msg(w, p, name, &uv, &epoch, &m);
+  if (moved)
+    uid = m.uid;
+  else if (!names_parse_message_filename(name, &uid) || !dcnode_selectable(p)) {
     fuse_reply_err(req, dircache_child(w->dc, p, name) != NULL ? EISDIR : ENOENT);
     return;
   }
@@ -2116,7 +2237,8 @@ void fswrite_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_in
   if ((flags & RENAME_NOREPLACE) &&
       (target != NULL || dircache_child(w->dc, p2, newname) != NULL ||
        (names_parse_message_filename(newname, &tuid) && dcnode_selectable(p2) &&
-        fsw_find_msg(w, p2, tuid, &(guint32){0}, &(guint32){0}, &(DcMsg){0}, NULL)))) {
+        fsw_find_msg(w, p2, tuid, &(guint32){0}, &(guint32){0}, &(DcMsg){0}, NULL)) ||
+       fsw_moved_msg(w, p2, newname, &(guint32){0}, &(guint32){0}, &(DcMsg){0}))) {
     fuse_reply_err(req, EEXIST);
     return;
   }
@@ -2138,7 +2260,9 @@ void fswrite_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_in
   guint32 uid, uv, epoch;
   DcMsg m;
   g_autoptr(GError) error = NULL;
-  if (!names_parse_message_filename(name, &uid) || !dcnode_selectable(p1)) {
+  if (fsw_moved_msg(w, p1, name, &uv, &epoch, &m))
+    uid = m.uid; /* moved here a moment ago under this name */
+  else if (!names_parse_message_filename(name, &uid) || !dcnode_selectable(p1)) {
     fuse_reply_err(req, ENOENT);
     return;
   }
@@ -2178,6 +2302,17 @@ void fswrite_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_in
     _fsw_unhide(w, target);
     g_mutex_unlock(&w->lock);
   }
+  /* newname answers for the moved message a while (GNU mv stats it after
+   * the rename, and failed "cannot stat" for every message), unless it is
+   * the name of a message of p2 already listed: that one keeps it. */
+  guint32 own, ouv, oepoch;
+  DcMsg om;
+  gboolean taken = names_parse_message_filename(newname, &own) &&
+                   fsw_cached_msg(w, p2, own, &ouv, &oepoch, &om);
+  /* The kernel's entry for newname is still the old inode until the
+   * invalidation below is through: its stat answers for the message too. */
+  if (nuid != 0 && nuv != 0)
+    fsw_moved_add(w, p2, taken ? NULL : newname, nuv, nuid, fs_msg_ino(epoch, uid));
   fuse_reply_err(req, 0);
   /* The kernel now has newname for the moved file; its real name is
    * <nuid>.eml.  Make it look again (an existing message called newname

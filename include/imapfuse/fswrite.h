@@ -56,6 +56,14 @@ int fswrite_dirent(FsWrite *w, DcNode *parent, guint32 uv, guint32 uid, const ch
  * look like a UID no message of listing has (a restored "10.eml" that
  * became UID 1: as a second name of its message, rm must see it). */
 char **fswrite_extra_names(FsWrite *w, DcNode *parent, const DcListing *listing);
+/* The name mv gave a message it moved into parent from another directory
+ * (not listed: the message is listed as its new <UID>.eml) answers for a
+ * while like a written file's: e gets that message's entry. */
+gboolean fswrite_moved_lookup(FsWrite *w, DcNode *parent, const char *name,
+                              struct fuse_entry_param *e);
+/* The same for the moved message's old inode (the kernel's entry for that
+ * name until its invalidation is through): st gets its attributes. */
+gboolean fswrite_moved_attr(FsWrite *w, fuse_ino_t ino, struct stat *st);
 /* Message uid of node (under UIDVALIDITY uv; uid 0: all of them) is gone,
  * by our rm or mv or as a listing or the server said: new files' names
  * that stand for it stop answering. */

@@ -408,12 +408,15 @@ def test_mv_between_mailboxes_shows_new_uid(empty_dovecot, fs):
     st = state(c, "Other")
     assert {"\\Answered", "$Work"} <= st[nu]["flags"]
     assert state(c, "INBOX") == {}
-    # mv to a name that is not a message name: the kernel's name is stale.
+    # mv to a name that is not a message name: the name answers for the
+    # moved message a while (mv stats it), but is not listed.
     os.rename(os.path.join(other, eml(nu)), os.path.join(m, "INBOX", "whatever.eml"))
-    wait_for(lambda: not os.path.exists(os.path.join(m, "INBOX", "whatever.eml")),
-             what="stale name gone")
     back = uid_of(c, "INBOX", "A1")
     assert os.listdir(os.path.join(m, "INBOX")) == [eml(back)]
+    with open(os.path.join(m, "INBOX", "whatever.eml"), "rb") as f:
+        assert f.read() == make_msg("A1", lf=False)
+    assert (os.stat(os.path.join(m, "INBOX", "whatever.eml")).st_ino
+            == os.stat(os.path.join(m, "INBOX", eml(back))).st_ino)
 
 
 def test_mv_refusals(empty_dovecot, fs):
@@ -1056,7 +1059,8 @@ def test_second_names_of_a_message(empty_dovecot, fs):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert [b"This is redrafted." in v["body"] for v in state(c, "INBOX").values()] == [True]
-    os.unlink(os.path.join(inbox, "draft"))  # a name of nothing now
+    # Its message was replaced (expunged): the name went with it.
+    expect_errno(errno.ENOENT, os.stat, os.path.join(inbox, "draft"))
     # sed -i on a file written a moment ago.
     for n in os.listdir(inbox):
         os.unlink(os.path.join(inbox, n))
@@ -1901,3 +1905,60 @@ def test_written_name_ends_with_its_message(empty_dovecot, fs, tmp_path):
         _rsync("--delete", str(tree) + "/", dst + "/")
         assert sorted(mids(c, "RsDel")) == sorted(
             "RS%d@imapfuse.test" % i for i in range(6)), run
+
+
+def test_mv_many_into_another_folder_with_gnu_mv(empty_dovecot, fs):
+    """GNU mv stats each destination name after its rename: that name
+    answers for the moved message (its new UID) a while, is never listed,
+    goes with the message (rm of it, or of the new UID name), and never
+    shadows a message of the target folder that has that name."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("A")
+    c.create("B")
+    c.create("C")
+    for i in range(40):
+        imap_append(c, "A", crlf(make_msg("MV%d" % i)))
+    c.select(q("A"))
+    c.uid("STORE", "1:28", "+FLAGS.SILENT", r"(\Deleted)")
+    c.uid("EXPUNGE", "1:28")
+    b1 = imap_append(c, "B", crlf(make_msg("B1")))
+    b2 = imap_append(c, "B", crlf(make_msg("B2")))
+    m = fs(dv)
+    a, b = os.path.join(m, "A"), os.path.join(m, "B")
+    names = sorted(os.listdir(a))
+    assert names == sorted(eml(u) for u in range(29, 41))
+    r = subprocess.run(["mv"] + names + [b], cwd=a, capture_output=True, text=True,
+                       timeout=120)
+    assert (r.returncode, r.stderr) == (0, "")
+    st = state(c, "B")
+    assert len(st) == 14 and state(c, "A") == {}
+    listed = sorted(os.listdir(b))
+    assert listed == sorted(eml(u) for u in st)  # no second names
+    with open(os.path.join(b, eml(b1)), "rb") as f:
+        assert f.read() == crlf(make_msg("B1"))
+    # 35.eml stands for what was A's 35.
+    n35 = uid_of(c, "B", "MV34")
+    assert os.stat(os.path.join(b, "35.eml")).st_ino == os.stat(os.path.join(b, eml(n35))).st_ino
+    with open(os.path.join(b, "35.eml"), "rb") as f:
+        assert f.read() == crlf(make_msg("MV34"))
+    # rm of the name removes that message, then the name is gone.
+    os.unlink(os.path.join(b, "35.eml"))
+    assert n35 not in state(c, "B")
+    expect_errno(errno.ENOENT, os.stat, os.path.join(b, "35.eml"))
+    # rm of the new UID name ends the mv name too.
+    n36 = uid_of(c, "B", "MV35")
+    os.unlink(os.path.join(b, eml(n36)))
+    expect_errno(errno.ENOENT, os.stat, os.path.join(b, "36.eml"))
+    # mv of the name moves the message on.
+    os.rename(os.path.join(b, "37.eml"), os.path.join(m, "C", "37.eml"))
+    assert mids(c, "C") == ["MV36@imapfuse.test"]
+    expect_errno(errno.ENOENT, os.stat, os.path.join(b, "37.eml"))
+    assert os.stat(os.path.join(m, "C", "37.eml")).st_size > 0
+    # A name that is a message of the target already stays that message.
+    u = imap_append(c, "C", crlf(make_msg("C2")))
+    os.rename(os.path.join(b, "38.eml"), os.path.join(m, "C", eml(1)))
+    with open(os.path.join(m, "C", eml(1)), "rb") as f:
+        assert f.read() == crlf(make_msg("MV36"))
+    assert "%d.eml" % 38 not in os.listdir(os.path.join(m, "C"))
+    assert u in state(c, "C")
