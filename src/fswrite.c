@@ -2642,6 +2642,16 @@ static void fsw_setattr_file(fuse_req_t req, FsWrite *w, FswFile *f, struct stat
         err = fsw_errno(error);
     }
   }
+  /* The date the stored message has: the one sent, else the server's
+   * (a copy of a message that was there, or an APPEND without a date).
+   * Setting that date again changes nothing stored (nano -B gives its
+   * backup, a copy of the message, the message's own times). */
+  gint64 stored_date = f->sent_date;
+  guint32 suv, sepoch;
+  DcMsg sm;
+  if (f->sent && stored_date == 0 && f->sent_uid != 0 &&
+      fsw_cached_msg(w, f->sent_node, f->sent_uid, &suv, &sepoch, &sm) && suv == f->sent_uv)
+    stored_date = sm.date;
   g_mutex_lock(&w->lock);
   struct timespec old_mtime = f->mtime;
   gboolean old_set = f->mtime_set, old_dirty = f->dirty;
@@ -2657,7 +2667,7 @@ static void fsw_setattr_file(fuse_req_t req, FsWrite *w, FswFile *f, struct stat
       f->atime = fsw_time_arg(&attr->st_atim, to_set & FUSE_SET_ATTR_ATIME_NOW);
     if (to_set & FUSE_SET_ATTR_MTIME) {
       struct timespec t = fsw_time_arg(&attr->st_mtim, to_set & FUSE_SET_ATTR_MTIME_NOW);
-      if (f->sent && t.tv_sec != f->sent_date)
+      if (f->sent && t.tv_sec != stored_date)
         f->dirty = TRUE; /* the INTERNALDATE must follow */
       f->mtime = t;
       f->mtime_set = TRUE;

@@ -1962,3 +1962,26 @@ def test_mv_many_into_another_folder_with_gnu_mv(empty_dovecot, fs):
         assert f.read() == crlf(make_msg("MV36"))
     assert "%d.eml" % 38 not in os.listdir(os.path.join(m, "C"))
     assert u in state(c, "C")
+
+
+def test_backup_with_the_messages_own_date_is_not_a_new_message(empty_dovecot, fs):
+    """nano -B: the backup 1.eml~ is a copy of message 1 (nothing
+    appended), then gets message 1's times after its fsync: that changes
+    nothing that would be stored, so no second copy."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    u = imap_append(c, "INBOX", crlf(make_msg("NB")), date=1600000000)
+    m = fs(dv)
+    inbox = os.path.join(m, "INBOX")
+    orig = os.path.join(inbox, eml(u))
+    data = open(orig, "rb").read()
+    st = os.stat(orig)
+    with open(os.path.join(inbox, eml(u) + "~"), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+        os.utime(os.path.join(inbox, eml(u) + "~"), (st.st_atime, st.st_mtime))
+    assert list(state(c, "INBOX")) == [u]
+    # A date of its own is still a message of its own.
+    os.utime(os.path.join(inbox, eml(u) + "~"), (1000000000, 1000000000))
+    assert sorted(v["date"] for v in state(c, "INBOX").values()) == [1000000000, 1600000000]
