@@ -112,12 +112,11 @@ guint64 imap_conn_appendlimit(const ImapConn *c);
 gboolean imap_conn_is_broken(const ImapConn *c);
 /* Marks the connection unusable (the pool will close it). */
 void imap_conn_set_broken(ImapConn *c);
-/* From any thread: if c has been waiting for the server for waited_us or
- * more, its socket is shut down, so that the command fails now (the
- * connection is then broken); TRUE if so.  Does not free c. */
-gboolean imap_conn_abort(ImapConn *c, gint64 waited_us);
-/* imap_conn_abort on every connection of the process, also those still
- * logging in; returns how many were cut. */
+/* From any thread: every connection of the process (also those still
+ * connecting or logging in) that has waited for the server for waited_us
+ * or more, in a command that changes nothing, has its socket shut down,
+ * so that the command fails now (the connection is then broken).  Returns
+ * how many were cut.  Frees nothing. */
 guint imap_conn_cut_waiting(gint64 waited_us);
 /* Name of the selected mailbox (server form) or NULL, and its UIDVALIDITY. */
 const char *imap_conn_selected(const ImapConn *c);

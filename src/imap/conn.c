@@ -30,8 +30,8 @@ struct ImapConn {
   const ImapEndpoint *ep;
   guint id;
   int fd;
-  gint64 wait_since; /* monotonic us a recv began waiting, 0 when none (atomic: imap_conn_abort) */
-  gboolean changing; /* running a command that changes the server (atomic: imap_conn_abort) */
+  gint64 wait_since; /* monotonic us a recv began waiting, 0 when none (atomic: conn_abort) */
+  gboolean changing; /* running a command that changes the server (atomic: conn_abort) */
   gboolean opened;   /* logged in: only then does close say LOGOUT (not in cleartext on a
                       * TLS port whose handshake failed, nor to a server that never answered) */
   SSL *ssl;
@@ -52,6 +52,23 @@ struct ImapConn {
 
 static gint conn_next_id = 0;
 static GMutex conn_trace_lock;
+
+/* Every connection being opened or open (the pool's or the watcher's),
+ * also one still connecting or logging in: imap_conn_cut_waiting reaches
+ * them all.  c->fd and c->changing change only under the lock, so that
+ * conn_abort's test and its shutdown() are one step. */
+static GMutex conn_reg_lock;
+static GHashTable *conn_reg;
+static gboolean conn_abort(ImapConn *c, gint64 waited_us);
+
+/* Before a command is sent: an abort either came first (the command then
+ * fails to go out, nothing reached the server) or sees the change under
+ * way and leaves it alone, never cutting it halfway. */
+static void conn_set_changing(ImapConn *c, gboolean changing) {
+  g_mutex_lock(&conn_reg_lock);
+  __atomic_store_n(&c->changing, changing, __ATOMIC_RELAXED);
+  g_mutex_unlock(&conn_reg_lock);
+}
 
 /* ---- tracing (credentials never reach it) ---- */
 
@@ -244,7 +261,7 @@ static gboolean conn_fill(ImapConn *c, GError **error) {
     guint8 *buf = imap_parser_space(c->parser, 65536, &room);
     room = MIN(room, (gsize)G_MAXINT);
     ssize_t n;
-    __atomic_store_n(&c->wait_since, g_get_monotonic_time(), __ATOMIC_RELAXED); /* imap_conn_abort */
+    __atomic_store_n(&c->wait_since, g_get_monotonic_time(), __ATOMIC_RELAXED); /* conn_abort */
     if (c->ssl != NULL) {
       n = SSL_read(c->ssl, buf, (int)room);
       __atomic_store_n(&c->wait_since, 0, __ATOMIC_RELAXED);
@@ -447,7 +464,7 @@ static gboolean conn_literal_nonsync(const ImapConn *c, gsize n) {
 }
 
 /* Whether cmd changes what the server holds (so that cutting it would
- * leave its outcome unknown: imap_conn_abort never does). */
+ * leave its outcome unknown: conn_abort never does). */
 static gboolean conn_cmd_changes(ImapCmd *cmd) {
   static const char *const verbs[] = {"APPEND ", "STORE ",  "EXPUNGE", "MOVE ",
                                       "COPY ",   "CREATE ", "DELETE ", "RENAME "};
@@ -466,7 +483,7 @@ static gboolean conn_cmd_changes(ImapCmd *cmd) {
 
 gboolean imap_conn_run(ImapConn *c, ImapCmd *cmd, ImapHandler fn, gpointer user,
                        ImapResponse **tagged_out, GError **error) {
-  __atomic_store_n(&c->changing, conn_cmd_changes(cmd), __ATOMIC_RELAXED);
+  conn_set_changing(c, conn_cmd_changes(cmd));
   g_autoptr(ImapCmd) owned = cmd;
   g_autoptr(ImapResponse) tagged = NULL;
   if (tagged_out != NULL)
@@ -570,7 +587,7 @@ gboolean imap_conn_run_pipeline(ImapConn *c, ImapCmd **cmds, guint n, ImapHandle
   gboolean changes = FALSE;
   for (guint i = 0; i < n; i++)
     changes |= conn_cmd_changes(cmds[i]);
-  __atomic_store_n(&c->changing, changes, __ATOMIC_RELAXED);
+  conn_set_changing(c, changes);
   gboolean pipeline = TRUE;
   for (guint i = 0; i < n; i++)
     pipeline = pipeline && conn_can_pipeline(c, cmds[i]);
@@ -682,12 +699,6 @@ gboolean imap_conn_run_pipeline(ImapConn *c, ImapCmd **cmds, guint n, ImapHandle
 
 /* ---- setup ---- */
 
-/* Every connection being opened or open (the pool's or the watcher's),
- * also one still connecting or logging in: imap_conn_cut_waiting reaches
- * them all.  c->fd changes only under the lock while registered. */
-static GMutex conn_reg_lock;
-static GHashTable *conn_reg;
-
 static void conn_register(ImapConn *c, gboolean add) {
   g_mutex_lock(&conn_reg_lock);
   if (conn_reg == NULL)
@@ -751,7 +762,7 @@ static gboolean conn_connect(ImapConn *c, GError **error) {
       soerr = errno;
     else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &slen) == 0 && soerr == 0 &&
              getpeername(fd, (struct sockaddr *)&peer, &plen) != 0)
-      soerr = ECONNABORTED; /* cut by imap_conn_abort */
+      soerr = ECONNABORTED; /* cut by conn_abort */
     if (soerr != 0) {
       last_errno = soerr;
       conn_set_fd(c, -1);
@@ -806,13 +817,13 @@ guint imap_conn_cut_waiting(gint64 waited_us) {
     gpointer c;
     g_hash_table_iter_init(&it, conn_reg);
     while (g_hash_table_iter_next(&it, &c, NULL))
-      cut += imap_conn_abort(c, waited_us);
+      cut += conn_abort(c, waited_us);
   }
   g_mutex_unlock(&conn_reg_lock);
   return cut;
 }
 
-/* The TLS handshake waits in recv like a command does (imap_conn_abort). */
+/* The TLS handshake waits in recv like a command does (conn_abort). */
 static SSL *conn_tls_handshake(ImapConn *c, GError **error) {
   __atomic_store_n(&c->wait_since, g_get_monotonic_time(), __ATOMIC_RELAXED);
   SSL *ssl = tls_handshake(c->ep->tls_ctx, c->fd, c->ep->host, error);
@@ -926,9 +937,10 @@ guint64 imap_conn_appendlimit(const ImapConn *c) { return c->appendlimit; }
 gboolean imap_conn_is_broken(const ImapConn *c) { return c->broken; }
 void imap_conn_set_broken(ImapConn *c) { c->broken = TRUE; }
 
-gboolean imap_conn_abort(ImapConn *c, gint64 waited_us) {
+static gboolean conn_abort(ImapConn *c, gint64 waited_us) {
   /* shutdown, not close: the fd stays valid for the thread blocked on it,
-   * whose recv then fails at once. */
+   * whose recv then fails at once.  Called under conn_reg_lock
+   * (imap_conn_cut_waiting): see conn_set_changing. */
   gint64 since = __atomic_load_n(&c->wait_since, __ATOMIC_RELAXED);
   if (c->fd < 0 || since == 0 || __atomic_load_n(&c->changing, __ATOMIC_RELAXED) ||
       g_get_monotonic_time() - since < waited_us)
