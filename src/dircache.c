@@ -170,7 +170,7 @@ static void dc_load_ids(Dircache *dc) {
   if (dc->meta_dir == NULL)
     return;
   g_autofree char *lpath = g_build_filename(dc->meta_dir, DC_IDS_LOCK_FILE, NULL);
-  dc->ids_lock_fd = lockfile_take(AT_FDCWD, lpath, O_CREAT);
+  dc->ids_lock_fd = lockfile_take(AT_FDCWD, lpath, O_CREAT, LOCKFILE_MOUNT_WAIT_US);
   if (dc->ids_lock_fd < 0) {
     g_debug("%s is in use by another mount: inode ids are not kept", lpath);
     return;

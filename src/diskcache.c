@@ -645,7 +645,7 @@ Diskcache *diskcache_open(const char *dir, guint64 max_bytes, GError **error) {
                 "cannot open cache directory %s: %s", dir, g_strerror(err));
     return NULL;
   }
-  int lfd = lockfile_take(dfd, DK_LOCK_FILE, O_CREAT);
+  int lfd = lockfile_take(dfd, DK_LOCK_FILE, O_CREAT, LOCKFILE_MOUNT_WAIT_US);
   if (lfd < 0) {
     int err = errno;
     if (err == EWOULDBLOCK)

@@ -7,15 +7,19 @@
 #include <sys/file.h>
 #include <unistd.h>
 
-int lockfile_take(int dirfd, const char *path, int extra_flags) {
+int lockfile_take(int dirfd, const char *path, int extra_flags, gint64 wait_us) {
   int fd = openat(dirfd, path, O_RDWR | O_CLOEXEC | extra_flags, 0600);
   if (fd < 0)
     return -1;
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+  gint64 end = g_get_monotonic_time() + wait_us;
+  while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
     int err = errno;
-    close(fd);
-    errno = err;
-    return -1;
+    if (err != EWOULDBLOCK || g_get_monotonic_time() >= end) {
+      close(fd);
+      errno = err;
+      return -1;
+    }
+    g_usleep(50 * 1000);
   }
   return fd;
 }

@@ -136,7 +136,7 @@ void staging_recover(Staging *st) {
     g_autofree char *lock = g_build_filename(run, "lock", NULL);
     /* No lock file: another mount is taking the run right now (it
      * removes the lock first).  A held one: a mount that still runs. */
-    int fd = lockfile_take(AT_FDCWD, lock, 0);
+    int fd = lockfile_take(AT_FDCWD, lock, 0, 0);
     if (fd < 0)
       continue;
     moved += staging_take_run(run, into);
@@ -162,7 +162,7 @@ static gboolean _staging_make_run(Staging *st, GError **error) {
   if (g_mkdtemp_full(tmp, 0700) == NULL)
     return staging_set_errno(error, errno, "cannot create a directory in", st->base_dir);
   g_autofree char *lock = g_build_filename(tmp, "lock", NULL);
-  int fd = lockfile_take(AT_FDCWD, lock, O_CREAT | O_EXCL);
+  int fd = lockfile_take(AT_FDCWD, lock, O_CREAT | O_EXCL, 0);
   if (fd < 0) {
     int err = errno;
     unlink(lock);

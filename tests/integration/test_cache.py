@@ -2310,6 +2310,28 @@ def _stat_when_listed(root, name, p):
     return os.stat(p)
 
 
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_a_mount_waits_for_the_one_before_to_let_go_of_the_cache(mount, empty_dovecot, env,
+                                                                 tmp_path):
+    """fusermount3 -u returns before imapfuse has written its caches out
+    and exited: a mount started at once found the disk cache locked and
+    ran without it (a warning; every message from the server again).  It
+    waits up to 3 s for the locks now."""
+    dv = empty_dovecot()
+    uids = _make_box(dv, "Box", [_msg("w%d" % i, 900) for i in range(3)])
+    cache = str(tmp_path / "cache")
+    a = mount(dv, "cache_dir=" + cache, env=env)
+    want = [_read(os.path.join(a.path, "Box", "%d.eml" % u)) for u in uids]
+    t = threading.Timer(1.0, a.unmount)
+    t.start()
+    try:
+        b = mount(dv, "cache_dir=" + cache, "imap_debug", env=env)
+    finally:
+        t.join()
+    assert [_read(os.path.join(b.path, "Box", "%d.eml" % u)) for u in uids] == want
+    assert not _body_fetches(b), _commands(b)  # all from the disk cache
+
+
 @pytest.mark.imapfuse_stderr_ok(r"in use by another imapfuse mount", r"message cache disabled")
 def test_two_mounts_sharing_a_cache_dir_never_share_new_ids(mount, empty_dovecot, env,
                                                             tmp_path):
