@@ -380,6 +380,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
    * invalidated before the reply.  Bounded, see notify_flush. */
   if (!notify_flush(fs->notify, G_USEC_PER_SEC))
     g_debug("opendir %s: kernel invalidations still queued after 1 s", dcnode_mailbox(n));
+  dircache_prefetch_after(fs->dc, n);
   d->children = dircache_children(fs->dc, n);
   d->extra = fswrite_extra_names(fs->w, n, &d->listing);
   d->link.data = d;

@@ -284,6 +284,10 @@ int main(int argc, char *argv[]) {
   /* While the watcher polls, its rounds confirm listings (and LIST the
    * tree): opendir then needs no round trip of its own. */
   double list_max_age = o.list_max_age >= 0 ? o.list_max_age : o.poll * 1.5;
+  /* Listing ahead of ls -R on all connections but one (the user's), where
+   * a listing is used for a while: with list_max_age under 1 s (poll=0)
+   * every opendir asks again, and each folder was listed twice. */
+  dircache_set_prefetch(dc, list_max_age >= 1 ? (guint)o.connections - 1 : 0);
   BodycacheOptions bo = {
       .mem_bytes = (guint64)o.cache_mem_mb << 20,
       .chunk_bytes = 1 << 20,
@@ -381,6 +385,7 @@ int main(int argc, char *argv[]) {
     main_stopping(&stop);
   watch_free(watch);
   watch = NULL;
+  dircache_set_prefetch(dc, 0);
   notify_detach(notify, G_USEC_PER_SEC);
   fuse_session_unmount(se);
   BodycacheStats bst;

@@ -138,6 +138,13 @@ void dircache_prune_saved(Dircache *dc);
  * with saved also those with a list loaded from the last mount (DcNode*,
  * not owned). */
 GPtrArray *dircache_listed_nodes(Dircache *dc, gboolean saved, gint64 idle_us);
+/* Listing ahead: up to threads folders listed at once in the background
+ * (0: none; the queue is dropped).  Set before use and at the end. */
+void dircache_set_prefetch(Dircache *dc, guint threads);
+/* The user opened folder n (or the root): the next few folders a tree
+ * walk (ls -R, find) opens after it that have no listing yet are listed
+ * in the background. */
+void dircache_prefetch_after(Dircache *dc, DcNode *n);
 /* The user opened n or a file in it (for the watcher: dircache_listed_nodes). */
 void dircache_touch(Dircache *dc, DcNode *n);
 /* Whether a STATUS answer, asked at monotonic time asked_us, disagrees

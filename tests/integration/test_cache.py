@@ -617,7 +617,10 @@ def test_mount_confirms_saved_listings(mount, empty_dovecot, env, tmp_path, list
         assert selects == ['SELECT "F69"'], selects
     else:
         assert (len(status), len(by_list)) == (64, 0), cmds
-        assert len(selects) == 7, selects  # F64-F69, and F69 changed
+        # each folder once: those not asked at mount, and F69 (changed)
+        asked = {c.split()[1].strip('"') for c in status}
+        want = {'SELECT "%s"' % b for b in names if b not in asked or b == "F69"}
+        assert len(selects) == len(want) and set(selects) == want, (selects, want)
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
@@ -647,6 +650,31 @@ def test_watcher_polls_many_folders_with_one_list_status(mount, empty_dovecot, e
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_tree_walk_lists_folders_ahead_and_each_once(mount, empty_dovecot, env):
+    """A walk (ls -R, find, os.walk) opens folder after folder, a round trip
+    each: once it shows, the next folders are listed in the background
+    (2,000 folders through 20 ms: 42.5 -> 14.3 s).  Every listing is still
+    right and every folder is asked once; ls of one folder is no walk and
+    lists no other."""
+    dv = empty_dovecot()
+    names = ["W%02d" % i for i in range(6)] + ["W06/S%d" % i for i in range(4)]
+    boxes = {b: _make_box(dv, b, [_msg("%s-%d" % (b, i), 400) for i in range(i % 3 + 1)])
+             for i, b in enumerate(names)}
+    m = mount(dv, "imap_debug", "poll=30", env=env)
+    assert len(_listing(os.path.join(m.path, "W03"))) == len(boxes["W03"])
+    time.sleep(0.5)
+    assert [c for c in _commands(m) if c.startswith("SELECT")] == ['SELECT "W03"']
+    seen = {}
+    for top, dirs, files in os.walk(m.path):
+        rel = os.path.relpath(top, m.path)
+        if rel in boxes:
+            seen[rel] = sorted(files)
+    assert seen == {b: _names(u) for b, u in boxes.items()}
+    selects = [c for c in _commands(m) if c.startswith("SELECT")]
+    assert sorted(selects) == sorted({'SELECT "%s"' % b for b in names + ["INBOX"]}), selects
+
+
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
 def test_watcher_polls_only_mailboxes_looked_at(mount, empty_dovecot, env, tmp_path):
     """Saved lists are confirmed once at mount; later rounds ask STATUS only
     of the mailboxes opened in this mount (not of every one a past mount
@@ -664,7 +692,8 @@ def test_watcher_polls_only_mailboxes_looked_at(mount, empty_dovecot, env, tmp_p
     time.sleep(3.5)  # the first round and at least two more
     status = [c for c in _commands(m2) if c.startswith("STATUS")]
     boxes = [c.split()[1] for c in status]
-    assert {'"B"', '"C"'} <= set(boxes[:3]), status  # the first round
+    assert {'"B"', '"C"'} <= set(boxes[:4]), status  # the first round (INBOX's too
+    # if it was listed ahead)
     assert boxes.count('"A"') >= 3, status
     assert boxes.count('"B"') == 1 and boxes.count('"C"') == 1, status
 
@@ -2181,14 +2210,14 @@ def test_saved_listings_of_gone_mailboxes_are_removed(mount, empty_dovecot, env,
         assert len(os.listdir(os.path.join(m.path, name))) == 1
     m.unmount()
     saved = sorted(p.name for p in (cache / "meta").glob("*.mc"))
-    assert len(saved) == 3
+    assert len(saved) >= 3  # and INBOX's if it was listed ahead
     c = dv.imap()
     c.delete("Gone1")
     c.rename("Gone2", "Moved")
     c.logout()
     m = mount(dv, "cache_dir=%s" % cache, env=env)
     left = sorted(p.name for p in (cache / "meta").glob("*.mc"))
-    assert len(left) == 1 and left[0] in saved
+    assert len(left) == len(saved) - 2 and set(left) <= set(saved)
     assert len(os.listdir(os.path.join(m.path, "Keep"))) == 1
 
 
