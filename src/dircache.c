@@ -93,6 +93,7 @@ struct Dircache {
   GThreadPool *prefetch; /* listings ahead of a tree walk; NULL: none */
   guint prefetch_ahead;  /* folders queued ahead of the one opened */
   GPtrArray *walk_next;  /* the folders a walk goes to after the last opened (tree_lock) */
+  guint walk_steps;      /* quiet steps of a walk in a row (tree_lock) */
 };
 
 /* Ids (the high half of inode numbers) stay the same from one mount to
@@ -526,9 +527,11 @@ GPtrArray *dircache_children(Dircache *dc, DcNode *parent) {
  * queues the next few folders, in the order those tools walk (depth
  * first, names sorted as readdir gives them), that have no listing
  * fetched in this mount; threads list them on other pooled connections
- * while the tool works on this one.  Only once a walk shows, the folder
- * opened being one of those that come after the one opened before it:
- * ls of one folder lists no others.  A tool that gets there first waits
+ * while the tool works on this one.  Only once a walk shows, twice in a
+ * row the folder opened being one of those that come after the one
+ * opened before, with no file read between (a grep -r spends its time
+ * reading, and listings ahead slowed its read-ahead): ls of one folder
+ * lists no others.  A tool that gets there first waits
  * for that listing instead of asking again (dircache_listing's
  * refresh_lock). */
 
@@ -599,7 +602,7 @@ static gboolean _dc_walk_below(DcWalk *w, DcNode *p) {
   return TRUE;
 }
 
-void dircache_prefetch_after(Dircache *dc, DcNode *n) {
+void dircache_prefetch_after(Dircache *dc, DcNode *n, gboolean quiet) {
   if (dc->prefetch == NULL)
     return;
   GPtrArray *seen = g_ptr_array_new();
@@ -625,8 +628,11 @@ void dircache_prefetch_after(Dircache *dc, DcNode *n) {
    * opened before (ls -R and find open the very next; locale order may
    * differ a little from ours): ls of one folder after the root's is not. */
   guint at;
-  gboolean walking = dc->walk_next != NULL && g_ptr_array_find(dc->walk_next, n, &at) &&
-                     at < DC_WALK_SLACK;
+  gboolean step = quiet && dc->walk_next != NULL && g_ptr_array_find(dc->walk_next, n, &at) &&
+                  at < DC_WALK_SLACK;
+  /* Two steps: grep -r opens the root, then a folder, before it reads */
+  dc->walk_steps = step ? dc->walk_steps + 1 : 0;
+  gboolean walking = dc->walk_steps >= 2;
   if (dc->walk_next != NULL)
     g_ptr_array_unref(dc->walk_next);
   dc->walk_next = seen;

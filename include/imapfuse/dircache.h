@@ -141,10 +141,11 @@ GPtrArray *dircache_listed_nodes(Dircache *dc, gboolean saved, gint64 idle_us);
 /* Listing ahead: up to threads folders listed at once in the background
  * (0: none; the queue is dropped).  Set before use and at the end. */
 void dircache_set_prefetch(Dircache *dc, guint threads);
-/* The user opened folder n (or the root): the next few folders a tree
- * walk (ls -R, find) opens after it that have no listing yet are listed
- * in the background. */
-void dircache_prefetch_after(Dircache *dc, DcNode *n);
+/* The user opened folder n (or the root), having read no file since the
+ * folder opened before if quiet: once two such steps follow a tree walk
+ * (ls -R, find), the next folders it opens that have no listing yet are
+ * listed in the background. */
+void dircache_prefetch_after(Dircache *dc, DcNode *n, gboolean quiet);
 /* The user opened n or a file in it (for the watcher: dircache_listed_nodes). */
 void dircache_touch(Dircache *dc, DcNode *n);
 /* Whether a STATUS answer, asked at monotonic time asked_us, disagrees
