@@ -51,6 +51,8 @@ struct DcNode {
   gboolean stale;    /* msgs may not match the server at highestmodseq: ask it */
   gboolean served;   /* a listing of it was handed out in this mount */
   gboolean prefetching; /* queued or being listed ahead (dircache_prefetch_after) */
+  GHashTable *added;  /* uid -> monotonic us our APPEND or MOVE added it (until a
+                       * fetch begun later has seen the mailbox); NULL: none */
   gint64 used_at;    /* monotonic us the user last opened it or a file in it (atomic) */
   gint64 failed_at;  /* monotonic us when the last fetch failed, with why: */
   GError *failed;
@@ -292,6 +294,7 @@ static void dc_node_free(DcNode *n) {
   g_mutex_clear(&n->lock);
   g_clear_error(&n->failed);
   g_clear_pointer(&n->sizes, g_hash_table_unref);
+  g_clear_pointer(&n->added, g_hash_table_unref);
   g_free(n->name);
   g_free(n->mailbox);
   g_free(n);
@@ -1163,11 +1166,16 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
         /* Added by our APPEND or MOVE after this fetch's SELECT (UIDs from
          * its UIDNEXT on): the fetch could not see them, so they are not
          * gone (they were reported removed, which ended the names that
-         * stood for them: fswrite_message_gone). */
-        for (guint i = 0; f.uidnext != 0 && i < n->msgs->len; i++) {
+         * stood for them: fswrite_message_gone).  Only those added while
+         * it ran: any other UID at or above UIDNEXT (a server restored
+         * from a backup) is gone, or it stayed listed for good. */
+        for (guint i = 0; f.uidnext != 0 && n->added != NULL && i < n->msgs->len; i++) {
           const DcMsg *m = &g_array_index(n->msgs, DcMsg, i);
           DcListing l = {.msgs = result};
-          if (m->uid < f.uidnext || dc_listing_find(&l, m->uid) != NULL)
+          gpointer at;
+          if (m->uid < f.uidnext || dc_listing_find(&l, m->uid) != NULL ||
+              !g_hash_table_lookup_extended(n->added, GUINT_TO_POINTER(m->uid), NULL, &at) ||
+              *(gint64 *)at < started)
             continue;
           if (result == f.base || result == n->msgs) { /* held elsewhere too */
             GArray *copy = dc_msgs_dup(result);
@@ -1178,7 +1186,17 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
           g_array_sort(result, dc_msg_cmp);
         }
         dc_diff_removed(n->msgs, result, gone);
+        /* What was added before this fetch began, it has seen. */
+        GHashTableIter ai;
+        gpointer at;
+        if (n->added != NULL) {
+          g_hash_table_iter_init(&ai, n->added);
+          while (g_hash_table_iter_next(&ai, NULL, &at))
+            if (*(gint64 *)at < started)
+              g_hash_table_iter_remove(&ai);
+        }
       } else {
+        g_clear_pointer(&n->added, g_hash_table_unref);
         /* A new UIDVALIDITY: every old name is gone, also the ones the new
          * list has again (another message under the same UID).  Else the
          * kernel kept its entry (and on -o ro, where no open is sent to
@@ -1233,6 +1251,12 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     dc_tell(dc, n, old_epoch, old_uidvalidity, DC_CHANGE_UIDVALIDITY);
   for (guint i = 0; i < gone->len; i++)
     dc_tell(dc, n, old_epoch, g_array_index(gone, guint32, i), DC_CHANGE_REMOVED);
+  if (ok && f.uidnext != 0) {
+    g_mutex_lock(&n->lock);
+    guint32 epoch = n->epoch;
+    g_mutex_unlock(&n->lock);
+    dc_tell(dc, n, epoch, f.uidnext, DC_CHANGE_LISTED);
+  }
   return ok;
 }
 
@@ -1393,6 +1417,12 @@ void dircache_msg_added(Dircache *dc, DcNode *n, guint32 uidvalidity, const DcMs
       n->msgs = copy;
       n->dirty = TRUE;
       added = TRUE;
+      /* A fetch under way may not show it (dircache_listing) */
+      if (n->added == NULL)
+        n->added = g_hash_table_new_full(NULL, NULL, NULL, g_free);
+      gint64 *at = g_new(gint64, 1);
+      *at = g_get_monotonic_time();
+      g_hash_table_replace(n->added, GUINT_TO_POINTER(m->uid), at);
     }
   }
   g_mutex_unlock(&n->lock);

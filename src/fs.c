@@ -40,6 +40,10 @@ static void fs_observer(DcNode *n, guint32 epoch, guint32 uid, DcChangeKind kind
   Fs *fs = user;
   if (kind == DC_CHANGE_FLAGS)
     return; /* flags are not in the attributes */
+  if (kind == DC_CHANGE_LISTED) {
+    fswrite_listing_seen(fs->w, n, uid);
+    return;
+  }
   if (kind == DC_CHANGE_UIDVALIDITY) {
     /* uid is the old UIDVALIDITY: its bytes can never be asked for again. */
     bodycache_forget_mailbox(fs->bc, dcnode_mailbox(n), uid);

@@ -896,7 +896,6 @@ static gboolean fsw_remove_message(FsWrite *w, FswFile *self, DcNode *node, guin
   FswDelete d = {.mailbox = dcnode_mailbox(node), .uv = uv, .uid = uid};
   if (!fsw_keep_copies(w, self, node, uv, uid, 0, 0, error))
     return FALSE;
-  fsw_own_op(w, self, TRUE);
   g_autofree char *trash = NULL;
   if (w->delete_trash && !force_expunge) {
     trash = fsw_trash(w, error);
@@ -908,6 +907,9 @@ static gboolean fsw_remove_message(FsWrite *w, FswFile *self, DcNode *node, guin
     if (!g_str_equal(trash, d.mailbox))
       d.trash = trash;
   }
+  /* Set only here, cleared below: a refusal before (no Trash) left it
+   * set, and an expunge elsewhere then never ended self's name. */
+  fsw_own_op(w, self, TRUE);
   gboolean ok = pool_run(w->pool, d.mailbox, FALSE, fsw_delete_op, &d, error);
   if (!ok && fsw_is_error(*error, IFS_ERROR_UNSUPPORTED)) {
     if (d.trash == NULL && w->delete_trash)
@@ -1655,6 +1657,34 @@ void fswrite_message_gone(FsWrite *w, DcNode *node, guint32 uv, guint32 uid) {
   g_mutex_unlock(&w->lock);
   for (guint i = 0; i < names->len && !closing; i++)
     notify_inval_entry(w->notify, fs_dir_ino(w->fs, node), g_ptr_array_index(names, i));
+}
+
+void fswrite_listing_seen(FsWrite *w, DcNode *node, guint32 uidnext) {
+  g_autoptr(GArray) sent = g_array_new(FALSE, FALSE, sizeof(guint32) * 2);
+  g_mutex_lock(&w->lock);
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, w->by_ino);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    FswFile *f = v;
+    if (f->name != NULL && f->sent && !f->own_op && f->sent_node == node &&
+        f->sent_uid != 0 && f->sent_uid < uidnext) {
+      guint32 pair[2] = {f->sent_uv, f->sent_uid};
+      g_array_append_vals(sent, pair, 1);
+    }
+  }
+  g_mutex_unlock(&w->lock);
+  if (sent->len == 0)
+    return;
+  DcListing l;
+  if (!dircache_listing(w->dc, node, G_MAXINT64, &l, NULL)) /* the one just fetched */
+    return;
+  for (guint i = 0; i < sent->len; i++) {
+    const guint32 *pair = (const guint32 *)sent->data + 2 * i;
+    if (l.uidvalidity == pair[0] && dc_listing_find(&l, pair[1]) == NULL)
+      fswrite_message_gone(w, node, pair[0], pair[1]);
+  }
+  dc_listing_clear(&l);
 }
 
 gboolean fswrite_owns(FsWrite *w, fuse_ino_t ino) {

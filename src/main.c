@@ -284,10 +284,6 @@ int main(int argc, char *argv[]) {
   /* While the watcher polls, its rounds confirm listings (and LIST the
    * tree): opendir then needs no round trip of its own. */
   double list_max_age = o.list_max_age >= 0 ? o.list_max_age : o.poll * 1.5;
-  /* Listing ahead of ls -R on all connections but one (the user's), where
-   * a listing is used for a while: with list_max_age under 1 s (poll=0)
-   * every opendir asks again, and each folder was listed twice. */
-  dircache_set_prefetch(dc, list_max_age >= 1 ? (guint)o.connections - 1 : 0);
   BodycacheOptions bo = {
       .mem_bytes = (guint64)o.cache_mem_mb << 20,
       .chunk_bytes = 1 << 20,
@@ -343,6 +339,11 @@ int main(int argc, char *argv[]) {
   /* Threads only after the fork of daemonising: the child keeps only the
    * thread that forked, and a lock another thread held stays locked. */
   bodycache_start(bc);
+  /* Listing ahead of ls -R on all connections but one (the user's), where
+   * a listing is used for a while: with list_max_age under 1 s (poll=0)
+   * every opendir asks again, and each folder was listed twice.  After
+   * daemonising: a shared pool may have a helper thread (GLib >= 2.75). */
+  dircache_set_prefetch(dc, list_max_age >= 1 ? (guint)o.connections - 1 : 0);
   fs_start(fs);
   notify_set_session(notify, se);
   watch = watch_new(&ep, dc, pool, (guint)o.poll, (guint)o.watch_idle);

@@ -101,6 +101,8 @@ typedef enum {
   DC_CHANGE_ADDED,
   DC_CHANGE_FLAGS,
   DC_CHANGE_UIDVALIDITY, /* the whole mailbox was replaced; uid = the old UIDVALIDITY */
+  DC_CHANGE_LISTED,      /* fetched anew, also the first time (no REMOVED then); uid =
+                          * its SELECT's UIDNEXT: a message below it not listed is gone */
 } DcChangeKind;
 /* Told of every message that changed, e.g. to invalidate kernel entries.
  * Called without dircache locks held. */

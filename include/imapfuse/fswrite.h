@@ -68,6 +68,10 @@ gboolean fswrite_moved_attr(FsWrite *w, fuse_ino_t ino, struct stat *st);
  * by our rm or mv or as a listing or the server said: new files' names
  * that stand for it stop answering. */
 void fswrite_message_gone(FsWrite *w, DcNode *node, guint32 uv, guint32 uid);
+/* node was listed anew, its SELECT saying uidnext: names of new files
+ * that stand for a message below uidnext that the listing lacks end (a
+ * first listing reports nothing removed). */
+void fswrite_listing_seen(FsWrite *w, DcNode *node, guint32 uidnext);
 /* TRUE when ino is one of ours (then fs.c hands the request over). */
 gboolean fswrite_owns(FsWrite *w, fuse_ino_t ino);
 void fswrite_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);

@@ -1760,6 +1760,42 @@ def test_highestmodseq_going_back_lists_everything(mount, empty_dovecot, env):
         px.close()
 
 
+def test_uidnext_gone_back_does_not_keep_expunged_messages(mount, empty_dovecot, env):
+    """A listing keeps messages at or above its SELECT's UIDNEXT that our
+    own APPEND or MOVE added while it ran (it could not see them).  It kept
+    any such message: with a server whose UIDNEXT went back (restored from
+    a backup; played here by a proxy that lowers UIDNEXT), a message
+    expunged there stayed listed for good."""
+    from test_write_review import Proxy
+    dv = empty_dovecot()
+    uids = _make_box(dv, "Box", [_msg("u%d" % i, 500) for i in range(3)])
+    px = Proxy(dv.port)
+    lower = []
+
+    def edit(data):
+        if not lower:
+            return data
+        return re.sub(rb"\[UIDNEXT (\d+)\]",
+                      lambda mt: b"[UIDNEXT %d]" % uids[-1], data)
+    px.edit_s2c = edit
+    try:
+        m = mount(dv, "poll=1", env=env, port=px.port)
+        d = os.path.join(m.path, "Box")
+        assert _listing(d) == _names(uids)
+        c = dv.imap()
+        c.select("Box")
+        c.uid("STORE", str(uids[-1]), "+FLAGS.SILENT", "(\\Deleted)")
+        c.expunge()
+        c.logout()
+        lower.append(1)
+        deadline = time.monotonic() + 8
+        while _listing(d) != _names(uids[:-1]):
+            assert time.monotonic() < deadline, _listing(d)
+            time.sleep(0.2)
+    finally:
+        px.close()
+
+
 def test_a_garbage_sequence_number_in_a_listing_is_ignored(mount, empty_dovecot, env):
     """Without QRESYNC, a listing maps sequence numbers to UIDs (for
     "* n EXPUNGE"): a FETCH numbered 4,000,000,000 asked for a 16 GB array

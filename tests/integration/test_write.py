@@ -379,6 +379,41 @@ def test_delete_trash_without_trash_mailbox(empty_dovecot, fs):
     assert sorted(state(c, "INBOX")) == [a]
 
 
+@pytest.mark.imapfuse_stderr_ok(NO_TRASH_WARNING)
+def test_written_name_ends_after_a_refused_rm_and_at_a_first_listing(empty_dovecot, fs):
+    """Two ways a written file's name outlived its message, expunged by
+    another client: an rm refused before it reached the server
+    (delete=trash, no Trash) left the file marked as in an operation of
+    its own, so the listing that saw the expunge did not end the name;
+    and a folder listed for the first time after the expunge reported
+    nothing removed.  Either way a utimes through the name stored the
+    deleted message again."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("Drafts")
+    c.create("Never")
+    m = fs(dv, "delete=trash", "poll=1")
+    for name, listed_first, refused_rm in (("Drafts", True, True), ("Never", False, False)):
+        box = os.path.join(m, name)
+        if listed_first:
+            assert os.listdir(box) == []
+        write_file(os.path.join(box, "x.eml"), make_msg("X" + name))
+        ux = uid_of(c, name, "X" + name)
+        if refused_rm:
+            expect_errno(errno.ENOTSUP, os.unlink, os.path.join(box, "x.eml"))
+        c.select(q(name))
+        c.uid("STORE", str(ux), "+FLAGS.SILENT", r"(\Deleted)")
+        c.uid("EXPUNGE", str(ux))
+        # A listing (poll=1: each is at most 1.5 s old) sees the expunge,
+        # and the name ends with it.
+        wait_for(lambda: os.listdir(box) is not None and
+                 not os.path.exists(os.path.join(box, "x.eml")), timeout=10,
+                 what="x.eml in %s ending with its message" % name)
+        expect_errno(errno.ENOENT, os.utime, os.path.join(box, "x.eml"),
+                     (1577836800, 1577836800))
+        assert state(c, name) == {}
+
+
 # ---------------------------------------------------------------- mv
 
 def test_mv_between_mailboxes_shows_new_uid(empty_dovecot, fs):
