@@ -32,6 +32,7 @@ struct ImapConn {
   int fd;
   gint64 wait_since; /* monotonic us a recv began waiting, 0 when none (atomic: conn_abort) */
   gboolean changing; /* running a command that changes the server (atomic: conn_abort) */
+  gboolean aborted;  /* conn_abort shut the socket down (atomic) */
   gboolean opened;   /* logged in: only then does close say LOGOUT (not in cleartext on a
                       * TLS port whose handshake failed, nor to a server that never answered) */
   SSL *ssl;
@@ -754,15 +755,14 @@ static gboolean conn_connect(ImapConn *c, GError **error) {
     __atomic_store_n(&c->wait_since, 0, __ATOMIC_RELAXED);
     int soerr = 0;
     socklen_t slen = sizeof soerr;
-    struct sockaddr_storage peer;
-    socklen_t plen = sizeof peer;
-    if (pr == 0)
+    if (__atomic_load_n(&c->aborted, __ATOMIC_RELAXED))
+      soerr = ECONNABORTED; /* cut by conn_abort: a stop */
+    else if (pr == 0)
       soerr = ETIMEDOUT;
     else if (pr < 0)
       soerr = errno;
-    else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &slen) == 0 && soerr == 0 &&
-             getpeername(fd, (struct sockaddr *)&peer, &plen) != 0)
-      soerr = ECONNABORTED; /* cut by conn_abort */
+    else
+      getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &slen);
     if (soerr != 0) {
       last_errno = soerr;
       conn_set_fd(c, -1);
@@ -945,6 +945,7 @@ static gboolean conn_abort(ImapConn *c, gint64 waited_us) {
   if (c->fd < 0 || since == 0 || __atomic_load_n(&c->changing, __ATOMIC_RELAXED) ||
       g_get_monotonic_time() - since < waited_us)
     return FALSE;
+  __atomic_store_n(&c->aborted, TRUE, __ATOMIC_RELAXED);
   shutdown(c->fd, SHUT_RDWR);
   return TRUE;
 }
