@@ -51,6 +51,14 @@ def _make_box(dv, name, msgs, flags=None):
     return uids
 
 
+def _box_behind_proxy(dv, tag):
+    """Box with three messages, and a Proxy to dv (test_write_review):
+    (uids, proxy)."""
+    from test_write_review import Proxy
+    uids = _make_box(dv, "Box", [_msg("%s%d" % (tag, i), 500) for i in range(3)])
+    return uids, Proxy(dv.port)
+
+
 def _make_boxes(dv, counts, size, step):
     """Mailboxes {name: n}, message i of size + step * i bytes:
     {name: {uid: bytes}}."""
@@ -1723,10 +1731,8 @@ def test_highestmodseq_going_back_lists_everything(mount, empty_dovecot, env):
     lower).  The delta against our higher figure kept it, and every
     later delta asked for changes since then: a flag change made after
     the drop was never seen.  A lower HIGHESTMODSEQ now lists everything."""
-    from test_write_review import Proxy
     dv = empty_dovecot()
-    uids = _make_box(dv, "Box", [_msg("m%d" % i, 500) for i in range(3)])
-    px = Proxy(dv.port)
+    uids, px = _box_behind_proxy(dv, "m")
     shift = []
 
     def down(data):
@@ -1766,10 +1772,8 @@ def test_uidnext_gone_back_does_not_keep_expunged_messages(mount, empty_dovecot,
     any such message: with a server whose UIDNEXT went back (restored from
     a backup; played here by a proxy that lowers UIDNEXT), a message
     expunged there stayed listed for good."""
-    from test_write_review import Proxy
     dv = empty_dovecot()
-    uids = _make_box(dv, "Box", [_msg("u%d" % i, 500) for i in range(3)])
-    px = Proxy(dv.port)
+    uids, px = _box_behind_proxy(dv, "u")
     lower = []
 
     def edit(data):
@@ -1802,10 +1806,8 @@ def test_a_garbage_sequence_number_in_a_listing_is_ignored(mount, empty_dovecot,
     (zeroed: 16 GB of memory touched where the machine had it, else the
     process ended).  The number is ignored; the listing is right."""
     from dovecot import capability_without
-    from test_write_review import Proxy
     dv = empty_dovecot(extra_config=capability_without("QRESYNC"))
-    uids = _make_box(dv, "Box", [_msg("q%d" % i, 500) for i in range(3)])
-    px = Proxy(dv.port)
+    uids, px = _box_behind_proxy(dv, "q")
 
     def edit(data):
         return re.sub(rb"^\* 2 FETCH \(UID", b"* 4000000000 FETCH (UID", data, flags=re.M)

@@ -7,6 +7,7 @@ Dovecot (they modify mail) and private XDG directories (the unsent
 directory lives under $XDG_DATA_HOME).
 """
 
+import contextlib
 import datetime
 import errno
 import glob
@@ -183,6 +184,21 @@ def fs(mount, xdg):
         env = dict(os.environ, **xdg)
         return mount(server, *opts, env=env, **kw)
     return make
+
+
+@contextlib.contextmanager
+def small_tmpfs(path, size):
+    """A tmpfs of size ("5m") on path for the with block; the test is
+    skipped where none can be mounted."""
+    os.makedirs(path, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", path],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here: " + r.stderr.strip())
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", path])
 
 
 def unsent_files(xdg):
@@ -1475,13 +1491,7 @@ def test_full_staging_disk_stores_nothing(empty_dovecot, fs, xdg, tmp_path):
     writer's whole file, so it is never sent (cp of 8 MB onto a 5 MB
     staging disk stored the first 5 MB as a message).  The write and the
     close fail with ENOSPC, and the bytes staged are kept unsent."""
-    staging = os.path.join(xdg["XDG_DATA_HOME"], "imapfuse", "staging")
-    os.makedirs(staging)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", staging],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here: " + r.stderr.strip())
-    try:
+    with small_tmpfs(os.path.join(xdg["XDG_DATA_HOME"], "imapfuse", "staging"), "5m"):
         dv = empty_dovecot()
         c = dv.imap()
         m = fs(dv)
@@ -1500,8 +1510,6 @@ def test_full_staging_disk_stores_nothing(empty_dovecot, fs, xdg, tmp_path):
         m.unmount()
         assert re.search(r'could not store "full.eml" in INBOX .*No space left on device.*'
                          r"its bytes are kept in", m.stderr_text()), m.stderr_text()
-    finally:
-        subprocess.run(["umount", "-l", staging])
 
 
 def _kill_writer(path, data, sig):

@@ -21,8 +21,8 @@ import pytest
 
 from dovecot import QUOTA_CONFIG
 from test_write import (UNSENT_WARNING, crlf, eml, fs, imap_append,  # noqa: F401
-                        mailboxes, make_msg, mids, q, state, uid_of, unsent_files,
-                        write_file, xdg)
+                        mailboxes, make_msg, mids, q, small_tmpfs, state, uid_of,
+                        unsent_files, write_file, xdg)
 
 
 # ---------------------------------------------------------------- a proxy
@@ -851,12 +851,7 @@ def test_full_local_disk_is_enospc_not_the_servers_quota(empty_dovecot, fs, xdg)
     """New files are staged on the local disk.  When that disk was full,
     write() failed with EDQUOT, the errno of the server's quota
     ([OVERQUOTA]), and nothing said why.  It is ENOSPC, with a warning."""
-    data_home = xdg["XDG_DATA_HOME"]
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", data_home],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here: " + r.stderr.strip())
-    try:
+    with small_tmpfs(xdg["XDG_DATA_HOME"], "512k"):
         dv = empty_dovecot()
         m = fs(dv)
         p = os.path.join(m, "INBOX", "big.eml")
@@ -868,5 +863,3 @@ def test_full_local_disk_is_enospc_not_the_servers_quota(empty_dovecot, fs, xdg)
         assert e.value.errno == errno.ENOSPC, e.value
         m.unmount(check=False)
         assert "No space left on device" in m.stderr_text()
-    finally:
-        subprocess.run(["umount", "-l", data_home])
