@@ -96,7 +96,14 @@ def imap_append(c, box, data, flags="", date=None):
 def state(c, box):
     """{uid: {"flags": set, "date": epoch, "size": int, "body": bytes,
     "mid": str}} of a mailbox, read from the server."""
-    typ, data = c.select(q(box), readonly=True)
+    for _ in range(3):
+        typ, data = c.select(q(box), readonly=True)
+        # Dovecot 2.3.19, a mailbox just deleted and created again while
+        # another session had it open: "Corrupted transaction log ...
+        # indexid changed", [SERVERBUG] once, then it mends the index.
+        if typ == "OK" or b"[SERVERBUG]" not in data[0]:
+            break
+        time.sleep(0.2)
     assert typ == "OK", (box, data)
     out = {}
     if int(data[0]) == 0:
