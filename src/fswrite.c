@@ -2149,11 +2149,17 @@ static int _fsw_replace_message(FsWrite *w, FswFile *f, DcNode *p2, const char *
                                 gboolean from_temp, gboolean same_dir) {
   guint32 n, uv, epoch;
   DcMsg m;
+  /* A name mv gave stands for the moved message (fsw_moved_msg): sed -i
+   * of it replaces that one (both versions stayed).  Asked before
+   * _fsw_replace_file makes the name f's. */
+  gboolean moved = !from_temp && same_dir && fsw_moved_msg(w, p2, newname, &uv, &epoch, &m);
   int err = _fsw_replace_file(w, f, p2, newname);
   if (err != 0)
     return err < 0 ? 0 : err;
-  if (from_temp || !same_dir || !names_parse_message_filename(newname, &n) ||
-      !fsw_find_msg(w, p2, n, &uv, &epoch, &m, NULL))
+  if (moved)
+    n = m.uid;
+  else if (from_temp || !same_dir || !names_parse_message_filename(newname, &n) ||
+           !fsw_find_msg(w, p2, n, &uv, &epoch, &m, NULL))
     return 0;
   if (f->sent && f->sent_node == p2 && f->sent_uv == uv && f->sent_uid == n)
     return 0; /* f is that message */
