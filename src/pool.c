@@ -248,7 +248,8 @@ static ImapConn *pool_open(Pool *p, GError **error) {
   GError *local = NULL;
   g_mutex_lock(&p->lock);
   if (g_get_monotonic_time() < p->mute_until)
-    g_set_error(&local, IFS_ERROR, IFS_ERROR_TIMEOUT, "%s", p->mute_why);
+    g_set_error(&local, IFS_ERROR, IFS_ERROR_TIMEOUT, "%s (no new login for %d s after it)",
+                p->mute_why, p->ep->timeout_s);
   gboolean fresh = local == NULL;
   g_mutex_unlock(&p->lock);
   if (fresh)
@@ -271,6 +272,8 @@ static ImapConn *pool_open(Pool *p, GError **error) {
     g_propagate_error(error, local);
   return c;
 }
+
+gboolean pool_stopping(Pool *p) { return g_atomic_int_get(&p->stopping) != 0; }
 
 guint pool_cut_waiting(Pool *p, gint64 waited_us) {
   g_atomic_int_set(&p->stopping, 1);

@@ -26,6 +26,8 @@ void pool_free(Pool *p);
  * cut: their outcome would be unknown.  Returns how many were cut.  Any
  * thread, any time before pool_free. */
 guint pool_cut_waiting(Pool *p, gint64 waited_us);
+/* pool_cut_waiting was called: the mount is stopping. */
+gboolean pool_stopping(Pool *p);
 
 /* Applied to every connection the pool opens (and to existing ones). */
 void pool_set_unsolicited(Pool *p, ImapHandler fn, gpointer user);

@@ -107,6 +107,12 @@ static gboolean conn_fail(ImapConn *c, GError **error, IfsError code, const char
   va_start(ap, fmt);
   g_autofree char *msg = g_strdup_vprintf(fmt, ap);
   va_end(ap);
+  /* Cut by the stop (conn_abort): not the server's doing, whatever the
+   * socket said ("closed the connection", "no answer for 60 s") */
+  if (__atomic_load_n(&c->aborted, __ATOMIC_RELAXED)) {
+    g_free(msg);
+    msg = g_strdup_printf("imapfuse is stopping: the wait for %s was cut", c->ep->host);
+  }
   c->broken = TRUE;
   g_set_error_literal(error, IFS_ERROR, code, msg);
   return FALSE;

@@ -2136,7 +2136,7 @@ def _read_then_sigterm_with_server_stopped(m, dv, uids, pause=0.0):
     return e.value, took, stopped
 
 
-@pytest.mark.imapfuse_stderr_ok(r"warning: .*(no answer from|shutting down|closed the connection|lost)")
+@pytest.mark.imapfuse_stderr_ok(r"warning: .*(no answer from|shutting down|closed the connection|lost|stopping)")
 def test_a_server_that_stops_answering_costs_two_timeouts(mount, empty_dovecot, env):
     """The whole server stops (SIGSTOP): a read waits one timeout on its
     connection and one for a fresh login (a retry), then fails with
@@ -2154,7 +2154,7 @@ def test_a_server_that_stops_answering_costs_two_timeouts(mount, empty_dovecot, 
     assert m.proc.returncode == 0
 
 
-@pytest.mark.imapfuse_stderr_ok(r"warning: .*(no answer from|shutting down|closed the connection|lost|connect)")
+@pytest.mark.imapfuse_stderr_ok(r"warning: .*(no answer from|shutting down|closed the connection|lost|connect|stopping)")
 def test_sigterm_while_connecting_to_a_host_that_drops_syns(mount, empty_dovecot, env):
     """The server's host stops answering SYNs (its connections cut, a
     firewall): the watcher's reconnect and a reader's new login wait in
@@ -2470,7 +2470,7 @@ def test_lost_ids_next_never_brings_old_ids_back(mount, empty_dovecot, env, tmp_
     assert os.stat(os.path.join(m.path, "Zed")).st_ino >> 32 != st_old.st_ino >> 32
 
 
-@pytest.mark.imapfuse_stderr_ok(r"warning: .*(no answer from|closed the connection|lost)",
+@pytest.mark.imapfuse_stderr_ok(r"warning: .*(no answer from|closed the connection|lost|stopping)",
                                 r"warning: reading a message: TLS handshake .* failed: .*eof")
 def test_a_tls_server_that_stops_answering_costs_two_timeouts(mount, empty_dovecot, env):
     """Over imaps, a TLS handshake the server did not answer was a TLS
