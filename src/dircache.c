@@ -93,10 +93,9 @@ struct Dircache {
   DcObserver observer;
   gpointer observer_user;
   GThreadPool *prefetch; /* listings ahead of a tree walk; NULL: none */
-  guint prefetch_ahead;  /* folders queued ahead of the one opened */
   GPtrArray *walk_next;  /* the folders a walk goes to after the last opened (tree_lock) */
   guint walk_steps;      /* quiet steps of a walk in a row (tree_lock) */
-  guint prefetch_threads;
+  guint prefetch_threads; /* threads listing ahead; threads + 1 folders are queued ahead */
 };
 
 /* Ids (the high half of inode numbers) stay the same from one mount to
@@ -565,7 +564,6 @@ void dircache_set_prefetch(Dircache *dc, guint threads) {
   g_clear_pointer(&dc->walk_next, g_ptr_array_unref);
   if (threads > 0) {
     dc->prefetch = g_thread_pool_new(dc_prefetch_task, dc, (gint)threads, FALSE, NULL);
-    dc->prefetch_ahead = threads + 1;
     dc->prefetch_threads = threads;
   }
 }
@@ -594,11 +592,12 @@ typedef struct {
   guint budget; /* nodes still to look at: a walk of a big tree is bounded */
 } DcWalk;
 
-/* Caller holds tree_lock.  Adds the folders under p, depth first, to
- * w->out; FALSE once the budget is spent. */
-static gboolean _dc_walk_below(DcWalk *w, DcNode *p) {
-  g_autoptr(GPtrArray) kids = _dc_sorted_children(p);
-  for (guint i = 0; i < kids->len; i++) {
+static gboolean _dc_walk_below(DcWalk *w, DcNode *p);
+
+/* Caller holds tree_lock.  Adds kids[from..] and the folders under each,
+ * depth first, to w->out; FALSE once the budget is spent. */
+static gboolean _dc_walk_kids(DcWalk *w, GPtrArray *kids, guint from) {
+  for (guint i = from; i < kids->len; i++) {
     DcNode *k = g_ptr_array_index(kids, i);
     if (w->budget == 0)
       return FALSE;
@@ -610,28 +609,29 @@ static gboolean _dc_walk_below(DcWalk *w, DcNode *p) {
   return TRUE;
 }
 
+/* Caller holds tree_lock.  The folders under p, depth first (_dc_walk_kids). */
+static gboolean _dc_walk_below(DcWalk *w, DcNode *p) {
+  g_autoptr(GPtrArray) kids = _dc_sorted_children(p);
+  return _dc_walk_kids(w, kids, 0);
+}
+
 void dircache_prefetch_after(Dircache *dc, DcNode *n, gboolean quiet) {
   if (dc->prefetch == NULL)
     return;
+  guint ahead = dc->prefetch_threads + 1; /* folders queued ahead of n */
   GPtrArray *seen = g_ptr_array_new();
-  DcWalk w = {seen, 4 * dc->prefetch_ahead + 16};
+  DcWalk w = {seen, 4 * ahead + 16};
   g_mutex_lock(&dc->tree_lock);
-  if (_dc_walk_below(&w, n))
-    for (DcNode *c = n; c->parent != NULL && w.budget > 0; c = c->parent) {
-      g_autoptr(GPtrArray) sib = _dc_sorted_children(c->parent);
-      guint i = 0;
-      while (i < sib->len && g_ptr_array_index(sib, i) != c)
-        i++;
-      gboolean more = TRUE;
-      for (i++; more && i < sib->len && w.budget > 0; i++) {
-        DcNode *k = g_ptr_array_index(sib, i);
-        w.budget--;
-        g_ptr_array_add(seen, k);
-        more = _dc_walk_below(&w, k);
-      }
-      if (!more)
-        break;
-    }
+  /* After n: what is under it, then the later siblings of n and of each
+   * of its parents, with what is under them. */
+  gboolean more = _dc_walk_below(&w, n);
+  for (DcNode *c = n; more && c->parent != NULL; c = c->parent) {
+    g_autoptr(GPtrArray) sib = _dc_sorted_children(c->parent);
+    guint i = 0;
+    while (i < sib->len && g_ptr_array_index(sib, i) != c)
+      i++;
+    more = _dc_walk_kids(&w, sib, i + 1);
+  }
   /* A walk's next step is one of the first few folders after the one
    * opened before (ls -R and find open the very next; locale order may
    * differ a little from ours): ls of one folder after the root's is not. */
@@ -657,7 +657,7 @@ void dircache_prefetch_after(Dircache *dc, DcNode *n, gboolean quiet) {
    * step behind, and one thread (connections=2) gained nothing (13.4 s
    * against 13.6 s for 608 folders through 20 ms). */
   guint queued = 0, slot = dc->walk_steps + 1;
-  for (guint i = 0; i < cands->len && queued < dc->prefetch_ahead; i++) {
+  for (guint i = 0; i < cands->len && queued < ahead; i++) {
     DcNode *k = g_ptr_array_index(cands, i);
     if ((slot + i) % (dc->prefetch_threads + 1) == 0)
       continue;
@@ -1183,21 +1183,23 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
          * stood for them: fswrite_message_gone).  Only those added while
          * it ran: any other UID at or above UIDNEXT (a server restored
          * from a backup) is gone, or it stayed listed for good. */
+        DcListing fetched = {.msgs = result};
+        GArray *kept = NULL;
         for (guint i = 0; f.uidnext != 0 && n->added != NULL && i < n->msgs->len; i++) {
           const DcMsg *m = &g_array_index(n->msgs, DcMsg, i);
-          DcListing l = {.msgs = result};
           gpointer at;
-          if (m->uid < f.uidnext || dc_listing_find(&l, m->uid) != NULL ||
+          if (m->uid < f.uidnext || dc_listing_find(&fetched, m->uid) != NULL ||
               !g_hash_table_lookup_extended(n->added, GUINT_TO_POINTER(m->uid), NULL, &at) ||
               *(gint64 *)at < started)
             continue;
-          if (result == f.base || result == n->msgs) { /* held elsewhere too */
-            GArray *copy = dc_msgs_dup(result);
-            g_array_unref(result);
-            result = copy;
-          }
-          g_array_append_val(result, *m);
-          g_array_sort(result, dc_msg_cmp);
+          if (kept == NULL)
+            kept = dc_msgs_dup(result); /* result may be held elsewhere too */
+          g_array_append_val(kept, *m);
+        }
+        if (kept != NULL) {
+          g_array_sort(kept, dc_msg_cmp);
+          g_array_unref(result);
+          result = kept;
         }
         dc_diff_removed(n->msgs, result, gone);
         /* What was added before this fetch began, it has seen. */
@@ -1367,7 +1369,6 @@ static GArray *dc_msgs_dup(const GArray *msgs) {
     g_array_append_vals(copy, msgs->data, len);
   return copy;
 }
-
 
 /* _dc_patchable: caller holds n->lock.  TRUE when the list can be patched
  * for uidvalidity; otherwise marks it stale. */

@@ -1544,6 +1544,31 @@ static gboolean fsw_cached_msg(FsWrite *w, DcNode *node, guint32 uid, guint32 *u
   return m != NULL;
 }
 
+/* name is <UID>.eml of a message of node in the listing we have. */
+static gboolean fsw_name_is_listed(FsWrite *w, DcNode *node, const char *name) {
+  guint32 uid, uv, epoch;
+  DcMsg m;
+  return names_parse_message_filename(name, &uid) && fsw_cached_msg(w, node, uid, &uv, &epoch, &m);
+}
+
+/* Caller holds w->lock.  Drops the names mv gave (and old inodes) that
+ * expired by now, and those that stand for message uid (0: any) of
+ * node under uv (node NULL: none). */
+static void _fsw_moved_drop(FsWrite *w, gint64 now, DcNode *node, guint32 uv, guint32 uid) {
+  GHashTable *tables[] = {w->moved, w->moved_from};
+  for (guint t = 0; t < G_N_ELEMENTS(tables); t++) {
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, tables[t]);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+      const FswMoved *mv = v;
+      if (mv->deadline <= now ||
+          (node != NULL && mv->node == node && mv->uv == uv && (uid == 0 || mv->uid == uid)))
+        g_hash_table_iter_remove(&it);
+    }
+  }
+}
+
 /* After mv of a message into node as name: name stands for its new UID
  * for as long as a written file's name lingers. */
 static void fsw_moved_add(FsWrite *w, DcNode *node, const char *name, guint32 uv, guint32 uid,
@@ -1553,15 +1578,7 @@ static void fsw_moved_add(FsWrite *w, DcNode *node, const char *name, guint32 uv
   *mv = (FswMoved){node, uv, uid, now + FSW_LINGER_US, old_ino};
   FswMoved *from = g_memdup2(mv, sizeof *mv);
   g_mutex_lock(&w->lock);
-  GHashTable *tables[] = {w->moved, w->moved_from};
-  for (guint t = 0; t < G_N_ELEMENTS(tables); t++) {
-    GHashTableIter it;
-    gpointer v;
-    g_hash_table_iter_init(&it, tables[t]);
-    while (g_hash_table_iter_next(&it, NULL, &v))
-      if (((FswMoved *)v)->deadline <= now)
-        g_hash_table_iter_remove(&it);
-  }
+  _fsw_moved_drop(w, now, NULL, 0, 0);
   if (name != NULL)
     g_hash_table_replace(w->moved, fsw_key(node, name), mv);
   else
@@ -1598,9 +1615,7 @@ static gboolean fsw_moved_msg(FsWrite *w, DcNode *node, const char *name, guint3
   g_mutex_unlock(&w->lock);
   if (want.node == NULL || want.deadline <= g_get_monotonic_time())
     return FALSE;
-  guint32 own;
-  if (dircache_child(w->dc, node, name) != NULL ||
-      (names_parse_message_filename(name, &own) && fsw_cached_msg(w, node, own, uv, epoch, out)))
+  if (dircache_child(w->dc, node, name) != NULL || fsw_name_is_listed(w, node, name))
     return FALSE;
   /* Gone meanwhile (fswrite_message_gone), or a new UIDVALIDITY. */
   return fsw_cached_msg(w, node, want.uid, uv, epoch, out) && *uv == want.uv;
@@ -1620,6 +1635,13 @@ gboolean fswrite_moved_lookup(FsWrite *w, DcNode *parent, const char *name,
   return TRUE;
 }
 
+/* Caller holds w->lock.  f's name stands for a message of node that f
+ * stored or copied, and no rm or mv of f's own is under way: the name
+ * ends with that message. */
+static gboolean _fsw_names_message_of(const FswFile *f, DcNode *node) {
+  return f->name != NULL && f->sent && !f->own_op && f->sent_node == node;
+}
+
 void fswrite_message_gone(FsWrite *w, DcNode *node, guint32 uv, guint32 uid) {
   g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
   g_mutex_lock(&w->lock);
@@ -1629,8 +1651,7 @@ void fswrite_message_gone(FsWrite *w, DcNode *node, guint32 uv, guint32 uid) {
   g_hash_table_iter_init(&it, w->by_ino);
   while (g_hash_table_iter_next(&it, NULL, &v)) {
     FswFile *f = v;
-    if (f->name == NULL || !f->sent || f->own_op || f->sent_node != node || f->sent_uv != uv ||
-        (uid != 0 && f->sent_uid != uid))
+    if (!_fsw_names_message_of(f, node) || f->sent_uv != uv || (uid != 0 && f->sent_uid != uid))
       continue;
     /* Only the name goes (its bytes are the deleted message's): a later
      * write or utimes through it would bring the message back, and rsync
@@ -1645,15 +1666,7 @@ void fswrite_message_gone(FsWrite *w, DcNode *node, guint32 uv, guint32 uid) {
       g_cond_signal(&w->cond);
     }
   }
-  GHashTable *tables[] = {w->moved, w->moved_from};
-  for (guint t = 0; t < G_N_ELEMENTS(tables); t++) {
-    g_hash_table_iter_init(&it, tables[t]);
-    while (g_hash_table_iter_next(&it, NULL, &v)) {
-      const FswMoved *mv = v;
-      if (mv->node == node && mv->uv == uv && (uid == 0 || mv->uid == uid))
-        g_hash_table_iter_remove(&it);
-    }
-  }
+  _fsw_moved_drop(w, g_get_monotonic_time(), node, uv, uid);
   g_mutex_unlock(&w->lock);
   for (guint i = 0; i < names->len && !closing; i++)
     notify_inval_entry(w->notify, fs_dir_ino(w->fs, node), g_ptr_array_index(names, i));
@@ -1667,8 +1680,7 @@ void fswrite_listing_seen(FsWrite *w, DcNode *node, guint32 uidnext) {
   g_hash_table_iter_init(&it, w->by_ino);
   while (g_hash_table_iter_next(&it, NULL, &v)) {
     FswFile *f = v;
-    if (f->name != NULL && f->sent && !f->own_op && f->sent_node == node &&
-        f->sent_uid != 0 && f->sent_uid < uidnext) {
+    if (_fsw_names_message_of(f, node) && f->sent_uid != 0 && f->sent_uid < uidnext) {
       guint32 pair[2] = {f->sent_uv, f->sent_uid};
       g_array_append_vals(sent, pair, 1);
     }
@@ -2341,10 +2353,7 @@ void fswrite_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_in
   /* newname answers for the moved message a while (GNU mv stats it after
    * the rename, and failed "cannot stat" for every message), unless it is
    * the name of a message of p2 already listed: that one keeps it. */
-  guint32 own, ouv, oepoch;
-  DcMsg om;
-  gboolean taken = names_parse_message_filename(newname, &own) &&
-                   fsw_cached_msg(w, p2, own, &ouv, &oepoch, &om);
+  gboolean taken = fsw_name_is_listed(w, p2, newname);
   /* The kernel's entry for newname is still the old inode until the
    * invalidation below is through: its stat answers for the message too. */
   if (nuid != 0 && nuv != 0)
@@ -2685,7 +2694,7 @@ static void fsw_setattr_file(fuse_req_t req, FsWrite *w, FswFile *f, struct stat
   gint64 stored_date = f->sent_date;
   guint32 suv, sepoch;
   DcMsg sm;
-  if (f->sent && stored_date == 0 && f->sent_uid != 0 &&
+  if ((to_set & FUSE_SET_ATTR_MTIME) && f->sent && stored_date == 0 && f->sent_uid != 0 &&
       fsw_cached_msg(w, f->sent_node, f->sent_uid, &suv, &sepoch, &sm) && suv == f->sent_uv)
     stored_date = sm.date;
   g_mutex_lock(&w->lock);

@@ -487,7 +487,7 @@ static gboolean pool_run_once(Pool *p, const char *mailbox, gboolean idempotent,
     gboolean not_run = g_error_matches(local, IFS_ERROR, IFS_ERROR_NOT_RUN);
     /* At a stop a read that was cut is not sent again: its retry's login
      * could not be cut and held the exit for a timeout. */
-    gboolean stop = idempotent && !not_run && g_atomic_int_get(&p->stopping);
+    gboolean stop = idempotent && !not_run && pool_stopping(p);
     if ((idempotent || not_run) && attempt < 2 && (not_run || !retried) && !stop &&
         ifs_error_is_connection(local)) {
       g_debug("retrying after connection failure: %s", local->message);

@@ -773,7 +773,7 @@ static gboolean conn_connect(ImapConn *c, GError **error) {
       last_errno = soerr;
       conn_set_fd(c, -1);
       close(fd);
-      if (soerr == ECONNABORTED)
+      if (__atomic_load_n(&c->aborted, __ATOMIC_RELAXED))
         break; /* stopping: no other address either */
       continue;
     }

@@ -59,6 +59,17 @@ def _box_behind_proxy(dv, tag):
     return uids, Proxy(dv.port)
 
 
+def _renumbering(armed, *rules):
+    """An edit for Proxy.edit_s2c / edit_c2s: once armed (a list made
+    non-empty), each (pattern, fn) turns the number in pattern's group 2,
+    after group 1, into fn(number)."""
+    def edit(data):
+        for pattern, fn in rules if armed else ():
+            data = re.sub(pattern, lambda mt: mt.group(1) + b"%d" % fn(int(mt.group(2))), data)
+        return data
+    return edit
+
+
 def _make_boxes(dv, counts, size, step):
     """Mailboxes {name: n}, message i of size + step * i bytes:
     {name: {uid: bytes}}."""
@@ -1736,21 +1747,10 @@ def test_highestmodseq_going_back_lists_everything(mount, empty_dovecot, env):
     dv = empty_dovecot()
     uids, px = _box_behind_proxy(dv, "m")
     shift = []
-
-    def down(data):
-        if not shift:
-            return data
-        return re.sub(rb"(HIGHESTMODSEQ |MODSEQ \()(\d+)",
-                      lambda mt: mt.group(1) + b"%d" % max(1, int(mt.group(2)) - 2), data)
-
-    def up(data):
-        if not shift:
-            return data
-        data = re.sub(rb"(CHANGEDSINCE )(\d+)",
-                      lambda mt: mt.group(1) + b"%d" % (int(mt.group(2)) + 2), data)
-        return re.sub(rb"(QRESYNC \(\d+ )(\d+)",
-                      lambda mt: mt.group(1) + b"%d" % (int(mt.group(2)) + 2), data)
-    px.edit_s2c, px.edit_c2s = down, up
+    px.edit_s2c = _renumbering(shift, (rb"(HIGHESTMODSEQ |MODSEQ \()(\d+)",
+                                       lambda v: max(1, v - 2)))
+    px.edit_c2s = _renumbering(shift, (rb"(CHANGEDSINCE )(\d+)", lambda v: v + 2),
+                               (rb"(QRESYNC \(\d+ )(\d+)", lambda v: v + 2))
     try:
         m = mount(dv, "poll=1", env=env, port=px.port)
         assert _listing(os.path.join(m.path, "Box")) == _names(uids)
@@ -1777,13 +1777,7 @@ def test_uidnext_gone_back_does_not_keep_expunged_messages(mount, empty_dovecot,
     dv = empty_dovecot()
     uids, px = _box_behind_proxy(dv, "u")
     lower = []
-
-    def edit(data):
-        if not lower:
-            return data
-        return re.sub(rb"\[UIDNEXT (\d+)\]",
-                      lambda mt: b"[UIDNEXT %d]" % uids[-1], data)
-    px.edit_s2c = edit
+    px.edit_s2c = _renumbering(lower, (rb"(\[UIDNEXT )(\d+)(?=\])", lambda v: uids[-1]))
     try:
         m = mount(dv, "poll=1", env=env, port=px.port)
         d = os.path.join(m.path, "Box")
@@ -2107,6 +2101,21 @@ def test_partial_answer_from_another_place_is_refused(mount, empty_dovecot, env)
         px.close()
 
 
+def _sigterm_while_reading(m, path, after):
+    """Starts a read of path (which must fail) and, after seconds into
+    it, SIGTERMs imapfuse: the seconds from SIGTERM to its exit."""
+    import signal
+    reader = threading.Thread(target=lambda: pytest.raises(OSError, _read, path), daemon=True)
+    reader.start()
+    time.sleep(after)
+    t = time.monotonic()
+    m.proc.send_signal(signal.SIGTERM)
+    m.proc.wait(60)
+    stopped = time.monotonic() - t
+    reader.join(10)
+    return stopped
+
+
 def _read_then_sigterm_with_server_stopped(m, dv, uids, pause=0.0):
     """With the whole Dovecot stopped (SIGSTOP): reads Box/<uids[1]>, which
     must fail; after pause seconds starts a read of Box/<uids[2]> and,
@@ -2122,15 +2131,7 @@ def _read_then_sigterm_with_server_stopped(m, dv, uids, pause=0.0):
             _read(os.path.join(d, "%d.eml" % uids[1]))
         took = time.monotonic() - t0
         time.sleep(pause)
-        waiting = threading.Thread(target=lambda: pytest.raises(
-            OSError, _read, os.path.join(d, "%d.eml" % uids[2])), daemon=True)
-        waiting.start()
-        time.sleep(0.5)
-        t1 = time.monotonic()
-        m.proc.send_signal(signal.SIGTERM)
-        m.proc.wait(60)
-        stopped = time.monotonic() - t1
-        waiting.join(10)
+        stopped = _sigterm_while_reading(m, os.path.join(d, "%d.eml" % uids[2]), 0.5)
     finally:
         os.killpg(dv.proc.pid, signal.SIGCONT)
     return e.value, took, stopped
@@ -2160,7 +2161,6 @@ def test_sigterm_while_connecting_to_a_host_that_drops_syns(mount, empty_dovecot
     firewall): the watcher's reconnect and a reader's new login wait in
     connect().  SIGTERM cut waiting reads and logins but not a connect:
     the unmount waited for the whole timeout (30 s here)."""
-    import signal
     from test_write_review import Proxy
     dv = empty_dovecot()
     uids = _make_box(dv, "Box", [_msg("s%d" % i, 900) for i in range(3)])
@@ -2170,15 +2170,8 @@ def test_sigterm_while_connecting_to_a_host_that_drops_syns(mount, empty_dovecot
         d = os.path.join(m.path, "Box")
         assert _listing(d) == _names(uids)
         px.blackhole()
-        reader = threading.Thread(target=lambda: pytest.raises(
-            OSError, _read, os.path.join(d, "%d.eml" % uids[0])), daemon=True)
-        reader.start()
-        time.sleep(3.5)  # the watcher's next round and the reader connect
-        t = time.monotonic()
-        m.proc.send_signal(signal.SIGTERM)
-        m.proc.wait(60)
-        stopped = time.monotonic() - t
-        reader.join(10)
+        # after the watcher's next round and the reader connect
+        stopped = _sigterm_while_reading(m, os.path.join(d, "%d.eml" % uids[0]), 3.5)
     finally:
         px.close()
     assert stopped < 10, "SIGTERM took %.1f s" % stopped

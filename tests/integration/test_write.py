@@ -825,9 +825,7 @@ def test_append_with_synchronising_literals(empty_dovecot, fs, xdg):
     assert [x["body"] for x in state(c, "INBOX").values()] == [crlf(data)]
     f = open(os.path.join(m, "INBOX", "big.eml"), "wb")
     f.write(make_msg("syncbig", size=100 * 1024))
-    with pytest.raises(OSError) as ei:
-        f.close()
-    assert ei.value.errno == errno.EDQUOT
+    expect_errno(errno.EDQUOT, f.close)
     assert mids(c, "INBOX") == ["sync@imapfuse.test"]
     # The connection is still in step after the refused literal.
     write_file(os.path.join(m, "INBOX", "after.eml"), make_msg("after"))
@@ -1239,9 +1237,7 @@ def test_append_over_quota_keeps_bytes(empty_dovecot, fs, xdg):
     data = make_msg("big", size=200 * 1024)
     f = open(os.path.join(inbox, "too big.eml"), "wb")
     f.write(data)
-    with pytest.raises(OSError) as ei:
-        f.close()
-    assert ei.value.errno == errno.EDQUOT
+    expect_errno(errno.EDQUOT, f.close)
     assert state(c, "INBOX") == {}
     kept = unsent_files(xdg)
     kept = [p for p in kept if os.path.isfile(p)]
@@ -1335,9 +1331,7 @@ def test_warnings_go_to_syslog_in_the_background(empty_dovecot, imapfuse_bin,
         assert conftest.is_mounted(str(mp))
         f = open(mp / "INBOX" / "big.eml", "wb")
         f.write(make_msg("big", size=100 * 1024))
-        with pytest.raises(OSError) as ei:
-            f.close()
-        assert ei.value.errno == errno.EDQUOT
+        expect_errno(errno.EDQUOT, f.close)
         lines = []
         while not any("could not store" in l for l in lines):
             lines.append(log.recv(65536).decode("utf-8", "replace"))
@@ -1385,9 +1379,7 @@ def test_append_too_large_keeps_bytes(empty_dovecot, fs, xdg):
     data = make_msg("huge", size=100 * 1024)
     f = open(os.path.join(m, "INBOX", "huge.eml"), "wb")
     f.write(data)
-    with pytest.raises(OSError) as ei:
-        f.close()
-    assert ei.value.errno == errno.EFBIG  # NO [LIMIT]
+    expect_errno(errno.EFBIG, f.close)  # NO [LIMIT]
     assert state(c, "INBOX") == {}
     kept = [p for p in unsent_files(xdg) if os.path.isfile(p)]
     assert len(kept) == 1 and open(kept[0], "rb").read() == data
@@ -1609,9 +1601,7 @@ def test_nul_bytes_are_refused(empty_dovecot, fs, xdg, tmp_path):
     data = make_msg(new_tag("nul"), lf=False) + b"a NUL: \0 here\r\n"
     f = open(os.path.join(inbox, "nul.eml"), "wb")
     f.write(data)
-    with pytest.raises(OSError) as ei:
-        f.close()
-    assert ei.value.errno == errno.EINVAL
+    expect_errno(errno.EINVAL, f.close)
     assert state(c, "INBOX") == {}
     assert sorted(open(k, "rb").read() for k in kept_files(xdg)) == sorted(
         [junk, junk, data])
