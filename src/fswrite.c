@@ -24,8 +24,10 @@
  * When it is sent:
  *   - at the close() of the last writer (flush), so the APPEND error is
  *     the close() error, and at fsync();
- *   - never when that close is a writer killed by a signal closing its
- *     files as it dies (the bytes may be part of the file: kept unsent),
+ *   - never when the last close is a writer killed by a signal closing
+ *     its files as it dies (the bytes may be part of the file: kept
+ *     unsent at the release, unless a living writer it shared the file
+ *     with closes it later),
  *     nor after a write that failed (EFBIG past max_message, ENOSPC),
  *     nor with a NUL byte in it (EINVAL at close: kept unsent);
  *   - except under rsync's temporary name (".NAME.XXXXXX"): rsync closes
@@ -112,6 +114,9 @@ typedef struct {
   guint32 sent_uv, sent_uid;
   gint64 sent_date; /* INTERNALDATE given (0: the server's now) */
   int error;        /* sticky errno after a failed send */
+  GError *killed;   /* the last close was by a writer killed by a signal:
+                     * the next send refuses it, unless a living writer
+                     * closes it first (a parent the child shared it with) */
   gboolean rewritten; /* bytes changed after a send */
   gboolean owned;     /* our APPEND made sent_uid (not an identical message
                        * found there): only then may we move or delete it */
@@ -312,6 +317,7 @@ static void fsw_file_unref(FswFile *f) {
   else
     staging_file_free(f->data);
   g_strfreev(f->flags);
+  g_clear_error(&f->killed);
   g_free(f->name);
   g_free(f->orig_name);
   g_free(f->hidden_key);
@@ -1294,6 +1300,8 @@ static int _fsw_send_now(FsWrite *w, FswFile *f) {
     return f->error;
   if (!_fsw_needs_send(f))
     return 0;
+  if (f->killed != NULL)
+    return _fsw_refuse(w, f, f->killed);
   g_mutex_lock(&w->lock);
   DcNode *node = f->parent;
   g_mutex_unlock(&w->lock);
@@ -1989,16 +1997,19 @@ void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
     g_mutex_unlock(&w->lock);
     err = f->error;
     /* Bytes written since the last send by a writer that was killed: not
-     * sent (also not at the release, the rename or lingering out), but
-     * kept unsent.  A message an fsync() stored stays as it was. */
-    if (err == 0 && last && named && (!f->sent || f->rewritten) && _fsw_needs_send(f)) {
-      g_autoptr(GError) why = fsw_killed_writer(fuse_req_ctx(req)->pid);
-      if (why != NULL)
-        err = _fsw_refuse(w, f, why);
+     * sent now.  Its close is not always the file's last: a parent may
+     * share the open file with the killed child and write on.  So the
+     * next send (the release, the rename, lingering out) keeps them
+     * unsent, unless a living writer closes the file first: the last
+     * close decides.  A message an fsync() stored stays as it was. */
+    if (err == 0 && last) {
+      g_clear_error(&f->killed);
+      if (named && (!f->sent || f->rewritten) && _fsw_needs_send(f))
+        f->killed = fsw_killed_writer(fuse_req_ctx(req)->pid);
     }
     /* The close() of the last writer sends it, except under rsync's
      * temporary name: then the rename (or lingering out) does. */
-    if (err == 0 && last && named && !temp)
+    if (err == 0 && last && named && !temp && f->killed == NULL)
       err = _fsw_send_now(w, f);
   }
   g_mutex_unlock(&f->lock);
@@ -2018,6 +2029,7 @@ void fswrite_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_fil
   gboolean temp = named && fswrite_is_temp_name(f->name);
   g_mutex_unlock(&w->lock);
   int err = f->error;
+  g_clear_error(&f->killed); /* a living process asks to store it */
   if (err == 0 && (temp || !named)) {
     /* Sent at the rename: durable here until then. */
     if (!staging_file_sync(f->data, &error))

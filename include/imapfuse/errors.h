@@ -32,7 +32,8 @@ typedef enum {
   IFS_ERROR_PERM,        /* [NOPERM]                               -> EACCES */
   IFS_ERROR_BUSY,        /* [INUSE]                                -> EBUSY */
   IFS_ERROR_INVALID,     /* bad argument/name                      -> EINVAL */
-  IFS_ERROR_CANCELLED,   /* shutting down                          -> EINTR */
+  IFS_ERROR_CANCELLED,   /* shutting down, writer killed           -> EIO
+                          * (never EINTR: callers retry that forever) */
   IFS_ERROR_REFUSED,     /* imapfuse will not do it (unsafe/INBOX) -> EPERM */
   IFS_ERROR_NOT_EMPTY,   /* mailbox still holds mail or children   -> ENOTEMPTY */
   IFS_ERROR_NOT_RUN,     /* connection lost; the command never ran -> EIO */

@@ -1582,6 +1582,55 @@ def test_writer_killed_by_a_signal_is_not_stored(empty_dovecot, fs, xdg, tmp_pat
     m.unmount()
 
 
+@pytest.mark.imapfuse_stderr_ok(r"could not store .* was killed by signal")
+def test_killed_child_leaves_a_shared_file_to_its_parent(empty_dovecot, fs, xdg):
+    """A child killed by a signal closes the file it shares with its
+    parent (a script's `{ ...; } > f` whose command crashes): that close
+    is not the file's last, so the file is not refused then (it was, and
+    the parent's later writes and its close failed).  The last close
+    decides: the parent's stores the whole file; when the killed child
+    held the file last, it is kept unsent."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    inbox = os.path.join(m, "INBOX")
+    whole = make_msg(new_tag("shared"), lf=False, size=300_000)
+    head, tail = whole[:100_000], whole[100_000:]
+    fd = os.open(os.path.join(inbox, "shared.eml"), os.O_WRONLY | os.O_CREAT, 0o600)
+    pid = os.fork()
+    if pid == 0:
+        os.write(fd, head)
+        os.kill(os.getpid(), signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert os.write(fd, tail) == len(tail)
+    os.close(fd)
+    assert [x["body"] for x in state(c, "INBOX").values()] == [whole]
+    assert kept_files(xdg) == []
+
+    # The parent closes first; the child is killed holding it: kept unsent.
+    part = make_msg(new_tag("orphan"), lf=False, size=50_000)
+    r, wr = os.pipe()
+    fd = os.open(os.path.join(inbox, "orphan.eml"), os.O_WRONLY | os.O_CREAT, 0o600)
+    pid = os.fork()
+    if pid == 0:
+        os.close(wr)
+        os.read(r, 1)
+        os.write(fd, part)
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.close(r)
+    os.close(fd)
+    os.write(wr, b"x")
+    os.close(wr)
+    os.waitpid(pid, 0)
+    wait_for(lambda: kept_files(xdg) != [], what="the file kept unsent")
+    assert [open(k, "rb").read() for k in kept_files(xdg)] == [part]
+    assert len(state(c, "INBOX")) == 1
+    lines = [l for l in m.stderr_text().splitlines() if "killed by signal" in l]
+    assert len(lines) == 1 and '"orphan.eml"' in lines[0], lines
+    m.unmount()
+
+
 @pytest.mark.imapfuse_stderr_ok(r"could not store .*NUL")
 def test_nul_bytes_are_refused(empty_dovecot, fs, xdg, tmp_path):
     """A message cannot carry a NUL byte (RFC 3501 literals; Dovecot
