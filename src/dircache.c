@@ -971,7 +971,8 @@ static void dc_load_meta(Dircache *dc, DcNode *n) {
     McMsg *m = &g_array_index(msgs, McMsg, i);
     m->flagset = dircache_intern_flags(dc, g_ptr_array_index(flagsets, m->flagset));
   }
-  G_STATIC_ASSERT(sizeof(McMsg) == sizeof(DcMsg));
+  G_STATIC_ASSERT(sizeof(McMsg) == sizeof(DcMsg) &&
+                  offsetof(McMsg, seen) == offsetof(DcMsg, seen));
   g_mutex_lock(&n->lock);
   if (n->msgs == NULL) {
     n->msgs = msgs;
@@ -1011,7 +1012,7 @@ static void dc_save_meta(Dircache *dc, DcNode *n) {
       g_hash_table_insert(ids, GUINT_TO_POINTER(m->flagset), v);
       g_ptr_array_add(names, (gpointer)dircache_flags(dc, m->flagset));
     }
-    McMsg mm = {m->uid, GPOINTER_TO_UINT(v), m->size, m->date};
+    McMsg mm = {m->uid, GPOINTER_TO_UINT(v), m->size, m->date, m->seen};
     g_array_append_val(local, mm);
   }
   g_autofree char *path = dc_meta_path(dc, n);
@@ -1022,6 +1023,35 @@ static void dc_save_meta(Dircache *dc, DcNode *n) {
   if (!mcache_save(path, uidvalidity, modseq, uidnext, (const McMsg *)local->data, local->len,
                    (const char *const *)names->pdata, names->len, &error))
     g_warning("cannot save the listing of %s: %s", n->mailbox, error->message);
+}
+
+/* When each message of msgs was first listed: as in old (both sorted; the
+ * same UIDVALIDITY), now for a message old does not have.  A message's
+ * ctime is this time when it is later than its INTERNALDATE: mail moved
+ * in by another client, or a folder recreated with older mail under the
+ * old UIDs, is new to `find -newer`, `tar -N` and `tar -g` as a file
+ * moved in is on a disk (with the INTERNALDATE alone they missed it). */
+static void dc_stamp_seen(GArray *msgs, const GArray *old, guint32 now);
+
+/* The seen time of a message listed now: the next whole second, since its
+ * ctime adds up to a second of nanoseconds (fs.c) and must not fall
+ * before the moment it was listed (a backup started in between would
+ * take it for older). */
+static guint32 dc_seen_now(void) {
+  return (guint32)(g_get_real_time() / G_USEC_PER_SEC + 1);
+}
+
+static void dc_stamp_seen(GArray *msgs, const GArray *old, guint32 now) {
+  guint j = 0;
+  for (guint i = 0; i < msgs->len; i++) {
+    DcMsg *m = &g_array_index(msgs, DcMsg, i);
+    while (old != NULL && j < old->len && g_array_index(old, DcMsg, j).uid < m->uid)
+      j++;
+    if (old != NULL && j < old->len && g_array_index(old, DcMsg, j).uid == m->uid)
+      m->seen = g_array_index(old, DcMsg, j).seen;
+    else
+      m->seen = now;
+  }
 }
 
 /* UIDs in old but not in new (both sorted) go to gone. */
@@ -1221,8 +1251,12 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
         for (guint i = 0; i < n->msgs->len; i++)
           g_array_append_val(gone, g_array_index(n->msgs, DcMsg, i).uid);
       }
-      g_array_unref(n->msgs);
     }
+    if (result != f.base)
+      dc_stamp_seen(result, n->uidvalidity == f.uidvalidity ? n->msgs : NULL,
+                    dc_seen_now());
+    if (n->msgs != NULL)
+      g_array_unref(n->msgs);
     if (n->uidvalidity != f.uidvalidity) {
       g_clear_pointer(&n->sizes, g_hash_table_unref);
     } else if (n->sizes != NULL && _dc_apply_sizes(n->sizes, result, FALSE)) {
@@ -1428,6 +1462,9 @@ void dircache_msg_added(Dircache *dc, DcNode *n, guint32 uidvalidity, const DcMs
       while (i > 0 && g_array_index(copy, DcMsg, i - 1).uid > m->uid)
         i--;
       g_array_insert_val(copy, i, *m);
+      DcMsg *in = &g_array_index(copy, DcMsg, i);
+      if (in->seen == 0)
+        in->seen = dc_seen_now();
       g_array_unref(n->msgs);
       n->msgs = copy;
       n->dirty = TRUE;

@@ -157,6 +157,9 @@ void fs_msg_attr(Fs *fs, guint32 epoch, guint32 uidvalidity, const DcMsg *m, str
   st->st_blksize = 4096;
   st->st_blocks = (blkcnt_t)((m->size + 511) / 512);
   st->st_mtim.tv_sec = st->st_ctim.tv_sec = st->st_atim.tv_sec = (time_t)m->date;
+  /* ctime: when this cache first listed it, if later (dc_stamp_seen). */
+  if ((gint64)m->seen > m->date)
+    st->st_ctim.tv_sec = (time_t)m->seen;
   /* ctime also says which UIDVALIDITY: a folder deleted and recreated
    * under its name has the old UIDs again, and a message of the same size
    * and date with the same inode number looked unchanged to restic and

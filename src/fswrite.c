@@ -756,6 +756,7 @@ static void fsw_note_added(FsWrite *w, DcNode *node, guint32 uv, guint32 uid, co
   }
   DcMsg m = *like;
   m.uid = uid;
+  m.seen = 0; /* new here: now (a file moved in gets a new ctime) */
   dircache_msg_added(w->dc, node, uv, &m);
 }
 

@@ -1,7 +1,7 @@
 /* mcache.c - a mailbox's metadata snapshot in one binary file.
  *
- * Design note.  The file is small (24 bytes a message: 100,000 messages is
- * 2.4 MB) and is always read and written whole, so it is one buffer built
+ * Design note.  The file is small (28 bytes a message: 100,000 messages is
+ * 2.8 MB) and is always read and written whole, so it is one buffer built
  * or checked in memory and one write or read.  Layout, all integers
  * little-endian and fixed width:
  *   header  (48)  "IFMC", u32 version, u64 payload length,
@@ -9,7 +9,8 @@
  *   payload       u32 UIDVALIDITY, u32 UIDNEXT, u64 HIGHESTMODSEQ,
  *                 u32 number of flag strings, u32 number of messages,
  *                 each flag string as u32 length + bytes (no NUL),
- *                 each message as u32 UID, u32 flag index, u64 size, i64 date
+ *                 each message as u32 UID, u32 flag index, u64 size, i64 date,
+ *                 u32 seen (version 2; version 1 files, without it, still load)
  * The checksum covers the whole payload, so a torn or damaged file is
  * rejected before it is parsed; the parser still checks every length and
  * index against the buffer (a file that checks out but is wrong -- a bug,
@@ -31,15 +32,15 @@
 #include <unistd.h>
 
 #define MC_MAGIC "IFMC"
-#define MC_VERSION 1u
+#define MC_VERSION 2u
 #define MC_SUM_LEN 32 /* SHA-256 */
 #define MC_HDR (16 + MC_SUM_LEN)
 #define MC_FIXED 24 /* UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, the two counts */
-#define MC_MSG 24
+#define MC_MSG 28
+#define MC_MSG_V1 24
 
 G_DEFINE_QUARK(mcache-error-quark, mcache_error)
 
-G_STATIC_ASSERT(sizeof(McMsg) == MC_MSG);
 
 static void mc_sum(const guint8 *data, gsize len, guint8 out[MC_SUM_LEN]) {
   GChecksum *sum = g_checksum_new(G_CHECKSUM_SHA256);
@@ -126,6 +127,7 @@ gboolean mcache_save(const char *path, guint32 uidvalidity, guint64 highestmodse
     le_put32(p + 4, msgs[i].flagset);
     le_put64(p + 8, msgs[i].size);
     le_put64(p + 16, (guint64)msgs[i].date);
+    le_put32(p + 24, msgs[i].seen);
   }
   g_assert(p == buf + len);
   memcpy(buf, MC_MAGIC, 4);
@@ -151,12 +153,14 @@ gboolean mcache_load(const char *path, guint32 *uidvalidity, guint64 *highestmod
     return mc_corrupt(error, path, "shorter than its header");
   if (memcmp(buf, MC_MAGIC, 4) != 0)
     return mc_corrupt(error, path, "not a metadata cache file (bad magic)");
-  if (le_get32(buf + 4) != MC_VERSION) {
+  guint32 version = le_get32(buf + 4);
+  if (version != MC_VERSION && version != 1) {
     g_set_error(error, MCACHE_ERROR, MCACHE_ERROR_CORRUPT,
-                "metadata cache %s: unsupported version %u (expected %u)", path,
-                le_get32(buf + 4), MC_VERSION);
+                "metadata cache %s: unsupported version %u (expected %u)", path, version,
+                MC_VERSION);
     return FALSE;
   }
+  gsize row = version == 1 ? MC_MSG_V1 : MC_MSG;
   if (le_get64(buf + 8) != len - MC_HDR)
     return mc_corrupt(error, path, "length does not match the header (truncated?)");
   guint8 sum[MC_SUM_LEN];
@@ -187,16 +191,17 @@ gboolean mcache_load(const char *path, guint32 *uidvalidity, guint64 *highestmod
     g_ptr_array_add(flags, g_strndup((const char *)p, fl));
     p += fl;
   }
-  if ((gsize)(end - p) != (gsize)nm * MC_MSG)
+  if ((gsize)(end - p) != (gsize)nm * row)
     return mc_corrupt(error, path, "message table length does not match its count");
-  g_autoptr(GArray) list = g_array_sized_new(FALSE, FALSE, sizeof(McMsg), nm);
+  g_autoptr(GArray) list = g_array_sized_new(FALSE, TRUE, sizeof(McMsg), nm);
   g_array_set_size(list, nm);
   McMsg *m = (McMsg *)(void *)list->data;
-  for (guint32 i = 0; i < nm; i++, p += MC_MSG) {
+  for (guint32 i = 0; i < nm; i++, p += row) {
     m[i].uid = le_get32(p);
     m[i].flagset = le_get32(p + 4);
     m[i].size = le_get64(p + 8);
     m[i].date = (gint64)le_get64(p + 16);
+    m[i].seen = version == 1 ? 0 : le_get32(p + 24);
     if (m[i].uid == 0 || (i > 0 && m[i].uid <= m[i - 1].uid))
       return mc_corrupt(error, path, "UIDs not strictly increasing");
     if (m[i].flagset >= nf)

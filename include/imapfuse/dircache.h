@@ -30,6 +30,8 @@ typedef struct {
   guint32 flagset; /* index for dircache_flags() */
   guint64 size;    /* RFC822.SIZE, corrected to the real length once read */
   gint64 date;     /* INTERNALDATE */
+  guint32 seen;    /* wall-clock s this cache first listed it (0: listed before
+                    * imapfuse kept it): its ctime, when later than date */
 } DcMsg;
 
 /* A consistent view of one mailbox's messages at one moment. */

@@ -29,6 +29,7 @@ typedef struct {
   guint32 flagset; /* index into the flag strings */
   guint64 size;
   gint64 date;
+  guint32 seen; /* 0 in version 1 files */
 } McMsg;
 
 /* Writes the snapshot to path (atomically; not fsync()ed).  msgs must be

@@ -2361,6 +2361,69 @@ def test_recreated_folder_never_gets_the_old_inode_numbers(mount, empty_dovecot,
     assert st2.st_ctime_ns != st1.st_ctime_ns
 
 
+def test_mail_that_arrives_is_new_to_ctime_based_backups(mount, empty_dovecot, env, tmp_path):
+    """A message's ctime is when this cache first listed it, if later than
+    its INTERNALDATE.  Mail another client moved in, or appended with an
+    old date, or a folder deleted and recreated with older mail under the
+    old UIDs, had ctime and mtime in the past: GNU tar -g and find -cnewer
+    left it out of an incremental backup, and restoring it brought back
+    the deleted messages.  ctime stays the same across remounts, so
+    restic and borg still see unchanged mail as unchanged."""
+    dv = empty_dovecot()
+    date = imaplib.Time2Internaldate(1600000000)  # 2020
+    c = dv.imap()
+    for box in ("Box", "Zed", "Other"):
+        c.create(box)
+    for i in range(3):
+        c.append("Box", None, date, _msg("box%d" % i, 700))
+        c.append("Zed", None, date, _msg("zed%d" % i, 700, seed=1))
+    c.append("Other", None, date, _msg("moved", 700))
+    cache = str(tmp_path / "cache")
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    os.listdir(os.path.join(m.path, "Box"))
+    time.sleep(2.1)  # ctime: the next whole second, plus nanoseconds
+    snar, full = str(tmp_path / "snar"), str(tmp_path / "full.tar")
+    subprocess.run(["tar", "-g", snar, "-cf", full, "-C", m.path, "."], check=True)
+    before = {p: os.stat(os.path.join(m.path, p)).st_ctime_ns
+              for p in ("Box/1.eml", "Box/2.eml", "Box/3.eml")}
+    c.append("Box", None, date, _msg("late", 700))          # Box/4.eml
+    c.select("Other")
+    typ, data = c.uid("MOVE", "1", "Box")                   # Box/5.eml
+    assert typ == "OK", data
+    c.delete("Zed")
+    c.create("Zed")
+    for i in range(3):                                      # Zed/1-3.eml again
+        c.append("Zed", None, date, _msg("zed%d" % i, 700, seed=2))
+    for _ in range(200):
+        if len(os.listdir(os.path.join(m.path, "Box"))) == 5 and \
+                _read(os.path.join(m.path, "Zed", "1.eml")) == _msg("zed0", 700, seed=2):
+            break
+        time.sleep(0.1)
+    new = {"./Box/4.eml", "./Box/5.eml", "./Zed/1.eml", "./Zed/2.eml", "./Zed/3.eml"}
+    found = subprocess.run(["find", ".", "-type", "f", "-cnewer", full], cwd=m.path,
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert set(found) == new
+    inc = str(tmp_path / "inc.tar")
+    subprocess.run(["tar", "-g", snar, "-cf", inc, "-C", m.path, "."], check=True)
+    members = subprocess.run(["tar", "-tf", inc], capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert {x for x in members if x.endswith(".eml")} == new
+    out = tmp_path / "restored"
+    out.mkdir()
+    for t in (full, inc):
+        subprocess.run(["tar", "-g", "/dev/null", "-xf", t, "-C", str(out)], check=True)
+    assert (out / "Zed" / "1.eml").read_bytes() == _msg("zed0", 700, seed=2)
+    assert sorted(os.listdir(out / "Box")) == ["%d.eml" % i for i in range(1, 6)]
+    assert all(os.stat(os.path.join(m.path, p)).st_mtime == 1600000000
+               for p in ("Box/4.eml", "Box/5.eml", "Zed/1.eml"))
+
+    m.unmount()
+    c.logout()
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    after = {p: os.stat(os.path.join(m.path, p)).st_ctime_ns for p in before}
+    assert after == before
+
+
 def _stat_when_listed(root, name, p):
     for _ in range(200):
         try:

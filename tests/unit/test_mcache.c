@@ -61,12 +61,13 @@ static const char *const mct_flags[] = {"", "\\Seen", "\\Seen \\Flagged $Work", 
 
 /* n messages with UIDs 2, 5, 8, ... and varied fields. */
 static McMsg *mct_msgs(guint n) {
-  McMsg *m = g_new(McMsg, n ? n : 1);
+  McMsg *m = g_new0(McMsg, n ? n : 1);
   for (guint i = 0; i < n; i++) {
     m[i].uid = 2 + 3 * i;
     m[i].flagset = i % G_N_ELEMENTS(mct_flags);
     m[i].size = 1000 + (guint64)i * 7919;
     m[i].date = 1700000000 + (gint64)i * 60 - (i % 3 == 0 ? 4000000000 : 0);
+    m[i].seen = i % 4 == 0 ? 0 : 1800000000u + i;
   }
   return m;
 }
@@ -94,8 +95,14 @@ static void mct_assert_loads(const char *path, const McMsg *m, guint n) {
     g_assert_cmpstr(g_ptr_array_index(flags, i), ==, mct_flags[i]);
   g_assert_cmpuint(g_array_get_element_size(msgs), ==, sizeof(McMsg));
   g_assert_cmpuint(msgs->len, ==, n);
-  if (n > 0)
-    g_assert_cmpmem(msgs->data, n * sizeof(McMsg), m, n * sizeof(McMsg));
+  for (guint i = 0; i < n; i++) {
+    const McMsg *got = &g_array_index(msgs, McMsg, i);
+    g_assert_cmpuint(got->uid, ==, m[i].uid);
+    g_assert_cmpuint(got->flagset, ==, m[i].flagset);
+    g_assert_cmpuint(got->size, ==, m[i].size);
+    g_assert_cmpint(got->date, ==, m[i].date);
+    g_assert_cmpuint(got->seen, ==, m[i].seen);
+  }
 }
 
 /* ---- a hand-made file ---- */
@@ -134,8 +141,9 @@ typedef struct {
 
 /* A payload with flag strings fl and rows, claiming nf_claimed strings and
  * nr_claimed rows in its counts. */
-static GByteArray *mct_payload(const char *const *fl, guint nf, guint32 nf_claimed,
-                               const MctRow *rows, guint nr, guint32 nr_claimed) {
+static GByteArray *mct_payload_v(guint32 version, const char *const *fl, guint nf,
+                                 guint32 nf_claimed, const MctRow *rows, guint nr,
+                                 guint32 nr_claimed) {
   GByteArray *b = g_byte_array_new();
   mct_u32(b, 1);           /* UIDVALIDITY */
   mct_u32(b, 100);         /* UIDNEXT */
@@ -151,8 +159,16 @@ static GByteArray *mct_payload(const char *const *fl, guint nf, guint32 nf_claim
     mct_u32(b, rows[i].flagset);
     mct_u64(b, 10);
     mct_u64(b, 20);
+    if (version >= 2)
+      mct_u32(b, 30 + rows[i].uid); /* seen */
   }
   return b;
+}
+
+/* Version 1 rows (no seen): files from before it was kept still load. */
+static GByteArray *mct_payload(const char *const *fl, guint nf, guint32 nf_claimed,
+                               const MctRow *rows, guint nr, guint32 nr_claimed) {
+  return mct_payload_v(1, fl, nf, nf_claimed, rows, nr, nr_claimed);
 }
 
 /* ---- tests ---- */
@@ -161,10 +177,10 @@ static void test_roundtrip(void) {
   g_autofree char *dir = mct_tmpdir();
   g_autofree char *path = g_build_filename(dir, "INBOX.mc", NULL);
   McMsg m[] = {
-      {1, 0, 0, 0},
-      {2, 1, 1, -1},
-      {1000, 4, G_MAXUINT64, G_MININT64},
-      {G_MAXUINT32, 2, 12345, G_MAXINT64},
+      {1, 0, 0, 0, 0},
+      {2, 1, 1, -1, 1},
+      {1000, 4, G_MAXUINT64, G_MININT64, 1800000000},
+      {G_MAXUINT32, 2, 12345, G_MAXINT64, G_MAXUINT32},
   };
   mct_save(path, m, G_N_ELEMENTS(m));
   /* mct_save sets UIDNEXT from n; mct_assert_loads expects the same. */
@@ -290,11 +306,12 @@ static void test_malformed(void) {
   const MctRow badflag[] = {{1, 0}, {5, 2}};
   GByteArray *p;
 
-  /* The hand-made format is right: the good one loads. */
-  p = mct_payload(fl, 2, 2, good, 3, 3);
-  mct_write_raw(path, p, "IFMC", 1);
-  g_byte_array_unref(p);
-  {
+  /* The hand-made format is right: the good one loads, in either
+   * version (version 1 rows have no seen: 0; version 2 rows 30 + UID). */
+  for (guint32 version = 1; version <= 2; version++) {
+    p = mct_payload_v(version, fl, 2, 2, good, 3, 3);
+    mct_write_raw(path, p, "IFMC", version);
+    g_byte_array_unref(p);
     guint32 uv, next;
     guint64 modseq;
     g_autoptr(GArray) msgs = NULL;
@@ -304,6 +321,7 @@ static void test_malformed(void) {
     g_assert_no_error(error);
     g_assert_cmpuint(msgs->len, ==, 3);
     g_assert_cmpuint(g_array_index(msgs, McMsg, 2).uid, ==, 9);
+    g_assert_cmpuint(g_array_index(msgs, McMsg, 2).seen, ==, version == 1 ? 0 : 39);
     g_assert_cmpstr(g_ptr_array_index(flags, 1), ==, "\\Seen");
   }
 
@@ -323,7 +341,9 @@ static void test_malformed(void) {
       {"msg count huge", mct_payload(fl, 2, 2, good, 3, G_MAXUINT32), "IFMC", 1},
       {"msg count low", mct_payload(fl, 2, 2, good, 3, 2), "IFMC", 1},
       {"magic", mct_payload(fl, 2, 2, good, 3, 3), "IFDC", 1},
-      {"version", mct_payload(fl, 2, 2, good, 3, 3), "IFMC", 2},
+      {"version", mct_payload(fl, 2, 2, good, 3, 3), "IFMC", 3},
+      {"version 2 with version 1 rows", mct_payload(fl, 2, 2, good, 3, 3), "IFMC", 2},
+      {"version 1 with version 2 rows", mct_payload_v(2, fl, 2, 2, good, 3, 3), "IFMC", 1},
       {"empty payload", g_byte_array_new(), "IFMC", 1},
   };
   for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
@@ -353,10 +373,10 @@ static void test_save_invalid(void) {
   g_autofree char *dir = mct_tmpdir();
   g_autofree char *path = g_build_filename(dir, "s.mc", NULL);
   const char *fl[] = {"", "\\Seen"};
-  const McMsg unsorted[] = {{1, 0, 1, 1}, {3, 0, 1, 1}, {2, 0, 1, 1}};
-  const McMsg dup[] = {{1, 0, 1, 1}, {1, 0, 1, 1}};
-  const McMsg zero[] = {{0, 0, 1, 1}};
-  const McMsg badflag[] = {{1, 2, 1, 1}};
+  const McMsg unsorted[] = {{1, 0, 1, 1, 0}, {3, 0, 1, 1, 0}, {2, 0, 1, 1, 0}};
+  const McMsg dup[] = {{1, 0, 1, 1, 0}, {1, 0, 1, 1, 0}};
+  const McMsg zero[] = {{0, 0, 1, 1, 0}};
+  const McMsg badflag[] = {{1, 2, 1, 1, 0}};
   struct {
     const McMsg *m;
     guint n;
