@@ -2018,9 +2018,14 @@ void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
 }
 
 void fswrite_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
-  (void)ino;
   (void)datasync;
   FsWrite *w = fsw_of(req);
+  if (!fswrite_owns(w, ino)) {
+    /* A message (fi->fh is fs.c's, or 0 on -o ro): its bytes are the
+     * server's, nothing to write.  sync FILE hung a worker, or crashed. */
+    fuse_reply_err(req, 0);
+    return;
+  }
   FswHandle *h = (FswHandle *)(uintptr_t)fi->fh;
   FswFile *f = h->f;
   g_autoptr(GError) error = NULL;

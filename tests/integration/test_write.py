@@ -1582,6 +1582,34 @@ def test_writer_killed_by_a_signal_is_not_stored(empty_dovecot, fs, xdg, tmp_pat
     m.unmount()
 
 
+@pytest.mark.parametrize("ro", [False, True], ids=["rw", "ro"])
+def test_fsync_of_a_message_read(empty_dovecot, fs, ro):
+    """fsync() of a message opened for reading is legal (`sync FILE`,
+    tools that fsync what they copy): it succeeds and changes nothing.
+    The write path took the message's handle for a file being written:
+    the worker hung for good on a read-write mount (and the unmount with
+    it), and -o ro, where a message has no handle, crashed."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    msg = crlf(make_msg(new_tag("fsync")))
+    imap_append(c, "INBOX", msg)
+    m = fs(dv, *(["ro"] if ro else []))
+    p = os.path.join(m, "INBOX", "1.eml")
+    code = ("import os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+            "sys.stdout.buffer.write(os.read(fd, 1 << 20))\n"
+            "os.fsync(fd)\n"
+            "os.fdatasync(fd)\n"
+            "os.close(fd)\n")
+    r = subprocess.run([sys.executable, "-c", code, p], capture_output=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == msg
+    assert m.proc.poll() is None
+    assert subprocess.run(["sync", p], timeout=20).returncode == 0
+    assert [x["body"] for x in state(c, "INBOX").values()] == [msg]
+    m.unmount()
+
+
 @pytest.mark.imapfuse_stderr_ok(r"could not store .* was killed by signal")
 def test_killed_child_leaves_a_shared_file_to_its_parent(empty_dovecot, fs, xdg):
     """A child killed by a signal closes the file it shares with its
