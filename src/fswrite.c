@@ -1662,6 +1662,12 @@ void fswrite_message_gone(FsWrite *w, DcNode *node, guint32 uv, guint32 uid) {
     FswFile *f = v;
     if (!_fsw_names_message_of(f, node) || f->sent_uv != uv || (uid != 0 && f->sent_uid != uid))
       continue;
+    /* Open for writing: the bytes may be a new version (an editor saving
+     * in place); the name stays, and the last close stores them as a
+     * message of their own (the old one's removal finds nothing).  The
+     * name ending under the writer dropped its close's bytes silently. */
+    if (f->writers > 0)
+      continue;
     /* Only the name goes (its bytes are the deleted message's): a later
      * write or utimes through it would bring the message back, and rsync
      * would take the name for a file it need not send.  The file itself

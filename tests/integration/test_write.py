@@ -1582,6 +1582,38 @@ def test_writer_killed_by_a_signal_is_not_stored(empty_dovecot, fs, xdg, tmp_pat
     m.unmount()
 
 
+def test_new_version_survives_the_old_one_expunged_elsewhere(empty_dovecot, fs, xdg):
+    """A file written, then opened again for writing within the name's
+    30 s (an editor saving in place), while another client expunges the
+    message it became: the name stays while a writer has it open, and its
+    close stores the new version.  The name ended when the listing saw
+    the expunge; close() returned 0 and the new version was neither
+    stored nor kept."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv, "poll=1", "list_max_age=0")
+    box = os.path.join(m, "INBOX")
+    p = os.path.join(box, "a.eml")
+    write_file(p, make_msg("v1"))
+    assert mids(c, "INBOX") == ["v1@imapfuse.test"]
+    v2 = make_msg("v2")
+    fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, v2[:100])
+        c.select("INBOX")
+        c.uid("STORE", "1", "+FLAGS.SILENT", "(\\Deleted)")
+        c.expunge()
+        wait_for(lambda: "1.eml" not in os.listdir(box), timeout=10,
+                 what="the listing to lose the expunged message")
+        assert os.path.exists(p)
+        os.write(fd, v2[100:])
+    finally:
+        os.close(fd)
+    assert [x["body"] for x in state(c, "INBOX").values()] == [crlf(v2)]
+    assert kept_files(xdg) == []
+    m.unmount()
+
+
 @pytest.mark.parametrize("ro", [False, True], ids=["rw", "ro"])
 def test_fsync_of_a_message_read(empty_dovecot, fs, ro):
     """fsync() of a message opened for reading is legal (`sync FILE`,
