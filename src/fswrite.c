@@ -132,6 +132,7 @@ typedef struct {
   FswFile *f;
   gboolean writable;
   gboolean flushed; /* no write since its last flush (under w->lock) */
+  pid_t opener;     /* the process that opened it (0: not known) */
 } FswHandle;
 
 /* The name mv gave a message moved from another directory (GNU mv stats
@@ -1736,10 +1737,22 @@ void fswrite_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) 
   fuse_reply_attr(req, &st, 0);
 }
 
-static FswHandle *fsw_handle_new(FsWrite *w, FswFile *f, gboolean writable) {
+/* The process (thread group) of thread tid, from /proc; 0: not known
+ * (tid 0, from another PID namespace, or gone). */
+static pid_t fsw_process_of(pid_t tid) {
+  g_autofree char *path = g_strdup_printf("/proc/%d/status", (int)tid);
+  g_autofree char *text = NULL;
+  if (tid <= 0 || !g_file_get_contents(path, &text, NULL, NULL))
+    return 0;
+  const char *t = strstr(text, "\nTgid:");
+  return t != NULL ? (pid_t)g_ascii_strtoll(t + 6, NULL, 10) : 0;
+}
+
+static FswHandle *fsw_handle_new(FsWrite *w, fuse_req_t req, FswFile *f, gboolean writable) {
   FswHandle *h = g_new0(FswHandle, 1);
   h->f = fsw_file_ref(f);
   h->writable = writable;
+  h->opener = writable ? fsw_process_of(fuse_req_ctx(req)->pid) : 0;
   g_mutex_lock(&w->lock);
   f->handles++;
   if (writable) {
@@ -1781,7 +1794,7 @@ void fswrite_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
     }
   }
   if (err == 0)
-    fi->fh = (uint64_t)(uintptr_t)fsw_handle_new(w, f, writable);
+    fi->fh = (uint64_t)(uintptr_t)fsw_handle_new(w, req, f, writable);
   g_mutex_unlock(&f->lock);
   if (err != 0) {
     fuse_reply_err(req, err);
@@ -1897,7 +1910,7 @@ void fswrite_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t 
   _fsw_name(w, f, p, name);
   g_mutex_unlock(&w->lock);
   gboolean writable = (fi->flags & O_ACCMODE) != O_RDONLY;
-  fi->fh = (uint64_t)(uintptr_t)fsw_handle_new(w, f, writable);
+  fi->fh = (uint64_t)(uintptr_t)fsw_handle_new(w, req, f, writable);
   fi->keep_cache = 0;
   struct fuse_entry_param e;
   fsw_file_entry(w, f, &e);
@@ -2009,14 +2022,21 @@ void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
      * next send (the release, the rename, lingering out) keeps them
      * unsent, unless a living writer closes the file first: the last
      * close decides.  A message an fsync() stored stays as it was. */
+    pid_t tid = fuse_req_ctx(req)->pid;
     if (err == 0 && last) {
       g_clear_error(&f->killed);
       if (named && (!f->sent || f->rewritten) && _fsw_needs_send(f))
-        f->killed = fsw_killed_writer(fuse_req_ctx(req)->pid);
+        f->killed = fsw_killed_writer(tid);
     }
+    /* A close by another process than the one that opened it is a child
+     * closing what it inherited (each command of a shell's `{ ...; } >
+     * f` as it exits), not the file's last close: sending then stored
+     * the part written so far, and a ^C later left it on the server.
+     * The opener's close sends it, or the release after the last. */
+    gboolean opener = h->opener == 0 || fsw_process_of(tid) == h->opener;
     /* The close() of the last writer sends it, except under rsync's
      * temporary name: then the rename (or lingering out) does. */
-    if (err == 0 && last && named && !temp && f->killed == NULL)
+    if (err == 0 && last && named && !temp && f->killed == NULL && opener)
       err = _fsw_send_now(w, f);
   }
   g_mutex_unlock(&f->lock);

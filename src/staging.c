@@ -75,10 +75,21 @@ void staging_free(Staging *st) {
   if (st == NULL)
     return;
   if (st->lock_fd >= 0) { /* held: ours to remove */
+    /* A file left in it (its unsent copy could not be made) keeps the
+     * lock file too: the next mount's staging_recover takes a run only
+     * with one (without, it took the run for being taken by another). */
+    gboolean left = FALSE;
+    GDir *d = g_dir_open(st->staging_dir, 0, NULL);
+    const char *name;
+    while (d != NULL && !left && (name = g_dir_read_name(d)) != NULL)
+      left = strcmp(name, "lock") != 0;
+    if (d != NULL)
+      g_dir_close(d);
     g_autofree char *lock = g_build_filename(st->staging_dir, "lock", NULL);
-    unlink(lock);
+    if (!left)
+      unlink(lock);
     close(st->lock_fd);
-    rmdir(st->staging_dir); /* stays if a file was left in it: the next mount keeps it */
+    rmdir(st->staging_dir);
   }
   g_free(st->base_dir);
   g_free(st->staging_dir);
@@ -91,27 +102,39 @@ void staging_free(Staging *st) {
 const char *staging_unsent_dir(const Staging *st) { return st->unsent_dir; }
 
 /* Moves what one dead run left (its .part files) into into/, creating it;
- * drops the rest (.crlf conversions, the lock) and the run directory. */
-static guint staging_take_run(const char *run, const char *into) {
+ * drops the rest (.crlf conversions) and then the lock and the run
+ * directory, but only once no .part is left: a run whose lock file is
+ * gone is skipped as being taken by another mount, so removing it with a
+ * file still there (into/ could not be made: a full disk) left that file
+ * in the staging directory for good, with no word.  *failed counts the
+ * files that stay for the next mount. */
+static guint staging_take_run(const char *run, const char *into, guint *failed) {
   guint moved = 0;
   GDir *d = g_dir_open(run, 0, NULL);
   const char *name;
   while (d != NULL && (name = g_dir_read_name(d)) != NULL) {
     g_autofree char *path = g_build_filename(run, name, NULL);
-    if (g_str_has_suffix(name, ".part") && g_mkdir_with_parents(into, 0700) == 0) {
+    if (g_str_has_suffix(name, ".part")) {
       g_autofree char *stem = g_strndup(name, strlen(name) - 5);
       g_autofree char *to = g_strdup_printf("%s/%s.eml", into, stem);
-      if (rename(path, to) == 0)
+      if (g_mkdir_with_parents(into, 0700) == 0 && rename(path, to) == 0) {
         moved++;
-      else
-        g_warning("cannot move %s to %s: %s", path, to, g_strerror(errno));
-    } else if (strcmp(name, "lock") == 0 || g_str_has_suffix(name, ".crlf")) {
+      } else {
+        g_warning("cannot move %s to %s (%s): it stays there for the next mount", path, to,
+                  g_strerror(errno));
+        (*failed)++;
+      }
+    } else if (g_str_has_suffix(name, ".crlf")) {
       unlink(path);
     }
   }
   if (d != NULL)
     g_dir_close(d);
-  rmdir(run);
+  if (*failed == 0) {
+    g_autofree char *lock = g_build_filename(run, "lock", NULL);
+    unlink(lock);
+    rmdir(run);
+  }
   return moved;
 }
 
@@ -139,7 +162,8 @@ void staging_recover(Staging *st) {
     int fd = lockfile_take(AT_FDCWD, lock, 0, 0);
     if (fd < 0)
       continue;
-    moved += staging_take_run(run, into);
+    guint failed = 0;
+    moved += staging_take_run(run, into, &failed);
     close(fd);
   }
   g_dir_close(d);

@@ -1538,6 +1538,8 @@ def test_writer_killed_by_a_signal_is_not_stored(empty_dovecot, fs, xdg, tmp_pat
     part = make_msg(new_tag("intr"), lf=False, size=2_000_000)
     _kill_writer(os.path.join(inbox, "intr.eml"), part, signal.SIGINT)
     _kill_writer(os.path.join(inbox, "kill.eml"), part, signal.SIGKILL)
+    # Kept at the release, which the kernel sends after the dying close.
+    wait_for(lambda: len(kept_files(xdg)) == 2, what="both kept")
     assert state(c, "INBOX") == {}
     kept = kept_files(xdg)
     assert [os.path.basename(k)[17:] for k in kept] in (
@@ -1579,6 +1581,101 @@ def test_writer_killed_by_a_signal_is_not_stored(empty_dovecot, fs, xdg, tmp_pat
     assert bodies == sorted([crlf(cat), thr, first])
     kept = kept_files(xdg)
     assert len(kept) == 3 and first + b"more" in [open(k, "rb").read() for k in kept]
+    m.unmount()
+
+
+@pytest.mark.imapfuse_stderr_ok(r"were moved to", r"cannot move .* stays there",
+                                r"could not store .*NUL", r"nor copy it")
+def test_staged_bytes_that_cannot_be_moved_wait_for_the_next_mount(empty_dovecot, fs, xdg):
+    """Bytes left in the staging directory (a mount killed mid-write; a
+    refused file whose unsent copy could not be made) are moved to the
+    unsent directory by the next mount that can.  A mount that could not
+    make that directory (here a plain file stands where it goes) removed
+    the run's lock file all the same, and every later mount skipped the
+    run for good ("no lock: another mount is taking it"): the bytes
+    stayed in staging with no further word."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    staging = os.path.join(xdg["XDG_DATA_HOME"], "imapfuse", "staging")
+    unsent = os.path.join(xdg["XDG_DATA_HOME"], "imapfuse", "unsent")
+
+    def blocked_then_free(first):
+        acct = os.listdir(staging)[0]
+        os.makedirs(unsent, exist_ok=True)
+        blocker = os.path.join(unsent, acct)
+        if not os.path.exists(blocker):
+            open(blocker, "w").close()
+        m2 = fs(dv)
+        os.listdir(m2)
+        m2.unmount(check=False)
+        assert "stays there for the next mount" in m2.stderr_text()
+        os.unlink(blocker)
+        m3 = fs(dv)
+        os.listdir(m3)
+        m3.unmount()
+        assert "were moved to" in m3.stderr_text()
+        assert first in [open(k, "rb").read() for k in kept_files(xdg)]
+
+    # A mount killed while a file was being written.
+    m = fs(dv)
+    data = make_msg(new_tag("killedrec"))
+    fd = os.open(os.path.join(m, "INBOX", "k.eml"), os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, data)
+    m.proc.kill()
+    m.proc.wait(10)
+    m.finished = True
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    subprocess.run(["fusermount3", "-uz", m.path])
+    blocked_then_free(data)
+
+    # A refused file (a NUL byte) whose unsent copy could not be made.
+    for k in kept_files(xdg):
+        os.unlink(k)
+    m = fs(dv)
+    acct = os.listdir(staging)[0]
+    open(os.path.join(unsent, acct + ".tmp"), "w").close()
+    os.rename(os.path.join(unsent, acct), os.path.join(unsent, acct + ".old"))
+    os.rename(os.path.join(unsent, acct + ".tmp"), os.path.join(unsent, acct))
+    nul = make_msg(new_tag("leftnul")) + b"\0tail\n"
+    fd = os.open(os.path.join(m, "INBOX", "nul.eml"), os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, nul)
+    with pytest.raises(OSError) as e:
+        os.close(fd)
+    assert e.value.errno == errno.EINVAL
+    m.unmount(check=False)
+    blocked_then_free(nul)
+    assert state(c, "INBOX") == {}
+
+
+@pytest.mark.imapfuse_stderr_ok(r"could not store .* was killed by signal")
+def test_shell_group_redirect_is_stored_once_whole(empty_dovecot, fs, xdg):
+    """`{ cmd1; sleep; cmd2; } > f`: the shell opens f once and each
+    command closes its inherited copy as it exits.  Such a close is not
+    the file's last: nothing is stored until the shell's own close, and
+    then the whole file, once.  Each command's exit stored the part
+    written so far, and a ^C during the sleep left that part on the
+    server as if it were the file."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    head = make_msg(new_tag("grp")).decode()
+    script = "{ /usr/bin/printf '%%s' \"$H\"; sleep 2; /usr/bin/printf 'tail\\n'; } > %s"
+    sh = subprocess.Popen(["/bin/bash", "-c", script % os.path.join(m, "INBOX", "whole.eml")],
+                          env=dict(os.environ, H=head))
+    time.sleep(1)
+    assert state(c, "INBOX") == {}
+    assert sh.wait(20) == 0
+    assert [x["body"] for x in state(c, "INBOX").values()] == [crlf(head.encode() + b"tail\n")]
+
+    sh = subprocess.Popen(["/bin/bash", "-c", script % os.path.join(m, "INBOX", "cut.eml")],
+                          env=dict(os.environ, H=head), start_new_session=True)
+    time.sleep(1)
+    os.killpg(sh.pid, signal.SIGINT)
+    assert sh.wait(10) == -signal.SIGINT
+    wait_for(lambda: kept_files(xdg) != [], what="the cut file kept unsent")
+    assert [open(k, "rb").read() for k in kept_files(xdg)] == [head.encode()]
+    assert len(state(c, "INBOX")) == 1
     m.unmount()
 
 
