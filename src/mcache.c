@@ -41,7 +41,6 @@
 
 G_DEFINE_QUARK(mcache-error-quark, mcache_error)
 
-
 static void mc_sum(const guint8 *data, gsize len, guint8 out[MC_SUM_LEN]) {
   GChecksum *sum = g_checksum_new(G_CHECKSUM_SHA256);
   gsize n = MC_SUM_LEN;
