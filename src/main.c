@@ -13,7 +13,9 @@
 #include <locale.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <syslog.h>
 #include <string.h>
 #include <unistd.h>
@@ -56,6 +58,41 @@ static void main_log(const gchar *domain, GLogLevelFlags level, const gchar *mes
     return;
   }
   fprintf(stderr, "imapfuse: %s: %s\n", what, message);
+}
+
+/* The IMAP trace (g_printerr) follows the log to syslog once daemonised:
+ * -o imap_debug without -f wrote it to /dev/null, with no word. */
+static void main_printerr(const gchar *text) {
+  if (main_syslog)
+    syslog(LOG_DEBUG, "%s", text);
+  else
+    fputs(text, stderr);
+}
+
+/* A mountpoint must be a directory that is not mounted on already: a file
+ * was mounted on (and then failed every stat with EIO), and a second
+ * imapfuse on the same directory mounted on top of the first. */
+static gboolean main_check_mountpoint(const char *mp, GError **error) {
+  struct stat st, up;
+  g_autofree char *parent = g_build_filename(mp, "..", NULL);
+  if (stat(mp, &st) != 0) {
+    int err = errno;
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "mountpoint %s: %s%s", mp, g_strerror(err),
+                err == ENOTCONN ? " (a mount whose file system died: fusermount3 -u it first)"
+                                : "");
+    return FALSE;
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "mountpoint %s is not a directory", mp);
+    return FALSE;
+  }
+  if (stat(parent, &up) == 0 && (up.st_dev != st.st_dev || up.st_ino == st.st_ino)) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "%s is already a mount point: unmount it first (fusermount3 -u %s), or choose "
+                "another directory", mp, mp);
+    return FALSE;
+  }
+  return TRUE;
 }
 
 /* $XDG_CACHE_HOME/imapfuse/USER@HOST:PORT, with '/' kept out of the name. */
@@ -147,6 +184,9 @@ static void main_stopping(gpointer data) {
 
 int main(int argc, char *argv[]) {
   setlocale(LC_ALL, "");
+  /* The password stays in memory for reconnects: keep it out of core
+   * dumps (and from other processes of the user: ptrace, /proc/PID/mem). */
+  prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   signal(SIGPIPE, SIG_IGN); /* a dead TLS peer must be an error, not a kill */
   main_raise_fd_limit();
   heap_setup();
@@ -196,6 +236,11 @@ int main(int argc, char *argv[]) {
     goto out;
   }
   g_log_set_default_handler(main_log, GINT_TO_POINTER(fo.debug || o.imap_debug));
+  g_set_printerr_handler(main_printerr);
+  if (!main_check_mountpoint(fo.mountpoint, &error)) {
+    ret = main_fail(error);
+    goto out;
+  }
 
   if (!options_parse_url(o.url, g_strcmp0(o.tls, "off") == 0, &ep, &error)) {
     ret = main_fail(error);

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
@@ -162,6 +163,13 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
       !(o->dir_timeout >= 0 && o->dir_timeout <= 86400)) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
                 "msg_timeout= and dir_timeout= must be 0 to 86400 seconds");
+    return FALSE;
+  }
+  /* -1: not given (1.5 x poll).  nan, -3 and 1e300 were taken silently
+   * (1e300 overflowed the conversion to microseconds). */
+  if (o->list_max_age != -1 && !(o->list_max_age >= 0 && o->list_max_age <= 86400)) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "list_max_age= must be 0 to 86400 seconds, not %g", o->list_max_age);
     return FALSE;
   }
   if (o->cache != NULL && g_strcmp0(o->cache, "none") != 0 &&
@@ -491,6 +499,20 @@ char *options_get_password(const IfsOptions *o, const ImapEndpoint *ep, GError *
     char *pw = options_first_line(text, len);
     options_wipe(text, len);
     g_free(text);
+    /* An empty password cost a failed login (which servers and fail2ban
+     * count) and said only that the login failed. */
+    if (*pw == '\0') {
+      g_free(pw);
+      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                  "password_file %s: its first line is empty", o->password_file);
+      return NULL;
+    }
+    struct stat st;
+    if (stat(o->password_file, &st) == 0 && (st.st_mode & 0077) != 0)
+      fprintf(stderr,
+              "imapfuse: warning: password_file %s can be read by other users (mode %04o): "
+              "chmod 600 it\n",
+              o->password_file, (unsigned)(st.st_mode & 07777));
     return pw;
   }
   return options_prompt(ep, error);

@@ -9,6 +9,7 @@ import re
 import shlex
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -183,6 +184,44 @@ def test_missing_mountpoint(dovecot, run_fail):
     assert "mountpoint" in line.lower(), line
 
 
+def _imapfuse_on(imapfuse_bin, server, mp, env):
+    """Runs imapfuse on mountpoint mp expecting a failure; (rc, stderr)."""
+    pw = server.write_password_file()
+    r = subprocess.run([imapfuse_bin, "-f", "-o", "password_file=%s,tls=off" % pw,
+                        server.url(), mp], capture_output=True, text=True, timeout=30,
+                       stdin=subprocess.DEVNULL, env=conftest._sanitizer_env(env))
+    return r.returncode, r.stderr
+
+
+def test_mountpoint_not_a_directory(dovecot, imapfuse_bin, env, tmp_path):
+    """A regular file as mountpoint: one line, no mount (it mounted, exited
+    0, and every stat of the file failed with EIO until fusermount3 -u)."""
+    f = tmp_path / "afile"
+    f.write_text("x")
+    rc, err = _imapfuse_on(imapfuse_bin, dovecot, str(f), env)
+    leftover = conftest.is_mounted(str(f))
+    if leftover:
+        subprocess.run(["fusermount3", "-uz", str(f)])
+    assert not leftover and rc == 1
+    line = one_line(err)
+    assert "not a directory" in line and str(f) in line, line
+
+
+def test_mountpoint_already_mounted(dovecot, mount, imapfuse_bin, env):
+    """A second imapfuse on a mounted directory: refused with one line at
+    once (it mounted on top of the first, after a 6 s wait for the
+    cache the first one holds)."""
+    m = mount(dovecot, env=env)
+    start = time.monotonic()
+    rc, err = _imapfuse_on(imapfuse_bin, dovecot, m.path, env)
+    assert rc == 1 and time.monotonic() - start < 5
+    line = one_line(err)
+    assert "already a mount point" in line and m.path in line, line
+    mounts = [l for l in open("/proc/self/mounts") if l.split()[1] == m.path]
+    assert len(mounts) == 1, mounts
+    assert "INBOX" in os.listdir(m.path)
+
+
 def test_missing_url(run_fail):
     rc, out, err = run_fail([], mountpoint=False)
     line = one_line(err)
@@ -213,6 +252,10 @@ def test_missing_url(run_fail):
     (("connections=4x",), "off", r"connections=.*4x"),
     (("max_threads=-1",), "off", r"max_threads="),
     (("watch_idle=",), "off", r"watch_idle="),
+    # taken silently (1e300 overflowed the conversion to microseconds)
+    (("list_max_age=-3",), "off", r"list_max_age="),
+    (("list_max_age=nan",), "off", r"list_max_age="),
+    (("list_max_age=1e300",), "off", r"list_max_age="),
 ])
 def test_bad_option_values(dovecot, imapfuse_fail, opt, tls, want):
     rc, err = imapfuse_fail(dovecot, *opt, tls=tls)
@@ -226,6 +269,28 @@ def test_password_file_missing(dovecot, run_fail):
                             secrets=[dovecot.password])
     line = one_line(err)
     assert "password_file" in line and "/nonexistent/pw" in line, line
+
+
+def test_password_file_empty_or_readable_by_others(dovecot, run_fail, tmp_path):
+    """An empty first line is refused before any login (it cost a failed
+    login, which servers count, and said only that the login failed); a
+    password file others can read works, with a warning."""
+    pw = tmp_path / "pw"
+    for text in ("", "\n" + dovecot.password + "\n"):
+        pw.write_text(text)
+        pw.chmod(0o600)
+        rc, out, err = run_fail(["-f", "-o", "password_file=%s,tls=off" % pw, dovecot.url()],
+                                secrets=[dovecot.password])
+        line = one_line(err)
+        assert "password_file" in line and "empty" in line, line
+    pw.write_text(dovecot.password)
+    pw.chmod(0o644)
+    rc, out, err = run_fail(["-f", "-o", "password_file=%s,tls=off" % pw,
+                             "imap://%s@127.0.0.1:%d" % (dovecot.user, free_port())],
+                            secrets=[dovecot.password])
+    warning, failure = [l for l in err.splitlines() if l.strip()]
+    assert "can be read by other users" in warning and "chmod 600" in warning, err
+    assert "127.0.0.1" in failure, err
 
 
 def test_two_password_sources_refused(dovecot, imapfuse_fail, tmp_path):
