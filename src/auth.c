@@ -47,7 +47,8 @@ gboolean auth_login(ImapConn *c, const ImapEndpoint *ep, GError **error) {
     auth_wipe(blob);
   } else if (imap_conn_has(c, IMAP_CAP_LOGINDISABLED)) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_UNSUPPORTED,
-                "the server allows no login method imapfuse knows (LOGINDISABLED, no AUTH=PLAIN)");
+                "the server allows no login method imapfuse knows (LOGINDISABLED, no AUTH=PLAIN)%s",
+                ep->tls == IMAP_TLS_NONE ? ": it wants TLS first; drop -o tls=off" : "");
     return FALSE;
   } else {
     ImapCmd *cmd = imap_cmd_new("LOGIN ");

@@ -2,6 +2,7 @@
 #include "imapfuse/tls.h"
 
 #include <errno.h>
+#include <string.h>
 
 #include <arpa/inet.h>
 #include <openssl/err.h>
@@ -70,13 +71,22 @@ SSL *tls_handshake(SSL_CTX *ctx, int fd, const char *host, GError **error) {
                   "no answer from %s during the TLS handshake", host);
       ERR_clear_error();
     } else if (vr != X509_V_OK) {
+      /* Say how to trust it: the message alone sent users searching. */
       g_set_error(error, IFS_ERROR, IFS_ERROR_TLS,
-                  "TLS certificate verification failed for %s: %s", host,
-                  X509_verify_cert_error_string(vr));
+                  "TLS certificate verification failed for %s: %s%s", host,
+                  X509_verify_cert_error_string(vr),
+                  vr == X509_V_ERR_HOSTNAME_MISMATCH || vr == X509_V_ERR_IP_ADDRESS_MISMATCH
+                      ? " (use the name the certificate was made for)"
+                      : "; if you trust this server, give its CA or its own certificate with "
+                        "-o cafile=PATH");
       ERR_clear_error();
     } else {
       g_autofree char *why = tls_error_string();
-      g_set_error(error, IFS_ERROR, IFS_ERROR_TLS, "TLS handshake with %s failed: %s", host, why);
+      /* What a plain IMAP port answers to a TLS hello. */
+      gboolean plain = strstr(why, "wrong version number") != NULL;
+      g_set_error(error, IFS_ERROR, IFS_ERROR_TLS, "TLS handshake with %s failed: %s%s", host,
+                  why, plain ? " (a plain IMAP port? then use imap://, which asks for STARTTLS)"
+                             : "");
     }
     SSL_free(ssl);
     return NULL;

@@ -852,8 +852,12 @@ ImapConn *imap_conn_open(const ImapEndpoint *ep, GError **error) {
       return NULL;
   }
   g_autoptr(ImapResponse) greeting = conn_read(c, error);
-  if (greeting == NULL)
+  if (greeting == NULL) {
+    /* A TLS port says nothing until it gets a TLS hello. */
+    if (ep->tls != IMAP_TLS_IMPLICIT && g_error_matches(*error, IFS_ERROR, IFS_ERROR_TIMEOUT))
+      g_prefix_error(error, "no IMAP greeting (a TLS port? then use imaps://): ");
     return NULL;
+  }
   if (greeting->kind != IMAP_RESP_UNTAGGED ||
       (greeting->status != IMAP_STATUS_OK && greeting->status != IMAP_STATUS_PREAUTH)) {
     g_set_error(error, IFS_ERROR, greeting->status == IMAP_STATUS_BYE ? IFS_ERROR_CLOSED

@@ -116,6 +116,20 @@ def test_imaps_without_cafile_fails_verification(dovecot_tls, imapfuse_fail):
     rc, err = imapfuse_fail(dovecot_tls, scheme="imaps", tls=None)
     line = one_line(err)
     assert re.search(r"(?i)certificate|verif", line), line
+    assert "-o cafile=PATH" in line, line  # how to trust it
+
+
+def test_wrong_scheme_for_the_port_says_which(dovecot_tls, imapfuse_fail):
+    """imaps:// to a plain IMAP port gave OpenSSL's "wrong version
+    number" alone; imap:// to a TLS port waited for a greeting that never
+    comes and said only "no answer".  Each now names the other scheme."""
+    rc, err = imapfuse_fail(dovecot_tls, scheme="imaps", tls=None, port=dovecot_tls.port)
+    line = one_line(err)
+    assert "wrong version number" in line and "use imap://" in line, line
+    rc, err = imapfuse_fail(dovecot_tls, "timeout=2", scheme="imap", tls=None,
+                            port=dovecot_tls.tls_port)
+    line = one_line(err)
+    assert "no IMAP greeting" in line and "use imaps://" in line, line
 
 
 def test_starttls_without_cafile_fails_verification(dovecot_tls,
