@@ -14,7 +14,7 @@
 
 #include "imapfuse/errors.h"
 
-enum { KEY_HELP, KEY_VERSION, KEY_DISCARD };
+enum { KEY_HELP, KEY_VERSION, KEY_DISCARD, KEY_PASSWORD };
 
 #define IFS_OPT(t, p, v) {t, offsetof(IfsOptions, p), v}
 
@@ -50,6 +50,8 @@ static const struct fuse_opt options_table[] = {
     /* FUSE's too: seen here to tell it from FUSE's default (see main.c) */
     IFS_OPT("max_threads=%s", int_text[IFS_INT_MAX_THREADS], 0),
     FUSE_OPT_KEY("max_threads=", FUSE_OPT_KEY_KEEP),
+    /* libfuse would print it back as an unknown option, into logs */
+    FUSE_OPT_KEY("password=", KEY_PASSWORD),
     FUSE_OPT_KEY("-h", KEY_HELP),
     FUSE_OPT_KEY("--help", KEY_HELP),
     FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -81,6 +83,9 @@ static int options_proc(void *data, const char *arg, int key, struct fuse_args *
     o->show_version = 1;
     return 1;
   case KEY_DISCARD:
+    return 0;
+  case KEY_PASSWORD:
+    o->password_in_argv = 1;
     return 0;
   default:
     return 1;
@@ -148,6 +153,12 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
   }
   if (o->show_help || o->show_version)
     return TRUE;
+  if (o->password_in_argv) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "-o password= is refused (other users see the command line): use "
+                "-o password_command=CMD or -o password_file=PATH");
+    return FALSE;
+  }
   if (o->url == NULL) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
                 "missing server URL (imaps://USER@HOST[:PORT]); see --help");

@@ -31,6 +31,7 @@ typedef struct {
   char *url;
   char *password_command;
   char *password_file;
+  int password_in_argv; /* -o password=...: refused, never echoed */
   char *cafile;
   char *tls;          /* "on" (default) or "off" */
   int connections;

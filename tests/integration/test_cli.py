@@ -307,6 +307,14 @@ def test_password_file_empty_or_readable_by_others(dovecot, run_fail, tmp_path):
     assert "127.0.0.1" in failure, err
 
 
+def test_password_option_refused_without_echo(dovecot, imapfuse_fail):
+    """-o password=SECRET: refused, and the secret is not printed back
+    (libfuse's "unknown option" line quoted it, into logs)."""
+    rc, err = imapfuse_fail(dovecot, "password=hunter2-secret")
+    line = one_line(err)
+    assert "password_command" in line and "hunter2" not in err, err
+
+
 def test_two_password_sources_refused(dovecot, imapfuse_fail, tmp_path):
     rc, err = imapfuse_fail(dovecot, "password_file=" + str(tmp_path / "x"))
     line = one_line(err)
