@@ -4,6 +4,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -466,18 +468,82 @@ static char *options_prompt(const ImapEndpoint *ep, GError **error) {
   return pw;
 }
 
+static void options_own_group(gpointer unused) {
+  (void)unused;
+  setpgid(0, 0);
+}
+
+/* Runs password_command; its output (NULL with *error if it could not
+ * run or took too long) and its wait status.  Without a terminal (fstab,
+ * systemd, a script) nobody can answer a prompt it shows, so it gets
+ * -o timeout seconds: one that never returned held the mount for good.
+ * With a terminal it may be asking for a passphrase: no limit. */
+static char *options_run_password_command(const IfsOptions *o, int *status, GError **error) {
+  const char *argv[] = {"/bin/sh", "-c", o->password_command, NULL};
+  GPid pid;
+  int out_fd;
+  g_autoptr(GError) local = NULL;
+  int tty = open("/dev/tty", O_RDONLY | O_CLOEXEC);
+  gboolean interactive = tty >= 0;
+  if (tty >= 0)
+    close(tty);
+  /* Without a terminal, a group of its own: killing the shell alone left
+   * its command holding our stderr. */
+  if (!g_spawn_async_with_pipes(NULL, (char **)argv, NULL,
+                                G_SPAWN_CHILD_INHERITS_STDIN | G_SPAWN_DO_NOT_REAP_CHILD,
+                                interactive ? NULL : options_own_group, NULL, &pid, NULL,
+                                &out_fd, NULL, &local)) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "password_command could not run: %s",
+                local->message);
+    return NULL;
+  }
+  gint64 end = g_get_monotonic_time() + (gint64)o->timeout * G_USEC_PER_SEC;
+  GString *out = g_string_new(NULL);
+  gboolean late = FALSE;
+  for (;;) {
+    struct pollfd pfd = {.fd = out_fd, .events = POLLIN};
+    gint64 left = end - g_get_monotonic_time();
+    if (!interactive && left <= 0) {
+      late = TRUE;
+      break;
+    }
+    int r = poll(&pfd, 1, interactive ? -1 : (int)MIN(left / 1000 + 1, G_MAXINT));
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      continue;
+    char buf[512];
+    ssize_t n = read(out_fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    g_string_append_len(out, buf, n);
+    options_wipe(buf, sizeof buf);
+  }
+  close(out_fd);
+  if (late)
+    kill(-pid, SIGKILL);
+  while (waitpid(pid, status, 0) < 0 && errno == EINTR)
+    ;
+  g_spawn_close_pid(pid);
+  if (late) {
+    options_wipe(out->str, out->len);
+    g_string_free(out, TRUE);
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "password_command gave no password within %d s (timeout=; with no terminal "
+                "nobody can answer a prompt)", o->timeout);
+    return NULL;
+  }
+  return g_string_free(out, FALSE);
+}
+
 char *options_get_password(const IfsOptions *o, const ImapEndpoint *ep, GError **error) {
   if (o->password_command != NULL) {
-    const char *argv[] = {"/bin/sh", "-c", o->password_command, NULL};
-    char *out = NULL;
     int status = 0;
-    g_autoptr(GError) local = NULL;
-    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_CHILD_INHERITS_STDIN, NULL, NULL, &out,
-                      NULL, &status, &local)) {
-      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "password_command could not run: %s",
-                  local->message);
+    char *out = options_run_password_command(o, &status, error);
+    if (out == NULL)
       return NULL;
-    }
     if (!g_spawn_check_wait_status(status, NULL)) {
       options_wipe(out, strlen(out));
       g_free(out);

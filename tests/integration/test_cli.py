@@ -358,6 +358,18 @@ def test_password_command_fails(dovecot, run_fail, cmd, want):
     assert re.search(want, line), line
 
 
+def test_password_command_that_never_returns(dovecot, run_fail):
+    """With no terminal (fstab, systemd, a script) nobody can answer a
+    prompt: a password_command that never returns gets -o timeout
+    seconds (it held the mount for good)."""
+    start = time.monotonic()
+    rc, out, err = run_fail(["-f", "-o", "password_command=sleep 100,tls=off,timeout=2",
+                             dovecot.url()], secrets=[dovecot.password], timeout=20)
+    assert time.monotonic() - start < 10
+    line = one_line(err)
+    assert "password_command" in line and "2 s" in line, line
+
+
 def test_password_command_first_line_only(dovecot, mount, tmp_path, env):
     """password_command: only the first output line is the password (the
     mount runs password_command='cat FILE' on a two-line file)."""
