@@ -1698,12 +1698,32 @@ gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *
    * list is left alone; one the last mount saved is confirmed too (any
    * change would have raised HIGHESTMODSEQ), and its messages then get
    * their inodes as after a fetch. */
+  /* Another UIDVALIDITY: every message of the list is gone, though the
+   * refresh may take long (a slow SELECT): lookups and opens, which take
+   * the list at any age, must wait for it, not find the old messages
+   * (which read the old bytes from the caches for as long as it took). */
+  g_autoptr(GArray) gone = NULL;
+  guint32 epoch = n->epoch, old_uidvalidity = n->uidvalidity;
+  if (n->msgs != NULL && st->uidvalidity != 0 && n->uidvalidity != st->uidvalidity) {
+    n->fetched_at = 0;
+    n->stale = TRUE;
+    gone = g_array_new(FALSE, FALSE, sizeof(guint32));
+    for (guint i = 0; i < n->msgs->len; i++)
+      g_array_append_val(gone, g_array_index(n->msgs, DcMsg, i).uid);
+  }
   if (!differs && st->highestmodseq != 0 && !n->stale && asked_us > n->fetched_at) {
     if (n->epoch == 0)
       _dc_new_epoch(dc, n, st->uidvalidity);
     n->fetched_at = asked_us;
   }
   g_mutex_unlock(&n->lock);
+  /* ... and the kernel's entries of the old names go now (on -o ro its
+   * pages of them were read with no request to us). */
+  if (gone != NULL && epoch != 0) {
+    dc_tell(dc, n, epoch, old_uidvalidity, DC_CHANGE_UIDVALIDITY);
+    for (guint i = 0; i < gone->len; i++)
+      dc_tell(dc, n, epoch, g_array_index(gone, guint32, i), DC_CHANGE_REMOVED);
+  }
   return differs;
 }
 

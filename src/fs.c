@@ -14,6 +14,7 @@
 #include <sys/statvfs.h>
 
 #include "imapfuse/errors.h"
+#include "imapfuse/loop.h"
 #include "imapfuse/names.h"
 #include "fs-internal.h" /* shared with fswrite.c (the write path) */
 
@@ -625,11 +626,24 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   const char *mailbox = dcnode_mailbox(f->node);
   g_autoptr(GBytes) b = bodycache_read(fs->bc, mailbox, f->uidvalidity, f->uid, f->size,
                                        (guint64)off, size, &real, &error);
+  /* Another client deleted or renamed the folder (SELECT: NO, or a BYE):
+   * the message is gone (ENOENT), not an I/O error with a warning.  While
+   * another client's DELETE is under way (or the folder was made again at
+   * once) Dovecot answers NO and LIST still shows the folder: read again
+   * after a pause, as a listing does (up to three times): the folder is
+   * then gone (ENOENT) or another (ESTALE).  Once, it read EIO. */
+  for (int attempt = 1; b == NULL && !g_error_matches(error, IFS_ERROR, IFS_ERROR_TIMEOUT);
+       attempt++) {
+    if (dircache_check_gone(fs->dc, f->node, mailbox, &error) || attempt == 3 ||
+        !(g_error_matches(error, IFS_ERROR, IFS_ERROR_NO) ||
+          g_error_matches(error, IFS_ERROR, IFS_ERROR_CLOSED)))
+      break;
+    loop_pause(100 * 1000);
+    g_clear_error(&error);
+    b = bodycache_read(fs->bc, mailbox, f->uidvalidity, f->uid, f->size, (guint64)off, size,
+                       &real, &error);
+  }
   if (b == NULL) {
-    /* Another client deleted or renamed the folder (SELECT: NO, or a BYE):
-     * the message is gone (ENOENT), not an I/O error with a warning. */
-    if (!g_error_matches(error, IFS_ERROR, IFS_ERROR_TIMEOUT))
-      dircache_check_gone(fs->dc, f->node, mailbox, &error);
     fs_reply_error(req, "reading a message", error);
     return;
   }

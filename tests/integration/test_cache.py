@@ -2459,6 +2459,110 @@ def test_mail_that_arrives_is_new_to_ctime_based_backups(mount, empty_dovecot, e
     assert after == before
 
 
+@pytest.mark.imapfuse_stderr_ok(r"warning: .*")
+def test_recreated_folder_is_not_read_while_its_refresh_is_slow(mount, empty_dovecot, env,
+                                                                rw_ro):
+    """Another client deletes and recreates a folder (a new UIDVALIDITY,
+    the UIDs from 1 again).  The watcher's STATUS sees it at once, but the
+    SELECT that lists it again is slow (Dovecot waiting for a lock): the
+    names then read the old messages' bytes from the caches for as long as
+    it took (20 s here).  They wait for the new listing instead."""
+    from test_write_review import Proxy
+    dv = empty_dovecot()
+    old = [_msg("old%d" % i, 900, seed=1) for i in range(3)]
+    new = [_msg("new%d" % i, 900, seed=2) for i in range(3)]
+    _make_box(dv, "A", old)
+    px = Proxy(dv.port)
+    try:
+        m = mount(dv, "poll=1", "timeout=30", *rw_ro, env=env, port=px.port)
+        p = os.path.join(m.path, "A", "1.eml")
+        assert [_read(os.path.join(m.path, "A", "%d.eml" % i)) for i in (1, 2, 3)] == old
+        time.sleep(1.5)
+        px.hold_next_select("A", every=True)
+        c = dv.imap()
+        c.delete("A")
+        _make_box(dv, "A", new)
+        c.logout()
+        got = []
+        t0 = time.monotonic()
+        done = threading.Event()
+
+        def release_later():
+            done.wait(6)
+            px.release()
+        t = threading.Thread(target=release_later)
+        t.start()
+        try:
+            while time.monotonic() - t0 < 4:
+                try:
+                    got.append(_read(p))
+                except OSError as e:
+                    got.append(e.errno)
+                time.sleep(0.3)
+        finally:
+            done.set()
+            t.join()
+        # the watcher's STATUS comes within a poll (1 s); then no old bytes
+        late = [g for g, at in zip(got, range(len(got))) if g == old[0] and at * 0.3 > 2.5]
+        assert not late, got
+        for _ in range(100):
+            try:
+                if _read(p) == new[0]:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert _read(p) == new[0]
+    finally:
+        px.release()
+        px.close()
+
+
+def test_reads_while_a_folder_is_deleted_and_made_again_fail_cleanly(mount, empty_dovecot,
+                                                                       env):
+    """Readers of a folder that another client deletes and creates again,
+    over and over.  A read whose SELECT Dovecot answers NO while its
+    DELETE is under way (or the folder is back already), so that LIST
+    still shows it, failed with EIO and a warning; it reads again, as a
+    listing does, and fails with ENOENT or ESTALE, quietly."""
+    dv = empty_dovecot()
+    msgs = [_msg("w%d" % i, 2500) for i in range(6)]
+    _make_box(dv, "A", msgs)
+    m = mount(dv, "poll=1", "cache=none", "readahead=0", env=env)
+    stop = threading.Event()
+    errs = {}
+
+    def reader(seed):
+        rnd = random.Random(seed)
+        while not stop.is_set():
+            try:
+                _read(os.path.join(m.path, "A", "%d.eml" % rnd.randint(1, 6)))
+            except OSError as e:
+                errs[errno.errorcode[e.errno]] = errs.get(errno.errorcode[e.errno], 0) + 1
+                time.sleep(0.002)
+    ts = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    for t in ts:
+        t.start()
+    c = dv.imap()
+    try:
+        for k in range(40):
+            c.delete("A")
+            for _ in range(20):  # Dovecot: ALREADYEXISTS right after a DELETE, at times
+                if c.create("A")[0] == "OK":
+                    break
+                time.sleep(0.05)
+            for msg in msgs:
+                c.append("A", None, None, msg)
+            time.sleep(random.uniform(0, 0.2))
+    finally:
+        stop.set()
+        for t in ts:
+            t.join(60)
+        c.logout()
+    assert set(errs) <= {"ENOENT", "ESTALE"}, errs
+    assert not [l for l in m.stderr_text().splitlines() if "warning" in l]
+
+
 def _stat_when_listed(root, name, p):
     for _ in range(200):
         try:
