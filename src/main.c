@@ -16,6 +16,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <syslog.h>
 #include <string.h>
 #include <unistd.h>
@@ -69,6 +70,8 @@ static void main_printerr(const gchar *text) {
     fputs(text, stderr);
 }
 
+#define MAIN_FUSE_SUPER_MAGIC 0x65735546 /* linux/magic.h */
+
 /* A mountpoint must be a directory that is not mounted on already: a file
  * was mounted on (and then failed every stat with EIO), and a second
  * imapfuse on the same directory mounted on top of the first. */
@@ -86,10 +89,15 @@ static gboolean main_check_mountpoint(const char *mp, GError **error) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "mountpoint %s is not a directory", mp);
     return FALSE;
   }
-  if (stat(parent, &up) == 0 && (up.st_dev != st.st_dev || up.st_ino == st.st_ino)) {
+  /* Only a FUSE mount there is refused: an autofs one is where
+   * x-systemd.automount (fstab) has imapfuse mounted on first access. */
+  struct statfs sf;
+  if (stat(parent, &up) == 0 && (up.st_dev != st.st_dev || up.st_ino == st.st_ino) &&
+      statfs(mp, &sf) == 0 && sf.f_type == MAIN_FUSE_SUPER_MAGIC) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
-                "%s is already a mount point: unmount it first (fusermount3 -u %s), or choose "
-                "another directory", mp, mp);
+                "%s is already a mount point (of a FUSE file system, imapfuse perhaps): "
+                "unmount it first (fusermount3 -u %s), or choose another directory",
+                mp, mp);
     return FALSE;
   }
   return TRUE;

@@ -236,6 +236,25 @@ def test_mountpoint_already_mounted(dovecot, mount, imapfuse_bin, env):
     assert "INBOX" in os.listdir(m.path)
 
 
+def test_mountpoint_on_another_kind_of_mount_is_taken(dovecot, mount, env, tmp_path):
+    """Only a FUSE mount is refused: with x-systemd.automount (fstab) the
+    mountpoint is an autofs mount when imapfuse is started (a tmpfs mount
+    stands in for it here)."""
+    d = tmp_path / "auto"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], check=True)
+    try:
+        m = mount(dovecot, env=env, mountpoint=str(d))
+        for _ in range(200):  # mounted already (the tmpfs): wait for imapfuse's
+            if any(l.split()[1:3] == [str(d), "fuse.imapfuse"] for l in open("/proc/self/mounts")):
+                break
+            time.sleep(0.05)
+        assert "INBOX" in os.listdir(str(d))
+        m.unmount()
+    finally:
+        subprocess.run(["umount", str(d)])
+
+
 def test_missing_url(run_fail):
     rc, out, err = run_fail([], mountpoint=False)
     line = one_line(err)
