@@ -115,8 +115,8 @@ typedef struct {
   gint64 sent_date; /* INTERNALDATE given (0: the server's now) */
   int error;        /* sticky errno after a failed send */
   GError *killed;   /* the last close was by a writer killed by a signal:
-                     * the next send refuses it, unless a living writer
-                     * closes it first (a parent the child shared it with) */
+                     * refused at the next send or living close, unless
+                     * written on first (by a parent it was shared with) */
   gboolean rewritten; /* bytes changed after a send */
   gboolean owned;     /* our APPEND made sent_uid (not an identical message
                        * found there): only then may we move or delete it */
@@ -1936,6 +1936,7 @@ void fswrite_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
   if (err == 0) {
     f->dirty = TRUE;
     f->rewritten = f->sent;
+    g_clear_error(&f->killed); /* written on by a living process */
     g_mutex_lock(&w->lock);
     if (h->flushed) {
       h->flushed = FALSE;
@@ -2018,15 +2019,20 @@ void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
     err = f->error;
     /* Bytes written since the last send by a writer that was killed: not
      * sent now.  Its close is not always the file's last: a parent may
-     * share the open file with the killed child and write on.  So the
-     * next send (the release, the rename, lingering out) keeps them
-     * unsent, unless a living writer closes the file first: the last
-     * close decides.  A message an fsync() stored stays as it was. */
+     * share the open file with the killed child and write on (a write
+     * clears the mark).  The next close by a living process that wrote
+     * nothing since (a shell that survived the ^C that killed its
+     * command) fails and keeps them unsent; a close by another killed one
+     * leaves that to the release.  A message an fsync() stored stays. */
     pid_t tid = fuse_req_ctx(req)->pid;
-    if (err == 0 && last) {
-      g_clear_error(&f->killed);
-      if (named && (!f->sent || f->rewritten) && _fsw_needs_send(f))
-        f->killed = fsw_killed_writer(tid);
+    if (err == 0 && last && named && (!f->sent || f->rewritten) && _fsw_needs_send(f)) {
+      GError *why = fsw_killed_writer(tid);
+      if (why != NULL) {
+        g_clear_error(&f->killed);
+        f->killed = why;
+      } else if (f->killed != NULL) {
+        err = _fsw_refuse(w, f, f->killed);
+      }
     }
     /* A close by another process than the one that opened it is a child
      * closing what it inherited (each command of a shell's `{ ...; } >

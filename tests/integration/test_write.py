@@ -1783,8 +1783,24 @@ def test_killed_child_leaves_a_shared_file_to_its_parent(empty_dovecot, fs, xdg)
     wait_for(lambda: kept_files(xdg) != [], what="the file kept unsent")
     assert [open(k, "rb").read() for k in kept_files(xdg)] == [part]
     assert len(state(c, "INBOX")) == 1
+
+    # The child is killed; the parent closes without writing more (a shell
+    # that survived the ^C that killed its command): that close fails, and
+    # the part is kept unsent (it was stored).
+    half = make_msg(new_tag("half"), lf=False, size=50_000)
+    fd = os.open(os.path.join(inbox, "half.eml"), os.O_WRONLY | os.O_CREAT, 0o600)
+    pid = os.fork()
+    if pid == 0:
+        os.write(fd, half)
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+    with pytest.raises(OSError) as e:
+        os.close(fd)
+    assert e.value.errno == errno.EIO
+    assert sorted(open(k, "rb").read() for k in kept_files(xdg)) == sorted([part, half])
+    assert len(state(c, "INBOX")) == 1
     lines = [l for l in m.stderr_text().splitlines() if "killed by signal" in l]
-    assert len(lines) == 1 and '"orphan.eml"' in lines[0], lines
+    assert len(lines) == 2 and '"orphan.eml"' in lines[0] and '"half.eml"' in lines[1], lines
     m.unmount()
 
 
