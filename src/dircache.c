@@ -1252,9 +1252,12 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
           g_array_append_val(gone, g_array_index(n->msgs, DcMsg, i).uid);
       }
     }
+    /* With no cache directory nothing is kept from one mount to the next:
+     * a folder's first listing stamped every message with the mount's
+     * time, a new ctime for all at every mount (restic read all again). */
     if (result != f.base)
       dc_stamp_seen(result, n->uidvalidity == f.uidvalidity ? n->msgs : NULL,
-                    dc_seen_now());
+                    n->msgs == NULL && dc->meta_dir == NULL ? 0 : dc_seen_now());
     if (n->msgs != NULL)
       g_array_unref(n->msgs);
     if (n->uidvalidity != f.uidvalidity) {

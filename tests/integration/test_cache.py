@@ -2459,6 +2459,26 @@ def test_mail_that_arrives_is_new_to_ctime_based_backups(mount, empty_dovecot, e
     assert after == before
 
 
+def test_ctime_without_a_cache_directory_stays_the_internaldate(mount, empty_dovecot, env):
+    """With -o cache=none nothing is kept between mounts: a message's
+    ctime is its INTERNALDATE, the same at every mount (the time of each
+    mount's first listing made restic read everything again each time)."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("Box")
+    c.append("Box", None, imaplib.Time2Internaldate(1600000000), _msg("cn", 700))
+    c.logout()
+    seen = []
+    for _ in range(2):
+        m = mount(dv, "cache=none", env=env)
+        st = os.stat(os.path.join(m.path, "Box", "1.eml"))
+        seen.append(st.st_ctime_ns)
+        assert int(st.st_ctime) == 1600000000
+        m.unmount()
+        time.sleep(1.1)
+    assert seen[0] == seen[1]
+
+
 @pytest.mark.imapfuse_stderr_ok(r"warning: .*")
 def test_recreated_folder_is_not_read_while_its_refresh_is_slow(mount, empty_dovecot, env,
                                                                 rw_ro):
