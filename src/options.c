@@ -499,33 +499,52 @@ static char *options_run_password_command(const IfsOptions *o, int *status, GErr
   }
   gint64 end = g_get_monotonic_time() + (gint64)o->timeout * G_USEC_PER_SEC;
   GString *out = g_string_new(NULL);
-  gboolean late = FALSE;
-  for (;;) {
-    struct pollfd pfd = {.fd = out_fd, .events = POLLIN};
+  /* Until it has exited and its output is read.  Not until end of file
+   * alone: a helper it started in the background (an agent) may hold
+   * the pipe for good after it printed the password and exited. */
+  gboolean late = FALSE, eof = FALSE, exited = FALSE;
+  while (!(eof && exited)) {
+    if (!exited) {
+      pid_t r = waitpid(pid, status, WNOHANG);
+      exited = r == pid || (r < 0 && errno != EINTR);
+    }
     gint64 left = end - g_get_monotonic_time();
-    if (!interactive && left <= 0) {
+    if (!exited && !interactive && left <= 0) {
       late = TRUE;
       break;
     }
-    int r = poll(&pfd, 1, interactive ? -1 : (int)MIN(left / 1000 + 1, G_MAXINT));
+    if (eof) { /* its output closed: wait for it to exit */
+      if (!exited)
+        g_usleep(20 * 1000);
+      continue;
+    }
+    /* Exited: what it wrote is in the pipe already, so do not wait. */
+    int wait_ms = exited ? 0 : interactive ? 100 : (int)MIN(left / 1000 + 1, 100);
+    struct pollfd pfd = {.fd = out_fd, .events = POLLIN};
+    int r = poll(&pfd, 1, wait_ms);
     if (r < 0 && errno == EINTR)
       continue;
-    if (r <= 0)
+    if (r == 0) {
+      eof = exited; /* exited, nothing left to read */
       continue;
+    }
     char buf[512];
-    ssize_t n = read(out_fd, buf, sizeof buf);
+    ssize_t n = r < 0 ? -1 : read(out_fd, buf, sizeof buf);
     if (n < 0 && errno == EINTR)
       continue;
-    if (n <= 0)
-      break;
+    if (n <= 0) {
+      eof = TRUE;
+      continue;
+    }
     g_string_append_len(out, buf, n);
     options_wipe(buf, sizeof buf);
   }
   close(out_fd);
-  if (late)
+  if (late) {
     kill(-pid, SIGKILL);
-  while (waitpid(pid, status, 0) < 0 && errno == EINTR)
-    ;
+    while (waitpid(pid, status, 0) < 0 && errno == EINTR)
+      ;
+  }
   g_spawn_close_pid(pid);
   if (late) {
     options_wipe(out->str, out->len);

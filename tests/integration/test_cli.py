@@ -389,6 +389,34 @@ def test_password_command_that_never_returns(dovecot, run_fail):
     assert "password_command" in line and "2 s" in line, line
 
 
+def test_password_command_leaving_a_helper_behind(dovecot, imapfuse_bin, tmp_path, env):
+    """A password_command that prints the password and exits, leaving a
+    helper in the background that holds its output (an agent started on
+    demand): the password is taken when it exits, not at end of file
+    (which waited for the helper, and then the timeout failed it)."""
+    pw = tmp_path / "pw"
+    pw.write_text(dovecot.password + "\n")
+    pw.chmod(0o600)
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    proc = subprocess.Popen([imapfuse_bin, "-f", "-o",
+                             "password_command=cat %s; (sleep 12 &),tls=off,timeout=5" % pw,
+                             dovecot.url(), str(mp)], stdin=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=conftest._sanitizer_env(env))
+    try:
+        for _ in range(200):
+            if conftest.is_mounted(str(mp)) or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert conftest.is_mounted(str(mp)), proc.stderr.read() if proc.poll() is not None else ""
+        assert "INBOX" in os.listdir(str(mp))
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mp)])
+        proc.wait(20)
+    assert proc.returncode == 0
+
+
 def test_password_command_first_line_only(dovecot, mount, tmp_path, env):
     """password_command: only the first output line is the password (the
     mount runs password_command='cat FILE' on a two-line file)."""
