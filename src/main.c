@@ -77,6 +77,8 @@ static void main_printerr(const gchar *text) {
  * imapfuse on the same directory mounted on top of the first. */
 static gboolean main_check_mountpoint(const char *mp, GError **error) {
   struct stat st, up;
+  if (g_str_has_prefix(mp, "/dev/fd/"))
+    return TRUE; /* a /dev/fuse mounted already (mount.fuse3 -o drop_privileges) */
   g_autofree char *parent = g_build_filename(mp, "..", NULL);
   if (stat(mp, &st) != 0) {
     int err = errno;

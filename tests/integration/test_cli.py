@@ -236,6 +236,44 @@ def test_mountpoint_already_mounted(dovecot, mount, imapfuse_bin, env):
     assert "INBOX" in os.listdir(m.path)
 
 
+def test_mountpoint_given_as_a_mounted_fuse_fd(dovecot, imapfuse_bin, env, tmp_path):
+    """libfuse's /dev/fd/N mountpoint: a /dev/fuse already mounted by the
+    caller (mount.fuse3 -o drop_privileges, containers).  The mountpoint
+    check took it for a character device and refused it."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    fd = os.open("/dev/fuse", os.O_RDWR)
+    opts = "fd=%d,rootmode=40000,user_id=0,group_id=0" % fd
+    assert libc.mount(b"imapfuse", str(mp).encode(), b"fuse.imapfuse", 6, opts.encode()) == 0
+    pw = dovecot.write_password_file()
+    proc = subprocess.Popen([imapfuse_bin, "-f", "-o", "password_command=cat %s,tls=off" % pw,
+                             dovecot.url(), "/dev/fd/%d" % fd], pass_fds=(fd,),
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=conftest._sanitizer_env(env))
+    os.close(fd)
+    try:
+        names = []
+        for _ in range(100):
+            if proc.poll() is not None:
+                break
+            try:
+                names = os.listdir(str(mp))
+                break
+            except OSError:
+                time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()
+        assert "INBOX" in names
+    finally:
+        subprocess.run(["umount", "-l", str(mp)])
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def test_mountpoint_on_another_kind_of_mount_is_taken(dovecot, mount, env, tmp_path):
     """Only a FUSE mount is refused: with x-systemd.automount (fstab) the
     mountpoint is an autofs mount when imapfuse is started (a tmpfs mount
