@@ -51,6 +51,7 @@ struct DcNode {
   gboolean stale;    /* msgs may not match the server at highestmodseq: ask it */
   gboolean served;   /* a listing of it was handed out in this mount */
   gboolean prefetching; /* queued or being listed ahead (dircache_prefetch_after) */
+  guint voided;         /* listings voided by a STATUS with another UIDVALIDITY */
   GHashTable *added;  /* uid -> monotonic us our APPEND or MOVE added it (until a
                        * fetch begun later has seen the mailbox); NULL: none */
   gint64 used_at;    /* monotonic us the user last opened it or a file in it (atomic) */
@@ -1158,6 +1159,7 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     f.base_uidvalidity = n->uidvalidity;
     f.base_modseq = n->highestmodseq;
   }
+  guint voided = n->voided;
   g_mutex_unlock(&n->lock);
   gint64 started = g_get_monotonic_time();
   GError *local = NULL;
@@ -1282,8 +1284,10 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
       n->uidvalidity = f.uidvalidity;
       changed = TRUE;
     }
-    n->fetched_at = started;
-    n->stale = FALSE;
+    /* A STATUS that showed another UIDVALIDITY while this ran: this
+     * answer may be from before it (dircache_status_differs). */
+    n->fetched_at = n->voided == voided ? started : 0;
+    n->stale = n->voided != voided;
     n->dirty |= changed;
     _dc_snapshot(n, out);
     g_mutex_unlock(&n->lock);
@@ -1710,6 +1714,7 @@ gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *
   if (n->msgs != NULL && st->uidvalidity != 0 && n->uidvalidity != st->uidvalidity) {
     n->fetched_at = 0;
     n->stale = TRUE;
+    n->voided++;
     gone = g_array_new(FALSE, FALSE, sizeof(guint32));
     for (guint i = 0; i < n->msgs->len; i++)
       g_array_append_val(gone, g_array_index(n->msgs, DcMsg, i).uid);
