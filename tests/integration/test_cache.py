@@ -2459,6 +2459,36 @@ def test_mail_that_arrives_is_new_to_ctime_based_backups(mount, empty_dovecot, e
     assert after == before
 
 
+def test_scattered_expunges_elsewhere_are_all_seen(mount, empty_dovecot, env):
+    """Another client expunges two of every three messages, and a run at
+    the end: the QRESYNC delta's VANISHED has a hundred ranges (they were
+    looked through one by one for every message; now sorted, merged and
+    searched).  The listing is then exactly the server's."""
+    dv = empty_dovecot()
+    uids = _make_box(dv, "Box", [_msg("v%d" % i, 300) for i in range(300)])
+    m = mount(dv, "poll=1", env=env)
+    d = os.path.join(m.path, "Box")
+    assert _listing(d) == _names(uids)
+    gone = [u for u in uids if u % 3 != 0 or u > 280]
+    c = dv.imap()
+    c.select("Box")
+    for i in range(0, len(gone), 50):
+        typ, data = c.uid("STORE", ",".join(map(str, gone[i:i + 50])), "+FLAGS.SILENT",
+                          "(\\Deleted)")
+        assert typ == "OK", data
+    c.expunge()
+    c.logout()
+    left = _names([u for u in uids if u not in gone])
+    for _ in range(100):
+        if _listing(d) == left:
+            break
+        time.sleep(0.1)
+    assert _listing(d) == left
+    m.unmount()
+    m = mount(dv, "poll=1", env=env)
+    assert _listing(os.path.join(m.path, "Box")) == left
+
+
 def test_ctime_without_a_cache_directory_stays_the_internaldate(mount, empty_dovecot, env):
     """With -o cache=none nothing is kept between mounts: a message's
     ctime is its INTERNALDATE, the same at every mount (the time of each
