@@ -117,6 +117,8 @@ typedef struct {
   GError *killed;   /* the last close was by a writer killed by a signal:
                      * refused at the next send or living close, unless
                      * written on first (by a parent it was shared with) */
+  GArray *wrote;    /* pid_t: the processes that wrote since the last send */
+  pid_t wrote_tid, wrote_pid; /* the last write's thread and its process */
   gboolean rewritten; /* bytes changed after a send */
   gboolean owned;     /* our APPEND made sent_uid (not an identical message
                        * found there): only then may we move or delete it */
@@ -319,6 +321,8 @@ static void fsw_file_unref(FswFile *f) {
     staging_file_free(f->data);
   g_strfreev(f->flags);
   g_clear_error(&f->killed);
+  if (f->wrote != NULL)
+    g_array_unref(f->wrote);
   g_free(f->name);
   g_free(f->orig_name);
   g_free(f->hidden_key);
@@ -1286,6 +1290,7 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, 
   f->sent_date = a.date;
   f->dirty = FALSE;
   f->rewritten = FALSE;
+  g_array_set_size(f->wrote, 0);
   return TRUE;
 
 fail:
@@ -1748,6 +1753,30 @@ static pid_t fsw_process_of(pid_t tid) {
   return t != NULL ? (pid_t)g_ascii_strtoll(t + 6, NULL, 10) : 0;
 }
 
+/* Caller holds f->lock.  Records that thread tid's process wrote f (one
+ * /proc read per new writing thread, not per write). */
+static void _fsw_note_writer(FswFile *f, pid_t tid) {
+  if (tid != f->wrote_tid || f->wrote_tid == 0) {
+    f->wrote_tid = tid;
+    f->wrote_pid = fsw_process_of(tid);
+  }
+  for (guint i = 0; i < f->wrote->len; i++)
+    if (g_array_index(f->wrote, pid_t, i) == f->wrote_pid)
+      return;
+  g_array_append_val(f->wrote, f->wrote_pid);
+}
+
+/* Caller holds f->lock.  Whether process pid wrote f since the last send
+ * (0, not known: taken for yes). */
+static gboolean _fsw_wrote(const FswFile *f, pid_t pid) {
+  if (pid == 0)
+    return TRUE;
+  for (guint i = 0; i < f->wrote->len; i++)
+    if (g_array_index(f->wrote, pid_t, i) == pid || g_array_index(f->wrote, pid_t, i) == 0)
+      return TRUE;
+  return FALSE;
+}
+
 static FswHandle *fsw_handle_new(FsWrite *w, fuse_req_t req, FswFile *f, gboolean writable) {
   FswHandle *h = g_new0(FswHandle, 1);
   h->f = fsw_file_ref(f);
@@ -1895,6 +1924,7 @@ void fswrite_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t 
   FswFile *f = g_new0(FswFile, 1);
   f->refs = 1; /* the table's */
   g_mutex_init(&f->lock);
+  f->wrote = g_array_new(FALSE, FALSE, sizeof(pid_t));
   f->data = data;
   f->orig_name = g_strdup(name);
   f->mode = mode & 07777;
@@ -1937,6 +1967,7 @@ void fswrite_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
     f->dirty = TRUE;
     f->rewritten = f->sent;
     g_clear_error(&f->killed); /* written on by a living process */
+    _fsw_note_writer(f, fuse_req_ctx(req)->pid);
     g_mutex_lock(&w->lock);
     if (h->flushed) {
       h->flushed = FALSE;
@@ -2027,9 +2058,16 @@ void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
     pid_t tid = fuse_req_ctx(req)->pid;
     if (err == 0 && last && named && (!f->sent || f->rewritten) && _fsw_needs_send(f)) {
       GError *why = fsw_killed_writer(tid);
-      if (why != NULL) {
+      pid_t pid = why != NULL ? fsw_process_of(tid) : 0;
+      if (why != NULL && (_fsw_wrote(f, pid) || pid == h->opener || h->opener == 0)) {
         g_clear_error(&f->killed);
         f->killed = why;
+      } else if (why != NULL) {
+        /* Killed, but neither wrote any of it nor opened it (`timeout 1
+         * sleep 9` in a redirected group): its close says nothing about
+         * the bytes.  It refused a file its parent had written whole.
+         * The opener killed (a script's shell at ^C) does say it. */
+        g_error_free(why);
       } else if (f->killed != NULL) {
         err = _fsw_refuse(w, f, f->killed);
       }

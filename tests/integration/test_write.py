@@ -1801,6 +1801,24 @@ def test_killed_child_leaves_a_shared_file_to_its_parent(empty_dovecot, fs, xdg)
     assert len(state(c, "INBOX")) == 1
     lines = [l for l in m.stderr_text().splitlines() if "killed by signal" in l]
     assert len(lines) == 2 and '"orphan.eml"' in lines[0] and '"half.eml"' in lines[1], lines
+
+    # A killed child that wrote none of it says nothing about the bytes:
+    # the parent's file is stored whole (it was refused), also from a
+    # shell whose group runs `timeout 0.5 sleep 5`.
+    whole2 = make_msg(new_tag("idle"), lf=False, size=20_000)
+    fd = os.open(os.path.join(inbox, "idle.eml"), os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, whole2)
+    pid = os.fork()
+    if pid == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
+    os.waitpid(pid, 0)
+    os.close(fd)
+    whole3 = make_msg(new_tag("tmo"), lf=False, size=20_000)
+    subprocess.run(["/bin/bash", "-c", "{ cat; timeout 0.5 sleep 5; true; } > %s"
+                    % shlex.quote(os.path.join(inbox, "tmo.eml"))], input=whole3, check=True)
+    bodies = [x["body"] for x in state(c, "INBOX").values()]
+    assert sorted(bodies[1:]) == sorted([whole2, whole3]), len(bodies)
+    assert len(kept_files(xdg)) == 2
     m.unmount()
 
 
