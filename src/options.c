@@ -508,8 +508,11 @@ static char *options_run_password_command(const IfsOptions *o, int *status, GErr
       pid_t r = waitpid(pid, status, WNOHANG);
       exited = r == pid || (r < 0 && errno != EINTR);
     }
+    /* Exited with something printed: the rest is in the pipe already.
+     * Exited with nothing yet: a helper it left may still print it. */
+    gboolean done = exited && out->len > 0;
     gint64 left = end - g_get_monotonic_time();
-    if (!exited && !interactive && left <= 0) {
+    if (!done && !interactive && left <= 0) {
       late = TRUE;
       break;
     }
@@ -518,14 +521,13 @@ static char *options_run_password_command(const IfsOptions *o, int *status, GErr
         g_usleep(20 * 1000);
       continue;
     }
-    /* Exited: what it wrote is in the pipe already, so do not wait. */
-    int wait_ms = exited ? 0 : interactive ? 100 : (int)MIN(left / 1000 + 1, 100);
+    int wait_ms = done ? 0 : interactive ? 100 : (int)MIN(left / 1000 + 1, 100);
     struct pollfd pfd = {.fd = out_fd, .events = POLLIN};
     int r = poll(&pfd, 1, wait_ms);
     if (r < 0 && errno == EINTR)
       continue;
     if (r == 0) {
-      eof = exited; /* exited, nothing left to read */
+      eof = done; /* nothing left to read */
       continue;
     }
     char buf[512];

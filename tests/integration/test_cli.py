@@ -427,18 +427,21 @@ def test_password_command_that_never_returns(dovecot, run_fail):
     assert "password_command" in line and "2 s" in line, line
 
 
-def test_password_command_leaving_a_helper_behind(dovecot, imapfuse_bin, tmp_path, env):
+@pytest.mark.parametrize("cmd", ["cat %s; (sleep 12 &)", "(sleep 0.3; cat %s) & exit 0"],
+                         ids=["prints-then-exits", "helper-prints-later"])
+def test_password_command_leaving_a_helper_behind(dovecot, imapfuse_bin, tmp_path, env, cmd):
     """A password_command that prints the password and exits, leaving a
     helper in the background that holds its output (an agent started on
     demand): the password is taken when it exits, not at end of file
-    (which waited for the helper, and then the timeout failed it)."""
+    (which waited for the helper, and then the timeout failed it).  One
+    that exits before its helper prints is still waited for."""
     pw = tmp_path / "pw"
     pw.write_text(dovecot.password + "\n")
     pw.chmod(0o600)
     mp = tmp_path / "mnt"
     mp.mkdir()
     proc = subprocess.Popen([imapfuse_bin, "-f", "-o",
-                             "password_command=cat %s; (sleep 12 &),tls=off,timeout=5" % pw,
+                             "password_command=%s,tls=off,timeout=5" % (cmd % pw),
                              dovecot.url(), str(mp)], stdin=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env=conftest._sanitizer_env(env))
