@@ -971,6 +971,8 @@ static GArray *dc_apply_delta(const GArray *base, const GArray *changed, const G
 }
 
 static void dc_tell(Dircache *dc, DcNode *n, guint32 epoch, guint32 uid, DcChangeKind kind);
+static void dc_tell_gone(Dircache *dc, DcNode *n, guint32 epoch, guint32 old_uidvalidity,
+                         const GArray *gone);
 
 /* ---- the on-disk copy of message lists ----
  * Saved after every change, loaded once per mailbox per mount, then
@@ -1057,14 +1059,6 @@ static void dc_save_meta(Dircache *dc, DcNode *n) {
     g_warning("cannot save the listing of %s: %s", n->mailbox, error->message);
 }
 
-/* When each message of msgs was first listed: as in old (both sorted; the
- * same UIDVALIDITY), now for a message old does not have.  A message's
- * ctime is this time when it is later than its INTERNALDATE: mail moved
- * in by another client, or a folder recreated with older mail under the
- * old UIDs, is new to `find -newer`, `tar -N` and `tar -g` as a file
- * moved in is on a disk (with the INTERNALDATE alone they missed it). */
-static void dc_stamp_seen(GArray *msgs, const GArray *old, guint32 now);
-
 /* The seen time of a message listed now: the next whole second, since its
  * ctime adds up to a second of nanoseconds (fs.c) and must not fall
  * before the moment it was listed (a backup started in between would
@@ -1073,6 +1067,12 @@ static guint32 dc_seen_now(void) {
   return (guint32)(g_get_real_time() / G_USEC_PER_SEC + 1);
 }
 
+/* When each message of msgs was first listed: as in old (both sorted; the
+ * same UIDVALIDITY), now for a message old does not have.  A message's
+ * ctime is this time when it is later than its INTERNALDATE: mail moved
+ * in by another client, or a folder recreated with older mail under the
+ * old UIDs, is new to `find -cnewer`, `tar -N` and `tar -g` as a file
+ * moved in is on a disk (with the INTERNALDATE alone they missed it). */
 static void dc_stamp_seen(GArray *msgs, const GArray *old, guint32 now) {
   guint j = 0;
   for (guint i = 0; i < msgs->len; i++) {
@@ -1335,10 +1335,7 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     g_hash_table_unref(f.pushed);
   g_array_unref(f.vanished);
   g_mutex_unlock(&n->refresh_lock);
-  if (old_uidvalidity != 0)
-    dc_tell(dc, n, old_epoch, old_uidvalidity, DC_CHANGE_UIDVALIDITY);
-  for (guint i = 0; i < gone->len; i++)
-    dc_tell(dc, n, old_epoch, g_array_index(gone, guint32, i), DC_CHANGE_REMOVED);
+  dc_tell_gone(dc, n, old_epoch, old_uidvalidity, gone);
   if (ok && f.uidnext != 0) {
     g_mutex_lock(&n->lock);
     guint32 epoch = n->epoch;
@@ -1457,6 +1454,16 @@ static void dc_tell(Dircache *dc, DcNode *n, guint32 epoch, guint32 uid, DcChang
    * matters for what the last mount left on disk. */
   if (dc->observer != NULL && (epoch != 0 || kind == DC_CHANGE_UIDVALIDITY))
     dc->observer(n, epoch, uid, kind, dc->observer_user);
+}
+
+/* Tells (no lock held) that the messages gone (UIDs) of epoch left n,
+ * and first, if old_uidvalidity is not 0, that it was replaced. */
+static void dc_tell_gone(Dircache *dc, DcNode *n, guint32 epoch, guint32 old_uidvalidity,
+                         const GArray *gone) {
+  if (old_uidvalidity != 0)
+    dc_tell(dc, n, epoch, old_uidvalidity, DC_CHANGE_UIDVALIDITY);
+  for (guint i = 0; i < gone->len; i++)
+    dc_tell(dc, n, epoch, g_array_index(gone, guint32, i), DC_CHANGE_REMOVED);
 }
 
 void dircache_msgs_removed(Dircache *dc, DcNode *n, guint32 uidvalidity, const guint32 *uids,
@@ -1732,10 +1739,6 @@ gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *
                      (st->uidnext != 0 && n->uidnext != 0 && st->uidnext != n->uidnext) ||
                      (st->highestmodseq != 0 && st->highestmodseq != n->highestmodseq) ||
                      (st->has_unseen && _dc_unseen(dc, n->msgs) != st->unseen);
-  /* Without CONDSTORE an equal STATUS proves nothing (flags).  A stale
-   * list is left alone; one the last mount saved is confirmed too (any
-   * change would have raised HIGHESTMODSEQ), and its messages then get
-   * their inodes as after a fetch. */
   /* Another UIDVALIDITY: every message of the list is gone, though the
    * refresh may take long (a slow SELECT): lookups and opens, which take
    * the list at any age, must wait for it, not find the old messages
@@ -1750,6 +1753,10 @@ gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *
     for (guint i = 0; i < n->msgs->len; i++)
       g_array_append_val(gone, g_array_index(n->msgs, DcMsg, i).uid);
   }
+  /* Without CONDSTORE an equal STATUS proves nothing (flags).  A stale
+   * list is left alone; one the last mount saved is confirmed too (any
+   * change would have raised HIGHESTMODSEQ), and its messages then get
+   * their inodes as after a fetch. */
   if (!differs && st->highestmodseq != 0 && !n->stale && asked_us > n->fetched_at) {
     if (n->epoch == 0)
       _dc_new_epoch(dc, n, st->uidvalidity);
@@ -1758,11 +1765,8 @@ gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *
   g_mutex_unlock(&n->lock);
   /* ... and the kernel's entries of the old names go now (on -o ro its
    * pages of them were read with no request to us). */
-  if (gone != NULL && epoch != 0) {
-    dc_tell(dc, n, epoch, old_uidvalidity, DC_CHANGE_UIDVALIDITY);
-    for (guint i = 0; i < gone->len; i++)
-      dc_tell(dc, n, epoch, g_array_index(gone, guint32, i), DC_CHANGE_REMOVED);
-  }
+  if (gone != NULL && epoch != 0)
+    dc_tell_gone(dc, n, epoch, old_uidvalidity, gone);
   return differs;
 }
 

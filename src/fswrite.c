@@ -1756,7 +1756,7 @@ static pid_t fsw_process_of(pid_t tid) {
 /* Caller holds f->lock.  Records that thread tid's process wrote f (one
  * /proc read per new writing thread, not per write). */
 static void _fsw_note_writer(FswFile *f, pid_t tid) {
-  if (tid != f->wrote_tid || f->wrote_tid == 0) {
+  if (tid != f->wrote_tid) {
     f->wrote_tid = tid;
     f->wrote_pid = fsw_process_of(tid);
   }
@@ -2056,9 +2056,11 @@ void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
      * command) fails and keeps them unsent; a close by another killed one
      * leaves that to the release.  A message an fsync() stored stays. */
     pid_t tid = fuse_req_ctx(req)->pid;
+    /* The closing process, read once (from /proc) and only for a last
+     * close: it decides below whether the close sends. */
+    pid_t pid = err == 0 && last && named ? fsw_process_of(tid) : 0;
     if (err == 0 && last && named && (!f->sent || f->rewritten) && _fsw_needs_send(f)) {
       GError *why = fsw_killed_writer(tid);
-      pid_t pid = why != NULL ? fsw_process_of(tid) : 0;
       if (why != NULL && (_fsw_wrote(f, pid) || pid == h->opener || h->opener == 0)) {
         g_clear_error(&f->killed);
         f->killed = why;
@@ -2077,7 +2079,7 @@ void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
      * f` as it exits), not the file's last close: sending then stored
      * the part written so far, and a ^C later left it on the server.
      * The opener's close sends it, or the release after the last. */
-    gboolean opener = h->opener == 0 || fsw_process_of(tid) == h->opener;
+    gboolean opener = h->opener == 0 || pid == h->opener;
     /* The close() of the last writer sends it, except under rsync's
      * temporary name: then the rename (or lingering out) does. */
     if (err == 0 && last && named && !temp && f->killed == NULL && opener)

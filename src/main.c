@@ -72,9 +72,9 @@ static void main_printerr(const gchar *text) {
 
 #define MAIN_FUSE_SUPER_MAGIC 0x65735546 /* linux/magic.h */
 
-/* A mountpoint must be a directory that is not mounted on already: a file
- * was mounted on (and then failed every stat with EIO), and a second
- * imapfuse on the same directory mounted on top of the first. */
+/* A mountpoint must be a directory with no FUSE file system mounted on
+ * it: a file was mounted on (and then failed every stat with EIO), and a
+ * second imapfuse on the same directory mounted on top of the first. */
 static gboolean main_check_mountpoint(const char *mp, GError **error) {
   struct stat st, up;
   if (g_str_has_prefix(mp, "/dev/fd/"))

@@ -546,9 +546,7 @@ static char *options_run_password_command(const IfsOptions *o, int *status, GErr
     kill(-pid, SIGKILL);
     while (waitpid(pid, status, 0) < 0 && errno == EINTR)
       ;
-  }
-  g_spawn_close_pid(pid);
-  if (late) {
+    g_spawn_close_pid(pid);
     options_wipe(out->str, out->len);
     g_string_free(out, TRUE);
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
@@ -556,6 +554,7 @@ static char *options_run_password_command(const IfsOptions *o, int *status, GErr
                 "nobody can answer a prompt)", o->timeout);
     return NULL;
   }
+  g_spawn_close_pid(pid);
   return g_string_free(out, FALSE);
 }
 

@@ -106,10 +106,9 @@ const char *staging_unsent_dir(const Staging *st) { return st->unsent_dir; }
  * directory, but only once no .part is left: a run whose lock file is
  * gone is skipped as being taken by another mount, so removing it with a
  * file still there (into/ could not be made: a full disk) left that file
- * in the staging directory for good, with no word.  *failed counts the
- * files that stay for the next mount. */
-static guint staging_take_run(const char *run, const char *into, guint *failed) {
-  guint moved = 0;
+ * in the staging directory for good, with no word. */
+static guint staging_take_run(const char *run, const char *into) {
+  guint moved = 0, failed = 0;
   GDir *d = g_dir_open(run, 0, NULL);
   const char *name;
   while (d != NULL && (name = g_dir_read_name(d)) != NULL) {
@@ -122,7 +121,7 @@ static guint staging_take_run(const char *run, const char *into, guint *failed) 
       } else {
         g_warning("cannot move %s to %s (%s): it stays there for the next mount", path, to,
                   g_strerror(errno));
-        (*failed)++;
+        failed++;
       }
     } else if (g_str_has_suffix(name, ".crlf")) {
       unlink(path);
@@ -130,7 +129,7 @@ static guint staging_take_run(const char *run, const char *into, guint *failed) 
   }
   if (d != NULL)
     g_dir_close(d);
-  if (*failed == 0) {
+  if (failed == 0) {
     g_autofree char *lock = g_build_filename(run, "lock", NULL);
     unlink(lock);
     rmdir(run);
@@ -162,8 +161,7 @@ void staging_recover(Staging *st) {
     int fd = lockfile_take(AT_FDCWD, lock, 0, 0);
     if (fd < 0)
       continue;
-    guint failed = 0;
-    moved += staging_take_run(run, into, &failed);
+    moved += staging_take_run(run, into);
     close(fd);
   }
   g_dir_close(d);

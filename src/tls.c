@@ -2,7 +2,6 @@
 #include "imapfuse/tls.h"
 
 #include <errno.h>
-#include <string.h>
 
 #include <arpa/inet.h>
 #include <openssl/err.h>
@@ -81,9 +80,9 @@ SSL *tls_handshake(SSL_CTX *ctx, int fd, const char *host, GError **error) {
                         "-o cafile=PATH");
       ERR_clear_error();
     } else {
-      g_autofree char *why = tls_error_string();
       /* What a plain IMAP port answers to a TLS hello. */
-      gboolean plain = strstr(why, "wrong version number") != NULL;
+      gboolean plain = ERR_GET_REASON(ERR_peek_error()) == SSL_R_WRONG_VERSION_NUMBER;
+      g_autofree char *why = tls_error_string();
       g_set_error(error, IFS_ERROR, IFS_ERROR_TLS, "TLS handshake with %s failed: %s%s", host,
                   why, plain ? " (a plain IMAP port? then use imap://, which asks for STARTTLS)"
                              : "");
