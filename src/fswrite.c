@@ -1186,6 +1186,32 @@ static int _fsw_refuse(FsWrite *w, FswFile *f, const GError *why) {
   return f->error;
 }
 
+/* No writer has f open, and it has a name that is not a temporary one:
+ * a change to it now is a change to the stored message. */
+static gboolean fsw_at_rest(FsWrite *w, FswFile *f) {
+  g_mutex_lock(&w->lock);
+  gboolean r = f->writers == 0 && f->name != NULL && !fswrite_is_temp_name(f->name);
+  g_mutex_unlock(&w->lock);
+  return r;
+}
+
+/* Caller holds f->lock.  A stored file truncated to nothing: a message
+ * cannot be empty, so the stored one stays as it was.  The close says so
+ * (it returned 0 and the name read as empty while the server kept the
+ * message), and f is refused, so that its name goes at the release and
+ * the message is listed under its UID. */
+static gboolean _fsw_emptied(FswFile *f) {
+  return f->error == 0 && f->sent && f->rewritten && staging_file_size(f->data) == 0;
+}
+
+static int _fsw_refuse_emptied(FswFile *f) {
+  g_warning("\"%s\" was emptied, but a message cannot be empty: the stored one is unchanged "
+            "(rm removes it)",
+            f->orig_name);
+  f->error = EPERM;
+  return f->error;
+}
+
 /* Caller holds f->lock.  A write or truncate would make f larger than a
  * message may be: EFBIG, and f is refused. */
 static int _fsw_too_big(FsWrite *w, FswFile *f, guint64 size) {
@@ -2083,7 +2109,7 @@ void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
     /* The close() of the last writer sends it, except under rsync's
      * temporary name: then the rename (or lingering out) does. */
     if (err == 0 && last && named && !temp && f->killed == NULL && opener)
-      err = _fsw_send_now(w, f);
+      err = _fsw_emptied(f) ? _fsw_refuse_emptied(f) : _fsw_send_now(w, f);
   }
   g_mutex_unlock(&f->lock);
   fuse_reply_err(req, err);
@@ -2768,6 +2794,11 @@ static void fsw_setattr_file(fuse_req_t req, FsWrite *w, FswFile *f, struct stat
       err = f->error;
     else if (want > w->max_message && want > staging_file_size(f->data))
       err = _fsw_too_big(w, f, want);
+    else if (want == 0 && f->sent && fsw_at_rest(w, f)) {
+      /* Nothing would be sent (see _fsw_emptied): as for a message. */
+      g_debug("truncate of \"%s\" refused: a message cannot be empty", f->orig_name);
+      err = EPERM;
+    }
     else if (want != staging_file_size(f->data)) {
       if (staging_file_truncate(f->data, (guint64)attr->st_size, &error)) {
         f->dirty = TRUE;
@@ -2809,14 +2840,11 @@ static void fsw_setattr_file(fuse_req_t req, FsWrite *w, FswFile *f, struct stat
     }
     clock_gettime(CLOCK_REALTIME, &f->ctime);
   }
-  gboolean closed = f->writers == 0;
-  gboolean named = f->name != NULL;
-  gboolean temp = named && fswrite_is_temp_name(f->name);
   g_mutex_unlock(&w->lock);
   /* A file already sent and closed: a new date (or size) means the
    * message is replaced now (utimes after cp, install -p, ...).  Not once
    * unlinked or its message deleted: that would bring it back. */
-  if (err == 0 && f->sent && closed && named && !temp) {
+  if (err == 0 && f->sent && fsw_at_rest(w, f)) {
     err = _fsw_send_now(w, f);
     if (err != 0 && f->error == 0) {
       /* Not replaced (and nothing lost): the date stays the server's. */

@@ -1949,6 +1949,46 @@ def test_refusals_on_messages(empty_dovecot, fs, tmp_path):
     assert st2[a]["date"] == when
 
 
+EMPTIED_WARNING = r'was emptied, but a message cannot be empty'
+
+
+@pytest.mark.imapfuse_stderr_ok(EMPTIED_WARNING)
+def test_stored_file_cannot_be_emptied(empty_dovecot, fs):
+    """A file stored a moment ago is still under its name: `truncate -s
+    0` of it, or an open with O_TRUNC closed with nothing written, used to
+    return 0 and leave the name reading as empty while the server kept the
+    message.  Both are refused now; the name never reads other bytes than
+    the stored ones, and the message is untouched."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    box = os.path.join(m, "INBOX")
+    a, b = os.path.join(box, "a.eml"), os.path.join(box, "b.eml")
+    for p, tag in ((a, "A"), (b, "B")):
+        with open(p, "wb") as f:
+            f.write(make_msg(tag))
+    before = state(c, "INBOX")
+    assert sorted(v["mid"] for v in before.values()) == ["A@imapfuse.test", "B@imapfuse.test"]
+    expect_errno(errno.EPERM, os.truncate, a, 0)
+    with open(a, "rb") as f:
+        assert f.read() == make_msg("A")
+    fd = os.open(b, os.O_WRONLY | os.O_TRUNC)
+    expect_errno(errno.EPERM, os.close, fd)
+    # The name is given up: the message answers under its UID alone.
+    wait_for(lambda: not os.path.exists(b), what="b.eml gone")
+    uid_b = [u for u, v in before.items() if v["mid"] == "B@imapfuse.test"][0]
+    with open(os.path.join(box, eml(uid_b)), "rb") as f:
+        assert f.read() == make_msg("B", lf=False)
+    assert state(c, "INBOX") == before
+    assert len(re.findall(EMPTIED_WARNING, m.stderr_text())) == 1
+    # Emptied and then written: that is a new version, stored as ever.
+    with open(a, "r+b") as f:
+        f.truncate(0)
+        f.write(make_msg("A2"))
+    after = state(c, "INBOX")
+    assert sorted(v["mid"] for v in after.values()) == ["A2@imapfuse.test", "B@imapfuse.test"]
+
+
 def test_directory_attributes(empty_dovecot, fs):
     """chmod/utimes of a directory (rsync -a, cp -a do them) are kept for
     the mount's lifetime; chown to another owner is refused."""
