@@ -585,10 +585,10 @@ static char *fsw_child_mailbox(FsWrite *w, DcNode *node, const char *dirname, GE
 /* ---- messages ---- */
 
 /* The message uid in node's listing (asking the server once if it is not
- * in the cached one). */
-static gboolean fsw_find_msg(FsWrite *w, DcNode *node, guint32 uid, guint32 *uv, guint32 *epoch,
-                             DcMsg *out, GError **error) {
-  for (int pass = 0; pass < 2; pass++) {
+ * in the cached one, when ask). */
+static gboolean fsw_find_msg_in(FsWrite *w, DcNode *node, guint32 uid, gboolean ask,
+                                guint32 *uv, guint32 *epoch, DcMsg *out, GError **error) {
+  for (int pass = 0; pass < (ask ? 2 : 1); pass++) {
     DcListing l;
     dircache_touch(w->dc, node);
     if (!dircache_listing(w->dc, node, pass == 0 ? G_MAXINT64 : 0, &l, error))
@@ -606,6 +606,21 @@ static gboolean fsw_find_msg(FsWrite *w, DcNode *node, guint32 uid, guint32 *uv,
   g_set_error(error, IFS_ERROR, IFS_ERROR_NOT_FOUND, "no message UID %u in %s", uid,
               dcnode_mailbox(node));
   return FALSE;
+}
+
+static gboolean fsw_find_msg(FsWrite *w, DcNode *node, guint32 uid, guint32 *uv, guint32 *epoch,
+                             DcMsg *out, GError **error) {
+  return fsw_find_msg_in(w, node, uid, TRUE, uv, epoch, out, error);
+}
+
+/* Whether name is a message of node's cached listing.  For the checks of
+ * a name the kernel has just looked up (a rename's RENAME_NOREPLACE, a
+ * mkdir): that LOOKUP asked the server already if it was not listed, and
+ * asking again cost mv a round trip per file. */
+static gboolean fsw_listed_name(FsWrite *w, DcNode *node, const char *name) {
+  guint32 uid;
+  return names_parse_message_filename(name, &uid) && dcnode_selectable(node) &&
+         fsw_find_msg_in(w, node, uid, FALSE, &(guint32){0}, &(guint32){0}, &(DcMsg){0}, NULL);
 }
 
 /* A UID learnt under UIDVALIDITY want, looked up under have. */
@@ -684,37 +699,93 @@ static gboolean fsw_select_checked(ImapConn *c, const char *mailbox, guint32 uv,
   return TRUE;
 }
 
-static gboolean fsw_has_flag(const char *flags, const char *flag) {
-  g_auto(GStrv) v = g_strsplit(flags, " ", -1);
-  for (char **p = v; *p != NULL; p++)
-    if (g_ascii_strcasecmp(*p, flag) == 0)
-      return TRUE;
-  return FALSE;
-}
-
 static const char *const fsw_deleted[] = {"\\Deleted", NULL};
 
-/* Remove one message safely: it must exist, gets \Deleted, and only its
- * UID is expunged.  If the expunge fails, \Deleted is taken back off
- * (unless it was set before). */
-static gboolean fsw_expunge_one(ImapConn *c, guint32 uid, GError **error) {
-  g_autofree char *flags = NULL;
-  /* Refuse before touching anything: never leave a \Deleted behind. */
-  if (!imap_conn_has(c, IMAP_CAP_UIDPLUS))
-    return imap_uid_expunge(c, "", error);
-  if (!imap_fetch_flags(c, uid, &flags, error))
-    return FALSE;
-  gboolean was = fsw_has_flag(flags, "\\Deleted");
-  if (!was && !imap_store_flags(c, uid, IMAP_STORE_ADD, fsw_deleted, TRUE, NULL, error))
-    return FALSE;
-  char set[16];
-  g_snprintf(set, sizeof set, "%u", uid);
-  if (!imap_uid_expunge(c, set, error)) {
-    g_autoptr(GError) ignored = NULL;
-    if (!was && !imap_conn_is_broken(c))
-      imap_store_flags(c, uid, IMAP_STORE_REMOVE, fsw_deleted, TRUE, NULL, &ignored);
+/* Selects mailbox for a step whose own pipelined FETCH checks the message
+ * it works on.  Already selected (with uv): no round trip of its own, but
+ * the session's view may be behind (*synced FALSE), so a step that finds
+ * no message is asked again after a NOOP (fsw_step).  rm and mv took four
+ * and three round trips each (NOOP, FETCH, STORE, EXPUNGE; NOOP, FETCH,
+ * MOVE); now one while the folder stays selected.  A connection the
+ * server closed while idle is found before anything is sent (conn.c), so
+ * such a step is still retried on another. */
+static gboolean fsw_select_for_step(ImapConn *c, const char *mailbox, guint32 uv,
+                                    gboolean *synced, GError **error) {
+  *synced = uv == 0 || g_strcmp0(imap_conn_selected(c), mailbox) != 0 ||
+            imap_conn_selected_uidvalidity(c) != uv;
+  return !*synced || fsw_select_checked(c, mailbox, uv, error);
+}
+
+typedef gboolean (*FswStep)(ImapConn *c, gpointer user, gboolean *found, GError **error);
+
+/* Runs step; if it found no message on a view not synced, once more after
+ * a NOOP.  IFS_ERROR_NOT_FOUND when the message is not there either way.
+ * The steps are the same to run twice, and a lost connection leaves their
+ * outcome unknown: such a step is sent again on another connection
+ * (IFS_ERROR_NOT_RUN for pool_run, *tried set), where a message no longer
+ * there was removed by the lost attempt: done.  (rm and mv failed with EIO
+ * for a change the server had made.) */
+static gboolean fsw_step(ImapConn *c, gboolean synced, guint32 uid, FswStep step, gpointer user,
+                         gboolean *tried, GError **error) {
+  gboolean found;
+  if (!step(c, user, &found, error) ||
+      (!found && !synced && (!imap_noop(c, error) || !step(c, user, &found, error)))) {
+    if (!ifs_error_is_connection(*error))
+      return FALSE;
+    *tried = TRUE;
+    return fsw_unchanged(error);
+  }
+  if (!found && !*tried) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_NOT_FOUND, "message UID %u no longer exists", uid);
     return FALSE;
   }
+  return TRUE;
+}
+
+static gboolean fsw_expunge_step(ImapConn *c, gpointer user, gboolean *found, GError **error) {
+  return imap_uid_delete(c, *(guint32 *)user, found, error);
+}
+
+/* Remove one message safely: it must exist, gets \Deleted, and only its
+ * UID is expunged (imap_uid_delete).  Without UIDPLUS refused before
+ * anything is touched: never a \Deleted left behind. */
+static gboolean fsw_expunge_one(ImapConn *c, guint32 uid, gboolean synced, gboolean *tried,
+                                GError **error) {
+  return fsw_step(c, synced, uid, fsw_expunge_step, &uid, tried, error);
+}
+
+typedef struct {
+  guint32 uid;
+  const char *dst;
+  ImapCopyUid *cu;
+} FswMoveStep;
+
+static gboolean fsw_move_step(ImapConn *c, gpointer user, gboolean *found, GError **error) {
+  FswMoveStep *s = user;
+  return imap_uid_move_one(c, s->uid, s->dst, s->cu, found, error);
+}
+
+/* Moves uid of the selected mailbox to dst: with MOVE (in one round trip
+ * when COPYUID can tell that it moved), else with COPY alone (*copied):
+ * the caller then removes the original as it can. */
+static gboolean fsw_move_one(ImapConn *c, gboolean synced, guint32 uid, const char *dst,
+                             ImapCopyUid *cu, gboolean *copied, gboolean *tried,
+                             GError **error) {
+  gboolean move = imap_conn_has(c, IMAP_CAP_MOVE);
+  if (move && imap_conn_has(c, IMAP_CAP_UIDPLUS)) {
+    FswMoveStep s = {uid, dst, cu};
+    return fsw_step(c, synced, uid, fsw_move_step, &s, tried, error);
+  }
+  g_autofree char *flags = NULL;
+  if ((!synced && !imap_noop(c, error)) || !imap_fetch_flags(c, uid, &flags, error))
+    return fsw_unchanged(error);
+  char set[16];
+  g_snprintf(set, sizeof set, "%u", uid);
+  if (move)
+    return imap_uid_move(c, set, dst, cu, error);
+  if (!imap_uid_copy(c, set, dst, cu, error))
+    return FALSE;
+  *copied = TRUE;
   return TRUE;
 }
 
@@ -724,29 +795,27 @@ typedef struct {
   const char *trash; /* NULL: expunge */
   /* out */
   ImapCopyUid cu;
-  gboolean copied;       /* a copy is in the Trash */
+  gboolean copied;       /* a copy is in the Trash (not made again on a retry) */
   gboolean flagged_only; /* no MOVE or UIDPLUS: original left \Deleted */
+  gboolean tried;        /* an attempt lost with its connection (fsw_step) */
   char *flags_after;
 } FswDelete;
 
 static gboolean fsw_delete_op(ImapConn *c, gpointer user, GError **error) {
   FswDelete *d = user;
-  if (!fsw_select_checked(c, d->mailbox, d->uv, error))
+  gboolean synced;
+  if (!fsw_select_for_step(c, d->mailbox, d->uv, &synced, error))
     return fsw_unchanged(error);
   if (d->trash == NULL)
-    return fsw_expunge_one(c, d->uid, error);
-  char set[16];
-  g_snprintf(set, sizeof set, "%u", d->uid);
-  g_autofree char *flags = NULL;
-  if (!imap_fetch_flags(c, d->uid, &flags, error))
-    return fsw_unchanged(error);
-  if (imap_conn_has(c, IMAP_CAP_MOVE))
-    return imap_uid_move(c, set, d->trash, &d->cu, error);
-  if (!imap_uid_copy(c, set, d->trash, &d->cu, error))
-    return FALSE;
-  d->copied = TRUE;
+    return fsw_expunge_one(c, d->uid, synced, &d->tried, error);
+  if (!d->copied) {
+    if (!fsw_move_one(c, synced, d->uid, d->trash, &d->cu, &d->copied, &d->tried, error))
+      return FALSE;
+    if (!d->copied)
+      return TRUE; /* moved */
+  }
   if (imap_conn_has(c, IMAP_CAP_UIDPLUS))
-    return fsw_expunge_one(c, d->uid, error);
+    return fsw_expunge_one(c, d->uid, TRUE, &d->tried, error);
   d->flagged_only = TRUE;
   return imap_store_flags(c, d->uid, IMAP_STORE_ADD, fsw_deleted, FALSE, &d->flags_after, error);
 }
@@ -965,30 +1034,25 @@ typedef struct {
   const char *src, *dst;
   guint32 uv, uid;
   ImapCopyUid cu;
-  gboolean copied;
+  gboolean copied; /* not made again on a retry */
+  gboolean tried;  /* an attempt lost with its connection (fsw_step) */
 } FswMove;
 
 static gboolean fsw_move_op(ImapConn *c, gpointer user, GError **error) {
   FswMove *mv = user;
-  if (!fsw_select_checked(c, mv->src, mv->uv, error))
+  gboolean synced;
+  if (!fsw_select_for_step(c, mv->src, mv->uv, &synced, error))
     return fsw_unchanged(error);
-  g_autofree char *flags = NULL;
-  if (!imap_fetch_flags(c, mv->uid, &flags, error))
-    return fsw_unchanged(error);
-  char set[16];
-  g_snprintf(set, sizeof set, "%u", mv->uid);
-  if (imap_conn_has(c, IMAP_CAP_MOVE))
-    return imap_uid_move(c, set, mv->dst, &mv->cu, error);
-  if (!imap_conn_has(c, IMAP_CAP_UIDPLUS)) {
+  if (!imap_conn_has(c, IMAP_CAP_MOVE) && !imap_conn_has(c, IMAP_CAP_UIDPLUS)) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_UNSUPPORTED,
                 "the server has neither MOVE nor UIDPLUS, so the original could not be "
                 "removed safely after a copy; nothing was changed");
     return FALSE;
   }
-  if (!imap_uid_copy(c, set, mv->dst, &mv->cu, error))
+  if (!mv->copied && !fsw_move_one(c, synced, mv->uid, mv->dst, &mv->cu, &mv->copied,
+                                   &mv->tried, error))
     return FALSE;
-  mv->copied = TRUE;
-  return fsw_expunge_one(c, mv->uid, error);
+  return !mv->copied || fsw_expunge_one(c, mv->uid, TRUE, &mv->tried, error);
 }
 
 /* Moves message uid of src to dst; *new_uid gets its UID there (0 when
@@ -2396,12 +2460,10 @@ void fswrite_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_in
     fuse_reply_err(req, EINVAL);
     return;
   }
-  guint32 tuid;
   g_autoptr(FswFile) target = fsw_find(w, p2, newname);
   if ((flags & RENAME_NOREPLACE) &&
       (target != NULL || dircache_child(w->dc, p2, newname) != NULL ||
-       (names_parse_message_filename(newname, &tuid) && dcnode_selectable(p2) &&
-        fsw_find_msg(w, p2, tuid, &(guint32){0}, &(guint32){0}, &(DcMsg){0}, NULL)) ||
+       fsw_listed_name(w, p2, newname) ||
        fsw_moved_msg(w, p2, newname, &(guint32){0}, &(guint32){0}, &(DcMsg){0}))) {
     fuse_reply_err(req, EEXIST);
     return;
@@ -2572,10 +2634,7 @@ void fswrite_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t m
   DcNode *p = fs_dir_or_reply(req, parent);
   if (p == NULL)
     return;
-  guint32 uid;
-  if (dircache_child(w->dc, p, name) != NULL ||
-      (names_parse_message_filename(name, &uid) && dcnode_selectable(p) &&
-       fsw_find_msg(w, p, uid, &(guint32){0}, &(guint32){0}, &(DcMsg){0}, NULL))) {
+  if (dircache_child(w->dc, p, name) != NULL || fsw_listed_name(w, p, name)) {
     fuse_reply_err(req, EEXIST);
     return;
   }

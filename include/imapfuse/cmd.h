@@ -176,6 +176,16 @@ gboolean imap_fetch_flags(ImapConn *c, guint32 uid, char **flags_out, GError **e
  * them, never a plain EXPUNGE. */
 gboolean imap_uid_expunge(ImapConn *c, const char *uidset, GError **error);
 
+/* Expunges message uid alone, in one round trip: UID FETCH uid (FLAGS),
+ * UID STORE uid +FLAGS.SILENT (\Deleted) and UID EXPUNGE uid, pipelined.
+ * *found: the FETCH saw the message (then TRUE means an expunge of it
+ * was reported; an OK without one is an error).  Pipelined after nothing,
+ * the FETCH sees the session's view as it was (a message another session
+ * just added may not be in it): the caller syncs (NOOP) and asks again
+ * when !*found.  On a failure the \Deleted it set is taken off again.
+ * Without UIDPLUS nothing is sent: IFS_ERROR_UNSUPPORTED. */
+gboolean imap_uid_delete(ImapConn *c, guint32 uid, gboolean *found, GError **error);
+
 /* COPYUID (RFC 4315) from UID COPY / UID MOVE: the destination's
  * UIDVALIDITY and the UIDs, source[i] -> dest[i]. */
 typedef struct {
@@ -194,6 +204,13 @@ gboolean imap_uid_copy(ImapConn *c, const char *uidset, const char *dest, ImapCo
                        GError **error);
 gboolean imap_uid_move(ImapConn *c, const char *uidset, const char *dest, ImapCopyUid *cu,
                        GError **error);
+
+/* UID FETCH uid (FLAGS) and UID MOVE uid dest, pipelined: one round
+ * trip.  *found: COPYUID names uid (so the caller syncs and asks again
+ * when not, as for imap_uid_delete).  IFS_ERROR_UNSUPPORTED without MOVE
+ * and UIDPLUS. */
+gboolean imap_uid_move_one(ImapConn *c, guint32 uid, const char *dest, ImapCopyUid *cu,
+                           gboolean *found, GError **error);
 
 /* APPEND mailbox [(flags)] [date] {n}message.  date 0: the server's now.
  * The UIDVALIDITY and UID from APPENDUID go to uidvalidity and uid (0 when

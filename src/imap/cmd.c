@@ -902,6 +902,123 @@ gboolean imap_uid_expunge(ImapConn *c, const char *uidset, GError **error) {
   return imap_conn_run(c, imap_cmd_new("UID EXPUNGE %s", uidset), NULL, NULL, NULL, error);
 }
 
+/* What a pipeline that works on one message learnt of it: its flags and
+ * sequence number (FETCH), whether an expunge of it was reported
+ * (VANISHED, or EXPUNGE of its sequence number), and COPYUID. */
+typedef struct {
+  CmdFlagsCtx flags;
+  guint32 seq;
+  gboolean gone;
+  ImapCopyUid *cu;
+} CmdOneCtx;
+
+static gboolean cmd_copyuid_handler(ImapResponse *r, gpointer user);
+
+static gboolean cmd_set_has(const char *set, guint32 uid) {
+  g_autoptr(GArray) ranges = g_array_new(FALSE, FALSE, sizeof(ImapUidRange));
+  if (set == NULL || !imap_parse_uid_set(set, ranges))
+    return FALSE;
+  for (guint i = 0; i < ranges->len; i++) {
+    const ImapUidRange *r = &g_array_index(ranges, ImapUidRange, i);
+    if (uid >= r->lo && uid <= r->hi)
+      return TRUE;
+  }
+  return FALSE;
+}
+
+static gboolean cmd_one_handler(ImapResponse *r, gpointer user) {
+  CmdOneCtx *ctx = user;
+  if (r->kind == IMAP_RESP_UNTAGGED && r->has_number && g_strcmp0(r->name, "FETCH") == 0 &&
+      r->args.n_items >= 1 && r->args.items[0].type == IMAP_VAL_LIST) {
+    guint32 uid;
+    const ImapVal *v = imap_fetch_get(&r->args.items[0], "UID", NULL);
+    if (v != NULL && imap_val_to_u32(v, &uid) && uid == ctx->flags.uid)
+      ctx->seq = (guint32)r->number;
+  } else if (r->kind == IMAP_RESP_UNTAGGED && r->has_number &&
+             g_strcmp0(r->name, "EXPUNGE") == 0 && ctx->seq != 0) {
+    if (r->number == ctx->seq) {
+      ctx->gone = TRUE;
+      ctx->seq = 0;
+    } else if (r->number < ctx->seq) {
+      ctx->seq--; /* the ones after an expunged message move down */
+    }
+  } else if (r->kind == IMAP_RESP_UNTAGGED && g_strcmp0(r->name, "VANISHED") == 0 &&
+             r->args.n_items >= 1 &&
+             cmd_set_has(imap_val_str(&r->args.items[r->args.n_items - 1]), ctx->flags.uid)) {
+    ctx->gone = TRUE;
+  }
+  /* FALSE: the dircache's watchers see the expunges and flags too. */
+  return cmd_flags_handler(r, &ctx->flags) || cmd_copyuid_handler(r, ctx->cu);
+}
+
+/* Whether a space-separated canonical flag list has flag. */
+static gboolean cmd_has_flag(const char *flags, const char *flag) {
+  g_auto(GStrv) v = g_strsplit(flags, " ", -1);
+  for (char **p = v; *p != NULL; p++)
+    if (g_ascii_strcasecmp(*p, flag) == 0)
+      return TRUE;
+  return FALSE;
+}
+
+gboolean imap_uid_delete(ImapConn *c, guint32 uid, gboolean *found, GError **error) {
+  *found = FALSE;
+  if (!imap_conn_has(c, IMAP_CAP_UIDPLUS))
+    return imap_uid_expunge(c, "", error); /* the refusal */
+  static const char *const deleted[] = {"\\Deleted", NULL};
+  ImapCmd *cmds[3] = {imap_cmd_new("UID FETCH %u (UID FLAGS)", uid),
+                      imap_cmd_new("UID STORE %u +FLAGS.SILENT (\\Deleted)", uid),
+                      imap_cmd_new("UID EXPUNGE %u", uid)};
+  CmdOneCtx ctx = {.flags = {.uid = uid}};
+  GError *local = NULL;
+  gboolean ok = imap_conn_run_pipeline(c, cmds, 3, cmd_one_handler, &ctx, NULL, &local);
+  g_autofree char *flags = g_steal_pointer(&ctx.flags.flags);
+  *found = flags != NULL;
+  if (ok && *found && !ctx.gone) {
+    /* An OK, yet no expunge of it reported: a server that ignored the
+     * \Deleted (not a flag it keeps), say.  Not taken for done. */
+    ok = FALSE;
+    g_set_error(&local, IFS_ERROR, IFS_ERROR_FAILED,
+                "the server did not expunge message UID %u (it answered OK)", uid);
+  }
+  if (!ok && *found && !ctx.gone && !imap_conn_is_broken(c) &&
+      !cmd_has_flag(flags, "\\Deleted")) {
+    /* Refused: take back the \Deleted this set (not one set before). */
+    g_autoptr(GError) ignored = NULL;
+    imap_store_flags(c, uid, IMAP_STORE_REMOVE, deleted, TRUE, NULL, &ignored);
+  }
+  if (!ok)
+    g_propagate_error(error, local);
+  return ok;
+}
+
+gboolean imap_uid_move_one(ImapConn *c, guint32 uid, const char *dest, ImapCopyUid *cu,
+                           gboolean *found, GError **error) {
+  *found = FALSE;
+  imap_copyuid_clear(cu);
+  if (!imap_conn_has(c, IMAP_CAP_MOVE) || !imap_conn_has(c, IMAP_CAP_UIDPLUS)) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_UNSUPPORTED, "the server has no MOVE or UIDPLUS");
+    return FALSE;
+  }
+  ImapCmd *cmds[2] = {imap_cmd_new("UID FETCH %u (UID FLAGS)", uid),
+                      imap_cmd_new("UID MOVE %u ", uid)};
+  imap_cmd_add_string(cmds[1], dest);
+  CmdOneCtx ctx = {.flags = {.uid = uid}, .cu = cu};
+  ImapResponse *tagged[2] = {NULL, NULL};
+  gboolean ok = imap_conn_run_pipeline(c, cmds, 2, cmd_one_handler, &ctx, tagged, error);
+  if (cu->uidvalidity == 0 && tagged[1] != NULL && tagged[1]->status == IMAP_STATUS_OK &&
+      g_strcmp0(tagged[1]->code, "COPYUID") == 0)
+    imap_parse_copyuid(&tagged[1]->code_args, cu);
+  for (guint i = 0; i < 2; i++)
+    if (tagged[i] != NULL)
+      imap_response_free(tagged[i]);
+  g_free(ctx.flags.flags);
+  /* Moved only if COPYUID names it: on a view not synced, a message
+   * another client expunged may still answer the FETCH, and its MOVE
+   * moves nothing. */
+  *found = imap_copyuid_lookup(cu, uid) != 0;
+  return ok;
+}
+
 void imap_copyuid_clear(ImapCopyUid *cu) {
   if (cu->src != NULL)
     g_array_unref(cu->src);

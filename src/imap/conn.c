@@ -488,9 +488,24 @@ static gboolean conn_cmd_changes(ImapCmd *cmd) {
   return FALSE;
 }
 
+/* Before a change is sent: a server that closed the connection while it
+ * sat idle (its idle timeout, or the BYE for a mailbox deleted by another
+ * client) has sent its FIN, and nothing of the change has gone out: it
+ * can go on another connection (IFS_ERROR_NOT_RUN).  Without this, a
+ * change whose first command is itself the change (rm, mv: one pipelined
+ * round trip, no NOOP first) would fail there with an unknown outcome. */
+static gboolean conn_usable(ImapConn *c, GError **error) {
+  struct pollfd pfd = {.fd = c->fd, .events = POLLRDHUP};
+  if (c->fd < 0 || poll(&pfd, 1, 0) <= 0 || !(pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)))
+    return TRUE;
+  return conn_fail(c, error, IFS_ERROR_NOT_RUN, "%s closed the connection while it was idle",
+                   c->ep->host);
+}
+
 gboolean imap_conn_run(ImapConn *c, ImapCmd *cmd, ImapHandler fn, gpointer user,
                        ImapResponse **tagged_out, GError **error) {
-  conn_set_changing(c, conn_cmd_changes(cmd));
+  gboolean changes = conn_cmd_changes(cmd);
+  conn_set_changing(c, changes);
   g_autoptr(ImapCmd) owned = cmd;
   g_autoptr(ImapResponse) tagged = NULL;
   if (tagged_out != NULL)
@@ -499,6 +514,8 @@ gboolean imap_conn_run(ImapConn *c, ImapCmd *cmd, ImapHandler fn, gpointer user,
     g_set_error(error, IFS_ERROR, IFS_ERROR_CLOSED, "connection to %s is closed", c->ep->host);
     return FALSE;
   }
+  if (changes && !conn_usable(c, error))
+    return FALSE;
   g_autofree char *tag = g_strdup_printf("A%u", ++c->tag_counter);
   const GPtrArray *segs = imap_cmd_segments(cmd);
   gint64 sent = g_get_monotonic_time();
@@ -623,10 +640,12 @@ gboolean imap_conn_run_pipeline(ImapConn *c, ImapCmd **cmds, guint n, ImapHandle
     }
     return TRUE;
   }
-  if (c->broken) {
+  if (c->broken || (changes && !conn_usable(c, error))) {
     for (guint i = 0; i < n; i++)
       imap_cmd_free(cmds[i]);
-    g_set_error(error, IFS_ERROR, IFS_ERROR_CLOSED, "connection to %s is closed", c->ep->host);
+    if (error != NULL && *error == NULL)
+      g_set_error(error, IFS_ERROR, IFS_ERROR_CLOSED, "connection to %s is closed",
+                  c->ep->host);
     return FALSE;
   }
   /* All commands in one write: one round trip for the lot. */
