@@ -494,9 +494,18 @@ static gboolean bc_fetch_op(ImapConn *c, gpointer user, GError **error) {
                             error);
 }
 
-/* The chunk with index chunk (BC_WHOLE: the whole message). */
+/* Whether a message of size bytes goes to the disk tier.  One larger
+ * than disk_max_message (half the bound) pushed out most of what was
+ * there, a 60 MB one in a 48 MB cache its own first chunks too, and was
+ * fetched again all the same. */
+static gboolean bc_disk_worth(const Bodycache *bc, guint64 size) {
+  return bc->opts.disk_max_message == 0 || size <= bc->opts.disk_max_message;
+}
+
+/* The chunk with index chunk (BC_WHOLE: the whole message) of a message
+ * of size bytes (as listed). */
 static GBytes *bc_chunk(Bodycache *bc, const char *mailbox, guint32 uidvalidity, guint32 uid,
-                        guint64 chunk, GError **error) {
+                        guint64 size, guint64 chunk, GError **error) {
   g_autofree char *key = bc_key(mailbox, uidvalidity, uid, chunk);
   g_mutex_lock(&bc->lock);
   GBytes *b = _bc_mem_get(bc, key);
@@ -562,9 +571,11 @@ static GBytes *bc_chunk(Bodycache *bc, const char *mailbox, guint32 uidvalidity,
   if (!ok)
     return NULL;
   bc_deliver(bc, mailbox, uidvalidity, uid, chunk, fe.out);
-  BcDiskJob *j = bc_disk_job_new(bc, mailbox, uidvalidity);
-  bc_disk_job_add(j, uid, chunk, fe.out);
-  bc_disk_put(bc, j);
+  if (bc_disk_worth(bc, size)) {
+    BcDiskJob *j = bc_disk_job_new(bc, mailbox, uidvalidity);
+    bc_disk_job_add(j, uid, chunk, fe.out);
+    bc_disk_put(bc, j);
+  }
   return fe.out;
 }
 
@@ -572,7 +583,7 @@ GBytes *bodycache_read(Bodycache *bc, const char *mailbox, guint32 uidvalidity, 
                        guint64 size, guint64 off, gsize len, guint64 *real_size,
                        GError **error) {
   if (size <= bc->opts.chunk_bytes) {
-    g_autoptr(GBytes) whole = bc_chunk(bc, mailbox, uidvalidity, uid, BC_WHOLE, error);
+    g_autoptr(GBytes) whole = bc_chunk(bc, mailbox, uidvalidity, uid, size, BC_WHOLE, error);
     if (whole == NULL)
       return NULL;
     gsize n = g_bytes_get_size(whole);
@@ -589,7 +600,7 @@ GBytes *bodycache_read(Bodycache *bc, const char *mailbox, guint32 uidvalidity, 
   gboolean grew = FALSE;
   while (out->len < len) {
     guint64 pos = off + out->len;
-    g_autoptr(GBytes) chunk = bc_chunk(bc, mailbox, uidvalidity, uid, pos / cb, error);
+    g_autoptr(GBytes) chunk = bc_chunk(bc, mailbox, uidvalidity, uid, size, pos / cb, error);
     if (chunk == NULL)
       return NULL;
     gsize n;
@@ -610,7 +621,7 @@ GBytes *bodycache_read(Bodycache *bc, const char *mailbox, guint32 uidvalidity, 
   /* A full chunk went past the listed size (RFC822.SIZE was off): the
    * kernel reads no further than the size it knows, so find the end. */
   for (guint64 k = (off + out->len) / cb; grew; k++) {
-    g_autoptr(GBytes) chunk = bc_chunk(bc, mailbox, uidvalidity, uid, k, error);
+    g_autoptr(GBytes) chunk = bc_chunk(bc, mailbox, uidvalidity, uid, size, k, error);
     if (chunk == NULL)
       return NULL;
     gsize n = g_bytes_get_size(chunk);
@@ -642,9 +653,11 @@ static void bc_batch_to_disk(BcBatchCtx *ctx, guint32 uid, guint64 chunk, GBytes
 static gboolean bc_batch_body(guint32 uid, GBytes *body, gpointer user) {
   BcBatchCtx *ctx = user;
   BcBatch *b = ctx->batch;
+  gboolean disk = bc_disk_worth(ctx->bc, g_bytes_get_size(body));
   if (b->big == NULL || !g_hash_table_contains(b->big, GUINT_TO_POINTER(uid))) {
     bc_deliver(ctx->bc, b->mailbox, b->uidvalidity, uid, BC_WHOLE, body);
-    bc_batch_to_disk(ctx, uid, BC_WHOLE, body);
+    if (disk)
+      bc_batch_to_disk(ctx, uid, BC_WHOLE, body);
     return TRUE;
   }
   /* A message read in chunks, fetched whole by the scan: hand it out as
@@ -655,7 +668,8 @@ static gboolean bc_batch_body(guint32 uid, GBytes *body, gpointer user) {
   for (gsize off = 0, k = 0; off < n || k == 0; off += cb, k++) {
     g_autoptr(GBytes) part = g_bytes_new(n > 0 ? data + off : NULL, MIN(cb, n - off));
     bc_deliver(ctx->bc, b->mailbox, b->uidvalidity, uid, k, part);
-    bc_batch_to_disk(ctx, uid, k, part);
+    if (disk)
+      bc_batch_to_disk(ctx, uid, k, part);
   }
   return TRUE;
 }

@@ -173,6 +173,8 @@ struct FsWrite {
   GHashTable *handles;   /* FswHandle* not released yet (freed at unmount) */
   GHashTable *dir_attrs; /* dir id -> FswDirAttr* */
   GHashTable *mbox_locks; /* mailbox -> GMutex* */
+  GHashTable *trashed;    /* "mailbox/uv/uid" copied to the Trash and left \Deleted (no
+                           * MOVE or UIDPLUS): an rm again does not copy it again */
   guint32 serial;
   gboolean closing;
 
@@ -209,7 +211,13 @@ static gboolean fsw_is_error(const GError *e, IfsError code) {
 
 static void fsw_reply_error(fuse_req_t req, const char *what, const GError *error) {
   int err = fsw_errno(error);
-  g_debug("%s: %s (%s)", what, error->message, g_strerror(err));
+  /* A refusal with no response code the errno can carry (a bare EIO):
+   * only the server's text says why (mkdir at the top of an account whose
+   * folders must be under "INBOX."). */
+  if (fsw_is_error(error, IFS_ERROR_NO) || fsw_is_error(error, IFS_ERROR_BAD))
+    g_warning("%s: %s", what, error->message);
+  else
+    g_debug("%s: %s (%s)", what, error->message, g_strerror(err));
   fuse_reply_err(req, err);
 }
 
@@ -523,18 +531,26 @@ static char *fsw_trash(FsWrite *w, GError **error) {
   g_autoptr(GPtrArray) boxes = fsw_boxes(w, FALSE, error);
   if (boxes == NULL)
     return NULL;
-  const char *named = NULL;
+  const char *named = NULL, *under_inbox = NULL;
   for (guint i = 0; i < boxes->len; i++) {
     const ImapMailboxInfo *m = g_ptr_array_index(boxes, i);
-    if ((m->attrs & IMAP_MBX_TRASH) && !(m->attrs & IMAP_MBX_NOSELECT))
+    if (m->attrs & IMAP_MBX_NOSELECT)
+      continue;
+    if (m->attrs & IMAP_MBX_TRASH)
       return g_strdup(m->name);
-    if (g_ascii_strcasecmp(m->name, "Trash") == 0 && !(m->attrs & IMAP_MBX_NOSELECT))
+    if (g_ascii_strcasecmp(m->name, "Trash") == 0)
       named = m->name;
+    /* Servers that keep every folder under INBOX (Courier's "INBOX."
+     * namespace) and mark none with special-use. */
+    if (m->delim != 0 && g_ascii_strncasecmp(m->name, "INBOX", 5) == 0 &&
+        m->name[5] == m->delim && g_ascii_strcasecmp(m->name + 6, "Trash") == 0)
+      under_inbox = m->name;
   }
-  if (named != NULL)
-    return g_strdup(named);
+  if (named != NULL || under_inbox != NULL)
+    return g_strdup(named != NULL ? named : under_inbox);
   g_set_error(error, IFS_ERROR, IFS_ERROR_UNSUPPORTED,
-              "delete=trash: the server has no mailbox marked \\Trash (or named Trash)");
+              "delete=trash: the server has no mailbox marked \\Trash, and none named Trash "
+              "at the top or under INBOX");
   return NULL;
 }
 
@@ -988,11 +1004,24 @@ static gboolean fsw_remove_message(FsWrite *w, FswFile *self, DcNode *node, guin
     if (!g_str_equal(trash, d.mailbox))
       d.trash = trash;
   }
+  g_autofree char *key = g_strdup_printf("%s/%u/%u", d.mailbox, uv, uid);
+  if (d.trash != NULL) {
+    g_mutex_lock(&w->lock);
+    gboolean again = g_hash_table_contains(w->trashed, key);
+    g_mutex_unlock(&w->lock);
+    if (again) {
+      /* Its file stays listed until a mail client expunges it, so rm is
+       * run again: each one added another copy to the Trash. */
+      g_debug("rm: %s UID %u is in %s already (flagged \\Deleted)", d.mailbox, uid, d.trash);
+      return TRUE;
+    }
+  }
   /* Set only here, cleared below: a refusal before (no Trash) left it
    * set, and an expunge elsewhere then never ended self's name. */
   fsw_own_op(w, self, TRUE);
   gboolean ok = pool_run(w->pool, d.mailbox, FALSE, fsw_delete_op, &d, error);
-  if (!ok && fsw_is_error(*error, IFS_ERROR_UNSUPPORTED)) {
+  /* A replacement's removal (force_expunge) is its caller's to report. */
+  if (!ok && fsw_is_error(*error, IFS_ERROR_UNSUPPORTED) && !force_expunge) {
     if (d.trash == NULL && w->delete_trash)
       fsw_warn_once(w, FSW_WARN_TRASH_UIDPLUS,
                     "rm in the Trash mailbox refused: the server has no UIDPLUS, so one "
@@ -1017,6 +1046,9 @@ static gboolean fsw_remove_message(FsWrite *w, FswFile *self, DcNode *node, guin
       dircache_invalidate(w->dc, tn);
   }
   if (ok && d.flagged_only) {
+    g_mutex_lock(&w->lock);
+    g_hash_table_add(w->trashed, g_steal_pointer(&key));
+    g_mutex_unlock(&w->lock);
     if (d.flags_after != NULL)
       dircache_msg_flags(w->dc, node, uv, uid, d.flags_after);
     g_debug("rm: %s UID %u copied to %s and flagged \\Deleted (no MOVE or UIDPLUS: a mail "
@@ -1372,11 +1404,13 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, 
                   a.uid, a.mailbox, f->sent_uid, derr->message);
       g_warning("%s", (*error)->message);
       _fsw_set_sent(w, f, node, a.uv, a.uid, made);
+      staging_file_stored(f->data);
       f->dirty = FALSE;
       return FALSE;
     }
   }
   _fsw_set_sent(w, f, node, a.uv, a.uid, same ? f->owned : made);
+  staging_file_stored(f->data);
   f->sent_date = a.date;
   f->dirty = FALSE;
   f->rewritten = FALSE;
@@ -1496,6 +1530,7 @@ FsWrite *fswrite_new(Fs *fs, Dircache *dc, Notify *notify, const FsWriteOptions 
   w->handles = g_hash_table_new(NULL, NULL);
   w->dir_attrs = g_hash_table_new_full(NULL, NULL, NULL, g_free);
   w->mbox_locks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, fsw_mutex_free);
+  w->trashed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   return w;
 }
 
@@ -1568,6 +1603,7 @@ void fswrite_free(FsWrite *w) {
   g_hash_table_unref(w->handles);
   g_hash_table_unref(w->dir_attrs);
   g_hash_table_unref(w->mbox_locks);
+  g_hash_table_unref(w->trashed);
   if (w->boxes != NULL)
     g_ptr_array_unref(w->boxes);
   staging_free(w->staging);
@@ -1837,8 +1873,18 @@ void fswrite_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) 
 static pid_t fsw_process_of(pid_t tid) {
   g_autofree char *path = g_strdup_printf("/proc/%d/status", (int)tid);
   g_autofree char *text = NULL;
-  if (tid <= 0 || !g_file_get_contents(path, &text, NULL, NULL))
+  g_autoptr(GError) error = NULL;
+  if (tid <= 0)
     return 0;
+  if (!g_file_get_contents(path, &text, NULL, &error)) {
+    /* Out of file descriptors ourselves: not known (-1), which counts as
+     * the opener (flush).  Taken for another process, a cp's close() at
+     * the limit returned 0 and the send at the release failed unseen. */
+    return g_error_matches(error, G_FILE_ERROR, G_FILE_ERROR_MFILE) ||
+                   g_error_matches(error, G_FILE_ERROR, G_FILE_ERROR_NFILE)
+               ? -1
+               : 0;
+  }
   const char *t = strstr(text, "\nTgid:");
   return t != NULL ? (pid_t)g_ascii_strtoll(t + 6, NULL, 10) : 0;
 }
@@ -1857,12 +1903,12 @@ static void _fsw_note_writer(FswFile *f, pid_t tid) {
 }
 
 /* Caller holds f->lock.  Whether process pid wrote f since the last send
- * (0, not known: taken for yes). */
+ * (0 or -1, not known: taken for yes). */
 static gboolean _fsw_wrote(const FswFile *f, pid_t pid) {
-  if (pid == 0)
+  if (pid <= 0)
     return TRUE;
   for (guint i = 0; i < f->wrote->len; i++)
-    if (g_array_index(f->wrote, pid_t, i) == pid || g_array_index(f->wrote, pid_t, i) == 0)
+    if (g_array_index(f->wrote, pid_t, i) == pid || g_array_index(f->wrote, pid_t, i) <= 0)
       return TRUE;
   return FALSE;
 }
@@ -1871,7 +1917,7 @@ static FswHandle *fsw_handle_new(FsWrite *w, fuse_req_t req, FswFile *f, gboolea
   FswHandle *h = g_new0(FswHandle, 1);
   h->f = fsw_file_ref(f);
   h->writable = writable;
-  h->opener = writable ? fsw_process_of(fuse_req_ctx(req)->pid) : 0;
+  h->opener = writable ? MAX(fsw_process_of(fuse_req_ctx(req)->pid), 0) : 0;
   g_mutex_lock(&w->lock);
   f->handles++;
   if (writable) {
@@ -2169,7 +2215,7 @@ void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
      * f` as it exits), not the file's last close: sending then stored
      * the part written so far, and a ^C later left it on the server.
      * The opener's close sends it, or the release after the last. */
-    gboolean opener = h->opener == 0 || pid == h->opener;
+    gboolean opener = h->opener == 0 || pid == h->opener || pid < 0;
     /* The close() of the last writer sends it, except under rsync's
      * temporary name: then the rename (or lingering out) does. */
     if (err == 0 && last && named && !temp && f->killed == NULL && opener)
@@ -2612,7 +2658,8 @@ static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *child, DcNode *p2
     dircache_node_renamed(w->dc, child, p2, shown, to);
   fsw_relist(w, "RENAME");
   if (!ok) {
-    fsw_reply_error(req, "rename", error);
+    g_autofree char *what = g_strdup_printf("rename of %s to %s refused by the server", from, to);
+    fsw_reply_error(req, what, error);
     return;
   }
   fuse_reply_err(req, 0);
@@ -2671,7 +2718,8 @@ void fswrite_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t m
     ok = TRUE;
   }
   if (!ok) {
-    fsw_reply_error(req, "mkdir", error);
+    g_autofree char *what = g_strdup_printf("mkdir of %s refused by the server", mailbox);
+    fsw_reply_error(req, what, error);
     return;
   }
   if (child == NULL) {

@@ -212,6 +212,7 @@ int main(int argc, char *argv[]) {
   Fs *fs = NULL;
   Notify *notify = NULL;
   Diskcache *disk = NULL;
+  guint64 disk_max_message = 0;
   Watch *watch = NULL;
   g_autofree char *cache_dir = NULL, *meta_dir = NULL, *account = NULL;
   struct fuse_session *se = NULL;
@@ -292,9 +293,19 @@ int main(int argc, char *argv[]) {
   if (g_strcmp0(mode, "none") != 0) {
     cache_dir = main_cache_dir(&o, &ep);
     meta_dir = g_build_filename(cache_dir, "meta", NULL);
+    struct stat sb;
     if (g_mkdir_with_parents(meta_dir, 0700) != 0) {
       fprintf(stderr, "imapfuse: warning: cannot create %s (%s); not caching on disk\n", meta_dir,
               g_strerror(errno));
+      g_clear_pointer(&meta_dir, g_free);
+    } else if (stat(cache_dir, &sb) == 0 &&
+               (sb.st_uid != geteuid() || (sb.st_mode & (S_IWGRP | S_IWOTH)) != 0)) {
+      /* What is cached there is served as mail: nobody else may write it. */
+      fprintf(stderr,
+              "imapfuse: warning: %s is not yours alone (owner uid %u, mode %04o): not "
+              "caching on disk, since whoever can write there could change the mail shown "
+              "(chmod 700 it, or use another -o cache_dir)\n",
+              cache_dir, (unsigned)sb.st_uid, (unsigned)(sb.st_mode & 07777));
       g_clear_pointer(&meta_dir, g_free);
     }
   }
@@ -305,6 +316,7 @@ int main(int argc, char *argv[]) {
     g_autofree char *bodies = g_build_filename(cache_dir, "bodies", NULL);
     g_autoptr(GError) derr = NULL;
     disk = diskcache_open(bodies, bound, &derr);
+    disk_max_message = bound / 2;
     if (disk == NULL)
       fprintf(stderr, "imapfuse: warning: message cache disabled: %s\n", derr->message);
   }
@@ -347,6 +359,7 @@ int main(int argc, char *argv[]) {
       .readahead_threads = (guint)MAX(1, o.connections - 1),
       .readahead_batches = (guint)o.readahead_batches,
       .disk = disk,
+      .disk_max_message = disk_max_message,
       .account = account,
       .dc = dc,
       .list_max_age_us = (gint64)(list_max_age * G_USEC_PER_SEC),

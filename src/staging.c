@@ -40,9 +40,10 @@ struct Staging {
 
 struct StagingFile {
   Staging *st;
-  char *path;
+  char *path; /* <run>/XXXXXX.part, or .sent while its bytes are stored */
   int fd;
   guint64 size;
+  gboolean stored;
 };
 
 static gboolean staging_set_errno(GError **error, int err, const char *what, const char *path) {
@@ -123,8 +124,8 @@ static guint staging_take_run(const char *run, const char *into) {
                   g_strerror(errno));
         failed++;
       }
-    } else if (g_str_has_suffix(name, ".crlf")) {
-      unlink(path);
+    } else if (g_str_has_suffix(name, ".crlf") || g_str_has_suffix(name, ".sent")) {
+      unlink(path); /* a conversion, or bytes the server has */
     }
   }
   if (d != NULL)
@@ -271,8 +272,33 @@ void staging_file_leave(StagingFile *f) {
 
 const char *staging_file_path(const StagingFile *f) { return f->path; }
 
+/* The name says whether the server has these bytes (.sent) or not
+ * (.part): what a killed mount leaves is recovered only if not.  After a
+ * kill -9 a few seconds after a cp, every file it had stored (still
+ * lingering under its name) was moved to unsent/ as "being written". */
+static gboolean staging_file_name_stored(StagingFile *f, gboolean stored, GError **error) {
+  if (f->stored == stored || f->path == NULL)
+    return TRUE;
+  g_autofree char *stem = g_strndup(f->path, strlen(f->path) - 5);
+  g_autofree char *to = g_strconcat(stem, stored ? ".sent" : ".part", NULL);
+  if (rename(f->path, to) != 0)
+    return staging_set_errno(error, errno, "cannot rename", f->path);
+  g_free(f->path);
+  f->path = g_steal_pointer(&to);
+  f->stored = stored;
+  return TRUE;
+}
+
+void staging_file_stored(StagingFile *f) {
+  g_autoptr(GError) error = NULL;
+  if (!staging_file_name_stored(f, TRUE, &error))
+    g_debug("%s", error->message); /* recovered for nothing, at worst */
+}
+
 gboolean staging_file_pwrite(StagingFile *f, const void *buf, gsize len, guint64 off,
                              GError **error) {
+  if (!staging_file_name_stored(f, FALSE, error))
+    return FALSE;
   const char *p = buf;
   gsize done = 0;
   while (done < len) {
@@ -301,6 +327,8 @@ gssize staging_file_pread(StagingFile *f, void *buf, gsize len, guint64 off, GEr
 }
 
 gboolean staging_file_truncate(StagingFile *f, guint64 size, GError **error) {
+  if (!staging_file_name_stored(f, FALSE, error))
+    return FALSE;
   if (ftruncate(f->fd, (off_t)size) != 0)
     return staging_set_errno(error, errno, "cannot truncate", f->path);
   f->size = size;

@@ -179,7 +179,9 @@ gboolean imap_uid_expunge(ImapConn *c, const char *uidset, GError **error);
 /* Expunges message uid alone, in one round trip: UID FETCH uid (FLAGS),
  * UID STORE uid +FLAGS.SILENT (\Deleted) and UID EXPUNGE uid, pipelined.
  * *found: the FETCH saw the message (then TRUE means an expunge of it
- * was reported; an OK without one is an error).  Pipelined after nothing,
+ * was reported; an OK without one is an error, after one more UID
+ * EXPUNGE alone: Dovecot may run a pipelined one before the STORE shows).
+ * Pipelined after nothing,
  * the FETCH sees the session's view as it was (a message another session
  * just added may not be in it): the caller syncs (NOOP) and asks again
  * when !*found.  On a failure the \Deleted it set is taken off again.

@@ -46,6 +46,10 @@ gssize staging_file_pread(StagingFile *f, void *buf, gsize len, guint64 off, GEr
 gboolean staging_file_truncate(StagingFile *f, guint64 size, GError **error);
 guint64 staging_file_size(const StagingFile *f);
 gboolean staging_file_sync(StagingFile *f, GError **error);
+/* The server has these bytes now: a mount killed before the file goes
+ * leaves nothing to recover for it.  The next write or truncate undoes
+ * that (before it changes the bytes). */
+void staging_file_stored(StagingFile *f);
 
 /* The bytes as a message: every LF not preceded by CR becomes CRLF.  The
  * result is mapped from disk (the staging file itself when nothing needs

@@ -974,6 +974,13 @@ gboolean imap_uid_delete(ImapConn *c, guint32 uid, gboolean *found, GError **err
   g_autofree char *flags = g_steal_pointer(&ctx.flags.flags);
   *found = flags != NULL;
   if (ok && *found && !ctx.gone) {
+    /* Dovecot may run the pipelined UID EXPUNGE on a view that does not
+     * show the STORE's \Deleted yet (seen without QRESYNC: OK, nothing
+     * expunged).  Alone, after the STORE's OK, it does. */
+    ok = imap_conn_run(c, imap_cmd_new("UID EXPUNGE %u", uid), cmd_one_handler, &ctx, NULL,
+                       &local);
+  }
+  if (ok && *found && !ctx.gone) {
     /* An OK, yet no expunge of it reported: a server that ignored the
      * \Deleted (not a flag it keeps), say.  Not taken for done. */
     ok = FALSE;

@@ -271,6 +271,51 @@ def test_cache_size_bound(mount, empty_dovecot, env, tmp_path):
     assert 0 < stored <= 200 * 1024  # segment files: headers and dead records included
 
 
+@pytest.mark.imapfuse_stderr_ok(TRACE_OK)
+def test_message_larger_than_half_the_cache_is_not_written_to_it(mount, empty_dovecot, env,
+                                                                  tmp_path):
+    """A message larger than half of cache_size stays out of the disk
+    cache: written there in chunks, it pushed out what the cache held (a
+    60 MB one in a 48 MB cache its own first chunks too) and was fetched
+    again all the same.  Smaller ones still go there, and a remount
+    serves them from it."""
+    dv = empty_dovecot()
+    msgs = [_msg("huge", 3_000_000), _msg("small", 40_000)]
+    uids = _make_box(dv, "Box", msgs)
+    cache = tmp_path / "cache"
+    for round_ in range(2):
+        m = mount(dv, "cache_dir=%s" % cache, "cache_size=4M", "imap_debug", env=env)
+        for u, b in zip(uids, msgs):
+            assert _read(os.path.join(m.path, "Box", "%d.eml" % u)) == b
+        fetched = _body_fetches(m)
+        m.unmount()
+        stored = sum(p.stat().st_size for p in (cache / "bodies").glob("seg.*"))
+        assert 40_000 <= stored < 1_000_000, stored
+        if round_ == 1:  # the small one from the disk cache, the huge one again
+            assert fetched and all(_uids_of(f) == [uids[0]] for f in fetched), fetched
+
+
+@pytest.mark.imapfuse_stderr_ok(r"is not yours alone")
+def test_cache_directory_others_can_write_is_not_used(mount, empty_dovecot, env, tmp_path):
+    """What the cache holds is served as mail, and nothing checked who
+    could write it: a record planted in a cache directory of mode 0777
+    was read as a message's bytes.  Such a directory is not used now,
+    with a warning; the mount works without a disk cache."""
+    dv = empty_dovecot()
+    msgs = [_msg("o%d" % i, 3000) for i in range(3)]
+    uids = _make_box(dv, "Box", msgs)
+    cache = tmp_path / "shared"
+    cache.mkdir()
+    cache.chmod(0o777)
+    m = mount(dv, "cache_dir=%s" % cache, env=env)
+    for u, b in zip(uids, msgs):
+        assert _read(os.path.join(m.path, "Box", "%d.eml" % u)) == b
+    m.unmount()
+    assert re.search(r"%s is not yours alone .*mode 0777" % re.escape(str(cache)),
+                     m.stderr_text())
+    assert not list(cache.rglob("seg.*")) and not list(cache.rglob("*.mc"))
+
+
 # ------------------------------------------------------ metadata freshness
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)

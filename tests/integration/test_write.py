@@ -262,6 +262,31 @@ def test_rm_message_expunged_elsewhere(empty_dovecot, fs):
     assert os.listdir(inbox) == [eml(b)]
 
 
+def test_rm_without_qresync_follows_sequence_numbers(empty_dovecot, fs):
+    """rm succeeds only when the server reports the expunge of that
+    message; without QRESYNC that is an EXPUNGE of its sequence number,
+    which moves down as messages before it go (here two another client
+    expunged, which this session learns of during the rm).  Dovecot ran
+    the pipelined UID EXPUNGE before the STORE's \\Deleted showed: OK,
+    nothing expunged; imapfuse asks once more, alone."""
+    dv = empty_dovecot(extra_config=capability_without("QRESYNC"))
+    c = dv.imap()
+    u = [imap_append(c, "INBOX", make_msg("S%d" % i)) for i in range(5)]
+    m = fs(dv)
+    inbox = os.path.join(m, "INBOX")
+    assert sorted(os.listdir(inbox)) == sorted(eml(x) for x in u)
+    c.select("INBOX")
+    c.uid("STORE", "%d,%d" % (u[0], u[1]), "+FLAGS.SILENT", r"(\Deleted)")
+    c.uid("EXPUNGE", "%d,%d" % (u[0], u[1]))
+    os.unlink(os.path.join(inbox, eml(u[3])))
+    assert sorted(state(c, "INBOX")) == [u[2], u[4]]
+    os.unlink(os.path.join(inbox, eml(u[4])))
+    os.unlink(os.path.join(inbox, eml(u[2])))
+    assert state(c, "INBOX") == {}
+    # (The other client's expunges show after the watcher's next round.)
+    assert not set(os.listdir(inbox)) & {eml(x) for x in u[2:]}
+
+
 @pytest.mark.imapfuse_stderr_ok(RM_WARNING, MV_WARNING)
 def test_no_uidplus_no_move_refuses(empty_dovecot, fs):
     """Without UIDPLUS and MOVE: rm and mv refuse (ENOTSUP), change nothing,
@@ -377,6 +402,50 @@ def test_delete_trash_without_uidplus_and_move(empty_dovecot, fs):
     tuid = next(iter(tr))
     expect_errno(errno.ENOTSUP, os.unlink, os.path.join(m, "Trash", eml(tuid)))
     assert sorted(state(c, "Trash")) == [tuid]
+    # Its file is still listed (nobody expunged it), so rm is run again:
+    # that added a copy to the Trash each time.
+    os.unlink(os.path.join(m, "INBOX", eml(a)))
+    os.unlink(os.path.join(m, "INBOX", eml(a)))
+    assert sorted(state(c, "Trash")) == [tuid]
+    assert sorted(state(c, "INBOX")) == [other, a]
+
+
+COURIER_NAMESPACE = """
+namespace inbox {
+  separator = .
+  prefix = INBOX.
+  mailbox Trash {
+    special_use =
+  }
+  mailbox Sent {
+    special_use =
+  }
+  mailbox Drafts {
+    special_use =
+  }
+}
+"""
+CREATE_REFUSED_WARNING = r"mkdir of TopLevel refused by the server: .*namespace"
+
+
+@pytest.mark.imapfuse_stderr_ok(CREATE_REFUSED_WARNING)
+def test_folders_under_inbox_trash_and_refused_mkdir(empty_dovecot, fs):
+    """An account whose folders all live under "INBOX." (Courier, old
+    Cyrus) and that marks none with special-use: delete=trash found no
+    Trash in INBOX.Trash (rm failed ENOTSUP, "no mailbox named Trash"),
+    and a mkdir at the top the server refused failed with a bare EIO, its
+    reason only in the debug trace."""
+    dv = empty_dovecot(extra_config=[COURIER_NAMESPACE, capability_without("SPECIAL-USE")],
+                       delimiter=".")
+    c = dv.imap()
+    assert c.create("INBOX.Trash")[0] == "OK"
+    a = imap_append(c, "INBOX", make_msg("A"))
+    m = fs(dv, "delete=trash")
+    os.unlink(os.path.join(m, "INBOX", eml(a)))
+    assert state(c, "INBOX") == {}
+    assert mids(c, "INBOX.Trash") == ["A@imapfuse.test"]
+    expect_errno(errno.EIO, os.mkdir, os.path.join(m, "TopLevel"))
+    assert re.search(CREATE_REFUSED_WARNING, m.stderr_text())
 
 
 def test_delete_trash_with_move_only(empty_dovecot, fs):

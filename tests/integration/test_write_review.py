@@ -19,6 +19,7 @@ import time
 
 import pytest
 
+from conftest import build_dir
 from dovecot import QUOTA_CONFIG
 from test_write import (UNSENT_WARNING, crlf, eml, fs, imap_append,  # noqa: F401
                         mailboxes, make_msg, mids, q, small_tmpfs, state, uid_of,
@@ -824,23 +825,32 @@ def test_files_left_by_a_killed_mount_are_moved_to_unsent(empty_dovecot, fs, xdg
     a dead run left to unsent/recovered-TIME-PID/ and says so."""
     dv = empty_dovecot()
     m = fs(dv)
+    # Stored, and still under their names (they linger 30 s) when the
+    # mount is killed: they were recovered too, as "being written".
+    for i in range(3):
+        write_file(os.path.join(m, "INBOX", "s%d.eml" % i), make_msg("stored%d" % i))
     data = make_msg("killed")
     fd = os.open(os.path.join(m, "INBOX", "k.eml"), os.O_WRONLY | os.O_CREAT, 0o600)
     os.write(fd, data)  # still open: nothing sent
+    # A stored one being rewritten: its new bytes are not on the server.
+    v2 = make_msg("stored0v2")
+    fd2 = os.open(os.path.join(m, "INBOX", "s0.eml"), os.O_WRONLY | os.O_TRUNC)
+    os.write(fd2, v2)
     m.proc.send_signal(signal.SIGKILL)
     m.proc.wait(10)
     m.finished = True
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+    for f in (fd, fd2):
+        try:
+            os.close(f)
+        except OSError:
+            pass
     subprocess.run(["fusermount3", "-uz", m.path])
     m2 = fs(dv)
     assert "INBOX" in os.listdir(m2)
     kept = [x for x in unsent_files(xdg) if os.path.isfile(x)]
-    assert len(kept) == 1 and "/recovered-" in kept[0], kept
-    assert open(kept[0], "rb").read() == data
-    assert "were moved to" in m2.stderr_text()
+    assert len(kept) == 2 and all("/recovered-" in k for k in kept), kept
+    assert sorted(open(k, "rb").read() for k in kept) == sorted([data, v2])
+    assert re.search(r"\b2 file\(s\) being written .* were moved to", m2.stderr_text())
     m2.unmount()
     staging = os.path.join(xdg["XDG_DATA_HOME"], "imapfuse", "staging")
     assert [f for _, _, fs_ in os.walk(staging) for f in fs_] == []
@@ -863,3 +873,49 @@ def test_full_local_disk_is_enospc_not_the_servers_quota(empty_dovecot, fs, xdg)
         assert e.value.errno == errno.ENOSPC, e.value
         m.unmount(check=False)
         assert "No space left on device" in m.stderr_text()
+
+
+def _limited(tmp_path, nofile):
+    """A wrapper that starts imapfuse with at most nofile descriptors."""
+    w = tmp_path / "imapfuse-nofile.sh"
+    w.write_text("#!/bin/sh\nulimit -n %d\nexec %s \"$@\"\n" % (
+        nofile, os.path.join(build_dir(), "imapfuse")))
+    w.chmod(0o755)
+    return str(w)
+
+
+@pytest.mark.imapfuse_stderr_ok(r"Too many open files")
+def test_close_at_the_descriptor_limit_reports_what_was_not_stored(empty_dovecot, fs, xdg,
+                                                                      tmp_path):
+    """With the daemon out of file descriptors, the close() of a file it
+    could not store returned 0 (it could not read /proc to tell which
+    process closed, took it for another than the opener, and left the
+    send to the release, whose error nobody sees).  Every close() that
+    returns 0 now means the message is on the server; the others are kept
+    in unsent/."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv, binary=_limited(tmp_path, 40))
+    box = os.path.join(m, "INBOX")
+    open_files, datas = [], {}
+    for i in range(80):
+        try:
+            fd = os.open(os.path.join(box, "w%d.eml" % i), os.O_WRONLY | os.O_CREAT, 0o600)
+        except OSError:
+            break  # the daemon's descriptors are used up
+        datas[i] = make_msg("fd%d" % i)  # LF line ends: storing needs a file more
+        os.write(fd, datas[i])
+        open_files.append((i, fd))
+    assert len(open_files) < 80, "the limit was never reached"
+    closed_ok = []
+    for i, fd in open_files:
+        try:
+            os.close(fd)
+            closed_ok.append(i)
+        except OSError:
+            pass
+    stored = {x["mid"] for x in state(c, "INBOX").values()}
+    lost = [i for i in closed_ok if "fd%d@imapfuse.test" % i not in stored]
+    assert not lost, "close() returned 0 but not stored: %s" % lost
+    kept = [p for p in unsent_files(xdg) if os.path.isfile(p)]
+    assert len(stored) + len(kept) >= len(open_files)
