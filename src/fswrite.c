@@ -748,7 +748,9 @@ static gboolean fsw_step(ImapConn *c, gboolean synced, guint32 uid, FswStep step
       (!found && !synced && (!imap_noop(c, error) || !step(c, user, &found, error)))) {
     if (!ifs_error_is_connection(*error))
       return FALSE;
-    *tried = TRUE;
+    /* NOT_RUN: nothing went out (conn_usable), so nothing to count on. */
+    if (!g_error_matches(*error, IFS_ERROR, IFS_ERROR_NOT_RUN))
+      *tried = TRUE;
     return fsw_unchanged(error);
   }
   if (!found && !*tried) {
@@ -782,11 +784,14 @@ static gboolean fsw_move_step(ImapConn *c, gpointer user, gboolean *found, GErro
 }
 
 /* Moves uid of the selected mailbox to dst: with MOVE (in one round trip
- * when COPYUID can tell that it moved), else with COPY alone (*copied):
- * the caller then removes the original as it can. */
+ * when the server has UIDPLUS too), else with COPY alone (*copied): the
+ * caller then removes the original as it can.  copied_before: an earlier
+ * call copied it and left it \Deleted; while it still has that flag, no
+ * second copy (its file stays listed until a mail client expunges it, so
+ * rm is run again, and each one added a copy to the Trash). */
 static gboolean fsw_move_one(ImapConn *c, gboolean synced, guint32 uid, const char *dst,
-                             ImapCopyUid *cu, gboolean *copied, gboolean *tried,
-                             GError **error) {
+                             gboolean copied_before, ImapCopyUid *cu, gboolean *copied,
+                             gboolean *tried, GError **error) {
   gboolean move = imap_conn_has(c, IMAP_CAP_MOVE);
   if (move && imap_conn_has(c, IMAP_CAP_UIDPLUS)) {
     FswMoveStep s = {uid, dst, cu};
@@ -799,8 +804,21 @@ static gboolean fsw_move_one(ImapConn *c, gboolean synced, guint32 uid, const ch
   g_snprintf(set, sizeof set, "%u", uid);
   if (move)
     return imap_uid_move(c, set, dst, cu, error);
-  if (!imap_uid_copy(c, set, dst, cu, error))
+  if (copied_before && imap_flags_have(flags, "\\Deleted")) {
+    g_debug("%u is in %s already (and flagged \\Deleted)", uid, dst);
+    *copied = TRUE;
+    return TRUE;
+  }
+  if (!imap_uid_copy(c, set, dst, cu, error)) {
+    /* Not sent again: the copy may have been made. */
+    if (ifs_error_is_connection(*error) &&
+        !g_error_matches(*error, IFS_ERROR, IFS_ERROR_NOT_RUN))
+      g_warning("the connection was lost while UID %u of %s was copied to %s: it may now be "
+                "in both (%s)",
+                uid, imap_conn_selected(c) != NULL ? imap_conn_selected(c) : "?", dst,
+                (*error)->message);
     return FALSE;
+  }
   *copied = TRUE;
   return TRUE;
 }
@@ -812,6 +830,7 @@ typedef struct {
   /* out */
   ImapCopyUid cu;
   gboolean copied;       /* a copy is in the Trash (not made again on a retry) */
+  gboolean copied_before; /* an earlier rm made one and left the original \Deleted */
   gboolean flagged_only; /* no MOVE or UIDPLUS: original left \Deleted */
   gboolean tried;        /* an attempt lost with its connection (fsw_step) */
   char *flags_after;
@@ -825,7 +844,8 @@ static gboolean fsw_delete_op(ImapConn *c, gpointer user, GError **error) {
   if (d->trash == NULL)
     return fsw_expunge_one(c, d->uid, synced, &d->tried, error);
   if (!d->copied) {
-    if (!fsw_move_one(c, synced, d->uid, d->trash, &d->cu, &d->copied, &d->tried, error))
+    if (!fsw_move_one(c, synced, d->uid, d->trash, d->copied_before, &d->cu, &d->copied,
+                      &d->tried, error))
       return FALSE;
     if (!d->copied)
       return TRUE; /* moved */
@@ -1005,17 +1025,9 @@ static gboolean fsw_remove_message(FsWrite *w, FswFile *self, DcNode *node, guin
       d.trash = trash;
   }
   g_autofree char *key = g_strdup_printf("%s/%u/%u", d.mailbox, uv, uid);
-  if (d.trash != NULL) {
-    g_mutex_lock(&w->lock);
-    gboolean again = g_hash_table_contains(w->trashed, key);
-    g_mutex_unlock(&w->lock);
-    if (again) {
-      /* Its file stays listed until a mail client expunges it, so rm is
-       * run again: each one added another copy to the Trash. */
-      g_debug("rm: %s UID %u is in %s already (flagged \\Deleted)", d.mailbox, uid, d.trash);
-      return TRUE;
-    }
-  }
+  g_mutex_lock(&w->lock);
+  d.copied_before = d.trash != NULL && g_hash_table_contains(w->trashed, key);
+  g_mutex_unlock(&w->lock);
   /* Set only here, cleared below: a refusal before (no Trash) left it
    * set, and an expunge elsewhere then never ended self's name. */
   fsw_own_op(w, self, TRUE);
@@ -1081,7 +1093,7 @@ static gboolean fsw_move_op(ImapConn *c, gpointer user, GError **error) {
                 "removed safely after a copy; nothing was changed");
     return FALSE;
   }
-  if (!mv->copied && !fsw_move_one(c, synced, mv->uid, mv->dst, &mv->cu, &mv->copied,
+  if (!mv->copied && !fsw_move_one(c, synced, mv->uid, mv->dst, FALSE, &mv->cu, &mv->copied,
                                    &mv->tried, error))
     return FALSE;
   return !mv->copied || fsw_expunge_one(c, mv->uid, TRUE, &mv->tried, error);

@@ -172,6 +172,9 @@ gboolean imap_store_flags(ImapConn *c, guint32 uid, ImapStoreMode mode,
 /* UID FETCH uid (FLAGS): canonical flags; IFS_ERROR_NOT_FOUND when the
  * message does not exist. */
 gboolean imap_fetch_flags(ImapConn *c, guint32 uid, char **flags_out, GError **error);
+/* Whether a space-separated canonical flag list (as from imap_fetch_flags)
+ * has flag. */
+gboolean imap_flags_have(const char *flags, const char *flag);
 /* UID EXPUNGE uidset (UIDPLUS / IMAP4rev2); IFS_ERROR_UNSUPPORTED without
  * them, never a plain EXPUNGE. */
 gboolean imap_uid_expunge(ImapConn *c, const char *uidset, GError **error);
@@ -208,9 +211,10 @@ gboolean imap_uid_move(ImapConn *c, const char *uidset, const char *dest, ImapCo
                        GError **error);
 
 /* UID FETCH uid (FLAGS) and UID MOVE uid dest, pipelined: one round
- * trip.  *found: COPYUID names uid (so the caller syncs and asks again
- * when not, as for imap_uid_delete).  IFS_ERROR_UNSUPPORTED without MOVE
- * and UIDPLUS. */
+ * trip.  *found: COPYUID names uid, or, with no COPYUID at all, an
+ * expunge of uid was reported (so the caller syncs and asks again when
+ * not, as for imap_uid_delete).  IFS_ERROR_UNSUPPORTED without MOVE and
+ * UIDPLUS. */
 gboolean imap_uid_move_one(ImapConn *c, guint32 uid, const char *dest, ImapCopyUid *cu,
                            gboolean *found, GError **error);
 

@@ -951,8 +951,7 @@ static gboolean cmd_one_handler(ImapResponse *r, gpointer user) {
   return cmd_flags_handler(r, &ctx->flags) || cmd_copyuid_handler(r, ctx->cu);
 }
 
-/* Whether a space-separated canonical flag list has flag. */
-static gboolean cmd_has_flag(const char *flags, const char *flag) {
+gboolean imap_flags_have(const char *flags, const char *flag) {
   g_auto(GStrv) v = g_strsplit(flags, " ", -1);
   for (char **p = v; *p != NULL; p++)
     if (g_ascii_strcasecmp(*p, flag) == 0)
@@ -988,7 +987,7 @@ gboolean imap_uid_delete(ImapConn *c, guint32 uid, gboolean *found, GError **err
                 "the server did not expunge message UID %u (it answered OK)", uid);
   }
   if (!ok && *found && !ctx.gone && !imap_conn_is_broken(c) &&
-      !cmd_has_flag(flags, "\\Deleted")) {
+      !imap_flags_have(flags, "\\Deleted")) {
     /* Refused: take back the \Deleted this set (not one set before). */
     g_autoptr(GError) ignored = NULL;
     imap_store_flags(c, uid, IMAP_STORE_REMOVE, deleted, TRUE, NULL, &ignored);
@@ -1019,10 +1018,11 @@ gboolean imap_uid_move_one(ImapConn *c, guint32 uid, const char *dest, ImapCopyU
     if (tagged[i] != NULL)
       imap_response_free(tagged[i]);
   g_free(ctx.flags.flags);
-  /* Moved only if COPYUID names it: on a view not synced, a message
-   * another client expunged may still answer the FETCH, and its MOVE
-   * moves nothing. */
-  *found = imap_copyuid_lookup(cu, uid) != 0;
+  /* Moved if COPYUID names it: on a view not synced, a message another
+   * client expunged may still answer the FETCH, and its MOVE moves
+   * nothing.  COPYUID is only a SHOULD for MOVE (RFC 6851): without any,
+   * an expunge of it reported with the OK says it went. */
+  *found = imap_copyuid_lookup(cu, uid) != 0 || (ok && cu->uidvalidity == 0 && ctx.gone);
   return ok;
 }
 

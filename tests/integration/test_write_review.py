@@ -20,7 +20,7 @@ import time
 import pytest
 
 from conftest import build_dir
-from dovecot import QUOTA_CONFIG
+from dovecot import QUOTA_CONFIG, capability_without
 from test_write import (UNSENT_WARNING, crlf, eml, fs, imap_append,  # noqa: F401
                         mailboxes, make_msg, mids, q, small_tmpfs, state, uid_of,
                         unsent_files, write_file, xdg)
@@ -919,3 +919,52 @@ def test_close_at_the_descriptor_limit_reports_what_was_not_stored(empty_dovecot
     assert not lost, "close() returned 0 but not stored: %s" % lost
     kept = [p for p in unsent_files(xdg) if os.path.isfile(p)]
     assert len(stored) + len(kept) >= len(open_files)
+
+
+@pytest.mark.parametrize("op", ["mv", "rm_trash"])
+def test_move_without_copyuid_is_taken_at_its_expunge(empty_dovecot, fs, proxy, op):
+    """A server with MOVE and UIDPLUS that sends no COPYUID for UID MOVE
+    (a SHOULD in RFC 6851): mv (and rm to the Trash) moved the message and
+    failed with ENOENT, since only COPYUID counted as moved.  The expunge
+    of it reported with the OK counts now."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("B")
+    c.create("Trash")
+    uid = imap_append(c, "INBOX", make_msg("nocu"))
+    other = imap_append(c, "INBOX", make_msg("stays"))
+    px = proxy(dv.port)
+    px.edit_s2c = lambda data: re.sub(rb" ?\[COPYUID [^\]]*\]", b"", data)
+    m = fs(dv, *(["delete=trash"] if op == "rm_trash" else []), port=px.port)
+    os.listdir(os.path.join(m, "B"))
+    p = os.path.join(m, "INBOX", eml(uid))
+    os.stat(p)
+    if op == "mv":
+        os.rename(p, os.path.join(m, "B", eml(uid)))
+    else:
+        os.unlink(p)
+    assert mids(c, "B" if op == "mv" else "Trash") == ["nocu@imapfuse.test"]
+    assert sorted(state(c, "INBOX")) == [other]
+
+
+def test_rm_again_to_the_trash_after_an_undelete_copies_again(empty_dovecot, fs):
+    """delete=trash without MOVE or UIDPLUS: a second rm of a message
+    adds no second copy while the original is still \\Deleted, but if a
+    mail client took the flag off meanwhile (and emptied the Trash), it is
+    copied again: the second rm returned 0 and did nothing."""
+    dv = empty_dovecot(extra_config=capability_without("UIDPLUS", "MOVE"))
+    c = dv.imap()
+    c.create("Trash")
+    a = imap_append(c, "INBOX", make_msg("A"))
+    m = fs(dv, "delete=trash")
+    p = os.path.join(m, "INBOX", eml(a))
+    os.unlink(p)
+    assert mids(c, "Trash") == ["A@imapfuse.test"]
+    c.select("INBOX")
+    c.uid("STORE", str(a), "-FLAGS.SILENT", r"(\Deleted)")
+    c.select("Trash")
+    c.store("1:*", "+FLAGS.SILENT", r"(\Deleted)")
+    c.expunge()
+    os.unlink(p)
+    assert mids(c, "Trash") == ["A@imapfuse.test"]
+    assert "\\Deleted" in state(c, "INBOX")[a]["flags"]
