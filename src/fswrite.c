@@ -798,12 +798,25 @@ static gboolean fsw_move_one(ImapConn *c, gboolean synced, guint32 uid, const ch
     return fsw_step(c, synced, uid, fsw_move_step, &s, tried, error);
   }
   g_autofree char *flags = NULL;
-  if ((!synced && !imap_noop(c, error)) || !imap_fetch_flags(c, uid, &flags, error))
+  if ((!synced && !imap_noop(c, error)) || !imap_fetch_flags(c, uid, &flags, error)) {
+    if (*tried && fsw_is_error(*error, IFS_ERROR_NOT_FOUND)) {
+      g_clear_error(error); /* moved by the UID MOVE whose connection was lost */
+      return TRUE;
+    }
     return fsw_unchanged(error);
+  }
   char set[16];
   g_snprintf(set, sizeof set, "%u", uid);
-  if (move)
-    return imap_uid_move(c, set, dst, cu, error);
+  if (move) {
+    /* Sent again if its connection is lost, as in fsw_step (not a COPY,
+     * below: its copy may exist). */
+    if (imap_uid_move(c, set, dst, cu, error))
+      return TRUE;
+    if (!ifs_error_is_connection(*error) || g_error_matches(*error, IFS_ERROR, IFS_ERROR_NOT_RUN))
+      return FALSE;
+    *tried = TRUE;
+    return fsw_unchanged(error);
+  }
   if (copied_before && imap_flags_have(flags, "\\Deleted")) {
     g_debug("%u is in %s already (and flagged \\Deleted)", uid, dst);
     *copied = TRUE;

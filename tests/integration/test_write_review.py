@@ -968,3 +968,30 @@ def test_rm_again_to_the_trash_after_an_undelete_copies_again(empty_dovecot, fs)
     os.unlink(p)
     assert mids(c, "Trash") == ["A@imapfuse.test"]
     assert "\\Deleted" in state(c, "INBOX")[a]["flags"]
+
+
+@pytest.mark.parametrize("op", ["mv", "rm_trash"])
+def test_move_without_uidplus_lost_reply_is_done(empty_dovecot, fs, proxy, op):
+    """MOVE without UIDPLUS (UID MOVE sent after its own FETCH): the
+    connection cut after the server moved the message failed the call
+    with EIO.  The MOVE is sent again on another connection, where the
+    message is gone: moved by the lost attempt, and the call returns 0."""
+    dv = empty_dovecot(extra_config=capability_without("UIDPLUS"))
+    c = dv.imap()
+    c.create("B")
+    c.create("Trash")
+    uid = imap_append(c, "INBOX", make_msg("lostmove"))
+    other = imap_append(c, "INBOX", make_msg("stays"))
+    px = proxy(dv.port)
+    m = fs(dv, *(["delete=trash"] if op == "rm_trash" else []), port=px.port)
+    os.listdir(os.path.join(m, "B"))
+    p = os.path.join(m, "INBOX", eml(uid))
+    os.stat(p)
+    px.cut_after(b"[COPYUID ")
+    if op == "mv":
+        os.rename(p, os.path.join(m, "B", eml(uid)))
+    else:
+        os.unlink(p)
+    assert px.cuts == 1
+    assert mids(c, "B" if op == "mv" else "Trash") == ["lostmove@imapfuse.test"]
+    assert sorted(state(c, "INBOX")) == [other]
