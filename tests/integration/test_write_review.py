@@ -921,30 +921,40 @@ def test_close_at_the_descriptor_limit_reports_what_was_not_stored(empty_dovecot
     assert len(stored) + len(kept) >= len(open_files)
 
 
+def _move_one_through(empty_dovecot, fs, proxy, op, tag, arm, caps=()):
+    """mv of INBOX/<uid>.eml to B (op "mv"), or its rm with delete=trash
+    ("rm_trash"), through a proxy that arm(px) prepares; checks that the
+    message is in B (or the Trash) once and the other one stays."""
+    dv = empty_dovecot(extra_config=capability_without(*caps) if caps else "")
+    c = dv.imap()
+    c.create("B")
+    c.create("Trash")
+    uid = imap_append(c, "INBOX", make_msg(tag))
+    other = imap_append(c, "INBOX", make_msg("stays"))
+    px = proxy(dv.port)
+    m = fs(dv, *(["delete=trash"] if op == "rm_trash" else []), port=px.port)
+    os.listdir(os.path.join(m, "B"))
+    p = os.path.join(m, "INBOX", eml(uid))
+    os.stat(p)
+    arm(px)
+    if op == "mv":
+        os.rename(p, os.path.join(m, "B", eml(uid)))
+    else:
+        os.unlink(p)
+    assert mids(c, "B" if op == "mv" else "Trash") == ["%s@imapfuse.test" % tag]
+    assert sorted(state(c, "INBOX")) == [other]
+    return px
+
+
 @pytest.mark.parametrize("op", ["mv", "rm_trash"])
 def test_move_without_copyuid_is_taken_at_its_expunge(empty_dovecot, fs, proxy, op):
     """A server with MOVE and UIDPLUS that sends no COPYUID for UID MOVE
     (a SHOULD in RFC 6851): mv (and rm to the Trash) moved the message and
     failed with ENOENT, since only COPYUID counted as moved.  The expunge
     of it reported with the OK counts now."""
-    dv = empty_dovecot()
-    c = dv.imap()
-    c.create("B")
-    c.create("Trash")
-    uid = imap_append(c, "INBOX", make_msg("nocu"))
-    other = imap_append(c, "INBOX", make_msg("stays"))
-    px = proxy(dv.port)
-    px.edit_s2c = lambda data: re.sub(rb" ?\[COPYUID [^\]]*\]", b"", data)
-    m = fs(dv, *(["delete=trash"] if op == "rm_trash" else []), port=px.port)
-    os.listdir(os.path.join(m, "B"))
-    p = os.path.join(m, "INBOX", eml(uid))
-    os.stat(p)
-    if op == "mv":
-        os.rename(p, os.path.join(m, "B", eml(uid)))
-    else:
-        os.unlink(p)
-    assert mids(c, "B" if op == "mv" else "Trash") == ["nocu@imapfuse.test"]
-    assert sorted(state(c, "INBOX")) == [other]
+    def strip(px):
+        px.edit_s2c = lambda data: re.sub(rb" ?\[COPYUID [^\]]*\]", b"", data)
+    _move_one_through(empty_dovecot, fs, proxy, op, "nocu", strip)
 
 
 def test_rm_again_to_the_trash_after_an_undelete_copies_again(empty_dovecot, fs):
@@ -976,22 +986,6 @@ def test_move_without_uidplus_lost_reply_is_done(empty_dovecot, fs, proxy, op):
     connection cut after the server moved the message failed the call
     with EIO.  The MOVE is sent again on another connection, where the
     message is gone: moved by the lost attempt, and the call returns 0."""
-    dv = empty_dovecot(extra_config=capability_without("UIDPLUS"))
-    c = dv.imap()
-    c.create("B")
-    c.create("Trash")
-    uid = imap_append(c, "INBOX", make_msg("lostmove"))
-    other = imap_append(c, "INBOX", make_msg("stays"))
-    px = proxy(dv.port)
-    m = fs(dv, *(["delete=trash"] if op == "rm_trash" else []), port=px.port)
-    os.listdir(os.path.join(m, "B"))
-    p = os.path.join(m, "INBOX", eml(uid))
-    os.stat(p)
-    px.cut_after(b"[COPYUID ")
-    if op == "mv":
-        os.rename(p, os.path.join(m, "B", eml(uid)))
-    else:
-        os.unlink(p)
+    px = _move_one_through(empty_dovecot, fs, proxy, op, "lostmove",
+                           lambda px: px.cut_after(b"[COPYUID "), caps=("UIDPLUS",))
     assert px.cuts == 1
-    assert mids(c, "B" if op == "mv" else "Trash") == ["lostmove@imapfuse.test"]
-    assert sorted(state(c, "INBOX")) == [other]
