@@ -992,6 +992,7 @@ gboolean imap_uid_delete(ImapConn *c, guint32 uid, gboolean *found, GError **err
     g_autoptr(GError) ignored = NULL;
     imap_store_flags(c, uid, IMAP_STORE_REMOVE, deleted, TRUE, NULL, &ignored);
   }
+  g_free(ctx.flags.flags); /* a FETCH of it during the second expunge */
   if (!ok)
     g_propagate_error(error, local);
   return ok;
