@@ -82,7 +82,11 @@ SSL *tls_handshake(SSL_CTX *ctx, int fd, const char *host, GError **error) {
     } else {
       /* What a plain IMAP port answers to a TLS hello. */
       gboolean plain = ERR_GET_REASON(ERR_peek_error()) == SSL_R_WRONG_VERSION_NUMBER;
-      g_autofree char *why = tls_error_string();
+      /* A reset or a close during the handshake leaves OpenSSL's queue
+       * empty: say what the socket said ("unknown TLS error" did not). */
+      g_autofree char *why = e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && saved != 0
+                                 ? g_strdup(g_strerror(saved))
+                                 : tls_error_string();
       g_set_error(error, IFS_ERROR, IFS_ERROR_TLS, "TLS handshake with %s failed: %s%s", host,
                   why, plain ? " (a plain IMAP port? then use imap://, which asks for STARTTLS)"
                              : "");

@@ -900,8 +900,12 @@ ImapConn *imap_conn_open(const ImapEndpoint *ep, GError **error) {
                   "%s does not offer STARTTLS; use imaps:// or -o tls=off", ep->host);
       return NULL;
     }
-    if (!conn_simple(c, "STARTTLS", error))
+    if (!conn_simple(c, "STARTTLS", error)) {
+      if (!ifs_error_is_connection(*error))
+        g_prefix_error(error, "%s refused STARTTLS, so nothing more is sent without TLS: ",
+                       ep->host);
       return NULL;
+    }
     /* Anything the server sent after its OK arrived unencrypted and may be
      * injected: refuse rather than parse it after the handshake. */
     if (imap_parser_buffered(c->parser) > 0) {

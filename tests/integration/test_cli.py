@@ -7,8 +7,10 @@ status, no mount left behind, and never the password on stdout/stderr.
 import os
 import re
 import shlex
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -152,6 +154,85 @@ def test_starttls_required_but_not_offered(dovecot, imapfuse_fail):
     rc, err = imapfuse_fail(dovecot, tls=None)
     line = one_line(err)
     assert "STARTTLS" in line.upper(), line
+
+
+class _RefusingStarttls:
+    """A fake IMAP server on loopback that offers STARTTLS and answers it
+    with NO (or BAD); it records every line it gets."""
+
+    def __init__(self, answer):
+        self.answer, self.lines = answer, []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            with s:
+                s.sendall(b"* OK fake\r\n")
+                f = s.makefile("rb")
+                for line in f:
+                    self.lines.append(line)
+                    tag, _, cmd = line.decode("latin-1").strip().partition(" ")
+                    if cmd.upper() == "CAPABILITY":
+                        s.sendall(b"* CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN\r\n"
+                                  + tag.encode() + b" OK done\r\n")
+                    elif cmd.upper() == "STARTTLS":
+                        s.sendall(tag.encode() + b" " + self.answer + b" not today\r\n")
+                    else:
+                        s.sendall(tag.encode() + b" BAD no\r\n")
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize("answer", [b"NO", b"BAD"])
+def test_starttls_refused_says_so_and_sends_nothing(dovecot, imapfuse_fail, answer):
+    """A server that answers STARTTLS with NO or BAD: nothing but
+    CAPABILITY and STARTTLS goes out, and the error said only the
+    server's words ("not today"), not that STARTTLS was refused."""
+    fake = _RefusingStarttls(answer)
+    try:
+        rc, err = imapfuse_fail(dovecot, tls=None, port=fake.port)
+    finally:
+        fake.close()
+    line = one_line(err)
+    assert "refused STARTTLS" in line and "not today" in line, line
+    sent = [l.split(b" ", 2)[1].strip().upper() for l in fake.lines]
+    assert sent and set(sent) <= {b"CAPABILITY", b"STARTTLS"}, fake.lines
+
+
+def test_tls_handshake_reset_names_the_reset(dovecot, imapfuse_fail):
+    """A server that resets the connection on the TLS hello: the error
+    said "unknown TLS error" (OpenSSL's queue is empty then)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+
+    def serve():
+        while True:
+            try:
+                s, _ = sock.accept()
+            except OSError:
+                return
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            s.recv(10)
+            s.close()  # with SO_LINGER 0: a reset
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        rc, err = imapfuse_fail(dovecot, scheme="imaps", tls=None,
+                                port=sock.getsockname()[1])
+    finally:
+        sock.close()
+    line = one_line(err)
+    assert "reset" in line.lower() and "unknown TLS error" not in line, line
 
 
 def test_missing_cafile(dovecot_tls, imapfuse_fail, tmp_path):
