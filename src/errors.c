@@ -24,7 +24,7 @@ int ifs_errno_from_error(const GError *error) {
       {IFS_ERROR_BUSY, EBUSY},         {IFS_ERROR_INVALID, EINVAL},
       {IFS_ERROR_CANCELLED, EIO},      {IFS_ERROR_REFUSED, EPERM},
       {IFS_ERROR_NOT_EMPTY, ENOTEMPTY}, {IFS_ERROR_NOT_RUN, EIO},
-      {IFS_ERROR_NO_SPACE, ENOSPC},
+      {IFS_ERROR_NO_SPACE, ENOSPC},    {IFS_ERROR_NO_FILES, EMFILE},
   };
   if (error == NULL)
     return EIO;

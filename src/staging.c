@@ -47,8 +47,12 @@ struct StagingFile {
 };
 
 static gboolean staging_set_errno(GError **error, int err, const char *what, const char *path) {
-  /* Our own disk is full, not the server's quota (EDQUOT said so). */
-  g_set_error(error, IFS_ERROR, err == ENOSPC ? IFS_ERROR_NO_SPACE : IFS_ERROR_FAILED,
+  /* Our own disk is full, not the server's quota (EDQUOT said so); out
+   * of descriptors is ours too (a create said EIO). */
+  g_set_error(error, IFS_ERROR,
+              err == ENOSPC                   ? IFS_ERROR_NO_SPACE
+              : err == EMFILE || err == ENFILE ? IFS_ERROR_NO_FILES
+                                               : IFS_ERROR_FAILED,
               "%s %s: %s", what, path, g_strerror(err));
   static gint warned; /* monotonic seconds + 1; once in a while: every write() would repeat it */
   gint now = (gint)(g_get_monotonic_time() / G_USEC_PER_SEC) + 1, last = g_atomic_int_get(&warned);

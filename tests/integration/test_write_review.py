@@ -892,7 +892,7 @@ def test_close_at_the_descriptor_limit_reports_what_was_not_stored(empty_dovecot
     process closed, took it for another than the opener, and left the
     send to the release, whose error nobody sees).  Every close() that
     returns 0 now means the message is on the server; the others are kept
-    in unsent/."""
+    in unsent/.  A create past the limit fails with EMFILE."""
     dv = empty_dovecot()
     c = dv.imap()
     m = fs(dv, binary=_limited(tmp_path, 40))
@@ -901,8 +901,10 @@ def test_close_at_the_descriptor_limit_reports_what_was_not_stored(empty_dovecot
     for i in range(80):
         try:
             fd = os.open(os.path.join(box, "w%d.eml" % i), os.O_WRONLY | os.O_CREAT, 0o600)
-        except OSError:
-            break  # the daemon's descriptors are used up
+        except OSError as e:
+            # The daemon's descriptors are used up: said so (it was EIO).
+            assert e.errno == errno.EMFILE, e
+            break
         datas[i] = make_msg("fd%d" % i)  # LF line ends: storing needs a file more
         os.write(fd, datas[i])
         open_files.append((i, fd))
