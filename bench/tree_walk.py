@@ -18,29 +18,15 @@ Prints each run, the medians and their ratio.  Needs root (FUSE, Dovecot).
 import argparse
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-
-
-def env_of(state):
-    path = os.path.join(state, "env")
-    for _ in range(300):
-        if os.path.exists(path):
-            break
-        time.sleep(0.1)
-    out = {}
-    for line in open(path):
-        if "=" in line:
-            k, v = line.rstrip("\n").split("=", 1)
-            out[k] = v.strip("'")
-    return out
+sys.path.insert(0, HERE)
+from farlab import far_server, mounted  # noqa: E402
 
 
 def populate(env, n, seed=42):
@@ -67,25 +53,11 @@ def populate(env, n, seed=42):
 
 
 def walk(binary, env, port, mnt, cache, opts):
-    o = "password_file=%s,tls=off,cache_dir=%s" % (env["PWFILE"], cache)
-    if opts:
-        o += "," + opts
-    p = subprocess.Popen([binary, "-f", "-o", o, "imap://%s@127.0.0.1:%d" % (env["USER"], port),
-                          mnt], stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(300):
-            if subprocess.run(["mountpoint", "-q", mnt]).returncode == 0:
-                break
-            if p.poll() is not None:
-                sys.exit("imapfuse exited: %s" % p.stderr.read())
-            time.sleep(0.1)
+    with mounted(binary, env, port, mnt, cache, opts):
         t0 = time.monotonic()
         out = subprocess.run(["ls", "-R", mnt], stdout=subprocess.PIPE, check=True).stdout
         took = time.monotonic() - t0
-        dirs = sum(1 for line in out.splitlines() if line.endswith(b":"))
-    finally:
-        subprocess.run(["fusermount3", "-u", mnt])
-        p.wait(60)
+    dirs = sum(1 for line in out.splitlines() if line.endswith(b":"))
     return took, dirs
 
 
@@ -96,25 +68,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--imapfuse-bin", default=os.path.join(ROOT, "build", "imapfuse"))
     a = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="imapfuse-tree-")
-    state, mnt = os.path.join(work, "dv"), os.path.join(work, "mnt")
-    os.makedirs(mnt)
-    proxy_bin = os.path.join(work, "latency_proxy")
-    subprocess.run(["cc", "-O2", "-pthread", os.path.join(HERE, "latency_proxy.c"), "-o",
-                    proxy_bin], check=True)
-    dv = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "integration",
-                                                        "imapserver.py"),
-                           "--messages", "0", "--state-dir", state],
-                          stdout=subprocess.DEVNULL)
-    proxy = None
-    try:
-        env = env_of(state)
+    def fill(env):
         t0 = time.monotonic()
         msgs = populate(env, a.folders)
         print("%d folders, %d messages made in %.1f s" % (a.folders, msgs, time.monotonic() - t0))
-        proxy = subprocess.Popen([proxy_bin, "--target-port", env["PORT"], "--delay-ms",
-                                  str(a.delay_ms)], stdout=subprocess.PIPE, text=True)
-        port = int(proxy.stdout.readline().split()[2])
+
+    with far_server("imapfuse-tree-", a.delay_ms, fill) as (work, env, port):
+        mnt = os.path.join(work, "mnt")
+        os.makedirs(mnt)
         times = {"one": [], "ahead": []}
         for r in range(a.rounds):
             for name, opts in (("one", "connections=1"), ("ahead", "")):
@@ -126,13 +87,6 @@ def main():
         one, ahead = statistics.median(times["one"]), statistics.median(times["ahead"])
         print("median: one folder at a time %.2f s, listing ahead %.2f s, ratio %.2f "
               "(%.0f ms round trip)" % (one, ahead, ahead / one, 2 * a.delay_ms))
-    finally:
-        if proxy is not None:
-            proxy.terminate()
-        dv.terminate()
-        dv.wait(30)
-        shutil.rmtree(work, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

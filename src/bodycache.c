@@ -495,11 +495,11 @@ static gboolean bc_fetch_op(ImapConn *c, gpointer user, GError **error) {
 }
 
 /* Whether a message of size bytes goes to the disk tier.  One larger
- * than disk_max_message (half the bound) pushed out most of what was
- * there, a 60 MB one in a 48 MB cache its own first chunks too, and was
- * fetched again all the same. */
+ * than half its bound pushed out most of what was there, a 60 MB one in a
+ * 48 MB cache its own first chunks too, and was fetched again all the
+ * same. */
 static gboolean bc_disk_worth(const Bodycache *bc, guint64 size) {
-  return bc->opts.disk_max_message == 0 || size <= bc->opts.disk_max_message;
+  return bc->opts.disk != NULL && size <= diskcache_bound(bc->opts.disk) / 2;
 }
 
 /* The chunk with index chunk (BC_WHOLE: the whole message) of a message

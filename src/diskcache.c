@@ -807,6 +807,8 @@ void diskcache_remove_group(Diskcache *dc, const char *group) {
   g_mutex_unlock(&dc->write_lock);
 }
 
+guint64 diskcache_bound(const Diskcache *dc) { return dc->max_bytes; }
+
 guint64 diskcache_size(Diskcache *dc) {
   g_mutex_lock(&dc->lock);
   guint64 n = dc->bytes;

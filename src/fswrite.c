@@ -732,6 +732,23 @@ static gboolean fsw_select_for_step(ImapConn *c, const char *mailbox, guint32 uv
   return !*synced || fsw_select_checked(c, mailbox, uv, error);
 }
 
+/* Whether a change that failed with error may have reached the server:
+ * its connection was lost after it went out (not NOT_RUN: conn_usable
+ * found the connection closed before anything was sent). */
+static gboolean fsw_may_have_run(const GError *error) {
+  return ifs_error_is_connection(error) && !g_error_matches(error, IFS_ERROR, IFS_ERROR_NOT_RUN);
+}
+
+/* A change that is the same to run twice failed (FALSE returned): if its
+ * connection was lost, it goes again on another (NOT_RUN for pool_run),
+ * and *tried says the lost attempt may have done it. */
+static gboolean fsw_lost(gboolean *tried, GError **error) {
+  if (!ifs_error_is_connection(*error))
+    return FALSE;
+  *tried = *tried || fsw_may_have_run(*error);
+  return fsw_unchanged(error);
+}
+
 typedef gboolean (*FswStep)(ImapConn *c, gpointer user, gboolean *found, GError **error);
 
 /* Runs step; if it found no message on a view not synced, once more after
@@ -745,14 +762,8 @@ static gboolean fsw_step(ImapConn *c, gboolean synced, guint32 uid, FswStep step
                          gboolean *tried, GError **error) {
   gboolean found;
   if (!step(c, user, &found, error) ||
-      (!found && !synced && (!imap_noop(c, error) || !step(c, user, &found, error)))) {
-    if (!ifs_error_is_connection(*error))
-      return FALSE;
-    /* NOT_RUN: nothing went out (conn_usable), so nothing to count on. */
-    if (!g_error_matches(*error, IFS_ERROR, IFS_ERROR_NOT_RUN))
-      *tried = TRUE;
-    return fsw_unchanged(error);
-  }
+      (!found && !synced && (!imap_noop(c, error) || !step(c, user, &found, error))))
+    return fsw_lost(tried, error);
   if (!found && !*tried) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_NOT_FOUND, "message UID %u no longer exists", uid);
     return FALSE;
@@ -810,12 +821,7 @@ static gboolean fsw_move_one(ImapConn *c, gboolean synced, guint32 uid, const ch
   if (move) {
     /* Sent again if its connection is lost, as in fsw_step (not a COPY,
      * below: its copy may exist). */
-    if (imap_uid_move(c, set, dst, cu, error))
-      return TRUE;
-    if (!ifs_error_is_connection(*error) || g_error_matches(*error, IFS_ERROR, IFS_ERROR_NOT_RUN))
-      return FALSE;
-    *tried = TRUE;
-    return fsw_unchanged(error);
+    return imap_uid_move(c, set, dst, cu, error) || fsw_lost(tried, error);
   }
   if (copied_before && imap_flags_have(flags, "\\Deleted")) {
     g_debug("%u is in %s already (and flagged \\Deleted)", uid, dst);
@@ -824,8 +830,7 @@ static gboolean fsw_move_one(ImapConn *c, gboolean synced, guint32 uid, const ch
   }
   if (!imap_uid_copy(c, set, dst, cu, error)) {
     /* Not sent again: the copy may have been made. */
-    if (ifs_error_is_connection(*error) &&
-        !g_error_matches(*error, IFS_ERROR, IFS_ERROR_NOT_RUN))
+    if (fsw_may_have_run(*error))
       g_warning("the connection was lost while UID %u of %s was copied to %s: it may now be "
                 "in both (%s)",
                 uid, imap_conn_selected(c) != NULL ? imap_conn_selected(c) : "?", dst,
@@ -1307,11 +1312,16 @@ static int _fsw_refuse(FsWrite *w, FswFile *f, const GError *why) {
   return f->error;
 }
 
-/* No writer has f open, and it has a name that is not a temporary one:
- * a change to it now is a change to the stored message. */
+/* Caller holds w->lock.  No writer has f open, and it has a name that is
+ * not a temporary one: a change to it now is a change to the stored
+ * message. */
+static gboolean _fsw_at_rest(const FswFile *f) {
+  return f->writers == 0 && f->name != NULL && !fswrite_is_temp_name(f->name);
+}
+
 static gboolean fsw_at_rest(FsWrite *w, FswFile *f) {
   g_mutex_lock(&w->lock);
-  gboolean r = f->writers == 0 && f->name != NULL && !fswrite_is_temp_name(f->name);
+  gboolean r = _fsw_at_rest(f);
   g_mutex_unlock(&w->lock);
   return r;
 }
@@ -2972,11 +2982,12 @@ static void fsw_setattr_file(fuse_req_t req, FsWrite *w, FswFile *f, struct stat
     }
     clock_gettime(CLOCK_REALTIME, &f->ctime);
   }
+  gboolean at_rest = _fsw_at_rest(f);
   g_mutex_unlock(&w->lock);
   /* A file already sent and closed: a new date (or size) means the
    * message is replaced now (utimes after cp, install -p, ...).  Not once
    * unlinked or its message deleted: that would bring it back. */
-  if (err == 0 && f->sent && fsw_at_rest(w, f)) {
+  if (err == 0 && f->sent && at_rest) {
     err = _fsw_send_now(w, f);
     if (err != 0 && f->error == 0) {
       /* Not replaced (and nothing lost): the date stays the server's. */

@@ -212,7 +212,6 @@ int main(int argc, char *argv[]) {
   Fs *fs = NULL;
   Notify *notify = NULL;
   Diskcache *disk = NULL;
-  guint64 disk_max_message = 0;
   Watch *watch = NULL;
   g_autofree char *cache_dir = NULL, *meta_dir = NULL, *account = NULL;
   struct fuse_session *se = NULL;
@@ -316,7 +315,6 @@ int main(int argc, char *argv[]) {
     g_autofree char *bodies = g_build_filename(cache_dir, "bodies", NULL);
     g_autoptr(GError) derr = NULL;
     disk = diskcache_open(bodies, bound, &derr);
-    disk_max_message = bound / 2;
     if (disk == NULL)
       fprintf(stderr, "imapfuse: warning: message cache disabled: %s\n", derr->message);
   }
@@ -359,7 +357,6 @@ int main(int argc, char *argv[]) {
       .readahead_threads = (guint)MAX(1, o.connections - 1),
       .readahead_batches = (guint)o.readahead_batches,
       .disk = disk,
-      .disk_max_message = disk_max_message,
       .account = account,
       .dc = dc,
       .list_max_age_us = (gint64)(list_max_age * G_USEC_PER_SEC),

@@ -30,7 +30,6 @@ typedef struct {
    * else readahead_threads. */
   guint readahead_batches;
   Diskcache *disk;         /* on-disk tier, or NULL */
-  guint64 disk_max_message; /* larger messages are not written to it (0: no bound) */
   const char *account;     /* disk key prefix for this account */
   /* A scan reaching the end of a mailbox goes on into the one a walk in
    * readdir order reads next (dircache_walk_next): its listing and first

@@ -67,6 +67,8 @@ gboolean diskcache_put(Diskcache *dc, const char *group, const char *name, GByte
  * tombstone record keeps them dropped across a restart. */
 void diskcache_remove_group(Diskcache *dc, const char *group);
 
+/* The bound on its bytes, as given to diskcache_open. */
+guint64 diskcache_bound(const Diskcache *dc);
 /* Bytes in the segment files (writes in progress not counted) and number
  * of live entries. */
 guint64 diskcache_size(Diskcache *dc);
