@@ -372,11 +372,11 @@ static void bc_disk_job_free(BcDiskJob *j) {
 }
 
 static void bc_disk_write(Bodycache *bc, BcDiskJob *j) {
-  for (guint i = 0; i < j->names->len; i++) {
-    g_autoptr(GError) error = NULL;
-    if (!diskcache_put(bc->opts.disk, j->group, j->names->pdata[i], j->datas->pdata[i], &error))
-      g_debug("disk cache: %s", error->message);
-  }
+  g_autoptr(GError) error = NULL;
+  if (!diskcache_put_many(bc->opts.disk, j->group, j->names->len,
+                          (const char *const *)j->names->pdata,
+                          (GBytes *const *)j->datas->pdata, &error))
+    g_debug("disk cache: %s", error->message);
 }
 
 static void bc_disk_job(gpointer data, gpointer user) {

@@ -24,7 +24,8 @@
  * segment read as a message's tail on every later mount.  A TOMBSTONE (a group, empty
  * name, no data) says that every earlier record of its group is gone.
  *
- * Puts append to the newest segment; a new one is started when a record
+ * Puts append to the newest segment (the records of a diskcache_put_many
+ * that follow each other there with one pwritev); a new one is started when a record
  * would take it past seg_max (an eighth of the bound or of the filesystem,
  * at most 64 MiB or 1/256 of the bound: each segment holds an open fd; a
  * larger record gets a segment to itself), so eviction
@@ -246,19 +247,21 @@ static gsize dk_pread(int fd, guint8 *buf, gsize len, guint64 off) {
   return got;
 }
 
-/* Writes iov (at most 4 parts) at off; 0 or an errno value. */
+/* Writes iov (n parts, at most IOV_MAX) at off; 0 or an errno value. */
 static int dk_pwrite(int fd, const struct iovec *parts, int n, guint64 off) {
-  struct iovec iov[4];
+  struct iovec small[4];
+  struct iovec *iov = n <= 4 ? small : g_new(struct iovec, n); /* changed as it goes */
   memcpy(iov, parts, (gsize)n * sizeof *iov);
   struct iovec *v = iov;
+  int err = 0;
   while (n > 0) {
     ssize_t w = pwritev(fd, v, n, (off_t)off);
     if (w < 0 && errno == EINTR)
       continue;
-    if (w < 0)
-      return errno;
-    if (w == 0)
-      return EIO; /* no progress: do not spin */
+    if (w <= 0) {
+      err = w < 0 ? errno : EIO; /* no progress: do not spin */
+      break;
+    }
     off += (guint64)w;
     while (n > 0 && (gsize)w >= v->iov_len) {
       w -= (ssize_t)v->iov_len;
@@ -270,7 +273,9 @@ static int dk_pwrite(int fd, const struct iovec *parts, int n, guint64 off) {
       v->iov_len -= (gsize)w;
     }
   }
-  return 0;
+  if (iov != small)
+    g_free(iov);
+  return err;
 }
 
 /* Deletes name in directory dfd and, if it is a directory, all below it. */
@@ -431,10 +436,15 @@ static gboolean dk_free_disk(Diskcache *dc, DkSeg *t, guint64 len, GPtrArray *vi
   return ok;
 }
 
-/* Appends one record (iov: all of it, len bytes) and enters it into the
- * index.  For a copy forward, from/from_off is the copy it replaces: if that
- * is no longer the key's entry, nothing is written. */
-static gboolean dk_append(Diskcache *dc, guint8 type, const char *group, const char *name,
+/* Appends nrec records of one group back to back in one write (iov: all
+ * of them, len bytes; names[k] and lens[k] are the k-th record's key and
+ * length) and enters them into the index.  A pwritev per record had cost
+ * a cold scan as much CPU as fetching the mail (ext4 updates the file's
+ * times and takes its locks at every write): 7,300 writes for 10,000
+ * messages.  For a copy forward (one record), from/from_off is the copy
+ * it replaces: if that is no longer the key's entry, nothing is written. */
+static gboolean dk_append(Diskcache *dc, guint8 type, const char *group, guint nrec,
+                          const char *const *names, const guint64 *lens,
                           const struct iovec *iov, int niov, guint64 len, const DkSeg *from,
                           guint64 from_off, GError **error) {
   DkSeg *t = dk_target(dc, len, error);
@@ -442,7 +452,8 @@ static gboolean dk_append(Diskcache *dc, guint8 type, const char *group, const c
     return FALSE;
   g_autoptr(GPtrArray) victims = g_ptr_array_new();
   g_mutex_lock(&dc->lock);
-  DkEntry *keep = type == DK_ENTRY ? _dk_lookup(dc, group, name) : NULL;
+  /* A stored key rewritten (a lone record): its segment may be the room. */
+  DkEntry *keep = type == DK_ENTRY && nrec == 1 ? _dk_lookup(dc, group, names[0]) : NULL;
   gboolean go = from == NULL || (keep != NULL && keep->seg == from && keep->off == from_off);
   while (go && dc->bytes + len > dc->max_bytes) {
     DkSeg *v = dc->segs.head->data;
@@ -477,10 +488,15 @@ static gboolean dk_append(Diskcache *dc, guint8 type, const char *group, const c
     return FALSE;
   }
   g_mutex_lock(&dc->lock);
-  if (type == DK_TOMB)
+  if (type == DK_TOMB) {
     t->tomb = TRUE;
-  else
-    _dk_insert(dc, group, name, t, t->size, len);
+  } else {
+    guint64 off = t->size;
+    for (guint k = 0; k < nrec; k++) {
+      _dk_insert(dc, group, names[k], t, off, lens[k]);
+      off += lens[k];
+    }
+  }
   t->size += len;
   dc->bytes += len;
   g_mutex_unlock(&dc->lock);
@@ -730,7 +746,7 @@ GBytes *diskcache_get(Diskcache *dc, const char *group, const char *name) {
   if (ok) {
     if (old && g_mutex_trylock(&dc->write_lock)) {
       struct iovec iov[1] = {{buf, len}};
-      dk_append(dc, DK_ENTRY, group, name, iov, 1, len, seg, off, NULL);
+      dk_append(dc, DK_ENTRY, group, 1, &name, &len, iov, 1, len, seg, off, NULL);
       g_mutex_unlock(&dc->write_lock);
     }
     GBytes *whole = g_bytes_new_take(buf, len);
@@ -761,29 +777,75 @@ gboolean diskcache_contains(Diskcache *dc, const char *group, const char *name) 
 
 gboolean diskcache_put(Diskcache *dc, const char *group, const char *name, GBytes *data,
                        GError **error) {
-  gsize dlen;
-  const void *d = g_bytes_get_data(data, &dlen);
-  gsize glen = strlen(group), nlen = strlen(name);
-  if (glen > G_MAXUINT32 || nlen > G_MAXUINT32 || dlen > dc->max_bytes)
+  return diskcache_put_many(dc, group, 1, &name, &data, error);
+}
+
+/* Records written with one pwritev at most: four iovecs each (header,
+ * group, name, data) within Linux's IOV_MAX of 1024. */
+#define DK_RUN_MAX 256u
+
+gboolean diskcache_put_many(Diskcache *dc, const char *group, guint n, const char *const *names,
+                            GBytes *const *datas, GError **error) {
+  gsize glen = strlen(group);
+  if (glen > G_MAXUINT32 || n == 0)
     return TRUE;
-  guint64 len = (guint64)DK_HDR + glen + nlen + dlen;
-  if (len > dc->max_bytes)
-    return TRUE;
+  guint cap = MIN(n, DK_RUN_MAX);
+  guint8 *hdrs = g_malloc((gsize)cap * DK_HDR);
+  struct iovec *iov = g_new(struct iovec, 4 * (gsize)cap);
+  const char **rnames = g_new(const char *, cap);
+  guint64 *lens = g_new(guint64, cap);
   gboolean ok = TRUE;
   g_mutex_lock(&dc->write_lock);
-  g_mutex_lock(&dc->lock);
-  DkEntry *e = _dk_lookup(dc, group, name);
-  gboolean write = e == NULL || _dk_is_old(dc, e); /* the bytes are the same: just a use */
-  g_mutex_unlock(&dc->lock);
-  if (write) {
-    guint8 hdr[DK_HDR];
-    dk_hdr_put(hdr, DK_ENTRY, group, (guint32)glen, name, (guint32)nlen, dlen,
-               dk_data_sum(d, dlen));
-    struct iovec iov[4] = {
-        {hdr, DK_HDR}, {(void *)group, glen}, {(void *)name, nlen}, {(void *)d, dlen}};
-    ok = dk_append(dc, DK_ENTRY, group, name, iov, 4, len, NULL, 0, error);
+  for (guint i = 0; ok && i < n;) {
+    /* A run: records that go back to back into one segment. */
+    guint k = 0;
+    guint64 run = 0, base = 0;
+    for (; i < n && k < cap; i++) {
+      gsize dlen, nlen = strlen(names[i]);
+      const void *d = g_bytes_get_data(datas[i], &dlen);
+      guint64 len = (guint64)DK_HDR + glen + nlen + dlen;
+      if (nlen > G_MAXUINT32 || dlen > dc->max_bytes || len > dc->max_bytes)
+        continue; /* larger than the whole cache: not stored */
+      g_mutex_lock(&dc->lock);
+      DkEntry *e = _dk_lookup(dc, group, names[i]);
+      gboolean stored = e != NULL, old = stored && _dk_is_old(dc, e);
+      g_mutex_unlock(&dc->lock);
+      if (stored && !old)
+        continue; /* the bytes are the same: just a use */
+      if (stored && k > 0)
+        break; /* an old one is rewritten on its own (dk_append's keep) */
+      if (k == 0) {
+        /* Where dk_target will put it: the tail, unless it starts one. */
+        DkSeg *tail = dc->segs.tail != NULL ? dc->segs.tail->data : NULL;
+        base = tail != NULL && (tail->size == 0 || tail->size + len <= dc->seg_max) ? tail->size
+                                                                                   : 0;
+      } else if (base + run + len > dc->seg_max) {
+        break; /* the next run starts a segment */
+      }
+      guint8 *hdr = hdrs + (gsize)k * DK_HDR;
+      dk_hdr_put(hdr, DK_ENTRY, group, (guint32)glen, names[i], (guint32)nlen, dlen,
+                 dk_data_sum(d, dlen));
+      iov[4 * k] = (struct iovec){hdr, DK_HDR};
+      iov[4 * k + 1] = (struct iovec){(void *)group, glen};
+      iov[4 * k + 2] = (struct iovec){(void *)names[i], nlen};
+      iov[4 * k + 3] = (struct iovec){(void *)d, dlen};
+      rnames[k] = names[i];
+      lens[k] = len;
+      run += len;
+      k++;
+      if (stored) {
+        i++;
+        break;
+      }
+    }
+    if (k > 0)
+      ok = dk_append(dc, DK_ENTRY, group, k, rnames, lens, iov, (int)(4 * k), run, NULL, 0, error);
   }
   g_mutex_unlock(&dc->write_lock);
+  g_free(hdrs);
+  g_free(iov);
+  g_free(rnames);
+  g_free(lens);
   return ok;
 }
 
@@ -801,7 +863,9 @@ void diskcache_remove_group(Diskcache *dc, const char *group) {
     dk_hdr_put(hdr, DK_TOMB, group, (guint32)glen, "", 0, 0, dk_data_sum(NULL, 0));
     struct iovec iov[2] = {{hdr, DK_HDR}, {(void *)group, glen}};
     g_autoptr(GError) error = NULL;
-    if (!dk_append(dc, DK_TOMB, group, "", iov, 2, DK_HDR + glen, NULL, 0, &error))
+    const char *none = "";
+    guint64 len = DK_HDR + glen;
+    if (!dk_append(dc, DK_TOMB, group, 1, &none, &len, iov, 2, len, NULL, 0, &error))
       g_debug("disk cache: %s", error->message);
   }
   g_mutex_unlock(&dc->write_lock);

@@ -63,6 +63,14 @@ gboolean diskcache_contains(Diskcache *dc, const char *group, const char *name);
 gboolean diskcache_put(Diskcache *dc, const char *group, const char *name, GBytes *data,
                        GError **error);
 
+/* diskcache_put for n entries of one group (names[i] -> datas[i]) at
+ * once: entries that follow each other in the log are written with one
+ * system call.  Each entry is atomic as with diskcache_put.  FALSE when
+ * one could not be written: those before it are stored, it and those
+ * after it are not. */
+gboolean diskcache_put_many(Diskcache *dc, const char *group, guint n, const char *const *names,
+                            GBytes *const *datas, GError **error);
+
 /* Drops every entry of a group (a mailbox whose UIDVALIDITY changed); a
  * tombstone record keeps them dropped across a restart. */
 void diskcache_remove_group(Diskcache *dc, const char *group);
