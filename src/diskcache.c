@@ -796,7 +796,7 @@ gboolean diskcache_put_many(Diskcache *dc, const char *group, guint n, const cha
   guint64 *lens = g_new(guint64, cap);
   gboolean ok = TRUE;
   g_mutex_lock(&dc->write_lock);
-  for (guint i = 0; ok && i < n;) {
+  for (guint i = 0; i < n;) {
     /* A run: records that go back to back into one segment. */
     guint k = 0;
     guint64 run = 0, base = 0;
@@ -838,8 +838,21 @@ gboolean diskcache_put_many(Diskcache *dc, const char *group, guint n, const cha
         break;
       }
     }
-    if (k > 0)
-      ok = dk_append(dc, DK_ENTRY, group, k, rnames, lens, iov, (int)(4 * k), run, NULL, 0, error);
+    if (k == 0 || dk_append(dc, DK_ENTRY, group, k, rnames, lens, iov, (int)(4 * k), run, NULL, 0,
+                            NULL))
+      continue;
+    /* The run was cut off whole (a full disk, a file size limit): each of
+     * its records on its own, as one put each would have gone, so that
+     * those that fit are kept. */
+    for (guint r = 0; r < k; r++) {
+      g_autoptr(GError) rerr = NULL;
+      if (!dk_append(dc, DK_ENTRY, group, 1, &rnames[r], &lens[r], iov + 4 * r, 4, lens[r], NULL,
+                     0, &rerr)) {
+        if (ok)
+          g_propagate_error(error, g_steal_pointer(&rerr));
+        ok = FALSE;
+      }
+    }
   }
   g_mutex_unlock(&dc->write_lock);
   g_free(hdrs);

@@ -25,18 +25,27 @@ export LSAN_OPTIONS=suppressions=$top/tests/lsan.supp:print_suppressions=0
 
 echo "== unit tests (meson test)"
 # /diskcache/enospc fills a small file system: a 4 MB tmpfs where one can
-# be mounted (root), else that test is skipped.
+# be mounted (root), else that test is skipped.  Unmounted however the
+# run ends.
 smallfs=$(mktemp -d /tmp/imapfuse-smallfs.XXXXXX)
+smallfs_mounted=
+drop_smallfs() {
+  if [ -n "$smallfs_mounted" ]; then
+    umount -l "$smallfs"
+    smallfs_mounted=
+  fi
+  rmdir "$smallfs" 2>/dev/null
+}
+trap drop_smallfs EXIT
+trap 'drop_smallfs; exit 129' HUP
+trap 'drop_smallfs; exit 143' TERM
 if mount -t tmpfs -o size=4m tmpfs "$smallfs" 2>/dev/null; then
-  export IMAPFUSE_TEST_SMALLFS=$smallfs
+  smallfs_mounted=1
 fi
-timeout --kill-after=30 600 meson test -C "$build" --print-errorlogs --no-rebuild
+env ${smallfs_mounted:+IMAPFUSE_TEST_SMALLFS=$smallfs} \
+  timeout --kill-after=30 600 meson test -C "$build" --print-errorlogs --no-rebuild
 unit_rc=$?
-if [ -n "${IMAPFUSE_TEST_SMALLFS:-}" ]; then
-  umount -l "$smallfs"
-  unset IMAPFUSE_TEST_SMALLFS
-fi
-rmdir "$smallfs" 2>/dev/null
+drop_smallfs
 read -r upass ufail < <(/usr/bin/python3 - "$build/meson-logs/testlog.json" <<'PY'
 import json, re, sys
 p = f = 0

@@ -63,11 +63,12 @@ gboolean diskcache_contains(Diskcache *dc, const char *group, const char *name);
 gboolean diskcache_put(Diskcache *dc, const char *group, const char *name, GBytes *data,
                        GError **error);
 
-/* diskcache_put for n entries of one group (names[i] -> datas[i]) at
- * once: entries that follow each other in the log are written with one
- * system call.  Each entry is atomic as with diskcache_put.  FALSE when
- * one could not be written: those before it are stored, it and those
- * after it are not. */
+/* diskcache_put for n entries of one group (names[i] -> datas[i], the
+ * names distinct: a name given twice is written twice, the first copy
+ * dead space) at once: entries that follow each other in the log are
+ * written with one system call.  Each entry is stored or not as with
+ * diskcache_put of its own; FALSE (and the first error) when one or more
+ * could not be written, the others stored. */
 gboolean diskcache_put_many(Diskcache *dc, const char *group, guint n, const char *const *names,
                             GBytes *const *datas, GError **error);
 

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <glib/gstdio.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -1052,6 +1053,44 @@ static void test_put_many(void) {
   dkt_rm_rf(dir);
 }
 
+/* A batch whose write fails part way (here a file size limit, EFBIG; a
+ * full disk is /diskcache/enospc): the entries that fit are stored, as
+ * with one put each, not none of the batch, and the cache stays whole. */
+static void test_put_many_partial(void) {
+  const char *g = "acct/Work/5";
+  enum { N = 40 };
+  g_autofree char *dir = dkt_tmpdir();
+  Diskcache *dc = dkt_open(dir, 8 << 20);
+  DktBatch *b = dkt_batch(g, "", N, dkt_len_10k);
+  const guint64 limit = 100000;
+  guint fit = (guint)(limit / dkt_entry_size(g, b->names[N - 1], b->lens[N - 1]));
+  struct rlimit old;
+  g_assert_cmpint(getrlimit(RLIMIT_FSIZE, &old), ==, 0);
+  struct rlimit small = {limit, old.rlim_max};
+  void (*was)(int) = signal(SIGXFSZ, SIG_IGN); /* EFBIG instead of the signal */
+  g_assert_cmpint(setrlimit(RLIMIT_FSIZE, &small), ==, 0);
+  g_autoptr(GError) error = NULL;
+  gboolean ok = dkt_put_batch(dc, g, b, &error);
+  g_assert_cmpint(setrlimit(RLIMIT_FSIZE, &old), ==, 0);
+  signal(SIGXFSZ, was);
+  g_assert_false(ok);
+  g_assert_nonnull(error);
+  g_assert_true(error->domain == G_FILE_ERROR && strstr(error->message, g_strerror(EFBIG)));
+  g_test_message("file size limit %" G_GUINT64_FORMAT ": %u of %d stored (%s)", limit,
+                 diskcache_count(dc), N, error->message);
+  g_assert_cmpuint(diskcache_count(dc), ==, fit);
+  for (guint i = 0; i < N; i++)
+    g_assert_true(dkt_has(dc, g, b->names[i], b->lens[i]) == (i < fit));
+  dkt_assert_consistent(dc, dir);
+  diskcache_close(dc);
+  dc = dkt_open(dir, 8 << 20);
+  g_assert_cmpuint(diskcache_count(dc), ==, fit);
+  dkt_assert_consistent(dc, dir);
+  diskcache_close(dc);
+  dkt_batch_free(b);
+  dkt_rm_rf(dir);
+}
+
 /* A batch larger than the bound: older entries (of the batch too) are
  * evicted as it is written, and what stays is the newest, whole, within
  * the bound, also after a restart. */
@@ -1181,6 +1220,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/diskcache/enospc", test_enospc);
   g_test_add_func("/diskcache/put-many", test_put_many);
   g_test_add_func("/diskcache/put-many-bound", test_put_many_bound);
+  g_test_add_func("/diskcache/put-many-partial", test_put_many_partial);
   g_test_add_func("/diskcache/open-out-of-fds", test_open_out_of_fds);
   return g_test_run();
 }
