@@ -30,10 +30,11 @@ def env_of(state):
 
 
 @contextlib.contextmanager
-def far_server(prefix, delay_ms, before_proxy=None):
+def far_server(prefix, delay_ms, before_proxy=None, messages=0, seed=None):
     """Yields (work, env, port): a temporary directory, the Dovecot's env
     (HOST, PORT, USER, PWFILE, ...) and the proxy's port, DELAY each way.
-    before_proxy(env) runs first (filling the account at full speed).
+    The account starts with MESSAGES benchmark messages (SEED), then
+    before_proxy(env) runs (filling the account at full speed).
     Everything is stopped and removed afterwards."""
     work = tempfile.mkdtemp(prefix=prefix)
     proxy_bin = os.path.join(work, "latency_proxy")
@@ -41,7 +42,8 @@ def far_server(prefix, delay_ms, before_proxy=None):
                     proxy_bin], check=True)
     dv = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "integration",
                                                         "imapserver.py"),
-                           "--messages", "0", "--state-dir", os.path.join(work, "dv")],
+                           "--messages", str(messages), "--state-dir", os.path.join(work, "dv")]
+                          + (["--seed", str(seed)] if seed is not None else []),
                           stdout=subprocess.DEVNULL)
     proxy = None
     try:
