@@ -838,20 +838,30 @@ gboolean diskcache_put_many(Diskcache *dc, const char *group, guint n, const cha
         break;
       }
     }
-    if (k == 0 || dk_append(dc, DK_ENTRY, group, k, rnames, lens, iov, (int)(4 * k), run, NULL, 0,
-                            NULL))
+    if (k == 0)
       continue;
-    /* The run was cut off whole (a full disk, a file size limit): each of
-     * its records on its own, as one put each would have gone, so that
-     * those that fit are kept. */
-    for (guint r = 0; r < k; r++) {
-      g_autoptr(GError) rerr = NULL;
-      if (!dk_append(dc, DK_ENTRY, group, 1, &rnames[r], &lens[r], iov + 4 * r, 4, lens[r], NULL,
-                     0, &rerr)) {
-        if (ok)
-          g_propagate_error(error, g_steal_pointer(&rerr));
-        ok = FALSE;
+    g_autoptr(GError) run_error = NULL;
+    if (dk_append(dc, DK_ENTRY, group, k, rnames, lens, iov, (int)(4 * k), run, NULL, 0,
+                  &run_error))
+      continue;
+    if (k > 1) {
+      /* The run was cut off whole (a full disk, a file size limit): each
+       * of its records on its own, as one put each would have gone, so
+       * that those that fit are kept.  (A lone record is not tried
+       * twice: each try may evict more to make room.) */
+      g_clear_error(&run_error);
+      for (guint r = 0; r < k; r++) {
+        g_autoptr(GError) rerr = NULL;
+        if (!dk_append(dc, DK_ENTRY, group, 1, &rnames[r], &lens[r], iov + 4 * r, 4, lens[r],
+                       NULL, 0, &rerr) &&
+            run_error == NULL)
+          run_error = g_steal_pointer(&rerr);
       }
+    }
+    if (run_error != NULL) {
+      if (ok)
+        g_propagate_error(error, g_steal_pointer(&run_error));
+      ok = FALSE;
     }
   }
   g_mutex_unlock(&dc->write_lock);
