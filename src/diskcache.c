@@ -399,11 +399,19 @@ static gboolean _dk_is_old(Diskcache *dc, const DkEntry *e) {
 
 /* ---- appending (callers hold write_lock) ---- */
 
-/* The segment a record of len bytes goes to, started if need be. */
-static DkSeg *dk_target(Diskcache *dc, guint64 len, GError **error) {
+/* The newest segment if len more bytes go there, else NULL (dk_target
+ * then starts one).  The writer (write_lock) may read it unlocked. */
+static DkSeg *dk_tail_for(const Diskcache *dc, guint64 len) {
   DkSeg *t = dc->segs.tail != NULL ? dc->segs.tail->data : NULL;
-  if (t != NULL && (t->size == 0 || t->size + len <= dc->seg_max))
+  return t != NULL && (t->size == 0 || t->size + len <= dc->seg_max) ? t : NULL;
+}
+
+/* The segment a record (or run) of len bytes goes to, started if need be. */
+static DkSeg *dk_target(Diskcache *dc, guint64 len, GError **error) {
+  DkSeg *t = dk_tail_for(dc, len);
+  if (t != NULL)
     return t;
+  const DkSeg *last = dc->segs.tail != NULL ? dc->segs.tail->data : NULL;
   char name[DK_SEG_NAME];
   dk_seg_name(name, dc->next_seq);
   int fd = openat(dc->dirfd, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -414,7 +422,7 @@ static DkSeg *dk_target(Diskcache *dc, guint64 len, GError **error) {
     return NULL;
   }
   DkSeg *s = dk_seg_new(dc->next_seq++, fd);
-  s->start = t != NULL ? t->start + t->size : 0;
+  s->start = last != NULL ? last->start + last->size : 0;
   g_mutex_lock(&dc->lock);
   g_queue_push_tail_link(&dc->segs, &s->link);
   g_mutex_unlock(&dc->lock);
@@ -815,10 +823,8 @@ gboolean diskcache_put_many(Diskcache *dc, const char *group, guint n, const cha
       if (stored && k > 0)
         break; /* an old one is rewritten on its own (dk_append's keep) */
       if (k == 0) {
-        /* Where dk_target will put it: the tail, unless it starts one. */
-        DkSeg *tail = dc->segs.tail != NULL ? dc->segs.tail->data : NULL;
-        base = tail != NULL && (tail->size == 0 || tail->size + len <= dc->seg_max) ? tail->size
-                                                                                   : 0;
+        DkSeg *tail = dk_tail_for(dc, len); /* where dk_target will put the run */
+        base = tail != NULL ? tail->size : 0;
       } else if (base + run + len > dc->seg_max) {
         break; /* the next run starts a segment */
       }
