@@ -29,6 +29,14 @@ def env_of(state):
     return out
 
 
+def add_far_options(ap):
+    """The options every far-server benchmark takes: the proxy's delay,
+    the number of rounds, and the imapfuse binary."""
+    ap.add_argument("--delay-ms", type=float, default=10, help="proxy delay each way")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--imapfuse-bin", default=os.path.join(ROOT, "build", "imapfuse"))
+
+
 @contextlib.contextmanager
 def far_server(prefix, delay_ms, before_proxy=None, messages=0, seed=None):
     """Yields (work, env, port): a temporary directory, the Dovecot's env

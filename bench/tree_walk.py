@@ -24,9 +24,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from farlab import far_server, mounted  # noqa: E402
+from farlab import add_far_options, far_server, mounted  # noqa: E402
 
 
 def populate(env, n, seed=42):
@@ -64,9 +63,7 @@ def walk(binary, env, port, mnt, cache, opts):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--folders", type=int, default=2000)
-    ap.add_argument("--delay-ms", type=float, default=10)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--imapfuse-bin", default=os.path.join(ROOT, "build", "imapfuse"))
+    add_far_options(ap)
     a = ap.parse_args()
     def fill(env):
         t0 = time.monotonic()

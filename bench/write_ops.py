@@ -22,9 +22,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from farlab import far_server, mounted  # noqa: E402
+from farlab import add_far_options, far_server, mounted  # noqa: E402
 
 
 def count(c, box):
@@ -42,9 +41,7 @@ def timed(argv, cwd=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=100)
-    ap.add_argument("--delay-ms", type=float, default=10)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--imapfuse-bin", default=os.path.join(ROOT, "build", "imapfuse"))
+    add_far_options(ap)
     a = ap.parse_args()
     with far_server("imapfuse-wops-", a.delay_ms) as (work, env, port):
         mnt, src = os.path.join(work, "mnt"), os.path.join(work, "src")
