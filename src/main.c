@@ -470,8 +470,9 @@ int main(int argc, char *argv[]) {
           " times before a wait, %" G_GUINT64_FORMAT " by the watchdog; %" G_GUINT64_FORMAT
           " of %" G_GUINT64_FORMAT " spins found a request",
           lst.threads, lst.passes, lst.watched, lst.spin_hits, lst.spin_hits + lst.spin_misses);
-  g_debug("file requests: %u OPEN, %u READ, %u FLUSH, %u RELEASE; %u messages stored at open",
-          fc.open, fc.read, fc.flush, fc.release, fc.stored);
+  g_debug("file requests: %u OPEN, %u READ, %u FLUSH, %u RELEASE; %u messages stored at open, "
+          "%u rests at a first READ",
+          fc.open, fc.read, fc.flush, fc.release, fc.stored, fc.rests);
 out_signals:
   fuse_remove_signal_handlers(se);
 out:

@@ -147,7 +147,7 @@ gboolean notify_flush(Notify *n, gint64 timeout_us) {
   return sent;
 }
 
-gboolean notify_store(Notify *n, fuse_ino_t ino, const void *data, gsize len) {
+gboolean notify_store(Notify *n, fuse_ino_t ino, guint64 off, const void *data, gsize len) {
   g_mutex_lock(&n->lock);
   struct fuse_session *se = n->stop ? NULL : n->se;
   g_mutex_unlock(&n->lock);
@@ -155,7 +155,7 @@ gboolean notify_store(Notify *n, fuse_ino_t ino, const void *data, gsize len) {
     return FALSE;
   struct fuse_bufvec bufv = FUSE_BUFVEC_INIT(len);
   bufv.buf[0].mem = (void *)data;
-  int rc = fuse_lowlevel_notify_store(se, ino, 0, &bufv, 0);
+  int rc = fuse_lowlevel_notify_store(se, ino, (off_t)off, &bufv, 0);
   if (rc != 0 && rc != -ENOENT)
     g_debug("storing pages in the kernel failed: %s", g_strerror(-rc));
   return rc == 0;

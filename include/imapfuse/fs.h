@@ -42,6 +42,7 @@ void fs_free(Fs *fs);
 typedef struct {
   guint open, read, release, flush;
   guint stored; /* messages handed to the kernel at open, saving their READs */
+  guint rests;  /* ... and the rest of a message at its first READ (fs_read) */
 } FsCounts;
 void fs_counts(Fs *fs, FsCounts *out);
 /* Pass fs as the userdata of fuse_session_new(). */

@@ -38,8 +38,9 @@ void notify_inval_inode(Notify *n, fuse_ino_t ino, gboolean data);
  * the waiting handler holds. */
 gboolean notify_flush(Notify *n, gint64 timeout_us);
 
-/* Put len bytes at offset 0 of ino into the kernel's page cache, now
- * (not queued); FALSE if that failed (no session, inode not cached). */
-gboolean notify_store(Notify *n, fuse_ino_t ino, const void *data, gsize len);
+/* Put len bytes at offset off of ino into the kernel's page cache, now
+ * (not queued); FALSE if that failed (no session, inode not cached).
+ * The pages must not be ones a READ the caller is answering holds. */
+gboolean notify_store(Notify *n, fuse_ino_t ino, guint64 off, const void *data, gsize len);
 
 G_END_DECLS
