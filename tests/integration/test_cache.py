@@ -1301,6 +1301,48 @@ def test_short_first_read_gets_the_rest_stored(mount, empty_dovecot, env, rw_ro)
         assert rests >= 30, (reads, rests)
 
 
+def test_readers_of_the_same_files_at_once(mount, empty_dovecot, rw_ro):
+    """Four readers go through the same files at once, in different
+    orders and ways: a first READ that stores the rest of its message
+    (fs_store) may find pages another reader's READ holds; that READ is
+    answered meanwhile and every byte is right, with no read stalled."""
+    dv = empty_dovecot()
+    sizes = [20_000 + 6_000 * i for i in range(30)] + [1_300_000]
+    msgs = [_msg("C%d" % i, n, seed=i) for i, n in enumerate(sizes)]
+    byuid = dict(zip(_make_box(dv, "Box", msgs), msgs))
+    m = mount(dv, "cache=none", *rw_ro)
+    d = os.path.join(m.path, "Box")
+    names = sorted(os.listdir(d), key=lambda f: int(f[:-4]))
+    ways = ["sniff", "tail", "mmap", "whole"]
+    errors, slowest = [], [0.0]
+
+    def reader(r):
+        order = list(names)
+        if r == 1:
+            order.reverse()
+        elif r > 1:
+            random.Random(r).shuffle(order)
+        try:
+            for k, f in enumerate(order):
+                t0 = time.monotonic()
+                with open(os.path.join(d, f), "rb") as fh:
+                    _read_checked(fh, byuid[int(f[:-4])], ways[(r + k) % len(ways)])
+                slowest[0] = max(slowest[0], time.monotonic() - t0)
+        except Exception as e:  # reported below, with the reader's number
+            errors.append((r, repr(e)))
+
+    threads = [threading.Thread(target=reader, args=(r,)) for r in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a reader hangs"
+    assert errors == []
+    # The FUSE loop's watchdog hands reading on after 10 ms; nothing waits
+    # for a timeout.
+    assert slowest[0] < 5, slowest[0]
+
+
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)
 def test_scan_fetches_large_messages_with_the_batch(mount, empty_dovecot, env):
     """Messages over 1 MiB are read in 1 MiB ranges on demand; in a scan
