@@ -42,6 +42,12 @@
  * a second grep 0.279 -> 0.266 s, and 0.802 -> 0.705 s with two busy
  * loops running, medians of 6-8).
  *
+ * Calls that can wait in the kernel for another request's answer (a
+ * page cache store meeting pages another reader's READ holds) are
+ * bracketed by loop_block_begin/end, which keeps one worker outside them:
+ * with every worker in such a call, nobody would answer that READ (a
+ * review found the mount hung for good with max_threads=1).
+ *
  * Stopping: the stopping signals are blocked in every thread but during
  * loop_run's wait (ppoll), so their handler (libfuse's: it ends the
  * session) always interrupts that wait.  Workers in read() are cancelled
@@ -92,6 +98,7 @@ struct Loop {
   gint ticking; /* atomic: the watchdog is ticking */
   gint spin_hits, spin_misses; /* atomic: spins that found a request, and not */
   int done_fd;  /* eventfd: a worker saw the end */
+  guint blocking; /* workers inside loop_block_begin/end */
   LoopStats stats;
 };
 
@@ -152,6 +159,28 @@ void loop_about_to_wait(void) {
     l->stats.passes++;
     _loop_pass(l);
   }
+  g_mutex_unlock(&l->lock);
+}
+
+gboolean loop_block_begin(void) {
+  LoopWorker *w = loop_self;
+  if (w == NULL)
+    return FALSE;
+  Loop *l = w->loop;
+  g_mutex_lock(&l->lock);
+  /* At least one worker stays outside: it answers the request the
+   * blocked ones wait for, once the watchdog hands it the role. */
+  gboolean ok = l->blocking + 1 < l->max;
+  if (ok)
+    l->blocking++;
+  g_mutex_unlock(&l->lock);
+  return ok;
+}
+
+void loop_block_end(void) {
+  Loop *l = loop_self->loop;
+  g_mutex_lock(&l->lock);
+  l->blocking--;
   g_mutex_unlock(&l->lock);
 }
 

@@ -39,6 +39,15 @@ void loop_on_stop(void (*fn)(gpointer), gpointer data);
  * work, the kernel): if it is the loop's reader, another worker takes over
  * reading.  Anywhere else a no-op, so any module may call it. */
 void loop_about_to_wait(void);
+/* A handler is about to make a call that can wait in the kernel until
+ * another request is answered (fuse_lowlevel_notify_store: a page it fills
+ * may be held by another reader's READ).  TRUE: make it, then call
+ * loop_block_end(); a worker is always left outside such calls to answer
+ * that READ (the watchdog hands it the reading role).  FALSE: do not make
+ * it: with one worker at most, with all others already in such calls, or
+ * outside this loop's workers (-s, libfuse's loop) nobody else might. */
+gboolean loop_block_begin(void);
+void loop_block_end(void);
 /* Sleeps us microseconds, after loop_about_to_wait(): a handler that gives
  * the server a moment before asking again. */
 void loop_pause(gint64 us);

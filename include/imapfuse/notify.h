@@ -8,7 +8,8 @@
  * the exception: the kernel's side of it takes no lock a pending request
  * holds but the pages' own (a READ of the same file by another process
  * holds them until a worker answers it: the FUSE loop's watchdog hands
- * reading on), so an OPEN handler calls it directly.
+ * reading on), so an OPEN or READ handler calls it directly, between
+ * loop_block_begin and loop_block_end (a worker must be left to answer).
  */
 #pragma once
 

@@ -1298,7 +1298,11 @@ def test_short_first_read_gets_the_rest_stored(mount, empty_dovecot, env, rw_ro)
         # the files read from their end or mapped, and pages the kernel
         # may drop (DAMON).  Seen: 60; 135 without the rests stored.
         assert reads <= len(names) + 1_500_000 // (128 << 10) + 20, (reads, rests)
-        assert rests >= 30, (reads, rests)
+        # 32 of the 40 are read from their start and larger than the
+        # kernel's first READ (16 KiB here; it may ask more elsewhere).
+        assert rests >= 10, (reads, rests)
+    else:
+        assert rests == 0  # the OPEN hands the bytes over; READs store nothing
 
 
 def test_readers_of_the_same_files_at_once(mount, empty_dovecot, rw_ro):
@@ -1341,6 +1345,72 @@ def test_readers_of_the_same_files_at_once(mount, empty_dovecot, rw_ro):
     # The FUSE loop's watchdog hands reading on after 10 ms; nothing waits
     # for a timeout.
     assert slowest[0] < 5, slowest[0]
+
+
+FUSECTL = "/sys/fs/fuse/connections"
+
+
+def _fusectl():
+    """Mounts fusectl if it is not: before a test opens files on a mount
+    that may hang (a subprocess started then closes its inherited copy of
+    such a file, and that close waits for the hung daemon)."""
+    with open("/proc/self/mounts") as fh:
+        if any(line.split()[1] == FUSECTL for line in fh):
+            return
+    subprocess.run(["mount", "-t", "fusectl", "none", FUSECTL], check=True)
+
+
+def _abort_fuse(path):
+    """Aborts the FUSE connection of the mount at path (fusectl, mounted
+    by _fusectl): a daemon thread stuck on a page lock in the kernel keeps
+    the process, and the readers waiting for it, from ending even when
+    killed.  No stat of the mount (it would hang too), no subprocess."""
+    path = os.path.abspath(path)
+    minor = None
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            f = line.split()
+            if f[4] == path:
+                minor = f[2].split(":")[1]
+    assert minor is not None, path
+    with open(os.path.join(FUSECTL, minor, "abort"), "w") as fh:
+        fh.write("1")
+
+
+def test_rest_stored_only_while_a_worker_is_left(mount, empty_dovecot):
+    """-o ro with one FUSE worker: a reader's first READ would store the
+    rest of its message while another reader's READ of the file's end
+    holds those pages, and only the one worker could answer that READ
+    (a review saw the mount hang for good on the first file).  The store
+    is skipped there (loop_block_begin); both readers get their bytes."""
+    dv = empty_dovecot()
+    msgs = [_msg("H%d" % i, 200_000, seed=i) for i in range(8)]
+    byuid = dict(zip(_make_box(dv, "Box", msgs), msgs))
+    _fusectl()
+    m = mount(dv, "ro", "cache=none", "max_threads=1")
+    d = os.path.join(m.path, "Box")
+    for f in sorted(os.listdir(d), key=lambda f: int(f[:-4])):
+        want, got = byuid[int(f[:-4])], {}
+        fd = os.open(os.path.join(d, f), os.O_RDONLY)
+
+        def pread(key, n, off, delay):
+            time.sleep(delay)
+            got[key] = os.pread(fd, n, off)
+
+        threads = [threading.Thread(target=pread, args=("head", 3, 0, 0)),
+                   threading.Thread(target=pread, args=("tail", 100, len(want) - 100, 0.0005))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        if any(t.is_alive() for t in threads):
+            _abort_fuse(m.path)  # so that the test fails instead of hanging
+            m.proc.kill()
+            for t in threads:
+                t.join(20)
+            pytest.fail("readers of %s hang" % f)
+        os.close(fd)
+        assert got == {"head": want[:3], "tail": want[-100:]}
 
 
 @pytest.mark.imapfuse_stderr_ok(TRACE_OK)

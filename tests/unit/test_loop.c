@@ -19,17 +19,20 @@
 #define WAIT_US (20 * G_USEC_PER_SEC) /* only ever reached by a failure */
 
 /* "fast" answers at once.  Directories s0..s9 each hold "marked", which
- * says it will wait, then waits until the test releases it, and
- * "unmarked", which waits without saying so.  Waits are in directories of
+ * says it will wait, then waits until the test releases it, "unmarked",
+ * which waits without saying so, and "blocking", which waits inside
+ * loop_block_begin/end if that lets it (as a page cache store that meets
+ * another reader's pages), else answers at once.  Waits are in directories of
  * their own because the kernel serialises lookups in one directory (libfuse
  * 3.14 asks for FUSE_PARALLEL_DIROPS but does not pass it on). */
-enum { INO_FAST = 2, INO_DIR0 = 10, INO_MARKED0 = 20, INO_UNMARKED0 = 30 };
+enum { INO_FAST = 2, INO_DIR0 = 10, INO_MARKED0 = 20, INO_UNMARKED0 = 30, INO_BLOCKING0 = 40 };
 
 typedef struct {
   GMutex lock;
   GCond cond;
   gboolean release;
   guint blocked; /* handlers waiting for release now */
+  guint refused; /* "blocking" lookups that loop_block_begin refused */
   GArray *fast_threads; /* pthread_t of each "fast" lookup, in order */
   struct fuse_session *se;
   char *dir;
@@ -41,6 +44,17 @@ static void t_attr(fuse_ino_t ino, struct stat *st) {
   st->st_ino = ino;
   st->st_mode = dir ? S_IFDIR | 0755 : S_IFREG | 0444;
   st->st_nlink = dir ? 2 : 1;
+}
+
+/* Counts the caller as blocked until the test releases it. */
+static void t_hold(T *t) {
+  g_mutex_lock(&t->lock);
+  t->blocked++;
+  g_cond_broadcast(&t->cond);
+  while (!t->release)
+    g_cond_wait(&t->cond, &t->lock);
+  t->blocked--;
+  g_mutex_unlock(&t->lock);
 }
 
 static void t_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
@@ -60,13 +74,18 @@ static void t_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
     e.ino = (marked ? INO_MARKED0 : INO_UNMARKED0) + (parent - INO_DIR0);
     if (marked)
       loop_about_to_wait();
-    g_mutex_lock(&t->lock);
-    t->blocked++;
-    g_cond_broadcast(&t->cond);
-    while (!t->release)
-      g_cond_wait(&t->cond, &t->lock);
-    t->blocked--;
-    g_mutex_unlock(&t->lock);
+    t_hold(t);
+  } else if (sub && strcmp(name, "blocking") == 0) {
+    e.ino = INO_BLOCKING0 + (parent - INO_DIR0);
+    if (loop_block_begin()) {
+      t_hold(t);
+      loop_block_end();
+    } else {
+      g_mutex_lock(&t->lock);
+      t->refused++;
+      g_cond_broadcast(&t->cond);
+      g_mutex_unlock(&t->lock);
+    }
   } else {
     fuse_reply_err(req, ENOENT);
     return;
@@ -353,6 +372,69 @@ static void test_max_threads(void) {
   t_free(t);
 }
 
+/* ---- calls that may wait for another request leave a worker out ---- */
+
+typedef struct {
+  T *t;
+  guint n;             /* "blocking" lookups sent at once */
+  guint blocked_then;  /* handlers inside loop_block_begin/end ... */
+  guint refused_then;  /* ... and refused, once all had their answer or held */
+  gboolean fast_served; /* a "fast" stat was answered meanwhile */
+  int errs[3];
+} Block;
+
+static gpointer block_scenario(gpointer data) {
+  Block *b = data;
+  Stat s[3], fast = {b->t, "fast", -1, FALSE};
+  GThread *th[3];
+  static const char *names[] = {"s0/blocking", "s1/blocking", "s2/blocking"};
+  for (guint i = 0; i < b->n; i++) {
+    s[i] = (Stat){b->t, names[i], -1, FALSE};
+    th[i] = g_thread_new("blocking", t_stat_thread, &s[i]);
+  }
+  gint64 end = g_get_monotonic_time() + WAIT_US;
+  g_mutex_lock(&b->t->lock);
+  while (b->t->blocked + b->t->refused < b->n && g_cond_wait_until(&b->t->cond, &b->t->lock, end))
+    ;
+  g_mutex_unlock(&b->t->lock);
+  GThread *f = g_thread_new("fast", t_stat_thread, &fast);
+  b->fast_served = t_wait_done(&fast);
+  g_mutex_lock(&b->t->lock);
+  b->blocked_then = b->t->blocked;
+  b->refused_then = b->t->refused;
+  g_mutex_unlock(&b->t->lock);
+  t_release(b->t);
+  g_thread_join(f);
+  for (guint i = 0; i < b->n; i++) {
+    g_thread_join(th[i]);
+    b->errs[i] = s[i].err;
+  }
+  t_unmount(b->t);
+  return NULL;
+}
+
+static void check_block(guint max_threads, guint n, guint held, guint refused) {
+  T *t = t_mount();
+  if (t == NULL)
+    return;
+  Block b = {.t = t, .n = n};
+  LoopStats st;
+  t_run(t, max_threads, block_scenario, &b, &st);
+  g_assert_cmpuint(b.blocked_then, ==, held);
+  g_assert_cmpuint(b.refused_then, ==, refused);
+  g_assert_true(b.fast_served); /* a worker was left for it */
+  for (guint i = 0; i < n; i++)
+    g_assert_cmpint(b.errs[i], ==, 0);
+  t_free(t);
+}
+
+static void test_block_leaves_a_worker(void) {
+  /* Outside the loop's workers nobody else is known to read. */
+  g_assert_false(loop_block_begin());
+  check_block(3, 3, 2, 1); /* two of three workers at most */
+  check_block(1, 1, 0, 1); /* one worker: never (it hung the mount) */
+}
+
 /* ---- a stopping signal ends the loop ---- */
 
 static gpointer signal_scenario(gpointer data) {
@@ -382,6 +464,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/loop/marked-wait-hands-on", test_marked_wait_hands_on);
   g_test_add_func("/loop/unmarked-wait-watchdog", test_unmarked_wait_watchdog);
   g_test_add_func("/loop/max-threads", test_max_threads);
+  g_test_add_func("/loop/block-leaves-a-worker", test_block_leaves_a_worker);
   g_test_add_func("/loop/signal-ends-loop", test_signal_ends_loop);
   return g_test_run();
 }
