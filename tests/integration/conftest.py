@@ -293,12 +293,23 @@ class Mount:
                 out.append(line)
         return out
 
+    def _drop_mountpoint(self):
+        """Removes the directory if the factory made it (and nothing is
+        mounted there: rmdir fails then).  Also for a mount the test
+        killed and detached itself: those were left in /tmp."""
+        if self._own_mountpoint:
+            try:
+                os.rmdir(self.path)
+            except OSError:
+                pass
+
     def unmount(self, check=True, timeout=20.0):
         """Unmount, wait for the process, check exit status and stderr.
 
         Returns a list of problems (empty if fine); with check=True,
         problems fail the test."""
-        if self.finished:
+        if self.finished:  # the test stopped imapfuse itself (a kill)
+            self._drop_mountpoint()
             return []
         problems = []
         if is_mounted(self.path):
@@ -351,11 +362,7 @@ class Mount:
         if any(pw and pw in self._raw_stderr()
                for pw in self.server.users.values()):
             problems.append("imapfuse printed a password on stderr")
-        if self._own_mountpoint:
-            try:
-                os.rmdir(self.path)
-            except OSError:
-                pass
+        self._drop_mountpoint()
         if problems and check:
             pytest.fail("imapfuse %s:\n%s\n--- command: %s\n--- stderr:\n%s"
                         % (self.path, "\n".join(problems),
