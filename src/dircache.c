@@ -52,6 +52,7 @@ struct DcNode {
   gboolean served;   /* a listing of it was handed out in this mount */
   gboolean prefetching; /* queued or being listed ahead (dircache_prefetch_after) */
   guint voided;         /* listings voided by a STATUS with another UIDVALIDITY */
+  guint32 status_uidvalidity; /* ... the UIDVALIDITY that STATUS showed */
   GHashTable *added;  /* uid -> monotonic us our APPEND or MOVE added it (until a
                        * fetch begun later has seen the mailbox); NULL: none */
   gint64 used_at;    /* monotonic us the user last opened it or a file in it (atomic) */
@@ -470,6 +471,14 @@ DcNode *dircache_epoch(Dircache *dc, guint32 epoch, guint32 *uidvalidity) {
   }
   g_mutex_unlock(&dc->tree_lock);
   return n;
+}
+
+gboolean dircache_uidvalidity_gone(DcNode *n, guint32 uidvalidity) {
+  g_mutex_lock(&n->lock);
+  gboolean gone = (n->uidvalidity != 0 && n->uidvalidity != uidvalidity) ||
+                  (n->status_uidvalidity != 0 && n->status_uidvalidity != uidvalidity);
+  g_mutex_unlock(&n->lock);
+  return gone;
 }
 
 DcNode *dircache_child(Dircache *dc, DcNode *parent, const char *name) {
@@ -1319,6 +1328,8 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
      * answer may be from before it (dircache_status_differs). */
     n->fetched_at = n->voided == voided ? started : 0;
     n->stale = n->voided != voided;
+    if (n->voided == voided)
+      n->status_uidvalidity = 0; /* this listing is the newer word */
     n->dirty |= changed;
     _dc_snapshot(n, out);
     g_mutex_unlock(&n->lock);
@@ -1749,6 +1760,7 @@ gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *
     n->fetched_at = 0;
     n->stale = TRUE;
     n->voided++;
+    n->status_uidvalidity = st->uidvalidity;
     gone = g_array_new(FALSE, FALSE, sizeof(guint32));
     for (guint i = 0; i < n->msgs->len; i++)
       g_array_append_val(gone, g_array_index(n->msgs, DcMsg, i).uid);

@@ -187,7 +187,11 @@ static gboolean fs_msg(Fs *fs, fuse_ino_t ino, DcNode **node, guint32 *uidvalidi
   g_autoptr(GError) error = NULL;
   dircache_touch(fs->dc, n); /* in use: the watcher goes on polling it */
   if (!dircache_listing(fs->dc, n, G_MAXINT64, &l, &error)) {
-    *err = ifs_errno_from_error(error);
+    /* Made again under its name (a STATUS showed another UIDVALIDITY) and
+     * no new listing to be had yet (the server refuses its SELECT while
+     * another client changes it): a message of the old one is stale all
+     * the same.  It read EIO, with no word (a test's readers, at times). */
+    *err = dircache_uidvalidity_gone(n, uv) ? ESTALE : ifs_errno_from_error(error);
     return FALSE;
   }
   const DcMsg *m = l.epoch == epoch ? dc_listing_find(&l, uid) : NULL;

@@ -67,6 +67,9 @@ DcNode *dcnode_parent(const DcNode *n);
 DcNode *dircache_node(Dircache *dc, guint32 id);
 /* The mailbox node and UIDVALIDITY an epoch id stands for; NULL if none. */
 DcNode *dircache_epoch(Dircache *dc, guint32 epoch, guint32 *uidvalidity);
+/* n is known to have another UIDVALIDITY than uidvalidity now (its last
+ * listing, or a STATUS that voided it since): that one's messages are gone. */
+gboolean dircache_uidvalidity_gone(DcNode *n, guint32 uidvalidity);
 /* A present child by directory name, or NULL. */
 DcNode *dircache_child(Dircache *dc, DcNode *parent, const char *name);
 /* Snapshot of present children (DcChild*, sorted by name; owned). */
