@@ -9,7 +9,8 @@ alternating scans of the benchmark corpus, each on a fresh mount, medians.
 Starts a private Dovecot with the benchmark corpus (tests/integration/
 imapserver.py, loopback only; through bench/latency_proxy.c when
 --delay-ms is above 0) and, ROUNDS times, for each tool and then each
-side in turn (A, B, A, B, ...), times one scan (`grep -r`, or `rg -j4`):
+side in turn (A, B, A, B, ...), times one scan (`grep -r`, or `rg -j4`, the command lines bench.py runs:
+farlab.scan_cmd):
   cold    a fresh mount with an empty cache directory
   second  the same, after a first scan on that mount (the kernel's pages)
   warm    a fresh mount on the cache directory a first scan filled
@@ -33,7 +34,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from farlab import far_server, mounted  # noqa: E402
+from farlab import far_server, mounted, scan_cmd  # noqa: E402
 
 NEEDLE = "no-such-needle-anywhere"  # every file is read to the end
 
@@ -45,8 +46,7 @@ def cpu_ticks():
 
 
 def scan(tool, mnt):
-    cmd = (["rg", "-j4", "-c", NEEDLE, mnt] if tool == "rg"
-           else ["grep", "-r", "-c", NEEDLE, mnt])
+    cmd = scan_cmd(tool, NEEDLE, mnt)
     i0, a0 = cpu_ticks()
     t0 = time.monotonic()
     r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -33,6 +33,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import bench_corpus  # noqa: E402
+from farlab import scan_cmd  # noqa: E402
 
 ENV = dict(os.environ, LC_ALL="C", LANG="C")
 
@@ -476,8 +477,8 @@ class Bench:
             m = Mount(self, "floorfs", cmd(self.path("mnt-floor")),
                       self.path("mnt-floor"), self.path("floorfs.log"))
             out = self.path("floor-grep1.out")
-            secs, rc, err = self.run_timed("floor_grep1", [
-                "grep", "-r", self.needle, m.mnt], out, mount=m)
+            secs, rc, err = self.run_timed(
+                "floor_grep1", scan_cmd("grep", self.needle, m.mnt), out, mount=m)
             self.check_grep("floor_grep1", out, rc, err)
             times.append(secs)
             if i < n - 1:
@@ -487,8 +488,8 @@ class Bench:
         times = []
         for i in range(self.a.pass_repeat):
             out = self.path("floor-grep2.out")
-            secs, rc, err = self.run_timed("floor_grep2", [
-                "grep", "-r", self.needle, m.mnt], out, mount=m)
+            secs, rc, err = self.run_timed(
+                "floor_grep2", scan_cmd("grep", self.needle, m.mnt), out, mount=m)
             self.check_grep("floor_grep2", out, rc, err)
             times.append(secs)
         m.unmount()
@@ -506,8 +507,7 @@ class Bench:
             m.unmount()
 
     def rg_cmd(self, d):
-        return [self.rg, "-j4", "--no-config", "--no-ignore", "--hidden",
-                "--no-heading", "--with-filename", self.needle, d]
+        return scan_cmd("rg", self.needle, d, self.rg)
 
     def check_ls(self, key, summ):
         files, total = summ
@@ -575,7 +575,7 @@ class Bench:
         if what == "ls":
             cmd = ["ls", "-lR", m.mnt]
         elif what == "grep":
-            cmd = ["grep", "-r", self.needle, m.mnt]
+            cmd = scan_cmd("grep", self.needle, m.mnt)
         else:
             cmd = self.rg_cmd(m.mnt)
         pos = self.dovecot_log_pos()
@@ -732,8 +732,8 @@ class Bench:
         # warm the page cache first (so this is the in-memory best case)
         self.run_timed("warm", ["grep", "-r", "-c", "x-no-such-string", tree],
                        self.path("local-warm.out"))
-        secs, rc, err = self.run_timed("local_grep", ["grep", "-r", self.needle,
-                                                      tree], out)
+        secs, rc, err = self.run_timed(
+            "local_grep", scan_cmd("grep", self.needle, tree), out)
         self.check_grep("local_grep", out, rc, err)
         self.record("local_grep", secs, self.res_note("local_grep"))
 
@@ -789,8 +789,8 @@ SyncState *
             if rc != 0:
                 self.problems.append("mbsync exit %s: %s" % (rc, err.strip()[-300:]))
             out = self.path("mbsync-grep.out")
-            secs2, rc, err = self.run_timed("mbsync_grep", ["grep", "-r", self.needle,
-                                                            d], out)
+            secs2, rc, err = self.run_timed(
+                "mbsync_grep", scan_cmd("grep", self.needle, d), out)
             self.check_grep("mbsync_grep", out, rc, err)
             syncs.append(secs)
             greps.append(secs2)
