@@ -34,6 +34,7 @@ struct DcNode {
   char *name;       /* directory name (escaped) */
   char *mailbox;    /* server name; NULL for the root */
   gboolean selectable;
+  gboolean held_mail; /* selectable when last listed as itself (kept when gone) */
   gboolean present;
   guint seen, listed;   /* the last LIST that named it on a path, as itself */
   GHashTable *children; /* name -> DcNode* (under tree_lock) */
@@ -408,7 +409,7 @@ static void _dc_apply_list(Dircache *dc, GPtrArray *list) {
     }
     if (n != dc->root) {
       _dc_set_mailbox(dc, n, m->name);
-      n->selectable = !(m->attrs & IMAP_MBX_NOSELECT);
+      n->selectable = n->held_mail = !(m->attrs & IMAP_MBX_NOSELECT);
       n->listed = gen;
     }
   }
@@ -448,6 +449,7 @@ DcNode *dircache_root(Dircache *dc) { return dc->root; }
 guint32 dcnode_id(const DcNode *n) { return n->id; }
 const char *dcnode_mailbox(const DcNode *n) { return n->mailbox; }
 gboolean dcnode_selectable(const DcNode *n) { return n->selectable; }
+gboolean dcnode_held_mail(const DcNode *n) { return n->held_mail; }
 gboolean dcnode_present(const DcNode *n) { return n->present; }
 DcNode *dcnode_parent(const DcNode *n) { return n->parent; }
 
@@ -481,7 +483,7 @@ gboolean dircache_uidvalidity_gone(DcNode *n, guint32 uidvalidity) {
   return gone;
 }
 
-DcNode *dircache_child(Dircache *dc, DcNode *parent, const char *name) {
+static DcNode *dc_child(Dircache *dc, DcNode *parent, const char *name, gboolean gone_too) {
   /* A folder is listed by its escaped name (x%25 for "x%"), but a name
    * typed the way mkdir takes it (x%, unescaped as far as it goes) finds
    * it too: else mkdir x% succeeded and x% was not there afterwards.
@@ -500,7 +502,15 @@ DcNode *dircache_child(Dircache *dc, DcNode *parent, const char *name) {
     n = g_hash_table_lookup(parent->children, shown);
     g_mutex_unlock(&dc->tree_lock);
   }
-  return n != NULL && n->present ? n : NULL; /* nodes live until unmount */
+  return n != NULL && (n->present || gone_too) ? n : NULL; /* nodes live until unmount */
+}
+
+DcNode *dircache_child(Dircache *dc, DcNode *parent, const char *name) {
+  return dc_child(dc, parent, name, FALSE);
+}
+
+DcNode *dircache_child_known(Dircache *dc, DcNode *parent, const char *name) {
+  return dc_child(dc, parent, name, TRUE);
 }
 
 static void dc_child_free(gpointer p) {
@@ -1828,7 +1838,7 @@ void dircache_node_renamed(Dircache *dc, DcNode *n, DcNode *new_parent, const ch
     }
     if (clash->present) {
       took_place = TRUE;
-      n->selectable = clash->selectable;
+      n->selectable = n->held_mail = clash->selectable;
       clash->present = clash->selectable = FALSE;
       _dc_mark_absent(clash, 0);
     }

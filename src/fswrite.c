@@ -2067,29 +2067,30 @@ void fswrite_dir_attr(FsWrite *w, DcNode *n, struct stat *st) {
 
 /* ---- new files ---- */
 
-void fswrite_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
-                    struct fuse_file_info *fi) {
+/* A new file named name in parent, in the table, with no handle yet; NULL
+ * after replying the error.  For create and for mknod alike. */
+static FswFile *fsw_file_new(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode) {
   FsWrite *w = fsw_of(req);
   DcNode *p = fs_dir_or_reply(req, parent);
   if (p == NULL)
-    return;
+    return NULL;
   if (dcnode_mailbox(p) == NULL || !dcnode_selectable(p) || !dcnode_present(p)) {
     g_debug("create %s: the directory is not a mailbox that can hold messages", name);
     fuse_reply_err(req, EPERM);
-    return;
+    return NULL;
   }
   if (fswrite_is_editor_scratch(name)) {
     g_debug("create %s refused: an editor's swap or auto-save file would become a message",
             name);
     fuse_reply_err(req, EPERM);
-    return;
+    return NULL;
   }
   g_autoptr(GError) error = NULL;
   StagingFile *data = staging_file_new(w->staging, &error);
   if (data == NULL) {
     g_warning("cannot keep a new file: %s", error->message);
     fuse_reply_err(req, fsw_errno(error));
-    return;
+    return NULL;
   }
   const struct fuse_ctx *ctx = fuse_req_ctx(req);
   FswFile *f = g_new0(FswFile, 1);
@@ -2110,6 +2111,15 @@ void fswrite_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t 
   g_hash_table_insert(w->by_ino, &f->ino, f);
   _fsw_name(w, f, p, name);
   g_mutex_unlock(&w->lock);
+  return f;
+}
+
+void fswrite_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+                    struct fuse_file_info *fi) {
+  FsWrite *w = fsw_of(req);
+  FswFile *f = fsw_file_new(req, parent, name, mode);
+  if (f == NULL)
+    return;
   gboolean writable = (fi->flags & O_ACCMODE) != O_RDONLY;
   fi->fh = (uint64_t)(uintptr_t)fsw_handle_new(w, req, f, writable);
   fi->keep_cache = 0;
@@ -2374,6 +2384,30 @@ static int _fsw_remove_replaced(FsWrite *w, FswFile *f, const char *newname,
   return fsw_errno(error);
 }
 
+static gboolean fsw_store(FsWrite *w, DcNode *n, guint32 uv, guint32 uid, char **flags,
+                          GError **error);
+
+/* Caller holds f->lock.  An editor's save (sed -i, vim, perl -pi) is a new
+ * message in place of the old one: it keeps the old one's flags (\\Seen,
+ * \\Flagged, keywords; they were lost), unless the file was given flags
+ * of its own.  Its INTERNALDATE is the save's: an APPEND cannot be dated
+ * after the fact. */
+static void _fsw_keep_replaced_flags(FsWrite *w, FswFile *f, const char *newname,
+                                     const DcMsg *old) {
+  if (f->flags != NULL || !f->owned || f->sent_uid == 0)
+    return;
+  const char *text = dircache_flags(w->dc, old->flagset);
+  if (text == NULL || *text == '\0')
+    return;
+  g_autoptr(GError) error = NULL;
+  g_auto(GStrv) flags = imap_flags_parse(text, &error);
+  if (flags == NULL ||
+      !fsw_store(w, f->sent_node, f->sent_uv, f->sent_uid, flags, &error))
+    g_warning("%s: the new version (UID %u) did not get the flags of the one it replaces "
+              "(%s): %s",
+              newname, f->sent_uid, text, error->message);
+}
+
 /* Caller holds f->lock.  rename(2) of new file f over another new file's
  * name (sed -i on a file written a moment ago): the message that file
  * became is removed once f's bytes are stored, unless it has yet another
@@ -2404,6 +2438,10 @@ static int _fsw_replace_file(FsWrite *w, FswFile *f, DcNode *p2, const char *new
     its = !_fsw_other_name_for(w, f, &r);
   }
   g_mutex_unlock(&w->lock);
+  guint32 uv, epoch;
+  DcMsg m;
+  if (its && fsw_find_msg(w, r.node, r.uid, &uv, &epoch, &m, NULL) && uv == r.uv)
+    _fsw_keep_replaced_flags(w, f, newname, &m);
   int err = its ? _fsw_remove_replaced(w, f, newname, &r) : 0;
   g_mutex_unlock(&old->lock);
   return err != 0 ? err : -1;
@@ -2451,6 +2489,7 @@ static int _fsw_replace_message(FsWrite *w, FswFile *f, DcNode *p2, const char *
   g_mutex_unlock(&w->lock);
   if (named)
     return 0;
+  _fsw_keep_replaced_flags(w, f, newname, &m);
   return _fsw_remove_replaced(w, f, newname, &r);
 }
 
@@ -2820,6 +2859,14 @@ void fswrite_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
     return;
   }
   DcNode *child = dircache_child(w->dc, p, name);
+  DcNode *gone = child == NULL ? dircache_child_known(w->dc, p, name) : NULL;
+  if (gone != NULL && !dcnode_held_mail(gone)) {
+    /* A folder that only held folders (\Noselect): servers drop it with
+     * its last child, so rm -r found it gone, as it wanted, and failed. */
+    g_debug("rmdir %s: the server dropped it with its last subfolder", name);
+    fuse_reply_err(req, 0);
+    return;
+  }
   if (child == NULL) {
     fuse_reply_err(req, names_parse_message_filename(name, &(guint32){0}) ? ENOTDIR : ENOENT);
     return;
@@ -3246,10 +3293,23 @@ void fswrite_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const 
   fuse_reply_err(req, EPERM);
 }
 
+/* A regular file only: GNU tar makes each file it restores with xattrs
+ * (every message has user.imap.flags) by mknod, then opens it.  Like a
+ * create without its open: a file never opened lingers out unsent. */
 void fswrite_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev) {
-  (void)parent;
-  (void)name;
-  (void)mode;
   (void)rdev;
-  fuse_reply_err(req, EPERM);
+  if (!S_ISREG(mode)) {
+    fuse_reply_err(req, EPERM); /* no devices, fifos or sockets in a mailbox */
+    return;
+  }
+  FsWrite *w = fsw_of(req);
+  FswFile *f = fsw_file_new(req, parent, name, mode);
+  if (f == NULL)
+    return;
+  struct fuse_entry_param e;
+  fsw_file_entry(w, f, &e);
+  g_mutex_lock(&w->lock);
+  _fsw_linger(w, f);
+  g_mutex_unlock(&w->lock);
+  fuse_reply_entry(req, &e);
 }

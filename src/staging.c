@@ -347,24 +347,42 @@ gboolean staging_file_sync(StagingFile *f, GError **error) {
   return TRUE;
 }
 
-gsize staging_crlf_convert(const guchar *data, gsize len, gboolean *prev_cr, GByteArray *out) {
-  gsize bare = 0, start = 0;
-  gboolean cr = *prev_cr;
+/* Line ends as a server keeps them: Dovecot drops a CR before a line end
+ * or the end of the message and sends LF as CRLF, so a file with "\r\r\n"
+ * came back a byte shorter, was never the same message as the file, and a
+ * second cp stored it again.  CRLF is what every server keeps. */
+gsize staging_crlf_convert(const guchar *data, gsize len, guint64 *crs, GByteArray *out) {
+  if (len == 0) { /* the end: CRs there end no line */
+    gsize dropped = *crs > 0;
+    *crs = 0;
+    return dropped;
+  }
+  gsize changed = 0, start = 0;
+  guint64 pending = *crs; /* CRs seen and not yet written */
   for (gsize i = 0; i < len; i++) {
-    if (data[i] == '\n' && !cr) {
-      if (out != NULL) {
-        g_byte_array_append(out, data + start, (guint)(i - start));
-        g_byte_array_append(out, (const guint8 *)"\r\n", 2);
-      }
-      start = i + 1;
-      bare++;
+    if (data[i] != '\r' && data[i] != '\n') {
+      if (pending > 0 && out != NULL)
+        for (; pending > 0; pending--)
+          g_byte_array_append(out, (const guint8 *)"\r", 1);
+      pending = 0;
+      continue;
     }
-    cr = data[i] == '\r';
+    if (out != NULL)
+      g_byte_array_append(out, data + start, (guint)(i - start));
+    start = i + 1;
+    if (data[i] == '\r') {
+      pending++;
+      continue;
+    }
+    if (out != NULL)
+      g_byte_array_append(out, (const guint8 *)"\r\n", 2);
+    changed += pending != 1;
+    pending = 0;
   }
   if (out != NULL && start < len)
     g_byte_array_append(out, data + start, (guint)(len - start));
-  *prev_cr = cr;
-  return bare;
+  *crs = pending;
+  return changed;
 }
 
 static GBytes *staging_map(int fd, const char *path, GError **error) {
@@ -381,18 +399,19 @@ static GBytes *staging_map(int fd, const char *path, GError **error) {
 
 GBytes *staging_file_message(StagingFile *f, GError **error) {
   g_autofree guchar *buf = g_malloc(STAGING_CHUNK);
-  gboolean cr = FALSE;
-  gsize bare = 0;
+  guint64 cr = 0;
+  gsize changed = 0;
   for (guint64 off = 0; off < f->size;) {
     gssize n = staging_file_pread(f, buf, STAGING_CHUNK, off, error);
     if (n < 0)
       return NULL;
     if (n == 0)
       break;
-    bare += staging_crlf_convert(buf, (gsize)n, &cr, NULL);
+    changed += staging_crlf_convert(buf, (gsize)n, &cr, NULL);
     off += (guint64)n;
   }
-  if (bare == 0)
+  changed += staging_crlf_convert(NULL, 0, &cr, NULL);
+  if (changed == 0)
     return staging_map(f->fd, f->path, error);
 
   g_autofree char *path = NULL;
@@ -402,7 +421,7 @@ GBytes *staging_file_message(StagingFile *f, GError **error) {
     return NULL;
   GBytes *out = NULL;
   g_autoptr(GByteArray) conv = g_byte_array_sized_new(STAGING_CHUNK * 2);
-  cr = FALSE;
+  cr = 0;
   guint64 off = 0, woff = 0;
   while (off < f->size) {
     gssize n = staging_file_pread(f, buf, STAGING_CHUNK, off, error);

@@ -60,6 +60,9 @@ guint32 dcnode_id(const DcNode *n);
 /* Server name, or NULL for the root. */
 const char *dcnode_mailbox(const DcNode *n);
 gboolean dcnode_selectable(const DcNode *n);
+/* Could hold mail when last listed as itself; unlike selectable, kept
+ * when it is gone. */
+gboolean dcnode_held_mail(const DcNode *n);
 gboolean dcnode_present(const DcNode *n);
 DcNode *dcnode_parent(const DcNode *n);
 
@@ -72,6 +75,8 @@ DcNode *dircache_epoch(Dircache *dc, guint32 epoch, guint32 *uidvalidity);
 gboolean dircache_uidvalidity_gone(DcNode *n, guint32 uidvalidity);
 /* A present child by directory name, or NULL. */
 DcNode *dircache_child(Dircache *dc, DcNode *parent, const char *name);
+/* The same, also a child no longer present (as it was last listed). */
+DcNode *dircache_child_known(Dircache *dc, DcNode *parent, const char *name);
 /* Snapshot of present children (DcChild*, sorted by name; owned). */
 GPtrArray *dircache_children(Dircache *dc, DcNode *parent);
 

@@ -64,9 +64,11 @@ char *staging_file_keep(StagingFile *f, const char *dir, const char *name, GErro
 
 /* ---- pure helpers (tests/unit/test_write.c) ---- */
 
-/* Appends data to out with bare LF turned into CRLF.  *prev_cr carries
- * "the byte before this chunk was CR" from one chunk to the next (start
- * with FALSE).  Returns the number of LFs that were bare. */
-gsize staging_crlf_convert(const guchar *data, gsize len, gboolean *prev_cr, GByteArray *out);
+/* Appends data to out with every line end made CRLF: a bare LF, and any
+ * run of CRs before an LF, becomes CRLF; CRs at the very end are dropped.
+ * *crs carries the CRs not yet written from one chunk to the next (start
+ * with 0); a call with len 0 ends the message.  Returns the number of
+ * places changed (0: the bytes go as they are). */
+gsize staging_crlf_convert(const guchar *data, gsize len, guint64 *crs, GByteArray *out);
 
 G_END_DECLS

@@ -19,6 +19,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -722,6 +723,31 @@ def test_rm_r_after_reading_the_subfolder(empty_dovecot, fs):
     assert "Tree" not in os.listdir(m)
 
 
+def test_rm_r_of_a_folder_that_only_holds_folders(empty_dovecot, fs):
+    """P exists only because P/C does (\\Noselect); Dovecot drops it with
+    its last child, so rm -r found P gone at its rmdir and failed with
+    ENOENT although everything was deleted.  A folder that could hold
+    mail and is gone is still ENOENT."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("P/C")
+    c.create("Q/R")
+    imap_append(c, "Q/R", make_msg("qr"))
+    c.create("Gone")
+    typ, data = c.list('""', "P")
+    assert typ == "OK" and b"\\Noselect" in data[0], data
+    m = fs(dv)
+    assert os.listdir(os.path.join(m, "P")) == ["C"]
+    shutil.rmtree(os.path.join(m, "P"))
+    r = subprocess.run(["rm", "-r", os.path.join(m, "Q")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not {"P", "P/C", "Q", "Q/R"} & mailboxes(c)
+    assert not {"P", "Q"} & set(os.listdir(m))
+    assert os.listdir(os.path.join(m, "Gone")) == []
+    c.delete("Gone")
+    expect_errno(errno.ENOENT, os.rmdir, os.path.join(m, "Gone"))
+
+
 # ---------------------------------------------------------------- new files
 
 def test_cp_appends_one_message(empty_dovecot, fs, tmp_path):
@@ -1068,6 +1094,46 @@ def test_rename_over_a_message_replaces_it(empty_dovecot, fs):
     open(empty, "wb").close()
     expect_errno(errno.EPERM, os.rename, empty, os.path.join(inbox, eml(keep)))
     assert keep in state(c, "INBOX")
+
+
+def test_editing_a_message_keeps_its_flags(empty_dovecot, fs):
+    """sed -i (a new file renamed over the message) gives the new version
+    the flags of the one it replaces (they were lost), unless the file
+    had flags of its own set before it was stored."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    inbox = os.path.join(m, "INBOX")
+    old = imap_append(c, "INBOX", crlf(make_msg("ed")), flags=r"(\Seen \Flagged $Work)")
+    r = subprocess.run(["sed", "-i", "s/This is ed./This is edited./",
+                        os.path.join(inbox, eml(old))],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    st = state(c, "INBOX")
+    (new, msg), = st.items()
+    assert new != old and b"This is edited." in msg["body"]
+    assert msg["flags"] == {"\\Seen", "\\Flagged", "$Work"}
+    # The name sed wrote stands for the new version for a while; its flags.
+    assert set(os.getxattr(os.path.join(inbox, eml(old)), "user.imap.flags").split()) == {
+        b"\\Seen", b"\\Flagged", b"$Work"}
+    # Flags set on the new file before it was stored are its own (here it
+    # replaces the file sed wrote, whose name is still there).
+    tmp = os.path.join(inbox, "edit.tmp")
+    with open(tmp, "wb") as f:
+        f.write(crlf(make_msg("ed2")))
+        os.setxattr(f.fileno(), "user.imap.flags", b"\\Answered")
+    os.rename(tmp, os.path.join(inbox, eml(old)))
+    (newer, msg), = state(c, "INBOX").items()
+    assert newer != new and msg["mid"] == "ed2@imapfuse.test"
+    assert msg["flags"] == {"\\Answered"}
+    # And an edit of that file keeps them.
+    r = subprocess.run(["sed", "-i", "s/This is ed2./This is ed3./",
+                        os.path.join(inbox, eml(old))],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    (newest, msg), = state(c, "INBOX").items()
+    assert newest != newer and b"This is ed3." in msg["body"]
+    assert msg["flags"] == {"\\Answered"}
 
 
 def test_restoring_files_named_like_uids(empty_dovecot, fs, tmp_path):
@@ -1895,6 +1961,65 @@ def test_killed_child_leaves_a_shared_file_to_its_parent(empty_dovecot, fs, xdg)
     assert sorted(bodies[1:]) == sorted([whole2, whole3]), len(bodies)
     assert len(kept_files(xdg)) == 2
     m.unmount()
+
+
+def test_tar_with_xattrs_restores_messages_and_flags(empty_dovecot, fs, tmp_path):
+    """GNU tar makes each file it restores with xattrs by mknod, then
+    opens it (every message has user.imap.flags): mknod of a regular file
+    is a create, so a `tar --xattrs` backup of the mount goes back into
+    it with its flags (it failed with EPERM on every file).  Nothing but
+    a regular file can be made."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("Src")
+    flags = [r"(\Seen)", r"(\Flagged $Work)", ""]
+    for i, fl in enumerate(flags):
+        imap_append(c, "Src", make_msg("tx%d" % i, lf=False), flags=fl)
+    m = fs(dv)
+    tar = tmp_path / "x.tar"
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=user.*", "-cf", str(tar),
+                    "-C", m, "Src"], check=True, timeout=60)
+    os.mkdir(os.path.join(m, "TX"))
+    r = subprocess.run(["tar", "--xattrs", "--xattrs-include=user.*", "-xf", str(tar),
+                        "-C", os.path.join(m, "TX")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+
+    def by_mid(box):
+        return {v["mid"]: (v["body"], v["flags"]) for v in state(c, box).values()}
+    want = by_mid("Src")
+    assert len(want) == 3 and {"\\Flagged", "$Work"} in [f for _, f in want.values()]
+    assert by_mid("TX/Src") == want
+    box = os.path.join(m, "TX", "Src")
+    expect_errno(errno.EPERM, os.mkfifo, os.path.join(box, "fifo"))
+    expect_errno(errno.EPERM, os.mknod, os.path.join(box, "dev"), 0o600 | stat.S_IFCHR,
+                 os.makedev(1, 3))
+    assert len(state(c, "TX/Src")) == 3
+
+
+def test_line_ends_are_stored_as_the_server_keeps_them(empty_dovecot, fs, tmp_path):
+    """Line ends go as CRLF: a bare LF, and CRs before an LF ("\\r\\r\\n",
+    which Dovecot stored one CR shorter), become CRLF, CRs at the end go;
+    CRs inside a line stay.  Then the stored message is the one sent, and
+    copying the file again finds it (it was stored again at every cp)."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    os.mkdir(os.path.join(m, "LE"))
+    box = os.path.join(m, "LE")
+    tail = b"a\rb\r\r\nc\nd\n\re\r\r\r\nf\r\n\r\r"
+    data = make_msg(new_tag("le"), lf=False) + tail
+    src = tmp_path / "le.eml"
+    src.write_bytes(data)
+    want = re.sub(rb"\r*\n", b"\r\n", data).rstrip(b"\r")
+    assert want.endswith(b"a\rb\r\nc\r\nd\r\n\re\r\nf\r\n")
+    for dst in (box + "/", os.path.join(box, "again.eml"), os.path.join(box, "third.eml")):
+        subprocess.run(["cp", str(src), dst], check=True)
+    st = state(c, "LE")
+    assert [v["body"] for v in st.values()] == [want]
+    uid = next(iter(st))
+    with open(os.path.join(box, eml(uid)), "rb") as f:
+        assert f.read() == want
 
 
 @pytest.mark.imapfuse_stderr_ok(r"could not store .*NUL")

@@ -7,13 +7,14 @@
 #include "imapfuse/fswrite.h"
 #include "imapfuse/staging.h"
 
-static char *crlf(const char *in, gsize chunk, gsize *bare) {
+static char *crlf(const char *in, gsize chunk, gsize *changed) {
   GByteArray *out = g_byte_array_new();
-  gboolean cr = FALSE;
+  guint64 cr = 0;
   gsize n = strlen(in);
-  *bare = 0;
+  *changed = 0;
   for (gsize off = 0; off < n; off += chunk)
-    *bare += staging_crlf_convert((const guchar *)in + off, MIN(chunk, n - off), &cr, out);
+    *changed += staging_crlf_convert((const guchar *)in + off, MIN(chunk, n - off), &cr, out);
+  *changed += staging_crlf_convert(NULL, 0, &cr, out);
   g_byte_array_append(out, (const guint8 *)"", 1);
   return (char *)g_byte_array_free(out, FALSE);
 }
@@ -21,7 +22,7 @@ static char *crlf(const char *in, gsize chunk, gsize *bare) {
 static void test_crlf(void) {
   static const struct {
     const char *in, *out;
-    gsize bare;
+    gsize changed;
   } cases[] = {
       {"", "", 0},
       {"a", "a", 0},
@@ -29,17 +30,25 @@ static void test_crlf(void) {
       {"a\r\n", "a\r\n", 0},
       {"\n\n", "\r\n\r\n", 2},
       {"a\r\nb\nc\r\n", "a\r\nb\r\nc\r\n", 1},
-      {"\r", "\r", 0},
-      {"\r\r\n", "\r\r\n", 0},
       {"x\n\r\n\n", "x\r\n\r\n\r\n", 2},
+      /* CRs: kept inside a line, one kept before LF, none at the end, as
+       * Dovecot stores them (and RFC 5322's CRLF is kept by any server) */
+      {"a\rb\r\n", "a\rb\r\n", 0},
+      {"a\r\rb", "a\r\rb", 0},
+      {"\n\ra", "\r\n\ra", 1},
+      {"\r\r\n", "\r\n", 1},
+      {"a\r\r\r\nb\r\r\n", "a\r\nb\r\n", 2},
+      {"\r", "", 1},
+      {"a\r\n\r\r", "a\r\n", 1},
+      {"a\r\n\r\rb", "a\r\n\r\rb", 0},
   };
   for (gsize i = 0; i < G_N_ELEMENTS(cases); i++)
     /* Every chunking gives the same result (CR at a chunk's end). */
     for (gsize chunk = 1; chunk <= 8; chunk++) {
-      gsize bare;
-      g_autofree char *got = crlf(cases[i].in, chunk, &bare);
+      gsize changed;
+      g_autofree char *got = crlf(cases[i].in, chunk, &changed);
       g_assert_cmpstr(got, ==, cases[i].out);
-      g_assert_cmpuint(bare, ==, cases[i].bare);
+      g_assert_cmpuint(changed, ==, cases[i].changed);
     }
 }
 
