@@ -1384,6 +1384,11 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, 
     local = fsw_too_big_error(w, n);
     goto fail;
   }
+  if (n == 0) { /* nothing but CRs, which the line-end conversion drops */
+    g_set_error(&local, IFS_ERROR, IFS_ERROR_INVALID,
+                "it holds nothing but CRs, and a message cannot be empty");
+    goto fail;
+  }
   /* A NUL cannot be sent in an IMAP literal: Dovecot stored each as 0x80,
    * so the message was not the file (and never matched it for dedup).
    * BINARY's literal8 is not used: refused, kept unsent. */
@@ -1394,7 +1399,8 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, 
   }
   message_id = fswrite_message_id(data, n);
   g_mutex_lock(&w->lock);
-  a.date = f->mtime_set ? f->mtime.tv_sec : 0;
+  /* Not a date at or before the epoch: Dovecot read one as a date in 2096. */
+  a.date = f->mtime_set && f->mtime.tv_sec > 0 ? f->mtime.tv_sec : 0;
   g_mutex_unlock(&w->lock);
   a.msg = msg;
   a.flags = (const char *const *)f->flags;
@@ -2401,8 +2407,9 @@ static void _fsw_keep_replaced_flags(FsWrite *w, FswFile *f, const char *newname
     return;
   g_autoptr(GError) error = NULL;
   g_auto(GStrv) flags = imap_flags_parse(text, &error);
-  if (flags == NULL ||
-      !fsw_store(w, f->sent_node, f->sent_uv, f->sent_uid, flags, &error))
+  if (flags != NULL && fsw_store(w, f->sent_node, f->sent_uv, f->sent_uid, flags, &error))
+    f->flags = g_steal_pointer(&flags); /* kept if this version is sent again */
+  else
     g_warning("%s: the new version (UID %u) did not get the flags of the one it replaces "
               "(%s): %s",
               newname, f->sent_uid, text, error->message);
@@ -2411,8 +2418,10 @@ static void _fsw_keep_replaced_flags(FsWrite *w, FswFile *f, const char *newname
 /* Caller holds f->lock.  rename(2) of new file f over another new file's
  * name (sed -i on a file written a moment ago): the message that file
  * became is removed once f's bytes are stored, unless it has yet another
- * name.  0: no such file; -1: done; else an errno. */
-static int _fsw_replace_file(FsWrite *w, FswFile *f, DcNode *p2, const char *newname) {
+ * name; with edit (within one folder, not rsync's temporary name) f's
+ * message takes its flags.  0: no such file; -1: done; else an errno. */
+static int _fsw_replace_file(FsWrite *w, FswFile *f, DcNode *p2, const char *newname,
+                             gboolean edit) {
   g_autofree char *key = fsw_key(p2, newname);
   g_mutex_lock(&w->lock);
   FswFile *o = g_hash_table_lookup(w->by_name, key);
@@ -2440,7 +2449,7 @@ static int _fsw_replace_file(FsWrite *w, FswFile *f, DcNode *p2, const char *new
   g_mutex_unlock(&w->lock);
   guint32 uv, epoch;
   DcMsg m;
-  if (its && fsw_find_msg(w, r.node, r.uid, &uv, &epoch, &m, NULL) && uv == r.uv)
+  if (its && edit && fsw_find_msg(w, r.node, r.uid, &uv, &epoch, &m, NULL) && uv == r.uv)
     _fsw_keep_replaced_flags(w, f, newname, &m);
   int err = its ? _fsw_remove_replaced(w, f, newname, &r) : 0;
   g_mutex_unlock(&old->lock);
@@ -2464,7 +2473,7 @@ static int _fsw_replace_message(FsWrite *w, FswFile *f, DcNode *p2, const char *
    * of it replaces that one (both versions stayed).  Asked before
    * _fsw_replace_file makes the name f's. */
   gboolean moved = !from_temp && same_dir && fsw_moved_msg(w, p2, newname, &uv, &epoch, &m);
-  int err = _fsw_replace_file(w, f, p2, newname);
+  int err = _fsw_replace_file(w, f, p2, newname, same_dir && !from_temp);
   if (err != 0)
     return err < 0 ? 0 : err;
   if (moved)
@@ -3123,6 +3132,10 @@ static void fsw_set_flags(fuse_req_t req, FsWrite *w, fuse_ino_t ino, const char
     gboolean ok = TRUE;
     if (f->sent && f->sent_uid != 0) {
       ok = fsw_store(w, f->sent_node, f->sent_uv, f->sent_uid, flags, &error);
+      if (ok) { /* the file's own now: a new version of it is sent with them */
+        g_strfreev(f->flags);
+        f->flags = g_strdupv(flags);
+      }
     } else {
       /* Not sent yet: these become the APPEND flags. */
       g_strfreev(f->flags);

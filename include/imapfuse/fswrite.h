@@ -3,7 +3,8 @@
  * Owns: unlink, rename, mkdir, rmdir, new files (create/write/flush/
  * fsync/release, kept locally by staging.c until they are sent with
  * APPEND), setattr, the user.imap.flags extended attribute, and the
- * refusals (link, symlink, mknod, writing into a message).  It decides
+ * refusals (link, symlink, mknod of anything but a regular file, writing
+ * into a message).  It decides
  * which IMAP operations (cmd.h) each request becomes, runs them through
  * the pool, patches dircache with the outcome and queues kernel
  * invalidations (notify.h).  fs.c keeps the read path and calls the hooks

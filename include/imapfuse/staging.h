@@ -4,7 +4,7 @@
  * $XDG_DATA_HOME/imapfuse/staging/<account>/run-XXXXXX/ (directories 0700, files
  * 0600; on disk, not in memory, so a large file costs no RAM, and a crash
  * leaves the bytes behind rather than nothing); turning those bytes into a
- * message (bare LF -> CRLF) mapped from disk for APPEND; and keeping a copy
+ * message (line ends made CRLF) mapped from disk for APPEND; and keeping a copy
  * under $XDG_DATA_HOME/imapfuse/unsent/<account>/<dir>/<stamp>-<name>.eml
  * when the server refuses it.  No IMAP and no FUSE here.
  */
@@ -51,7 +51,7 @@ gboolean staging_file_sync(StagingFile *f, GError **error);
  * that (before it changes the bytes). */
 void staging_file_stored(StagingFile *f);
 
-/* The bytes as a message: every LF not preceded by CR becomes CRLF.  The
+/* The bytes as a message, line ends made CRLF (staging_crlf_convert).  The
  * result is mapped from disk (the staging file itself when nothing needs
  * converting); the file must not be written while it is referenced. */
 GBytes *staging_file_message(StagingFile *f, GError **error);

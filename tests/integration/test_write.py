@@ -1134,6 +1134,41 @@ def test_editing_a_message_keeps_its_flags(empty_dovecot, fs):
     (newest, msg), = state(c, "INBOX").items()
     assert newest != newer and b"This is ed3." in msg["body"]
     assert msg["flags"] == {"\\Answered"}
+    # A new date for the edited name within its 30 s sends it again: with
+    # the flags it has.
+    os.utime(os.path.join(inbox, eml(old)), (1600000000, 1600000000))
+    (dated, msg), = state(c, "INBOX").items()
+    assert dated != newest and msg["date"] == 1600000000
+    assert msg["flags"] == {"\\Answered"}
+    # Flags set on a file after it was stored (shutil.copy2 copies xattrs
+    # after the close) are its own too.
+    other = imap_append(c, "INBOX", crlf(make_msg("ed4")), flags=r"(\Seen)")
+    tmp = os.path.join(inbox, "edit2.tmp")
+    write_file(tmp, crlf(make_msg("ed5")))
+    os.setxattr(tmp, "user.imap.flags", b"\\Flagged")
+    os.rename(tmp, os.path.join(inbox, eml(other)))
+    st = state(c, "INBOX")
+    assert other not in st
+    assert {v["mid"]: v["flags"] for v in st.values()}["ed5@imapfuse.test"] == {"\\Flagged"}
+
+
+def test_mv_of_a_new_file_over_one_in_another_folder_keeps_its_flags(empty_dovecot, fs):
+    """A written file moved over another written file's name in another
+    folder is a move, not an edit: its message keeps its own flags."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("A")
+    c.create("B")
+    m = fs(dv)
+    x, y = os.path.join(m, "A", "x.eml"), os.path.join(m, "B", "y.eml")
+    write_file(x, crlf(make_msg("mx")))
+    write_file(y, crlf(make_msg("my")))
+    os.setxattr(x, "user.imap.flags", b"\\Answered")
+    os.setxattr(y, "user.imap.flags", b"\\Flagged")
+    os.rename(x, y)
+    assert state(c, "A") == {}
+    (uid, msg), = state(c, "B").items()
+    assert msg["mid"] == "mx@imapfuse.test" and msg["flags"] == {"\\Answered"}
 
 
 def test_restoring_files_named_like_uids(empty_dovecot, fs, tmp_path):
@@ -1997,7 +2032,8 @@ def test_tar_with_xattrs_restores_messages_and_flags(empty_dovecot, fs, tmp_path
     assert len(state(c, "TX/Src")) == 3
 
 
-def test_line_ends_are_stored_as_the_server_keeps_them(empty_dovecot, fs, tmp_path):
+@pytest.mark.imapfuse_stderr_ok(r"could not store .*nothing but CRs")
+def test_line_ends_are_stored_as_the_server_keeps_them(empty_dovecot, fs, xdg, tmp_path):
     """Line ends go as CRLF: a bare LF, and CRs before an LF ("\\r\\r\\n",
     which Dovecot stored one CR shorter), become CRLF, CRs at the end go;
     CRs inside a line stay.  Then the stored message is the one sent, and
@@ -2020,6 +2056,12 @@ def test_line_ends_are_stored_as_the_server_keeps_them(empty_dovecot, fs, tmp_pa
     uid = next(iter(st))
     with open(os.path.join(box, eml(uid)), "rb") as f:
         assert f.read() == want
+    # Nothing but CRs would be an empty message: refused, kept unsent.
+    f = open(os.path.join(box, "crs.eml"), "wb")
+    f.write(b"\r\r")
+    expect_errno(errno.EINVAL, f.close)
+    assert len(state(c, "LE")) == 1
+    assert [open(k, "rb").read() for k in kept_files(xdg)] == [b"\r\r"]
 
 
 @pytest.mark.imapfuse_stderr_ok(r"could not store .*NUL")
