@@ -67,8 +67,9 @@
 # runs without it and marks the warm rows "no disk cache yet".
 #
 # Requirements: Debian packages dovecot-imapd, fuse3, libfuse3-dev, gcc,
-# pkg-config, meson, ninja-build, python3; optional ripgrep and isync
-# (`apt-get install ripgrep isync`; rows are skipped when missing).
+# pkg-config, meson, ninja-build, python3, ripgrep and isync; run as root
+# it installs what is missing (contrib/deps.sh), else the rg and mbsync
+# rows are skipped when those are missing.
 # Runs as root (Dovecot's mail user, FUSE mounts).
 #
 # Files: data lives in $IMAPFUSE_BENCH_DIR (default /var/tmp/imapfuse-bench):
@@ -94,6 +95,10 @@ for arg in "$@"; do
   esac
 done
 
+# As root, install what is missing first (as the demo and the tests do).
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  bash "$REPO/contrib/deps.sh" isync || exit 1
+fi
 need() { command -v "$1" >/dev/null 2>&1 || { echo "run.sh: missing $1 ($2)" >&2; exit 1; }; }
 need cc "apt-get install gcc"
 need pkg-config "apt-get install pkg-config"

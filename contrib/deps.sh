@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages imapfuse needs to build, test and demo.
+# Installs the Debian 12 packages imapfuse needs to build, test and demo,
+# and any named as arguments (bench/run.sh: isync for its mbsync row).
 # Only what is missing is installed; safe to run again.
 set -euo pipefail
 pkgs=(meson ninja-build pkg-config gcc libc6-dev libfuse3-dev fuse3 libglib2.0-dev libssl-dev
-      openssl dovecot-imapd python3 python3-pytest attr rsync ripgrep scdoc)
+      openssl dovecot-imapd python3 python3-pytest attr rsync ripgrep scdoc "$@")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
