@@ -1152,6 +1152,8 @@ static gboolean fsw_move_message(FsWrite *w, FswFile *self, DcNode *src, guint32
 typedef struct {
   const char *mailbox;
   GBytes *msg;
+  GBytes *msg_kept; /* with the CRs msg dropped (a message already on a server
+                     * may have them: a restored backup's), for dedup; or NULL */
   const char *const *flags;
   gint64 date;
   const char *message_id;
@@ -1190,6 +1192,31 @@ static int fsw_same_bytes(ImapConn *c, guint32 uid, GBytes *msg, GError **error)
   return 1;
 }
 
+/* Looks in the selected mailbox (uv) for a message with msg's bytes: 1 and
+ * a->uv, a->uid, a->dup set; 0: none; -1: error. */
+static int fsw_find_same(ImapConn *c, FswAppend *a, guint32 uv, GBytes *msg, GError **error) {
+  g_autoptr(GArray) uids = g_array_new(FALSE, FALSE, sizeof(guint32));
+  if (!imap_search_same_size(c, g_bytes_get_size(msg), a->message_id, uids, error))
+    return -1;
+  for (guint i = 0; i < uids->len && i < FSW_DEDUP_MAX_CANDIDATES; i++) {
+    guint32 u = g_array_index(uids, guint32, i);
+    /* The earlier copy of this file counts only if the date is the same
+     * (otherwise the point is to replace it). */
+    if (uv == a->exclude_uv && u == a->exclude_uid && !a->same_date)
+      continue;
+    int same = fsw_same_bytes(c, u, msg, error);
+    if (same != 0) {
+      if (same > 0) {
+        a->uv = uv;
+        a->uid = u;
+        a->dup = TRUE;
+      }
+      return same;
+    }
+  }
+  return 0;
+}
+
 static gboolean fsw_append_op(ImapConn *c, gpointer user, GError **error) {
   FswAppend *a = user;
   a->uv = a->uid = 0;
@@ -1202,24 +1229,11 @@ static gboolean fsw_append_op(ImapConn *c, gpointer user, GError **error) {
     guint32 uv;
     if (!fsw_select_synced(c, a->mailbox, &uv, error))
       return fsw_unchanged(error);
-    g_autoptr(GArray) uids = g_array_new(FALSE, FALSE, sizeof(guint32));
-    if (!imap_search_same_size(c, size, a->message_id, uids, error))
-      return fsw_unchanged(error);
-    for (guint i = 0; i < uids->len && i < FSW_DEDUP_MAX_CANDIDATES; i++) {
-      guint32 u = g_array_index(uids, guint32, i);
-      /* The earlier copy of this file counts only if the date is the same
-       * (otherwise the point is to replace it). */
-      if (uv == a->exclude_uv && u == a->exclude_uid && !a->same_date)
-        continue;
-      int same = fsw_same_bytes(c, u, a->msg, error);
+    for (int k = 0; k < 2 && !a->dup; k++) {
+      GBytes *msg = k == 0 ? a->msg : a->msg_kept;
+      int same = msg != NULL ? fsw_find_same(c, a, uv, msg, error) : 0;
       if (same < 0)
         return fsw_unchanged(error);
-      if (same > 0) {
-        a->uv = uv;
-        a->uid = u;
-        a->dup = TRUE;
-        break;
-      }
     }
   }
   gboolean unchanged = a->dup && a->uv == a->exclude_uv && a->uid == a->exclude_uid;
@@ -1357,7 +1371,7 @@ static int _fsw_too_big(FsWrite *w, FswFile *f, guint64 size) {
 static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, gboolean own,
                           GError **error) {
   GError *local = NULL;
-  g_autoptr(GBytes) msg = NULL;
+  g_autoptr(GBytes) msg = NULL, msg_kept = NULL;
   FswAppend a = {.mailbox = dcnode_mailbox(node), .dedup = w->dedup && !own};
   g_autofree char *message_id = NULL, *fstr = NULL;
   gsize n = 0;
@@ -1376,9 +1390,16 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, 
   }
   /* This reads the whole staged file under f->lock (and maps it): bounded
    * by max_message, which writes and truncates cannot go past. */
-  msg = staging_file_message(f->data, &local);
+  gboolean crs_dropped = FALSE;
+  msg = staging_file_message(f->data, FALSE, &crs_dropped, &local);
   if (msg == NULL)
     goto fail;
+  /* A copy of a message with such CRs (a backup's) is still that message. */
+  if (crs_dropped && a.dedup) {
+    msg_kept = staging_file_message(f->data, TRUE, NULL, &local);
+    if (msg_kept == NULL)
+      goto fail;
+  }
   const char *data = g_bytes_get_data(msg, &n);
   if (n > w->max_message) { /* bare LFs became CRLF */
     local = fsw_too_big_error(w, n);
@@ -1403,6 +1424,7 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, 
   a.date = f->mtime_set && f->mtime.tv_sec > 0 ? f->mtime.tv_sec : 0;
   g_mutex_unlock(&w->lock);
   a.msg = msg;
+  a.msg_kept = msg_kept;
   a.flags = (const char *const *)f->flags;
   a.message_id = message_id;
   a.replacing = replacing;

@@ -350,10 +350,15 @@ gboolean staging_file_sync(StagingFile *f, GError **error) {
 /* Line ends as a server keeps them: Dovecot drops a CR before a line end
  * or the end of the message and sends LF as CRLF, so a file with "\r\r\n"
  * came back a byte shorter, was never the same message as the file, and a
- * second cp stored it again.  CRLF is what every server keeps. */
-gsize staging_crlf_convert(const guchar *data, gsize len, guint64 *crs, GByteArray *out) {
+ * second cp stored it again.  CRLF is what every server keeps.  keep_crs:
+ * only bare LFs change (the bytes a message already on a server may have). */
+gsize staging_crlf_convert(const guchar *data, gsize len, guint64 *crs, gboolean keep_crs,
+                           GByteArray *out) {
   if (len == 0) { /* the end: CRs there end no line */
-    gsize dropped = *crs > 0;
+    gsize dropped = *crs > 0 && !keep_crs;
+    if (keep_crs && out != NULL)
+      for (; *crs > 0; (*crs)--)
+        g_byte_array_append(out, (const guint8 *)"\r", 1);
     *crs = 0;
     return dropped;
   }
@@ -374,9 +379,12 @@ gsize staging_crlf_convert(const guchar *data, gsize len, guint64 *crs, GByteArr
       pending++;
       continue;
     }
+    if (keep_crs && pending > 0 && out != NULL) /* CRs, then the LF as it was */
+      for (; pending > 1; pending--)
+        g_byte_array_append(out, (const guint8 *)"\r", 1);
     if (out != NULL)
       g_byte_array_append(out, (const guint8 *)"\r\n", 2);
-    changed += pending != 1;
+    changed += keep_crs ? pending == 0 : pending != 1;
     pending = 0;
   }
   if (out != NULL && start < len)
@@ -397,20 +405,25 @@ static GBytes *staging_map(int fd, const char *path, GError **error) {
   return b;
 }
 
-GBytes *staging_file_message(StagingFile *f, GError **error) {
+GBytes *staging_file_message(StagingFile *f, gboolean keep_crs, gboolean *crs_dropped,
+                             GError **error) {
   g_autofree guchar *buf = g_malloc(STAGING_CHUNK);
-  guint64 cr = 0;
-  gsize changed = 0;
+  guint64 cr = 0, cr_kept = 0;
+  gsize changed = 0, changed_kept = 0;
   for (guint64 off = 0; off < f->size;) {
     gssize n = staging_file_pread(f, buf, STAGING_CHUNK, off, error);
     if (n < 0)
       return NULL;
     if (n == 0)
       break;
-    changed += staging_crlf_convert(buf, (gsize)n, &cr, NULL);
+    changed += staging_crlf_convert(buf, (gsize)n, &cr, keep_crs, NULL);
+    if (crs_dropped != NULL && !keep_crs)
+      changed_kept += staging_crlf_convert(buf, (gsize)n, &cr_kept, TRUE, NULL);
     off += (guint64)n;
   }
-  changed += staging_crlf_convert(NULL, 0, &cr, NULL);
+  changed += staging_crlf_convert(NULL, 0, &cr, keep_crs, NULL);
+  if (crs_dropped != NULL) /* bare LFs count in both; CRs only without keep_crs */
+    *crs_dropped = !keep_crs && changed != changed_kept;
   if (changed == 0)
     return staging_map(f->fd, f->path, error);
 
@@ -423,14 +436,13 @@ GBytes *staging_file_message(StagingFile *f, GError **error) {
   g_autoptr(GByteArray) conv = g_byte_array_sized_new(STAGING_CHUNK * 2);
   cr = 0;
   guint64 off = 0, woff = 0;
-  while (off < f->size) {
-    gssize n = staging_file_pread(f, buf, STAGING_CHUNK, off, error);
+  for (gboolean end = FALSE; !end;) {
+    gssize n = off < f->size ? staging_file_pread(f, buf, STAGING_CHUNK, off, error) : 0;
     if (n < 0)
       goto done;
-    if (n == 0)
-      break;
+    end = n == 0; /* then the CRs held back at the end, if kept */
     g_byte_array_set_size(conv, 0);
-    staging_crlf_convert(buf, (gsize)n, &cr, conv);
+    staging_crlf_convert(end ? NULL : buf, (gsize)n, &cr, keep_crs, conv);
     for (gsize w = 0; w < conv->len;) {
       ssize_t k = pwrite(fd, conv->data + w, conv->len - w, (off_t)woff);
       if (k < 0 && errno == EINTR)

@@ -51,11 +51,13 @@ gboolean staging_file_sync(StagingFile *f, GError **error);
  * that (before it changes the bytes). */
 void staging_file_stored(StagingFile *f);
 
-/* The bytes as a message, line ends made CRLF (staging_crlf_convert).  The
- * result is mapped from disk (the staging file itself when nothing needs
+/* The bytes as a message, line ends made CRLF (staging_crlf_convert; with
+ * keep_crs only bare LFs change).  *crs_dropped (may be NULL): whether CRs
+ * were dropped, so that keep_crs would give other bytes.  The result is
+ * mapped from disk (the staging file itself when nothing needs
  * converting); the file must not be written while it is referenced. */
-GBytes *staging_file_message(StagingFile *f, GError **error);
-
+GBytes *staging_file_message(StagingFile *f, gboolean keep_crs, gboolean *crs_dropped,
+                             GError **error);
 /* Keeps a copy of the bytes as written under <unsent>/<dir>/<stamp>-<name>
  * (".eml" added unless name has it; "-2", "-3"... on a clash).  dir is a
  * relative path of directory names as the mount shows them ("" for none).
@@ -66,9 +68,10 @@ char *staging_file_keep(StagingFile *f, const char *dir, const char *name, GErro
 
 /* Appends data to out with every line end made CRLF: a bare LF, and any
  * run of CRs before an LF, becomes CRLF; CRs at the very end are dropped.
- * *crs carries the CRs not yet written from one chunk to the next (start
- * with 0); a call with len 0 ends the message.  Returns the number of
- * places changed (0: the bytes go as they are). */
-gsize staging_crlf_convert(const guchar *data, gsize len, guint64 *crs, GByteArray *out);
-
+ * With keep_crs only bare LFs change (CRs are written as they are).  *crs
+ * carries the CRs not yet written from one chunk to the next (start with
+ * 0); a call with len 0 ends the message.  Returns the number of places
+ * changed (0: the bytes go as they are). */
+gsize staging_crlf_convert(const guchar *data, gsize len, guint64 *crs, gboolean keep_crs,
+                           GByteArray *out);
 G_END_DECLS

@@ -2040,7 +2040,7 @@ def test_line_ends_are_stored_as_the_server_keeps_them(empty_dovecot, fs, xdg, t
     copying the file again finds it (it was stored again at every cp)."""
     dv = empty_dovecot()
     c = dv.imap()
-    m = fs(dv)
+    m = fs(dv, "list_max_age=0")  # the other client's APPEND: seen at once
     os.mkdir(os.path.join(m, "LE"))
     box = os.path.join(m, "LE")
     tail = b"a\rb\r\r\nc\nd\n\re\r\r\r\nf\r\n\r\r"
@@ -2056,11 +2056,26 @@ def test_line_ends_are_stored_as_the_server_keeps_them(empty_dovecot, fs, xdg, t
     uid = next(iter(st))
     with open(os.path.join(box, eml(uid)), "rb") as f:
         assert f.read() == want
+    # A message already on the server with such CRs (Dovecot keeps all but
+    # one of a run: APPENDed here with imaplib's line-end mapping bypassed),
+    # copied out and back in as a restore does, is still that message.
+    raw = make_msg(new_tag("kept"), lf=False) + b"x\r\r\r\ny\r\n"
+    c.literal = raw
+    typ, _ = c._simple_command("APPEND", q("LE"))
+    assert typ == "OK"
+    (ku, kept), = [(u, v["body"]) for u, v in state(c, "LE").items() if v["body"] != want]
+    assert b"x\r\r\ny" in kept, kept
+    out = tmp_path / "kept.eml"
+    assert eml(ku) in os.listdir(box)
+    shutil.copyfile(os.path.join(box, eml(ku)), out)
+    assert out.read_bytes() == kept
+    subprocess.run(["cp", str(out), box + "/"], check=True)
+    assert sorted(v["body"] for v in state(c, "LE").values()) == sorted([want, kept])
     # Nothing but CRs would be an empty message: refused, kept unsent.
     f = open(os.path.join(box, "crs.eml"), "wb")
     f.write(b"\r\r")
     expect_errno(errno.EINVAL, f.close)
-    assert len(state(c, "LE")) == 1
+    assert len(state(c, "LE")) == 2
     assert [open(k, "rb").read() for k in kept_files(xdg)] == [b"\r\r"]
 
 

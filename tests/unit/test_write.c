@@ -7,14 +7,15 @@
 #include "imapfuse/fswrite.h"
 #include "imapfuse/staging.h"
 
-static char *crlf(const char *in, gsize chunk, gsize *changed) {
+static char *crlf(const char *in, gsize chunk, gboolean keep_crs, gsize *changed) {
   GByteArray *out = g_byte_array_new();
   guint64 cr = 0;
   gsize n = strlen(in);
   *changed = 0;
   for (gsize off = 0; off < n; off += chunk)
-    *changed += staging_crlf_convert((const guchar *)in + off, MIN(chunk, n - off), &cr, out);
-  *changed += staging_crlf_convert(NULL, 0, &cr, out);
+    *changed += staging_crlf_convert((const guchar *)in + off, MIN(chunk, n - off), &cr,
+                                     keep_crs, out);
+  *changed += staging_crlf_convert(NULL, 0, &cr, keep_crs, out);
   g_byte_array_append(out, (const guint8 *)"", 1);
   return (char *)g_byte_array_free(out, FALSE);
 }
@@ -23,32 +24,38 @@ static void test_crlf(void) {
   static const struct {
     const char *in, *out;
     gsize changed;
+    const char *kept; /* with keep_crs: only bare LFs change */
+    gsize kept_changed;
   } cases[] = {
-      {"", "", 0},
-      {"a", "a", 0},
-      {"a\n", "a\r\n", 1},
-      {"a\r\n", "a\r\n", 0},
-      {"\n\n", "\r\n\r\n", 2},
-      {"a\r\nb\nc\r\n", "a\r\nb\r\nc\r\n", 1},
-      {"x\n\r\n\n", "x\r\n\r\n\r\n", 2},
+      {"", "", 0, "", 0},
+      {"a", "a", 0, "a", 0},
+      {"a\n", "a\r\n", 1, "a\r\n", 1},
+      {"a\r\n", "a\r\n", 0, "a\r\n", 0},
+      {"\n\n", "\r\n\r\n", 2, "\r\n\r\n", 2},
+      {"a\r\nb\nc\r\n", "a\r\nb\r\nc\r\n", 1, "a\r\nb\r\nc\r\n", 1},
+      {"x\n\r\n\n", "x\r\n\r\n\r\n", 2, "x\r\n\r\n\r\n", 2},
       /* CRs: kept inside a line, one kept before LF, none at the end, as
        * Dovecot stores them (and RFC 5322's CRLF is kept by any server) */
-      {"a\rb\r\n", "a\rb\r\n", 0},
-      {"a\r\rb", "a\r\rb", 0},
-      {"\n\ra", "\r\n\ra", 1},
-      {"\r\r\n", "\r\n", 1},
-      {"a\r\r\r\nb\r\r\n", "a\r\nb\r\n", 2},
-      {"\r", "", 1},
-      {"a\r\n\r\r", "a\r\n", 1},
-      {"a\r\n\r\rb", "a\r\n\r\rb", 0},
+      {"a\rb\r\n", "a\rb\r\n", 0, "a\rb\r\n", 0},
+      {"a\r\rb", "a\r\rb", 0, "a\r\rb", 0},
+      {"\n\ra", "\r\n\ra", 1, "\r\n\ra", 1},
+      {"\r\r\n", "\r\n", 1, "\r\r\n", 0},
+      {"a\r\r\r\nb\r\r\n", "a\r\nb\r\n", 2, "a\r\r\r\nb\r\r\n", 0},
+      {"\r", "", 1, "\r", 0},
+      {"a\r\n\r\r", "a\r\n", 1, "a\r\n\r\r", 0},
+      {"a\r\n\r\rb", "a\r\n\r\rb", 0, "a\r\n\r\rb", 0},
+      {"a\r\r\nb\nc\r", "a\r\nb\r\nc", 3, "a\r\r\nb\r\nc\r", 1},
   };
   for (gsize i = 0; i < G_N_ELEMENTS(cases); i++)
     /* Every chunking gives the same result (CR at a chunk's end). */
     for (gsize chunk = 1; chunk <= 8; chunk++) {
       gsize changed;
-      g_autofree char *got = crlf(cases[i].in, chunk, &changed);
+      g_autofree char *got = crlf(cases[i].in, chunk, FALSE, &changed);
       g_assert_cmpstr(got, ==, cases[i].out);
       g_assert_cmpuint(changed, ==, cases[i].changed);
+      g_autofree char *kept = crlf(cases[i].in, chunk, TRUE, &changed);
+      g_assert_cmpstr(kept, ==, cases[i].kept);
+      g_assert_cmpuint(changed, ==, cases[i].kept_changed);
     }
 }
 
