@@ -30,6 +30,12 @@ struct Fs {
    * RELEASE (it comes after close() returns: an unmount can overtake it). */
   GMutex handles_lock;
   GQueue dirs, files;
+  /* fs_reply_error's last warning (under warn_lock): the same one again
+   * within FS_WARN_REPEAT_US is counted, not printed */
+  GMutex warn_lock;
+  char *warn_last;
+  gint64 warn_at;
+  guint warn_repeats;
   /* requests on files (fs_counts): what a scan costs per file */
   gint n_open, n_read, n_release, n_flush;
   gint reads_seen; /* n_open + n_read at the last opendir (listing ahead) */
@@ -69,6 +75,7 @@ Fs *fs_new(Dircache *dc, Bodycache *bc, Notify *notify, const FsOptions *opts) {
   fs->opts = *opts;
   clock_gettime(CLOCK_REALTIME, &fs->started);
   g_mutex_init(&fs->handles_lock);
+  g_mutex_init(&fs->warn_lock);
   dircache_set_observer(dc, fs_observer, fs);
   fs->w = fswrite_new(fs, dc, notify, &opts->write);
   return fs;
@@ -95,6 +102,10 @@ void fs_free(Fs *fs) {
     fswrite_free(fs->w);
     fs_handles_free(fs);
     g_mutex_clear(&fs->handles_lock);
+    if (fs->warn_repeats > 0)
+      g_warning("%s (%u more times)", fs->warn_last, fs->warn_repeats);
+    g_free(fs->warn_last);
+    g_mutex_clear(&fs->warn_lock);
   }
   g_free(fs);
 }
@@ -128,10 +139,37 @@ DcNode *fs_dir_or_reply(fuse_req_t req, fuse_ino_t ino) {
   return n;
 }
 
+#define FS_WARN_REPEAT_US (10 * G_USEC_PER_SEC)
+
+/* A warning, unless it is the same as the last one and that came less
+ * than 10 s ago: a reader of a server that was down printed one line per
+ * read(), 78 in 4 s.  How many were held back is said (with the text
+ * again) before the next one, or at the end. */
+static void fs_warn(Fs *fs, const char *text) {
+  gint64 now = g_get_monotonic_time();
+  g_mutex_lock(&fs->warn_lock);
+  if (g_strcmp0(fs->warn_last, text) == 0 && now - fs->warn_at < FS_WARN_REPEAT_US) {
+    fs->warn_repeats++;
+    g_mutex_unlock(&fs->warn_lock);
+    return;
+  }
+  guint repeats = fs->warn_repeats;
+  g_autofree char *before = fs->warn_last;
+  fs->warn_last = g_strdup(text);
+  fs->warn_at = now;
+  fs->warn_repeats = 0;
+  g_mutex_unlock(&fs->warn_lock);
+  if (repeats > 0)
+    g_warning("%s (%u more times)", before, repeats);
+  g_warning("%s", text);
+}
+
 static void fs_reply_error(fuse_req_t req, const char *what, GError *error) {
   int err = ifs_errno_from_error(error);
-  if (err != ENOENT && err != ESTALE)
-    g_warning("%s: %s", what, error->message);
+  if (err != ENOENT && err != ESTALE) {
+    g_autofree char *text = g_strdup_printf("%s: %s", what, error->message);
+    fs_warn(fuse_req_userdata(req), text);
+  }
   fuse_reply_err(req, err);
 }
 

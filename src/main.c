@@ -213,6 +213,7 @@ int main(int argc, char *argv[]) {
   Notify *notify = NULL;
   Diskcache *disk = NULL;
   Watch *watch = NULL;
+  ImapConn *watch_conn = NULL; /* the watcher's, closed last (watch_free) */
   g_autofree char *cache_dir = NULL, *meta_dir = NULL, *account = NULL;
   struct fuse_session *se = NULL;
   g_autofree char *fsname = NULL;
@@ -449,7 +450,7 @@ int main(int argc, char *argv[]) {
    * by then.  (libfuse's loops, -s and clone_fd, call no loop_on_stop.) */
   if (stop.thread == NULL)
     main_stopping(&stop);
-  watch_free(watch);
+  watch_conn = watch_free(watch);
   watch = NULL;
   dircache_set_prefetch(dc, 0);
   notify_detach(notify, G_USEC_PER_SEC);
@@ -476,7 +477,8 @@ int main(int argc, char *argv[]) {
 out_signals:
   fuse_remove_signal_handlers(se);
 out:
-  watch_free(watch);
+  if (watch != NULL)
+    watch_conn = watch_free(watch);
   notify_free(notify); /* before the session it talks to goes away */
   if (se != NULL)
     fuse_session_destroy(se);
@@ -495,7 +497,10 @@ out:
   }
   g_mutex_clear(&stop.lock);
   g_cond_clear(&stop.cond);
-  pool_free(pool);
+  /* The LOGOUTs share one wait of at most 2 s, after the unmount. */
+  gint64 bye = g_get_monotonic_time() + 2 * G_USEC_PER_SEC;
+  imap_conn_close_by(watch_conn, bye);
+  pool_free_by(pool, bye);
   if (ep.password != NULL)
     memset(ep.password, 0, strlen(ep.password));
   g_free(ep.password);

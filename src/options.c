@@ -41,9 +41,9 @@ static const struct fuse_opt options_table[] = {
     IFS_OPT("delete=%s", delete_mode, 0),
     IFS_OPT("dedup=%s", dedup, 0),
     IFS_OPT("max_message=%s", max_message, 0),
-    IFS_OPT("msg_timeout=%lf", msg_timeout, 0),
-    IFS_OPT("dir_timeout=%lf", dir_timeout, 0),
-    IFS_OPT("list_max_age=%lf", list_max_age, 0),
+    IFS_OPT("msg_timeout=%s", sec_text[IFS_SEC_MSG_TIMEOUT], 0),
+    IFS_OPT("dir_timeout=%s", sec_text[IFS_SEC_DIR_TIMEOUT], 0),
+    IFS_OPT("list_max_age=%s", sec_text[IFS_SEC_LIST_MAX_AGE], 0),
     /* FUSE's own too (the kernel refuses writes); seen here for fs.c */
     IFS_OPT("ro", read_only, 1),
     IFS_OPT("rw", read_only, 0),
@@ -138,6 +138,36 @@ static gboolean options_take_ints(IfsOptions *o, GError **error) {
   return TRUE;
 }
 
+/* Seconds with an optional fraction, as text for the same reason: "%lf"
+ * took "10min" as 10, "0x10" as 16 and "-1" as "not given". */
+static const struct {
+  const char *name;
+  size_t field;
+} sec_options[IFS_N_SEC] = {
+    [IFS_SEC_MSG_TIMEOUT] = {"msg_timeout", offsetof(IfsOptions, msg_timeout)},
+    [IFS_SEC_DIR_TIMEOUT] = {"dir_timeout", offsetof(IfsOptions, dir_timeout)},
+    [IFS_SEC_LIST_MAX_AGE] = {"list_max_age", offsetof(IfsOptions, list_max_age)},
+};
+
+static gboolean options_take_seconds(IfsOptions *o, GError **error) {
+  for (int i = 0; i < IFS_N_SEC; i++) {
+    const char *text = o->sec_text[i];
+    if (text == NULL)
+      continue;
+    gboolean plain = text[0] != '\0' && text[strspn(text, "0123456789.")] == '\0';
+    char *end = NULL;
+    double v = plain ? g_ascii_strtod(text, &end) : -1;
+    if (!plain || end == text || *end != '\0' || !(v >= 0 && v <= 86400)) {
+      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                  "%s= must be 0 to 86400 seconds (a fraction like 0.5 is allowed), not \"%s\"",
+                  sec_options[i].name, text);
+      return FALSE;
+    }
+    *(double *)((char *)o + sec_options[i].field) = v;
+  }
+  return TRUE;
+}
+
 gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
   memset(o, 0, sizeof *o);
   o->connections = 4;
@@ -170,21 +200,11 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "tls= takes on or off, not \"%s\"", o->tls);
     return FALSE;
   }
-  if (!options_take_ints(o, error))
+  /* list_max_age stays -1 when not given (1.5 x poll).  nan, -3 and
+   * 1e300 were taken silently once (1e300 overflowed the conversion to
+   * microseconds). */
+  if (!options_take_ints(o, error) || !options_take_seconds(o, error))
     return FALSE;
-  if (!(o->msg_timeout >= 0 && o->msg_timeout <= 86400) ||
-      !(o->dir_timeout >= 0 && o->dir_timeout <= 86400)) {
-    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
-                "msg_timeout= and dir_timeout= must be 0 to 86400 seconds");
-    return FALSE;
-  }
-  /* -1: not given (1.5 x poll).  nan, -3 and 1e300 were taken silently
-   * (1e300 overflowed the conversion to microseconds). */
-  if (o->list_max_age != -1 && !(o->list_max_age >= 0 && o->list_max_age <= 86400)) {
-    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
-                "list_max_age= must be 0 to 86400 seconds, not %g", o->list_max_age);
-    return FALSE;
-  }
   if (o->cache != NULL && g_strcmp0(o->cache, "none") != 0 &&
       g_strcmp0(o->cache, "metadata") != 0 && g_strcmp0(o->cache, "full") != 0) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
@@ -248,6 +268,8 @@ void options_clear(IfsOptions *o) {
   g_free(o->xattr);
   for (int i = 0; i < IFS_N_INT; i++)
     g_free(o->int_text[i]);
+  for (int i = 0; i < IFS_N_SEC; i++)
+    g_free(o->sec_text[i]);
   memset(o, 0, sizeof *o);
 }
 

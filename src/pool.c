@@ -127,6 +127,10 @@ Pool *pool_new(const ImapEndpoint *ep, guint max_conns, ImapConn *first) {
 }
 
 void pool_free(Pool *p) {
+  pool_free_by(p, g_get_monotonic_time() + 2 * G_USEC_PER_SEC);
+}
+
+void pool_free_by(Pool *p, gint64 deadline_us) {
   if (p == NULL)
     return;
   /* Nobody calls pool_warm any more: its threads end by releasing what
@@ -141,7 +145,7 @@ void pool_free(Pool *p) {
   g_cond_clear(&p->busy_cond);
   ImapConn *c;
   while ((c = g_queue_pop_head(&p->idle)) != NULL)
-    imap_conn_close(c);
+    imap_conn_close_by(c, deadline_us);
   g_mutex_clear(&p->lock);
   g_cond_clear(&p->cond);
   g_free(p);

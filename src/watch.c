@@ -148,8 +148,7 @@ static gpointer watch_thread(gpointer data) {
     w->rounds++;
   }
   g_mutex_unlock(&w->lock);
-  imap_conn_close(conn);
-  return NULL;
+  return conn; /* watch_free's caller closes it */
 }
 
 Watch *watch_new(const ImapEndpoint *ep, Dircache *dc, Pool *pool, guint interval_s,
@@ -177,14 +176,15 @@ void watch_stop(Watch *w) {
   g_mutex_unlock(&w->lock);
 }
 
-void watch_free(Watch *w) {
+ImapConn *watch_free(Watch *w) {
   if (w == NULL)
-    return;
+    return NULL;
   watch_stop(w);
-  g_thread_join(w->thread);
+  ImapConn *conn = g_thread_join(w->thread);
   g_mutex_clear(&w->lock);
   g_cond_clear(&w->cond);
   g_free(w);
+  return conn;
 }
 
 guint watch_rounds(Watch *w) {

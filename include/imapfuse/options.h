@@ -27,6 +27,9 @@ enum {
   IFS_N_INT
 };
 
+/* Options in seconds that take a fraction (0.5), taken as text too. */
+enum { IFS_SEC_MSG_TIMEOUT, IFS_SEC_DIR_TIMEOUT, IFS_SEC_LIST_MAX_AGE, IFS_N_SEC };
+
 typedef struct {
   char *url;
   char *password_command;
@@ -56,6 +59,7 @@ typedef struct {
   int read_only;      /* -o ro (also passed on to FUSE) */
   int max_threads;    /* -o max_threads= (also FUSE's); 0: not given */
   char *int_text[IFS_N_INT]; /* the whole-number options as given */
+  char *sec_text[IFS_N_SEC]; /* the options in seconds as given */
   int show_help;
   int show_version;
 } IfsOptions;

@@ -23,7 +23,10 @@ typedef struct Watch Watch;
  * the user has not used for idle_s (0: never mind) are not polled. */
 Watch *watch_new(const ImapEndpoint *ep, Dircache *dc, Pool *pool, guint interval_s,
                  guint idle_s);
-void watch_free(Watch *w);
+/* Stops the watcher; returns its connection, still open (or NULL), for the
+ * caller to close after the unmount: its LOGOUT to a server gone silent
+ * held the unmount up 2 s. */
+ImapConn *watch_free(Watch *w);
 /* No round starts after this (one under way ends as it does); for a stop
  * that must not wait.  NULL is fine. */
 void watch_stop(Watch *w);

@@ -856,6 +856,9 @@ static SSL *conn_tls_handshake(ImapConn *c, GError **error) {
   return ssl;
 }
 
+/* Some connection of this process got a greeting (one server per mount). */
+static gint conn_greeted;
+
 ImapConn *imap_conn_open(const ImapEndpoint *ep, GError **error) {
   g_autoptr(ImapConn) c = g_new0(ImapConn, 1);
   c->ep = ep;
@@ -872,11 +875,14 @@ ImapConn *imap_conn_open(const ImapEndpoint *ep, GError **error) {
   }
   g_autoptr(ImapResponse) greeting = conn_read(c, error);
   if (greeting == NULL) {
-    /* A TLS port says nothing until it gets a TLS hello. */
-    if (ep->tls != IMAP_TLS_IMPLICIT && g_error_matches(*error, IFS_ERROR, IFS_ERROR_TIMEOUT))
+    /* A TLS port says nothing until it gets a TLS hello; a server that has
+     * greeted before is only not answering now (the hint misled then). */
+    if (ep->tls != IMAP_TLS_IMPLICIT && g_error_matches(*error, IFS_ERROR, IFS_ERROR_TIMEOUT) &&
+        !g_atomic_int_get(&conn_greeted))
       g_prefix_error(error, "no IMAP greeting (a TLS port? then use imaps://): ");
     return NULL;
   }
+  g_atomic_int_set(&conn_greeted, 1);
   if (greeting->kind != IMAP_RESP_UNTAGGED ||
       (greeting->status != IMAP_STATUS_OK && greeting->status != IMAP_STATUS_PREAUTH)) {
     g_set_error(error, IFS_ERROR, greeting->status == IMAP_STATUS_BYE ? IFS_ERROR_CLOSED
@@ -936,12 +942,17 @@ ImapConn *imap_conn_open(const ImapEndpoint *ep, GError **error) {
 }
 
 void imap_conn_close(ImapConn *c) {
+  imap_conn_close_by(c, g_get_monotonic_time() + 2 * G_USEC_PER_SEC);
+}
+
+void imap_conn_close_by(ImapConn *c, gint64 deadline_us) {
   if (c == NULL)
     return;
   conn_register(c, FALSE); /* before it is freed */
   if (c->fd >= 0 && !c->broken && c->opened) {
     /* Best effort, and quick: do not wait long on a server going away. */
-    struct timeval tv = {.tv_sec = 2};
+    gint64 wait = CLAMP(deadline_us - g_get_monotonic_time(), 10000, 2 * G_USEC_PER_SEC);
+    struct timeval tv = {.tv_sec = wait / G_USEC_PER_SEC, .tv_usec = wait % G_USEC_PER_SEC};
     setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     GError *ignored = NULL;

@@ -408,6 +408,12 @@ def test_missing_url(run_fail):
     (("list_max_age=-3",), "off", r"list_max_age="),
     (("list_max_age=nan",), "off", r"list_max_age="),
     (("list_max_age=1e300",), "off", r"list_max_age="),
+    # fuse_opt's %lf took these as 10, 5, 16 and "not given"
+    (("msg_timeout=10min",), "off", r"msg_timeout=.*10min"),
+    (("list_max_age=5s",), "off", r"list_max_age=.*5s"),
+    (("dir_timeout=0x10",), "off", r"dir_timeout=.*0x10"),
+    (("list_max_age=-1",), "off", r"list_max_age=.*-1"),
+    (("dir_timeout=.",), "off", r"dir_timeout="),
 ])
 def test_bad_option_values(dovecot, imapfuse_fail, opt, tls, want):
     rc, err = imapfuse_fail(dovecot, *opt, tls=tls)
