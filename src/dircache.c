@@ -1091,17 +1091,26 @@ static guint32 dc_seen_now(void) {
  * ctime is this time when it is later than its INTERNALDATE: mail moved
  * in by another client, or a folder recreated with older mail under the
  * old UIDs, is new to `find -cnewer`, `tar -N` and `tar -g` as a file
- * moved in is on a disk (with the INTERNALDATE alone they missed it). */
-static void dc_stamp_seen(GArray *msgs, const GArray *old, guint32 now) {
+ * moved in is on a disk (with the INTERNALDATE alone they missed it).
+ * Flags that changed since old are a change of its user.imap.flags, which
+ * on a disk changes a file's ctime: now then too (tar -g kept the old
+ * flags), and the UID goes to flagged (may be NULL). */
+static void dc_stamp_seen(GArray *msgs, const GArray *old, guint32 now, GArray *flagged) {
   guint j = 0;
   for (guint i = 0; i < msgs->len; i++) {
     DcMsg *m = &g_array_index(msgs, DcMsg, i);
     while (old != NULL && j < old->len && g_array_index(old, DcMsg, j).uid < m->uid)
       j++;
-    if (old != NULL && j < old->len && g_array_index(old, DcMsg, j).uid == m->uid)
-      m->seen = g_array_index(old, DcMsg, j).seen;
-    else
+    const DcMsg *o = old != NULL && j < old->len ? &g_array_index(old, DcMsg, j) : NULL;
+    if (o == NULL || o->uid != m->uid) {
       m->seen = now;
+    } else if (o->flagset != m->flagset && now != 0) {
+      m->seen = now;
+      if (flagged != NULL)
+        g_array_append_val(flagged, m->uid);
+    } else {
+      m->seen = o->seen;
+    }
   }
 }
 
@@ -1239,6 +1248,7 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
   if (!ok)
     g_propagate_error(error, local);
   g_autoptr(GArray) gone = g_array_new(FALSE, FALSE, sizeof(guint32));
+  g_autoptr(GArray) flagged = g_array_new(FALSE, FALSE, sizeof(guint32));
   guint32 old_epoch = 0, old_uidvalidity = 0;
   gboolean changed = FALSE;
   if (ok) {
@@ -1309,7 +1319,7 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
      * time, a new ctime for all at every mount (restic read all again). */
     if (result != f.base)
       dc_stamp_seen(result, n->uidvalidity == f.uidvalidity ? n->msgs : NULL,
-                    n->msgs == NULL && dc->meta_dir == NULL ? 0 : dc_seen_now());
+                    n->msgs == NULL && dc->meta_dir == NULL ? 0 : dc_seen_now(), flagged);
     if (n->msgs != NULL)
       g_array_unref(n->msgs);
     if (n->uidvalidity != f.uidvalidity) {
@@ -1357,6 +1367,9 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
   g_array_unref(f.vanished);
   g_mutex_unlock(&n->refresh_lock);
   dc_tell_gone(dc, n, old_epoch, old_uidvalidity, gone);
+  if (old_uidvalidity == 0) /* the same messages: the kernel's ctime of these is old */
+    for (guint i = 0; i < flagged->len; i++)
+      dc_tell(dc, n, old_epoch, g_array_index(flagged, guint32, i), DC_CHANGE_FLAGS);
   if (ok && f.uidnext != 0) {
     g_mutex_lock(&n->lock);
     guint32 epoch = n->epoch;
@@ -1561,6 +1574,7 @@ void dircache_msg_flags(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32 ui
       guint idx = (guint)(m - (const DcMsg *)n->msgs->data);
       GArray *copy = dc_msgs_dup(n->msgs);
       g_array_index(copy, DcMsg, idx).flagset = fs;
+      g_array_index(copy, DcMsg, idx).seen = dc_seen_now(); /* its ctime: dc_stamp_seen */
       g_array_unref(n->msgs);
       n->msgs = copy;
       n->dirty = TRUE;

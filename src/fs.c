@@ -47,8 +47,9 @@ struct Fs {
 /* A message went away or changed: drop the kernel's entry for its name. */
 static void fs_observer(DcNode *n, guint32 epoch, guint32 uid, DcChangeKind kind, gpointer user) {
   Fs *fs = user;
-  if (kind == DC_CHANGE_FLAGS)
-    return; /* flags are not in the attributes */
+  /* DC_CHANGE_FLAGS too: the flags are not in the attributes, but the
+   * ctime that shows their change is (dc_stamp_seen), so the kernel asks
+   * again. */
   if (kind == DC_CHANGE_LISTED) {
     fswrite_listing_seen(fs->w, n, uid);
     return;
