@@ -142,16 +142,24 @@ DcNode *fs_dir_or_reply(fuse_req_t req, fuse_ino_t ino) {
 
 #define FS_WARN_REPEAT_US (10 * G_USEC_PER_SEC)
 
-/* A warning, unless it is the same as the last one and that came less
- * than 10 s ago: a reader of a server that was down printed one line per
- * read(), 78 in 4 s.  How many were held back is said (with the text
- * again) before the next one, or at the end. */
+/* A warning, unless it is the same as the last one: a reader of a server
+ * that was down printed one line per read(), 78 in 4 s.  Repeats are
+ * counted and said in one line ("TEXT (N more times)") at most every
+ * 10 s, before a different warning, and at the end. */
 static void fs_warn(Fs *fs, const char *text) {
   gint64 now = g_get_monotonic_time();
   g_mutex_lock(&fs->warn_lock);
-  if (g_strcmp0(fs->warn_last, text) == 0 && now - fs->warn_at < FS_WARN_REPEAT_US) {
+  if (g_strcmp0(fs->warn_last, text) == 0) {
     fs->warn_repeats++;
+    guint repeats = 0;
+    if (now - fs->warn_at >= FS_WARN_REPEAT_US) { /* one line for the last 10 s */
+      repeats = fs->warn_repeats;
+      fs->warn_repeats = 0;
+      fs->warn_at = now;
+    }
     g_mutex_unlock(&fs->warn_lock);
+    if (repeats > 0)
+      g_warning("%s (%u more times)", text, repeats);
     return;
   }
   guint repeats = fs->warn_repeats;
