@@ -30,8 +30,8 @@ struct Fs {
    * RELEASE (it comes after close() returns: an unmount can overtake it). */
   GMutex handles_lock;
   GQueue dirs, files;
-  /* fs_reply_error's last warning (under warn_lock): the same one again
-   * within FS_WARN_REPEAT_US is counted, not printed */
+  /* fs_reply_error's last warning (under warn_lock): the same one again is
+   * counted, and the count said at most every FS_WARN_REPEAT_US (fs_warn) */
   GMutex warn_lock;
   char *warn_last;
   gint64 warn_at;

@@ -1394,12 +1394,6 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, 
   msg = staging_file_message(f->data, FALSE, &crs_dropped, &local);
   if (msg == NULL)
     goto fail;
-  /* A copy of a message with such CRs (a backup's) is still that message. */
-  if (crs_dropped && a.dedup) {
-    msg_kept = staging_file_message(f->data, TRUE, NULL, &local);
-    if (msg_kept == NULL)
-      goto fail;
-  }
   const char *data = g_bytes_get_data(msg, &n);
   if (n > w->max_message) { /* bare LFs became CRLF */
     local = fsw_too_big_error(w, n);
@@ -1417,6 +1411,12 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, 
     g_set_error(&local, IFS_ERROR, IFS_ERROR_INVALID,
                 "it contains a NUL byte, which a message sent by IMAP cannot carry");
     goto fail;
+  }
+  /* A copy of a message with such CRs (a backup's) is still that message. */
+  if (crs_dropped && a.dedup) {
+    msg_kept = staging_file_message(f->data, TRUE, NULL, &local);
+    if (msg_kept == NULL)
+      goto fail;
   }
   message_id = fswrite_message_id(data, n);
   g_mutex_lock(&w->lock);
@@ -3152,17 +3152,13 @@ static void fsw_set_flags(fuse_req_t req, FsWrite *w, fuse_ino_t ino, const char
   if (f != NULL) {
     g_mutex_lock(&f->lock);
     gboolean ok = TRUE;
-    if (f->sent && f->sent_uid != 0) {
+    if (f->sent && f->sent_uid != 0)
       ok = fsw_store(w, f->sent_node, f->sent_uv, f->sent_uid, flags, &error);
-      if (ok) { /* the file's own now: a new version of it is sent with them */
-        g_strfreev(f->flags);
-        f->flags = g_strdupv(flags);
-      }
-    } else {
-      /* Not sent yet: these become the APPEND flags. */
+    else
+      f->dirty = f->dirty || f->sent; /* not sent yet: they go with its APPEND */
+    if (ok) { /* the file's own: a new version of it is sent with them too */
       g_strfreev(f->flags);
       f->flags = g_strdupv(flags);
-      f->dirty = f->dirty || f->sent;
     }
     g_mutex_unlock(&f->lock);
     if (!ok)

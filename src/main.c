@@ -500,7 +500,7 @@ out:
   /* The LOGOUTs share one wait of at most 2 s, after the unmount. */
   gint64 bye = g_get_monotonic_time() + 2 * G_USEC_PER_SEC;
   imap_conn_close_by(watch_conn, bye);
-  pool_free_by(pool, bye);
+  pool_free(pool, bye);
   if (ep.password != NULL)
     memset(ep.password, 0, strlen(ep.password));
   g_free(ep.password);

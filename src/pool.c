@@ -126,11 +126,7 @@ Pool *pool_new(const ImapEndpoint *ep, guint max_conns, ImapConn *first) {
   return p;
 }
 
-void pool_free(Pool *p) {
-  pool_free_by(p, g_get_monotonic_time() + 2 * G_USEC_PER_SEC);
-}
-
-void pool_free_by(Pool *p, gint64 deadline_us) {
+void pool_free(Pool *p, gint64 deadline_us) {
   if (p == NULL)
     return;
   /* Nobody calls pool_warm any more: its threads end by releasing what

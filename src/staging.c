@@ -352,13 +352,17 @@ gboolean staging_file_sync(StagingFile *f, GError **error) {
  * came back a byte shorter, was never the same message as the file, and a
  * second cp stored it again.  CRLF is what every server keeps.  keep_crs:
  * only bare LFs change (the bytes a message already on a server may have). */
+static void staging_put_crs(GByteArray *out, guint64 n) {
+  for (; out != NULL && n > 0; n--)
+    g_byte_array_append(out, (const guint8 *)"\r", 1);
+}
+
 gsize staging_crlf_convert(const guchar *data, gsize len, guint64 *crs, gboolean keep_crs,
                            GByteArray *out) {
   if (len == 0) { /* the end: CRs there end no line */
     gsize dropped = *crs > 0 && !keep_crs;
-    if (keep_crs && out != NULL)
-      for (; *crs > 0; (*crs)--)
-        g_byte_array_append(out, (const guint8 *)"\r", 1);
+    if (keep_crs)
+      staging_put_crs(out, *crs);
     *crs = 0;
     return dropped;
   }
@@ -366,9 +370,7 @@ gsize staging_crlf_convert(const guchar *data, gsize len, guint64 *crs, gboolean
   guint64 pending = *crs; /* CRs seen and not yet written */
   for (gsize i = 0; i < len; i++) {
     if (data[i] != '\r' && data[i] != '\n') {
-      if (pending > 0 && out != NULL)
-        for (; pending > 0; pending--)
-          g_byte_array_append(out, (const guint8 *)"\r", 1);
+      staging_put_crs(out, pending); /* CRs inside a line stay */
       pending = 0;
       continue;
     }
@@ -379,9 +381,8 @@ gsize staging_crlf_convert(const guchar *data, gsize len, guint64 *crs, gboolean
       pending++;
       continue;
     }
-    if (keep_crs && pending > 0 && out != NULL) /* CRs, then the LF as it was */
-      for (; pending > 1; pending--)
-        g_byte_array_append(out, (const guint8 *)"\r", 1);
+    if (keep_crs && pending > 1) /* CRs, then the LF as it was */
+      staging_put_crs(out, pending - 1);
     if (out != NULL)
       g_byte_array_append(out, (const guint8 *)"\r\n", 2);
     changed += keep_crs ? pending == 0 : pending != 1;

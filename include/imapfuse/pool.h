@@ -17,10 +17,9 @@ typedef struct Pool Pool;
 
 /* first: an already open connection to start with (taken over), or NULL. */
 Pool *pool_new(const ImapEndpoint *ep, guint max_conns, ImapConn *first);
-void pool_free(Pool *p);
-/* The same, its connections' LOGOUTs answered by deadline_us or left
+/* Its connections' LOGOUTs answered by deadline_us (monotonic) or left
  * unanswered (imap_conn_close_by). */
-void pool_free_by(Pool *p, gint64 deadline_us);
+void pool_free(Pool *p, gint64 deadline_us);
 /* Every connection that has waited waited_us or more for the server's
  * answer to a command that changes nothing (a read, a listing, a search)
  * has its socket shut down, so that the work fails now instead of after
