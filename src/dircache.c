@@ -38,6 +38,7 @@ struct DcNode {
   gboolean present;
   guint seen, listed;   /* the last LIST that named it on a path, as itself */
   GHashTable *children; /* name -> DcNode* (under tree_lock) */
+  guint32 changed;      /* dircache_dir_changed (atomic: read under tree_lock) */
 
   GMutex refresh_lock;
   GMutex lock; /* protects the fields below */
@@ -49,6 +50,7 @@ struct DcNode {
   gboolean dirty;        /* changed since last saved to disk */
   gboolean meta_tried;   /* the on-disk copy was looked at */
   gint64 fetched_at; /* monotonic us of the start of the last good fetch; 0 never */
+  gint64 good_at;    /* the same, not reset when only stale; 0 after a new UIDVALIDITY */
   gboolean stale;    /* msgs may not match the server at highestmodseq: ask it */
   gboolean served;   /* a listing of it was handed out in this mount */
   gboolean prefetching; /* queued or being listed ahead (dircache_prefetch_after) */
@@ -347,19 +349,25 @@ void dircache_free(Dircache *dc) {
 
 /* ---- tree ---- */
 
+static void dc_bump_dirs(Dircache *dc, GPtrArray *nodes);
+
 /* What LIST number gen no longer names is gone (or no longer a mailbox);
- * gen 0: everything below n. */
-static void _dc_mark_absent(DcNode *n, guint gen) {
+ * gen 0: everything below n.  The parents of what went go to bumped (may
+ * be NULL). */
+static void _dc_mark_absent(DcNode *n, guint gen, GPtrArray *bumped) {
   GHashTableIter it;
   gpointer v;
   g_hash_table_iter_init(&it, n->children);
   while (g_hash_table_iter_next(&it, NULL, &v)) {
     DcNode *c = v;
-    if (c->seen != gen)
+    if (c->seen != gen) {
+      if (c->present && bumped != NULL)
+        g_ptr_array_add(bumped, n);
       c->present = FALSE;
+    }
     if (c->listed != gen)
       c->selectable = FALSE;
-    _dc_mark_absent(c, gen);
+    _dc_mark_absent(c, gen, bumped);
   }
 }
 
@@ -384,8 +392,9 @@ static char **dc_split(const ImapMailboxInfo *m) {
 
 /* Nodes still listed keep present and selectable TRUE throughout: they are
  * read without tree_lock (a write whose folder read as unselectable in the
- * middle of a refresh was refused: "not a mailbox"). */
-static void _dc_apply_list(Dircache *dc, GPtrArray *list) {
+ * middle of a refresh was refused: "not a mailbox").  Directories that got
+ * or lost a subfolder since the last LIST go to bumped. */
+static void _dc_apply_list(Dircache *dc, GPtrArray *list, GPtrArray *bumped) {
   guint gen = ++dc->lists;
   for (guint i = 0; i < list->len; i++) {
     const ImapMailboxInfo *m = g_ptr_array_index(list, i);
@@ -403,6 +412,13 @@ static void _dc_apply_list(Dircache *dc, GPtrArray *list) {
       DcNode *child = g_hash_table_lookup(n->children, parts[k]);
       if (child == NULL)
         child = _dc_node_new(dc, n, parts[k], prefix->str);
+      /* Not at the mount's first LIST: that one finds, not makes, them.
+       * A folder made now is new itself too (else it showed the mount's
+       * start until listed). */
+      if (!child->present && gen > 1) {
+        g_ptr_array_add(bumped, n);
+        g_ptr_array_add(bumped, child);
+      }
       child->present = TRUE;
       child->seen = gen;
       n = child;
@@ -413,7 +429,7 @@ static void _dc_apply_list(Dircache *dc, GPtrArray *list) {
       n->listed = gen;
     }
   }
-  _dc_mark_absent(dc->root, gen);
+  _dc_mark_absent(dc->root, gen, bumped);
 }
 
 static gboolean dc_list_op(ImapConn *c, gpointer user, GError **error) {
@@ -431,17 +447,19 @@ gboolean dircache_refresh_tree(Dircache *dc, gint64 max_age_us, GError **error) 
   g_autoptr(GPtrArray) list = NULL;
   if (!pool_run(dc->pool, NULL, TRUE, dc_list_op, &list, error))
     return FALSE;
+  g_autoptr(GPtrArray) bumped = g_ptr_array_new();
   g_mutex_lock(&dc->tree_lock);
   /* A LIST asked later was applied already, or we renamed a mailbox since
    * this one was asked: its answer is older than the tree (applied, it
    * brought a renamed folder back under its old name until the next
    * refresh). */
   if (ticket > dc->lists_superseded) {
-    _dc_apply_list(dc, list);
+    _dc_apply_list(dc, list, bumped);
     dc->lists_superseded = ticket;
     dc->tree_at = now;
   }
   g_mutex_unlock(&dc->tree_lock);
+  dc_bump_dirs(dc, bumped);
   return TRUE;
 }
 
@@ -997,6 +1015,92 @@ static void dc_tell_gone(Dircache *dc, DcNode *n, guint32 epoch, guint32 old_uid
  * Saved after every change, loaded once per mailbox per mount, then
  * brought up to date with one QRESYNC delta instead of a full listing. */
 
+/* The seen time of a message listed now: the next whole second, since its
+ * ctime adds up to a second of nanoseconds (fs.c) and must not fall
+ * before the moment it was listed (a backup started in between would
+ * take it for older). */
+static guint32 dc_seen_now(void) {
+  return (guint32)(g_get_real_time() / G_USEC_PER_SEC + 1);
+}
+
+/* ---- directory times ----
+ * A directory showed the mount's start as its mtime and ctime: restic
+ * took every directory for changed at each remount, and a tool watching a
+ * folder's mtime for new mail (as mail notifiers watch a Maildir) never saw
+ * it move.  Now it is when its entries last changed as far as this cache
+ * saw (a message added or removed, a subfolder made or gone), kept with the
+ * saved listing, so it stays put across remounts while nothing changes.
+ * It only ever moves forward, and is read under tree_lock without n->lock
+ * (the lock order is n->lock, then tree_lock), so it is atomic. */
+
+static guint32 dc_changed_get(DcNode *n) {
+  return __atomic_load_n(&n->changed, __ATOMIC_RELAXED);
+}
+
+/* n's change time becomes t if that is later; TRUE if it moved. */
+static gboolean dc_changed_to(DcNode *n, guint32 t) {
+  guint32 cur = dc_changed_get(n);
+  while (t > cur)
+    if (__atomic_compare_exchange_n(&n->changed, &cur, t, TRUE, __ATOMIC_RELAXED,
+                                    __ATOMIC_RELAXED))
+      return TRUE;
+  return FALSE;
+}
+
+/* With no history: the newest of msgs' ctimes (fs.c: when first listed,
+ * else the INTERNALDATE, here never after now); 0 for none. */
+static guint32 dc_msgs_changed(const GArray *msgs) {
+  gint64 now = g_get_real_time() / G_USEC_PER_SEC, t = 0;
+  for (guint i = 0; i < msgs->len; i++) {
+    const DcMsg *m = &g_array_index(msgs, DcMsg, i);
+    gint64 c = m->seen != 0 ? (gint64)m->seen : CLAMP(m->date, 0, now);
+    t = MAX(t, c);
+  }
+  return (guint32)MIN(t, (gint64)G_MAXUINT32);
+}
+
+/* dircache_dir_info's changed; caller holds tree_lock. */
+static guint32 _dc_dir_changed(DcNode *n) {
+  guint32 t = dc_changed_get(n);
+  if (n->mailbox != NULL && n->selectable)
+    return t;
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, n->children);
+  while (g_hash_table_iter_next(&it, NULL, &v))
+    if (((DcNode *)v)->present)
+      t = MAX(t, _dc_dir_changed(v));
+  return t;
+}
+
+void dircache_dir_info(Dircache *dc, DcNode *n, guint32 *changed, guint *subdirs) {
+  g_mutex_lock(&dc->tree_lock);
+  *changed = _dc_dir_changed(n);
+  guint count = 0;
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, n->children);
+  while (g_hash_table_iter_next(&it, NULL, &v))
+    count += ((DcNode *)v)->present;
+  *subdirs = count;
+  g_mutex_unlock(&dc->tree_lock);
+}
+
+/* The nodes (no lock held; duplicates allowed) got or lost a subfolder
+ * now. */
+static void dc_bump_dirs(Dircache *dc, GPtrArray *nodes) {
+  guint32 now = dc_seen_now();
+  for (guint i = 0; i < nodes->len; i++) {
+    DcNode *n = g_ptr_array_index(nodes, i);
+    g_mutex_lock(&n->lock);
+    gboolean moved = dc_changed_to(n, now);
+    n->dirty |= moved && n->msgs != NULL; /* saved with its listing */
+    g_mutex_unlock(&n->lock);
+    if (moved)
+      dc_tell(dc, n, 0, 0, DC_CHANGE_DIR);
+  }
+}
+
 static char *dc_meta_path(Dircache *dc, DcNode *n) {
   g_autofree char *h = g_compute_checksum_for_string(G_CHECKSUM_SHA256, n->mailbox, -1);
   g_autofree char *file = g_strdup_printf("%.32s.mc", h);
@@ -1009,12 +1113,11 @@ static void dc_load_meta(Dircache *dc, DcNode *n) {
     return;
   n->meta_tried = TRUE;
   g_autofree char *path = dc_meta_path(dc, n);
-  guint32 uidvalidity, uidnext;
-  guint64 modseq;
+  McHead head;
   GArray *msgs = NULL;
   GPtrArray *flagsets = NULL;
   g_autoptr(GError) error = NULL;
-  if (!mcache_load(path, &uidvalidity, &modseq, &uidnext, &msgs, &flagsets, &error)) {
+  if (!mcache_load(path, &head, &msgs, &flagsets, &error)) {
     if (!g_error_matches(error, G_FILE_ERROR, G_FILE_ERROR_NOENT))
       g_warning("ignoring cached listing of %s: %s", n->mailbox, error->message);
     return;
@@ -1028,11 +1131,13 @@ static void dc_load_meta(Dircache *dc, DcNode *n) {
                   offsetof(McMsg, seen) == offsetof(DcMsg, seen));
   g_mutex_lock(&n->lock);
   if (n->msgs == NULL) {
+    n->uidvalidity = head.uidvalidity;
+    n->highestmodseq = head.highestmodseq;
+    n->uidnext = head.uidnext;
+    /* Files from before it was kept: what their messages say. */
+    dc_changed_to(n, head.changed != 0 ? head.changed : dc_msgs_changed(msgs));
     n->msgs = msgs;
     msgs = NULL;
-    n->uidvalidity = uidvalidity;
-    n->highestmodseq = modseq;
-    n->uidnext = uidnext;
     /* fetched_at stays 0: this copy is revalidated before it is served. */
   }
   g_mutex_unlock(&n->lock);
@@ -1047,9 +1152,10 @@ static void dc_save_meta(Dircache *dc, DcNode *n) {
     return;
   g_mutex_lock(&n->lock);
   g_autoptr(GArray) msgs = n->msgs != NULL ? g_array_ref(n->msgs) : NULL;
-  guint32 uidvalidity = n->uidvalidity;
-  guint64 modseq = n->highestmodseq;
-  guint32 uidnext = n->uidnext;
+  McHead head = {.uidvalidity = n->uidvalidity,
+                 .uidnext = n->uidnext,
+                 .highestmodseq = n->highestmodseq,
+                 .changed = dc_changed_get(n)};
   n->dirty = FALSE;
   g_mutex_unlock(&n->lock);
   if (msgs == NULL)
@@ -1071,19 +1177,11 @@ static void dc_save_meta(Dircache *dc, DcNode *n) {
   g_autofree char *path = dc_meta_path(dc, n);
   g_autoptr(GError) error = NULL;
   guint32 last = msgs->len ? g_array_index(msgs, DcMsg, msgs->len - 1).uid : 0;
-  if (uidnext <= last)
-    uidnext = last + 1; /* not known, or messages added since the SELECT */
-  if (!mcache_save(path, uidvalidity, modseq, uidnext, (const McMsg *)local->data, local->len,
+  if (head.uidnext <= last)
+    head.uidnext = last + 1; /* not known, or messages added since the SELECT */
+  if (!mcache_save(path, &head, (const McMsg *)local->data, local->len,
                    (const char *const *)names->pdata, names->len, &error))
     g_warning("cannot save the listing of %s: %s", n->mailbox, error->message);
-}
-
-/* The seen time of a message listed now: the next whole second, since its
- * ctime adds up to a second of nanoseconds (fs.c) and must not fall
- * before the moment it was listed (a backup started in between would
- * take it for older). */
-static guint32 dc_seen_now(void) {
-  return (guint32)(g_get_real_time() / G_USEC_PER_SEC + 1);
 }
 
 /* When each message of msgs was first listed: as in old (both sorted; the
@@ -1094,9 +1192,10 @@ static guint32 dc_seen_now(void) {
  * moved in is on a disk (with the INTERNALDATE alone they missed it).
  * Flags that changed since old are a change of its user.imap.flags, which
  * on a disk changes a file's ctime: now then too (tar -g kept the old
- * flags), and the UID goes to flagged (may be NULL). */
-static void dc_stamp_seen(GArray *msgs, const GArray *old, guint32 now, GArray *flagged) {
-  guint j = 0;
+ * flags), and the UID goes to flagged (may be NULL).  Returns how many
+ * messages old does not have. */
+static guint dc_stamp_seen(GArray *msgs, const GArray *old, guint32 now, GArray *flagged) {
+  guint j = 0, fresh = 0;
   for (guint i = 0; i < msgs->len; i++) {
     DcMsg *m = &g_array_index(msgs, DcMsg, i);
     while (old != NULL && j < old->len && g_array_index(old, DcMsg, j).uid < m->uid)
@@ -1104,6 +1203,7 @@ static void dc_stamp_seen(GArray *msgs, const GArray *old, guint32 now, GArray *
     const DcMsg *o = old != NULL && j < old->len ? &g_array_index(old, DcMsg, j) : NULL;
     if (o == NULL || o->uid != m->uid) {
       m->seen = now;
+      fresh++;
     } else if (o->flagset != m->flagset && now != 0) {
       m->seen = now;
       if (flagged != NULL)
@@ -1112,6 +1212,7 @@ static void dc_stamp_seen(GArray *msgs, const GArray *old, guint32 now, GArray *
       m->seen = o->seen;
     }
   }
+  return fresh;
 }
 
 /* UIDs in old but not in new (both sorted) go to gone. */
@@ -1250,7 +1351,7 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
   g_autoptr(GArray) gone = g_array_new(FALSE, FALSE, sizeof(guint32));
   g_autoptr(GArray) flagged = g_array_new(FALSE, FALSE, sizeof(guint32));
   guint32 old_epoch = 0, old_uidvalidity = 0;
-  gboolean changed = FALSE;
+  gboolean changed = FALSE, dir_moved = FALSE;
   if (ok) {
     if (!f.sorted)
       g_array_sort(f.msgs, dc_msg_cmp);
@@ -1317,9 +1418,18 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     /* With no cache directory nothing is kept from one mount to the next:
      * a folder's first listing stamped every message with the mount's
      * time, a new ctime for all at every mount (restic read all again). */
-    if (result != f.base)
-      dc_stamp_seen(result, n->uidvalidity == f.uidvalidity ? n->msgs : NULL,
-                    n->msgs == NULL && dc->meta_dir == NULL ? 0 : dc_seen_now(), flagged);
+    if (result != f.base) {
+      gboolean same = n->uidvalidity == f.uidvalidity;
+      guint fresh =
+          dc_stamp_seen(result, same ? n->msgs : NULL,
+                        n->msgs == NULL && dc->meta_dir == NULL ? 0 : dc_seen_now(), flagged);
+      /* Its entries changed now, or (the first listing with no cache
+       * directory) as its newest message says. */
+      guint32 t = n->msgs == NULL && dc->meta_dir == NULL ? dc_msgs_changed(result)
+                  : n->msgs == NULL || !same || fresh > 0 || gone->len > 0 ? dc_seen_now()
+                                                                          : 0;
+      dir_moved = dc_changed_to(n, t);
+    }
     if (n->msgs != NULL)
       g_array_unref(n->msgs);
     if (n->uidvalidity != f.uidvalidity) {
@@ -1347,6 +1457,8 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     /* A STATUS that showed another UIDVALIDITY while this ran: this
      * answer may be from before it (dircache_status_differs). */
     n->fetched_at = n->voided == voided ? started : 0;
+    if (n->voided == voided)
+      n->good_at = started;
     n->stale = n->voided != voided;
     if (n->voided == voided)
       n->status_uidvalidity = 0; /* this listing is the newer word */
@@ -1366,6 +1478,8 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     g_hash_table_unref(f.pushed);
   g_array_unref(f.vanished);
   g_mutex_unlock(&n->refresh_lock);
+  if (dir_moved)
+    dc_tell(dc, n, 0, 0, DC_CHANGE_DIR);
   dc_tell_gone(dc, n, old_epoch, old_uidvalidity, gone);
   if (old_uidvalidity == 0) /* the same messages: the kernel's ctime of these is old */
     for (guint i = 0; i < flagged->len; i++)
@@ -1377,6 +1491,19 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
     dc_tell(dc, n, epoch, f.uidnext, DC_CHANGE_LISTED);
   }
   return ok;
+}
+
+gboolean dircache_listing_held(Dircache *dc, DcNode *n, DcListing *out, gint64 *age_us) {
+  (void)dc;
+  memset(out, 0, sizeof *out);
+  g_mutex_lock(&n->lock);
+  gboolean held = n->msgs != NULL && n->good_at != 0;
+  if (held) {
+    _dc_snapshot(n, out);
+    *age_us = g_get_monotonic_time() - n->good_at;
+  }
+  g_mutex_unlock(&n->lock);
+  return held;
 }
 
 void dc_listing_clear(DcListing *l) {
@@ -1486,7 +1613,8 @@ static gboolean _dc_patchable(DcNode *n, guint32 uidvalidity) {
 static void dc_tell(Dircache *dc, DcNode *n, guint32 epoch, guint32 uid, DcChangeKind kind) {
   /* Epoch 0: nothing was ever shown for it, but a UIDVALIDITY change still
    * matters for what the last mount left on disk. */
-  if (dc->observer != NULL && (epoch != 0 || kind == DC_CHANGE_UIDVALIDITY))
+  if (dc->observer != NULL &&
+      (epoch != 0 || kind == DC_CHANGE_UIDVALIDITY || kind == DC_CHANGE_DIR))
     dc->observer(n, epoch, uid, kind, dc->observer_user);
 }
 
@@ -1503,6 +1631,7 @@ static void dc_tell_gone(Dircache *dc, DcNode *n, guint32 epoch, guint32 old_uid
 void dircache_msgs_removed(Dircache *dc, DcNode *n, guint32 uidvalidity, const guint32 *uids,
                            guint n_uids) {
   g_autoptr(GArray) gone = g_array_new(FALSE, FALSE, sizeof(guint32));
+  gboolean moved = FALSE;
   g_mutex_lock(&n->lock);
   guint32 epoch = n->epoch;
   if (_dc_patchable(n, uidvalidity)) {
@@ -1521,16 +1650,19 @@ void dircache_msgs_removed(Dircache *dc, DcNode *n, guint32 uidvalidity, const g
     g_array_unref(n->msgs);
     n->msgs = copy;
     n->dirty = TRUE;
+    moved = gone->len > 0 && dc_changed_to(n, dc_seen_now());
   } else {
     g_array_append_vals(gone, uids, n_uids);
   }
   g_mutex_unlock(&n->lock);
+  if (moved)
+    dc_tell(dc, n, 0, 0, DC_CHANGE_DIR);
   for (guint i = 0; i < gone->len; i++)
     dc_tell(dc, n, epoch, g_array_index(gone, guint32, i), DC_CHANGE_REMOVED);
 }
 
 void dircache_msg_added(Dircache *dc, DcNode *n, guint32 uidvalidity, const DcMsg *m) {
-  gboolean added = FALSE;
+  gboolean added = FALSE, moved = FALSE;
   g_mutex_lock(&n->lock);
   guint32 epoch = n->epoch;
   if (_dc_patchable(n, uidvalidity)) {
@@ -1554,9 +1686,12 @@ void dircache_msg_added(Dircache *dc, DcNode *n, guint32 uidvalidity, const DcMs
       gint64 *at = g_new(gint64, 1);
       *at = g_get_monotonic_time();
       g_hash_table_replace(n->added, GUINT_TO_POINTER(m->uid), at);
+      moved = dc_changed_to(n, dc_seen_now());
     }
   }
   g_mutex_unlock(&n->lock);
+  if (moved)
+    dc_tell(dc, n, 0, 0, DC_CHANGE_DIR);
   if (added)
     dc_tell(dc, n, epoch, m->uid, DC_CHANGE_ADDED);
 }
@@ -1782,6 +1917,7 @@ gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *
   guint32 epoch = n->epoch, old_uidvalidity = n->uidvalidity;
   if (n->msgs != NULL && st->uidvalidity != 0 && n->uidvalidity != st->uidvalidity) {
     n->fetched_at = 0;
+    n->good_at = 0;
     n->stale = TRUE;
     n->voided++;
     n->status_uidvalidity = st->uidvalidity;
@@ -1796,7 +1932,7 @@ gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *
   if (!differs && st->highestmodseq != 0 && !n->stale && asked_us > n->fetched_at) {
     if (n->epoch == 0)
       _dc_new_epoch(dc, n, st->uidvalidity);
-    n->fetched_at = asked_us;
+    n->fetched_at = n->good_at = asked_us;
   }
   g_mutex_unlock(&n->lock);
   /* ... and the kernel's entries of the old names go now (on -o ro its
@@ -1854,7 +1990,7 @@ void dircache_node_renamed(Dircache *dc, DcNode *n, DcNode *new_parent, const ch
       took_place = TRUE;
       n->selectable = n->held_mail = clash->selectable;
       clash->present = clash->selectable = FALSE;
-      _dc_mark_absent(clash, 0);
+      _dc_mark_absent(clash, 0, NULL);
     }
     /* An old absent node of that name: out of the way, under a name no
      * lookup can produce. */
@@ -1863,6 +1999,10 @@ void dircache_node_renamed(Dircache *dc, DcNode *n, DcNode *new_parent, const ch
     clash->name = g_strdup_printf("\001%u", clash->id);
     g_hash_table_insert(new_parent->children, clash->name, clash);
   }
+  g_autoptr(GPtrArray) bumped = g_ptr_array_new();
+  g_ptr_array_add(bumped, n->parent);
+  if (new_parent != n->parent)
+    g_ptr_array_add(bumped, new_parent);
   g_hash_table_remove(n->parent->children, n->name);
   if (n->mailbox != NULL)
     _dc_reprefix(dc, n, n->mailbox, new_mailbox);
@@ -1879,4 +2019,5 @@ void dircache_node_renamed(Dircache *dc, DcNode *n, DcNode *new_parent, const ch
   n->fetched_at = 0; /* revalidate the list on next use */
   n->stale = TRUE;
   g_mutex_unlock(&n->lock);
+  dc_bump_dirs(dc, bumped);
 }

@@ -50,6 +50,16 @@ static void fs_observer(DcNode *n, guint32 epoch, guint32 uid, DcChangeKind kind
   /* DC_CHANGE_FLAGS too: the flags are not in the attributes, but the
    * ctime that shows their change is (dc_stamp_seen), so the kernel asks
    * again. */
+  if (kind == DC_CHANGE_DIR) {
+    /* Its mtime moved, and with it that of each directory above that
+     * holds no mail of its own (they show their newest subfolder's). */
+    for (DcNode *d = n; d != NULL; d = dcnode_parent(d)) {
+      notify_inval_inode(fs->notify, fs_dir_ino(fs, d), FALSE);
+      if (dcnode_parent(d) != NULL && dcnode_selectable(dcnode_parent(d)))
+        break;
+    }
+    return;
+  }
   if (kind == DC_CHANGE_LISTED) {
     fswrite_listing_seen(fs->w, n, uid);
     return;
@@ -188,12 +198,23 @@ void fs_dir_attr(Fs *fs, DcNode *n, struct stat *st) {
   memset(st, 0, sizeof *st);
   st->st_ino = fs_dir_ino(fs, n);
   st->st_mode = S_IFDIR | 0700;
-  st->st_nlink = 2;
+  guint32 changed;
+  guint subdirs;
+  dircache_dir_info(fs->dc, n, &changed, &subdirs);
+  /* "." and its name in the parent, and each subfolder's "..", as on a
+   * disk: find's leaf optimisation and ls -l go by it. */
+  st->st_nlink = 2 + subdirs;
   st->st_uid = fs->opts.uid;
   st->st_gid = fs->opts.gid;
   st->st_size = 4096;
   st->st_blksize = 4096;
-  st->st_mtim = st->st_ctim = st->st_atim = fs->started;
+  /* When its entries last changed (dircache_dir_info), else the mount's
+   * start: nothing is known of it yet. */
+  if (changed != 0)
+    st->st_mtim = (struct timespec){.tv_sec = (time_t)changed};
+  else
+    st->st_mtim = fs->started;
+  st->st_ctim = st->st_atim = st->st_mtim;
   fswrite_dir_attr(fs->w, n, st); /* chmod/utimens kept in memory */
 }
 
@@ -219,6 +240,28 @@ void fs_msg_attr(Fs *fs, guint32 epoch, guint32 uidvalidity, const DcMsg *m, str
   st->st_ctim.tv_nsec = (long)(uidvalidity % 1000000000u);
 }
 
+/* n's listing, no older than max_age_us (dircache_listing); when the
+ * server cannot be reached, the last one known to be right in this mount,
+ * however old: ls of a folder failed with EIO while the server was down,
+ * though its messages could still be read from the cache. */
+static gboolean fs_listing(Fs *fs, DcNode *n, gint64 max_age_us, DcListing *out,
+                           GError **error) {
+  if (dircache_listing(fs->dc, n, max_age_us, out, error))
+    return TRUE;
+  gint64 age_us;
+  if (!ifs_error_is_connection(*error) || !dircache_listing_held(fs->dc, n, out, &age_us))
+    return FALSE;
+  /* In minutes: a warning the same as the last is only counted (fs_warn). */
+  gint64 min = age_us / (60 * G_USEC_PER_SEC);
+  g_autofree char *ago = min == 0 ? g_strdup("less than a minute")
+                                  : g_strdup_printf("%" G_GINT64_FORMAT " min", min);
+  g_autofree char *text = g_strdup_printf("%s: %s; showing its listing from %s ago",
+                                          dcnode_mailbox(n), (*error)->message, ago);
+  fs_warn(fs, text);
+  g_clear_error(error);
+  return TRUE;
+}
+
 /* The message behind ino from the cached listing (no network unless the
  * mailbox was never listed).  Returns FALSE with errno in *err.  With keep,
  * the listing snapshot it was found in is handed over (clear it after). */
@@ -233,7 +276,7 @@ static gboolean fs_msg(Fs *fs, fuse_ino_t ino, DcNode **node, guint32 *uidvalidi
   DcListing l;
   g_autoptr(GError) error = NULL;
   dircache_touch(fs->dc, n); /* in use: the watcher goes on polling it */
-  if (!dircache_listing(fs->dc, n, G_MAXINT64, &l, &error)) {
+  if (!fs_listing(fs, n, G_MAXINT64, &l, &error)) {
     /* Made again under its name (a STATUS showed another UIDVALIDITY) and
      * no new listing to be had yet (the server refuses its SELECT while
      * another client changes it): a message of the old one is stale all
@@ -307,7 +350,8 @@ static gboolean fs_entry_for(Fs *fs, DcNode *parent, const char *name,
      * fetched for this very lookup, ask the server once (the message may
      * have just arrived).  Concurrent misses share one fetch. */
     dircache_touch(fs->dc, parent);
-    if (!dircache_listing(fs->dc, parent, pass == 0 ? G_MAXINT64 : 0, &l, &error)) {
+    if (pass == 0 ? !fs_listing(fs, parent, G_MAXINT64, &l, &error)
+                  : !dircache_listing(fs->dc, parent, 0, &l, &error)) {
       *err = ifs_errno_from_error(error);
       return FALSE;
     }
@@ -422,8 +466,15 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
   g_autoptr(GError) error = NULL;
   gint64 tree_age = n == dircache_root(fs->dc) ? fs->opts.tree_max_age_us : G_MAXINT64;
   if (!dircache_refresh_tree(fs->dc, tree_age, &error)) {
-    fs_reply_error(req, "listing mailboxes", error);
-    return;
+    if (!ifs_error_is_connection(error)) {
+      fs_reply_error(req, "listing mailboxes", error);
+      return;
+    }
+    /* The folders of the mount's last LIST (it had one to mount). */
+    g_autofree char *text = g_strdup_printf(
+        "listing mailboxes: %s; showing the folders last listed", error->message);
+    fs_warn(fs, text);
+    g_clear_error(&error);
   }
   if (n != dircache_root(fs->dc) && !dcnode_present(n)) {
     fuse_reply_err(req, ENOENT);
@@ -432,7 +483,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
   FsDir *d = g_new0(FsDir, 1);
   d->node = n;
   dircache_touch(fs->dc, n);
-  if (!dircache_listing(fs->dc, n, fs->opts.list_max_age_us, &d->listing, &error)) {
+  if (!fs_listing(fs, n, fs->opts.list_max_age_us, &d->listing, &error)) {
     g_free(d);
     fs_reply_error(req, dcnode_mailbox(n), error);
     return;

@@ -8,9 +8,10 @@
  *                 SHA-256 of the payload (32 bytes)
  *   payload       u32 UIDVALIDITY, u32 UIDNEXT, u64 HIGHESTMODSEQ,
  *                 u32 number of flag strings, u32 number of messages,
+ *                 u32 changed (version 3),
  *                 each flag string as u32 length + bytes (no NUL),
  *                 each message as u32 UID, u32 flag index, u64 size, i64 date,
- *                 u32 seen (version 2; version 1 files, without it, still load)
+ *                 u32 seen (version 2 on); files of earlier versions still load
  * The checksum covers the whole payload, so a torn or damaged file is
  * rejected before it is parsed; the parser still checks every length and
  * index against the buffer (a file that checks out but is wrong -- a bug,
@@ -32,10 +33,11 @@
 #include <unistd.h>
 
 #define MC_MAGIC "IFMC"
-#define MC_VERSION 2u
+#define MC_VERSION 3u
 #define MC_SUM_LEN 32 /* SHA-256 */
 #define MC_HDR (16 + MC_SUM_LEN)
-#define MC_FIXED 24 /* UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, the two counts */
+#define MC_FIXED 28 /* UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, the two counts, changed */
+#define MC_FIXED_V2 24
 #define MC_MSG 28
 #define MC_MSG_V1 24
 
@@ -83,8 +85,7 @@ static gboolean mc_write_file(const char *path, const guint8 *buf, gsize len, GE
   return TRUE;
 }
 
-gboolean mcache_save(const char *path, guint32 uidvalidity, guint64 highestmodseq,
-                     guint32 uidnext, const McMsg *msgs, guint n_msgs,
+gboolean mcache_save(const char *path, const McHead *head, const McMsg *msgs, guint n_msgs,
                      const char *const *flagsets, guint n_flagsets, GError **error) {
   gsize len = MC_HDR + MC_FIXED + (gsize)n_msgs * MC_MSG;
   for (guint i = 0; i < n_flagsets; i++) {
@@ -109,11 +110,12 @@ gboolean mcache_save(const char *path, guint32 uidvalidity, guint64 highestmodse
 
   g_autofree guint8 *buf = g_malloc(len);
   guint8 *p = buf + MC_HDR;
-  le_put32(p, uidvalidity);
-  le_put32(p + 4, uidnext);
-  le_put64(p + 8, highestmodseq);
+  le_put32(p, head->uidvalidity);
+  le_put32(p + 4, head->uidnext);
+  le_put64(p + 8, head->highestmodseq);
   le_put32(p + 16, n_flagsets);
   le_put32(p + 20, n_msgs);
+  le_put32(p + 24, head->changed);
   p += MC_FIXED;
   for (guint i = 0; i < n_flagsets; i++) {
     gsize fl = strlen(flagsets[i]);
@@ -141,8 +143,8 @@ static gboolean mc_corrupt(GError **error, const char *path, const char *what) {
   return FALSE;
 }
 
-gboolean mcache_load(const char *path, guint32 *uidvalidity, guint64 *highestmodseq,
-                     guint32 *uidnext, GArray **msgs, GPtrArray **flagsets, GError **error) {
+gboolean mcache_load(const char *path, McHead *head, GArray **msgs, GPtrArray **flagsets,
+                     GError **error) {
   g_autofree char *data = NULL;
   gsize len;
   if (!g_file_get_contents(path, &data, &len, error))
@@ -153,13 +155,14 @@ gboolean mcache_load(const char *path, guint32 *uidvalidity, guint64 *highestmod
   if (memcmp(buf, MC_MAGIC, 4) != 0)
     return mc_corrupt(error, path, "not a metadata cache file (bad magic)");
   guint32 version = le_get32(buf + 4);
-  if (version != MC_VERSION && version != 1) {
+  if (version < 1 || version > MC_VERSION) {
     g_set_error(error, MCACHE_ERROR, MCACHE_ERROR_CORRUPT,
                 "metadata cache %s: unsupported version %u (expected %u)", path, version,
                 MC_VERSION);
     return FALSE;
   }
   gsize row = version == 1 ? MC_MSG_V1 : MC_MSG;
+  gsize fixed = version < 3 ? MC_FIXED_V2 : MC_FIXED;
   if (le_get64(buf + 8) != len - MC_HDR)
     return mc_corrupt(error, path, "length does not match the header (truncated?)");
   guint8 sum[MC_SUM_LEN];
@@ -169,12 +172,13 @@ gboolean mcache_load(const char *path, guint32 *uidvalidity, guint64 *highestmod
 
   /* The checksum matched; still trust no length or index. */
   const guint8 *p = buf + MC_HDR, *end = buf + len;
-  if ((gsize)(end - p) < MC_FIXED)
+  if ((gsize)(end - p) < fixed)
     return mc_corrupt(error, path, "payload too short");
-  guint32 uv = le_get32(p), next = le_get32(p + 4);
-  guint64 modseq = le_get64(p + 8);
+  McHead h = {.uidvalidity = le_get32(p), .uidnext = le_get32(p + 4)};
+  h.highestmodseq = le_get64(p + 8);
   guint32 nf = le_get32(p + 16), nm = le_get32(p + 20);
-  p += MC_FIXED;
+  h.changed = version < 3 ? 0 : le_get32(p + 24);
+  p += fixed;
   if (nf > (gsize)(end - p) / 4)
     return mc_corrupt(error, path, "flag string count out of range");
   g_autoptr(GPtrArray) flags = g_ptr_array_new_full(nf, g_free);
@@ -206,9 +210,7 @@ gboolean mcache_load(const char *path, guint32 *uidvalidity, guint64 *highestmod
     if (m[i].flagset >= nf)
       return mc_corrupt(error, path, "flag index out of range");
   }
-  *uidvalidity = uv;
-  *highestmodseq = modseq;
-  *uidnext = next;
+  *head = h;
   *msgs = g_steal_pointer(&list);
   *flagsets = g_steal_pointer(&flags);
   return TRUE;

@@ -86,6 +86,12 @@ GPtrArray *dircache_children(Dircache *dc, DcNode *parent);
 gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing *out,
                           GError **error);
 void dc_listing_clear(DcListing *l);
+/* The listing n had when last known to match the server in this mount
+ * (a fetch, or a STATUS that confirmed it), without asking the server,
+ * and in *age_us how long ago that was: for when the server cannot be
+ * reached.  FALSE if there is none, or a STATUS has shown another
+ * UIDVALIDITY since (its messages are gone). */
+gboolean dircache_listing_held(Dircache *dc, DcNode *n, DcListing *out, gint64 *age_us);
 /* Binary search in a listing. */
 const DcMsg *dc_listing_find(const DcListing *l, guint32 uid);
 /* Age of the node's list in microseconds (G_MAXINT64 if never fetched). */
@@ -113,6 +119,7 @@ typedef enum {
   DC_CHANGE_UIDVALIDITY, /* the whole mailbox was replaced; uid = the old UIDVALIDITY */
   DC_CHANGE_LISTED,      /* fetched anew, also the first time (no REMOVED then); uid =
                           * its SELECT's UIDNEXT: a message below it not listed is gone */
+  DC_CHANGE_DIR,         /* n's change time moved (dircache_dir_changed); epoch, uid 0 */
 } DcChangeKind;
 /* Told of every message that changed, e.g. to invalidate kernel entries.
  * Called without dircache locks held. */
@@ -170,6 +177,14 @@ gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *
 
 /* A listing fetched after a STATUS reflects at least that HIGHESTMODSEQ. */
 void dircache_note_modseq(Dircache *dc, DcNode *n, guint32 uidvalidity, guint64 highestmodseq);
+
+/* For n's attributes: in *changed when its entries last changed
+ * (wall-clock s; 0: not known), the directory's mtime: a message added or
+ * removed, a subfolder made or gone, as this cache saw it.  A mailbox's is
+ * kept with its saved listing; with no history it is the newest of its
+ * messages' ctimes.  A directory that holds no mail takes the newest of
+ * its subfolders' too.  In *subdirs how many subfolders it has now. */
+void dircache_dir_info(Dircache *dc, DcNode *n, guint32 *changed, guint *subdirs);
 
 /* The flags string of a flag set id ("\\Seen $Work", "" for none). */
 const char *dircache_flags(Dircache *dc, guint32 flagset);

@@ -1,8 +1,9 @@
 /* mcache.h - one mailbox's message list, kept on disk between mounts.
  *
  * Owns: the file format of a mailbox's metadata snapshot -- UIDVALIDITY,
- * HIGHESTMODSEQ, UIDNEXT, the distinct flag strings, and per message its
- * UID, flag-string index, size and date -- and reading and writing it
+ * HIGHESTMODSEQ, UIDNEXT, when its entries last changed, the distinct flag
+ * strings, and per message its UID, flag-string index, size, date and
+ * when it was first listed -- and reading and writing it
  * whole.  A file is written atomically (temporary file + rename) and
  * carries a checksum; anything unexpected when loading (short file, other
  * version, checksum mismatch, unsorted UIDs, bad flag index) is an error,
@@ -32,16 +33,24 @@ typedef struct {
   guint32 seen; /* 0 in version 1 files */
 } McMsg;
 
+/* The mailbox as a whole. */
+typedef struct {
+  guint32 uidvalidity;
+  guint32 uidnext;
+  guint64 highestmodseq;
+  guint32 changed; /* wall-clock s its messages were last added or removed (the
+                    * directory's mtime); 0 in version 1 and 2 files */
+} McHead;
+
 /* Writes the snapshot to path (atomically; not fsync()ed).  msgs must be
  * sorted by UID without duplicates; every flagset < n_flagsets. */
-gboolean mcache_save(const char *path, guint32 uidvalidity, guint64 highestmodseq,
-                     guint32 uidnext, const McMsg *msgs, guint n_msgs,
+gboolean mcache_save(const char *path, const McHead *head, const McMsg *msgs, guint n_msgs,
                      const char *const *flagsets, guint n_flagsets, GError **error);
 
 /* Reads a snapshot.  On success every out-parameter is set; *msgs is a new
  * GArray of McMsg sorted by UID, *flagsets a new GPtrArray of char* (freed
  * with it).  On failure nothing is set. */
-gboolean mcache_load(const char *path, guint32 *uidvalidity, guint64 *highestmodseq,
-                     guint32 *uidnext, GArray **msgs, GPtrArray **flagsets, GError **error);
+gboolean mcache_load(const char *path, McHead *head, GArray **msgs, GPtrArray **flagsets,
+                     GError **error);
 
 G_END_DECLS

@@ -2735,6 +2735,149 @@ def test_mail_that_arrives_is_new_to_ctime_based_backups(mount, empty_dovecot, e
     assert after == now
 
 
+def test_directory_times_follow_their_entries(mount, empty_dovecot, env, tmp_path):
+    """A directory's mtime and ctime were the mount's start: restic took
+    every directory for changed after each remount, and a tool watching a
+    folder's mtime for new mail never saw it move.  They are now when its
+    entries last changed (a message in or out, a subfolder made or gone),
+    kept with the saved listing; a folder that holds no mail shows its
+    newest subfolder's.  Reads and flag changes leave them alone.  st_nlink
+    counts subfolders, as on a disk (it was always 2)."""
+    dv = empty_dovecot()
+    date = imaplib.Time2Internaldate(1600000000)
+    c = dv.imap()
+    for box in ("Box", "Other", "P/C"):
+        c.create(box)
+    typ, data = c.list('""', "P")
+    assert typ == "OK" and b"\\Noselect" in data[0], data
+    for i in range(3):
+        c.append("Box", None, date, _msg("box%d" % i, 700))
+        c.append("Other", None, date, _msg("other%d" % i, 700))
+    c.append("P/C", None, date, _msg("pc", 700))
+
+    def times(m, *names):
+        out = {}
+        for name in names:
+            st = os.stat(os.path.join(m.path, name))
+            assert st.st_mtime_ns == st.st_ctime_ns, name
+            out[name] = st.st_mtime_ns
+        return out
+
+    def wait_moved(m, name, old, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = times(m, name)[name]
+            if now != old:
+                return now
+            time.sleep(0.1)
+        raise AssertionError("%s: mtime still %d" % (name, old))
+
+    # With no cache directory a folder's time is its newest message's date.
+    m = mount(dv, "cache=none", env=env)
+    for name in ("Box", "Other", "P/C"):
+        os.listdir(os.path.join(m.path, name))
+    assert set(times(m, "Box", "Other", "P/C", "P").values()) == {1600000000 * 10**9}
+    m.unmount()
+
+    cache = str(tmp_path / "cache")
+    started = time.time()
+    m = mount(dv, "cache_dir=" + cache, "poll=1", env=env)
+    for name in ("INBOX", "Box", "Other", "P/C"):  # the root shows the newest
+        os.listdir(os.path.join(m.path, name))
+    first = times(m, ".", "Box", "Other", "P", "P/C")
+    # Listed now for the first time: new to this cache.
+    assert all(started - 1 <= t / 1e9 <= time.time() + 2 for t in first.values()), first
+    assert first["P"] == first["P/C"]
+    assert first["."] == max(first.values())
+    # Links: "." and the name, and each subfolder's "..".
+    assert [os.stat(os.path.join(m.path, x)).st_nlink for x in (".", "Box", "P", "P/C")] \
+        == [2 + 4, 2, 3, 2]
+    time.sleep(2.1)
+    m.unmount()
+    m = mount(dv, "cache_dir=" + cache, "poll=1", env=env)
+    for name in ("Box", "Other", "P/C"):
+        for f in sorted(os.listdir(os.path.join(m.path, name))):
+            _read(os.path.join(m.path, name, f))
+    assert times(m, *first) == first
+
+    c.select("Box")
+    typ, data = c.uid("STORE", "1", "+FLAGS.SILENT", "(\\Flagged)")
+    assert typ == "OK", data
+    c.append("Other", None, date, _msg("late", 700))
+    assert wait_moved(m, "Other", first["Other"]) > first["Other"]
+    time.sleep(1.5)  # a poll that saw Box's flag change
+    assert times(m, "Box", "P", "P/C") == {k: first[k] for k in ("Box", "P", "P/C")}
+
+    c.select("P/C")
+    typ, data = c.uid("STORE", "1", "+FLAGS.SILENT", "(\\Deleted)")
+    assert typ == "OK", data
+    c.expunge()
+    leaf = wait_moved(m, "P/C", first["P/C"])
+    assert times(m, "P")["P"] == leaf  # P holds no mail: its child's time
+
+    c.create("Box/Sub")
+    wait_moved(m, "Box", first["Box"])
+    before = times(m, "Box")["Box"]
+    # New itself: not the mount's start.
+    assert abs(times(m, "Box/Sub")["Box/Sub"] / 1e9 - time.time()) < 3
+    assert os.stat(os.path.join(m.path, "Box")).st_nlink == 3
+    time.sleep(1.1)
+    os.unlink(os.path.join(m.path, "Box", "2.eml"))
+    assert times(m, "Box")["Box"] > before
+    last = times(m, ".", "Box", "Other", "P", "P/C")
+    m.unmount()
+    c.logout()
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    assert times(m, *last) == last
+
+
+@pytest.mark.imapfuse_stderr_ok(r"warning: .*(cannot connect|refused|showing|closed the "
+                                 r"connection|lost|no answer|listing mailboxes|reading)")
+def test_listings_stay_while_the_server_is_down(mount, empty_dovecot, env, tmp_path):
+    """With the server down, ls of a folder failed with EIO once its
+    listing was older than list_max_age, though its messages still read
+    from the cache.  It now shows the listing last known to be right,
+    with a warning.  What was never fetched still fails: a message never
+    read, a folder never listed.  Once the server is back, what changed
+    meanwhile shows."""
+    dv = empty_dovecot()
+    msgs = [_msg("b%d" % i, 900) for i in range(4)]
+    uids = _make_box(dv, "Box", msgs)
+    _make_box(dv, "Never", [_msg("n", 300)])
+    m = mount(dv, "cache_dir=" + str(tmp_path / "cache"), "poll=0", "list_max_age=1",
+              "readahead=0", env=env)
+    d = os.path.join(m.path, "Box")
+    assert _listing(d) == _names(uids)
+    for u, b in zip(uids[:2], msgs):
+        assert _read(os.path.join(d, "%d.eml" % u)) == b
+    dv.stop()
+    try:
+        time.sleep(1.2)  # past list_max_age
+        assert _listing(d) == _names(uids)
+        assert sorted(os.listdir(m.path)) == ["Box", "INBOX", "Never"]
+        for u, b in zip(uids[:2], msgs):
+            assert _read(os.path.join(d, "%d.eml" % u)) == b
+            assert os.stat(os.path.join(d, "%d.eml" % u)).st_size == len(b)
+        with pytest.raises(OSError) as e:
+            _read(os.path.join(d, "%d.eml" % uids[3]))
+        assert e.value.errno == errno.EIO
+        with pytest.raises(OSError) as e:
+            os.listdir(os.path.join(m.path, "Never"))
+        assert e.value.errno == errno.EIO
+        assert "Box: " in m.stderr_text() and "showing its listing from less than a " \
+            "minute ago" in m.stderr_text()
+    finally:
+        dv.start()
+    c = dv.imap()
+    typ, data = c.append("Box", None, None, _msg("back", 500))
+    assert typ == "OK", data
+    new = int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1))
+    c.logout()
+    time.sleep(1.2)
+    assert _listing(d) == _names(uids + [new])
+    assert _read(os.path.join(d, "%d.eml" % new)) == _msg("back", 500)
+
+
 def test_scattered_expunges_elsewhere_are_all_seen(mount, empty_dovecot, env):
     """Another client expunges two of every three messages, and a run at
     the end: the QRESYNC delta's VANISHED has a hundred ranges (they were

@@ -42,16 +42,16 @@ static guint mct_count_files(const char *dir) {
 
 /* Loads path expecting failure in domain/code; checks nothing was set. */
 static void mct_assert_rejected(const char *path, GQuark domain, gint code) {
-  guint32 uv = 7, next = 7;
-  guint64 modseq = 7;
+  McHead h = {7, 7, 7, 7};
   GArray *msgs = GUINT_TO_POINTER(1);
   GPtrArray *flags = GUINT_TO_POINTER(1);
   g_autoptr(GError) error = NULL;
-  g_assert_false(mcache_load(path, &uv, &modseq, &next, &msgs, &flags, &error));
+  g_assert_false(mcache_load(path, &h, &msgs, &flags, &error));
   g_assert_error(error, domain, code);
-  g_assert_cmpuint(uv, ==, 7);
-  g_assert_cmpuint(next, ==, 7);
-  g_assert_cmpuint(modseq, ==, 7);
+  g_assert_cmpuint(h.uidvalidity, ==, 7);
+  g_assert_cmpuint(h.uidnext, ==, 7);
+  g_assert_cmpuint(h.highestmodseq, ==, 7);
+  g_assert_cmpuint(h.changed, ==, 7);
   g_assert_true(msgs == GUINT_TO_POINTER(1));
   g_assert_true(flags == GUINT_TO_POINTER(1));
 }
@@ -72,24 +72,29 @@ static McMsg *mct_msgs(guint n) {
   return m;
 }
 
+/* The head mct_save writes for n messages. */
+static McHead mct_head(guint n) {
+  return (McHead){1234567, 2 + 3 * n, G_GUINT64_CONSTANT(9876543210), 1800000000u + n};
+}
+
 static void mct_save(const char *path, const McMsg *m, guint n) {
   g_autoptr(GError) error = NULL;
-  g_assert_true(mcache_save(path, 1234567, G_GUINT64_CONSTANT(9876543210), 2 + 3 * n, m, n,
-                            mct_flags, G_N_ELEMENTS(mct_flags), &error));
+  McHead h = mct_head(n);
+  g_assert_true(mcache_save(path, &h, m, n, mct_flags, G_N_ELEMENTS(mct_flags), &error));
   g_assert_no_error(error);
 }
 
 static void mct_assert_loads(const char *path, const McMsg *m, guint n) {
-  guint32 uv, next;
-  guint64 modseq;
+  McHead h, want = mct_head(n);
   g_autoptr(GArray) msgs = NULL;
   g_autoptr(GPtrArray) flags = NULL;
   g_autoptr(GError) error = NULL;
-  g_assert_true(mcache_load(path, &uv, &modseq, &next, &msgs, &flags, &error));
+  g_assert_true(mcache_load(path, &h, &msgs, &flags, &error));
   g_assert_no_error(error);
-  g_assert_cmpuint(uv, ==, 1234567);
-  g_assert_cmpuint(modseq, ==, G_GUINT64_CONSTANT(9876543210));
-  g_assert_cmpuint(next, ==, 2 + 3 * n);
+  g_assert_cmpuint(h.uidvalidity, ==, want.uidvalidity);
+  g_assert_cmpuint(h.highestmodseq, ==, want.highestmodseq);
+  g_assert_cmpuint(h.uidnext, ==, want.uidnext);
+  g_assert_cmpuint(h.changed, ==, want.changed);
   g_assert_cmpuint(flags->len, ==, G_N_ELEMENTS(mct_flags));
   for (guint i = 0; i < flags->len; i++)
     g_assert_cmpstr(g_ptr_array_index(flags, i), ==, mct_flags[i]);
@@ -150,6 +155,8 @@ static GByteArray *mct_payload_v(guint32 version, const char *const *fl, guint n
   mct_u64(b, 5);           /* HIGHESTMODSEQ */
   mct_u32(b, nf_claimed);
   mct_u32(b, nr_claimed);
+  if (version >= 3)
+    mct_u32(b, 77); /* changed */
   for (guint i = 0; i < nf; i++) {
     mct_u32(b, (guint32)strlen(fl[i]));
     g_byte_array_append(b, (const guint8 *)fl[i], (guint)strlen(fl[i]));
@@ -198,17 +205,17 @@ static void test_empty(void) {
   g_autofree char *dir = mct_tmpdir();
   g_autofree char *path = g_build_filename(dir, "empty.mc", NULL);
   g_autoptr(GError) error = NULL;
-  g_assert_true(mcache_save(path, 0, 0, 0, NULL, 0, NULL, 0, &error));
+  McHead zero = {0, 0, 0, 0}, h = {1, 1, 1, 1};
+  g_assert_true(mcache_save(path, &zero, NULL, 0, NULL, 0, &error));
   g_assert_no_error(error);
-  guint32 uv = 1, next = 1;
-  guint64 modseq = 1;
   g_autoptr(GArray) msgs = NULL;
   g_autoptr(GPtrArray) flags = NULL;
-  g_assert_true(mcache_load(path, &uv, &modseq, &next, &msgs, &flags, &error));
+  g_assert_true(mcache_load(path, &h, &msgs, &flags, &error));
   g_assert_no_error(error);
-  g_assert_cmpuint(uv, ==, 0);
-  g_assert_cmpuint(modseq, ==, 0);
-  g_assert_cmpuint(next, ==, 0);
+  g_assert_cmpuint(h.uidvalidity, ==, 0);
+  g_assert_cmpuint(h.highestmodseq, ==, 0);
+  g_assert_cmpuint(h.uidnext, ==, 0);
+  g_assert_cmpuint(h.changed, ==, 0);
   g_assert_cmpuint(msgs->len, ==, 0);
   g_assert_cmpuint(flags->len, ==, 0);
   mct_rm_dir(dir);
@@ -223,11 +230,10 @@ static void test_large(void) {
   gint64 t0 = g_get_monotonic_time();
   mct_save(path, m, MCT_LARGE);
   gint64 t1 = g_get_monotonic_time();
-  guint32 uv, next;
-  guint64 modseq;
+  McHead h;
   g_autoptr(GArray) msgs = NULL;
   g_autoptr(GPtrArray) flags = NULL;
-  g_assert_true(mcache_load(path, &uv, &modseq, &next, &msgs, &flags, NULL));
+  g_assert_true(mcache_load(path, &h, &msgs, &flags, NULL));
   gint64 t2 = g_get_monotonic_time();
   GStatBuf st;
   g_assert_cmpint(g_stat(path, &st), ==, 0);
@@ -244,7 +250,8 @@ static void test_missing(void) {
   /* Saving into a directory that does not exist fails cleanly too. */
   g_autofree char *deep = g_build_filename(dir, "no", "such.mc", NULL);
   g_autoptr(GError) error = NULL;
-  g_assert_false(mcache_save(deep, 1, 1, 1, NULL, 0, NULL, 0, &error));
+  McHead h = {1, 1, 1, 1};
+  g_assert_false(mcache_save(deep, &h, NULL, 0, NULL, 0, &error));
   g_assert_error(error, G_FILE_ERROR, G_FILE_ERROR_NOENT);
   mct_rm_dir(dir);
 }
@@ -306,19 +313,23 @@ static void test_malformed(void) {
   const MctRow badflag[] = {{1, 0}, {5, 2}};
   GByteArray *p;
 
-  /* The hand-made format is right: the good one loads, in either
-   * version (version 1 rows have no seen: 0; version 2 rows 30 + UID). */
-  for (guint32 version = 1; version <= 2; version++) {
+  /* The hand-made format is right: the good one loads, in every version
+   * (version 1 rows have no seen: 0; later rows 30 + UID; only version 3
+   * has changed: 77). */
+  for (guint32 version = 1; version <= 3; version++) {
     p = mct_payload_v(version, fl, 2, 2, good, 3, 3);
     mct_write_raw(path, p, "IFMC", version);
     g_byte_array_unref(p);
-    guint32 uv, next;
-    guint64 modseq;
+    McHead h;
     g_autoptr(GArray) msgs = NULL;
     g_autoptr(GPtrArray) flags = NULL;
     g_autoptr(GError) error = NULL;
-    g_assert_true(mcache_load(path, &uv, &modseq, &next, &msgs, &flags, &error));
+    g_assert_true(mcache_load(path, &h, &msgs, &flags, &error));
     g_assert_no_error(error);
+    g_assert_cmpuint(h.uidvalidity, ==, 1);
+    g_assert_cmpuint(h.uidnext, ==, 100);
+    g_assert_cmpuint(h.highestmodseq, ==, 5);
+    g_assert_cmpuint(h.changed, ==, version == 3 ? 77 : 0);
     g_assert_cmpuint(msgs->len, ==, 3);
     g_assert_cmpuint(g_array_index(msgs, McMsg, 2).uid, ==, 9);
     g_assert_cmpuint(g_array_index(msgs, McMsg, 2).seen, ==, version == 1 ? 0 : 39);
@@ -341,7 +352,10 @@ static void test_malformed(void) {
       {"msg count huge", mct_payload(fl, 2, 2, good, 3, G_MAXUINT32), "IFMC", 1},
       {"msg count low", mct_payload(fl, 2, 2, good, 3, 2), "IFMC", 1},
       {"magic", mct_payload(fl, 2, 2, good, 3, 3), "IFDC", 1},
-      {"version", mct_payload(fl, 2, 2, good, 3, 3), "IFMC", 3},
+      {"version", mct_payload(fl, 2, 2, good, 3, 3), "IFMC", 4},
+      {"version 0", mct_payload(fl, 2, 2, good, 3, 3), "IFMC", 0},
+      {"version 3 without changed", mct_payload_v(2, fl, 2, 2, good, 3, 3), "IFMC", 3},
+      {"version 2 with changed", mct_payload_v(3, fl, 2, 2, good, 3, 3), "IFMC", 2},
       {"version 2 with version 1 rows", mct_payload(fl, 2, 2, good, 3, 3), "IFMC", 2},
       {"version 1 with version 2 rows", mct_payload_v(2, fl, 2, 2, good, 3, 3), "IFMC", 1},
       {"empty payload", g_byte_array_new(), "IFMC", 1},
@@ -383,7 +397,8 @@ static void test_save_invalid(void) {
   } cases[] = {{unsorted, 3}, {dup, 2}, {zero, 1}, {badflag, 1}};
   for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
     g_autoptr(GError) error = NULL;
-    g_assert_false(mcache_save(path, 1, 1, 10, cases[i].m, cases[i].n, fl, 2, &error));
+    McHead h = {1, 10, 1, 1};
+    g_assert_false(mcache_save(path, &h, cases[i].m, cases[i].n, fl, 2, &error));
     g_assert_error(error, MCACHE_ERROR, MCACHE_ERROR_INVALID);
     g_assert_false(g_file_test(path, G_FILE_TEST_EXISTS));
   }
