@@ -10,8 +10,10 @@
  * refresh_lock; a caller that waited for another's refresh uses that result
  * instead of fetching again.  A DcMsg is 24 bytes; flags are interned as
  * flag-set ids, since a mailbox has few distinct combinations.
- * Lock order: refresh_lock -> (pool) ; node->lock -> flags_lock.  tree_lock,
- * node->lock and flags_lock are never held across I/O.
+ * Lock order: refresh_lock -> (pool) ; node->lock -> flags_lock ;
+ * node->lock -> tree_lock (a node's change time, read under tree_lock, is
+ * atomic for it).  tree_lock, node->lock and flags_lock are never held
+ * across I/O.
  */
 #include "imapfuse/dircache.h"
 
@@ -38,7 +40,7 @@ struct DcNode {
   gboolean present;
   guint seen, listed;   /* the last LIST that named it on a path, as itself */
   GHashTable *children; /* name -> DcNode* (under tree_lock) */
-  guint32 changed;      /* dircache_dir_changed (atomic: read under tree_lock) */
+  guint32 changed;      /* dircache_dir_info (atomic: read under tree_lock) */
 
   GMutex refresh_lock;
   GMutex lock; /* protects the fields below */
@@ -94,6 +96,7 @@ struct Dircache {
   GPtrArray *flag_names; /* id -> string */
   GByteArray *flag_seen; /* id -> whether the set has \\Seen */
   GHashTable *saved_ids; /* "UIDVALIDITY\tmailbox" -> id, from the last mount */
+  GHashTable *saved_dirs; /* mailbox ("" for the root) -> its change time, the same */
   guint ids_reserved;    /* ids below it are recorded as used (meta_dir/ids-next) */
   DcObserver observer;
   gpointer observer_user;
@@ -110,6 +113,7 @@ struct Dircache {
  * meta_dir/ids keeps "UIDVALIDITY<TAB>id<TAB>mailbox" lines (0 for a
  * directory's id); an id is taken again by the same key if still free. */
 #define DC_IDS_FILE "ids"
+#define DC_DIRS_FILE "dirs" /* "<change time>\t<mailbox>" lines (dircache_dir_info) */
 #define DC_IDS_NEXT_FILE "ids-next"
 #define DC_IDS_RESERVE 64 /* new ids recorded as used this many at a time */
 #define DC_IDS_MAX 0x7fffffffu /* ids stay below it */
@@ -255,6 +259,53 @@ static void dc_save_ids(Dircache *dc) {
     g_debug("saving inode ids: %s", error->message);
 }
 
+/* ---- directory times kept ----
+ * A mailbox's change time is kept in its saved listing too, but the root,
+ * a \Noselect folder and a folder never listed have none: their times,
+ * moved by a subfolder made or gone, went back at every remount.  All
+ * are written to meta_dir/dirs at unmount, and a node made in a later
+ * mount starts from its line. */
+
+static void dc_load_dirs(Dircache *dc) {
+  g_autofree char *text = NULL;
+  g_autofree char *path =
+      dc->meta_dir != NULL ? g_build_filename(dc->meta_dir, DC_DIRS_FILE, NULL) : NULL;
+  if (path == NULL || !g_file_get_contents(path, &text, NULL, NULL))
+    return;
+  dc->saved_dirs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+  for (char **l = lines; *l != NULL; l++) {
+    g_auto(GStrv) f = g_strsplit(*l, "\t", 2);
+    guint64 t;
+    if (g_strv_length(f) == 2 && g_ascii_string_to_unsigned(f[0], 10, 1, G_MAXUINT32, &t, NULL))
+      g_hash_table_replace(dc->saved_dirs, g_strdup(f[1]), GUINT_TO_POINTER((guint)t));
+  }
+}
+
+static void _dc_dirs_text(DcNode *n, GString *out) {
+  guint32 t = __atomic_load_n(&n->changed, __ATOMIC_RELAXED);
+  const char *name = n->mailbox != NULL ? n->mailbox : "";
+  if (n->present && t != 0 && strchr(name, '\n') == NULL)
+    g_string_append_printf(out, "%u\t%s\n", t, name);
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, n->children);
+  while (g_hash_table_iter_next(&it, NULL, &v))
+    _dc_dirs_text(v, out);
+}
+
+/* At unmount: no other thread runs. */
+static void dc_save_dirs(Dircache *dc) {
+  if (dc->meta_dir == NULL)
+    return;
+  g_autoptr(GString) out = g_string_new(NULL);
+  _dc_dirs_text(dc->root, out);
+  g_autofree char *path = g_build_filename(dc->meta_dir, DC_DIRS_FILE, NULL);
+  g_autoptr(GError) error = NULL;
+  if (!g_file_set_contents(path, out->str, (gssize)out->len, &error))
+    g_debug("saving directory times: %s", error->message);
+}
+
 /* _dc_new_epoch: caller holds n->lock (tree_lock is taken under it).  The
  * messages of n's list, under uidvalidity, get inodes of a new epoch. */
 static void _dc_new_epoch(Dircache *dc, DcNode *n, guint32 uidvalidity) {
@@ -280,6 +331,8 @@ static DcNode *_dc_node_new(Dircache *dc, DcNode *parent, const char *name, cons
   n->children = g_hash_table_new(g_str_hash, g_str_equal);
   g_mutex_init(&n->refresh_lock);
   g_mutex_init(&n->lock);
+  if (dc->saved_dirs != NULL)
+    n->changed = GPOINTER_TO_UINT(g_hash_table_lookup(dc->saved_dirs, mailbox ? mailbox : ""));
   n->id = _dc_new_id(dc, n, 0);
   if (parent != NULL)
     g_hash_table_insert(parent->children, n->name, n);
@@ -316,6 +369,7 @@ Dircache *dircache_new(Pool *pool, const char *meta_dir) {
   dc->next_id = 2;
   dc->ids_lock_fd = -1;
   dc_load_ids(dc);
+  dc_load_dirs(dc);
   dc->root = _dc_node_new(dc, NULL, "", NULL);
   dc->root->present = TRUE;
   dc->flag_ids = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, NULL);
@@ -339,6 +393,8 @@ void dircache_free(Dircache *dc) {
     close(dc->ids_lock_fd); /* releases the flock */
   if (dc->saved_ids != NULL)
     g_hash_table_unref(dc->saved_ids);
+  if (dc->saved_dirs != NULL)
+    g_hash_table_unref(dc->saved_dirs);
   g_hash_table_unref(dc->flag_ids);
   g_ptr_array_unref(dc->flag_names);
   g_byte_array_unref(dc->flag_seen);
@@ -361,7 +417,7 @@ static void _dc_mark_absent(DcNode *n, guint gen, GPtrArray *bumped) {
   while (g_hash_table_iter_next(&it, NULL, &v)) {
     DcNode *c = v;
     if (c->seen != gen) {
-      if (c->present && bumped != NULL)
+      if (c->present && n->present && bumped != NULL)
         g_ptr_array_add(bumped, n);
       c->present = FALSE;
     }
@@ -1420,12 +1476,12 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
      * time, a new ctime for all at every mount (restic read all again). */
     if (result != f.base) {
       gboolean same = n->uidvalidity == f.uidvalidity;
-      guint fresh =
-          dc_stamp_seen(result, same ? n->msgs : NULL,
-                        n->msgs == NULL && dc->meta_dir == NULL ? 0 : dc_seen_now(), flagged);
+      gboolean no_history = n->msgs == NULL && dc->meta_dir == NULL;
+      guint fresh = dc_stamp_seen(result, same ? n->msgs : NULL,
+                                  no_history ? 0 : dc_seen_now(), flagged);
       /* Its entries changed now, or (the first listing with no cache
        * directory) as its newest message says. */
-      guint32 t = n->msgs == NULL && dc->meta_dir == NULL ? dc_msgs_changed(result)
+      guint32 t = no_history ? dc_msgs_changed(result)
                   : n->msgs == NULL || !same || fresh > 0 || gone->len > 0 ? dc_seen_now()
                                                                           : 0;
       dir_moved = dc_changed_to(n, t);
@@ -1607,12 +1663,15 @@ static gboolean _dc_patchable(DcNode *n, guint32 uidvalidity) {
     return TRUE;
   n->fetched_at = 0;
   n->stale = TRUE;
+  if (n->uidvalidity != uidvalidity)
+    n->good_at = 0; /* made again: not even to show while the server is away */
   return FALSE;
 }
 
 static void dc_tell(Dircache *dc, DcNode *n, guint32 epoch, guint32 uid, DcChangeKind kind) {
   /* Epoch 0: nothing was ever shown for it, but a UIDVALIDITY change still
-   * matters for what the last mount left on disk. */
+   * matters for what the last mount left on disk, and a directory's time
+   * is not a message's. */
   if (dc->observer != NULL &&
       (epoch != 0 || kind == DC_CHANGE_UIDVALIDITY || kind == DC_CHANGE_DIR))
     dc->observer(n, epoch, uid, kind, dc->observer_user);
@@ -1634,7 +1693,10 @@ void dircache_msgs_removed(Dircache *dc, DcNode *n, guint32 uidvalidity, const g
   gboolean moved = FALSE;
   g_mutex_lock(&n->lock);
   guint32 epoch = n->epoch;
-  if (_dc_patchable(n, uidvalidity)) {
+  /* Also out of a stale list: it is asked again before it is served, but
+   * shown as it is while the server cannot be reached (fs_listing). */
+  _dc_patchable(n, uidvalidity);
+  if (n->msgs != NULL && n->uidvalidity == uidvalidity) {
     GHashTable *set = g_hash_table_new(NULL, NULL);
     for (guint i = 0; i < n_uids; i++)
       g_hash_table_add(set, GUINT_TO_POINTER(uids[i]));
@@ -1803,6 +1865,7 @@ void dircache_flush(Dircache *dc) {
   /* At unmount: no other thread runs, so no locks are needed. */
   _dc_flush(dc, dc->root);
   dc_save_ids(dc);
+  dc_save_dirs(dc);
 }
 
 static void _dc_selectable(DcNode *n, GPtrArray *out) {

@@ -41,6 +41,12 @@ int ifs_errno_from_error(const GError *error) {
   return EIO;
 }
 
+gboolean ifs_error_is_unreachable(const GError *error) {
+  return g_error_matches(error, IFS_ERROR, IFS_ERROR_CONNECT) ||
+         g_error_matches(error, IFS_ERROR, IFS_ERROR_TIMEOUT) ||
+         g_error_matches(error, IFS_ERROR, IFS_ERROR_NOT_RUN);
+}
+
 gboolean ifs_error_is_connection(const GError *error) {
   if (error == NULL)
     return FALSE;

@@ -44,7 +44,8 @@ struct Fs {
 };
 
 
-/* A message went away or changed: drop the kernel's entry for its name. */
+/* A message went away or changed: drop the kernel's entry for its name;
+ * a directory's time moved: drop its attributes. */
 static void fs_observer(DcNode *n, guint32 epoch, guint32 uid, DcChangeKind kind, gpointer user) {
   Fs *fs = user;
   /* DC_CHANGE_FLAGS too: the flags are not in the attributes, but the
@@ -243,13 +244,13 @@ void fs_msg_attr(Fs *fs, guint32 epoch, guint32 uidvalidity, const DcMsg *m, str
 /* n's listing, no older than max_age_us (dircache_listing); when the
  * server cannot be reached, the last one known to be right in this mount,
  * however old: ls of a folder failed with EIO while the server was down,
- * though its messages could still be read from the cache. */
-static gboolean fs_listing(Fs *fs, DcNode *n, gint64 max_age_us, DcListing *out,
-                           GError **error) {
+ * though its messages could still be read from the cache.  Not when the
+ * server answers, if with BYE (a folder being deleted). */
+gboolean fs_listing(Fs *fs, DcNode *n, gint64 max_age_us, DcListing *out, GError **error) {
   if (dircache_listing(fs->dc, n, max_age_us, out, error))
     return TRUE;
   gint64 age_us;
-  if (!ifs_error_is_connection(*error) || !dircache_listing_held(fs->dc, n, out, &age_us))
+  if (!ifs_error_is_unreachable(*error) || !dircache_listing_held(fs->dc, n, out, &age_us))
     return FALSE;
   /* In minutes: a warning the same as the last is only counted (fs_warn). */
   gint64 min = age_us / (60 * G_USEC_PER_SEC);
@@ -466,7 +467,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
   g_autoptr(GError) error = NULL;
   gint64 tree_age = n == dircache_root(fs->dc) ? fs->opts.tree_max_age_us : G_MAXINT64;
   if (!dircache_refresh_tree(fs->dc, tree_age, &error)) {
-    if (!ifs_error_is_connection(error)) {
+    if (!ifs_error_is_unreachable(error)) {
       fs_reply_error(req, "listing mailboxes", error);
       return;
     }

@@ -151,6 +151,7 @@ typedef struct {
   gboolean has_mode;
   struct timespec atime, mtime;
   gboolean has_times;
+  struct timespec since; /* its ctime when they were set: they hold until it moves */
 } FswDirAttr;
 
 struct FsWrite {
@@ -607,7 +608,8 @@ static gboolean fsw_find_msg_in(FsWrite *w, DcNode *node, guint32 uid, gboolean 
   for (int pass = 0; pass < (ask ? 2 : 1); pass++) {
     DcListing l;
     dircache_touch(w->dc, node);
-    if (!dircache_listing(w->dc, node, pass == 0 ? G_MAXINT64 : 0, &l, error))
+    if (pass == 0 ? !fs_listing(w->fs, node, G_MAXINT64, &l, error)
+                  : !dircache_listing(w->dc, node, 0, &l, error))
       return FALSE;
     const DcMsg *m = dc_listing_find(&l, uid);
     if (m != NULL) {
@@ -661,7 +663,7 @@ static gboolean fsw_msg_of_ino(FsWrite *w, fuse_ino_t ino, DcNode **node, guint3
   DcListing l;
   g_autoptr(GError) error = NULL;
   dircache_touch(w->dc, n);
-  if (!dircache_listing(w->dc, n, G_MAXINT64, &l, &error)) {
+  if (!fs_listing(w->fs, n, G_MAXINT64, &l, &error)) {
     *err = fsw_errno(error);
     return FALSE;
   }
@@ -2086,7 +2088,11 @@ void fswrite_dir_attr(FsWrite *w, DcNode *n, struct stat *st) {
   const FswDirAttr *a = g_hash_table_lookup(w->dir_attrs, GUINT_TO_POINTER(dcnode_id(n)));
   if (a != NULL && a->has_mode)
     st->st_mode = S_IFDIR | (a->mode & 07777);
-  if (a != NULL && a->has_times) {
+  /* As on a disk, times set by utimens (rsync -t, tar) hold until the
+   * entries change (the ctime, fs_dir_attr): a watcher of the mtime then
+   * sees the change. */
+  if (a != NULL && a->has_times && st->st_ctim.tv_sec == a->since.tv_sec &&
+      st->st_ctim.tv_nsec == a->since.tv_nsec) {
     st->st_atim = a->atime;
     st->st_mtim = a->mtime;
   }
@@ -2965,6 +2971,7 @@ static void fsw_setattr_dir(fuse_req_t req, Fs *fs, FsWrite *w, DcNode *n, struc
     a->mtime = (to_set & FUSE_SET_ATTR_MTIME)
                    ? fsw_time_arg(&attr->st_mtim, to_set & FUSE_SET_ATTR_MTIME_NOW)
                    : cur.st_mtim;
+    a->since = cur.st_ctim;
     a->has_times = TRUE;
   }
   g_mutex_unlock(&w->lock);

@@ -119,7 +119,7 @@ typedef enum {
   DC_CHANGE_UIDVALIDITY, /* the whole mailbox was replaced; uid = the old UIDVALIDITY */
   DC_CHANGE_LISTED,      /* fetched anew, also the first time (no REMOVED then); uid =
                           * its SELECT's UIDNEXT: a message below it not listed is gone */
-  DC_CHANGE_DIR,         /* n's change time moved (dircache_dir_changed); epoch, uid 0 */
+  DC_CHANGE_DIR,         /* n's change time moved (dircache_dir_info); epoch, uid 0 */
 } DcChangeKind;
 /* Told of every message that changed, e.g. to invalidate kernel entries.
  * Called without dircache locks held. */

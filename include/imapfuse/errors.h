@@ -46,5 +46,8 @@ int ifs_errno_from_error(const GError *error);
 /* TRUE when the error means the connection is unusable (retry elsewhere;
  * only IFS_ERROR_NOT_RUN says the command itself is safe to send again). */
 gboolean ifs_error_is_connection(const GError *error);
+/* TRUE when the server could not be reached or did not answer (not when
+ * it answered, if with a BYE, a close or something unreadable). */
+gboolean ifs_error_is_unreachable(const GError *error);
 
 G_END_DECLS

@@ -80,7 +80,8 @@ void fswrite_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void fswrite_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                   struct fuse_file_info *fi);
 void fswrite_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
-/* Directory mode and times set by chmod/utimens (kept in memory only). */
+/* Directory mode and times set by chmod/utimens (kept in memory only; the
+ * times until its entries change). */
 void fswrite_dir_attr(FsWrite *w, DcNode *n, struct stat *st);
 
 /* ---- lowlevel operations (fs.c puts them in its table) ---- */

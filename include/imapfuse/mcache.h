@@ -38,7 +38,7 @@ typedef struct {
   guint32 uidvalidity;
   guint32 uidnext;
   guint64 highestmodseq;
-  guint32 changed; /* wall-clock s its messages were last added or removed (the
+  guint32 changed; /* wall-clock s its messages or subfolders last changed (the
                     * directory's mtime); 0 in version 1 and 2 files */
 } McHead;
 
