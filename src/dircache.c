@@ -53,6 +53,8 @@ struct DcNode {
   gboolean meta_tried;   /* the on-disk copy was looked at */
   gint64 fetched_at; /* monotonic us of the start of the last good fetch; 0 never */
   gint64 good_at;    /* the same, not reset when only stale; 0 after a new UIDVALIDITY */
+  guint32 noticed;   /* when a STATUS first showed other entries than msgs (0: none
+                      * since the last listing): its change time (dc_entries_noticed) */
   gboolean stale;    /* msgs may not match the server at highestmodseq: ask it */
   gboolean served;   /* a listing of it was handed out in this mount */
   gboolean prefetching; /* queued or being listed ahead (dircache_prefetch_after) */
@@ -97,6 +99,7 @@ struct Dircache {
   GByteArray *flag_seen; /* id -> whether the set has \\Seen */
   GHashTable *saved_ids; /* "UIDVALIDITY\tmailbox" -> id, from the last mount */
   GHashTable *saved_dirs; /* mailbox ("" for the root) -> its change time, the same */
+  guint32 born; /* wall-clock s this mount began: the time of a directory not known */
   guint ids_reserved;    /* ids below it are recorded as used (meta_dir/ids-next) */
   DcObserver observer;
   gpointer observer_user;
@@ -368,6 +371,7 @@ Dircache *dircache_new(Pool *pool, const char *meta_dir) {
   dc->ids = g_hash_table_new_full(NULL, NULL, NULL, g_free);
   dc->next_id = 2;
   dc->ids_lock_fd = -1;
+  dc->born = (guint32)(g_get_real_time() / G_USEC_PER_SEC);
   dc_load_ids(dc);
   dc_load_dirs(dc);
   dc->root = _dc_node_new(dc, NULL, "", NULL);
@@ -1103,8 +1107,9 @@ static gboolean dc_changed_to(DcNode *n, guint32 t) {
   return FALSE;
 }
 
-/* With no history: the newest of msgs' ctimes (fs.c: when first listed,
- * else the INTERNALDATE, here never after now); 0 for none. */
+/* For a listing saved before change times were kept: the newest of msgs'
+ * ctimes (fs.c: when first listed, else the INTERNALDATE, here never after
+ * now); 0 for none. */
 static guint32 dc_msgs_changed(const GArray *msgs) {
   gint64 now = g_get_real_time() / G_USEC_PER_SEC, t = 0;
   for (guint i = 0; i < msgs->len; i++) {
@@ -1132,6 +1137,8 @@ static guint32 _dc_dir_changed(DcNode *n) {
 void dircache_dir_info(Dircache *dc, DcNode *n, guint32 *changed, guint *subdirs) {
   g_mutex_lock(&dc->tree_lock);
   *changed = _dc_dir_changed(n);
+  if (*changed == 0)
+    *changed = dc->born;
   guint count = 0;
   GHashTableIter it;
   gpointer v;
@@ -1476,16 +1483,19 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
      * time, a new ctime for all at every mount (restic read all again). */
     if (result != f.base) {
       gboolean same = n->uidvalidity == f.uidvalidity;
-      gboolean no_history = n->msgs == NULL && dc->meta_dir == NULL;
-      guint fresh = dc_stamp_seen(result, same ? n->msgs : NULL,
-                                  no_history ? 0 : dc_seen_now(), flagged);
-      /* Its entries changed now, or (the first listing with no cache
-       * directory) as its newest message says. */
-      guint32 t = no_history ? dc_msgs_changed(result)
-                  : n->msgs == NULL || !same || fresh > 0 || gone->len > 0 ? dc_seen_now()
-                                                                          : 0;
+      guint fresh =
+          dc_stamp_seen(result, same ? n->msgs : NULL,
+                        n->msgs == NULL && dc->meta_dir == NULL ? 0 : dc_seen_now(), flagged);
+      /* A first listing keeps the time shown before it (the mount's
+       * start): a time that moved while tar read the folder made it say
+       * "file changed as we read it" and exit 1.  Changes take the time
+       * a STATUS noticed them, if one did (the time shown since). */
+      guint32 t = n->msgs == NULL ? dc->born
+                  : !same || fresh > 0 || gone->len > 0 ? (n->noticed ? n->noticed : dc_seen_now())
+                                                        : 0;
       dir_moved = dc_changed_to(n, t);
     }
+    n->noticed = 0; /* listed: the next change is a new one */
     if (n->msgs != NULL)
       g_array_unref(n->msgs);
     if (n->uidvalidity != f.uidvalidity) {
@@ -1976,6 +1986,19 @@ gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *
    * refresh may take long (a slow SELECT): lookups and opens, which take
    * the list at any age, must wait for it, not find the old messages
    * (which read the old bytes from the caches for as long as it took). */
+  /* Other entries (not only flags): the directory's time moves now, when
+   * the change is seen, not when the folder is next read (tar, reading it
+   * then, said "file changed as we read it"); the listing then keeps it. */
+  gboolean moved = FALSE;
+  if (n->msgs != NULL && n->noticed == 0) {
+    guint32 last = n->msgs->len ? g_array_index(n->msgs, DcMsg, n->msgs->len - 1).uid : 0;
+    if ((st->uidvalidity != 0 && n->uidvalidity != st->uidvalidity) ||
+        n->msgs->len != st->messages || st->uidnext > MAX(n->uidnext, last + 1)) {
+      n->noticed = dc_seen_now();
+      moved = dc_changed_to(n, n->noticed);
+      n->dirty |= moved;
+    }
+  }
   g_autoptr(GArray) gone = NULL;
   guint32 epoch = n->epoch, old_uidvalidity = n->uidvalidity;
   if (n->msgs != NULL && st->uidvalidity != 0 && n->uidvalidity != st->uidvalidity) {
@@ -1998,6 +2021,8 @@ gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *
     n->fetched_at = n->good_at = asked_us;
   }
   g_mutex_unlock(&n->lock);
+  if (moved)
+    dc_tell(dc, n, 0, 0, DC_CHANGE_DIR);
   /* ... and the kernel's entries of the old names go now (on -o ro its
    * pages of them were read with no request to us). */
   if (gone != NULL && epoch != 0)

@@ -24,7 +24,6 @@ struct Fs {
   Bodycache *bc;
   Notify *notify;
   FsOptions opts;
-  struct timespec started;
   FsWrite *w; /* the write path (fswrite.c) */
   /* Open handles, freed at the end if the kernel never sent their
    * RELEASE (it comes after close() returns: an unmount can overtake it). */
@@ -85,7 +84,6 @@ Fs *fs_new(Dircache *dc, Bodycache *bc, Notify *notify, const FsOptions *opts) {
   fs->bc = bc;
   fs->notify = notify;
   fs->opts = *opts;
-  clock_gettime(CLOCK_REALTIME, &fs->started);
   g_mutex_init(&fs->handles_lock);
   g_mutex_init(&fs->warn_lock);
   dircache_set_observer(dc, fs_observer, fs);
@@ -209,13 +207,8 @@ void fs_dir_attr(Fs *fs, DcNode *n, struct stat *st) {
   st->st_gid = fs->opts.gid;
   st->st_size = 4096;
   st->st_blksize = 4096;
-  /* When its entries last changed (dircache_dir_info), else the mount's
-   * start: nothing is known of it yet. */
-  if (changed != 0)
-    st->st_mtim = (struct timespec){.tv_sec = (time_t)changed};
-  else
-    st->st_mtim = fs->started;
-  st->st_ctim = st->st_atim = st->st_mtim;
+  /* When its entries last changed (dircache_dir_info). */
+  st->st_mtim = st->st_ctim = st->st_atim = (struct timespec){.tv_sec = (time_t)changed};
   fswrite_dir_attr(fs->w, n, st); /* chmod/utimens kept in memory */
 }
 

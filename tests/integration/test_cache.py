@@ -2804,11 +2804,15 @@ def test_directory_times_follow_their_entries(mount, empty_dovecot, env, tmp_pat
             time.sleep(0.1)
         raise AssertionError("%s: mtime still %d" % (name, old))
 
-    # With no cache directory a folder's time is its newest message's date.
+    # With no cache directory nothing is known: the mount's start, also
+    # once listed.
+    started = time.time()
     m = mount(dv, "cache=none", env=env)
+    before = times(m, ".", "Box", "Other", "P", "P/C")
+    assert all(started - 1 <= t / 1e9 <= time.time() for t in before.values()), before
     for name in ("Box", "Other", "P/C"):
         os.listdir(os.path.join(m.path, name))
-    assert set(times(m, "Box", "Other", "P/C", "P").values()) == {1600000000 * 10**9}
+    assert times(m, *before) == before
     m.unmount()
 
     cache = str(tmp_path / "cache")
@@ -2917,6 +2921,48 @@ def test_listings_stay_while_the_server_is_down(mount, empty_dovecot, env, tmp_p
     time.sleep(1.2)
     assert _listing(d) == _names(uids + [new])
     assert _read(os.path.join(d, "%d.eml" % new)) == _msg("back", 500)
+
+
+def test_tar_sees_no_directory_change_while_it_reads(mount, empty_dovecot, env, tmp_path):
+    """GNU tar compares a directory's times before and after it reads it
+    and exits 1 ("file changed as we read it") if they moved.  The first
+    listing of a folder moved them (from the mount's start to the
+    listing's time), and so did a change made while nothing was mounted
+    (at the first read of the folder, though the STATUS at mount had
+    shown it).  Now a first listing keeps the time shown, and a change
+    moves it when a STATUS shows it."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    for box in ("Box", "Other", "P/C"):
+        c.create(box)
+        for i in range(3):
+            c.append(box, None, None, _msg("%s%d" % (box, i), 700))
+    cache = str(tmp_path / "cache")
+
+    def tar(m):
+        with open(str(tmp_path / "out.tar"), "wb") as out:
+            r = subprocess.run(["tar", "-cf", "-", "-C", m.path, "."], stdout=out,
+                               stderr=subprocess.PIPE, text=True)
+        assert (r.returncode, r.stderr) == (0, "")
+
+    for opts in (("cache=none",), ("cache_dir=" + cache,)):
+        m = mount(dv, *opts, env=env)
+        tar(m)
+        m.unmount()
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    box = os.stat(os.path.join(m.path, "Box")).st_mtime_ns
+    m.unmount()
+    time.sleep(1.1)
+    c.append("Box", None, None, _msg("while-unmounted", 700))
+    c.select("Other")
+    typ, data = c.uid("STORE", "1", "+FLAGS.SILENT", "(\\Deleted)")
+    assert typ == "OK", data
+    c.expunge()
+    c.logout()
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    assert os.stat(os.path.join(m.path, "Box")).st_mtime_ns > box  # before it is read
+    tar(m)
+    assert len(_listing(os.path.join(m.path, "Box"))) == 4
 
 
 def test_scattered_expunges_elsewhere_are_all_seen(mount, empty_dovecot, env):
