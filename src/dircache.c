@@ -1725,6 +1725,7 @@ void dircache_msgs_removed(Dircache *dc, DcNode *n, guint32 uidvalidity, const g
     moved = gone->len > 0 && dc_changed_to(n, dc_seen_now());
   } else {
     g_array_append_vals(gone, uids, n_uids);
+    moved = n_uids > 0 && dc_changed_to(n, dc_seen_now()); /* listed or not */
   }
   g_mutex_unlock(&n->lock);
   if (moved)
@@ -1760,6 +1761,10 @@ void dircache_msg_added(Dircache *dc, DcNode *n, guint32 uidvalidity, const DcMs
       g_hash_table_replace(n->added, GUINT_TO_POINTER(m->uid), at);
       moved = dc_changed_to(n, dc_seen_now());
     }
+  } else {
+    /* Not listed yet (a folder just made): its time moves all the same,
+     * and its first listing keeps it. */
+    moved = dc_changed_to(n, dc_seen_now());
   }
   g_mutex_unlock(&n->lock);
   if (moved)

@@ -2869,7 +2869,18 @@ def test_directory_times_follow_their_entries(mount, empty_dovecot, env, tmp_pat
     assert os.stat(os.path.join(m.path, "Other")).st_mtime == 1500000000
     c.append("Other", None, date, _msg("later", 700))
     wait_moved(m, "Other", 1500000000 * 10**9)
-    last = times(m, ".", "Box", "Other", "P", "P/C")
+    # A file written into a folder made here and never listed moves it,
+    # and its first listing then keeps it.
+    os.mkdir(os.path.join(m.path, "New"))
+    made = times(m, "New")["New"]
+    time.sleep(1.1)
+    with open(os.path.join(m.path, "New", "a.eml"), "wb") as f:
+        f.write(_msg("new", 500))
+    written = times(m, "New")["New"]
+    assert written > made
+    assert len(os.listdir(os.path.join(m.path, "New"))) == 1
+    assert times(m, "New")["New"] == written
+    last = times(m, ".", "Box", "Other", "P", "P/C", "New")
     m.unmount()
     c.logout()
     m = mount(dv, "cache_dir=" + cache, env=env)
