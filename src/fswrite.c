@@ -19,8 +19,9 @@
  * New files.  A file created on the mount is a FswFile with an inode of
  * its own: (directory id << 32) | serial, which neither a directory
  * (low half 0) nor a message (high half an epoch id) can be.  It keeps its
- * name until it is unlinked or has lingered FSW_LINGER_US after its last
- * close, so the writer's follow-up calls (chmod, utimes, rename) find it.
+ * name until it is unlinked or has lingered (-o linger, 30 s) after its
+ * last close and after the last new file written on the mount, so the
+ * writer's follow-up calls (chmod, utimes, setxattr, rename) find it.
  * When it is sent:
  *   - at the close() of the last writer (flush), so the APPEND error is
  *     the close() error, and at fsync();
@@ -33,7 +34,7 @@
  *   - except under rsync's temporary name (".NAME.XXXXXX"): rsync closes
  *     the file, then sets its mtime, then renames it, so the APPEND waits
  *     for the rename (whose error rsync reports) to honour rsync -t as the
- *     INTERNALDATE; if no rename comes within FSW_LINGER_US it is sent
+ *     INTERNALDATE; if no rename comes while it lingers it is sent
  *     anyway.
  * After a send the FswFile is an alias of the message (UID from
  * APPENDUID) until it lingers out: renaming it across directories moves
@@ -69,9 +70,11 @@
 #include "imapfuse/names.h"
 #include "imapfuse/staging.h"
 
-#define FSW_LINGER_US (30 * G_USEC_PER_SEC)
+#define FSW_LINGER_US (30 * G_USEC_PER_SEC) /* the default of -o linger */
 #define FSW_LIST_MAX_AGE_US (30 * G_USEC_PER_SEC)
-#define FSW_DEDUP_MAX_CANDIDATES 64
+#define FSW_DEDUP_MAX_CANDIDATES 64 /* large messages, compared one by one */
+#define FSW_DEDUP_BYTES (16 * 1024 * 1024) /* small ones: fetched for one check, at most */
+#define FSW_DEDUP_SET 256 /* UIDs in one FETCH of candidates */
 #define FSW_COMPARE_CHUNK (1024 * 1024)
 #define FSW_XATTR_FLAGS "user.imap.flags"
 #define FSW_PF_EXITING 0x00000004 /* task flag (linux/sched.h): in do_exit() */
@@ -161,6 +164,7 @@ struct FsWrite {
   Pool *pool;
   char *account;
   gboolean delete_trash, dedup;
+  gint64 linger_us;             /* -o linger */
   guint64 max_message;          /* largest message a new file may become */
   char *max_message_from;       /* where that bound comes from (warnings) */
   Staging *staging;
@@ -178,6 +182,7 @@ struct FsWrite {
                            * MOVE or UIDPLUS): an rm again does not copy it again */
   guint32 serial;
   gboolean closing;
+  gint64 written_at; /* monotonic us a new file was last made or written to */
 
   GMutex list_lock;
   GPtrArray *boxes; /* ImapMailboxInfo* from our own LIST */
@@ -1168,7 +1173,8 @@ typedef struct {
   gboolean ours; /* dup, but stored by an earlier attempt whose reply was lost */
 } FswAppend;
 
-/* 1: uid holds exactly msg's bytes; 0: it does not (or is gone); -1: error. */
+/* 1: uid holds exactly msg's bytes (a large message, compared in chunks);
+ * 0: it does not (or is gone); -1: error. */
 static int fsw_same_bytes(ImapConn *c, guint32 uid, GBytes *msg, GError **error) {
   gsize n;
   const guchar *data = g_bytes_get_data(msg, &n);
@@ -1176,9 +1182,7 @@ static int fsw_same_bytes(ImapConn *c, guint32 uid, GBytes *msg, GError **error)
     gsize len = MIN((gsize)FSW_COMPARE_CHUNK, n - off);
     GBytes *b = NULL;
     g_autoptr(GError) local = NULL;
-    /* Small messages in one piece (BODY.PEEK[]), large ones in chunks. */
-    gboolean whole = off == 0 && n <= FSW_COMPARE_CHUNK;
-    if (!imap_fetch_body(c, uid, whole ? 0 : off, whole ? 0 : len, &b, &local)) {
+    if (!imap_fetch_body(c, uid, off, len, &b, &local)) {
       if (fsw_is_error(local, IFS_ERROR_NOT_FOUND))
         return 0;
       g_propagate_error(error, g_steal_pointer(&local));
@@ -1194,18 +1198,73 @@ static int fsw_same_bytes(ImapConn *c, guint32 uid, GBytes *msg, GError **error)
   return 1;
 }
 
+typedef struct {
+  GBytes *msg;
+  guint32 found;
+} FswSame;
+
+static gboolean fsw_same_cb(guint32 uid, GBytes *body, gpointer user) {
+  FswSame *s = user;
+  if (!g_bytes_equal(body, s->msg))
+    return TRUE;
+  s->found = uid;
+  return FALSE; /* found: no more comparing */
+}
+
+/* The candidates (UIDs, newest first) of a small message fetched a set of
+ * FSW_DEDUP_SET at a time, pipelined: 1 and *found, 0, or -1. */
+static int fsw_find_same_small(ImapConn *c, const char *mailbox, guint32 uv, GArray *cand,
+                               GBytes *msg, guint32 *found, GError **error) {
+  FswSame s = {msg, 0};
+  for (guint i = 0; i < cand->len && s.found == 0;) {
+    g_autoptr(GPtrArray) sets = g_ptr_array_new_with_free_func(g_free);
+    while (i < cand->len && sets->len < IMAP_PIPELINE_MAX - 1) {
+      g_autoptr(GString) set = g_string_new(NULL);
+      for (guint k = 0; k < FSW_DEDUP_SET && i < cand->len; k++, i++)
+        g_string_append_printf(set, "%s%u", set->len ? "," : "", g_array_index(cand, guint32, i));
+      g_ptr_array_add(sets, g_string_free(g_steal_pointer(&set), FALSE));
+    }
+    if (!imap_fetch_bodies(c, mailbox, uv, (char *const *)sets->pdata, sets->len, fsw_same_cb,
+                           &s, error))
+      return -1;
+  }
+  *found = s.found;
+  return s.found != 0;
+}
+
 /* Looks in the selected mailbox (uv) for a message with msg's bytes: 1 and
- * a->uv, a->uid, a->dup set; 0: none; -1: error. */
+ * a->uv, a->uid, a->dup set; 0: none; -1: error.  Newest first (a copy
+ * made again after one cut short matches the last ones), and a small
+ * message's candidates in few round trips: the first 64 only, one FETCH
+ * each, missed the copies of the newest of 400 alerts of one size and no
+ * Message-ID, and a cp made them again (an exploratory test). */
 static int fsw_find_same(ImapConn *c, FswAppend *a, guint32 uv, GBytes *msg, GError **error) {
   g_autoptr(GArray) uids = g_array_new(FALSE, FALSE, sizeof(guint32));
-  if (!imap_search_same_size(c, g_bytes_get_size(msg), a->message_id, uids, error))
+  gsize size = g_bytes_get_size(msg);
+  if (!imap_search_same_size(c, size, a->message_id, uids, error))
     return -1;
-  for (guint i = 0; i < uids->len && i < FSW_DEDUP_MAX_CANDIDATES; i++) {
-    guint32 u = g_array_index(uids, guint32, i);
+  g_autoptr(GArray) cand = g_array_new(FALSE, FALSE, sizeof(guint32));
+  guint max = size <= FSW_COMPARE_CHUNK ? MAX(FSW_DEDUP_MAX_CANDIDATES, FSW_DEDUP_BYTES / size)
+                                        : FSW_DEDUP_MAX_CANDIDATES;
+  for (guint i = uids->len; i > 0 && cand->len < max; i--) {
+    guint32 u = g_array_index(uids, guint32, i - 1);
     /* The earlier copy of this file counts only if the date is the same
      * (otherwise the point is to replace it). */
-    if (uv == a->exclude_uv && u == a->exclude_uid && !a->same_date)
-      continue;
+    if (!(uv == a->exclude_uv && u == a->exclude_uid && !a->same_date))
+      g_array_append_val(cand, u);
+  }
+  if (size <= FSW_COMPARE_CHUNK) {
+    guint32 u = 0;
+    int same = fsw_find_same_small(c, a->mailbox, uv, cand, msg, &u, error);
+    if (same > 0) {
+      a->uv = uv;
+      a->uid = u;
+      a->dup = TRUE;
+    }
+    return same;
+  }
+  for (guint i = 0; i < cand->len; i++) {
+    guint32 u = g_array_index(cand, guint32, i);
     int same = fsw_same_bytes(c, u, msg, error);
     if (same != 0) {
       if (same > 0) {
@@ -1507,13 +1566,21 @@ static int _fsw_send_now(FsWrite *w, FswFile *f) {
   return 0;
 }
 
-/* ---- lingering ---- */
+/* ---- lingering ----
+ * A written file's name lingers a while after its last close, and also
+ * for as long as new files are still being written on the mount, and as
+ * long again: restic restores all the data first and then sets each
+ * file's times and xattrs by name.  A restore of more than 30 s found
+ * the names of its first files gone by then, and N.eml then named the
+ * message with UID N: its flags went onto another restored message, and
+ * its open for more data failed (EPERM). */
 
 static gpointer fsw_thread(gpointer data) {
   FsWrite *w = data;
   g_mutex_lock(&w->lock);
   while (!w->stop) {
     gint64 now = g_get_monotonic_time(), next = G_MAXINT64;
+    gint64 busy_until = w->written_at != 0 ? w->written_at + w->linger_us : 0;
     g_autoptr(GPtrArray) due = g_ptr_array_new();
     GHashTableIter it;
     gpointer v;
@@ -1522,11 +1589,12 @@ static gpointer fsw_thread(gpointer data) {
       FswFile *f = v;
       if (f->handles > 0 || f->deadline == 0)
         continue;
-      if (f->deadline <= now) {
+      gint64 until = MAX(f->deadline, busy_until);
+      if (until <= now) {
         f->deadline = 0;
         g_ptr_array_add(due, fsw_file_ref(f));
       } else {
-        next = MIN(next, f->deadline);
+        next = MIN(next, until);
       }
     }
     if (due->len == 0) {
@@ -1565,7 +1633,7 @@ static gpointer fsw_thread(gpointer data) {
 
 /* Caller holds w->lock. */
 static void _fsw_linger(FsWrite *w, FswFile *f) {
-  f->deadline = g_get_monotonic_time() + FSW_LINGER_US;
+  f->deadline = g_get_monotonic_time() + w->linger_us;
   g_cond_signal(&w->cond);
 }
 
@@ -1580,6 +1648,7 @@ FsWrite *fswrite_new(Fs *fs, Dircache *dc, Notify *notify, const FsWriteOptions 
   w->account = g_strdup(opts->account != NULL ? opts->account : "default");
   w->delete_trash = opts->delete_trash;
   w->dedup = !opts->no_dedup;
+  w->linger_us = opts->linger_us > 0 ? opts->linger_us : FSW_LINGER_US;
   w->max_message = opts->max_message != 0 ? opts->max_message : G_MAXUINT64;
   w->max_message_from = g_strdup(opts->max_message_from != NULL ? opts->max_message_from : "");
   w->staging = staging_new(w->account);
@@ -1781,7 +1850,7 @@ static void fsw_moved_add(FsWrite *w, DcNode *node, const char *name, guint32 uv
                           fuse_ino_t old_ino) {
   gint64 now = g_get_monotonic_time();
   FswMoved *mv = g_new0(FswMoved, 1);
-  *mv = (FswMoved){node, uv, uid, now + FSW_LINGER_US, old_ino};
+  *mv = (FswMoved){node, uv, uid, now + w->linger_us, old_ino};
   FswMoved *from = g_memdup2(mv, sizeof *mv);
   g_mutex_lock(&w->lock);
   _fsw_moved_drop(w, now, NULL, 0, 0);
@@ -2140,6 +2209,7 @@ static FswFile *fsw_file_new(fuse_req_t req, fuse_ino_t parent, const char *name
   f->atime = f->ctime = f->mtime;
   g_mutex_lock(&w->lock);
   w->serial++;
+  w->written_at = g_get_monotonic_time();
   f->ino = ((fuse_ino_t)dcnode_id(p) << 32) | w->serial;
   f->in_table = TRUE;
   g_hash_table_insert(w->by_ino, &f->ino, f);
@@ -2189,6 +2259,7 @@ void fswrite_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
       f->unflushed++;
     }
     f->size = staging_file_size(f->data);
+    w->written_at = g_get_monotonic_time();
     clock_gettime(CLOCK_REALTIME, &f->ctime);
     if (!f->mtime_set)
       f->mtime = f->ctime;

@@ -377,7 +377,8 @@ int main(int argc, char *argv[]) {
                 .delete_trash = g_strcmp0(o.delete_mode, "trash") == 0,
                 .no_dedup = g_strcmp0(o.dedup, "off") == 0,
                 .max_message = max_message,
-                .max_message_from = max_message_from},
+                .max_message_from = max_message_from,
+                .linger_us = (gint64)(o.linger * G_USEC_PER_SEC)},
   };
   notify = notify_new();
   fs = fs_new(dc, bc, notify, &fso);

@@ -44,6 +44,7 @@ static const struct fuse_opt options_table[] = {
     IFS_OPT("msg_timeout=%s", sec_text[IFS_SEC_MSG_TIMEOUT], 0),
     IFS_OPT("dir_timeout=%s", sec_text[IFS_SEC_DIR_TIMEOUT], 0),
     IFS_OPT("list_max_age=%s", sec_text[IFS_SEC_LIST_MAX_AGE], 0),
+    IFS_OPT("linger=%s", sec_text[IFS_SEC_LINGER], 0),
     /* FUSE's own too (the kernel refuses writes); seen here for fs.c */
     IFS_OPT("ro", read_only, 1),
     IFS_OPT("rw", read_only, 0),
@@ -147,6 +148,7 @@ static const struct {
     [IFS_SEC_MSG_TIMEOUT] = {"msg_timeout", offsetof(IfsOptions, msg_timeout)},
     [IFS_SEC_DIR_TIMEOUT] = {"dir_timeout", offsetof(IfsOptions, dir_timeout)},
     [IFS_SEC_LIST_MAX_AGE] = {"list_max_age", offsetof(IfsOptions, list_max_age)},
+    [IFS_SEC_LINGER] = {"linger", offsetof(IfsOptions, linger)},
 };
 
 static gboolean options_take_seconds(IfsOptions *o, GError **error) {
@@ -176,6 +178,7 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
   o->msg_timeout = 60;
   o->dir_timeout = 1;
   o->list_max_age = -1; /* auto: see main.c */
+  o->linger = 30;
   o->poll = 10;
   o->watch_idle = 600;
   o->spin_us = 50;
@@ -205,6 +208,12 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
    * microseconds). */
   if (!options_take_ints(o, error) || !options_take_seconds(o, error))
     return FALSE;
+  if (o->linger < 1) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "linger= must be at least 1 second (a name must answer the writer's own "
+                "stat after close), not \"%s\"", o->sec_text[IFS_SEC_LINGER]);
+    return FALSE;
+  }
   if (o->cache != NULL && g_strcmp0(o->cache, "none") != 0 &&
       g_strcmp0(o->cache, "metadata") != 0 && g_strcmp0(o->cache, "full") != 0) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
@@ -305,6 +314,8 @@ void options_usage(const char *prog) {
          "                             (same bytes) is already there (default on)\n"
          "    -o max_message=SIZE      largest new file sent as a message (default: the server's\n"
          "                             APPENDLIMIT, else 256M); writing past it fails with EFBIG\n"
+         "    -o linger=SECS           the name a new file was written under answers this long\n"
+         "                             after new files stop being written (default 30)\n"
          "    -o msg_timeout=SECS      kernel cache time for message entries (default 60)\n"
          "    -o dir_timeout=SECS      kernel cache time for directory entries (default 1)\n"
          "    -o list_max_age=SECS     reuse a mailbox listing this long on opendir (default 1.5 x poll)\n"

@@ -28,7 +28,7 @@ enum {
 };
 
 /* Options in seconds that take a fraction (0.5), taken as text too. */
-enum { IFS_SEC_MSG_TIMEOUT, IFS_SEC_DIR_TIMEOUT, IFS_SEC_LIST_MAX_AGE, IFS_N_SEC };
+enum { IFS_SEC_MSG_TIMEOUT, IFS_SEC_DIR_TIMEOUT, IFS_SEC_LIST_MAX_AGE, IFS_SEC_LINGER, IFS_N_SEC };
 
 typedef struct {
   char *url;
@@ -56,6 +56,7 @@ typedef struct {
   double msg_timeout;
   double dir_timeout;
   double list_max_age;
+  double linger;      /* write path: a written file's name answers this long (default 30) */
   int read_only;      /* -o ro (also passed on to FUSE) */
   int max_threads;    /* -o max_threads= (also FUSE's); 0: not given */
   char *int_text[IFS_N_INT]; /* the whole-number options as given */

@@ -414,6 +414,8 @@ def test_missing_url(run_fail):
     (("dir_timeout=0x10",), "off", r"dir_timeout=.*0x10"),
     (("list_max_age=-1",), "off", r"list_max_age=.*-1"),
     (("dir_timeout=.",), "off", r"dir_timeout="),
+    (("linger=0",), "off", r"linger=.*at least 1 second"),
+    (("linger=1m",), "off", r"linger=.*1m"),
 ])
 def test_bad_option_values(dovecot, imapfuse_fail, opt, tls, want):
     rc, err = imapfuse_fail(dovecot, *opt, tls=tls)

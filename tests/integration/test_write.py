@@ -1039,6 +1039,39 @@ def test_dedup_ignores_deleted_and_different(empty_dovecot, fs):
     assert len(state(c, "INBOX")) == 3
 
 
+def test_dedup_of_many_messages_of_one_size(empty_dovecot, fs, tmp_path):
+    """Messages without a Message-ID, all of one size (generated alerts):
+    the check compared only the 64 oldest of that size, one FETCH each, so
+    a second cp of 100 such files stored the last 36 again (an exploratory
+    test: 336 duplicates of 400).  All candidates are compared now, newest
+    first, fetched many to a command."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    src = tmp_path / "alerts"
+    src.mkdir()
+    for i in range(100):
+        (src / ("a%03d.eml" % i)).write_bytes(
+            b"From: a@b\r\nSubject: alert %04d\r\n\r\ndisk full on host%04d\r\n" % (i, i))
+    m = fs(dv, "imap_debug")
+    box = os.path.join(m, "Q")
+    os.mkdir(box)
+    files = sorted(str(p) for p in src.iterdir())
+    subprocess.run(["cp"] + files + [box], check=True)
+    assert len(state(c, "Q")) == 100
+    before = len(re.findall(r"C: A\d+ UID FETCH", m.stderr_text()))
+    again = tmp_path / "again"  # other names: not the files just written
+    again.mkdir()
+    for f in files:
+        (again / ("b" + os.path.basename(f))).write_bytes(open(f, "rb").read())
+    subprocess.run(["cp"] + sorted(str(p) for p in again.iterdir()) + [box], check=True)
+    st = state(c, "Q")
+    assert len(st) == 100
+    assert sorted(v["body"] for v in st.values()) == sorted(
+        open(f, "rb").read() for f in files)
+    fetches = len(re.findall(r"C: A\d+ UID FETCH", m.stderr_text())) - before
+    assert fetches <= 2 * len(files), fetches  # was up to 64 a file
+
+
 def test_rsync_temp_name_pattern(empty_dovecot, fs):
     """rsync writes .NAME.XXXXXX, closes, sets the mtime, renames: one
     APPEND, at the rename, with that mtime as INTERNALDATE."""
@@ -1996,6 +2029,40 @@ def test_killed_child_leaves_a_shared_file_to_its_parent(empty_dovecot, fs, xdg)
     assert sorted(bodies[1:]) == sorted([whole2, whole3]), len(bodies)
     assert len(kept_files(xdg)) == 2
     m.unmount()
+
+
+def test_a_slow_restore_keeps_its_names_until_it_ends(empty_dovecot, fs):
+    """restic restores all the data first, then sets each file's times and
+    flags by name.  A restore that took longer than the linger (30 s)
+    found the names of its first files gone: N.eml then named the message
+    with UID N, another restored message, whose flags it overwrote (an
+    exploratory test with a throttled restic restore).  Names now linger
+    while new files are still being written on the mount, and as long
+    again after (here -o linger=2)."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv, "linger=2")
+    r = os.path.join(m, "R")
+    os.mkdir(r)
+    for name, tag in (("2.eml", "A"), ("1.eml", "B")):  # A becomes UID 1, B UID 2
+        with open(os.path.join(r, name), "wb") as f:
+            f.write(make_msg(tag))
+    # More data for 4 s, twice the linger, as a restore's later files.
+    with open(os.path.join(r, "7.eml"), "wb") as f:
+        for i in range(14):
+            f.write(b"X-Line: %d\r\n" % i if i else make_msg("C")[:40])
+            f.flush()
+            time.sleep(0.3)
+        f.write(make_msg("C")[40:])
+    os.setxattr(os.path.join(r, "1.eml"), "user.imap.flags", b"\\Flagged")
+    got = {v["mid"]: v["flags"] for v in state(c, "R").values()}
+    assert got["B@imapfuse.test"] == {"\\Flagged"}, got
+    assert got["A@imapfuse.test"] == set(), got
+    # Once nothing is written the names go: the listing's are the UIDs.
+    time.sleep(3)
+    assert sorted(os.listdir(r)) == ["1.eml", "2.eml", "3.eml"]
+    with open(os.path.join(r, "1.eml"), "rb") as f:
+        assert b"A@imapfuse.test" in f.read()
 
 
 def test_tar_with_xattrs_restores_messages_and_flags(empty_dovecot, fs, tmp_path):
