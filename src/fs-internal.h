@@ -23,6 +23,8 @@ fuse_ino_t fs_dir_ino(Fs *fs, DcNode *n);
 fuse_ino_t fs_msg_ino(guint32 epoch, guint32 uid);
 void fs_dir_attr(Fs *fs, DcNode *n, struct stat *st);
 void fs_msg_attr(Fs *fs, guint32 epoch, guint32 uidvalidity, const DcMsg *m, struct stat *st);
+/* A warning, said once with a count while it repeats (at most every 10 s). */
+void fs_warn(Fs *fs, const char *text);
 /* dircache_listing, or while the server cannot be reached the listing
  * last known right (with a warning). */
 gboolean fs_listing(Fs *fs, DcNode *n, gint64 max_age_us, DcListing *out, GError **error);

@@ -113,7 +113,8 @@ void fs_free(Fs *fs) {
     fs_handles_free(fs);
     g_mutex_clear(&fs->handles_lock);
     if (fs->warn_repeats > 0)
-      g_warning("%s (%u more times)", fs->warn_last, fs->warn_repeats);
+      g_warning("%s (%u more %s)", fs->warn_last, fs->warn_repeats,
+                fs->warn_repeats == 1 ? "time" : "times");
     g_free(fs->warn_last);
     g_mutex_clear(&fs->warn_lock);
   }
@@ -155,7 +156,7 @@ DcNode *fs_dir_or_reply(fuse_req_t req, fuse_ino_t ino) {
  * that was down printed one line per read(), 78 in 4 s.  Repeats are
  * counted and said in one line ("TEXT (N more times)") at most every
  * 10 s, before a different warning, and at the end. */
-static void fs_warn(Fs *fs, const char *text) {
+void fs_warn(Fs *fs, const char *text) {
   gint64 now = g_get_monotonic_time();
   g_mutex_lock(&fs->warn_lock);
   if (g_strcmp0(fs->warn_last, text) == 0) {
@@ -168,7 +169,7 @@ static void fs_warn(Fs *fs, const char *text) {
     }
     g_mutex_unlock(&fs->warn_lock);
     if (repeats > 0)
-      g_warning("%s (%u more times)", text, repeats);
+      g_warning("%s (%u more %s)", text, repeats, repeats == 1 ? "time" : "times");
     return;
   }
   guint repeats = fs->warn_repeats;
@@ -178,7 +179,7 @@ static void fs_warn(Fs *fs, const char *text) {
   fs->warn_repeats = 0;
   g_mutex_unlock(&fs->warn_lock);
   if (repeats > 0)
-    g_warning("%s (%u more times)", before, repeats);
+    g_warning("%s (%u more %s)", before, repeats, repeats == 1 ? "time" : "times");
   g_warning("%s", text);
 }
 

@@ -220,10 +220,16 @@ static void fsw_reply_error(fuse_req_t req, const char *what, const GError *erro
   /* A refusal with no response code the errno can carry (a bare EIO):
    * only the server's text says why (mkdir at the top of an account whose
    * folders must be under "INBOX."). */
-  if (fsw_is_error(error, IFS_ERROR_NO) || fsw_is_error(error, IFS_ERROR_BAD))
+  if (fsw_is_error(error, IFS_ERROR_NO) || fsw_is_error(error, IFS_ERROR_BAD)) {
     g_warning("%s: %s", what, error->message);
-  else
+  } else if (ifs_error_is_connection(error)) {
+    /* The server is away: said too (rm, mv, mkdir and setfattr failed
+     * with EIO and nothing in the log; an exploratory test). */
+    g_autofree char *text = g_strdup_printf("%s: %s", what, error->message);
+    fs_warn(fsw_of(req)->fs, text);
+  } else {
     g_debug("%s: %s (%s)", what, error->message, g_strerror(err));
+  }
   fuse_reply_err(req, err);
 }
 

@@ -2385,6 +2385,28 @@ def _read_then_sigterm_with_server_stopped(m, dv, uids, pause=0.0):
     return e.value, took, stopped
 
 
+@pytest.mark.imapfuse_stderr_ok(r"warning: .*(no answer from|closed the connection|lost|stopping)")
+def test_sigterm_while_a_read_waits_on_a_silent_server(mount, empty_dovecot, env):
+    """SIGTERM while a read waits on a server that stopped answering, long
+    before any timeout: the read is cut after 2 s, and each new READ of
+    the file logged in anew and waited 2 s for its own cut.  The exit took
+    14 s (an exploratory test; 6 cuts).  A read cut at a stop now mutes
+    new logins."""
+    import signal
+    dv = empty_dovecot()
+    uids = _make_box(dv, "Box", [_msg("s%d" % i, 900) for i in range(3)])
+    m = mount(dv, "timeout=30", "readahead=0", env=env)
+    d = os.path.join(m.path, "Box")
+    assert _listing(d) == _names(uids)
+    os.killpg(dv.proc.pid, signal.SIGSTOP)
+    try:
+        stopped = _sigterm_while_reading(m, os.path.join(d, "%d.eml" % uids[1]), 2.5)
+    finally:
+        os.killpg(dv.proc.pid, signal.SIGCONT)
+    assert stopped < 6, "SIGTERM took %.1f s" % stopped
+    assert m.proc.returncode == 0
+
+
 @pytest.mark.imapfuse_stderr_ok(r"warning: .*(no answer from|shutting down|closed the connection|lost|stopping)")
 def test_a_server_that_stops_answering_costs_two_timeouts(mount, empty_dovecot, env):
     """The whole server stops (SIGSTOP): a read waits one timeout on its
@@ -2922,6 +2944,11 @@ def test_listings_stay_while_the_server_is_down(mount, empty_dovecot, env, tmp_p
         assert e.value.errno == errno.EIO
         assert "Box: " in m.stderr_text() and "showing its listing from less than a " \
             "minute ago" in m.stderr_text()
+        # A change fails, and says why (it said nothing).
+        with pytest.raises(OSError) as e:
+            os.unlink(os.path.join(d, "%d.eml" % uids[0]))
+        assert e.value.errno == errno.EIO
+        assert re.search(r"warning: rm: .*refused", m.stderr_text()), m.stderr_text()
     finally:
         dv.start()
     c = dv.imap()
