@@ -2183,7 +2183,13 @@ static FswFile *fsw_file_new(fuse_req_t req, fuse_ino_t parent, const char *name
   DcNode *p = fs_dir_or_reply(req, parent);
   if (p == NULL)
     return NULL;
-  if (dcnode_mailbox(p) == NULL || !dcnode_selectable(p) || !dcnode_present(p)) {
+  /* A folder gone (another client deleted or renamed it) is ENOENT, as
+   * its readdir is: tar -x there said "Operation not permitted". */
+  if (dcnode_mailbox(p) != NULL && !dcnode_present(p)) {
+    fuse_reply_err(req, ENOENT);
+    return NULL;
+  }
+  if (dcnode_mailbox(p) == NULL || !dcnode_selectable(p)) {
     g_debug("create %s: the directory is not a mailbox that can hold messages", name);
     fuse_reply_err(req, EPERM);
     return NULL;

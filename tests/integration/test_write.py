@@ -1072,6 +1072,27 @@ def test_dedup_of_many_messages_of_one_size(empty_dovecot, fs, tmp_path):
     assert fetches <= 2 * len(files), fetches  # was up to 64 a file
 
 
+def test_create_in_a_folder_deleted_elsewhere_is_enoent(empty_dovecot, fs):
+    """A process whose directory another client deleted (tar -x with -C
+    there) got EPERM for every file it made, though readdir of the same
+    directory gave ENOENT (an exploratory test)."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("Gone")
+    m = fs(dv, "poll=1")
+    d = os.path.join(m, "Gone")
+    assert os.listdir(d) == []
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert c.delete("Gone")[0] == "OK"
+        wait_for(lambda: "Gone" not in os.listdir(m), what="Gone gone")
+        with pytest.raises(OSError) as e:
+            os.open("x.eml", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd)
+        assert e.value.errno == errno.ENOENT
+    finally:
+        os.close(fd)
+
+
 def test_rsync_temp_name_pattern(empty_dovecot, fs):
     """rsync writes .NAME.XXXXXX, closes, sets the mtime, renames: one
     APPEND, at the rename, with that mtime as INTERNALDATE."""
