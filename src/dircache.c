@@ -53,8 +53,10 @@ struct DcNode {
   gboolean meta_tried;   /* the on-disk copy was looked at */
   gint64 fetched_at; /* monotonic us of the start of the last good fetch; 0 never */
   gint64 good_at;    /* the same, not reset when only stale; 0 after a new UIDVALIDITY */
-  guint32 noticed;   /* when a STATUS first showed other entries than msgs (0: none
-                      * since the last listing): its change time (dc_entries_noticed) */
+  guint32 noticed;   /* when a STATUS showed other entries than msgs (0: none since
+                      * the last listing): the change time the listing then takes */
+  guint32 noticed_messages, noticed_uidnext; /* ... what that STATUS said */
+  gint64 noticed_us; /* ... monotonic us it was asked */
   gboolean stale;    /* msgs may not match the server at highestmodseq: ask it */
   gboolean served;   /* a listing of it was handed out in this mount */
   gboolean prefetching; /* queued or being listed ahead (dircache_prefetch_after) */
@@ -1120,23 +1122,24 @@ static guint32 dc_msgs_changed(const GArray *msgs) {
   return (guint32)MIN(t, (gint64)G_MAXUINT32);
 }
 
-/* dircache_dir_info's changed; caller holds tree_lock. */
-static guint32 _dc_dir_changed(DcNode *n) {
+/* dircache_dir_info's changed (born for a mailbox with no history, as it
+ * shows); caller holds tree_lock. */
+static guint32 _dc_dir_changed(DcNode *n, guint32 born) {
   guint32 t = dc_changed_get(n);
   if (n->mailbox != NULL && n->selectable)
-    return t;
+    return t != 0 ? t : born;
   GHashTableIter it;
   gpointer v;
   g_hash_table_iter_init(&it, n->children);
   while (g_hash_table_iter_next(&it, NULL, &v))
     if (((DcNode *)v)->present)
-      t = MAX(t, _dc_dir_changed(v));
+      t = MAX(t, _dc_dir_changed(v, born));
   return t;
 }
 
 void dircache_dir_info(Dircache *dc, DcNode *n, guint32 *changed, guint *subdirs) {
   g_mutex_lock(&dc->tree_lock);
-  *changed = _dc_dir_changed(n);
+  *changed = _dc_dir_changed(n, dc->born);
   if (*changed == 0)
     *changed = dc->born;
   guint count = 0;
@@ -1486,16 +1489,18 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
       guint fresh =
           dc_stamp_seen(result, same ? n->msgs : NULL,
                         n->msgs == NULL && dc->meta_dir == NULL ? 0 : dc_seen_now(), flagged);
-      /* A first listing keeps the time shown before it (the mount's
-       * start): a time that moved while tar read the folder made it say
+      /* A first listing keeps the time shown before it (one kept in
+       * meta/dirs, else the mount's start): a time that moved while tar
+       * read the folder, or its parent (which shows the newest), made it say
        * "file changed as we read it" and exit 1.  Changes take the time
        * a STATUS noticed them, if one did (the time shown since). */
-      guint32 t = n->msgs == NULL ? dc->born
+      guint32 t = n->msgs == NULL ? (dc_changed_get(n) == 0 ? dc->born : 0)
                   : !same || fresh > 0 || gone->len > 0 ? (n->noticed ? n->noticed : dc_seen_now())
                                                         : 0;
       dir_moved = dc_changed_to(n, t);
     }
-    n->noticed = 0; /* listed: the next change is a new one */
+    if (started > n->noticed_us)
+      n->noticed = 0; /* listed since: the next change is a new one */
     if (n->msgs != NULL)
       g_array_unref(n->msgs);
     if (n->uidvalidity != f.uidvalidity) {
@@ -1995,11 +2000,17 @@ gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *
    * the change is seen, not when the folder is next read (tar, reading it
    * then, said "file changed as we read it"); the listing then keeps it. */
   gboolean moved = FALSE;
-  if (n->msgs != NULL && n->noticed == 0) {
+  if (n->msgs != NULL) {
     guint32 last = n->msgs->len ? g_array_index(n->msgs, DcMsg, n->msgs->len - 1).uid : 0;
-    if ((st->uidvalidity != 0 && n->uidvalidity != st->uidvalidity) ||
-        n->msgs->len != st->messages || st->uidnext > MAX(n->uidnext, last + 1)) {
+    gboolean other = (st->uidvalidity != 0 && n->uidvalidity != st->uidvalidity) ||
+                     n->msgs->len != st->messages || st->uidnext > MAX(n->uidnext, last + 1);
+    /* ... and again for each further change a STATUS shows before then */
+    if (other && (n->noticed == 0 || st->messages != n->noticed_messages ||
+                  st->uidnext != n->noticed_uidnext)) {
       n->noticed = dc_seen_now();
+      n->noticed_messages = st->messages;
+      n->noticed_uidnext = st->uidnext;
+      n->noticed_us = asked_us;
       moved = dc_changed_to(n, n->noticed);
       n->dirty |= moved;
     }

@@ -71,10 +71,16 @@
 #include "imapfuse/staging.h"
 
 #define FSW_LINGER_US (30 * G_USEC_PER_SEC) /* the default of -o linger */
+/* Names kept past their own linger while new files are written keep their
+ * local copies (and a descriptor each) too: at most this many, this many
+ * bytes, this long; beyond, the oldest go as before. */
+#define FSW_HOLD_MAX_FILES 10000u
+#define FSW_HOLD_MAX_BYTES (512u * 1024 * 1024)
+#define FSW_HOLD_MAX_US ((gint64)3600 * G_USEC_PER_SEC)
 #define FSW_LIST_MAX_AGE_US (30 * G_USEC_PER_SEC)
-#define FSW_DEDUP_MAX_CANDIDATES 64 /* large messages, compared one by one */
-#define FSW_DEDUP_BYTES (16 * 1024 * 1024) /* small ones: fetched for one check, at most */
-#define FSW_DEDUP_SET 256 /* UIDs in one FETCH of candidates */
+#define FSW_DEDUP_MAX_CANDIDATES 64 /* at least; large messages: exactly */
+#define FSW_DEDUP_BYTES (16 * 1024 * 1024) /* small ones: up to this many bytes of them */
+#define FSW_DEDUP_SET 256 /* UIDs in one FETCH of candidates, at most */
 #define FSW_COMPARE_CHUNK (1024 * 1024)
 #define FSW_XATTR_FLAGS "user.imap.flags"
 #define FSW_PF_EXITING 0x00000004 /* task flag (linux/sched.h): in do_exit() */
@@ -1206,32 +1212,36 @@ static int fsw_same_bytes(ImapConn *c, guint32 uid, GBytes *msg, GError **error)
 
 typedef struct {
   GBytes *msg;
+  GHashTable *asked; /* the UIDs of this FETCH: a body of any other is not one */
   guint32 found;
 } FswSame;
 
 static gboolean fsw_same_cb(guint32 uid, GBytes *body, gpointer user) {
   FswSame *s = user;
-  if (!g_bytes_equal(body, s->msg))
+  if (!g_hash_table_contains(s->asked, GUINT_TO_POINTER(uid)) || !g_bytes_equal(body, s->msg))
     return TRUE;
   s->found = uid;
   return FALSE; /* found: no more comparing */
 }
 
-/* The candidates (UIDs, newest first) of a small message fetched a set of
- * FSW_DEDUP_SET at a time, pipelined: 1 and *found, 0, or -1. */
+/* The candidates (UIDs, newest first) of a small message, fetched in sets
+ * of 8, 32, 128, then FSW_DEDUP_SET UIDs, one FETCH each (a match ends
+ * the check; the rest of a FETCH still comes): 1 and *found, 0, or -1. */
 static int fsw_find_same_small(ImapConn *c, const char *mailbox, guint32 uv, GArray *cand,
                                GBytes *msg, guint32 *found, GError **error) {
-  FswSame s = {msg, 0};
-  for (guint i = 0; i < cand->len && s.found == 0;) {
-    g_autoptr(GPtrArray) sets = g_ptr_array_new_with_free_func(g_free);
-    while (i < cand->len && sets->len < IMAP_PIPELINE_MAX - 1) {
-      g_autoptr(GString) set = g_string_new(NULL);
-      for (guint k = 0; k < FSW_DEDUP_SET && i < cand->len; k++, i++)
-        g_string_append_printf(set, "%s%u", set->len ? "," : "", g_array_index(cand, guint32, i));
-      g_ptr_array_add(sets, g_string_free(g_steal_pointer(&set), FALSE));
+  g_autoptr(GHashTable) asked = g_hash_table_new(NULL, NULL);
+  FswSame s = {msg, asked, 0};
+  for (guint i = 0, want = 8; i < cand->len && s.found == 0;
+       want = MIN(want * 4, FSW_DEDUP_SET)) {
+    g_autoptr(GString) set = g_string_new(NULL);
+    g_hash_table_remove_all(asked);
+    for (guint k = 0; k < want && i < cand->len; k++, i++) {
+      guint32 u = g_array_index(cand, guint32, i);
+      g_string_append_printf(set, "%s%u", set->len ? "," : "", u);
+      g_hash_table_add(asked, GUINT_TO_POINTER(u));
     }
-    if (!imap_fetch_bodies(c, mailbox, uv, (char *const *)sets->pdata, sets->len, fsw_same_cb,
-                           &s, error))
+    char *sets[] = {set->str};
+    if (!imap_fetch_bodies(c, mailbox, uv, sets, 1, fsw_same_cb, &s, error))
       return -1;
   }
   *found = s.found;
@@ -1241,9 +1251,10 @@ static int fsw_find_same_small(ImapConn *c, const char *mailbox, guint32 uv, GAr
 /* Looks in the selected mailbox (uv) for a message with msg's bytes: 1 and
  * a->uv, a->uid, a->dup set; 0: none; -1: error.  Newest first (a copy
  * made again after one cut short matches the last ones), and a small
- * message's candidates in few round trips: the first 64 only, one FETCH
- * each, missed the copies of the newest of 400 alerts of one size and no
- * Message-ID, and a cp made them again (an exploratory test). */
+ * message's candidates in few round trips, up to 16 MB of them (at least
+ * 64): the first 64 only, one FETCH each, missed the copies of the newest
+ * of 400 alerts of one size and no Message-ID, and a cp made them again
+ * (an exploratory test). */
 static int fsw_find_same(ImapConn *c, FswAppend *a, guint32 uv, GBytes *msg, GError **error) {
   g_autoptr(GArray) uids = g_array_new(FALSE, FALSE, sizeof(guint32));
   gsize size = g_bytes_get_size(msg);
@@ -1579,7 +1590,13 @@ static int _fsw_send_now(FsWrite *w, FswFile *f) {
  * file's times and xattrs by name.  A restore of more than 30 s found
  * the names of its first files gone by then, and N.eml then named the
  * message with UID N: its flags went onto another restored message, and
- * its open for more data failed (EPERM). */
+ * its open for more data failed (EPERM).  Bounded (FSW_HOLD_MAX_*): a
+ * name kept so keeps its local copy. */
+
+static int fsw_deadline_cmp(gconstpointer a, gconstpointer b) {
+  gint64 x = (*(FswFile *const *)a)->deadline, y = (*(FswFile *const *)b)->deadline;
+  return (x > y) - (x < y);
+}
 
 static gpointer fsw_thread(gpointer data) {
   FsWrite *w = data;
@@ -1588,6 +1605,8 @@ static gpointer fsw_thread(gpointer data) {
     gint64 now = g_get_monotonic_time(), next = G_MAXINT64;
     gint64 busy_until = w->written_at != 0 ? w->written_at + w->linger_us : 0;
     g_autoptr(GPtrArray) due = g_ptr_array_new();
+    g_autoptr(GPtrArray) held = g_ptr_array_new(); /* past their own linger */
+    guint64 held_bytes = 0;
     GHashTableIter it;
     gpointer v;
     g_hash_table_iter_init(&it, w->by_ino);
@@ -1595,12 +1614,26 @@ static gpointer fsw_thread(gpointer data) {
       FswFile *f = v;
       if (f->handles > 0 || f->deadline == 0)
         continue;
-      gint64 until = MAX(f->deadline, busy_until);
-      if (until <= now) {
+      if (f->deadline > now) {
+        next = MIN(next, f->deadline);
+      } else if (f->deadline != 1 /* dropped at once */ && busy_until > now &&
+                 now - f->deadline < FSW_HOLD_MAX_US) {
+        g_ptr_array_add(held, f);
+        held_bytes += f->size;
+        next = MIN(next, MIN(busy_until, f->deadline + FSW_HOLD_MAX_US));
+      } else {
         f->deadline = 0;
         g_ptr_array_add(due, fsw_file_ref(f));
-      } else {
-        next = MIN(next, until);
+      }
+    }
+    if (held->len > FSW_HOLD_MAX_FILES || held_bytes > FSW_HOLD_MAX_BYTES) {
+      g_ptr_array_sort(held, fsw_deadline_cmp);
+      for (guint i = 0; i < held->len && (held->len - i > FSW_HOLD_MAX_FILES ||
+                                          held_bytes > FSW_HOLD_MAX_BYTES); i++) {
+        FswFile *f = g_ptr_array_index(held, i);
+        held_bytes -= f->size;
+        f->deadline = 0;
+        g_ptr_array_add(due, fsw_file_ref(f));
       }
     }
     if (due->len == 0) {

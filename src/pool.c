@@ -84,6 +84,7 @@ struct Pool {
   GCond busy_cond;     /* a mailbox's last work ended, or a fence was lifted */
   gint64 mute_until;   /* a login got no answer: no new login until then (pool_open) */
   gint stopping;       /* atomic: pool_cut_waiting was called; reads are not retried */
+  gint reads_cut;      /* atomic: a read was cut at the stop: reads fail at once */
   char *mute_why;
 };
 
@@ -239,13 +240,6 @@ static ImapConn *_pool_take(Pool *p, const char *mailbox, gboolean *may_open) {
 }
 
 /* A new connection, counted in p->open by the caller beforehand. */
-/* No new login for a timeout (caller holds p->lock). */
-static void _pool_mute(Pool *p, const char *why) {
-  p->mute_until = g_get_monotonic_time() + (gint64)p->ep->timeout_s * G_USEC_PER_SEC;
-  g_free(p->mute_why);
-  p->mute_why = g_strdup(why);
-}
-
 static ImapConn *pool_open(Pool *p, GError **error) {
   /* A server that let a login go unanswered for the whole timeout (stopped,
    * or the way to it gone) gets no new login for as long again: else every
@@ -262,12 +256,11 @@ static ImapConn *pool_open(Pool *p, GError **error) {
   if (fresh)
     c = imap_conn_open(p->ep, &local);
   g_mutex_lock(&p->lock);
-  /* A login the stop cut (it waited 2 s for the server) counts as one
-   * with no answer (pool_run_once). */
-  if (fresh && local != NULL &&
-      (g_error_matches(local, IFS_ERROR, IFS_ERROR_TIMEOUT) ||
-       (pool_stopping(p) && ifs_error_is_connection(local))))
-    _pool_mute(p, local->message);
+  if (fresh && local != NULL && g_error_matches(local, IFS_ERROR, IFS_ERROR_TIMEOUT)) {
+    p->mute_until = g_get_monotonic_time() + (gint64)p->ep->timeout_s * G_USEC_PER_SEC;
+    g_free(p->mute_why);
+    p->mute_why = g_strdup(local->message);
+  }
   if (c == NULL) {
     p->open--;
     g_cond_signal(&p->cond); /* a waiter may open one instead */
@@ -484,6 +477,11 @@ static gboolean pool_run_once(Pool *p, const char *mailbox, gboolean idempotent,
    * not use it up: a cp after an idle connection died got no retry when
    * its APPEND's reply was then lost.  Three attempts at most. */
   gboolean retried = FALSE;
+  if (idempotent && pool_stopping(p) && g_atomic_int_get(&p->reads_cut)) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_CANCELLED,
+                "imapfuse is stopping and the server did not answer a read");
+    return FALSE;
+  }
   for (int attempt = 0;; attempt++) {
     g_autoptr(GError) local = NULL;
     ImapConn *c = pool_acquire(p, mailbox, &local);
@@ -496,15 +494,12 @@ static gboolean pool_run_once(Pool *p, const char *mailbox, gboolean idempotent,
     /* At a stop a read that was cut is not sent again: its retry's login
      * could not be cut and held the exit for a timeout. */
     gboolean stop = idempotent && !not_run && pool_stopping(p);
-    /* ... nor is any other read: each new READ of the file logged in anew
-     * and waited 2 s for its cut (SIGTERM while a read waited on a
-     * silent server took 14 s; an exploratory test). */
-    if (stop && ifs_error_is_connection(local)) {
-      g_mutex_lock(&p->lock);
-      if (g_get_monotonic_time() >= p->mute_until) /* else local may be that refusal */
-        _pool_mute(p, local->message);
-      g_mutex_unlock(&p->lock);
-    }
+    /* ... nor is any later read (pool_run_once's start): each new READ
+     * of the file logged in anew and waited 2 s for its own cut (SIGTERM
+     * while a read waited on a silent server took 14 s; an exploratory
+     * test).  Changes, such as the files sent at unmount, still go. */
+    if (stop && ifs_error_is_connection(local))
+      g_atomic_int_set(&p->reads_cut, 1);
     if ((idempotent || not_run) && attempt < 2 && (not_run || !retried) && !stop &&
         ifs_error_is_connection(local)) {
       g_debug("retrying after connection failure: %s", local->message);
