@@ -287,8 +287,13 @@ static void dc_load_dirs(Dircache *dc) {
   }
 }
 
+/* A directory's change time (dircache_dir_info); atomic, see below. */
+static guint32 dc_changed_get(DcNode *n) {
+  return __atomic_load_n(&n->changed, __ATOMIC_RELAXED);
+}
+
 static void _dc_dirs_text(DcNode *n, GString *out) {
-  guint32 t = __atomic_load_n(&n->changed, __ATOMIC_RELAXED);
+  guint32 t = dc_changed_get(n);
   const char *name = n->mailbox != NULL ? n->mailbox : "";
   if (n->present && t != 0 && strchr(name, '\n') == NULL)
     g_string_append_printf(out, "%u\t%s\n", t, name);
@@ -1094,10 +1099,6 @@ static guint32 dc_seen_now(void) {
  * saved listing, so it stays put across remounts while nothing changes.
  * It only ever moves forward, and is read under tree_lock without n->lock
  * (the lock order is n->lock, then tree_lock), so it is atomic. */
-
-static guint32 dc_changed_get(DcNode *n) {
-  return __atomic_load_n(&n->changed, __ATOMIC_RELAXED);
-}
 
 /* n's change time becomes t if that is later; TRUE if it moved. */
 static gboolean dc_changed_to(DcNode *n, guint32 t) {

@@ -94,6 +94,7 @@ Fs *fs_new(Dircache *dc, Bodycache *bc, Notify *notify, const FsOptions *opts) {
 void fs_start(Fs *fs) { fswrite_start(fs->w); }
 
 static void fs_handles_free(Fs *fs);
+static void fs_warn_repeats(const char *text, guint repeats);
 
 void fs_counts(Fs *fs, FsCounts *out) {
   out->open = (guint)g_atomic_int_get(&fs->n_open);
@@ -112,9 +113,7 @@ void fs_free(Fs *fs) {
     fswrite_free(fs->w);
     fs_handles_free(fs);
     g_mutex_clear(&fs->handles_lock);
-    if (fs->warn_repeats > 0)
-      g_warning("%s (%u more %s)", fs->warn_last, fs->warn_repeats,
-                fs->warn_repeats == 1 ? "time" : "times");
+    fs_warn_repeats(fs->warn_last, fs->warn_repeats);
     g_free(fs->warn_last);
     g_mutex_clear(&fs->warn_lock);
   }
@@ -152,6 +151,12 @@ DcNode *fs_dir_or_reply(fuse_req_t req, fuse_ino_t ino) {
 
 #define FS_WARN_REPEAT_US (10 * G_USEC_PER_SEC)
 
+/* The line that says how often text came again. */
+static void fs_warn_repeats(const char *text, guint repeats) {
+  if (repeats > 0)
+    g_warning("%s (%u more %s)", text, repeats, repeats == 1 ? "time" : "times");
+}
+
 /* A warning, unless it is the same as the last one: a reader of a server
  * that was down printed one line per read(), 78 in 4 s.  Repeats are
  * counted and said in one line ("TEXT (N more times)") at most every
@@ -168,8 +173,7 @@ void fs_warn(Fs *fs, const char *text) {
       fs->warn_at = now;
     }
     g_mutex_unlock(&fs->warn_lock);
-    if (repeats > 0)
-      g_warning("%s (%u more %s)", text, repeats, repeats == 1 ? "time" : "times");
+    fs_warn_repeats(text, repeats);
     return;
   }
   guint repeats = fs->warn_repeats;
@@ -178,8 +182,7 @@ void fs_warn(Fs *fs, const char *text) {
   fs->warn_at = now;
   fs->warn_repeats = 0;
   g_mutex_unlock(&fs->warn_lock);
-  if (repeats > 0)
-    g_warning("%s (%u more %s)", before, repeats, repeats == 1 ? "time" : "times");
+  fs_warn_repeats(before, repeats);
   g_warning("%s", text);
 }
 

@@ -1270,29 +1270,20 @@ static int fsw_find_same(ImapConn *c, FswAppend *a, guint32 uv, GBytes *msg, GEr
     if (!(uv == a->exclude_uv && u == a->exclude_uid && !a->same_date))
       g_array_append_val(cand, u);
   }
-  if (size <= FSW_COMPARE_CHUNK) {
-    guint32 u = 0;
-    int same = fsw_find_same_small(c, a->mailbox, uv, cand, msg, &u, error);
-    if (same > 0) {
-      a->uv = uv;
-      a->uid = u;
-      a->dup = TRUE;
-    }
-    return same;
+  guint32 u = 0;
+  int same = 0;
+  if (size <= FSW_COMPARE_CHUNK)
+    same = fsw_find_same_small(c, a->mailbox, uv, cand, msg, &u, error);
+  for (guint i = 0; size > FSW_COMPARE_CHUNK && same == 0 && i < cand->len; i++) {
+    u = g_array_index(cand, guint32, i);
+    same = fsw_same_bytes(c, u, msg, error);
   }
-  for (guint i = 0; i < cand->len; i++) {
-    guint32 u = g_array_index(cand, guint32, i);
-    int same = fsw_same_bytes(c, u, msg, error);
-    if (same != 0) {
-      if (same > 0) {
-        a->uv = uv;
-        a->uid = u;
-        a->dup = TRUE;
-      }
-      return same;
-    }
+  if (same > 0) {
+    a->uv = uv;
+    a->uid = u;
+    a->dup = TRUE;
   }
-  return 0;
+  return same;
 }
 
 static gboolean fsw_append_op(ImapConn *c, gpointer user, GError **error) {
