@@ -3356,9 +3356,22 @@ void fswrite_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const ch
     fuse_reply_err(req, ENOTSUP);
     return;
   }
-  if (flags & XATTR_CREATE) {
-    fuse_reply_err(req, EEXIST); /* every message has flags */
-    return;
+  if (flags & (XATTR_CREATE | XATTR_REPLACE)) {
+    /* The attribute is there when the message has flags (listxattr). */
+    int err = 0;
+    g_autofree char *now = fsw_get_flags(w, ino, &err);
+    if (now == NULL) {
+      fuse_reply_err(req, err);
+      return;
+    }
+    if ((flags & XATTR_CREATE) && now[0] != '\0') {
+      fuse_reply_err(req, EEXIST);
+      return;
+    }
+    if ((flags & XATTR_REPLACE) && now[0] == '\0') {
+      fuse_reply_err(req, ENODATA);
+      return;
+    }
   }
   /* Tolerate one trailing NUL or newline (setfattr, echo). */
   if (size > 0 && value[size - 1] == '\0')
@@ -3398,11 +3411,24 @@ void fswrite_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t s
     fuse_reply_buf(req, v, len);
 }
 
+/* user.imap.flags is listed only when the message has flags: rsync -X and
+ * tar --xattrs then see no attribute where a copy without attributes has
+ * none either (rsync -aX would otherwise report and "remove" it on every
+ * file, every run).  getxattr of it still answers "" for no flags. */
 void fswrite_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   Fs *fs = fuse_req_userdata(req);
   FsWrite *w = fs_writer(fs);
   static const char names[] = FSW_XATTR_FLAGS; /* with its NUL */
-  size_t len = fsw_is_file_ino(fs, w, ino) ? sizeof names : 0;
+  size_t len = 0;
+  if (fsw_is_file_ino(fs, w, ino)) {
+    int err = 0;
+    g_autofree char *v = fsw_get_flags(w, ino, &err);
+    if (v == NULL) {
+      fuse_reply_err(req, err);
+      return;
+    }
+    len = v[0] != '\0' ? sizeof names : 0;
+  }
   if (size == 0)
     fuse_reply_xattr(req, len);
   else if (size < len)
@@ -3439,7 +3465,7 @@ void fswrite_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const 
 }
 
 /* A regular file only: GNU tar makes each file it restores with xattrs
- * (every message has user.imap.flags) by mknod, then opens it.  Like a
+ * (a message with flags has user.imap.flags) by mknod, then opens it.  Like a
  * create without its open: a file never opened lingers out unsent. */
 void fswrite_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev) {
   (void)rdev;

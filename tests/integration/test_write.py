@@ -1442,6 +1442,34 @@ def test_rsync_in_and_out_twice(empty_dovecot, fs, tmp_path):
     assert sorted(state(c, "Backup")) == sorted(st)
 
 
+def test_rsync_aX_lists_flags_only_where_a_message_has_some(empty_dovecot, fs, tmp_path):
+    """rsync -aX between the mount and a copy without extended attributes
+    (made by rsync -a, tar without --xattrs) changes nothing for messages
+    with no flags: an empty user.imap.flags is not listed, so rsync sees
+    none on either side.  Flags that are there go out and back unchanged."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    plain = [imap_append(c, "INBOX", make_msg("plain%d" % i)) for i in range(3)]
+    flagged = imap_append(c, "INBOX", make_msg("flagged"), flags=r"(\Flagged $Work)")
+    m = fs(dv)
+    box = os.path.join(m, "INBOX")
+    assert os.listxattr(os.path.join(box, eml(plain[0]))) == []
+    assert os.getxattr(os.path.join(box, eml(plain[0])), "user.imap.flags") == b""
+    assert os.listxattr(os.path.join(box, eml(flagged))) == ["user.imap.flags"]
+    bare = tmp_path / "bare"
+    _rsync(box + "/", str(bare) + "/")  # no -X
+    os.unlink(bare / eml(flagged))
+    assert _rsync("-X", str(bare) + "/", box + "/") == []
+    assert _rsync("-X", box + "/", str(bare) + "/") == [">f+++++++++ " + eml(flagged)]
+    assert os.getxattr(bare / eml(flagged), "user.imap.flags") == b"\\Flagged $Work"
+    assert _rsync("-X", str(bare) + "/", box + "/") == []
+    assert _rsync("-X", box + "/", str(bare) + "/") == []
+    st = state(c, "INBOX")
+    assert sorted(st) == sorted(plain + [flagged])
+    assert st[flagged]["flags"] == {"\\Flagged", "$Work"}
+    assert all(st[u]["flags"] == set() for u in plain)
+
+
 def test_cp_a_into_mount(empty_dovecot, fs, tmp_path):
     """cp -a of a directory tree: mkdir, files, modes and times."""
     dv = empty_dovecot()
@@ -2233,6 +2261,16 @@ def test_flags_xattr(empty_dovecot, fs):
     # removexattr = no flags.
     os.removexattr(pa, "user.imap.flags")
     assert state(c, "INBOX")[a]["flags"] == set()
+    # The attribute exists while there are flags: create only when none,
+    # replace only when some.
+    expect_errno(errno.ENODATA, os.setxattr, pa, "user.imap.flags", b"\\Seen",
+                 os.XATTR_REPLACE)
+    expect_errno(errno.EEXIST, os.setxattr, pb, "user.imap.flags", b"\\Seen",
+                 os.XATTR_CREATE)
+    os.setxattr(pa, "user.imap.flags", b"$New", os.XATTR_CREATE)
+    os.setxattr(pa, "user.imap.flags", b"", os.XATTR_REPLACE)
+    assert state(c, "INBOX")[a]["flags"] == set()
+    assert state(c, "INBOX")[b]["flags"] == {"\\Seen"}
     # Changed elsewhere: seen after the next listing.
     c.select("INBOX")
     c.uid("STORE", str(a), "+FLAGS", r"(\Flagged)")
