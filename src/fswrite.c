@@ -1295,10 +1295,17 @@ static gboolean fsw_append_op(ImapConn *c, gpointer user, GError **error) {
   if (a->dedup && size > 0) {
     /* The check is read-only: a connection lost in it changed nothing,
      * and must not use up the retry a lost APPEND reply needs. */
-    guint32 uv;
-    if (!fsw_select_synced(c, a->mailbox, &uv, error))
+    guint32 uv = 0;
+    gboolean look = fsw_select_synced(c, a->mailbox, &uv, error);
+    /* Dovecot answers the SELECT of a mailbox another client deleted with
+     * a plain NO, where the APPEND gets [TRYCREATE] (ENOENT, not EIO):
+     * with nothing to look in, the APPEND says what is wrong.  Not after
+     * an attempt whose reply was lost, which may have stored it. */
+    if (!look && (earlier || !g_error_matches(*error, IFS_ERROR, IFS_ERROR_NO)))
       return fsw_unchanged(error);
-    for (int k = 0; k < 2 && !a->dup; k++) {
+    if (!look)
+      g_clear_error(error);
+    for (int k = 0; look && k < 2 && !a->dup; k++) {
       GBytes *msg = k == 0 ? a->msg : a->msg_kept;
       int same = msg != NULL ? fsw_find_same(c, a, uv, msg, error) : 0;
       if (same < 0)

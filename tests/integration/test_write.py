@@ -1093,6 +1093,27 @@ def test_create_in_a_folder_deleted_elsewhere_is_enoent(empty_dovecot, fs):
         os.close(fd)
 
 
+@pytest.mark.imapfuse_stderr_ok(UNSENT_WARNING)
+@pytest.mark.parametrize("dedup", ["on", "off"])
+def test_close_in_a_folder_deleted_elsewhere_is_enoent(empty_dovecot, fs, xdg, dedup):
+    """A file being written when another client deletes its folder: the
+    close fails with ENOENT, and the bytes are kept.  With dedup=on the
+    check's SELECT got Dovecot's plain NO (no [NONEXISTENT]) and the close
+    gave EIO, while dedup=off's APPEND got [TRYCREATE] and ENOENT."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    c.create("Gone")
+    m = fs(dv, "dedup=" + dedup)
+    data = make_msg("orphan")
+    f = open(os.path.join(m, "Gone", "orphan.eml"), "wb")
+    f.write(data)
+    assert c.delete("Gone")[0] == "OK"
+    expect_errno(errno.ENOENT, f.close)
+    assert "Gone" not in corpus.list_mailboxes(c)
+    kept = [p for p in unsent_files(xdg) if os.path.isfile(p)]
+    assert len(kept) == 1 and open(kept[0], "rb").read() == data
+
+
 def test_rsync_temp_name_pattern(empty_dovecot, fs):
     """rsync writes .NAME.XXXXXX, closes, sets the mtime, renames: one
     APPEND, at the rename, with that mtime as INTERNALDATE."""
@@ -1458,12 +1479,12 @@ def test_rsync_aX_lists_flags_only_where_a_message_has_some(empty_dovecot, fs, t
     assert os.listxattr(os.path.join(box, eml(flagged))) == ["user.imap.flags"]
     bare = tmp_path / "bare"
     _rsync(box + "/", str(bare) + "/")  # no -X
-    os.unlink(bare / eml(flagged))
-    assert _rsync("-X", str(bare) + "/", box + "/") == []
-    assert _rsync("-X", box + "/", str(bare) + "/") == [">f+++++++++ " + eml(flagged)]
+    os.unlink(bare / eml(flagged))  # -O: this moves bare's own time
+    assert _rsync("-XO", str(bare) + "/", box + "/") == []
+    assert _rsync("-XO", box + "/", str(bare) + "/") == [">f+++++++++ " + eml(flagged)]
     assert os.getxattr(bare / eml(flagged), "user.imap.flags") == b"\\Flagged $Work"
-    assert _rsync("-X", str(bare) + "/", box + "/") == []
-    assert _rsync("-X", box + "/", str(bare) + "/") == []
+    assert _rsync("-XO", str(bare) + "/", box + "/") == []
+    assert _rsync("-XO", box + "/", str(bare) + "/") == []
     st = state(c, "INBOX")
     assert sorted(st) == sorted(plain + [flagged])
     assert st[flagged]["flags"] == {"\\Flagged", "$Work"}
