@@ -5,8 +5,11 @@
  *   lock                  flock()ed for as long as a Diskcache has it open
  *   seg.<16 hex digits>   a segment: records back to back; the number (seq)
  *                         grows with each new segment, so it orders them
- * Anything else found at open (an older format's group directories and
- * temporary files, strays) is deleted: it is a cache.  One file per entry
+ * An older format's group directories (32 hex digits holding "#group")
+ * and temporary files (.tmp.*) found at open are deleted; anything else is
+ * left alone and reported (diskcache_foreign): someone may have pointed
+ * bodies/ at a directory of their own, and deleting what is in it lost
+ * their files (an exploratory test).  One file per entry
  * cost an inode allocation and a rename per put, the largest CPU cost of a
  * cold grep -r; appending to a few open files costs a pwritev, and a get
  * is one pread on an open fd.
@@ -122,6 +125,8 @@ struct DkGroup {
 
 struct Diskcache {
   char *dir;
+  guint foreign;       /* entries found at open that are not the cache's */
+  char *foreign_name;  /* the first of them */
   int dirfd;
   int lockfd;
   guint64 max_bytes;
@@ -588,6 +593,25 @@ static gint dk_seq_cmp(gconstpointer a, gconstpointer b) {
   return x < y ? -1 : x > y;
 }
 
+/* An earlier version's files, which only imapfuse made: a group directory
+ * (32 hex digits, with a "#group" file) or a temporary regular file. */
+static gboolean dk_is_old_format(int dfd, const char *name) {
+  struct stat st;
+  if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+    return FALSE;
+  if (g_str_has_prefix(name, ".tmp."))
+    return S_ISREG(st.st_mode);
+  if (strlen(name) != 32 || strspn(name, "0123456789abcdef") != 32 || !S_ISDIR(st.st_mode))
+    return FALSE;
+  g_autofree char *group = g_strconcat(name, "/#group", NULL);
+  return fstatat(dfd, group, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+}
+
+static void dk_note_foreign(Diskcache *dc, const char *name) {
+  if (dc->foreign++ == 0)
+    dc->foreign_name = g_strdup(name);
+}
+
 static gboolean dk_scan(Diskcache *dc, GError **error) {
   int fd = openat(dc->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
@@ -608,8 +632,10 @@ static gboolean dk_scan(Diskcache *dc, GError **error) {
       continue;
     if (dk_parse_seg_name(de->d_name, &seq))
       g_array_append_val(seqs, seq);
+    else if (dk_is_old_format(dc->dirfd, de->d_name))
+      dk_rm_tree(dc->dirfd, de->d_name);
     else
-      dk_rm_tree(dc->dirfd, de->d_name); /* an older format, or a stray */
+      dk_note_foreign(dc, de->d_name);
   }
   closedir(d);
   g_array_sort(seqs, dk_seq_cmp);
@@ -633,7 +659,7 @@ static gboolean dk_scan(Diskcache *dc, GError **error) {
     if (sfd < 0 || fstat(sfd, &st) != 0 || !S_ISREG(st.st_mode)) {
       if (sfd >= 0)
         close(sfd);
-      dk_rm_tree(dc->dirfd, name);
+      dk_note_foreign(dc, name); /* the cache makes only regular files */
       continue;
     }
     DkSeg *s = dk_seg_new(seq, sfd);
@@ -719,6 +745,7 @@ void diskcache_close(Diskcache *dc) {
   g_mutex_clear(&dc->lock);
   close(dc->dirfd);
   close(dc->lockfd); /* releases the flock */
+  g_free(dc->foreign_name);
   g_free(dc->dir);
   g_free(dc);
 }
@@ -914,4 +941,10 @@ guint diskcache_count(Diskcache *dc) {
   guint n = dc->count;
   g_mutex_unlock(&dc->lock);
   return n;
+}
+
+guint diskcache_foreign(Diskcache *dc, const char **example) {
+  if (example != NULL)
+    *example = dc->foreign_name;
+  return dc->foreign;
 }

@@ -316,8 +316,16 @@ int main(int argc, char *argv[]) {
     g_autofree char *bodies = g_build_filename(cache_dir, "bodies", NULL);
     g_autoptr(GError) derr = NULL;
     disk = diskcache_open(bodies, bound, &derr);
+    const char *stray = NULL;
+    guint strays = disk != NULL ? diskcache_foreign(disk, &stray) : 0;
     if (disk == NULL)
       fprintf(stderr, "imapfuse: warning: message cache disabled: %s\n", derr->message);
+    else if (strays > 0)
+      fprintf(stderr,
+              "imapfuse: warning: %s holds %u %s imapfuse did not make (\"%s\"%s); left "
+              "alone, and not counted in cache_size\n",
+              bodies, strays, strays == 1 ? "entry" : "entries", stray,
+              strays > 1 ? ", ..." : "");
   }
   dc = dircache_new(pool, meta_dir);
   if (!dircache_refresh_tree(dc, 0, &error)) {

@@ -76,6 +76,11 @@ gboolean diskcache_put_many(Diskcache *dc, const char *group, guint n, const cha
  * tombstone record keeps them dropped across a restart. */
 void diskcache_remove_group(Diskcache *dc, const char *group);
 
+/* How many entries of the directory, found at open, are not the cache's
+ * (left alone, not counted in its size); *example gets the first one's
+ * name (owned by dc) when there are any. */
+guint diskcache_foreign(Diskcache *dc, const char **example);
+
 /* The bound on its bytes, as given to diskcache_open. */
 guint64 diskcache_bound(const Diskcache *dc);
 /* Bytes in the segment files (writes in progress not counted) and number

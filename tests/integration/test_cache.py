@@ -295,6 +295,36 @@ def test_message_larger_than_half_the_cache_is_not_written_to_it(mount, empty_do
             assert fetched and all(_uids_of(f) == [uids[0]] for f in fetched), fetched
 
 
+@pytest.mark.imapfuse_stderr_ok(r"imapfuse did not make")
+def test_files_of_others_in_the_cache_directory_are_left_alone(mount, empty_dovecot, env,
+                                                               tmp_path):
+    """bodies/ pointed (by a symlink) at a directory that holds other
+    files: they were deleted at mount without a word (an exploratory
+    test).  Now they stay, one warning names them, and the cache works."""
+    dv = empty_dovecot()
+    msgs = [_msg("o%d" % i, 5000) for i in range(5)]
+    uids = _make_box(dv, "Box", msgs)
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    theirs = tmp_path / "bigdisk"
+    (theirs / "photos").mkdir(parents=True)
+    (theirs / "notes.txt").write_text("important")
+    (theirs / "photos" / "a.jpg").write_bytes(b"jpeg")
+    os.symlink(theirs, cache / "bodies")
+    for round_ in range(2):
+        m = mount(dv, "cache_dir=%s" % cache, "imap_debug", env=env)
+        for u, b in zip(uids, msgs):
+            assert _read(os.path.join(m.path, "Box", "%d.eml" % u)) == b
+        fetched = _body_fetches(m)
+        m.unmount()
+        assert (theirs / "notes.txt").read_text() == "important"
+        assert (theirs / "photos" / "a.jpg").read_bytes() == b"jpeg"
+        assert list(theirs.glob("seg.*"))
+        warned = [l for l in m.stderr_text().splitlines() if "imapfuse did not make" in l]
+        assert len(warned) == 1 and "holds 2 entries" in warned[0], warned
+        assert bool(fetched) == (round_ == 0), fetched  # the remount reads from the cache
+
+
 @pytest.mark.imapfuse_stderr_ok(r"is not yours alone")
 def test_cache_directory_others_can_write_is_not_used(mount, empty_dovecot, env, tmp_path):
     """What the cache holds is served as mail, and nothing checked who

@@ -542,10 +542,17 @@ static void test_tmp_cleanup(void) {
   g_assert_true(g_file_set_contents(oldg, "acct/INBOX/1", -1, NULL));
   g_assert_true(g_file_set_contents(olde, "IFDC....", -1, NULL));
   g_assert_true(g_file_set_contents(oldt, "partial", -1, NULL));
-  /* Strays, a directory and a symlink named like segments (its target,
-   * outside the cache, must survive). */
+  /* A temporary file of the old format; what is not the cache's: a file
+   * and a directory of someone's, a directory and a symlink named like
+   * segments (its target outside the cache). */
   g_autofree char *stray = g_build_filename(dir, ".tmp.deadbeef", NULL);
   g_assert_true(g_file_set_contents(stray, "", -1, NULL));
+  g_autofree char *notes = g_build_filename(dir, "notes.txt", NULL);
+  g_assert_true(g_file_set_contents(notes, "important", -1, NULL));
+  g_autofree char *mine = g_build_filename(dir, "keep", "file", NULL);
+  g_assert_cmpint(g_mkdir_with_parents(mine, 0700), ==, 0);
+  g_autofree char *hexdir = g_build_filename(dir, "fedcba9876543210fedcba9876543210", NULL);
+  g_assert_cmpint(g_mkdir(hexdir, 0700), ==, 0); /* no #group: not the old format's */
   g_autofree char *segdir = g_build_filename(dir, "seg.00000000000000f0", "sub", NULL);
   g_assert_cmpint(g_mkdir_with_parents(segdir, 0700), ==, 0);
   g_autofree char *outside = g_strconcat(dir, ".outside", NULL);
@@ -564,12 +571,30 @@ static void test_tmp_cleanup(void) {
   dc = dkt_open(dir, 1 << 20);
   g_assert_false(g_file_test(old, G_FILE_TEST_EXISTS));
   g_assert_false(g_file_test(stray, G_FILE_TEST_EXISTS));
-  g_assert_false(g_file_test(link, G_FILE_TEST_EXISTS));
+  g_assert_true(g_file_test(link, G_FILE_TEST_IS_SYMLINK));
+  g_assert_true(g_file_test(segdir, G_FILE_TEST_IS_DIR));
+  g_assert_true(g_file_test(notes, G_FILE_TEST_IS_REGULAR));
+  g_assert_true(g_file_test(mine, G_FILE_TEST_IS_DIR));
+  g_assert_true(g_file_test(hexdir, G_FILE_TEST_IS_DIR));
   g_assert_true(g_file_test(outside, G_FILE_TEST_IS_REGULAR));
+  const char *example = NULL;
+  g_assert_cmpuint(diskcache_foreign(dc, &example), ==, 5);
+  g_assert_nonnull(example);
   g_assert_cmpuint(dkt_file_size(seg), ==, size);
   g_assert_cmpuint(diskcache_count(dc), ==, 2);
   g_assert_true(dkt_has(dc, "g", "1", 100));
   g_assert_true(dkt_has(dc, "g", "2", 100));
+  g_assert_cmpuint(dkt_file_size(seg) + dkt_file_size(g_ptr_array_index(segs, 0)), ==,
+                   2 * diskcache_size(dc)); /* only the segment counts */
+  g_unlink(link);
+  dkt_rm_rf(segdir);
+  g_unlink(notes);
+  dkt_rm_rf(mine);
+  dkt_rm_rf(hexdir);
+  g_autofree char *keep = g_build_filename(dir, "keep", NULL);
+  g_autofree char *segdir0 = g_build_filename(dir, "seg.00000000000000f0", NULL);
+  g_rmdir(keep);
+  g_rmdir(segdir0);
   dkt_assert_consistent(dc, dir); /* also: nothing but lock and segments left */
   /* Appends go on after the cut. */
   dkt_put(dc, "g", "3", 100);
