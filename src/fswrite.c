@@ -155,6 +155,24 @@ typedef struct {
   fuse_ino_t ino;  /* in moved_from: the old inode */
 } FswMoved;
 
+/* The flags of a message rm removed, for a new file made under its name
+ * soon after: vim, when its rename to a backup name is refused, saves by
+ * copying the message to NAME~, removing NAME and writing NAME anew; the
+ * new version lost every flag (an exploratory test).  sed -i's rename
+ * over the name keeps them (_fsw_keep_replaced_flags). */
+typedef struct {
+  char **flags;
+  gint64 deadline; /* monotonic us */
+} FswRemoved;
+
+static void fsw_removed_free(gpointer p) {
+  FswRemoved *r = p;
+  g_strfreev(r->flags);
+  g_free(r);
+}
+
+#define FSW_REMOVED_MAX 1024 /* names remembered at most */
+
 typedef struct {
   mode_t mode;
   gboolean has_mode;
@@ -181,6 +199,7 @@ struct FsWrite {
   GHashTable *hidden;    /* "dirid/uidvalidity/uid" -> FswFile* that hides it */
   GHashTable *moved;     /* "dirid/name" -> FswMoved* (fswrite_moved_lookup) */
   GHashTable *moved_from; /* &ino -> FswMoved*: the moved message's old inode */
+  GHashTable *removed;   /* "dirid/name" -> FswRemoved*: flags of a message rm removed */
   GHashTable *handles;   /* FswHandle* not released yet (freed at unmount) */
   GHashTable *dir_attrs; /* dir id -> FswDirAttr* */
   GHashTable *mbox_locks; /* mailbox -> GMutex* */
@@ -252,6 +271,11 @@ gboolean fswrite_is_temp_name(const char *name) {
 gboolean fswrite_is_editor_scratch(const char *name) {
   gsize n = strlen(name);
   if (n >= 3 && name[0] == '#' && name[n - 1] == '#')
+    return TRUE;
+  /* emacs's lock .#NAME: refused as a symbolic link, it is made as a file
+   * .#-emacsXXXXXX and renamed; it was a message while the buffer was
+   * modified, and for good after a crash (an exploratory test). */
+  if (n >= 3 && name[0] == '.' && name[1] == '#')
     return TRUE;
   /* ".swp" itself: vim's swap of a buffer without a name yet (it renames
    * the file when the buffer gets one) */
@@ -1698,6 +1722,7 @@ FsWrite *fswrite_new(Fs *fs, Dircache *dc, Notify *notify, const FsWriteOptions 
   w->hidden = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   w->moved = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   w->moved_from = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, g_free);
+  w->removed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, fsw_removed_free);
   w->handles = g_hash_table_new(NULL, NULL);
   w->dir_attrs = g_hash_table_new_full(NULL, NULL, NULL, g_free);
   w->mbox_locks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, fsw_mutex_free);
@@ -1763,6 +1788,7 @@ void fswrite_free(FsWrite *w) {
   g_hash_table_unref(w->hidden);
   g_hash_table_unref(w->moved);
   g_hash_table_unref(w->moved_from);
+  g_hash_table_unref(w->removed);
   /* A release the kernel had not sent when the session ended (a close
    * just before the unmount) never comes: free those handles here. */
   g_hash_table_iter_init(&it, w->handles);
@@ -2207,6 +2233,46 @@ void fswrite_dir_attr(FsWrite *w, DcNode *n, struct stat *st) {
 
 /* ---- new files ---- */
 
+/* rm removed message m, named name in node: a new file made under that
+ * name within the lingering time gets its flags (FswRemoved). */
+static void fsw_removed_add(FsWrite *w, DcNode *node, const char *name, const DcMsg *m) {
+  const char *text = dircache_flags(w->dc, m->flagset);
+  g_auto(GStrv) flags = text != NULL && *text != '\0' ? imap_flags_parse(text, NULL) : NULL;
+  gint64 now = g_get_monotonic_time();
+  g_mutex_lock(&w->lock);
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, w->removed);
+  while (g_hash_table_iter_next(&it, NULL, &v))
+    if (((FswRemoved *)v)->deadline <= now)
+      g_hash_table_iter_remove(&it);
+  char *key = fsw_key(node, name);
+  if (flags == NULL || g_hash_table_size(w->removed) >= FSW_REMOVED_MAX) {
+    g_hash_table_remove(w->removed, key);
+    g_free(key);
+  } else {
+    FswRemoved *r = g_new0(FswRemoved, 1);
+    r->flags = g_steal_pointer(&flags);
+    r->deadline = now + w->linger_us;
+    g_hash_table_replace(w->removed, key, r);
+  }
+  g_mutex_unlock(&w->lock);
+}
+
+/* Caller holds w->lock.  The flags of the message rm removed under name
+ * in node a moment ago, taken (NULL: none). */
+static char **_fsw_removed_take(FsWrite *w, DcNode *node, const char *name) {
+  g_autofree char *key = fsw_key(node, name);
+  gpointer k, v;
+  if (!g_hash_table_steal_extended(w->removed, key, &k, &v))
+    return NULL;
+  g_free(k);
+  FswRemoved *r = v;
+  char **flags = r->deadline > g_get_monotonic_time() ? g_steal_pointer(&r->flags) : NULL;
+  fsw_removed_free(r);
+  return flags;
+}
+
 /* A new file named name in parent, in the table, with no handle yet; NULL
  * after replying the error.  For create and for mknod alike. */
 static FswFile *fsw_file_new(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode) {
@@ -2257,6 +2323,7 @@ static FswFile *fsw_file_new(fuse_req_t req, fuse_ino_t parent, const char *name
   f->in_table = TRUE;
   g_hash_table_insert(w->by_ino, &f->ino, f);
   _fsw_name(w, f, p, name);
+  f->flags = _fsw_removed_take(w, p, name); /* its save after an rm: vim */
   g_mutex_unlock(&w->lock);
   return f;
 }
@@ -2503,6 +2570,7 @@ void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
     fsw_reply_error(req, "rm", error);
     return;
   }
+  fsw_removed_add(w, p, name, &m);
   fuse_reply_err(req, 0);
 }
 

@@ -2629,6 +2629,53 @@ def test_written_name_ends_with_its_message(empty_dovecot, fs, tmp_path):
             "RS%d@imapfuse.test" % i for i in range(6)), run
 
 
+def test_save_by_copy_rm_and_write_keeps_the_flags(empty_dovecot, fs):
+    """vim's save when its rename to NAME~ is refused: copy NAME to NAME~,
+    rm NAME, write NAME anew, rm NAME~.  The new version lost every flag
+    (an exploratory test); now it keeps them, as sed -i's rename does.
+    Flags set on the new file win, and a name rm freed long ago (past
+    linger) gives nothing."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    old = crlf(make_msg("vim"))
+    u = imap_append(c, "INBOX", old, flags=r"(\Seen \Flagged $Work)")
+    u2 = imap_append(c, "INBOX", crlf(make_msg("vim2")), flags=r"(\Answered)")
+    u3 = imap_append(c, "INBOX", crlf(make_msg("late")), flags=r"(\Flagged)")
+    m = fs(dv, "linger=2")
+    box = os.path.join(m, "INBOX")
+
+    def save(uid, data, flags=None):
+        name = os.path.join(box, eml(uid))
+        shutil.copyfile(name, name + "~")
+        os.unlink(name)
+        with open(name, "wb") as f:
+            if flags is not None:
+                os.setxattr(f.fileno(), "user.imap.flags", flags)
+            f.write(data)
+        os.unlink(name + "~")
+
+    new = old.replace(b"Subject: ", b"Subject: edited ")
+    save(u, new)
+    st = state(c, "INBOX")
+    assert sorted(v["body"] for v in st.values() if b"edited" in v["body"]) == [new]
+    assert len(st) == 3, st
+    got = [v for v in st.values() if v["body"] == new][0]
+    assert got["flags"] == {"\\Seen", "\\Flagged", "$Work"}
+    # Flags of its own win.
+    new2 = crlf(make_msg("vim2")).replace(b"Subject: ", b"Subject: own ")
+    save(u2, new2, flags=b"$Mine")
+    got = [v for v in state(c, "INBOX").values() if v["body"] == new2]
+    assert [v["flags"] for v in got] == [{"$Mine"}]
+    # rm, then a new file under the name after the lingering time: no flags.
+    os.unlink(os.path.join(box, eml(u3)))
+    time.sleep(3)
+    late = crlf(make_msg("late")).replace(b"Subject: ", b"Subject: later ")
+    with open(os.path.join(box, eml(u3)), "wb") as f:
+        f.write(late)
+    got = [v for v in state(c, "INBOX").values() if v["body"] == late]
+    assert [v["flags"] for v in got] == [set()]
+
+
 def test_sed_i_of_a_name_given_to_mv_replaces_the_moved_message(empty_dovecot, fs):
     """mv G1/N.eml G2/foo.eml (or G2/, keeping N.eml), then sed -i of that
     name: the name stands for the moved message, and sed's new file

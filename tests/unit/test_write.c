@@ -85,6 +85,10 @@ static void test_editor_scratch(void) {
   g_assert_false(fswrite_is_editor_scratch("#"));
   g_assert_false(fswrite_is_editor_scratch("9.eml"));
   g_assert_false(fswrite_is_editor_scratch(".x.eml.XSbe88"));
+  g_assert_true(fswrite_is_editor_scratch(".#17.eml"));      /* emacs's lock */
+  g_assert_true(fswrite_is_editor_scratch(".#-emacsa12345")); /* made, then renamed */
+  g_assert_false(fswrite_is_editor_scratch(".#"));
+  g_assert_false(fswrite_is_editor_scratch("a.#b"));
 }
 
 static void test_message_id(void) {
