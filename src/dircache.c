@@ -50,6 +50,7 @@ struct DcNode {
   guint64 highestmodseq; /* 0: unknown (no CONDSTORE) */
   guint32 uidnext;       /* the last SELECT's (or saved) UIDNEXT; 0: unknown */
   gboolean dirty;        /* changed since last saved to disk */
+  gboolean save_failed;  /* the last save failed, and said so (once, not at each) */
   gboolean meta_tried;   /* the on-disk copy was looked at */
   gint64 fetched_at; /* monotonic us of the start of the last good fetch; 0 never */
   gint64 good_at;    /* the same, not reset when only stale; 0 after a new UIDVALIDITY */
@@ -193,7 +194,12 @@ static void dc_load_ids(Dircache *dc) {
   g_autofree char *lpath = g_build_filename(dc->meta_dir, DC_IDS_LOCK_FILE, NULL);
   dc->ids_lock_fd = lockfile_take(AT_FDCWD, lpath, O_CREAT, LOCKFILE_MOUNT_WAIT_US);
   if (dc->ids_lock_fd < 0) {
-    g_debug("%s is in use by another mount: inode ids are not kept", lpath);
+    /* Said, not only logged: backup tools that compare inode numbers
+     * (tar -g, borg) then see every file of this mount as new. */
+    g_warning("%s is in use by another imapfuse mount: this mount's inode numbers are not "
+              "kept for the next one, nor new to it (use another -o cache_dir for a second "
+              "mount of the account)",
+              lpath);
     return;
   }
   dc->ids_persist = TRUE;
@@ -1246,9 +1252,14 @@ static void dc_save_meta(Dircache *dc, DcNode *n) {
   guint32 last = msgs->len ? g_array_index(msgs, DcMsg, msgs->len - 1).uid : 0;
   if (head.uidnext <= last)
     head.uidnext = last + 1; /* not known, or messages added since the SELECT */
-  if (!mcache_save(path, &head, (const McMsg *)local->data, local->len,
-                   (const char *const *)names->pdata, names->len, &error))
+  gboolean ok = mcache_save(path, &head, (const McMsg *)local->data, local->len,
+                            (const char *const *)names->pdata, names->len, &error);
+  /* Only n's saves come here (refresh_lock), so save_failed needs no lock. */
+  if (!ok && !n->save_failed)
     g_warning("cannot save the listing of %s: %s", n->mailbox, error->message);
+  else if (!ok)
+    g_debug("cannot save the listing of %s (again): %s", n->mailbox, error->message);
+  n->save_failed = !ok;
 }
 
 /* When each message of msgs was first listed: as in old (both sorted; the

@@ -25,6 +25,7 @@ int ifs_errno_from_error(const GError *error) {
       {IFS_ERROR_CANCELLED, EIO},      {IFS_ERROR_REFUSED, EPERM},
       {IFS_ERROR_NOT_EMPTY, ENOTEMPTY}, {IFS_ERROR_NOT_RUN, EIO},
       {IFS_ERROR_NO_SPACE, ENOSPC},    {IFS_ERROR_NO_FILES, EMFILE},
+      {IFS_ERROR_READ_ONLY, EROFS},
   };
   if (error == NULL)
     return EIO;

@@ -105,6 +105,23 @@ static gboolean main_check_mountpoint(const char *mp, GError **error) {
   return TRUE;
 }
 
+/* The XDG Base Directory spec: a relative path in these is invalid and
+ * ignored.  Taken relative to where imapfuse was started, it named another
+ * directory once the mount had moved to "/": listings were not saved and
+ * new files were kept under /reldata (an exploratory test).  Before the
+ * first g_get_user_*_dir(), which keeps what it found. */
+static void main_drop_relative_xdg(void) {
+  static const char *const vars[] = {"XDG_CACHE_HOME", "XDG_DATA_HOME"};
+  for (gsize i = 0; i < G_N_ELEMENTS(vars); i++) {
+    const char *v = g_getenv(vars[i]);
+    if (v != NULL && *v != '\0' && !g_path_is_absolute(v)) {
+      fprintf(stderr, "imapfuse: warning: %s=%s is not an absolute path: ignored, as the "
+                      "XDG Base Directory specification says\n", vars[i], v);
+      g_unsetenv(vars[i]);
+    }
+  }
+}
+
 /* $XDG_CACHE_HOME/imapfuse/USER@HOST:PORT, with '/' kept out of the name. */
 static char *main_cache_dir(const IfsOptions *o, const ImapEndpoint *ep) {
   if (o->cache_dir != NULL) /* absolute: daemonising moves to "/" */
@@ -248,6 +265,7 @@ int main(int argc, char *argv[]) {
   }
   g_log_set_default_handler(main_log, GINT_TO_POINTER(fo.debug || o.imap_debug));
   g_set_printerr_handler(main_printerr);
+  main_drop_relative_xdg();
   if (!main_check_mountpoint(fo.mountpoint, &error)) {
     ret = main_fail(error);
     goto out;

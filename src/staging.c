@@ -48,10 +48,13 @@ struct StagingFile {
 
 static gboolean staging_set_errno(GError **error, int err, const char *what, const char *path) {
   /* Our own disk is full, not the server's quota (EDQUOT said so); out
-   * of descriptors is ours too (a create said EIO). */
+   * of descriptors is ours too, and so are a read-only or forbidden
+   * directory (cp said only "Input/output error"). */
   g_set_error(error, IFS_ERROR,
-              err == ENOSPC                   ? IFS_ERROR_NO_SPACE
+              err == ENOSPC                    ? IFS_ERROR_NO_SPACE
               : err == EMFILE || err == ENFILE ? IFS_ERROR_NO_FILES
+              : err == EROFS                   ? IFS_ERROR_READ_ONLY
+              : err == EACCES || err == EPERM  ? IFS_ERROR_PERM
                                                : IFS_ERROR_FAILED,
               "%s %s: %s", what, path, g_strerror(err));
   static gint warned; /* monotonic seconds + 1; once in a while: every write() would repeat it */

@@ -39,6 +39,7 @@ typedef enum {
   IFS_ERROR_NOT_RUN,     /* connection lost; the command never ran -> EIO */
   IFS_ERROR_NO_SPACE,    /* our own disk (staging) is full         -> ENOSPC */
   IFS_ERROR_NO_FILES,    /* imapfuse is out of file descriptors    -> EMFILE */
+  IFS_ERROR_READ_ONLY,   /* our own disk (staging) is read-only    -> EROFS */
 } IfsError;
 
 /* Positive errno for any GError (IFS_ERROR or another domain). */

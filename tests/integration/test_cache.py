@@ -14,6 +14,7 @@ import mmap
 import os
 import random
 import re
+import shutil
 import struct
 import subprocess
 import threading
@@ -293,6 +294,27 @@ def test_message_larger_than_half_the_cache_is_not_written_to_it(mount, empty_do
         assert 40_000 <= stored < 1_000_000, stored
         if round_ == 1:  # the small one from the disk cache, the huge one again
             assert fetched and all(_uids_of(f) == [uids[0]] for f in fetched), fetched
+
+
+@pytest.mark.imapfuse_stderr_ok(r"cannot save the listing of Box")
+def test_a_listing_that_cannot_be_saved_is_said_once(mount, empty_dovecot, env, tmp_path):
+    """Every save of a listing that failed warned, so one folder's warning
+    came at each change and again at unmount (an exploratory test)."""
+    dv = empty_dovecot()
+    _make_box(dv, "Box", [_msg("s%d" % i, 800) for i in range(3)])
+    cache = tmp_path / "cache"
+    m = mount(dv, "cache_dir=%s" % cache, "list_max_age=0", env=env)
+    shutil.rmtree(cache / "meta")
+    (cache / "meta").write_text("not a directory")  # every save fails
+    d = os.path.join(m.path, "Box")
+    c = dv.imap()
+    for i in range(3):
+        assert len(os.listdir(d)) == 3 + i
+        c.append("Box", None, None, _msg("more%d" % i, 900))
+    assert len(os.listdir(d)) == 6
+    m.unmount()
+    warned = [l for l in m.stderr_text().splitlines() if "cannot save the listing" in l]
+    assert len(warned) == 1, warned
 
 
 @pytest.mark.imapfuse_stderr_ok(r"imapfuse did not make")
@@ -3263,6 +3285,9 @@ def test_two_mounts_sharing_a_cache_dir_never_share_new_ids(mount, empty_dovecot
     assert _read(qz) == new
     p.unmount()
     q.unmount()
+    said = [[l for l in x.stderr_text().splitlines() if "inode numbers are not kept" in l]
+            for x in (p, q)]
+    assert [len(x) for x in said] == [0, 1], said  # the second mount says so
     r = mount(dv, "cache_dir=" + cache, env=env)
     rz = os.path.join(r.path, "Zed", "1.eml")
     st_r = _stat_when_listed(r.path, "Zed", rz)

@@ -210,6 +210,59 @@ def unsent_files(xdg):
 
 # ---------------------------------------------------------------- rm
 
+@pytest.mark.imapfuse_stderr_ok(r"is not an absolute path: ignored")
+def test_relative_xdg_directories_are_ignored(empty_dovecot, mount, tmp_path, monkeypatch):
+    """XDG_CACHE_HOME and XDG_DATA_HOME relative to where imapfuse was
+    started named other directories once it had moved to "/": listings
+    were not saved, new files were kept under /reldata or refused (an
+    exploratory test).  The spec says to ignore them: the defaults under
+    $HOME are used, with a warning each."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    u = imap_append(c, "INBOX", make_msg("rel"))
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.chdir(tmp_path)
+    rel = "rel-xdg-%d" % os.getpid()
+    env = dict(os.environ, HOME=str(home), XDG_CACHE_HOME=rel + "-cache",
+               XDG_DATA_HOME=rel + "-data")
+    m = mount(dv, env=env)
+    assert os.listdir(os.path.join(m.path, "INBOX")) == [eml(u)]
+    with open(os.path.join(m.path, "INBOX", "new.eml"), "wb") as f:
+        f.write(make_msg("new"))
+    assert len(state(c, "INBOX")) == 2
+    m.unmount()
+    warned = [l for l in m.stderr_text().splitlines() if "not an absolute path" in l]
+    assert len(warned) == 2, warned
+    for d in (tmp_path, "/"):
+        assert not [n for n in os.listdir(d) if n.startswith(rel)]
+    assert list((home / ".cache" / "imapfuse").glob("*/meta/*.mc"))
+    assert (home / ".local" / "share" / "imapfuse" / "staging").is_dir()
+
+
+@pytest.mark.imapfuse_stderr_ok(r"cannot keep a new file|Read-only file system")
+def test_new_file_on_a_read_only_staging_disk_says_why(empty_dovecot, fs, xdg):
+    """The staging directory on a read-only file system: cp failed with
+    "Input/output error" (an exploratory test); now EROFS, and the warning
+    names the directory."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    data_home = xdg["XDG_DATA_HOME"]
+    r = subprocess.run(["mount", "--bind", "-o", "ro", data_home, data_home],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip("cannot bind-mount read-only here: " + r.stderr.strip())
+    try:
+        m = fs(dv)
+        expect_errno(errno.EROFS, open, os.path.join(m, "INBOX", "x.eml"), "wb")
+        m.unmount()
+    finally:
+        subprocess.run(["umount", "-l", data_home])
+    assert state(c, "INBOX") == {}
+    warned = [l for l in m.stderr_text().splitlines() if "cannot keep a new file" in l]
+    assert warned and data_home in warned[0], warned
+
+
 def test_rm_removes_only_that_message(empty_dovecot, fs):
     """The trap: another client flagged A \\Deleted without expunging;
     rm B through the mount removes B and nothing else."""
