@@ -104,8 +104,11 @@ struct Dircache {
   GHashTable *saved_dirs; /* mailbox ("" for the root) -> its change time, the same */
   guint32 born; /* wall-clock s this mount began: the time of a directory not known */
   guint ids_reserved;    /* ids below it are recorded as used (meta_dir/ids-next) */
-  DcObserver observer;
-  gpointer observer_user;
+  DcObserver observer;     /* (observer_lock) */
+  gpointer observer_user;  /* (observer_lock) */
+  GMutex observer_lock;
+  GCond observer_done;
+  guint telling;           /* observer calls under way (observer_lock) */
   GThreadPool *prefetch; /* listings ahead of a tree walk; NULL: none */
   GPtrArray *walk_next;  /* the folders a walk goes to after the last opened (tree_lock) */
   guint walk_steps;      /* quiet steps of a walk in a row (tree_lock) */
@@ -380,6 +383,8 @@ Dircache *dircache_new(Pool *pool, const char *meta_dir) {
   dc->meta_dir = g_strdup(meta_dir);
   dc->graveyard = g_ptr_array_new_with_free_func(g_free);
   g_mutex_init(&dc->tree_lock);
+  g_mutex_init(&dc->observer_lock);
+  g_cond_init(&dc->observer_done);
   g_mutex_init(&dc->flags_lock);
   dc->ids = g_hash_table_new_full(NULL, NULL, NULL, g_free);
   dc->next_id = 2;
@@ -416,6 +421,8 @@ void dircache_free(Dircache *dc) {
   g_ptr_array_unref(dc->flag_names);
   g_byte_array_unref(dc->flag_seen);
   g_mutex_clear(&dc->tree_lock);
+  g_mutex_clear(&dc->observer_lock);
+  g_cond_clear(&dc->observer_done);
   g_mutex_clear(&dc->flags_lock);
   g_free(dc);
 }
@@ -543,6 +550,17 @@ gboolean dcnode_selectable(const DcNode *n) { return n->selectable; }
 gboolean dcnode_held_mail(const DcNode *n) { return n->held_mail; }
 gboolean dcnode_present(const DcNode *n) { return n->present; }
 DcNode *dcnode_parent(const DcNode *n) { return n->parent; }
+
+char *dircache_path(Dircache *dc, DcNode *n) {
+  g_autoptr(GPtrArray) names = g_ptr_array_new();
+  g_mutex_lock(&dc->tree_lock);
+  for (; n != NULL && n->parent != NULL; n = n->parent)
+    g_ptr_array_insert(names, 0, g_strdup(n->name));
+  g_mutex_unlock(&dc->tree_lock);
+  g_ptr_array_add(names, NULL);
+  g_auto(GStrv) parts = (char **)g_ptr_array_free(g_steal_pointer(&names), FALSE);
+  return g_strjoinv("/", parts);
+}
 
 DcNode *dircache_node(Dircache *dc, guint32 id) {
   DcNode *n = NULL;
@@ -1668,9 +1686,16 @@ gboolean dircache_set_size(Dircache *dc, DcNode *n, guint32 uidvalidity, guint32
 
 /* ---- patches ---- */
 
+/* Returns once no call to the old observer is under way: fs_free clears
+ * it before freeing what it uses, and a read-ahead thread's listing still
+ * told the freed Fs at an unmount (ASan, once in a test run). */
 void dircache_set_observer(Dircache *dc, DcObserver fn, gpointer user) {
+  g_mutex_lock(&dc->observer_lock);
   dc->observer = fn;
   dc->observer_user = user;
+  while (dc->telling > 0)
+    g_cond_wait(&dc->observer_done, &dc->observer_lock);
+  g_mutex_unlock(&dc->observer_lock);
 }
 
 /* A copy of msgs (NULL: none) with room for one more: copy on write,
@@ -1699,9 +1724,20 @@ static void dc_tell(Dircache *dc, DcNode *n, guint32 epoch, guint32 uid, DcChang
   /* Epoch 0: nothing was ever shown for it, but a UIDVALIDITY change still
    * matters for what the last mount left on disk, and a directory's time
    * is not a message's. */
-  if (dc->observer != NULL &&
-      (epoch != 0 || kind == DC_CHANGE_UIDVALIDITY || kind == DC_CHANGE_DIR))
-    dc->observer(n, epoch, uid, kind, dc->observer_user);
+  if (epoch == 0 && kind != DC_CHANGE_UIDVALIDITY && kind != DC_CHANGE_DIR)
+    return;
+  g_mutex_lock(&dc->observer_lock);
+  DcObserver fn = dc->observer;
+  gpointer user = dc->observer_user;
+  dc->telling += fn != NULL;
+  g_mutex_unlock(&dc->observer_lock);
+  if (fn == NULL)
+    return;
+  fn(n, epoch, uid, kind, user);
+  g_mutex_lock(&dc->observer_lock);
+  if (--dc->telling == 0)
+    g_cond_broadcast(&dc->observer_done);
+  g_mutex_unlock(&dc->observer_lock);
 }
 
 /* Tells (no lock held) that the messages gone (UIDs) of epoch left n,

@@ -297,6 +297,12 @@ static gboolean fs_msg(Fs *fs, fuse_ino_t ino, DcNode **node, guint32 *uidvalidi
     *keep = l; /* the caller's snapshot now */
   else
     dc_listing_clear(&l);
+  /* Moved by mv a moment ago: the kernel's entry for the name mv gave is
+   * the old inode until its invalidation is through, and an open of it
+   * then failed with ENOENT (sed -i right after mv, at times). */
+  fuse_ino_t moved = !found && *err == ENOENT ? fswrite_moved_ino(fs->w, ino) : 0;
+  if (moved != 0 && moved != ino)
+    return fs_msg(fs, moved, node, uidvalidity, out, keep, err);
   return found;
 }
 
@@ -416,14 +422,13 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
   DcMsg m;
   int err;
   if (!fs_msg(fs, ino, &n, &uv, &m, NULL, &err)) {
-    if (err == ENOENT && fswrite_moved_attr(fs->w, ino, &st))
-      fuse_reply_attr(req, &st, 0); /* just moved: see fswrite_moved_attr */
-    else
-      fuse_reply_err(req, err);
+    fuse_reply_err(req, err);
     return;
   }
   fs_msg_attr(fs, (guint32)(ino >> 32), uv, &m, &st);
-  fuse_reply_attr(req, &st, fs->opts.msg_timeout);
+  st.st_ino = ino; /* the moved message's old inode too (fs_msg) */
+  gboolean moved = dircache_epoch(fs->dc, (guint32)(ino >> 32), &(guint32){0}) != n;
+  fuse_reply_attr(req, &st, moved ? 0 : fs->opts.msg_timeout);
 }
 
 /* ---- directories ---- */

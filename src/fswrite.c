@@ -258,6 +258,16 @@ static void fsw_reply_error(fuse_req_t req, const char *what, const GError *erro
   fuse_reply_err(req, err);
 }
 
+/* For mkdir and a folder's rename: a name refused ([CANNOT], a delimiter
+ * in it) or not allowed ([NOPERM]) is said with the server's reason, which
+ * EINVAL or EACCES alone does not give ("mkdir a.b: Invalid argument";
+ * Dovecot: "Character not allowed in mailbox name: '.'"). */
+static void fsw_reply_name_error(fuse_req_t req, const char *what, const GError *error) {
+  if (fsw_is_error(error, IFS_ERROR_INVALID) || fsw_is_error(error, IFS_ERROR_PERM))
+    g_warning("%s: %s", what, error->message);
+  fsw_reply_error(req, what, error);
+}
+
 gboolean fswrite_is_temp_name(const char *name) {
   gsize n = strlen(name);
   if (n < 9 || name[0] != '.' || name[n - 7] != '.')
@@ -1925,7 +1935,7 @@ static void fsw_moved_add(FsWrite *w, DcNode *node, const char *name, guint32 uv
   g_mutex_unlock(&w->lock);
 }
 
-gboolean fswrite_moved_attr(FsWrite *w, fuse_ino_t ino, struct stat *st) {
+fuse_ino_t fswrite_moved_ino(FsWrite *w, fuse_ino_t ino) {
   g_mutex_lock(&w->lock);
   const FswMoved *mv = g_hash_table_lookup(w->moved_from, &ino);
   FswMoved want = mv != NULL ? *mv : (FswMoved){0};
@@ -1934,9 +1944,8 @@ gboolean fswrite_moved_attr(FsWrite *w, fuse_ino_t ino, struct stat *st) {
   DcMsg m;
   if (want.node == NULL || want.deadline <= g_get_monotonic_time() ||
       !fsw_cached_msg(w, want.node, want.uid, &uv, &epoch, &m) || uv != want.uv)
-    return FALSE;
-  fs_msg_attr(w->fs, epoch, uv, &m, st);
-  return TRUE;
+    return 0;
+  return fs_msg_ino(epoch, want.uid);
 }
 
 /* The message name stands for after a mv into node (fsw_moved_add), if
@@ -2124,6 +2133,8 @@ static FswHandle *fsw_handle_new(FsWrite *w, fuse_req_t req, FswFile *f, gboolea
   f->deadline = 0;
   g_hash_table_add(w->handles, h);
   g_mutex_unlock(&w->lock);
+  if (writable)
+    staging_file_complete(f->data, FALSE);
   return h;
 }
 
@@ -2304,6 +2315,8 @@ static FswFile *fsw_file_new(fuse_req_t req, fuse_ino_t parent, const char *name
     fuse_reply_err(req, fsw_errno(error));
     return NULL;
   }
+  g_autofree char *dir = dircache_path(w->dc, p);
+  staging_file_origin(data, dir, name); /* its name if imapfuse is killed */
   const struct fuse_ctx *ctx = fuse_req_ctx(req);
   FswFile *f = g_new0(FswFile, 1);
   f->refs = 1; /* the table's */
@@ -2364,6 +2377,7 @@ void fswrite_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
     g_clear_error(&f->killed); /* written on by a living process */
     _fsw_note_writer(f, fuse_req_ctx(req)->pid);
     g_mutex_lock(&w->lock);
+    gboolean reopened = h->flushed;
     if (h->flushed) {
       h->flushed = FALSE;
       f->unflushed++;
@@ -2374,6 +2388,8 @@ void fswrite_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
     if (!f->mtime_set)
       f->mtime = f->ctime;
     g_mutex_unlock(&w->lock);
+    if (reopened)
+      staging_file_complete(f->data, FALSE); /* written after a close */
   }
   g_mutex_unlock(&f->lock);
   if (err != 0)
@@ -2443,6 +2459,8 @@ void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
     gboolean named = f->name != NULL;
     gboolean temp = named && fswrite_is_temp_name(f->name);
     g_mutex_unlock(&w->lock);
+    if (last)
+      staging_file_complete(f->data, TRUE);
     err = f->error;
     /* Bytes written since the last send by a writer that was killed: not
      * sent now.  Its close is not always the file's last: a parent may
@@ -2769,6 +2787,8 @@ static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p2,
     if (f->handles == 0)
       _fsw_linger(w, f);
     g_mutex_unlock(&w->lock);
+    g_autofree char *dir = dircache_path(w->dc, p2);
+    staging_file_origin(f->data, dir, newname);
   }
   g_mutex_unlock(&f->lock);
   fuse_reply_err(req, err);
@@ -2938,7 +2958,7 @@ static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *child, DcNode *p2
   }
   g_autofree char *to = fsw_child_mailbox(w, p2, newname, &error);
   if (to == NULL) {
-    fsw_reply_error(req, "rename", error);
+    fsw_reply_name_error(req, "rename", error);
     return;
   }
   FswRename r = {from, to};
@@ -2952,7 +2972,7 @@ static void fsw_rename_dir(fuse_req_t req, FsWrite *w, DcNode *child, DcNode *p2
   fsw_relist(w, "RENAME");
   if (!ok) {
     g_autofree char *what = g_strdup_printf("rename of %s to %s refused by the server", from, to);
-    fsw_reply_error(req, what, error);
+    fsw_reply_name_error(req, what, error);
     return;
   }
   fuse_reply_err(req, 0);
@@ -2981,7 +3001,7 @@ void fswrite_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t m
   g_autoptr(GError) error = NULL;
   g_autofree char *mailbox = fsw_child_mailbox(w, p, name, &error);
   if (mailbox == NULL) {
-    fsw_reply_error(req, "mkdir", error);
+    fsw_reply_name_error(req, "mkdir", error);
     return;
   }
   gboolean ok = pool_run(w->pool, NULL, FALSE, fsw_create_op, mailbox, &error);
@@ -3012,7 +3032,7 @@ void fswrite_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t m
   }
   if (!ok) {
     g_autofree char *what = g_strdup_printf("mkdir of %s refused by the server", mailbox);
-    fsw_reply_error(req, what, error);
+    fsw_reply_name_error(req, what, error);
     return;
   }
   if (child == NULL) {

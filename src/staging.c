@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -44,7 +45,16 @@ struct StagingFile {
   int fd;
   guint64 size;
   gboolean stored;
+  char *dir, *name;  /* where it is on the mount (staging_file_origin) */
+  gboolean complete; /* closed by every writer */
 };
+
+/* On each local file, for the mount after a crash: "1" (complete) or "0",
+ * NUL, its directory on the mount, NUL, its name.  Recovered files had
+ * random names, with no word of their folder or of being cut short (an
+ * exploratory test).  Best effort: a file system without user xattrs
+ * gives them random names still. */
+#define STAGING_ORIGIN_XATTR "user.imapfuse.origin"
 
 static gboolean staging_set_errno(GError **error, int err, const char *what, const char *path) {
   /* Our own disk is full, not the server's quota (EDQUOT said so); out
@@ -109,6 +119,65 @@ void staging_free(Staging *st) {
 
 const char *staging_unsent_dir(const Staging *st) { return st->unsent_dir; }
 
+static char *staging_eml_name(const char *name);
+
+/* A path component as it may be on the mount: not empty, ".", ".." or
+ * with a '/' (what staging_file_origin was given never is, but the file
+ * could have been tampered with). */
+static gboolean staging_plain_component(const char *c, gsize len) {
+  return len > 0 && memchr(c, '/', len) == NULL && !(len == 1 && c[0] == '.') &&
+         !(len == 2 && c[0] == '.' && c[1] == '.');
+}
+
+/* Where a recovered file goes: into/DIR/NAME (NAME.partial.eml if it was
+ * still being written), from the note on it; NULL when there is none. */
+static char *staging_recovered_path(const char *path, const char *into) {
+  char v[8192];
+  ssize_t n = getxattr(path, STAGING_ORIGIN_XATTR, v, sizeof v - 1);
+  if (n < 4 || (v[0] != '0' && v[0] != '1') || v[1] != '\0')
+    return NULL;
+  v[n] = '\0';
+  const char *dir = v + 2, *name = dir + strlen(dir) + 1;
+  if (name >= v + n || strlen(name) != (gsize)(v + n - name) ||
+      !staging_plain_component(name, strlen(name)))
+    return NULL;
+  g_auto(GStrv) parts = g_strsplit(dir, "/", -1);
+  for (char **p = parts; *dir != '\0' && *p != NULL; p++)
+    if (!staging_plain_component(*p, strlen(*p)))
+      return NULL;
+  while (name[0] == '.' && name[1] != '\0')
+    name++; /* never a hidden file: rsync's .NAME.XXXXXX is NAME.XXXXXX */
+  g_autofree char *base = staging_eml_name(name);
+  if (v[0] == '0') {
+    base[strlen(base) - 4] = '\0';
+    g_autofree char *partial = g_strconcat(base, ".partial.eml", NULL);
+    g_free(base);
+    base = g_steal_pointer(&partial);
+  }
+  return g_build_filename(into, dir, base, NULL);
+}
+
+/* Moves path to want, or want-2.eml, want-3.eml... (never over a file).
+ * FALSE with errno. */
+static gboolean staging_move_new(const char *path, const char *want) {
+  g_autofree char *dir = g_path_get_dirname(want);
+  if (g_mkdir_with_parents(dir, 0700) != 0)
+    return FALSE;
+  gsize stem = strlen(want) - 4; /* it ends in ".eml" */
+  for (int i = 1; i < 1000; i++) {
+    g_autofree char *to = i == 1 ? g_strdup(want)
+                                 : g_strdup_printf("%.*s-%d.eml", (int)stem, want, i);
+    if (link(path, to) == 0) {
+      unlink(path);
+      return TRUE;
+    }
+    if (errno != EEXIST)
+      return FALSE;
+  }
+  errno = EEXIST;
+  return FALSE;
+}
+
 /* Moves what one dead run left (its .part files) into into/, creating it;
  * drops the rest (.crlf conversions) and then the lock and the run
  * directory, but only once no .part is left: a run whose lock file is
@@ -121,10 +190,17 @@ static guint staging_take_run(const char *run, const char *into) {
   const char *name;
   while (d != NULL && (name = g_dir_read_name(d)) != NULL) {
     g_autofree char *path = g_build_filename(run, name, NULL);
-    if (g_str_has_suffix(name, ".part")) {
+    GStatBuf sb;
+    if (g_str_has_suffix(name, ".part") && g_lstat(path, &sb) == 0 && S_ISREG(sb.st_mode) &&
+        sb.st_size == 0) {
+      unlink(path); /* nothing written: nothing to lose */
+    } else if (g_str_has_suffix(name, ".part")) {
       g_autofree char *stem = g_strndup(name, strlen(name) - 5);
       g_autofree char *to = g_strdup_printf("%s/%s.eml", into, stem);
-      if (g_mkdir_with_parents(into, 0700) == 0 && rename(path, to) == 0) {
+      g_autofree char *named = staging_recovered_path(path, into);
+      if (named != NULL && staging_move_new(path, named)) {
+        moved++;
+      } else if (g_mkdir_with_parents(into, 0700) == 0 && rename(path, to) == 0) {
         moved++;
       } else {
         g_warning("cannot move %s to %s (%s): it stays there for the next mount", path, to,
@@ -175,7 +251,8 @@ void staging_recover(Staging *st) {
   g_dir_close(d);
   if (moved > 0)
     g_warning("%u file(s) being written when an earlier imapfuse of this account stopped "
-              "without unmounting (killed, or a crash) were moved to %s: check which are on "
+              "without unmounting (killed, or a crash) were moved to %s, under their folder "
+              "and name (NAME.partial.eml: its writer had not closed it): check which are on "
               "the server before sending any again (some may be stored already)",
               moved, into);
 }
@@ -267,6 +344,8 @@ void staging_file_free(StagingFile *f) {
   if (f->fd >= 0)
     close(f->fd);
   staging_file_remove(f);
+  g_free(f->dir);
+  g_free(f->name);
   g_free(f);
 }
 
@@ -294,6 +373,35 @@ static gboolean staging_file_name_stored(StagingFile *f, gboolean stored, GError
   f->path = g_steal_pointer(&to);
   f->stored = stored;
   return TRUE;
+}
+
+static void staging_origin_write(StagingFile *f) {
+  if (f->name == NULL)
+    return;
+  g_autoptr(GString) v = g_string_new(f->complete ? "1" : "0");
+  g_string_append_c(v, '\0');
+  g_string_append(v, f->dir);
+  g_string_append_c(v, '\0');
+  g_string_append(v, f->name);
+  if (fsetxattr(f->fd, STAGING_ORIGIN_XATTR, v->str, v->len, 0) != 0)
+    g_debug("cannot note the name of %s on it: %s", f->path, g_strerror(errno));
+}
+
+void staging_file_origin(StagingFile *f, const char *dir, const char *name) {
+  if (g_strcmp0(f->dir, dir) == 0 && g_strcmp0(f->name, name) == 0)
+    return;
+  g_free(f->dir);
+  g_free(f->name);
+  f->dir = g_strdup(dir);
+  f->name = g_strdup(name);
+  staging_origin_write(f);
+}
+
+void staging_file_complete(StagingFile *f, gboolean complete) {
+  if (f->complete == complete)
+    return;
+  f->complete = complete;
+  staging_origin_write(f);
 }
 
 void staging_file_stored(StagingFile *f) {

@@ -65,6 +65,9 @@ gboolean dcnode_selectable(const DcNode *n);
 gboolean dcnode_held_mail(const DcNode *n);
 gboolean dcnode_present(const DcNode *n);
 DcNode *dcnode_parent(const DcNode *n);
+/* n's path on the mount ("Archive/2024"; "" for the root), from the
+ * tree as it is, with no round trip. */
+char *dircache_path(Dircache *dc, DcNode *n);
 
 /* A directory node by id, or NULL. */
 DcNode *dircache_node(Dircache *dc, guint32 id);

@@ -65,8 +65,9 @@ char **fswrite_extra_names(FsWrite *w, DcNode *parent, const DcListing *listing)
 gboolean fswrite_moved_lookup(FsWrite *w, DcNode *parent, const char *name,
                               struct fuse_entry_param *e);
 /* The same for the moved message's old inode (the kernel's entry for that
- * name until its invalidation is through): st gets its attributes. */
-gboolean fswrite_moved_attr(FsWrite *w, fuse_ino_t ino, struct stat *st);
+ * name until its invalidation is through, and any descriptor or O_PATH
+ * handle on it): the moved message's inode, or 0. */
+fuse_ino_t fswrite_moved_ino(FsWrite *w, fuse_ino_t ino);
 /* Message uid of node (under UIDVALIDITY uv; uid 0: all of them) is gone,
  * by our rm or mv or as a listing or the server said: new files' names
  * that stand for it stop answering. */

@@ -30,6 +30,11 @@ const char *staging_unsent_dir(const Staging *st);
 void staging_recover(Staging *st);
 
 StagingFile *staging_file_new(Staging *st, GError **error);
+/* Notes on the local file where it is on the mount (dir as for
+ * staging_file_keep, and name), and whether every writer has closed it,
+ * for staging_recover after a crash.  Best effort, never an error. */
+void staging_file_origin(StagingFile *f, const char *dir, const char *name);
+void staging_file_complete(StagingFile *f, gboolean complete);
 /* Closes and removes the local file (a kept copy stays). */
 void staging_file_free(StagingFile *f);
 /* Closes it but leaves the local file where it is (when even keeping a

@@ -824,6 +824,7 @@ def test_files_left_by_a_killed_mount_are_moved_to_unsent(empty_dovecot, fs, xdg
     directory of its own, locked while it runs; the next mount moves what
     a dead run left to unsent/recovered-TIME-PID/ and says so."""
     dv = empty_dovecot()
+    dv.imap().create("Sub/deep")
     m = fs(dv)
     # Stored, and still under their names (they linger 30 s) when the
     # mount is killed: they were recovered too, as "being written".
@@ -836,10 +837,15 @@ def test_files_left_by_a_killed_mount_are_moved_to_unsent(empty_dovecot, fs, xdg
     v2 = make_msg("stored0v2")
     fd2 = os.open(os.path.join(m, "INBOX", "s0.eml"), os.O_WRONLY | os.O_TRUNC)
     os.write(fd2, v2)
+    # Closed, but under rsync's temporary name (sent at its rename): whole.
+    whole = make_msg("whole")
+    write_file(os.path.join(m, "Sub", "deep", ".w.eml.Ab12Cd"), whole)
+    # Open with no bytes yet: nothing to recover.
+    fd3 = os.open(os.path.join(m, "INBOX", "empty.eml"), os.O_WRONLY | os.O_CREAT, 0o600)
     m.proc.send_signal(signal.SIGKILL)
     m.proc.wait(10)
     m.finished = True
-    for f in (fd, fd2):
+    for f in (fd, fd2, fd3):
         try:
             os.close(f)
         except OSError:
@@ -848,9 +854,12 @@ def test_files_left_by_a_killed_mount_are_moved_to_unsent(empty_dovecot, fs, xdg
     m2 = fs(dv)
     assert "INBOX" in os.listdir(m2)
     kept = [x for x in unsent_files(xdg) if os.path.isfile(x)]
-    assert len(kept) == 2 and all("/recovered-" in k for k in kept), kept
-    assert sorted(open(k, "rb").read() for k in kept) == sorted([data, v2])
-    assert re.search(r"\b2 file\(s\) being written .* were moved to", m2.stderr_text())
+    assert len(kept) == 3 and all("/recovered-" in k for k in kept), kept
+    # Under their folders and names; cut short (still open): NAME.partial.eml.
+    named = {k.split("/recovered-", 1)[1].split("/", 1)[1]: open(k, "rb").read() for k in kept}
+    assert named == {"INBOX/k.partial.eml": data, "INBOX/s0.partial.eml": v2,
+                     "Sub/deep/w.eml.Ab12Cd.eml": whole}, named
+    assert re.search(r"\b3 file\(s\) being written .* were moved to", m2.stderr_text())
     m2.unmount()
     staging = os.path.join(xdg["XDG_DATA_HOME"], "imapfuse", "staging")
     assert [f for _, _, fs_ in os.walk(staging) for f in fs_] == []
