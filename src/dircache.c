@@ -1328,6 +1328,11 @@ static void _dc_snapshot(DcNode *n, DcListing *out) {
   out->msgs = n->msgs != NULL ? g_array_ref(n->msgs) : NULL;
   out->uidvalidity = n->uidvalidity;
   out->epoch = n->epoch;
+  out->uidnext = n->uidnext;
+}
+
+gboolean dc_listing_may_have(const DcListing *l, guint32 uid) {
+  return l->uidnext == 0 || uid >= l->uidnext;
 }
 
 /* The listing of n, asked as mailbox `asked`, failed with *error.  A

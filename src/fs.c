@@ -369,10 +369,13 @@ static gboolean fs_entry_for(Fs *fs, DcNode *parent, const char *name,
       fs_msg_attr(fs, l.epoch, l.uidvalidity, m, &e->attr);
       e->attr_timeout = e->entry_timeout = fs->opts.msg_timeout;
     }
+    gboolean may = dc_listing_may_have(&l, uid);
     dc_listing_clear(&l);
     if (m != NULL)
       return TRUE;
-    if (dircache_listing_age(fs->dc, parent) <= g_get_monotonic_time() - asked)
+    /* Below UIDNEXT: expunged for good (cp -r and restores write such
+     * names: a listing for each cost a SELECT and a FETCH). */
+    if (!may || dircache_listing_age(fs->dc, parent) <= g_get_monotonic_time() - asked)
       break;
   }
   *err = ENOENT;

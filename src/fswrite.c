@@ -668,9 +668,12 @@ static gboolean fsw_find_msg_in(FsWrite *w, DcNode *node, guint32 uid, gboolean 
       *uv = l.uidvalidity;
       *epoch = l.epoch;
     }
+    gboolean may = dc_listing_may_have(&l, uid);
     dc_listing_clear(&l);
     if (m != NULL)
       return TRUE;
+    if (!may)
+      break; /* expunged for good: no new listing will have it */
   }
   g_set_error(error, IFS_ERROR, IFS_ERROR_NOT_FOUND, "no message UID %u in %s", uid,
               dcnode_mailbox(node));

@@ -39,7 +39,14 @@ typedef struct {
   GArray *msgs; /* DcMsg sorted by UID, refcounted; NULL when not selectable */
   guint32 uidvalidity;
   guint32 epoch;
+  guint32 uidnext; /* the server's UIDNEXT when it was listed; 0: not known */
 } DcListing;
+
+/* Whether message uid, not in listing l, may exist on the server now: not
+ * if its UID is below the UIDNEXT of the listing (such a message was
+ * expunged, and a UID is never given out again), so a lookup of it needs
+ * no new listing. */
+gboolean dc_listing_may_have(const DcListing *l, guint32 uid);
 
 typedef struct {
   guint32 id;
