@@ -599,8 +599,9 @@ static gboolean dk_is_old_format(int dfd, const char *name) {
   struct stat st;
   if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
     return FALSE;
-  if (g_str_has_prefix(name, ".tmp."))
-    return S_ISREG(st.st_mode);
+  if (g_str_has_prefix(name, ".tmp.")) /* .tmp.<hex>, as that version named them */
+    return name[5] != '\0' && strspn(name + 5, "0123456789abcdef") == strlen(name + 5) &&
+           S_ISREG(st.st_mode);
   if (strlen(name) != 32 || strspn(name, "0123456789abcdef") != 32 || !S_ISDIR(st.st_mode))
     return FALSE;
   g_autofree char *group = g_strconcat(name, "/#group", NULL);

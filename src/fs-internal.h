@@ -28,5 +28,10 @@ void fs_warn(Fs *fs, const char *text);
 /* dircache_listing, or while the server cannot be reached the listing
  * last known right (with a warning). */
 gboolean fs_listing(Fs *fs, DcNode *n, gint64 max_age_us, DcListing *out, GError **error);
+/* Message uid, not in n's listing l, cannot be on the server: its UID is
+ * below the listing's UIDNEXT (dc_listing_may_have), and the listing is
+ * no older than list_max_age (older, the folder may have been made again
+ * under a new UIDVALIDITY, its UIDs starting at 1: a reviewer's test). */
+gboolean fs_gone_for_good(Fs *fs, DcNode *n, const DcListing *l, guint32 uid);
 
 G_END_DECLS

@@ -238,6 +238,11 @@ void fs_msg_attr(Fs *fs, guint32 epoch, guint32 uidvalidity, const DcMsg *m, str
   st->st_ctim.tv_nsec = (long)(uidvalidity % 1000000000u);
 }
 
+gboolean fs_gone_for_good(Fs *fs, DcNode *n, const DcListing *l, guint32 uid) {
+  return !dc_listing_may_have(l, uid) &&
+         dircache_listing_age(fs->dc, n) <= fs->opts.list_max_age_us;
+}
+
 /* n's listing, no older than max_age_us (dircache_listing); when the
  * server cannot be reached, the last one known to be right in this mount,
  * however old: ls of a folder failed with EIO while the server was down,
@@ -369,13 +374,13 @@ static gboolean fs_entry_for(Fs *fs, DcNode *parent, const char *name,
       fs_msg_attr(fs, l.epoch, l.uidvalidity, m, &e->attr);
       e->attr_timeout = e->entry_timeout = fs->opts.msg_timeout;
     }
-    gboolean may = dc_listing_may_have(&l, uid);
+    gboolean gone = m == NULL && fs_gone_for_good(fs, parent, &l, uid);
     dc_listing_clear(&l);
     if (m != NULL)
       return TRUE;
     /* Below UIDNEXT: expunged for good (cp -r and restores write such
      * names: a listing for each cost a SELECT and a FETCH). */
-    if (!may || dircache_listing_age(fs->dc, parent) <= g_get_monotonic_time() - asked)
+    if (gone || dircache_listing_age(fs->dc, parent) <= g_get_monotonic_time() - asked)
       break;
   }
   *err = ENOENT;

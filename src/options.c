@@ -315,7 +315,7 @@ void options_usage(const char *prog) {
          "    -o max_message=SIZE      largest new file sent as a message (default: the server's\n"
          "                             APPENDLIMIT, else 256M); writing past it fails with EFBIG\n"
          "    -o linger=SECS           the name a new file was written under answers this long\n"
-         "                             after new files stop being written (default 30)\n"
+         "                             after its close and its writer's last work (default 30)\n"
          "    -o msg_timeout=SECS      kernel cache time for message entries (default 60)\n"
          "    -o dir_timeout=SECS      kernel cache time for directory entries (default 1)\n"
          "    -o list_max_age=SECS     reuse a mailbox listing this long on opendir (default 1.5 x poll)\n"

@@ -42,10 +42,10 @@ typedef struct {
   guint32 uidnext; /* the server's UIDNEXT when it was listed; 0: not known */
 } DcListing;
 
-/* Whether message uid, not in listing l, may exist on the server now: not
- * if its UID is below the UIDNEXT of the listing (such a message was
- * expunged, and a UID is never given out again), so a lookup of it needs
- * no new listing. */
+/* Whether message uid, not in listing l, may exist on the server under
+ * l's UIDVALIDITY: not if its UID is below the UIDNEXT of the listing
+ * (such a message was expunged, and a UID is never given out again).
+ * The folder may have a new UIDVALIDITY by now (fs_gone_for_good). */
 gboolean dc_listing_may_have(const DcListing *l, guint32 uid);
 
 typedef struct {

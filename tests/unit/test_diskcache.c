@@ -547,6 +547,8 @@ static void test_tmp_cleanup(void) {
    * segments (its target outside the cache). */
   g_autofree char *stray = g_build_filename(dir, ".tmp.deadbeef", NULL);
   g_assert_true(g_file_set_contents(stray, "", -1, NULL));
+  g_autofree char *theirs_tmp = g_build_filename(dir, ".tmp.notes", NULL); /* not hex */
+  g_assert_true(g_file_set_contents(theirs_tmp, "mine", -1, NULL));
   g_autofree char *notes = g_build_filename(dir, "notes.txt", NULL);
   g_assert_true(g_file_set_contents(notes, "important", -1, NULL));
   g_autofree char *mine = g_build_filename(dir, "keep", "file", NULL);
@@ -578,7 +580,8 @@ static void test_tmp_cleanup(void) {
   g_assert_true(g_file_test(hexdir, G_FILE_TEST_IS_DIR));
   g_assert_true(g_file_test(outside, G_FILE_TEST_IS_REGULAR));
   const char *example = NULL;
-  g_assert_cmpuint(diskcache_foreign(dc, &example), ==, 5);
+  g_assert_cmpuint(diskcache_foreign(dc, &example), ==, 6);
+  g_assert_true(g_file_test(theirs_tmp, G_FILE_TEST_IS_REGULAR));
   g_assert_nonnull(example);
   g_assert_cmpuint(dkt_file_size(seg), ==, size);
   g_assert_cmpuint(diskcache_count(dc), ==, 2);
@@ -587,6 +590,7 @@ static void test_tmp_cleanup(void) {
   g_assert_cmpuint(dkt_file_size(seg) + dkt_file_size(g_ptr_array_index(segs, 0)), ==,
                    2 * diskcache_size(dc)); /* only the segment counts */
   g_unlink(link);
+  g_unlink(theirs_tmp);
   dkt_rm_rf(segdir);
   g_unlink(notes);
   dkt_rm_rf(mine);
