@@ -145,15 +145,20 @@ static char *staging_recovered_path(const char *path, const char *into) {
   for (char **p = parts; *dir != '\0' && *p != NULL; p++)
     if (!staging_plain_component(*p, strlen(*p)))
       return NULL;
-  while (name[0] == '.' && name[1] != '\0')
+  while (name[0] == '.')
     name++; /* never a hidden file: rsync's .NAME.XXXXXX is NAME.XXXXXX */
-  g_autofree char *base = staging_eml_name(name);
-  if (v[0] == '0') {
-    base[strlen(base) - 4] = '\0';
-    g_autofree char *partial = g_strconcat(base, ".partial.eml", NULL);
-    g_free(base);
-    base = g_steal_pointer(&partial);
+  g_autofree char *eml = staging_eml_name(*name != '\0' ? name : "message");
+  /* STEM[.partial].eml[-N] within NAME_MAX (a 250-byte name came back
+   * under a random name, out of its folder: an exploratory test), cut at
+   * a UTF-8 character boundary. */
+  const char *suffix = v[0] == '0' ? ".partial.eml" : ".eml";
+  gsize stem = strlen(eml) - 4, max_stem = 255 - strlen(suffix) - 4;
+  if (stem > max_stem) {
+    stem = max_stem;
+    while (stem > 0 && ((guchar)eml[stem] & 0xc0) == 0x80)
+      stem--;
   }
+  g_autofree char *base = g_strdup_printf("%.*s%s", (int)stem, eml, suffix);
   return g_build_filename(into, dir, base, NULL);
 }
 

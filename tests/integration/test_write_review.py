@@ -842,10 +842,17 @@ def test_files_left_by_a_killed_mount_are_moved_to_unsent(empty_dovecot, fs, xdg
     write_file(os.path.join(m, "Sub", "deep", ".w.eml.Ab12Cd"), whole)
     # Open with no bytes yet: nothing to recover.
     fd3 = os.open(os.path.join(m, "INBOX", "empty.eml"), os.O_WRONLY | os.O_CREAT, 0o600)
+    # A name too long for ".partial.eml" more, and one of dots only.
+    long_name, dots = "x" * 246 + ".eml", "..."
+    more = []
+    for name in (long_name, dots):
+        fdn = os.open(os.path.join(m, "INBOX", name), os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fdn, make_msg(name[:8]))
+        more.append(fdn)
     m.proc.send_signal(signal.SIGKILL)
     m.proc.wait(10)
     m.finished = True
-    for f in (fd, fd2, fd3):
+    for f in [fd, fd2, fd3] + more:
         try:
             os.close(f)
         except OSError:
@@ -854,12 +861,14 @@ def test_files_left_by_a_killed_mount_are_moved_to_unsent(empty_dovecot, fs, xdg
     m2 = fs(dv)
     assert "INBOX" in os.listdir(m2)
     kept = [x for x in unsent_files(xdg) if os.path.isfile(x)]
-    assert len(kept) == 3 and all("/recovered-" in k for k in kept), kept
+    assert len(kept) == 5 and all("/recovered-" in k for k in kept), kept
     # Under their folders and names; cut short (still open): NAME.partial.eml.
     named = {k.split("/recovered-", 1)[1].split("/", 1)[1]: open(k, "rb").read() for k in kept}
     assert named == {"INBOX/k.partial.eml": data, "INBOX/s0.partial.eml": v2,
-                     "Sub/deep/w.eml.Ab12Cd.eml": whole}, named
-    assert re.search(r"\b3 file\(s\) being written .* were moved to", m2.stderr_text())
+                     "Sub/deep/w.eml.Ab12Cd.eml": whole,
+                     "INBOX/" + "x" * 239 + ".partial.eml": make_msg(long_name[:8]),
+                     "INBOX/message.partial.eml": make_msg(dots[:8])}, named
+    assert re.search(r"\b5 file\(s\) being written .* were moved to", m2.stderr_text())
     m2.unmount()
     staging = os.path.join(xdg["XDG_DATA_HOME"], "imapfuse", "staging")
     assert [f for _, _, fs_ in os.walk(staging) for f in fs_] == []
