@@ -6,7 +6,7 @@
  *   seg.<16 hex digits>   a segment: records back to back; the number (seq)
  *                         grows with each new segment, so it orders them
  * An older format's group directories (32 hex digits holding "#group")
- * and temporary files (.tmp.*) found at open are deleted; anything else is
+ * and temporary files (.tmp.<hex>) found at open are deleted; anything else is
  * left alone and reported (diskcache_foreign): someone may have pointed
  * bodies/ at a directory of their own, and deleting what is in it lost
  * their files (an exploratory test).  One file per entry
@@ -594,7 +594,8 @@ static gint dk_seq_cmp(gconstpointer a, gconstpointer b) {
 }
 
 /* An earlier version's files, which only imapfuse made: a group directory
- * (32 hex digits, with a "#group" file) or a temporary regular file. */
+ * (32 hex digits, with a "#group" file) or a temporary regular file
+ * (.tmp.<hex>). */
 static gboolean dk_is_old_format(int dfd, const char *name) {
   struct stat st;
   if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
