@@ -267,9 +267,13 @@ gboolean fs_listing(Fs *fs, DcNode *n, gint64 max_age_us, DcListing *out, GError
 
 /* The message behind ino from the cached listing (no network unless the
  * mailbox was never listed).  Returns FALSE with errno in *err.  With keep,
- * the listing snapshot it was found in is handed over (clear it after). */
+ * the listing snapshot it was found in is handed over (clear it after).
+ * With found_as, the inode it was found under: another than ino for a
+ * message mv moved a moment ago. */
 static gboolean fs_msg(Fs *fs, fuse_ino_t ino, DcNode **node, guint32 *uidvalidity, DcMsg *out,
-                       DcListing *keep, int *err) {
+                       DcListing *keep, fuse_ino_t *found_as, int *err) {
+  if (found_as != NULL)
+    *found_as = ino;
   guint32 epoch = (guint32)(ino >> 32), uid = (guint32)(ino & 0xffffffffu), uv = 0;
   DcNode *n = dircache_epoch(fs->dc, epoch, &uv);
   if (n == NULL || uid == 0) {
@@ -307,7 +311,7 @@ static gboolean fs_msg(Fs *fs, fuse_ino_t ino, DcNode **node, guint32 *uidvalidi
    * then failed with ENOENT (sed -i right after mv, at times). */
   fuse_ino_t moved = !found && *err == ENOENT ? fswrite_moved_ino(fs->w, ino) : 0;
   if (moved != 0 && moved != ino)
-    return fs_msg(fs, moved, node, uidvalidity, out, keep, err);
+    return fs_msg(fs, moved, node, uidvalidity, out, keep, found_as, err);
   return found;
 }
 
@@ -429,14 +433,14 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
   guint32 uv;
   DcMsg m;
   int err;
-  if (!fs_msg(fs, ino, &n, &uv, &m, NULL, &err)) {
+  fuse_ino_t found_as;
+  if (!fs_msg(fs, ino, &n, &uv, &m, NULL, &found_as, &err)) {
     fuse_reply_err(req, err);
     return;
   }
   fs_msg_attr(fs, (guint32)(ino >> 32), uv, &m, &st);
   st.st_ino = ino; /* the moved message's old inode too (fs_msg) */
-  gboolean moved = dircache_epoch(fs->dc, (guint32)(ino >> 32), &(guint32){0}) != n;
-  fuse_reply_attr(req, &st, moved ? 0 : fs->opts.msg_timeout);
+  fuse_reply_attr(req, &st, found_as != ino ? 0 : fs->opts.msg_timeout);
 }
 
 /* ---- directories ---- */
@@ -630,7 +634,7 @@ static gboolean fs_file_find(Fs *fs, fuse_ino_t ino, gboolean opened, FsFile *f,
                              gboolean *first) {
   DcMsg m;
   DcListing l;
-  if (!fs_msg(fs, ino, &f->node, &f->uidvalidity, &m, opened ? &l : NULL, err))
+  if (!fs_msg(fs, ino, &f->node, &f->uidvalidity, &m, opened ? &l : NULL, NULL, err))
     return FALSE;
   f->uid = m.uid;
   f->size = m.size;

@@ -20,8 +20,9 @@
  * its own: (directory id << 32) | serial, which neither a directory
  * (low half 0) nor a message (high half an epoch id) can be.  It keeps its
  * name until it is unlinked or has lingered (-o linger, 30 s) after its
- * last close and after the last new file written on the mount, so the
- * writer's follow-up calls (chmod, utimes, setxattr, rename) find it.
+ * last close and after its writer's last work on the mount (see
+ * "lingering"), so the writer's follow-up calls (chmod, utimes, setxattr,
+ * rename) find it.
  * When it is sent:
  *   - at the close() of the last writer (flush), so the APPEND error is
  *     the close() error, and at fsync();
@@ -71,7 +72,7 @@
 #include "imapfuse/staging.h"
 
 #define FSW_LINGER_US (30 * G_USEC_PER_SEC) /* the default of -o linger */
-/* Names kept past their own linger while new files are written keep their
+/* Names kept past their own linger while their writer works keep their
  * local copies (and a descriptor each) too: at most this many, this many
  * bytes, this long; beyond, the oldest go as before. */
 #define FSW_HOLD_MAX_FILES 10000u
@@ -3508,6 +3509,14 @@ static int fsw_xattr_missing(Fs *fs, FsWrite *w, fuse_ino_t ino, const char *nam
   return 0;
 }
 
+/* Whether user.imap.flags exists on ino, that is its message has flags
+ * (listxattr lists it only then): 1 or 0, or -errno. */
+static int fsw_flags_exist(FsWrite *w, fuse_ino_t ino) {
+  int err = 0;
+  g_autofree char *now = fsw_get_flags(w, ino, &err);
+  return now == NULL ? -err : now[0] != '\0';
+}
+
 void fswrite_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
                       size_t size, int flags) {
   Fs *fs = fuse_req_userdata(req);
@@ -3529,22 +3538,20 @@ void fswrite_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const ch
     return;
   }
   if ((flags & (XATTR_CREATE | XATTR_REPLACE)) || size == 0) {
-    /* The attribute is there when the message has flags (listxattr). */
-    int err = 0;
-    g_autofree char *now = fsw_get_flags(w, ino, &err);
-    if (now == NULL) {
-      fuse_reply_err(req, err);
+    int exists = fsw_flags_exist(w, ino);
+    if (exists < 0) {
+      fuse_reply_err(req, -exists);
       return;
     }
-    if ((flags & XATTR_CREATE) && now[0] != '\0') {
+    if ((flags & XATTR_CREATE) && exists) {
       fuse_reply_err(req, EEXIST);
       return;
     }
-    if ((flags & XATTR_REPLACE) && now[0] == '\0') {
+    if ((flags & XATTR_REPLACE) && !exists) {
       fuse_reply_err(req, ENODATA);
       return;
     }
-    if (size == 0 && now[0] == '\0') {
+    if (size == 0 && !exists) {
       /* No flags, and none to set: nothing to send (rsync -X from a
        * backup made with an empty attribute on every file). */
       fuse_reply_err(req, 0);
@@ -3585,16 +3592,12 @@ void fswrite_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   Fs *fs = fuse_req_userdata(req);
   FsWrite *w = fs_writer(fs);
   static const char names[] = FSW_XATTR_FLAGS; /* with its NUL */
-  size_t len = 0;
-  if (fsw_is_file_ino(fs, w, ino)) {
-    int err = 0;
-    g_autofree char *v = fsw_get_flags(w, ino, &err);
-    if (v == NULL) {
-      fuse_reply_err(req, err);
-      return;
-    }
-    len = v[0] != '\0' ? sizeof names : 0;
+  int exists = fsw_is_file_ino(fs, w, ino) ? fsw_flags_exist(w, ino) : 0;
+  if (exists < 0) {
+    fuse_reply_err(req, -exists);
+    return;
   }
+  size_t len = exists ? sizeof names : 0;
   if (size == 0)
     fuse_reply_xattr(req, len);
   else if (size < len)
@@ -3611,10 +3614,9 @@ void fswrite_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name) {
     fuse_reply_err(req, bad);
     return;
   }
-  int err = 0;
-  g_autofree char *now = fsw_get_flags(w, ino, &err);
-  if (now == NULL || now[0] == '\0') {
-    fuse_reply_err(req, now == NULL ? err : ENODATA); /* not there: no flags */
+  int exists = fsw_flags_exist(w, ino);
+  if (exists <= 0) {
+    fuse_reply_err(req, exists < 0 ? -exists : ENODATA); /* not there: no flags */
     return;
   }
   fsw_set_flags(req, w, ino, ""); /* removing the flags = no flags */

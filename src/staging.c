@@ -119,7 +119,27 @@ void staging_free(Staging *st) {
 
 const char *staging_unsent_dir(const Staging *st) { return st->unsent_dir; }
 
-static char *staging_eml_name(const char *name);
+/* "name" -> "name.eml" unless it ends so already. */
+static char *staging_eml_name(const char *name) {
+  gsize n = strlen(name);
+  if (n >= 4 && g_ascii_strcasecmp(name + n - 4, ".eml") == 0)
+    return g_strdup(name);
+  return g_strconcat(name, ".eml", NULL);
+}
+
+/* How much of eml's stem (all but its ".eml") fits NAME_MAX (255) with
+ * `other` bytes more around it: a long name is shortened at a UTF-8
+ * character boundary, or the link fails with ENAMETOOLONG and the bytes
+ * are not where the documentation says. */
+static gsize staging_stem_fit(const char *eml, gsize other) {
+  gsize stem = strlen(eml) - 4, max_stem = 255 - other;
+  if (stem > max_stem) {
+    stem = max_stem;
+    while (stem > 0 && ((guchar)eml[stem] & 0xc0) == 0x80)
+      stem--;
+  }
+  return stem;
+}
 
 /* A path component as it may be on the mount: not empty, ".", ".." or
  * with a '/' (what staging_file_origin was given never is, but the file
@@ -148,16 +168,10 @@ static char *staging_recovered_path(const char *path, const char *into) {
   while (name[0] == '.')
     name++; /* never a hidden file: rsync's .NAME.XXXXXX is NAME.XXXXXX */
   g_autofree char *eml = staging_eml_name(*name != '\0' ? name : "message");
-  /* STEM[.partial].eml[-N] within NAME_MAX (a 250-byte name came back
-   * under a random name, out of its folder: an exploratory test), cut at
-   * a UTF-8 character boundary. */
+  /* STEM[.partial].eml[-N] (a 250-byte name came back under a random
+   * name, out of its folder: an exploratory test). */
   const char *suffix = v[0] == '0' ? ".partial.eml" : ".eml";
-  gsize stem = strlen(eml) - 4, max_stem = 255 - strlen(suffix) - 4;
-  if (stem > max_stem) {
-    stem = max_stem;
-    while (stem > 0 && ((guchar)eml[stem] & 0xc0) == 0x80)
-      stem--;
-  }
+  gsize stem = staging_stem_fit(eml, strlen(suffix) + 4);
   g_autofree char *base = g_strdup_printf("%.*s%s", (int)stem, eml, suffix);
   return g_build_filename(into, dir, base, NULL);
 }
@@ -580,14 +594,6 @@ done:
   return out;
 }
 
-/* "name" -> "name.eml" unless it ends so already. */
-static char *staging_eml_name(const char *name) {
-  gsize n = strlen(name);
-  if (n >= 4 && g_ascii_strcasecmp(name + n - 4, ".eml") == 0)
-    return g_strdup(name);
-  return g_strconcat(name, ".eml", NULL);
-}
-
 static gboolean staging_copy(int from, int to, GError **error, const char *path) {
   char buf[65536];
   for (off_t off = 0;;) {
@@ -619,15 +625,7 @@ char *staging_file_keep(StagingFile *f, const char *dir, const char *name, GErro
   g_autoptr(GDateTime) now = g_date_time_new_now_utc();
   g_autofree char *stamp = g_date_time_format(now, "%Y%m%dT%H%M%SZ");
   g_autofree char *base = staging_eml_name(name);
-  /* TIME-NAME[-i].eml must fit NAME_MAX (255): a long name is shortened
-   * (at a UTF-8 character boundary), or the link fails with ENAMETOOLONG
-   * and the bytes are not where the documentation says. */
-  gsize stem = strlen(base) - 4, max_stem = 255 - strlen(stamp) - 1 - 4 - 4;
-  if (stem > max_stem) {
-    stem = max_stem;
-    while (stem > 0 && ((guchar)base[stem] & 0xc0) == 0x80)
-      stem--;
-  }
+  gsize stem = staging_stem_fit(base, strlen(stamp) + 1 + 4 + 4); /* TIME-NAME[-i].eml */
   if (fsync(f->fd) != 0)
     g_debug("fsync %s: %s", f->path, g_strerror(errno));
   for (int i = 1; i < 1000; i++) {

@@ -33,7 +33,7 @@ typedef struct {
   guint64 max_message;   /* largest message; a bigger new file fails with EFBIG (0: no bound) */
   const char *max_message_from; /* where that limit comes from, for the warning */
   gint64 linger_us; /* a written file's name answers this long after its last close
-                     * and after the last new file written (0: the default, 30 s) */
+                     * and after its writer's last work (0: the default, 30 s) */
 } FsWriteOptions;
 
 FsWrite *fswrite_new(Fs *fs, Dircache *dc, Notify *notify, const FsWriteOptions *opts);
