@@ -2034,6 +2034,32 @@ static guint32 _dc_unseen(Dircache *dc, const GArray *msgs) {
   return unseen;
 }
 
+/* Caller holds n->lock.  n's list is of a UIDVALIDITY the folder no longer
+ * has: the next lookup or open must wait for a new listing, and a listing
+ * under way when this was seen is not taken (voided).  Returns the UIDs
+ * that are gone with it (dc_tell_gone, once the lock is released). */
+static GArray *_dc_void(DcNode *n) {
+  n->fetched_at = 0;
+  n->good_at = 0;
+  n->stale = TRUE;
+  n->voided++;
+  GArray *gone = g_array_new(FALSE, FALSE, sizeof(guint32));
+  for (guint i = 0; i < n->msgs->len; i++)
+    g_array_append_val(gone, g_array_index(n->msgs, DcMsg, i).uid);
+  return gone;
+}
+
+void dircache_uidvalidity_changed(Dircache *dc, DcNode *n, guint32 uidvalidity) {
+  g_autoptr(GArray) gone = NULL;
+  g_mutex_lock(&n->lock);
+  guint32 epoch = n->epoch;
+  if (n->msgs != NULL && n->uidvalidity == uidvalidity)
+    gone = _dc_void(n);
+  g_mutex_unlock(&n->lock);
+  if (gone != NULL && epoch != 0)
+    dc_tell_gone(dc, n, epoch, uidvalidity, gone);
+}
+
 gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *st,
                                  gint64 asked_us) {
   g_mutex_lock(&n->lock);
@@ -2071,14 +2097,8 @@ gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *
   g_autoptr(GArray) gone = NULL;
   guint32 epoch = n->epoch, old_uidvalidity = n->uidvalidity;
   if (n->msgs != NULL && st->uidvalidity != 0 && n->uidvalidity != st->uidvalidity) {
-    n->fetched_at = 0;
-    n->good_at = 0;
-    n->stale = TRUE;
-    n->voided++;
+    gone = _dc_void(n);
     n->status_uidvalidity = st->uidvalidity;
-    gone = g_array_new(FALSE, FALSE, sizeof(guint32));
-    for (guint i = 0; i < n->msgs->len; i++)
-      g_array_append_val(gone, g_array_index(n->msgs, DcMsg, i).uid);
   }
   /* Without CONDSTORE an equal STATUS proves nothing (flags).  A stale
    * list is left alone; one the last mount saved is confirmed too (any

@@ -779,6 +779,11 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                        &real, &error);
   }
   if (b == NULL) {
+    /* The folder was made again: the next lookup lists it anew, and the
+     * kernel forgets the old names now (with poll=0 nothing else would
+     * tell it: every read of the name gave ESTALE until an ls). */
+    if (g_error_matches(error, IFS_ERROR, IFS_ERROR_STALE))
+      dircache_uidvalidity_changed(fs->dc, f->node, f->uidvalidity);
     fs_reply_error(req, "reading a message", error);
     return;
   }

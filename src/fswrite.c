@@ -261,6 +261,15 @@ static void fsw_reply_error(fuse_req_t req, const char *what, const GError *erro
   fuse_reply_err(req, err);
 }
 
+/* An operation on a message of node under UIDVALIDITY uv failed because the
+ * folder was made again: its listing goes, so the next lookup finds the new
+ * messages (with poll=0 every rm, mv or setfattr of the name gave ESTALE
+ * until an ls). */
+static void fsw_note_stale(FsWrite *w, DcNode *node, guint32 uv, const GError *error) {
+  if (fsw_is_error(error, IFS_ERROR_STALE))
+    dircache_uidvalidity_changed(w->dc, node, uv);
+}
+
 /* For mkdir and a folder's rename: a name refused ([CANNOT], a delimiter
  * in it) or not allowed ([NOPERM]) is said with the server's reason, which
  * EINVAL or EACCES alone does not give ("mkdir a.b: Invalid argument";
@@ -1146,6 +1155,8 @@ static gboolean fsw_remove_message(FsWrite *w, FswFile *self, DcNode *node, guin
     dircache_msgs_removed(w->dc, node, uv, &uid, 1);
   } else if (fsw_is_error(*error, IFS_ERROR_NOT_FOUND)) {
     dircache_invalidate(w->dc, node); /* gone, or the Trash is ([TRYCREATE]) */
+  } else {
+    fsw_note_stale(w, node, uv, *error);
   }
   fsw_own_op(w, self, FALSE);
   imap_copyuid_clear(&d.cu);
@@ -1208,6 +1219,8 @@ static gboolean fsw_move_message(FsWrite *w, FswFile *self, DcNode *src, guint32
     dircache_msgs_removed(w->dc, src, uv, &m->uid, 1);
   else if (fsw_is_error(*error, IFS_ERROR_NOT_FOUND))
     dircache_invalidate(w->dc, src);
+  else
+    fsw_note_stale(w, src, uv, *error);
   fsw_own_op(w, self, FALSE);
   imap_copyuid_clear(&mv.cu);
   return ok;
@@ -3392,9 +3405,12 @@ static gboolean fsw_store_op(ImapConn *c, gpointer user, GError **error) {
   if (!fsw_select_checked(c, s->mailbox, s->uv, error))
     return fsw_unchanged(error);
   g_clear_pointer(&s->result, g_free);
+  /* The flags are replaced, not added to: sent again on a fresh session
+   * after a lost one (or Dovecot's [SERVERBUG] in a folder made again
+   * under this session), it does no harm (that setfattr failed with EIO). */
   if (!imap_store_flags(c, s->uid, IMAP_STORE_REPLACE, (const char *const *)s->flags, FALSE,
                         &s->result, error))
-    return FALSE;
+    return fsw_unchanged(error);
   /* No FETCH back: unchanged flags (Dovecot says nothing then) or the
    * message is gone; ask. */
   if (s->result == NULL)
@@ -3410,6 +3426,8 @@ static gboolean fsw_store(FsWrite *w, DcNode *n, guint32 uv, guint32 uid, char *
     dircache_msg_flags(w->dc, n, uv, uid, s.result);
   else if (fsw_is_error(*error, IFS_ERROR_NOT_FOUND))
     dircache_msgs_removed(w->dc, n, uv, &uid, 1);
+  else
+    fsw_note_stale(w, n, uv, *error);
   g_free(s.result);
   return ok;
 }

@@ -162,6 +162,12 @@ void dircache_load_saved(Dircache *dc);
  * listed). */
 void dircache_prune_saved(Dircache *dc);
 
+/* The server says n is no longer the mailbox of UIDVALIDITY uidvalidity
+ * (a SELECT for a read showed another): its listing is dropped as when a
+ * STATUS shows it (the next lookup lists it again) and the kernel forgets
+ * the old names.  Nothing if n's listing is already of another one. */
+void dircache_uidvalidity_changed(Dircache *dc, DcNode *n, guint32 uidvalidity);
+
 /* Mailboxes whose list was handed out in this mount (with idle_us > 0:
  * and that the user used within the last idle_us, dircache_touch), and
  * with saved also those with a list loaded from the last mount (DcNode*,

@@ -2155,6 +2155,89 @@ def test_recreated_folder_names_show_the_new_messages(mount, empty_dovecot, env,
         time.sleep(0.2)
 
 
+
+def _recreate_box(dv, uids, old):
+    """Box deleted and made again by another client with as many new
+    messages, which get the old UIDs under a new UIDVALIDITY."""
+    c = dv.imap()
+    c.delete("Box")
+    c.create("Box")
+    new = [_msg("new%d" % i, len(old[i])) for i in range(len(old))]
+    for b in new:
+        typ, data = c.append("Box", None, None, b)
+        assert typ == "OK", data
+    c.logout()
+    return new
+
+
+@pytest.mark.parametrize("ro", [True, False], ids=["ro", "rw"])
+def test_recreated_folder_seen_by_a_read_with_poll_off(mount, empty_dovecot, env, ro):
+    """With poll=0 nothing watches: a read of a name of the recreated
+    folder learns it (the server's UIDVALIDITY differs). That read gives
+    ESTALE, and the next open of the name finds the new message. Every
+    read of every name gave ESTALE until an ls listed the folder again."""
+    dv = empty_dovecot()
+    old = [_msg("old%d" % i, 700) for i in range(3)]
+    uids = _make_box(dv, "Box", old)
+    m = mount(dv, "poll=0", *(("ro",) if ro else ()), env=env)
+    box = os.path.join(m.path, "Box")
+    assert _listing(box) == _names(uids)
+    new = _recreate_box(dv, uids, old)
+    first = os.path.join(box, "%d.eml" % uids[0])
+    with pytest.raises(OSError) as ei:
+        _read(first)
+    assert ei.value.errno == errno.ESTALE
+    for i, u in enumerate(uids):  # no ls in between
+        assert _read(os.path.join(box, "%d.eml" % u)) == new[i]
+
+
+@pytest.mark.parametrize("op", ["rm", "mv", "setfattr"])
+def test_recreated_folder_names_act_on_the_new_messages_with_poll_off(
+        mount, empty_dovecot, env, op):
+    """rm, mv and setfattr take a path: in a folder another client made
+    again, the name is the new message under it, as the next ls shows.
+    With poll=0 each gave ESTALE (setfattr, on the connection that had the
+    old folder selected, EIO with Dovecot's [SERVERBUG]) until an ls; now
+    the server's word drops the listing and the kernel's retry of the
+    call finds the new message."""
+    dv = empty_dovecot()
+    old = [_msg("old%d" % i, 700) for i in range(3)]
+    uids = _make_box(dv, "Box", old)
+    _make_box(dv, "Other", [])
+    m = mount(dv, "poll=0", env=env)
+    box = os.path.join(m.path, "Box")
+    assert _listing(box) == _names(uids)
+    for u in uids:  # the old messages read: a connection has Box selected
+        _read(os.path.join(box, "%d.eml" % u))
+    new = _recreate_box(dv, uids, old)
+    for u in uids:
+        p = os.path.join(box, "%d.eml" % u)
+        if op == "rm":
+            os.unlink(p)
+        elif op == "mv":
+            os.rename(p, os.path.join(m.path, "Other", "%d.eml" % u))
+        else:
+            os.setxattr(p, "user.imap.flags", b"\\Flagged")
+    c = dv.imap()
+    try:
+        got = {}
+        for box_name in ("Box", "Other"):
+            c.select(imap_quote(box_name), readonly=True)
+            typ, data = c.uid("FETCH", "1:*", "(FLAGS BODY.PEEK[])")
+            assert typ == "OK", data
+            for item in data:
+                if isinstance(item, tuple):
+                    flagged = b"\\Flagged" in item[0]
+                    got.setdefault(box_name, []).append((item[1], flagged))
+    finally:
+        c.logout()
+    if op == "rm":
+        assert got == {}
+    elif op == "mv":
+        assert got == {"Other": [(b, False) for b in new]}
+    else:
+        assert got == {"Box": [(b, True) for b in new]}
+
 def test_responses_before_closed_belong_to_the_old_mailbox(mount, empty_dovecot, env):
     """A connection with mailbox A selected sends SELECT B: with QRESYNC
     the server may still report A's changes before "* OK [CLOSED]" (RFC
