@@ -40,7 +40,7 @@ struct DcNode {
   gboolean present;
   guint seen, listed;   /* the last LIST that named it on a path, as itself */
   GHashTable *children; /* name -> DcNode* (under tree_lock) */
-  guint32 changed;      /* dircache_dir_info (atomic: read under tree_lock) */
+  guint64 changed_us;   /* dircache_dir_info, wall-clock us (atomic: read under tree_lock) */
 
   GMutex refresh_lock;
   GMutex lock; /* protects the fields below */
@@ -54,8 +54,8 @@ struct DcNode {
   gboolean meta_tried;   /* the on-disk copy was looked at */
   gint64 fetched_at; /* monotonic us of the start of the last good fetch; 0 never */
   gint64 good_at;    /* the same, not reset when only stale; 0 after a new UIDVALIDITY */
-  guint32 noticed;   /* when a STATUS showed other entries than msgs (0: none since
-                      * the last listing): the change time the listing then takes */
+  guint64 noticed;   /* wall-clock us a STATUS showed other entries than msgs (0: none
+                      * since the last listing): the change time the listing then takes */
   guint32 noticed_messages, noticed_uidnext; /* ... what that STATUS said */
   gint64 noticed_us; /* ... monotonic us it was asked */
   gboolean stale;    /* msgs may not match the server at highestmodseq: ask it */
@@ -101,8 +101,8 @@ struct Dircache {
   GPtrArray *flag_names; /* id -> string */
   GByteArray *flag_seen; /* id -> whether the set has \\Seen */
   GHashTable *saved_ids; /* "UIDVALIDITY\tmailbox" -> id, from the last mount */
-  GHashTable *saved_dirs; /* mailbox ("" for the root) -> its change time, the same */
-  guint32 born; /* wall-clock s this mount began: the time of a directory not known */
+  GHashTable *saved_dirs; /* mailbox ("" for the root) -> its change time (guint64 us) */
+  guint64 born; /* wall-clock us this mount began: the time of a directory not known */
   guint ids_reserved;    /* ids below it are recorded as used (meta_dir/ids-next) */
   DcObserver observer;     /* (observer_lock) */
   gpointer observer_user;  /* (observer_lock) */
@@ -122,7 +122,7 @@ struct Dircache {
  * meta_dir/ids keeps "UIDVALIDITY<TAB>id<TAB>mailbox" lines (0 for a
  * directory's id); an id is taken again by the same key if still free. */
 #define DC_IDS_FILE "ids"
-#define DC_DIRS_FILE "dirs" /* "<change time>\t<mailbox>" lines (dircache_dir_info) */
+#define DC_DIRS_FILE "dirs" /* "<change time, us>\t<mailbox>" lines (dircache_dir_info) */
 #define DC_IDS_NEXT_FILE "ids-next"
 #define DC_IDS_RESERVE 64 /* new ids recorded as used this many at a time */
 #define DC_IDS_MAX 0x7fffffffu /* ids stay below it */
@@ -286,26 +286,29 @@ static void dc_load_dirs(Dircache *dc) {
       dc->meta_dir != NULL ? g_build_filename(dc->meta_dir, DC_DIRS_FILE, NULL) : NULL;
   if (path == NULL || !g_file_get_contents(path, &text, NULL, NULL))
     return;
-  dc->saved_dirs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  dc->saved_dirs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
   for (char **l = lines; *l != NULL; l++) {
     g_auto(GStrv) f = g_strsplit(*l, "\t", 2);
     guint64 t;
-    if (g_strv_length(f) == 2 && g_ascii_string_to_unsigned(f[0], 10, 1, G_MAXUINT32, &t, NULL))
-      g_hash_table_replace(dc->saved_dirs, g_strdup(f[1]), GUINT_TO_POINTER((guint)t));
+    if (g_strv_length(f) == 2 && g_ascii_string_to_unsigned(f[0], 10, 1, G_MAXUINT64, &t, NULL)) {
+      if (t <= G_MAXUINT32) /* an older version's file: seconds */
+        t *= G_USEC_PER_SEC;
+      g_hash_table_replace(dc->saved_dirs, g_strdup(f[1]), g_memdup2(&t, sizeof t));
+    }
   }
 }
 
 /* A directory's change time (dircache_dir_info); atomic, see below. */
-static guint32 dc_changed_get(DcNode *n) {
-  return __atomic_load_n(&n->changed, __ATOMIC_RELAXED);
+static guint64 dc_changed_get(DcNode *n) {
+  return __atomic_load_n(&n->changed_us, __ATOMIC_RELAXED);
 }
 
 static void _dc_dirs_text(DcNode *n, GString *out) {
-  guint32 t = dc_changed_get(n);
+  guint64 t = dc_changed_get(n);
   const char *name = n->mailbox != NULL ? n->mailbox : "";
   if (n->present && t != 0 && strchr(name, '\n') == NULL)
-    g_string_append_printf(out, "%u\t%s\n", t, name);
+    g_string_append_printf(out, "%" G_GUINT64_FORMAT "\t%s\n", t, name);
   GHashTableIter it;
   gpointer v;
   g_hash_table_iter_init(&it, n->children);
@@ -350,8 +353,10 @@ static DcNode *_dc_node_new(Dircache *dc, DcNode *parent, const char *name, cons
   n->children = g_hash_table_new(g_str_hash, g_str_equal);
   g_mutex_init(&n->refresh_lock);
   g_mutex_init(&n->lock);
-  if (dc->saved_dirs != NULL)
-    n->changed = GPOINTER_TO_UINT(g_hash_table_lookup(dc->saved_dirs, mailbox ? mailbox : ""));
+  const guint64 *saved =
+      dc->saved_dirs != NULL ? g_hash_table_lookup(dc->saved_dirs, mailbox ? mailbox : "") : NULL;
+  if (saved != NULL)
+    n->changed_us = *saved;
   n->id = _dc_new_id(dc, n, 0);
   if (parent != NULL)
     g_hash_table_insert(parent->children, n->name, n);
@@ -389,7 +394,7 @@ Dircache *dircache_new(Pool *pool, const char *meta_dir) {
   dc->ids = g_hash_table_new_full(NULL, NULL, NULL, g_free);
   dc->next_id = 2;
   dc->ids_lock_fd = -1;
-  dc->born = (guint32)(g_get_real_time() / G_USEC_PER_SEC);
+  dc->born = (guint64)g_get_real_time();
   dc_load_ids(dc);
   dc_load_dirs(dc);
   dc->root = _dc_node_new(dc, NULL, "", NULL);
@@ -1114,6 +1119,12 @@ static guint32 dc_seen_now(void) {
   return (guint32)(g_get_real_time() / G_USEC_PER_SEC + 1);
 }
 
+/* A directory's change time now: to the microsecond, as its mtime shows it.
+ * Not dc_seen_now's next second: a directory's mtime up to a second in the
+ * future made tar -x say "time stamp ... in the future" (an exploratory
+ * test), and two changes in one second did not move it. */
+static guint64 dc_now_us(void) { return (guint64)g_get_real_time(); }
+
 /* ---- directory times ----
  * A directory showed the mount's start as its mtime and ctime: restic
  * took every directory for changed at each remount, and a tool watching a
@@ -1125,10 +1136,10 @@ static guint32 dc_seen_now(void) {
  * (the lock order is n->lock, then tree_lock), so it is atomic. */
 
 /* n's change time becomes t if that is later; TRUE if it moved. */
-static gboolean dc_changed_to(DcNode *n, guint32 t) {
-  guint32 cur = dc_changed_get(n);
+static gboolean dc_changed_to(DcNode *n, guint64 t) {
+  guint64 cur = dc_changed_get(n);
   while (t > cur)
-    if (__atomic_compare_exchange_n(&n->changed, &cur, t, TRUE, __ATOMIC_RELAXED,
+    if (__atomic_compare_exchange_n(&n->changed_us, &cur, t, TRUE, __ATOMIC_RELAXED,
                                     __ATOMIC_RELAXED))
       return TRUE;
   return FALSE;
@@ -1136,21 +1147,21 @@ static gboolean dc_changed_to(DcNode *n, guint32 t) {
 
 /* For a listing saved before change times were kept: the newest of msgs'
  * ctimes (fs.c: when first listed, else the INTERNALDATE, here never after
- * now); 0 for none. */
-static guint32 dc_msgs_changed(const GArray *msgs) {
+ * now), in us; 0 for none. */
+static guint64 dc_msgs_changed(const GArray *msgs) {
   gint64 now = g_get_real_time() / G_USEC_PER_SEC, t = 0;
   for (guint i = 0; i < msgs->len; i++) {
     const DcMsg *m = &g_array_index(msgs, DcMsg, i);
     gint64 c = m->seen != 0 ? (gint64)m->seen : CLAMP(m->date, 0, now);
     t = MAX(t, c);
   }
-  return (guint32)MIN(t, (gint64)G_MAXUINT32);
+  return (guint64)t * G_USEC_PER_SEC;
 }
 
 /* dircache_dir_info's changed (born for a mailbox with no history, as it
  * shows); caller holds tree_lock. */
-static guint32 _dc_dir_changed(DcNode *n, guint32 born) {
-  guint32 t = dc_changed_get(n);
+static guint64 _dc_dir_changed(DcNode *n, guint64 born) {
+  guint64 t = dc_changed_get(n);
   if (n->mailbox != NULL && n->selectable)
     return t != 0 ? t : born;
   GHashTableIter it;
@@ -1162,7 +1173,7 @@ static guint32 _dc_dir_changed(DcNode *n, guint32 born) {
   return t;
 }
 
-void dircache_dir_info(Dircache *dc, DcNode *n, guint32 *changed, guint *subdirs) {
+void dircache_dir_info(Dircache *dc, DcNode *n, guint64 *changed, guint *subdirs) {
   g_mutex_lock(&dc->tree_lock);
   *changed = _dc_dir_changed(n, dc->born);
   if (*changed == 0)
@@ -1180,7 +1191,7 @@ void dircache_dir_info(Dircache *dc, DcNode *n, guint32 *changed, guint *subdirs
 /* The nodes (no lock held; duplicates allowed) got or lost a subfolder
  * now. */
 static void dc_bump_dirs(Dircache *dc, GPtrArray *nodes) {
-  guint32 now = dc_seen_now();
+  guint64 now = dc_now_us();
   for (guint i = 0; i < nodes->len; i++) {
     DcNode *n = g_ptr_array_index(nodes, i);
     g_mutex_lock(&n->lock);
@@ -1226,7 +1237,7 @@ static void dc_load_meta(Dircache *dc, DcNode *n) {
     n->highestmodseq = head.highestmodseq;
     n->uidnext = head.uidnext;
     /* Files from before it was kept: what their messages say. */
-    dc_changed_to(n, head.changed != 0 ? head.changed : dc_msgs_changed(msgs));
+    dc_changed_to(n, head.changed_us != 0 ? head.changed_us : dc_msgs_changed(msgs));
     n->msgs = msgs;
     msgs = NULL;
     /* fetched_at stays 0: this copy is revalidated before it is served. */
@@ -1246,7 +1257,7 @@ static void dc_save_meta(Dircache *dc, DcNode *n) {
   McHead head = {.uidvalidity = n->uidvalidity,
                  .uidnext = n->uidnext,
                  .highestmodseq = n->highestmodseq,
-                 .changed = dc_changed_get(n)};
+                 .changed_us = dc_changed_get(n)};
   n->dirty = FALSE;
   g_mutex_unlock(&n->lock);
   if (msgs == NULL)
@@ -1529,8 +1540,8 @@ gboolean dircache_listing(Dircache *dc, DcNode *n, gint64 max_age_us, DcListing 
        * read the folder, or its parent (which shows the newest), made it say
        * "file changed as we read it" and exit 1.  Changes take the time
        * a STATUS noticed them, if one did (the time shown since). */
-      guint32 t = n->msgs == NULL ? (dc_changed_get(n) == 0 ? dc->born : 0)
-                  : !same || fresh > 0 || gone->len > 0 ? (n->noticed ? n->noticed : dc_seen_now())
+      guint64 t = n->msgs == NULL ? (dc_changed_get(n) == 0 ? dc->born : 0)
+                  : !same || fresh > 0 || gone->len > 0 ? (n->noticed ? n->noticed : dc_now_us())
                                                         : 0;
       dir_moved = dc_changed_to(n, t);
     }
@@ -1780,10 +1791,10 @@ void dircache_msgs_removed(Dircache *dc, DcNode *n, guint32 uidvalidity, const g
     g_array_unref(n->msgs);
     n->msgs = copy;
     n->dirty = TRUE;
-    moved = gone->len > 0 && dc_changed_to(n, dc_seen_now());
+    moved = gone->len > 0 && dc_changed_to(n, dc_now_us());
   } else {
     g_array_append_vals(gone, uids, n_uids);
-    moved = n_uids > 0 && dc_changed_to(n, dc_seen_now()); /* listed or not */
+    moved = n_uids > 0 && dc_changed_to(n, dc_now_us()); /* listed or not */
   }
   g_mutex_unlock(&n->lock);
   if (moved)
@@ -1817,12 +1828,12 @@ void dircache_msg_added(Dircache *dc, DcNode *n, guint32 uidvalidity, const DcMs
       gint64 *at = g_new(gint64, 1);
       *at = g_get_monotonic_time();
       g_hash_table_replace(n->added, GUINT_TO_POINTER(m->uid), at);
-      moved = dc_changed_to(n, dc_seen_now());
+      moved = dc_changed_to(n, dc_now_us());
     }
   } else {
     /* Not listed yet (a folder just made): its time moves all the same,
      * and its first listing keeps it. */
-    moved = dc_changed_to(n, dc_seen_now());
+    moved = dc_changed_to(n, dc_now_us());
   }
   g_mutex_unlock(&n->lock);
   if (moved)
@@ -2086,7 +2097,7 @@ gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *
     /* ... and again for each further change a STATUS shows before then */
     if (other && (n->noticed == 0 || st->messages != n->noticed_messages ||
                   st->uidnext != n->noticed_uidnext)) {
-      n->noticed = dc_seen_now();
+      n->noticed = dc_now_us();
       n->noticed_messages = st->messages;
       n->noticed_uidnext = st->uidnext;
       n->noticed_us = asked_us;

@@ -201,7 +201,7 @@ void fs_dir_attr(Fs *fs, DcNode *n, struct stat *st) {
   memset(st, 0, sizeof *st);
   st->st_ino = fs_dir_ino(fs, n);
   st->st_mode = S_IFDIR | 0700;
-  guint32 changed;
+  guint64 changed;
   guint subdirs;
   dircache_dir_info(fs->dc, n, &changed, &subdirs);
   /* "." and its name in the parent, and each subfolder's "..", as on a
@@ -212,7 +212,9 @@ void fs_dir_attr(Fs *fs, DcNode *n, struct stat *st) {
   st->st_size = 4096;
   st->st_blksize = 4096;
   /* When its entries last changed (dircache_dir_info). */
-  st->st_mtim = st->st_ctim = st->st_atim = (struct timespec){.tv_sec = (time_t)changed};
+  st->st_mtim = st->st_ctim = st->st_atim =
+      (struct timespec){.tv_sec = (time_t)(changed / G_USEC_PER_SEC),
+                        .tv_nsec = (long)(changed % G_USEC_PER_SEC) * 1000};
   fswrite_dir_attr(fs->w, n, st); /* chmod/utimens kept in memory */
 }
 
@@ -873,6 +875,7 @@ static const struct fuse_lowlevel_ops fs_ops = {
     .write = fswrite_write,
     .flush = fs_flush,
     .fsync = fswrite_fsync,
+    .fallocate = fswrite_fallocate,
     .unlink = fswrite_unlink,
     .rename = fswrite_rename,
     .mkdir = fswrite_mkdir,

@@ -539,6 +539,18 @@ static gboolean _fsw_needs_send(FswFile *f) {
   return f->error == 0 && staging_file_size(f->data) > 0 && (!f->sent || f->dirty);
 }
 
+/* Caller holds f->lock.  Bytes below its size were never written: a
+ * writer that fills a file's parts out of order, closing it in between,
+ * is not done (restic restores a large file that way: fallocate, then a
+ * part at a time as its packs come, each write between an open and a
+ * close).  Not sent at a close then (it stored the first part as the
+ * message, and refused the next with a hole of NULs); the close that
+ * completes it sends it, and if none does, it is kept unsent. */
+static gboolean _fsw_incomplete(FswFile *f) {
+  guint64 at, len;
+  return staging_file_hole(f->data, &at, &len);
+}
+
 /* ---- what the server calls things ---- */
 
 static gboolean fsw_list_op(ImapConn *c, gpointer user, GError **error) {
@@ -1509,6 +1521,22 @@ static int _fsw_too_big(FsWrite *w, FswFile *f, guint64 size) {
  * message or APPENDs, then (if f was sent before) removes the earlier
  * copy.  On failure the bytes are kept (unsent directory) under the name
  * as (NULL: the file's name). */
+static gboolean fsw_cached_msg(FsWrite *w, DcNode *node, guint32 uid, guint32 *uv,
+                               guint32 *epoch, DcMsg *out);
+
+/* Caller holds f->lock.  The INTERNALDATE the message f stands for has:
+ * the one sent, else the server's (a copy of a message that was there, or
+ * an APPEND without a date), as last listed; 0 if not known. */
+static gint64 _fsw_stored_date(FsWrite *w, FswFile *f) {
+  guint32 uv, epoch;
+  DcMsg m;
+  if (f->sent_date != 0 || !f->sent || f->sent_uid == 0)
+    return f->sent_date;
+  if (fsw_cached_msg(w, f->sent_node, f->sent_uid, &uv, &epoch, &m) && uv == f->sent_uv)
+    return m.date;
+  return 0;
+}
+
 static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, gboolean own,
                           GError **error) {
   GError *local = NULL;
@@ -1527,6 +1555,14 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, 
   if (replacing && f->sent_uid == 0) {
     g_set_error(&local, IFS_ERROR, IFS_ERROR_UNSUPPORTED,
                 "the earlier copy's UID is unknown, so it cannot be replaced");
+    goto fail;
+  }
+  guint64 hole_at, hole_len;
+  if (staging_file_hole(f->data, &hole_at, &hole_len)) {
+    g_set_error(&local, IFS_ERROR, IFS_ERROR_INVALID,
+                "it is incomplete: %" G_GUINT64_FORMAT " bytes from offset %" G_GUINT64_FORMAT
+                " were never written (a copy or restore cut short?)",
+                hole_len, hole_at);
     goto fail;
   }
   /* This reads the whole staged file under f->lock (and maps it): bounded
@@ -1571,7 +1607,10 @@ static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, 
   a.replacing = replacing;
   a.exclude_uv = here ? f->sent_uv : 0;
   a.exclude_uid = here ? f->sent_uid : 0;
-  a.same_date = here && a.date == f->sent_date;
+  /* Compared with the date the message has: cp of a message's copy
+   * (which stands for the message that was there, date 0 sent), touch -d
+   * with its own date, cp again stored it a second time. */
+  a.same_date = here && a.date == _fsw_stored_date(w, f);
   GMutex *ml = fsw_mailbox_lock(w, a.mailbox);
   g_mutex_lock(ml);
   gboolean ok;
@@ -2280,7 +2319,7 @@ void fswrite_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) 
   gboolean temp = named && fswrite_is_temp_name(f->name);
   g_mutex_unlock(&w->lock);
   /* Normally flush() sent it already; this is for a close without one. */
-  if (last_writer && named && !temp && _fsw_needs_send(f))
+  if (last_writer && named && !temp && _fsw_needs_send(f) && !_fsw_incomplete(f))
     _fsw_send_now(w, f);
   g_mutex_lock(&w->lock);
   gboolean drop = f->handles == 0 && (f->name == NULL || f->error != 0);
@@ -2529,8 +2568,9 @@ void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
     gboolean named = f->name != NULL;
     gboolean temp = named && fswrite_is_temp_name(f->name);
     g_mutex_unlock(&w->lock);
+    gboolean incomplete = _fsw_incomplete(f);
     if (last)
-      staging_file_complete(f->data, TRUE);
+      staging_file_complete(f->data, !incomplete);
     err = f->error;
     /* Bytes written since the last send by a writer that was killed: not
      * sent now.  Its close is not always the file's last: a parent may
@@ -2566,7 +2606,10 @@ void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
     gboolean opener = h->opener == 0 || pid == h->opener || pid < 0;
     /* The close() of the last writer sends it, except under rsync's
      * temporary name: then the rename (or lingering out) does. */
-    if (err == 0 && last && named && !temp && f->killed == NULL && opener)
+    if (err == 0 && last && named && !temp && f->killed == NULL && opener && incomplete)
+      g_debug("\"%s\" is not sent at this close: parts of it were never written yet",
+              f->orig_name);
+    else if (err == 0 && last && named && !temp && f->killed == NULL && opener)
       err = _fsw_emptied(f) ? _fsw_refuse_emptied(f) : _fsw_send_now(w, f);
   }
   g_mutex_unlock(&f->lock);
@@ -2592,12 +2635,52 @@ void fswrite_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_fil
   g_mutex_unlock(&w->lock);
   int err = f->error;
   g_clear_error(&f->killed); /* a living process asks to store it */
-  if (err == 0 && (temp || !named)) {
-    /* Sent at the rename: durable here until then. */
+  if (err == 0 && (temp || !named || _fsw_incomplete(f))) {
+    /* Sent at the rename (or once complete): durable here until then. */
     if (!staging_file_sync(f->data, &error))
       err = fsw_errno(error);
   } else if (err == 0) {
     err = _fsw_send_now(w, f);
+  }
+  g_mutex_unlock(&f->lock);
+  fuse_reply_err(req, err);
+}
+
+/* fallocate(2) of a new file: restic's restore gives a file its size so
+ * before it writes the parts (ENOSYS made the kernel answer EOPNOTSUPP,
+ * which restic ignores, and then each close of a part looked complete).
+ * The file grows by bytes not yet written (_fsw_incomplete); nothing is
+ * reserved on the staging disk.  Modes that make holes or move bytes are
+ * not supported; FALLOC_FL_KEEP_SIZE changes nothing here. */
+void fswrite_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+                       struct fuse_file_info *fi) {
+  FsWrite *w = fsw_of(req);
+  if (!fswrite_owns(w, ino) || (mode & ~FALLOC_FL_KEEP_SIZE) != 0) {
+    fuse_reply_err(req, EOPNOTSUPP);
+    return;
+  }
+  FswFile *f = ((FswHandle *)(uintptr_t)fi->fh)->f;
+  g_autoptr(GError) error = NULL;
+  fsw_touched(w, f);
+  g_mutex_lock(&f->lock);
+  int err = f->error;
+  guint64 end = (guint64)off + (guint64)len;
+  gboolean grows = !(mode & FALLOC_FL_KEEP_SIZE) && end > staging_file_size(f->data);
+  if (err == 0 && grows && end > w->max_message)
+    err = _fsw_too_big(w, f, end);
+  if (err == 0 && grows) {
+    if (staging_file_truncate(f->data, end, &error)) {
+      f->dirty = TRUE;
+      f->rewritten = f->sent;
+      g_mutex_lock(&w->lock);
+      f->size = end;
+      clock_gettime(CLOCK_REALTIME, &f->ctime);
+      if (!f->mtime_set)
+        f->mtime = f->ctime;
+      g_mutex_unlock(&w->lock);
+    } else {
+      err = fsw_errno(error);
+    }
   }
   g_mutex_unlock(&f->lock);
   fuse_reply_err(req, err);
@@ -3315,16 +3398,9 @@ static void fsw_setattr_file(fuse_req_t req, FsWrite *w, FswFile *f, struct stat
         err = fsw_errno(error);
     }
   }
-  /* The date the stored message has: the one sent, else the server's
-   * (a copy of a message that was there, or an APPEND without a date).
-   * Setting that date again changes nothing stored (nano -B gives its
-   * backup, a copy of the message, the message's own times). */
-  gint64 stored_date = f->sent_date;
-  guint32 suv, sepoch;
-  DcMsg sm;
-  if ((to_set & FUSE_SET_ATTR_MTIME) && f->sent && stored_date == 0 && f->sent_uid != 0 &&
-      fsw_cached_msg(w, f->sent_node, f->sent_uid, &suv, &sepoch, &sm) && suv == f->sent_uv)
-    stored_date = sm.date;
+  /* Setting the stored message's date again changes nothing stored (nano
+   * -B gives its backup, a copy of the message, the message's own times). */
+  gint64 stored_date = (to_set & FUSE_SET_ATTR_MTIME) ? _fsw_stored_date(w, f) : f->sent_date;
   g_mutex_lock(&w->lock);
   struct timespec old_mtime = f->mtime;
   gboolean old_set = f->mtime_set, old_dirty = f->dirty;

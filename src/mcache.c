@@ -8,7 +8,7 @@
  *                 SHA-256 of the payload (32 bytes)
  *   payload       u32 UIDVALIDITY, u32 UIDNEXT, u64 HIGHESTMODSEQ,
  *                 u32 number of flag strings, u32 number of messages,
- *                 u32 changed (version 3),
+ *                 changed: u32 s (version 3), u64 us (version 4),
  *                 each flag string as u32 length + bytes (no NUL),
  *                 each message as u32 UID, u32 flag index, u64 size, i64 date,
  *                 u32 seen (version 2 on); files of earlier versions still load
@@ -33,10 +33,11 @@
 #include <unistd.h>
 
 #define MC_MAGIC "IFMC"
-#define MC_VERSION 3u
+#define MC_VERSION 4u
 #define MC_SUM_LEN 32 /* SHA-256 */
 #define MC_HDR (16 + MC_SUM_LEN)
-#define MC_FIXED 28 /* UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, the two counts, changed */
+#define MC_FIXED 32 /* UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, the two counts, changed */
+#define MC_FIXED_V3 28
 #define MC_FIXED_V2 24
 #define MC_MSG 28
 #define MC_MSG_V1 24
@@ -115,7 +116,7 @@ gboolean mcache_save(const char *path, const McHead *head, const McMsg *msgs, gu
   le_put64(p + 8, head->highestmodseq);
   le_put32(p + 16, n_flagsets);
   le_put32(p + 20, n_msgs);
-  le_put32(p + 24, head->changed);
+  le_put64(p + 24, head->changed_us);
   p += MC_FIXED;
   for (guint i = 0; i < n_flagsets; i++) {
     gsize fl = strlen(flagsets[i]);
@@ -162,7 +163,7 @@ gboolean mcache_load(const char *path, McHead *head, GArray **msgs, GPtrArray **
     return FALSE;
   }
   gsize row = version == 1 ? MC_MSG_V1 : MC_MSG;
-  gsize fixed = version < 3 ? MC_FIXED_V2 : MC_FIXED;
+  gsize fixed = version < 3 ? MC_FIXED_V2 : version == 3 ? MC_FIXED_V3 : MC_FIXED;
   if (le_get64(buf + 8) != len - MC_HDR)
     return mc_corrupt(error, path, "length does not match the header (truncated?)");
   guint8 sum[MC_SUM_LEN];
@@ -177,7 +178,9 @@ gboolean mcache_load(const char *path, McHead *head, GArray **msgs, GPtrArray **
   McHead h = {.uidvalidity = le_get32(p), .uidnext = le_get32(p + 4)};
   h.highestmodseq = le_get64(p + 8);
   guint32 nf = le_get32(p + 16), nm = le_get32(p + 20);
-  h.changed = version < 3 ? 0 : le_get32(p + 24);
+  h.changed_us = version < 3    ? 0
+                 : version == 3 ? (guint64)le_get32(p + 24) * G_USEC_PER_SEC
+                                : le_get64(p + 24);
   p += fixed;
   if (nf > (gsize)(end - p) / 4)
     return mc_corrupt(error, path, "flag string count out of range");

@@ -47,7 +47,13 @@ struct StagingFile {
   gboolean stored;
   char *dir, *name;  /* where it is on the mount (staging_file_origin) */
   gboolean complete; /* closed by every writer */
+  GArray *written;   /* StagingRange: the bytes ever written, sorted, apart */
 };
+
+/* [start, end) of a file's bytes. */
+typedef struct {
+  guint64 start, end;
+} StagingRange;
 
 /* On each local file, for the mount after a crash: "1" (complete) or "0",
  * NUL, its directory on the mount, NUL, its name.  Recovered files had
@@ -338,6 +344,37 @@ static int staging_mkstemp(const char *dir, const char *suffix, char **path, GEr
   return fd;
 }
 
+/* Adds [start, end) to the sorted, disjoint ranges of written, merging
+ * those it touches. */
+void staging_written_add(GArray *written, guint64 start, guint64 end) {
+  if (start >= end)
+    return;
+  guint i = written->len;
+  while (i > 0 && g_array_index(written, StagingRange, i - 1).end >= start)
+    i--; /* ranges i.. end at or after start: merge those that begin by end */
+  guint j = i;
+  StagingRange m = {start, end};
+  while (j < written->len && g_array_index(written, StagingRange, j).start <= end) {
+    const StagingRange *r = &g_array_index(written, StagingRange, j);
+    m.start = MIN(m.start, r->start);
+    m.end = MAX(m.end, r->end);
+    j++;
+  }
+  g_array_remove_range(written, i, j - i);
+  g_array_insert_val(written, i, m);
+}
+
+/* Drops what of written lies at or past size. */
+void staging_written_cut(GArray *written, guint64 size) {
+  guint keep = 0;
+  while (keep < written->len && g_array_index(written, StagingRange, keep).start < size) {
+    StagingRange *r = &g_array_index(written, StagingRange, keep);
+    r->end = MIN(r->end, size);
+    keep++;
+  }
+  g_array_set_size(written, keep);
+}
+
 StagingFile *staging_file_new(Staging *st, GError **error) {
   if (!staging_ensure_dir(st, error))
     return NULL;
@@ -348,6 +385,7 @@ StagingFile *staging_file_new(Staging *st, GError **error) {
     g_free(f);
     return NULL;
   }
+  f->written = g_array_new(FALSE, FALSE, sizeof(StagingRange));
   return f;
 }
 
@@ -365,6 +403,7 @@ void staging_file_free(StagingFile *f) {
   staging_file_remove(f);
   g_free(f->dir);
   g_free(f->name);
+  g_array_unref(f->written);
   g_free(f);
 }
 
@@ -444,6 +483,7 @@ gboolean staging_file_pwrite(StagingFile *f, const void *buf, gsize len, guint64
     done += (gsize)n;
   }
   f->size = MAX(f->size, off + len);
+  staging_written_add(f->written, off, off + len);
   return TRUE;
 }
 
@@ -466,6 +506,30 @@ gboolean staging_file_truncate(StagingFile *f, guint64 size, GError **error) {
   if (ftruncate(f->fd, (off_t)size) != 0)
     return staging_set_errno(error, errno, "cannot truncate", f->path);
   f->size = size;
+  staging_written_cut(f->written, size);
+  return TRUE;
+}
+
+gboolean staging_file_hole(const StagingFile *f, guint64 *at, guint64 *len) {
+  guint64 from = 0; /* covered up to here */
+  for (guint i = 0; i < f->written->len && from < f->size; i++) {
+    const StagingRange *r = &g_array_index(f->written, StagingRange, i);
+    if (r->start > from)
+      break;
+    from = MAX(from, r->end);
+  }
+  if (from >= f->size)
+    return FALSE;
+  guint64 next = f->size;
+  for (guint i = 0; i < f->written->len; i++) {
+    const StagingRange *r = &g_array_index(f->written, StagingRange, i);
+    if (r->start > from) {
+      next = MIN(next, r->start);
+      break;
+    }
+  }
+  *at = from;
+  *len = next - from;
   return TRUE;
 }
 

@@ -194,14 +194,14 @@ gboolean dircache_status_differs(Dircache *dc, DcNode *n, const ImapStatusInfo *
 /* A listing fetched after a STATUS reflects at least that HIGHESTMODSEQ. */
 void dircache_note_modseq(Dircache *dc, DcNode *n, guint32 uidvalidity, guint64 highestmodseq);
 
-/* For n's attributes: in *changed when its entries last changed
- * (wall-clock s), the directory's mtime: a message added or removed, a
+/* For n's attributes: in *changed_us when its entries last changed
+ * (wall-clock us), the directory's mtime: a message added or removed, a
  * subfolder made or gone, as this cache saw it (a STATUS that shows it, or
  * a listing).  A mailbox's is kept with its saved listing, the others' in
  * meta_dir/dirs; a folder with no history shows the mount's start, also
  * once listed.  A directory that holds no mail takes the newest of its
  * subfolders' too.  In *subdirs how many subfolders it has now. */
-void dircache_dir_info(Dircache *dc, DcNode *n, guint32 *changed, guint *subdirs);
+void dircache_dir_info(Dircache *dc, DcNode *n, guint64 *changed_us, guint *subdirs);
 
 /* The flags string of a flag set id ("\\Seen $Work", "" for none). */
 const char *dircache_flags(Dircache *dc, guint32 flagset);

@@ -94,6 +94,8 @@ void fswrite_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
                    struct fuse_file_info *fi);
 void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void fswrite_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
+void fswrite_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+                       struct fuse_file_info *fi);
 void fswrite_unlink(fuse_req_t req, fuse_ino_t parent, const char *name);
 void fswrite_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
                     const char *newname, unsigned int flags);

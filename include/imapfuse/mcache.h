@@ -38,8 +38,9 @@ typedef struct {
   guint32 uidvalidity;
   guint32 uidnext;
   guint64 highestmodseq;
-  guint32 changed; /* wall-clock s its messages or subfolders last changed (the
-                    * directory's mtime); 0 in version 1 and 2 files */
+  guint64 changed_us; /* wall-clock us its messages or subfolders last changed
+                       * (the directory's mtime); 0 in version 1 and 2 files,
+                       * whole seconds in version 3 */
 } McHead;
 
 /* Writes the snapshot to path (atomically; not fsync()ed).  msgs must be

@@ -48,8 +48,14 @@ gboolean staging_file_pwrite(StagingFile *f, const void *buf, gsize len, guint64
                              GError **error);
 /* Bytes read (0 at the end), -1 with error. */
 gssize staging_file_pread(StagingFile *f, void *buf, gsize len, guint64 off, GError **error);
+/* Also to a larger size (fallocate): the bytes added are not written. */
 gboolean staging_file_truncate(StagingFile *f, guint64 size, GError **error);
 guint64 staging_file_size(const StagingFile *f);
+/* TRUE if some bytes below the size were never written (a file made longer
+ * by truncate or fallocate, or written past its end): the first such run
+ * in *at and *len.  A restore writing a file's parts out of order, with
+ * closes in between, has them until its last part. */
+gboolean staging_file_hole(const StagingFile *f, guint64 *at, guint64 *len);
 gboolean staging_file_sync(StagingFile *f, GError **error);
 /* The server has these bytes now: a mount killed before the file goes
  * leaves nothing to recover for it.  The next write or truncate undoes
@@ -70,6 +76,12 @@ GBytes *staging_file_message(StagingFile *f, gboolean keep_crs, gboolean *crs_dr
 char *staging_file_keep(StagingFile *f, const char *dir, const char *name, GError **error);
 
 /* ---- pure helpers (tests/unit/test_write.c) ---- */
+
+/* A GArray of the written ranges of a file ({guint64 start, end}, sorted
+ * and apart): [start, end) added, merged with what it touches or meets;
+ * everything at or past size dropped. */
+void staging_written_add(GArray *written, guint64 start, guint64 end);
+void staging_written_cut(GArray *written, guint64 size);
 
 /* Appends data to out with every line end made CRLF: a bare LF, and any
  * run of CRs before an LF, becomes CRLF; CRs at the very end are dropped.

@@ -8,6 +8,7 @@ directory lives under $XDG_DATA_HOME).
 """
 
 import contextlib
+import ctypes
 import datetime
 import errno
 import glob
@@ -1114,6 +1115,35 @@ def test_dedup_ignores_deleted_and_different(empty_dovecot, fs):
     assert len(state(c, "INBOX")) == 3
 
 
+def test_a_copy_given_its_message_date_and_written_again_stays_one(empty_dovecot, fs, tmp_path):
+    """cp of a message that is there already stands for that message; touch
+    -d with its own date changes nothing; a second cp of the same bytes
+    then stored a second copy: its date was compared with none (the first
+    cp sent no date), so the message it stood for was left out of the
+    search for an identical one (an exploratory test; shutil.copy2 and a
+    second restic restore, which set the time after the close, did the
+    same)."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    when = 1704103200  # 2024-01-01 10:00 UTC
+    data = make_msg(new_tag("own"), lf=False)
+    imap_append(c, "INBOX", data, date=when)
+    src = tmp_path / "m.eml"
+    src.write_bytes(data)
+    os.utime(src, (when, when))
+    m = fs(dv)
+    copy = os.path.join(m, "INBOX", "copy.eml")
+    subprocess.run(["cp", str(src), copy], check=True)
+    assert len(state(c, "INBOX")) == 1
+    os.utime(copy, (when, when))
+    assert len(state(c, "INBOX")) == 1
+    subprocess.run(["cp", str(src), copy], check=True)
+    assert len(state(c, "INBOX")) == 1
+    for _ in range(3):
+        shutil.copy2(str(src), copy)
+        got = state(c, "INBOX")
+        assert [(v["body"], v["date"]) for v in got.values()] == [(data, when)]
+
 def test_dedup_of_many_messages_of_one_size(empty_dovecot, fs, tmp_path):
     """Messages without a Message-ID, all of one size (generated alerts):
     the check compared only the 64 oldest of that size, one FETCH each, so
@@ -2217,6 +2247,132 @@ def test_a_slow_restore_keeps_its_names_until_it_ends(empty_dovecot, fs):
     with open(os.path.join(r, "1.eml"), "rb") as f:
         assert b"A@imapfuse.test" in f.read()
 
+
+def _restore_in_parts(path, data, parts, order, flags=None, mtime=None):
+    """What restic 0.14's restore does with a large file: create it
+    (O_TRUNC), fallocate its size, write the first part and close; then
+    each further part, in the order its packs come, between an open and a
+    close; at the end, the file's times and xattrs by name."""
+    bounds = [len(data) * i // parts for i in range(parts + 1)]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.posix_fallocate(fd, 0, len(data))
+    os.pwrite(fd, data[:bounds[1]], 0)
+    os.close(fd)
+    for i in order:
+        fd = os.open(path, os.O_WRONLY)
+        os.pwrite(fd, data[bounds[i]:bounds[i + 1]], bounds[i])
+        os.close(fd)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    if flags is not None:
+        os.setxattr(path, "user.imap.flags", flags)
+
+
+def test_a_file_written_in_parts_out_of_order_is_sent_whole(empty_dovecot, fs):
+    """restic restores a large file a part at a time, out of order, each
+    part between an open and a close, after a fallocate of its size.
+    fallocate was not supported (restic goes on without), so the first
+    close stored the first part as the message, and a later one, with a
+    hole of NULs, was refused and gave the name up: a 30 MB message came
+    back as its first 874 KB, and the rest failed with EPERM (an
+    exploratory test with restic).  Now fallocate gives the file its size,
+    and a close leaves a file with bytes never written unsent: the close
+    that completes it sends it, once."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    r = os.path.join(m, "R")
+    os.mkdir(r)
+    data = make_msg(new_tag("parts"), lf=False, size=3 * 1024 * 1024)
+    path = os.path.join(r, "1.eml")
+    bounds = [len(data) * i // 6 for i in range(7)]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.posix_fallocate(fd, 0, len(data))
+    assert os.fstat(fd).st_size == len(data)
+    os.pwrite(fd, data[:bounds[1]], 0)
+    os.close(fd)
+    assert state(c, "R") == {}  # not the first part as a message
+    for i in (4, 2, 5, 1):
+        fd = os.open(path, os.O_WRONLY)
+        os.pwrite(fd, data[bounds[i]:bounds[i + 1]], bounds[i])
+        os.close(fd)
+        assert state(c, "R") == {}
+    fd = os.open(path, os.O_WRONLY)
+    os.pwrite(fd, data[bounds[3]:bounds[4]], bounds[3])
+    os.close(fd)
+    got = state(c, "R")
+    assert [v["body"] for v in got.values()] == [data]
+    # ... and its times and flags by name, as restic sets them at the end
+    os.utime(path, (1600000000, 1600000000))
+    os.setxattr(path, "user.imap.flags", b"\\Flagged")
+    got = state(c, "R")
+    assert [(v["body"], v["date"], v["flags"]) for v in got.values()] == \
+        [(data, 1600000000, {"\\Flagged"})]
+    # Several files at once, as restic's workers write them.
+    msgs = [make_msg(new_tag("p%d" % k), lf=False, size=700 * 1024) for k in range(3)]
+    threads = [threading.Thread(target=_restore_in_parts,
+                                args=(os.path.join(r, "x%d.eml" % k), b, 5, [3, 1, 4, 2]))
+               for k, b in enumerate(msgs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(v["body"] for v in state(c, "R").values()) == sorted([data] + msgs)
+    # Modes that punch holes or move bytes are not supported.
+    fd = os.open(os.path.join(r, "x0.eml"), os.O_WRONLY)
+    try:
+        for mode in (0x02 | 0x01, 0x10, 0x08):  # PUNCH_HOLE|KEEP_SIZE, ZERO_RANGE, COLLAPSE
+            expect_errno(errno.EOPNOTSUPP, _fallocate, fd, mode, 0, 4096)
+    finally:
+        os.close(fd)
+
+
+def _fallocate(fd, mode, off, length):
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if libc.fallocate(fd, mode, off, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+@pytest.mark.imapfuse_stderr_ok(r"could not store .*incomplete")
+def test_a_file_left_with_bytes_never_written_is_kept_unsent(empty_dovecot, fs, xdg):
+    """A file made longer than what was written (fallocate, truncate, a
+    write past the end) and closed so is not sent: when its name lingers
+    out with the hole still there it is kept unsent, with a warning that
+    says it is incomplete (it was refused at the close for its NULs)."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv, "linger=1")
+    r = os.path.join(m, "R")
+    os.mkdir(r)
+    data = make_msg(new_tag("cut"), lf=False, size=20000)
+    cases = {"falloc.eml": lambda fd: (os.posix_fallocate(fd, 0, len(data)),
+                                       os.pwrite(fd, data[:5000], 0)),
+             "trunc.eml": lambda fd: (os.pwrite(fd, data[:5000], 0),
+                                      os.ftruncate(fd, len(data))),
+             "past.eml": lambda fd: os.pwrite(fd, data[5000:], 5000)}
+    for name, how in cases.items():
+        fd = os.open(os.path.join(r, name), os.O_WRONLY | os.O_CREAT, 0o600)
+        how(fd)
+        os.close(fd)  # no error: it may yet be completed
+    # A keep-size fallocate changes nothing: this one is complete.
+    whole = make_msg(new_tag("keep"), lf=False)
+    fd = os.open(os.path.join(r, "keep.eml"), os.O_WRONLY | os.O_CREAT, 0o600)
+    _fallocate(fd, 0x01, 0, 1 << 20)  # FALLOC_FL_KEEP_SIZE
+    os.write(fd, whole)
+    os.close(fd)
+    assert [v["body"] for v in state(c, "R").values()] == [whole]
+    deadline = time.monotonic() + 15
+    while len(unsent_files(xdg)) < 6 and time.monotonic() < deadline:  # 3 dirs, 3 files
+        time.sleep(0.2)
+    kept = [p for p in unsent_files(xdg) if os.path.isfile(p)]
+    assert sorted(os.path.basename(p).split("-", 1)[1] for p in kept) == \
+        ["falloc.eml", "past.eml", "trunc.eml"], kept
+    assert [v["body"] for v in state(c, "R").values()] == [whole]
+    m.unmount()
+    lines = [l for l in m.stderr_text().splitlines() if "could not store" in l]
+    assert len(lines) == 3 and all("incomplete" in l for l in lines), lines
 
 def test_names_of_an_ended_copy_go_while_another_writes(empty_dovecot, fs):
     """Names were held while anything was written on the mount: after an

@@ -51,7 +51,7 @@ static void mct_assert_rejected(const char *path, GQuark domain, gint code) {
   g_assert_cmpuint(h.uidvalidity, ==, 7);
   g_assert_cmpuint(h.uidnext, ==, 7);
   g_assert_cmpuint(h.highestmodseq, ==, 7);
-  g_assert_cmpuint(h.changed, ==, 7);
+  g_assert_cmpuint(h.changed_us, ==, 7);
   g_assert_true(msgs == GUINT_TO_POINTER(1));
   g_assert_true(flags == GUINT_TO_POINTER(1));
 }
@@ -74,7 +74,8 @@ static McMsg *mct_msgs(guint n) {
 
 /* The head mct_save writes for n messages. */
 static McHead mct_head(guint n) {
-  return (McHead){1234567, 2 + 3 * n, G_GUINT64_CONSTANT(9876543210), 1800000000u + n};
+  return (McHead){1234567, 2 + 3 * n, G_GUINT64_CONSTANT(9876543210),
+                  G_GUINT64_CONSTANT(1800000000123456) + n};
 }
 
 static void mct_save(const char *path, const McMsg *m, guint n) {
@@ -94,7 +95,7 @@ static void mct_assert_loads(const char *path, const McMsg *m, guint n) {
   g_assert_cmpuint(h.uidvalidity, ==, want.uidvalidity);
   g_assert_cmpuint(h.highestmodseq, ==, want.highestmodseq);
   g_assert_cmpuint(h.uidnext, ==, want.uidnext);
-  g_assert_cmpuint(h.changed, ==, want.changed);
+  g_assert_cmpuint(h.changed_us, ==, want.changed_us);
   g_assert_cmpuint(flags->len, ==, G_N_ELEMENTS(mct_flags));
   for (guint i = 0; i < flags->len; i++)
     g_assert_cmpstr(g_ptr_array_index(flags, i), ==, mct_flags[i]);
@@ -155,8 +156,10 @@ static GByteArray *mct_payload_v(guint32 version, const char *const *fl, guint n
   mct_u64(b, 5);           /* HIGHESTMODSEQ */
   mct_u32(b, nf_claimed);
   mct_u32(b, nr_claimed);
-  if (version >= 3)
-    mct_u32(b, 77); /* changed */
+  if (version == 3)
+    mct_u32(b, 77); /* changed, s */
+  if (version >= 4)
+    mct_u64(b, 77000001); /* changed, us */
   for (guint i = 0; i < nf; i++) {
     mct_u32(b, (guint32)strlen(fl[i]));
     g_byte_array_append(b, (const guint8 *)fl[i], (guint)strlen(fl[i]));
@@ -215,7 +218,7 @@ static void test_empty(void) {
   g_assert_cmpuint(h.uidvalidity, ==, 0);
   g_assert_cmpuint(h.highestmodseq, ==, 0);
   g_assert_cmpuint(h.uidnext, ==, 0);
-  g_assert_cmpuint(h.changed, ==, 0);
+  g_assert_cmpuint(h.changed_us, ==, 0);
   g_assert_cmpuint(msgs->len, ==, 0);
   g_assert_cmpuint(flags->len, ==, 0);
   mct_rm_dir(dir);
@@ -314,9 +317,9 @@ static void test_malformed(void) {
   GByteArray *p;
 
   /* The hand-made format is right: the good one loads, in every version
-   * (version 1 rows have no seen: 0; later rows 30 + UID; only version 3
-   * has changed: 77). */
-  for (guint32 version = 1; version <= 3; version++) {
+   * (version 1 rows have no seen: 0; later rows 30 + UID; version 3 has
+   * changed in seconds: 77, version 4 in microseconds). */
+  for (guint32 version = 1; version <= 4; version++) {
     p = mct_payload_v(version, fl, 2, 2, good, 3, 3);
     mct_write_raw(path, p, "IFMC", version);
     g_byte_array_unref(p);
@@ -329,7 +332,8 @@ static void test_malformed(void) {
     g_assert_cmpuint(h.uidvalidity, ==, 1);
     g_assert_cmpuint(h.uidnext, ==, 100);
     g_assert_cmpuint(h.highestmodseq, ==, 5);
-    g_assert_cmpuint(h.changed, ==, version == 3 ? 77 : 0);
+    g_assert_cmpuint(h.changed_us, ==,
+                     version == 4 ? 77000001 : version == 3 ? 77 * G_USEC_PER_SEC : 0);
     g_assert_cmpuint(msgs->len, ==, 3);
     g_assert_cmpuint(g_array_index(msgs, McMsg, 2).uid, ==, 9);
     g_assert_cmpuint(g_array_index(msgs, McMsg, 2).seen, ==, version == 1 ? 0 : 39);
@@ -352,10 +356,12 @@ static void test_malformed(void) {
       {"msg count huge", mct_payload(fl, 2, 2, good, 3, G_MAXUINT32), "IFMC", 1},
       {"msg count low", mct_payload(fl, 2, 2, good, 3, 2), "IFMC", 1},
       {"magic", mct_payload(fl, 2, 2, good, 3, 3), "IFDC", 1},
-      {"version", mct_payload(fl, 2, 2, good, 3, 3), "IFMC", 4},
+      {"version", mct_payload(fl, 2, 2, good, 3, 3), "IFMC", 5},
       {"version 0", mct_payload(fl, 2, 2, good, 3, 3), "IFMC", 0},
       {"version 3 without changed", mct_payload_v(2, fl, 2, 2, good, 3, 3), "IFMC", 3},
       {"version 2 with changed", mct_payload_v(3, fl, 2, 2, good, 3, 3), "IFMC", 2},
+      {"version 4 with a changed of 4 bytes", mct_payload_v(3, fl, 2, 2, good, 3, 3), "IFMC", 4},
+      {"version 3 with a changed of 8 bytes", mct_payload_v(4, fl, 2, 2, good, 3, 3), "IFMC", 3},
       {"version 2 with version 1 rows", mct_payload(fl, 2, 2, good, 3, 3), "IFMC", 2},
       {"version 1 with version 2 rows", mct_payload_v(2, fl, 2, 2, good, 3, 3), "IFMC", 1},
       {"empty payload", g_byte_array_new(), "IFMC", 1},

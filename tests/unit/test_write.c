@@ -171,9 +171,57 @@ static void test_copyuid(void) {
   g_assert_cmpuint(imap_copyuid_lookup(&cu, 1), ==, 0);
 }
 
+/* The written ranges of a staged file, as "a-b,c-d" ([a, b) each). */
+static char *wr_text(GArray *w) {
+  GString *out = g_string_new(NULL);
+  for (guint i = 0; i < w->len; i++) {
+    const guint64 *r = &g_array_index(w, guint64, 2 * i);
+    g_string_append_printf(out, "%s%" G_GUINT64_FORMAT "-%" G_GUINT64_FORMAT, i ? "," : "",
+                           r[0], r[1]);
+  }
+  return g_string_free(out, FALSE);
+}
+
+/* Writes in any order merge into sorted, disjoint ranges (restic's parts
+ * come out of order); a truncate cuts them. */
+static void test_written_ranges(void) {
+  GArray *w = g_array_new(FALSE, FALSE, 2 * sizeof(guint64));
+  static const struct {
+    guint64 start, end;
+    gboolean cut; /* start is a size to truncate to */
+    const char *want;
+  } steps[] = {
+      {0, 10, FALSE, "0-10"},
+      {10, 20, FALSE, "0-20"},                  /* meets: merged */
+      {50, 60, FALSE, "0-20,50-60"},
+      {30, 40, FALSE, "0-20,30-40,50-60"},      /* between */
+      {35, 36, FALSE, "0-20,30-40,50-60"},      /* inside */
+      {25, 25, FALSE, "0-20,30-40,50-60"},      /* empty */
+      {18, 52, FALSE, "0-60"},                  /* spans three */
+      {70, 80, FALSE, "0-60,70-80"},
+      {65, 66, FALSE, "0-60,65-66,70-80"},
+      {75, 0, TRUE, "0-60,65-66,70-75"},        /* truncated inside one */
+      {66, 0, TRUE, "0-60,65-66"},              /* at an end */
+      {62, 0, TRUE, "0-60"},                    /* in a gap */
+      {0, 0, TRUE, ""},
+      {5, 9, FALSE, "5-9"},
+      {0, 5, FALSE, "0-9"},                     /* meets from below */
+  };
+  for (gsize i = 0; i < G_N_ELEMENTS(steps); i++) {
+    if (steps[i].cut)
+      staging_written_cut(w, steps[i].start);
+    else
+      staging_written_add(w, steps[i].start, steps[i].end);
+    g_autofree char *got = wr_text(w);
+    g_assert_cmpstr(got, ==, steps[i].want);
+  }
+  g_array_unref(w);
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/write/crlf", test_crlf);
+  g_test_add_func("/write/written-ranges", test_written_ranges);
   g_test_add_func("/write/temp-name", test_temp_name);
   g_test_add_func("/write/editor-scratch", test_editor_scratch);
   g_test_add_func("/write/message-id", test_message_id);
