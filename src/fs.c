@@ -332,6 +332,23 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn) {
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 }
 
+/* The folder tree, no older than max_age_us (dircache_refresh_tree); when
+ * the server cannot be reached, the mount's last LIST (it had one to
+ * mount), with a warning: a lookup of a new name (mkdir's, a directory
+ * mv's target) failed with EIO and nothing said, and mkdir never ran to
+ * say the server was away (an exploratory test). */
+static gboolean fs_tree(Fs *fs, gint64 max_age_us, GError **error) {
+  if (dircache_refresh_tree(fs->dc, max_age_us, error))
+    return TRUE;
+  if (!ifs_error_is_unreachable(*error))
+    return FALSE;
+  g_autofree char *text = g_strdup_printf(
+      "listing mailboxes: %s; showing the folders last listed", (*error)->message);
+  fs_warn(fs, text);
+  g_clear_error(error);
+  return TRUE;
+}
+
 static gboolean fs_entry_for(Fs *fs, DcNode *parent, const char *name,
                              struct fuse_entry_param *e, int *err) {
   memset(e, 0, sizeof *e);
@@ -339,8 +356,7 @@ static gboolean fs_entry_for(Fs *fs, DcNode *parent, const char *name,
   if (child == NULL && !names_parse_message_filename(name, &(guint32){0})) {
     /* Perhaps a mailbox created elsewhere since the last LIST. */
     g_autoptr(GError) error = NULL;
-    if (!dircache_refresh_tree(fs->dc, MAX(fs->opts.lookup_tree_age_us, G_USEC_PER_SEC),
-                               &error)) {
+    if (!fs_tree(fs, MAX(fs->opts.lookup_tree_age_us, G_USEC_PER_SEC), &error)) {
       *err = ifs_errno_from_error(error);
       return FALSE;
     }
@@ -482,16 +498,9 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     return;
   g_autoptr(GError) error = NULL;
   gint64 tree_age = n == dircache_root(fs->dc) ? fs->opts.tree_max_age_us : G_MAXINT64;
-  if (!dircache_refresh_tree(fs->dc, tree_age, &error)) {
-    if (!ifs_error_is_unreachable(error)) {
-      fs_reply_error(req, "listing mailboxes", error);
-      return;
-    }
-    /* The folders of the mount's last LIST (it had one to mount). */
-    g_autofree char *text = g_strdup_printf(
-        "listing mailboxes: %s; showing the folders last listed", error->message);
-    fs_warn(fs, text);
-    g_clear_error(&error);
+  if (!fs_tree(fs, tree_age, &error)) {
+    fs_reply_error(req, "listing mailboxes", error);
+    return;
   }
   if (n != dircache_root(fs->dc) && !dcnode_present(n)) {
     fuse_reply_err(req, ENOENT);

@@ -3112,6 +3112,19 @@ def test_listings_stay_while_the_server_is_down(mount, empty_dovecot, env, tmp_p
             os.unlink(os.path.join(d, "%d.eml" % uids[0]))
         assert e.value.errno == errno.EIO
         assert re.search(r"warning: rm: .*refused", m.stderr_text()), m.stderr_text()
+        # So do mkdir and a folder's mv: the lookup of the new name failed
+        # with EIO (the folder list could not be had) and said nothing,
+        # and the change never ran to say the server was away.
+        for what, change in (("mkdir", lambda: os.mkdir(os.path.join(m.path, "New"))),
+                             ("rename", lambda: os.rename(os.path.join(m.path, "Never"),
+                                                      os.path.join(m.path, "Renamed")))):
+            time.sleep(1.1)  # the folder list is older than a lookup takes
+            with pytest.raises(OSError) as e:
+                change()
+            assert e.value.errno == errno.EIO, what
+            assert re.search(r"warning: %s: .*refused" % what, m.stderr_text()), \
+                m.stderr_text()
+        assert "showing the folders last listed" in m.stderr_text()
     finally:
         dv.start()
     c = dv.imap()
