@@ -859,7 +859,47 @@ static SSL *conn_tls_handshake(ImapConn *c, GError **error) {
 /* Some connection of this process got a greeting (one server per mount). */
 static gint conn_greeted;
 
+/* Logins after a refused one.  The password is read once, at mount: a
+ * server that refuses it (changed elsewhere) refuses it again, and each
+ * try counts against the account (lockouts, fail2ban).  The watcher's
+ * polls and every access logged in again, some 7,000 times a day at the
+ * default poll=10 (an exploratory test).  So after a refusal no login is
+ * tried for 30 s, doubling up to 10 min while they go on being refused;
+ * one that works ends it.  One gate for the process: it mounts one
+ * account. */
+#define CONN_GATE_FIRST_S 30
+#define CONN_GATE_MAX_S 600
+static GMutex conn_gate_lock;
+static gint64 conn_gate_until; /* monotonic us: no login before (conn_gate_lock) */
+static int conn_gate_s;        /* the last wait set (conn_gate_lock) */
+static char *conn_gate_why;    /* the last refusal (conn_gate_lock) */
+
+static gboolean conn_gate_open(GError **error) {
+  g_mutex_lock(&conn_gate_lock);
+  gint64 left = conn_gate_until - g_get_monotonic_time();
+  if (left > 0) /* the same text each time: repeats are counted (fs_warn) */
+    g_set_error(error, IFS_ERROR, IFS_ERROR_AUTH, "%s (no new login for %d s after it)",
+                conn_gate_why, conn_gate_s);
+  g_mutex_unlock(&conn_gate_lock);
+  return left <= 0;
+}
+
+static void conn_gate_note(const GError *login_error) {
+  g_mutex_lock(&conn_gate_lock);
+  if (login_error == NULL) {
+    conn_gate_s = 0;
+  } else if (g_error_matches(login_error, IFS_ERROR, IFS_ERROR_AUTH)) {
+    conn_gate_s = conn_gate_s == 0 ? CONN_GATE_FIRST_S : MIN(2 * conn_gate_s, CONN_GATE_MAX_S);
+    conn_gate_until = g_get_monotonic_time() + (gint64)conn_gate_s * G_USEC_PER_SEC;
+    g_free(conn_gate_why);
+    conn_gate_why = g_strdup(login_error->message);
+  }
+  g_mutex_unlock(&conn_gate_lock);
+}
+
 ImapConn *imap_conn_open(const ImapEndpoint *ep, GError **error) {
+  if (!conn_gate_open(error))
+    return NULL;
   g_autoptr(ImapConn) c = g_new0(ImapConn, 1);
   c->ep = ep;
   c->fd = -1;
@@ -929,7 +969,9 @@ ImapConn *imap_conn_open(const ImapEndpoint *ep, GError **error) {
     if (!c->caps_known && !conn_simple(c, "CAPABILITY", error))
       return NULL;
     c->caps_known = FALSE;
-    if (!auth_login(c, ep, error))
+    gboolean in = auth_login(c, ep, error);
+    conn_gate_note(in ? NULL : *error);
+    if (!in)
       return NULL;
   }
   if (!c->caps_known && !conn_simple(c, "CAPABILITY", error))

@@ -3447,6 +3447,35 @@ def test_lost_ids_next_never_brings_old_ids_back(mount, empty_dovecot, env, tmp_
     assert os.stat(os.path.join(m.path, "Zed")).st_ino >> 32 != st_old.st_ino >> 32
 
 
+@pytest.mark.imapfuse_stderr_ok(r"warning: .*login as test failed")
+def test_a_refused_password_is_not_tried_again_and_again(mount, empty_dovecot, env):
+    """The password is read once, at mount.  Changed on the server while
+    mounted, it was tried again at every poll of the watcher and at every
+    access (5 refused logins in 60 idle seconds at poll=10, 13 in 40 s at
+    poll=2; an exploratory test): each counts against the account on many
+    servers.  After a refusal no login is tried for 30 s (doubling while
+    they are refused); accesses meanwhile fail at once with EACCES."""
+    dv = empty_dovecot()
+    uids = _make_box(dv, "Box", [_msg("p%d" % i, 700) for i in range(4)])
+    m = mount(dv, "poll=1", "cache=none", "readahead=0", env=env)
+    box = os.path.join(m.path, "Box")
+    assert _listing(box) == _names(uids)
+
+    def refused():
+        with open(dv.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace").count("auth failed")
+    assert refused() == 0
+    dv.users[dv.user] = "changed-elsewhere"
+    dv._write_passwd()
+    dv.kick()
+    time.sleep(6)  # six polls of the watcher
+    for u in uids:
+        with pytest.raises(OSError) as e:
+            _read(os.path.join(box, "%d.eml" % u))
+        assert e.value.errno == errno.EACCES
+    assert refused() == 1, dv.log_tail()
+    assert "no new login for 30 s after it" in m.stderr_text()
+
 @pytest.mark.imapfuse_stderr_ok(r"warning: .*(no answer from|closed the connection|lost|stopping)",
                                 r"warning: reading a message: TLS handshake .* failed: .*eof")
 def test_a_tls_server_that_stops_answering_costs_two_timeouts(mount, empty_dovecot, env):
