@@ -1517,10 +1517,6 @@ static int _fsw_too_big(FsWrite *w, FswFile *f, guint64 size) {
   return _fsw_refuse(w, f, why);
 }
 
-/* Caller holds f->lock.  Sends f's bytes to node: finds an identical
- * message or APPENDs, then (if f was sent before) removes the earlier
- * copy.  On failure the bytes are kept (unsent directory) under the name
- * as (NULL: the file's name). */
 static gboolean fsw_cached_msg(FsWrite *w, DcNode *node, guint32 uid, guint32 *uv,
                                guint32 *epoch, DcMsg *out);
 
@@ -1537,6 +1533,10 @@ static gint64 _fsw_stored_date(FsWrite *w, FswFile *f) {
   return 0;
 }
 
+/* Caller holds f->lock.  Sends f's bytes to node: finds an identical
+ * message or APPENDs, then (if f was sent before) removes the earlier
+ * copy.  On failure the bytes are kept (unsent directory) under the name
+ * as (NULL: the file's name). */
 static gboolean _fsw_send(FsWrite *w, FswFile *f, DcNode *node, const char *as, gboolean own,
                           GError **error) {
   GError *local = NULL;
