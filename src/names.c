@@ -319,21 +319,23 @@ names_unescape_component(const char *dirname, GError **error)
 
   out = g_string_sized_new(strlen(dirname));
   while (*p != '\0') {
-    if (p[0] == '%' && g_ascii_isxdigit(p[1]) && g_ascii_isxdigit(p[2])) {
-      guchar c = (guchar)(g_ascii_xdigit_value(p[1]) * 16 +
-                          g_ascii_xdigit_value(p[2]));
-
-      /* A NUL would silently truncate the C string. */
-      if (c == 0) {
-        g_set_error(error, NAMES_ERROR, NAMES_ERROR_INVALID,
-                    "\"%%00\" in directory name (offset %" G_GSIZE_FORMAT ")",
-                    (gsize)(p - dirname));
-        return NULL;
-      }
+    guchar c = 0;
+    if (p[0] == '%' && g_ascii_isxdigit(p[1]) && g_ascii_isxdigit(p[2]))
+      c = (guchar)(g_ascii_xdigit_value(p[1]) * 16 + g_ascii_xdigit_value(p[2]));
+    /* Only what names_escape_component writes is decoded: any other '%'
+     * is the name's own, so a name is typed as ls shows it, and a local
+     * directory copied in keeps its name ("100%", "Q3%2024", "100%AB":
+     * decoded, they became "Q3 24", or were refused as not UTF-8). */
+    gboolean first = p == dirname;
+    gboolean ours = c != 0 && (names_byte_needs_escape(c) || (first && c == '.'));
+    if (c != 0 && first && g_ascii_isdigit(c)) {
+      g_autofree char *as = g_strdup_printf("%c%s", c, p + 3);
+      ours = names_looks_like_message(as);
+    }
+    if (ours) {
       g_string_append_c(out, (char)c);
       p += 3;
     } else {
-      /* Any other '%' is kept, so users can mkdir "100%" unescaped. */
       g_string_append_c(out, *p);
       p++;
     }

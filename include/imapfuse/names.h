@@ -40,8 +40,9 @@ char *names_utf8_to_mutf7(const char *in, GError **error);
 
 /* One UTF-8 component -> directory name (see escaping above). */
 char *names_escape_component(const char *component);
-/* Directory name -> UTF-8 component (inverse of names_escape_component for
- * its outputs).  Returns NULL with error if the result is not valid UTF-8. */
+/* Directory name -> UTF-8 component: the inverse of names_escape_component
+ * for its outputs; any other '%' is kept as it is ("100%AB", "Q3%2024").
+ * Returns NULL with error if the result is not valid UTF-8. */
 char *names_unescape_component(const char *dirname, GError **error);
 
 /* Split a server mailbox name by its hierarchy delimiter (delim 0 = flat)

@@ -620,8 +620,11 @@ def test_mv_refusals(empty_dovecot, fs):
 
 # ---------------------------------------------------------------- directories
 
+# "Q3%2024" and "100%AB": a '%' and two hex digits the escaping never
+# writes are the name's own (they were decoded: "Q3 24", and EINVAL for
+# "100%AB", which is not UTF-8 decoded; an exploratory test).
 NAMES = ["with space", "Réunions ☺", 'quo"te', "back\\slash", "50% off",
-         "star*", "amp&er", "{3}", "日本語"]
+         "star*", "amp&er", "{3}", "日本語", "Q3%2024", "100%AB"]
 
 
 # The protocol trace, attached to the report if the test fails: a rare
