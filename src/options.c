@@ -90,6 +90,19 @@ static int options_proc(void *data, const char *arg, int key, struct fuse_args *
   case KEY_PASSWORD:
     o->password_in_argv = 1;
     return 0;
+  case FUSE_OPT_KEY_OPT: {
+    /* Not ours, and named like a password (passwd=, Password=, pass=):
+     * libfuse would print it back, value and all, as an unknown option
+     * (into a journal, from fstab). */
+    g_autofree char *name = g_ascii_strdown(arg, strcspn(arg, "="));
+    if (strstr(name, "pass") != NULL || strstr(name, "secret") != NULL ||
+        g_str_equal(name, "pw")) {
+      if (o->secret_like == NULL)
+        o->secret_like = g_strndup(arg, strcspn(arg, "="));
+      return 0;
+    }
+    return 1;
+  }
   default:
     return 1;
   }
@@ -194,6 +207,17 @@ gboolean options_parse(struct fuse_args *args, IfsOptions *o, GError **error) {
                 "-o password_command=CMD or -o password_file=PATH");
     return FALSE;
   }
+  if (o->secret_like != NULL) {
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                "unknown option %s= (its value is not shown); a password is given with "
+                "-o password_command=CMD or -o password_file=PATH", o->secret_like);
+    return FALSE;
+  }
+  if (o->cache_dir != NULL && o->cache_dir[0] == '\0') {
+    /* It wrote the caches into the directory imapfuse was started in. */
+    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "cache_dir= needs a directory");
+    return FALSE;
+  }
   if (o->url == NULL) {
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
                 "missing server URL (imaps://USER@HOST[:PORT]); see --help");
@@ -272,6 +296,7 @@ void options_clear(IfsOptions *o) {
   g_free(o->max_message);
   g_free(o->cache);
   g_free(o->cache_dir);
+  g_free(o->secret_like);
   g_free(o->cache_size);
   g_free(o->readahead);
   g_free(o->xattr);
@@ -345,9 +370,13 @@ gboolean options_parse_url(const char *url, gboolean tls_off, ImapEndpoint *ep, 
     port = 143;
     ep->tls = tls_off ? IMAP_TLS_NONE : IMAP_TLS_STARTTLS;
   } else {
+    /* Not what came before an '@': a password there ("imaps:/me:pw@h",
+     * a typo) was printed back. */
+    const char *at = strrchr(url, '@');
+    g_autofree char *shown = at != NULL ? g_strconcat("...", at, NULL) : g_strdup(url);
     g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
-                "server must be imaps://USER@HOST[:PORT] or imap://USER@HOST[:PORT], not \"%s\"",
-                url);
+                "server must be imaps://USER@HOST[:PORT] or imap://USER@HOST[:PORT], not \"%s\"%s",
+                shown, at != NULL ? " (the part before @ is not shown)" : "");
     return FALSE;
   }
   g_autofree char *authority = g_strdup(rest);
@@ -511,6 +540,8 @@ static void options_own_group(gpointer unused) {
  * systemd, a script) nobody can answer a prompt it shows, so it gets
  * -o timeout seconds: one that never returned held the mount for good.
  * With a terminal it may be asking for a passphrase: no limit. */
+#define OPTIONS_PW_MAX 4096 /* bytes of a password, at most */
+
 static char *options_run_password_command(const IfsOptions *o, int *status, GError **error) {
   const char *argv[] = {"/bin/sh", "-c", o->password_command, NULL};
   GPid pid;
@@ -571,7 +602,11 @@ static char *options_run_password_command(const IfsOptions *o, int *status, GErr
       eof = TRUE;
       continue;
     }
-    g_string_append_len(out, buf, n);
+    /* Its first line is all that is used: what follows is read and
+     * dropped (`yes x` filled gigabytes of memory in seconds), and a first
+     * line is cut at OPTIONS_PW_MAX (refused below). */
+    if (out->len <= OPTIONS_PW_MAX && memchr(out->str, '\n', out->len) == NULL)
+      g_string_append_len(out, buf, MIN((gsize)n, OPTIONS_PW_MAX + 1 - out->len));
     options_wipe(buf, sizeof buf);
   }
   close(out_fd);
@@ -589,6 +624,42 @@ static char *options_run_password_command(const IfsOptions *o, int *status, GErr
   }
   g_spawn_close_pid(pid);
   return g_string_free(out, FALSE);
+}
+
+/* The start of a password file, enough for its first line: a file named by
+ * mistake (a log, /dev/zero) was read whole into memory.  A FIFO or a
+ * device is read up to OPTIONS_PW_MAX + 1 bytes or its first newline. */
+static char *options_read_password_file(const char *path, gsize *len, GError **error) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(err), "%s: %s", path,
+                g_strerror(err));
+    return NULL;
+  }
+  char *buf = g_malloc(OPTIONS_PW_MAX + 2);
+  gsize n = 0;
+  while (n < OPTIONS_PW_MAX + 1 && memchr(buf, '\n', n) == NULL) {
+    ssize_t r = read(fd, buf + n, OPTIONS_PW_MAX + 1 - n);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0) {
+      int err = errno;
+      g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(err), "%s: %s", path,
+                  g_strerror(err));
+      options_wipe(buf, n);
+      g_free(buf);
+      close(fd);
+      return NULL;
+    }
+    if (r == 0)
+      break;
+    n += (gsize)r;
+  }
+  close(fd);
+  buf[n] = '\0';
+  *len = n;
+  return buf;
 }
 
 char *options_get_password(const IfsOptions *o, const ImapEndpoint *ep, GError **error) {
@@ -611,18 +682,23 @@ char *options_get_password(const IfsOptions *o, const ImapEndpoint *ep, GError *
     char *pw = options_first_line(out, strlen(out));
     options_wipe(out, strlen(out));
     g_free(out);
-    if (*pw == '\0') {
+    if (*pw == '\0' || strlen(pw) > OPTIONS_PW_MAX) {
+      gboolean empty = *pw == '\0';
+      options_wipe(pw, strlen(pw));
       g_free(pw);
-      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "password_command printed no password");
+      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                  empty ? "password_command printed no password"
+                        : "password_command's first line is longer than %d bytes",
+                  OPTIONS_PW_MAX);
       return NULL;
     }
     return pw;
   }
   if (o->password_file != NULL) {
-    char *text = NULL;
     gsize len = 0;
     g_autoptr(GError) local = NULL;
-    if (!g_file_get_contents(o->password_file, &text, &len, &local)) {
+    char *text = options_read_password_file(o->password_file, &len, &local);
+    if (text == NULL) {
       g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID, "password_file: %s", local->message);
       return NULL;
     }
@@ -631,10 +707,14 @@ char *options_get_password(const IfsOptions *o, const ImapEndpoint *ep, GError *
     g_free(text);
     /* An empty password cost a failed login (which servers and fail2ban
      * count) and said only that the login failed. */
-    if (*pw == '\0') {
+    if (*pw == '\0' || strlen(pw) > OPTIONS_PW_MAX) {
+      gboolean empty = *pw == '\0';
+      options_wipe(pw, strlen(pw));
       g_free(pw);
       g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
-                  "password_file %s: its first line is empty", o->password_file);
+                  empty ? "password_file %s: its first line is empty"
+                        : "password_file %s: its first line is longer than %d bytes",
+                  o->password_file, OPTIONS_PW_MAX);
       return NULL;
     }
     struct stat st;

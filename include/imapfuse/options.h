@@ -35,6 +35,7 @@ typedef struct {
   char *password_command;
   char *password_file;
   int password_in_argv; /* -o password=...: refused, never echoed */
+  char *secret_like;    /* an unknown option named like a password (its name only) */
   char *cafile;
   char *tls;          /* "on" (default) or "off" */
   int connections;

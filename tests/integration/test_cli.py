@@ -461,6 +461,59 @@ def test_password_option_refused_without_echo(dovecot, imapfuse_fail):
     assert "password_command" in line and "hunter2" not in err, err
 
 
+@pytest.mark.parametrize("opt", ["passwd=hunter2-secret", "Password=hunter2-secret",
+                                 "pw=hunter2-secret", "imap_secret=hunter2-secret"])
+def test_password_like_options_refused_without_echo(dovecot, imapfuse_fail, opt):
+    """Unknown options named like a password went to libfuse, which printed
+    them back, value and all ("fuse: unknown option(s): `-o
+    passwd=S3cretPw'", into the journal from fstab; an exploratory test)."""
+    rc, err = imapfuse_fail(dovecot, opt)
+    line = one_line(err)
+    name = opt.split("=")[0]
+    assert "unknown option %s=" % name in line and "password_command" in line, line
+    assert "hunter2" not in err, err
+
+
+@pytest.mark.parametrize("url", ["imaps:/me:hunter2-secret@imap.example.org",
+                                 "imap:me:hunter2-secret@127.0.0.1",
+                                 "IMAPS://me:hunter2-secret@imap.example.org"])
+def test_a_mistyped_url_is_not_printed_with_its_password(dovecot, imapfuse_fail, url):
+    """A scheme typo quoted the whole URL back, a password in it too."""
+    rc, err = imapfuse_fail(dovecot, url=url)
+    line = one_line(err)
+    assert "imaps://USER@HOST" in line and "@" + url.split("@")[1] in line, line
+    assert "hunter2" not in err, err
+
+
+def test_an_empty_cache_dir_is_refused(dovecot, imapfuse_fail):
+    """cache_dir= with nothing after it wrote the caches (meta/, bodies/)
+    into the directory imapfuse was started in, and said nothing."""
+    rc, err = imapfuse_fail(dovecot, "cache_dir=")
+    assert "cache_dir= needs a directory" in one_line(err), err
+
+
+def test_a_password_source_that_never_ends_is_read_only_so_far(dovecot, run_fail, tmp_path):
+    """Only the first line of a password_command's output or a
+    password_file is used, but all of it was kept in memory: `yes x` filled
+    1.7 GB in 6 s (an exploratory test), and a password_file of /dev/zero
+    would never have ended.  A first line longer than 4096 bytes is refused."""
+    rc, out, err = run_fail(["-f", "-o", "password_command=yes x,tls=off,timeout=3",
+                             dovecot.url()], secrets=[dovecot.password], timeout=30)
+    assert "password_command" in one_line(err), err
+    rc, out, err = run_fail(["-f", "-o", "password_file=/dev/zero,tls=off", dovecot.url()],
+                            secrets=[dovecot.password], timeout=30)
+    assert "password_file" in one_line(err) and "empty" in one_line(err), err
+    long = tmp_path / "long"
+    long.write_text("x" * 5000 + "\n")
+    long.chmod(0o600)
+    rc, out, err = run_fail(["-f", "-o", "password_file=%s,tls=off" % long, dovecot.url()],
+                            secrets=[dovecot.password], timeout=30)
+    assert "longer than 4096 bytes" in one_line(err), err
+    rc, out, err = run_fail(["-f", "-o", "password_command=head -c 5000 /dev/zero | tr "
+                             "'\\\\0' y,tls=off", dovecot.url()],
+                            secrets=[dovecot.password], timeout=30)
+    assert "longer than 4096 bytes" in one_line(err), err
+
 def test_two_password_sources_refused(dovecot, imapfuse_fail, tmp_path):
     rc, err = imapfuse_fail(dovecot, "password_file=" + str(tmp_path / "x"))
     line = one_line(err)
