@@ -561,13 +561,31 @@ static char *options_run_password_command(const IfsOptions *o, int *status, GErr
                 local->message);
     return NULL;
   }
+  /* Stopped meanwhile (SIGTERM, SIGINT, SIGHUP), its group went on running
+   * with nobody to end it: the signals wait while it runs, and one that
+   * comes ends it first, then us as before (an exploratory test).  With a
+   * terminal it is in our group, which ^C ends anyway. */
+  sigset_t stops, before;
+  sigemptyset(&stops);
+  sigaddset(&stops, SIGTERM);
+  sigaddset(&stops, SIGINT);
+  sigaddset(&stops, SIGHUP);
+  if (!interactive)
+    pthread_sigmask(SIG_BLOCK, &stops, &before);
   gint64 end = g_get_monotonic_time() + (gint64)o->timeout * G_USEC_PER_SEC;
   GString *out = g_string_new(NULL);
   /* Until it has exited and its output is read.  Not until end of file
    * alone: a helper it started in the background (an agent) may hold
    * the pipe for good after it printed the password and exited. */
-  gboolean late = FALSE, eof = FALSE, exited = FALSE;
+  gboolean late = FALSE, eof = FALSE, exited = FALSE, stopped = FALSE;
   while (!(eof && exited)) {
+    sigset_t pending;
+    if (!interactive && sigpending(&pending) == 0 &&
+        (sigismember(&pending, SIGTERM) || sigismember(&pending, SIGINT) ||
+         sigismember(&pending, SIGHUP))) {
+      stopped = TRUE;
+      break;
+    }
     if (!exited) {
       pid_t r = waitpid(pid, status, WNOHANG);
       exited = r == pid || (r < 0 && errno != EINTR);
@@ -610,19 +628,27 @@ static char *options_run_password_command(const IfsOptions *o, int *status, GErr
     options_wipe(buf, sizeof buf);
   }
   close(out_fd);
-  if (late) {
+  if (late || stopped) {
     kill(-pid, SIGKILL);
     while (waitpid(pid, status, 0) < 0 && errno == EINTR)
       ;
     g_spawn_close_pid(pid);
     options_wipe(out->str, out->len);
     g_string_free(out, TRUE);
-    g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
-                "password_command gave no password within %d s (timeout=; with no terminal "
-                "nobody can answer a prompt)", o->timeout);
+    if (!interactive)
+      pthread_sigmask(SIG_SETMASK, &before, NULL); /* a stop pending ends us here */
+    if (stopped) /* ... unless that signal is ignored */
+      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                  "stopped by a signal while password_command ran");
+    else
+      g_set_error(error, IFS_ERROR, IFS_ERROR_INVALID,
+                  "password_command gave no password within %d s (timeout=; with no terminal "
+                  "nobody can answer a prompt)", o->timeout);
     return NULL;
   }
   g_spawn_close_pid(pid);
+  if (!interactive)
+    pthread_sigmask(SIG_SETMASK, &before, NULL);
   return g_string_free(out, FALSE);
 }
 

@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import socket
+import signal
 import subprocess
 import tempfile
 import threading
@@ -568,6 +569,34 @@ def test_password_command_that_never_returns(dovecot, run_fail):
     line = one_line(err)
     assert "password_command" in line and "2 s" in line, line
 
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT],
+                         ids=["TERM", "HUP", "INT"])
+def test_a_stop_while_the_password_command_runs_ends_it_too(dovecot, imapfuse_bin, env,
+                                                             tmp_path, sig):
+    """With no terminal the password_command runs in a group of its own;
+    imapfuse stopped by a signal meanwhile left it running, with nobody
+    to end it (an exploratory test).  Now it goes first."""
+    tag = "77.%d" % os.getpid()
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    p = subprocess.Popen([imapfuse_bin, "-f", "-o", "password_command=sleep %s,tls=off" % tag,
+                          dovecot.url(), str(mp)], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         start_new_session=True, env=conftest._sanitizer_env(env))
+
+    def running():
+        r = subprocess.run(["pgrep", "-f", "^sleep %s$" % tag], capture_output=True, text=True)
+        return r.stdout.split()
+    deadline = time.monotonic() + 10
+    while not running():
+        assert time.monotonic() < deadline, "the password_command did not start"
+        time.sleep(0.05)
+    p.send_signal(sig)
+    assert p.wait(timeout=10) == -sig
+    p.stderr.close()
+    time.sleep(0.2)
+    assert running() == []
 
 @pytest.mark.parametrize("cmd", ["cat %s; (sleep 12 &)", "(sleep 0.3; cat %s) & exit 0"],
                          ids=["prints-then-exits", "helper-prints-later"])
