@@ -6,7 +6,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
-bash contrib/deps.sh || exit 1
+# gdb: the threads' stacks of a daemon that does not exit (conftest.py)
+bash contrib/deps.sh gdb || exit 1
 
 build=$top/build-test
 if [ ! -f "$build/build.ninja" ]; then

@@ -26,6 +26,7 @@ server/mount the test used are attached to the report.
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -205,6 +206,23 @@ def mount_table():
     return out
 
 
+def _thread_stacks(pid, max_lines=300):
+    """Every thread's stack of a live process (gdb), as text."""
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        return "(no gdb here for the threads' stacks)"
+    try:
+        r = subprocess.run([gdb, "-p", str(pid), "-batch", "-nx",
+                            "-ex", "thread apply all bt"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "(gdb took over 60 s)"
+    lines = r.stdout.decode(errors="replace").splitlines()
+    keep = [l for l in lines if l.startswith(("Thread ", "#"))][:max_lines]
+    return "threads' stacks (gdb):\n" + "\n".join(keep)
+
+
 def is_mounted(path):
     return os.path.realpath(path) in mount_table()
 
@@ -334,6 +352,9 @@ class Mount:
         except subprocess.TimeoutExpired:
             problems.append("imapfuse did not exit within %.0fs of unmount"
                             % timeout)
+            # Where it waits, for the report: seen once in a full run
+            # (after the unmount's counters were printed), never again.
+            problems.append(_thread_stacks(self.proc.pid))
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(5)
