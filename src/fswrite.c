@@ -2935,8 +2935,10 @@ static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p2,
     g_mutex_unlock(&w->lock);
     /* rsync's rename of its temporary file: the moment to send it (its
      * mtime is set by now). */
+    /* Not while bytes below its size were never written: it waits for
+     * them under its new name (the send failed, and both names went). */
     if (closed && !fswrite_is_temp_name(newname) && _fsw_needs_send(f) &&
-        !_fsw_send(w, f, p2, newname, FALSE, &error))
+        !_fsw_incomplete(f) && !_fsw_send(w, f, p2, newname, FALSE, &error))
       err = fsw_errno(error);
   }
   if (err == 0)
@@ -3428,7 +3430,9 @@ static void fsw_setattr_file(fuse_req_t req, FsWrite *w, FswFile *f, struct stat
   /* A file already sent and closed: a new date (or size) means the
    * message is replaced now (utimes after cp, install -p, ...).  Not once
    * unlinked or its message deleted: that would bring it back. */
-  if (err == 0 && f->sent && at_rest) {
+  /* ... once complete: a truncate that made it longer waits for the bytes
+   * (the send failed, and the size stayed changed all the same). */
+  if (err == 0 && f->sent && at_rest && !_fsw_incomplete(f)) {
     err = _fsw_send_now(w, f);
     if (err != 0 && f->error == 0) {
       /* Not replaced (and nothing lost): the date stays the server's. */

@@ -482,7 +482,8 @@ gboolean staging_file_pwrite(StagingFile *f, const void *buf, gsize len, guint64
       return staging_set_errno(error, errno, "cannot write", f->path);
     done += (gsize)n;
   }
-  f->size = MAX(f->size, off + len);
+  if (len > 0) /* a write of nothing past the end makes the file no longer */
+    f->size = MAX(f->size, off + len);
   staging_written_add(f->written, off, off + len);
   return TRUE;
 }

@@ -398,6 +398,10 @@ static IfsError conn_error_code(const ImapResponse *r) {
       /* RFC 5530: "some of the requested messages no longer exist" (a
        * UID MOVE of a message another client has just expunged). */
       {"EXPUNGEISSUED", IFS_ERROR_NOT_FOUND},
+      /* The server's own trouble ("Temporary authentication failure"):
+       * not a refusal, so a login answered so is no refused password
+       * (conn_gate_note: it shut the mount out for 30 s). */
+      {"UNAVAILABLE", IFS_ERROR_FAILED},
   };
   if (r->code != NULL)
     for (gsize i = 0; i < G_N_ELEMENTS(codes); i++)

@@ -2330,6 +2330,55 @@ def test_a_file_written_in_parts_out_of_order_is_sent_whole(empty_dovecot, fs):
         os.close(fd)
 
 
+@pytest.mark.parametrize("temp", [False, True], ids=["plain", "rsync-temp"])
+def test_an_incomplete_file_renamed_waits_for_its_bytes(empty_dovecot, fs, temp):
+    """A file with bytes never written, renamed (rsync's temporary name into
+    place, or any rename): the rename sent it, the send failed ("it is
+    incomplete"), the rename failed with EINVAL and both names were gone
+    (an adversarial test).  Now it is renamed, and sent once complete."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    r = os.path.join(m, "R")
+    os.mkdir(r)
+    data = make_msg(new_tag("ren"), lf=False, size=8000)
+    half = len(data) // 2
+    src = os.path.join(r, ".a.eml.Ab12Cd" if temp else "a-src.eml")
+    dst = os.path.join(r, "a.eml")
+    fd = os.open(src, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.pwrite(fd, data[half:], half)
+    os.close(fd)
+    os.rename(src, dst)
+    assert state(c, "R") == {}
+    fd = os.open(dst, os.O_WRONLY)
+    os.pwrite(fd, data[:half], 0)
+    os.close(fd)
+    assert [v["body"] for v in state(c, "R").values()] == [data]
+
+
+def test_a_truncate_that_lengthens_a_stored_file_waits_for_its_bytes(empty_dovecot, fs):
+    """truncate(2) by name of a file already stored, to a larger size: the
+    message was sent again at once, the send failed (bytes never written),
+    truncate failed with EINVAL and the size had changed all the same (an
+    adversarial test).  Now it succeeds, and the file is sent again once
+    the bytes are there; the stored message stays until then."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    m = fs(dv)
+    path = os.path.join(m, "INBOX", "t.eml")
+    data = make_msg(new_tag("trunc"), lf=False)
+    write_file(path, data)
+    assert [v["body"] for v in state(c, "INBOX").values()] == [data]
+    more = b"X-Extra: 1\r\n"
+    longer = data + more
+    os.truncate(path, len(longer))
+    assert os.stat(path).st_size == len(longer)
+    assert [v["body"] for v in state(c, "INBOX").values()] == [data]
+    fd = os.open(path, os.O_WRONLY)
+    os.pwrite(fd, more, len(data))
+    os.close(fd)
+    assert [v["body"] for v in state(c, "INBOX").values()] == [longer]
+
 def _fallocate(fd, mode, off, length):
     libc = ctypes.CDLL(None, use_errno=True)
     libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]

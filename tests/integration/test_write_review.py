@@ -1009,3 +1009,33 @@ def test_move_without_uidplus_lost_reply_is_done(empty_dovecot, fs, proxy, op):
     px = _move_one_through(empty_dovecot, fs, proxy, op, "lostmove",
                            lambda px: px.cut_after(b"[COPYUID "), caps=("UIDPLUS",))
     assert px.cuts == 1
+
+
+@pytest.mark.imapfuse_stderr_ok(r"warning: .*Temporary authentication failure")
+def test_a_temporary_login_failure_is_not_a_refused_password(empty_dovecot, fs, proxy):
+    """A login answered NO [UNAVAILABLE] (the server's own trouble) was
+    taken for a refused password: no login for 30 s, so a 3 s outage shut
+    the mount out for 30 (an adversarial test).  Only a refusal counts."""
+    dv = empty_dovecot()
+    c = dv.imap()
+    uids = [imap_append(c, "INBOX", make_msg("u%d" % i)) for i in range(3)]
+    px = proxy(dv.port)
+    m = fs(dv, "poll=1", "cache=none", "readahead=0", port=px.port)
+    inbox = os.path.join(m, "INBOX")
+    assert sorted(os.listdir(inbox)) == sorted(eml(u) for u in uids)
+    outage = [True]
+
+    def unavailable(data):
+        if outage[0] and re.search(rb"^\S+ OK .*Logged in", data, re.M):
+            tag = data.split(b" ", 1)[0]
+            return tag + b" NO [UNAVAILABLE] Temporary authentication failure.\r\n"
+        return data
+    px.edit_s2c = unavailable
+    px.drop_all()
+    with pytest.raises(OSError):
+        with open(os.path.join(inbox, eml(uids[0])), "rb") as f:
+            f.read()
+    outage[0] = False
+    time.sleep(1.5)  # well within the 30 s a refused login waits
+    with open(os.path.join(inbox, eml(uids[1])), "rb") as f:
+        assert b"u1@imapfuse.test" in f.read()
