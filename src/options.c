@@ -567,9 +567,14 @@ static char *options_run_password_command(const IfsOptions *o, int *status, GErr
    * terminal it is in our group, which ^C ends anyway. */
   sigset_t stops, before;
   sigemptyset(&stops);
-  sigaddset(&stops, SIGTERM);
-  sigaddset(&stops, SIGINT);
-  sigaddset(&stops, SIGHUP);
+  static const int stop_sigs[] = {SIGTERM, SIGINT, SIGHUP};
+  for (gsize i = 0; i < G_N_ELEMENTS(stop_sigs); i++) {
+    struct sigaction sa;
+    /* One ignored (SIGINT of a script's background job) stays pending
+     * when blocked, and must not stop us. */
+    if (sigaction(stop_sigs[i], NULL, &sa) == 0 && sa.sa_handler != SIG_IGN)
+      sigaddset(&stops, stop_sigs[i]);
+  }
   if (!interactive)
     pthread_sigmask(SIG_BLOCK, &stops, &before);
   gint64 end = g_get_monotonic_time() + (gint64)o->timeout * G_USEC_PER_SEC;
@@ -581,8 +586,9 @@ static char *options_run_password_command(const IfsOptions *o, int *status, GErr
   while (!(eof && exited)) {
     sigset_t pending;
     if (!interactive && sigpending(&pending) == 0 &&
-        (sigismember(&pending, SIGTERM) || sigismember(&pending, SIGINT) ||
-         sigismember(&pending, SIGHUP))) {
+        ((sigismember(&stops, SIGTERM) && sigismember(&pending, SIGTERM)) ||
+         (sigismember(&stops, SIGINT) && sigismember(&pending, SIGINT)) ||
+         (sigismember(&stops, SIGHUP) && sigismember(&pending, SIGHUP)))) {
       stopped = TRUE;
       break;
     }
