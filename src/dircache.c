@@ -304,8 +304,13 @@ static guint64 dc_changed_get(DcNode *n) {
   return __atomic_load_n(&n->changed_us, __ATOMIC_RELAXED);
 }
 
-static void _dc_dirs_text(DcNode *n, GString *out) {
+static void _dc_dirs_text(DcNode *n, guint64 born, GString *out) {
   guint64 t = dc_changed_get(n);
+  /* A mailbox with no history shows the mount's start: kept as its time,
+   * or the next mount showed its own start (restic, tar -g: a changed
+   * directory at every remount; an adversarial test). */
+  if (t == 0 && n->mailbox != NULL && n->selectable)
+    t = born;
   const char *name = n->mailbox != NULL ? n->mailbox : "";
   if (n->present && t != 0 && strchr(name, '\n') == NULL)
     g_string_append_printf(out, "%" G_GUINT64_FORMAT "\t%s\n", t, name);
@@ -313,7 +318,7 @@ static void _dc_dirs_text(DcNode *n, GString *out) {
   gpointer v;
   g_hash_table_iter_init(&it, n->children);
   while (g_hash_table_iter_next(&it, NULL, &v))
-    _dc_dirs_text(v, out);
+    _dc_dirs_text(v, born, out);
 }
 
 /* At unmount: no other thread runs. */
@@ -321,7 +326,7 @@ static void dc_save_dirs(Dircache *dc) {
   if (dc->meta_dir == NULL)
     return;
   g_autoptr(GString) out = g_string_new(NULL);
-  _dc_dirs_text(dc->root, out);
+  _dc_dirs_text(dc->root, dc->born, out);
   g_autofree char *path = g_build_filename(dc->meta_dir, DC_DIRS_FILE, NULL);
   g_autoptr(GError) error = NULL;
   if (!g_file_set_contents(path, out->str, (gssize)out->len, &error))

@@ -3051,6 +3051,24 @@ def test_directory_times_follow_their_entries(mount, empty_dovecot, env, tmp_pat
 
 
 
+def test_a_folder_never_opened_keeps_its_time_across_remounts(mount, empty_dovecot, env,
+                                                              tmp_path):
+    """A folder whose mail was never listed shows the mount's start; the
+    next mount showed its own start, so a folder nobody opened looked
+    changed at every remount (an adversarial test).  Its time is kept."""
+    dv = empty_dovecot()
+    _make_box(dv, "Never", [_msg("n", 300)])
+    cache = str(tmp_path / "cache")
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    assert "Never" in os.listdir(m.path)
+    before = os.stat(os.path.join(m.path, "Never")).st_mtime_ns
+    m.unmount()
+    time.sleep(1.1)
+    m = mount(dv, "cache_dir=" + cache, env=env)
+    assert os.stat(os.path.join(m.path, "Never")).st_mtime_ns == before
+    os.listdir(os.path.join(m.path, "Never"))  # its first listing keeps it
+    assert os.stat(os.path.join(m.path, "Never")).st_mtime_ns == before
+
 def test_directory_times_in_seconds_from_an_older_version_still_load(
         mount, empty_dovecot, env, tmp_path):
     """meta/dirs now holds microseconds; a line an older version wrote (in
