@@ -3502,6 +3502,18 @@ static gboolean fsw_store(FsWrite *w, DcNode *n, guint32 uv, guint32 uid, char *
                           GError **error) {
   FswStore s = {dcnode_mailbox(n), uv, uid, flags, NULL};
   gboolean ok = pool_run(w->pool, s.mailbox, FALSE, fsw_store_op, &s, error);
+  /* While another client deletes the folder (or has just made it again)
+   * Dovecot answers "NO Mailbox was deleted under us": ask again after a
+   * pause, as a read does, and the folder is then gone (ENOENT) or
+   * another (ESTALE, which the kernel retries under the name): setfattr
+   * failed with EIO (an adversarial test). */
+  for (int attempt = 1; !ok && fsw_is_error(*error, IFS_ERROR_NO) && attempt < 3; attempt++) {
+    if (dircache_check_gone(w->dc, n, s.mailbox, error))
+      break;
+    loop_pause(100 * 1000);
+    g_clear_error(error);
+    ok = pool_run(w->pool, s.mailbox, FALSE, fsw_store_op, &s, error);
+  }
   if (ok)
     dircache_msg_flags(w->dc, n, uv, uid, s.result);
   else if (fsw_is_error(*error, IFS_ERROR_NOT_FOUND))

@@ -2238,6 +2238,43 @@ def test_recreated_folder_names_act_on_the_new_messages_with_poll_off(
     else:
         assert got == {"Box": [(b, True) for b in new]}
 
+@pytest.mark.parametrize("poll", ["0", "1"])
+def test_setfattr_in_a_folder_made_again_while_a_message_was_read(mount, empty_dovecot,
+                                                                  env, poll):
+    """A message of a folder is being read (a connection has the folder
+    selected) when another client deletes and recreates it: Dovecot then
+    answers "NO Mailbox was deleted under us", and setfattr of a name
+    there failed with EIO (4 of 4 runs of an adversarial test's script).
+    It now asks again, as a read does, and sets the flags of the new
+    message under the name."""
+    dv = empty_dovecot()
+    m = mount(dv, "poll=" + poll, env=env)
+    old = [_msg("old%d" % i, 3000000) for i in range(3)]
+    uids = _make_box(dv, "Box", old)  # made while mounted, as in the script
+    time.sleep(2.5)
+    box = os.path.join(m.path, "Box")
+    assert _listing(box) == _names(uids)
+    with open(os.path.join(box, "%d.eml" % uids[0]), "rb") as f:
+        f.read(4096)
+        new = _recreate_box(dv, uids, old)
+        try:
+            f.read()
+        except OSError:
+            pass  # ESTALE or the old bytes: either is right for a read under way
+    try:
+        _read(os.path.join(box, "%d.eml" % uids[0]))  # cat, as the script did
+    except OSError:
+        pass
+    os.setxattr(os.path.join(box, "%d.eml" % uids[1]), "user.imap.flags", b"\\Flagged")
+    c = dv.imap()
+    try:
+        c.select("Box", readonly=True)
+        typ, data = c.uid("FETCH", str(uids[1]), "(FLAGS BODY.PEEK[])")
+        assert typ == "OK", data
+        assert b"\\Flagged" in data[0][0] and data[0][1] == new[1]
+    finally:
+        c.logout()
+
 def test_responses_before_closed_belong_to_the_old_mailbox(mount, empty_dovecot, env):
     """A connection with mailbox A selected sends SELECT B: with QRESYNC
     the server may still report A's changes before "* OK [CLOSED]" (RFC
