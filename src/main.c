@@ -506,7 +506,7 @@ out_signals:
 out:
   if (watch != NULL)
     watch_conn = watch_free(watch);
-  notify_free(notify); /* before the session it talks to goes away */
+  notify_stop(notify); /* before the session it talks to goes away */
   if (se != NULL)
     fuse_session_destroy(se);
   fs_free(fs);
@@ -514,6 +514,10 @@ out:
   if (dc != NULL)
     dircache_flush(dc);
   dircache_free(dc);
+  /* Only now: a read-ahead worker's listing told fs_observer of a change
+   * and pushed into a freed Notify, and the exit hung on its lock (twice in
+   * full test runs; the threads' stacks showed it). */
+  notify_free(notify);
   diskcache_close(disk);
   if (stop.thread != NULL) {
     g_mutex_lock(&stop.lock);

@@ -74,15 +74,23 @@ void notify_set_session(Notify *n, struct fuse_session *se) {
   g_mutex_unlock(&n->lock);
 }
 
-void notify_free(Notify *n) {
+void notify_stop(Notify *n) {
   if (n == NULL)
     return;
   g_mutex_lock(&n->lock);
   n->stop = TRUE;
   g_cond_broadcast(&n->cond);
+  GThread *t = n->thread;
+  n->thread = NULL;
   g_mutex_unlock(&n->lock);
-  if (n->thread != NULL)
-    g_thread_join(n->thread);
+  if (t != NULL)
+    g_thread_join(t);
+}
+
+void notify_free(Notify *n) {
+  if (n == NULL)
+    return;
+  notify_stop(n);
   g_queue_clear_full(&n->queue, (GDestroyNotify)notify_item_free);
   g_mutex_clear(&n->lock);
   g_cond_clear(&n->cond);

@@ -23,7 +23,12 @@ typedef struct Notify Notify;
 /* se may be NULL until the session exists; notifications are then dropped. */
 Notify *notify_new(void);
 void notify_set_session(Notify *n, struct fuse_session *se);
-void notify_free(Notify *n); /* stops the thread; pending items are dropped */
+/* Stops the thread; pending items and any pushed later are dropped, and
+ * nothing touches the session any more.  The Notify stays valid for the
+ * threads that may still push (read-ahead workers telling of a listing,
+ * the write path's lingering names) until notify_free, after they end. */
+void notify_stop(Notify *n);
+void notify_free(Notify *n); /* notify_stop, then frees */
 /* Before the session's /dev/fuse descriptor is closed: nothing more is
  * written to it (later items are dropped); waits up to timeout_us for the
  * one being written.  Its number may be reused once closed. */
