@@ -2164,7 +2164,16 @@ def _recreate_box(dv, uids, old):
     c.create("Box")
     new = [_msg("new%d" % i, len(old[i])) for i in range(len(old))]
     for b in new:
-        typ, data = c.append("Box", None, None, b)
+        for attempt in range(3):
+            typ, data = c.append("Box", None, None, b)
+            # Dovecot's own "duplicate transaction log sequence" race
+            # (another session had the old Box selected): NO [SERVERBUG],
+            # nothing stored; a new session then appends.
+            if typ == "OK" or b"SERVERBUG" not in data[0] or attempt == 2:
+                break
+            c.logout()
+            time.sleep(0.2)
+            c = dv.imap()
         assert typ == "OK", data
     c.logout()
     return new
