@@ -33,5 +33,13 @@ gboolean fs_listing(Fs *fs, DcNode *n, gint64 max_age_us, DcListing *out, GError
  * no older than list_max_age (older, the folder may have been made again
  * under a new UIDVALIDITY, its UIDs starting at 1: a reviewer's test). */
 gboolean fs_gone_for_good(Fs *fs, DcNode *n, const DcListing *l, guint32 uid);
+/* After a read or change in folder n (mailbox) failed on its attempt-th
+ * try: TRUE when it is worth asking again (a pause taken, *error
+ * cleared).  While another client's DELETE of the folder is under way (or
+ * it was made again at once) Dovecot answers NO, or BYE, and LIST still
+ * shows the folder: asked up to three times, the folder is then gone
+ * (*error NOT_FOUND: ENOENT) or another (ESTALE). */
+gboolean fs_again_in_folder(Fs *fs, DcNode *n, const char *mailbox, int attempt,
+                            GError **error);
 
 G_END_DECLS

@@ -332,6 +332,17 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn) {
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 }
 
+gboolean fs_again_in_folder(Fs *fs, DcNode *n, const char *mailbox, int attempt,
+                            GError **error) {
+  if (dircache_check_gone(fs->dc, n, mailbox, error) || attempt == 3 ||
+      !(g_error_matches(*error, IFS_ERROR, IFS_ERROR_NO) ||
+        g_error_matches(*error, IFS_ERROR, IFS_ERROR_CLOSED)))
+    return FALSE;
+  loop_pause(100 * 1000);
+  g_clear_error(error);
+  return TRUE;
+}
+
 /* The folder tree, no older than max_age_us (dircache_refresh_tree); when
  * the server cannot be reached, the mount's last LIST (it had one to
  * mount), with a warning: a lookup of a new name (mkdir's, a directory
@@ -773,22 +784,13 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   g_autoptr(GBytes) b = bodycache_read(fs->bc, mailbox, f->uidvalidity, f->uid, f->size,
                                        (guint64)off, size, &real, &error);
   /* Another client deleted or renamed the folder (SELECT: NO, or a BYE):
-   * the message is gone (ENOENT), not an I/O error with a warning.  While
-   * another client's DELETE is under way (or the folder was made again at
-   * once) Dovecot answers NO and LIST still shows the folder: read again
-   * after a pause, as a listing does (up to three times): the folder is
-   * then gone (ENOENT) or another (ESTALE).  Once, it read EIO. */
-  for (int attempt = 1; b == NULL && !g_error_matches(error, IFS_ERROR, IFS_ERROR_TIMEOUT);
-       attempt++) {
-    if (dircache_check_gone(fs->dc, f->node, mailbox, &error) || attempt == 3 ||
-        !(g_error_matches(error, IFS_ERROR, IFS_ERROR_NO) ||
-          g_error_matches(error, IFS_ERROR, IFS_ERROR_CLOSED)))
-      break;
-    loop_pause(100 * 1000);
-    g_clear_error(&error);
+   * the message is gone (ENOENT), not an I/O error with a warning.  Once,
+   * it read EIO. */
+  for (int attempt = 1; b == NULL && !g_error_matches(error, IFS_ERROR, IFS_ERROR_TIMEOUT) &&
+                        fs_again_in_folder(fs, f->node, mailbox, attempt, &error);
+       attempt++)
     b = bodycache_read(fs->bc, mailbox, f->uidvalidity, f->uid, f->size, (guint64)off, size,
                        &real, &error);
-  }
   if (b == NULL) {
     /* The folder was made again: the next lookup lists it anew, and the
      * kernel forgets the old names now (with poll=0 nothing else would

@@ -2606,10 +2606,11 @@ void fswrite_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
     gboolean opener = h->opener == 0 || pid == h->opener || pid < 0;
     /* The close() of the last writer sends it, except under rsync's
      * temporary name: then the rename (or lingering out) does. */
-    if (err == 0 && last && named && !temp && f->killed == NULL && opener && incomplete)
+    gboolean sends = err == 0 && last && named && !temp && f->killed == NULL && opener;
+    if (sends && incomplete)
       g_debug("\"%s\" is not sent at this close: parts of it were never written yet",
               f->orig_name);
-    else if (err == 0 && last && named && !temp && f->killed == NULL && opener)
+    else if (sends)
       err = _fsw_emptied(f) ? _fsw_refuse_emptied(f) : _fsw_send_now(w, f);
   }
   g_mutex_unlock(&f->lock);
@@ -2934,9 +2935,9 @@ static void fsw_rename_file(fuse_req_t req, FsWrite *w, FswFile *f, DcNode *p2,
     gboolean closed = f->writers == 0;
     g_mutex_unlock(&w->lock);
     /* rsync's rename of its temporary file: the moment to send it (its
-     * mtime is set by now). */
-    /* Not while bytes below its size were never written: it waits for
-     * them under its new name (the send failed, and both names went). */
+     * mtime is set by now); not while bytes below its size were never
+     * written: it waits for them under its new name (the send failed, and
+     * both names went). */
     if (closed && !fswrite_is_temp_name(newname) && _fsw_needs_send(f) &&
         !_fsw_incomplete(f) && !_fsw_send(w, f, p2, newname, FALSE, &error))
       err = fsw_errno(error);
@@ -3502,18 +3503,13 @@ static gboolean fsw_store(FsWrite *w, DcNode *n, guint32 uv, guint32 uid, char *
                           GError **error) {
   FswStore s = {dcnode_mailbox(n), uv, uid, flags, NULL};
   gboolean ok = pool_run(w->pool, s.mailbox, FALSE, fsw_store_op, &s, error);
-  /* While another client deletes the folder (or has just made it again)
-   * Dovecot answers "NO Mailbox was deleted under us": ask again after a
-   * pause, as a read does, and the folder is then gone (ENOENT) or
-   * another (ESTALE, which the kernel retries under the name): setfattr
+  /* "NO Mailbox was deleted under us" (a folder being deleted, or just
+   * made again): asked again as a read is (fs_again_in_folder); setfattr
    * failed with EIO (an adversarial test). */
-  for (int attempt = 1; !ok && fsw_is_error(*error, IFS_ERROR_NO) && attempt < 3; attempt++) {
-    if (dircache_check_gone(w->dc, n, s.mailbox, error))
-      break;
-    loop_pause(100 * 1000);
-    g_clear_error(error);
+  for (int attempt = 1; !ok && fsw_is_error(*error, IFS_ERROR_NO) &&
+                        fs_again_in_folder(w->fs, n, s.mailbox, attempt, error);
+       attempt++)
     ok = pool_run(w->pool, s.mailbox, FALSE, fsw_store_op, &s, error);
-  }
   if (ok)
     dircache_msg_flags(w->dc, n, uv, uid, s.result);
   else if (fsw_is_error(*error, IFS_ERROR_NOT_FOUND))

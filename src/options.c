@@ -585,13 +585,11 @@ static char *options_run_password_command(const IfsOptions *o, int *status, GErr
   gboolean late = FALSE, eof = FALSE, exited = FALSE, stopped = FALSE;
   while (!(eof && exited)) {
     sigset_t pending;
-    if (!interactive && sigpending(&pending) == 0 &&
-        ((sigismember(&stops, SIGTERM) && sigismember(&pending, SIGTERM)) ||
-         (sigismember(&stops, SIGINT) && sigismember(&pending, SIGINT)) ||
-         (sigismember(&stops, SIGHUP) && sigismember(&pending, SIGHUP)))) {
-      stopped = TRUE;
+    if (!interactive && sigpending(&pending) == 0)
+      for (gsize i = 0; i < G_N_ELEMENTS(stop_sigs); i++)
+        stopped |= sigismember(&stops, stop_sigs[i]) && sigismember(&pending, stop_sigs[i]);
+    if (stopped)
       break;
-    }
     if (!exited) {
       pid_t r = waitpid(pid, status, WNOHANG);
       exited = r == pid || (r < 0 && errno != EINTR);

@@ -512,25 +512,17 @@ gboolean staging_file_truncate(StagingFile *f, guint64 size, GError **error) {
 }
 
 gboolean staging_file_hole(const StagingFile *f, guint64 *at, guint64 *len) {
-  guint64 from = 0; /* covered up to here */
-  for (guint i = 0; i < f->written->len && from < f->size; i++) {
-    const StagingRange *r = &g_array_index(f->written, StagingRange, i);
-    if (r->start > from)
-      break;
-    from = MAX(from, r->end);
-  }
+  /* The ranges are sorted and apart: only the first may begin at 0, and
+   * the first hole ends where the next range begins. */
+  const GArray *w = f->written;
+  gboolean from_0 = w->len > 0 && g_array_index(w, StagingRange, 0).start == 0;
+  guint64 from = from_0 ? g_array_index(w, StagingRange, 0).end : 0;
   if (from >= f->size)
     return FALSE;
-  guint64 next = f->size;
-  for (guint i = 0; i < f->written->len; i++) {
-    const StagingRange *r = &g_array_index(f->written, StagingRange, i);
-    if (r->start > from) {
-      next = MIN(next, r->start);
-      break;
-    }
-  }
+  guint next = from_0 ? 1 : 0;
   *at = from;
-  *len = next - from;
+  *len = (next < w->len ? MIN(g_array_index(w, StagingRange, next).start, f->size) : f->size) -
+         from;
   return TRUE;
 }
 
